@@ -1,0 +1,28 @@
+"""The one exception type for bad input, and the CLI wrapper that turns it into exit code 2.
+
+Every stage raises `CoInferError` with a one-line message naming the problem (unknown app,
+malformed YAML, scheme outside the space, missing dataset folder, corrupt database...).
+CLIs run their `main` through `run_cli`, which prints that line to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class CoInferError(Exception):
+    """Bad input from the user: reported as one line, exit status 2, no traceback."""
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a CLI entry point; a CoInferError becomes `error: <message>` on stderr and exit 2."""
+    try:
+        code = main(argv)
+    except CoInferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

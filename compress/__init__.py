@@ -1,0 +1,1 @@
+"""Compression at the cut: filter pruning, activation quantisation, bit-packing codec."""

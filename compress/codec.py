@@ -1,0 +1,67 @@
+"""Bit-packing codec for b-bit codes, b = 1..8, vectorised with numpy (no loop over elements).
+
+`pack(codes, bits)` turns N codes (uint8, each < 2^b) into exactly ceil(N * b / 8) bytes,
+big-endian bit order (the first code occupies the high bits of the first byte). Codes are
+packed in groups of 8: 8 codes of b bits are b bytes, built as one 64-bit word per group.
+`unpack(payload, bits, n)` inverts it and checks the payload length first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def packed_size(n: int, bits: int) -> int:
+    return (n * bits + 7) // 8
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
+
+
+def pack(codes: np.ndarray, bits: int) -> bytes:
+    _check_bits(bits)
+    flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+    n = flat.size
+    if bits == 8:
+        return flat.tobytes()
+    if n and int(flat.max()) >> bits:
+        raise ValueError(f"a code does not fit in {bits} bits")
+    if bits == 1:
+        return np.packbits(flat).tobytes()
+    groups = -(-n // 8)
+    padded = np.zeros(groups * 8, dtype=np.uint64)
+    padded[:n] = flat
+    padded = padded.reshape(groups, 8)
+    word = np.zeros(groups, dtype=np.uint64)
+    for i in range(8):  # 8 vector ops, one per position in the group
+        word |= padded[:, i] << np.uint64(bits * (7 - i))
+    # word holds 8*bits significant bits at its bottom; its last `bits` big-endian bytes are them
+    raw = word.astype(">u8").view(np.uint8).reshape(groups, 8)[:, 8 - bits:]
+    return raw.reshape(-1)[: packed_size(n, bits)].tobytes()
+
+
+def unpack(payload: bytes | bytearray | memoryview, bits: int, n: int) -> np.ndarray:
+    _check_bits(bits)
+    if n < 0:
+        raise ValueError("negative element count")
+    expected = packed_size(n, bits)
+    if len(payload) != expected:
+        raise ValueError(f"payload has {len(payload)} bytes, {n} codes of {bits} bits need {expected}")
+    data = np.frombuffer(payload, dtype=np.uint8)
+    if bits == 8:
+        return data.copy()
+    if bits == 1:
+        return np.unpackbits(data)[:n]
+    groups = -(-n // 8)
+    raw = np.zeros((groups, 8), dtype=np.uint8)
+    full = np.zeros(groups * bits, dtype=np.uint8)
+    full[: data.size] = data
+    raw[:, 8 - bits:] = full.reshape(groups, bits)
+    word = raw.view(">u8").reshape(groups).astype(np.uint64)
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((groups, 8), dtype=np.uint8)
+    for i in range(8):
+        out[:, i] = (word >> np.uint64(bits * (7 - i))) & mask
+    return out.reshape(-1)[:n]

@@ -1,0 +1,1 @@
+"""Accuracy and latency databases: store, profiler, evaluator, importers."""

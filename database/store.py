@@ -1,0 +1,288 @@
+"""The databases: one SQLAlchemy schema, SQLite (WAL) by default, any SQLAlchemy URL otherwise.
+
+Tables
+- accuracy(app, protocol, p, c, b, seed, top1, top5, n_test, wall_s, host, created)
+  unique on (app, protocol, p, c, b, seed); writes are idempotent (first write wins).
+- base_accuracy(app, protocol, top1, top5, n_test, source, created): the unpruned model.
+- layer_latency(app, device, point, channels, side, median_s, p90_s, n, created)
+  side is 'edge' (input -> point, with `channels` kept at the cut) or 'cloud' (point -> logits
+  from `channels` input channels). point = -1 on the cloud side is the whole model from the raw
+  input (all-cloud); point = P on the edge side is the whole model on the edge (all-edge).
+- point_shape(app, point, name, channels, height, width): the activation at each point.
+- device(name, fingerprint JSON, notes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+
+from apps import DEFAULT_STORAGE
+from apps.errors import CoInferError
+
+meta = sa.MetaData()
+
+accuracy = sa.Table(
+    "accuracy", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("protocol", sa.String(128), nullable=False),
+    sa.Column("p", sa.Integer, nullable=False),
+    sa.Column("c", sa.Integer, nullable=False),
+    sa.Column("b", sa.Integer, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("top1", sa.Float, nullable=False),
+    sa.Column("top5", sa.Float),
+    sa.Column("n_test", sa.Integer),
+    sa.Column("wall_s", sa.Float),
+    sa.Column("host", sa.String(128)),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("app", "protocol", "p", "c", "b", "seed", name="uq_accuracy_key"),
+)
+
+base_accuracy = sa.Table(
+    "base_accuracy", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("protocol", sa.String(128), nullable=False),
+    sa.Column("top1", sa.Float, nullable=False),
+    sa.Column("top5", sa.Float),
+    sa.Column("n_test", sa.Integer),
+    sa.Column("source", sa.String(256)),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("app", "protocol", name="uq_base_key"),
+)
+
+layer_latency = sa.Table(
+    "layer_latency", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("point", sa.Integer, nullable=False),
+    sa.Column("channels", sa.Integer, nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("median_s", sa.Float, nullable=False),
+    sa.Column("p90_s", sa.Float),
+    sa.Column("n", sa.Integer),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("app", "device", "point", "channels", "side", name="uq_latency_key"),
+)
+
+point_shape = sa.Table(
+    "point_shape", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("point", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("channels", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.UniqueConstraint("app", "point", name="uq_shape_key"),
+)
+
+device = sa.Table(
+    "device", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("notes", sa.Text),
+)
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    app: str
+    protocol: str
+    p: int
+    c: int
+    b: int
+    seed: int
+    top1: float
+    top5: float | None = None
+    n_test: int | None = None
+    wall_s: float | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    app: str
+    device: str
+    point: int
+    channels: int
+    side: str
+    median_s: float
+    p90_s: float | None = None
+    n: int | None = None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 10000")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
+
+
+def _db_error(url: str, exc: Exception) -> CoInferError:
+    text = str(getattr(exc, "orig", exc)).splitlines()[0]
+    if "locked" in text:
+        return CoInferError(f"database {url} is locked by another process (waited 10 s): {text}")
+    if "not a database" in text or "malformed" in text:
+        return CoInferError(f"database {url} is corrupt: {text}")
+    return CoInferError(f"database {url}: {text}")
+
+
+class Store:
+    """The accuracy + latency databases behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str | None = None, create: bool = True) -> None:
+        self.url = url or DEFAULT_STORAGE
+        if "://" not in self.url:  # a plain path means an SQLite file
+            self.url = f"sqlite:///{Path(self.url).resolve()}"
+        try:
+            self.engine = sa.create_engine(self.url, future=True)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise CoInferError(f"bad storage URL {self.url!r}: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            path = self.engine.url.database
+            if path and path != ":memory:":
+                if not create and not Path(path).exists():
+                    raise CoInferError(f"database file not found: {path}")
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            meta.create_all(self.engine)
+        except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
+            raise _db_error(self.url, exc) from None
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _run(self, fn):
+        """Run fn(conn) in one transaction; database failures become one-line CoInferErrors."""
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except (OperationalError, DatabaseError) as exc:
+            raise _db_error(self.url, exc) from None
+
+    def _insert(self, table: sa.Table):
+        name = self.engine.dialect.name
+        if name == "sqlite":
+            return sqlite.insert(table)
+        if name == "postgresql":
+            return postgresql.insert(table)
+        raise CoInferError(f"unsupported database dialect {name} (use sqlite or postgresql)")
+
+    def _insert_ignore(self, table: sa.Table, rows: list[dict]) -> int:
+        if not rows:
+            return 0
+        stmt = self._insert(table).on_conflict_do_nothing()
+        return self._run(lambda conn: conn.execute(stmt, rows).rowcount or 0)
+
+    def _upsert(self, table: sa.Table, rows: list[dict], key: list[str]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(table)
+        update = {c: stmt.excluded[c] for c in rows[0] if c not in key}
+        self._run(lambda conn: conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=update), rows))
+
+    # -- accuracy ------------------------------------------------------------------------
+    def put_accuracy(self, rows: Iterable[AccuracyRow]) -> int:
+        """Insert accuracy entries; an entry whose key exists is left as it is. Returns #new."""
+        payload = [dict(r.__dict__, created=_now()) for r in rows]
+        return self._insert_ignore(accuracy, payload)
+
+    def accuracy_table(self, app: str, protocol: str | None = None,
+                       seed: int | None = None) -> dict[tuple[int, int, int], float]:
+        """{(p, c, b): top1}; with several seeds (or protocols if not given) the mean top1."""
+        q = sa.select(accuracy.c.p, accuracy.c.c, accuracy.c.b, sa.func.avg(accuracy.c.top1)).where(
+            accuracy.c.app == app)
+        if protocol is not None:
+            q = q.where(accuracy.c.protocol == protocol)
+        if seed is not None:
+            q = q.where(accuracy.c.seed == seed)
+        q = q.group_by(accuracy.c.p, accuracy.c.c, accuracy.c.b)
+        return self._run(lambda conn: {(p, c, b): float(t) for p, c, b, t in conn.execute(q)})
+
+    def accuracy_rows(self, app: str) -> list[dict]:
+        q = sa.select(accuracy).where(accuracy.c.app == app).order_by(
+            accuracy.c.protocol, accuracy.c.p, accuracy.c.c, accuracy.c.b, accuracy.c.seed)
+        return self._run(lambda conn: [dict(r._mapping) for r in conn.execute(q)])
+
+    def protocols(self, app: str) -> list[tuple[str, int]]:
+        q = sa.select(accuracy.c.protocol, sa.func.count()).where(accuracy.c.app == app).group_by(
+            accuracy.c.protocol)
+        return self._run(lambda conn: [(p, int(n)) for p, n in conn.execute(q)])
+
+    def put_base(self, app: str, protocol: str, top1: float, top5: float | None = None,
+                 n_test: int | None = None, source: str = "") -> None:
+        self._upsert(base_accuracy, [dict(app=app, protocol=protocol, top1=top1, top5=top5, n_test=n_test,
+                                          source=source, created=_now())], ["app", "protocol"])
+
+    def base(self, app: str, protocol: str | None = None) -> float | None:
+        q = sa.select(base_accuracy.c.top1).where(base_accuracy.c.app == app)
+        if protocol is not None:
+            q = q.where(base_accuracy.c.protocol == protocol)
+        rows = self._run(lambda conn: [r[0] for r in conn.execute(q)])
+        return float(rows[0]) if rows else None
+
+    # -- latency -------------------------------------------------------------------------
+    def put_latency(self, rows: Iterable[LatencyRow]) -> None:
+        payload = [dict(r.__dict__, created=_now()) for r in rows]
+        self._upsert(layer_latency, payload, ["app", "device", "point", "channels", "side"])
+
+    def latency_rows(self, app: str, device_name: str | None = None) -> list[LatencyRow]:
+        q = sa.select(layer_latency).where(layer_latency.c.app == app)
+        if device_name is not None:
+            q = q.where(layer_latency.c.device == device_name)
+        q = q.order_by(layer_latency.c.device, layer_latency.c.side, layer_latency.c.point,
+                       layer_latency.c.channels)
+        fields = LatencyRow.__dataclass_fields__
+        return self._run(lambda conn: [LatencyRow(**{k: v for k, v in r._mapping.items() if k in fields})
+                                       for r in conn.execute(q)])
+
+    def profiled_devices(self, app: str) -> dict[str, set[str]]:
+        """{device: {'edge', 'cloud'}} for the devices with latency rows for `app`."""
+        q = sa.select(layer_latency.c.device, layer_latency.c.side).where(
+            layer_latency.c.app == app).distinct()
+        out: dict[str, set[str]] = {}
+        for name, side in self._run(lambda conn: list(conn.execute(q))):
+            out.setdefault(name, set()).add(side)
+        return out
+
+    def put_shapes(self, app: str, shapes: Iterable[tuple[int, str, int, int, int]]) -> None:
+        rows = [dict(app=app, point=p, name=n, channels=c, height=h, width=w) for p, n, c, h, w in shapes]
+        self._upsert(point_shape, rows, ["app", "point"])
+
+    def shapes(self, app: str) -> list[tuple[int, str, int, int, int]]:
+        q = sa.select(point_shape.c.point, point_shape.c.name, point_shape.c.channels,
+                      point_shape.c.height, point_shape.c.width).where(
+            point_shape.c.app == app).order_by(point_shape.c.point)
+        return self._run(lambda conn: [tuple(r) for r in conn.execute(q)])
+
+    # -- devices -------------------------------------------------------------------------
+    def put_device(self, name: str, fingerprint: dict, notes: str = "") -> None:
+        self._upsert(device, [dict(name=name, fingerprint=json.dumps(fingerprint, sort_keys=True),
+                                   notes=notes)], ["name"])
+
+    def device(self, name: str) -> dict | None:
+        q = sa.select(device.c.fingerprint, device.c.notes).where(device.c.name == name)
+        rows = self._run(lambda conn: list(conn.execute(q)))
+        if not rows:
+            return None
+        return dict(json.loads(rows[0][0]), notes=rows[0][1] or "")
+
+    def devices(self) -> list[str]:
+        return self._run(lambda conn: [r[0] for r in conn.execute(sa.select(device.c.name).order_by(device.c.name))])

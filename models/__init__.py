@@ -1,0 +1,1 @@
+"""Partitionable models: builders, partition points, head/tail execution."""

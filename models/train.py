@@ -1,0 +1,86 @@
+"""Training and testing loops (plain PyTorch), and the base-model training CLI.
+
+    python -m models.train --app vgg16_digits    # writes checkpoints/vgg16_digits.pt
+
+The checkpoint is a plain state_dict (tensors only) so it loads with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from apps import DEFAULT_APP, load_app
+from apps.errors import run_cli
+from data import load_splits
+from models.build import build_model
+
+
+def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "linear",
+                 seed: int = 0, progress: bool = False) -> None:
+    """SGD over `data` for `epochs`; lr decays linearly to 0 (or stays constant)."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+    steps = max(1, epochs * len(loader))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    decay = (lambda s: 1 - s / steps) if schedule == "linear" else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    model.eval()
+
+
+@torch.no_grad()
+def test_accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[float, float]:
+    """(top-1, top-5) accuracy as fractions."""
+    model.eval()
+    top1 = top5 = total = 0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        logits = model(x)
+        k = min(5, logits.shape[1])
+        best = logits.topk(k, dim=1).indices
+        top1 += (best[:, 0] == y).sum().item()
+        top5 += (best == y[:, None]).any(1).sum().item()
+        total += len(y)
+    return top1 / total, top5 / total
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Train an app's base model and write its checkpoint.")
+    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--out", default=None, help="checkpoint path (default: the app's)")
+    args = ap.parse_args(argv)
+    app = load_app(args.app)
+    train, test = load_splits(app)
+    cfg = app.train
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = build_model(app)
+    start = time.perf_counter()
+    train_epochs(model, train, int(cfg.get("epochs", 30)), float(cfg.get("lr", 0.05)),
+                 int(cfg.get("batch_size", 64)), schedule="linear", seed=int(cfg.get("seed", 0)),
+                 progress=True)
+    top1, top5 = test_accuracy(model, test)
+    out = args.out or app.checkpoint
+    torch.save(model.state_dict(), out)
+    print(f"{app.name}: base top-1 {top1:.4f} top-5 {top5:.4f} on {len(test)} test images, "
+          f"trained in {time.perf_counter() - start:.1f} s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
