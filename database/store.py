@@ -130,7 +130,6 @@ def _now() -> dt.datetime:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout = 10000")
     cur.execute("PRAGMA journal_mode = WAL")
     cur.execute("PRAGMA synchronous = NORMAL")
     cur.close()
@@ -139,7 +138,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _db_error(url: str, exc: Exception) -> CoInferError:
     text = str(getattr(exc, "orig", exc)).splitlines()[0]
     if "locked" in text:
-        return CoInferError(f"database {url} is locked by another process (waited 10 s): {text}")
+        return CoInferError(f"database {url} is locked by another process: {text}")
     if "not a database" in text or "malformed" in text:
         return CoInferError(f"database {url} is corrupt: {text}")
     return CoInferError(f"database {url}: {text}")
@@ -148,12 +147,13 @@ def _db_error(url: str, exc: Exception) -> CoInferError:
 class Store:
     """The accuracy + latency databases behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str | None = None, create: bool = True) -> None:
+    def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0) -> None:
         self.url = url or DEFAULT_STORAGE
         if "://" not in self.url:  # a plain path means an SQLite file
             self.url = f"sqlite:///{Path(self.url).resolve()}"
+        is_sqlite = self.url.startswith("sqlite")
         try:
-            self.engine = sa.create_engine(self.url, future=True)
+            self.engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_s} if is_sqlite else {})
         except (ArgumentError, NoSuchModuleError) as exc:
             raise CoInferError(f"bad storage URL {self.url!r}: {exc}") from None
         if self.engine.dialect.name == "sqlite":

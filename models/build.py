@@ -8,7 +8,7 @@ import torch
 
 from apps import App
 from apps.errors import CoInferError
-from models.vgg import VGG, vgg16_bn
+from models.vgg import VGG, PartitionPoint, partition_points, vgg16_bn, vgg16_widths
 
 
 def build_model(app: App) -> VGG:
@@ -38,3 +38,8 @@ def load_base_model(app: App, checkpoint: Path | None = None) -> VGG:
         raise CoInferError(f"checkpoint {path} does not fit app {app.name}: {detail}")
     model.load_state_dict(state)
     return model.eval()
+
+
+def app_points(app: App) -> list[PartitionPoint]:
+    """Partition points of an app's model, without building it (VGG-16 at width 1 is 138 M params)."""
+    return partition_points(vgg16_widths(app.width), app.input_size)

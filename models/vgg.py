@@ -59,6 +59,16 @@ class PartitionPoint:
         return self.height * self.width
 
 
+def partition_points(widths: list[int], input_size: int) -> list[PartitionPoint]:
+    """The 13 partition points of a VGG-16 with these conv widths (no model needed)."""
+    points, size = [], input_size
+    for i, (name, pooled) in enumerate(zip(point_names(), pool_after())):
+        if pooled:
+            size //= 2
+        points.append(PartitionPoint(i, name, widths[i], size, size))
+    return points
+
+
 class VGG(nn.Module):
     """VGG-16-BN with explicit per-conv widths. Plain nn.Module; state_dict keys are stable."""
 
@@ -95,12 +105,7 @@ class VGG(nn.Module):
                     input_size=self.input_size, hidden=self.hidden)
 
     def partition_points(self) -> list[PartitionPoint]:
-        points, size = [], self.input_size
-        for i, (name, pooled) in enumerate(zip(point_names(), pool_after())):
-            if pooled:
-                size //= 2
-            points.append(PartitionPoint(i, name, self.widths[i], size, size))
-        return points
+        return partition_points(self.widths, self.input_size)
 
     def forward_head(self, x: torch.Tensor, p: int) -> torch.Tensor:
         """Edge side: blocks 0..p. Returns the activation at partition point p."""

@@ -1,0 +1,86 @@
+"""Cap the CPU of a process with a cgroup v1 CPU quota (emulates a slow edge device).
+
+`apply_cpu_quota(0.1, "coinfer-edge")` creates /sys/fs/cgroup/cpu/<group>, sets
+cfs_quota_us / cfs_period_us = 0.1 and moves the calling process into it. The period is short
+(10 ms) so a millisecond-scale inference is slowed evenly instead of running at full speed
+and then stalling for most of a 100 ms period. Needs root and cgroup v1; `quota_support()`
+says why not when it is unavailable, and callers then run unthrottled and say so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CPU_ROOT = Path("/sys/fs/cgroup/cpu")
+PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000
+
+
+def quota_support() -> str | None:
+    """None when a CPU quota can be applied here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not (CPU_ROOT / "cpu.cfs_quota_us").exists():
+        return f"no cgroup v1 CPU controller at {CPU_ROOT}"
+    return None
+
+
+def group_path(group: str) -> Path:
+    if not group or "/" in group or group.startswith("."):
+        raise ValueError(f"bad cgroup name {group!r}")
+    return CPU_ROOT / group
+
+
+def set_group_quota(group: str, cpus: float) -> Path:
+    """Create (or update) the cgroup with a quota of `cpus` CPUs; returns its path."""
+    path = group_path(group)
+    path.mkdir(exist_ok=True)
+    period = PERIOD_US if cpus * PERIOD_US >= MIN_QUOTA_US else int(MIN_QUOTA_US / cpus) + 1
+    (path / "cpu.cfs_period_us").write_text(str(period))
+    (path / "cpu.cfs_quota_us").write_text(str(max(MIN_QUOTA_US, int(cpus * period))))
+    return path
+
+
+def move_pid(group: str, pid: int) -> None:
+    (group_path(group) / "cgroup.procs").write_text(str(pid))
+
+
+def apply_cpu_quota(cpus: float, group: str) -> None:
+    """Put the current process under a CPU quota of `cpus` CPUs (root only)."""
+    reason = quota_support()
+    if reason:
+        raise PermissionError(f"cannot apply a CPU quota: {reason}")
+    set_group_quota(group, cpus)
+    move_pid(group, os.getpid())
+
+
+def remove_group(group: str) -> None:
+    """Move any process left in the group back to the root cgroup and delete the group."""
+    path = group_path(group)
+    if not path.exists():
+        return
+    for pid in (path / "cgroup.procs").read_text().split():
+        try:
+            (CPU_ROOT / "cgroup.procs").write_text(pid)
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def current_quota() -> float | None:
+    """The CPU quota (in CPUs) of the cgroup this process is in, None when unlimited."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if "cpu" in controllers.split(","):
+                base = CPU_ROOT / rel.lstrip("/")
+                quota = int((base / "cpu.cfs_quota_us").read_text())
+                period = int((base / "cpu.cfs_period_us").read_text())
+                return None if quota < 0 else quota / period
+    except (OSError, ValueError):
+        return None
+    return None

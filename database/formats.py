@@ -1,0 +1,130 @@
+"""Import/export accuracy tables: the Opt-CoInfer text format and CSV.
+
+Opt-CoInfer text: one scheme a line, `p+c-b*top1_error` (e.g. `3+12-4*0.1623`), partition
+index 0..12 over the 13 conv layers; the base model's error is given separately.
+CSV: header `p,c,b,top1` (top1 a fraction); extra columns are ignored.
+
+    python -m database.formats import-optcoinfer FILE --app vgg16_cars --base-error 0.151
+    python -m database.formats export-csv OUT.csv --app vgg16_digits
+
+Imports parse and check the whole file before writing anything, then write in one
+transaction (idempotent: schemes already stored are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from pathlib import Path
+
+from apps import DEFAULT_APP, load_app
+from apps.errors import CoInferError, run_cli
+from database.store import AccuracyRow, Store
+from models.build import app_points
+
+Table = dict[tuple[int, int, int], float]
+_LINE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*-\s*(\d+)\s*\*\s*([0-9.eE+-]+)\s*$")
+
+
+def read_optcoinfer(path: Path) -> Table:
+    """{(p, c, b): top1} from an Opt-CoInfer text file (top1 = 1 - error)."""
+    table: Table = {}
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise CoInferError(f"{path}:{n}: not an Opt-CoInfer line 'p+c-b*top1_error': {line.strip()[:60]!r}")
+        error = float(m.group(4))
+        if not 0 <= error <= 1:
+            raise CoInferError(f"{path}:{n}: top-1 error {error} outside [0, 1]")
+        table[(int(m.group(1)), int(m.group(2)), int(m.group(3)))] = 1 - error
+    return table
+
+
+def write_optcoinfer(table: Table, path: Path) -> None:
+    lines = [f"{p}+{c}-{b}*{1 - t:.6f}" for (p, c, b), t in sorted(table.items())]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_csv(path: Path) -> Table:
+    table: Table = {}
+    rows = csv.DictReader(_read_text(path).splitlines())
+    missing = {"p", "c", "b", "top1"} - set(rows.fieldnames or [])
+    if missing:
+        raise CoInferError(f"{path}: CSV header lacks {', '.join(sorted(missing))} (need p,c,b,top1)")
+    for n, row in enumerate(rows, 2):
+        try:
+            key, top1 = (int(row["p"]), int(row["c"]), int(row["b"])), float(row["top1"])
+        except (TypeError, ValueError):
+            raise CoInferError(f"{path}:{n}: bad CSV row {row}") from None
+        if not 0 <= top1 <= 1:
+            raise CoInferError(f"{path}:{n}: top1 {top1} outside [0, 1] (a fraction, not a percentage)")
+        table[key] = top1
+    return table
+
+
+def write_csv(table: Table, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["p", "c", "b", "top1"])
+        for (p, c, b), t in sorted(table.items()):
+            w.writerow([p, c, b, f"{t:.6f}"])
+
+
+def read_table(path: Path) -> Table:
+    """CSV when the name ends in .csv, else the Opt-CoInfer text format."""
+    return read_csv(path) if str(path).lower().endswith(".csv") else read_optcoinfer(path)
+
+
+def check_table(table: Table, widths: list[int], where: str) -> None:
+    for p, c, b in table:
+        if not (0 <= p < len(widths) and 1 <= c <= widths[p] and 1 <= b <= 8):
+            raise CoInferError(f"{where}: scheme {p},{c},{b} is outside the app's space")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise CoInferError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CoInferError(f"{path} is not a text file") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Import/export accuracy tables (Opt-CoInfer text, CSV).")
+    ap.add_argument("action", choices=["import-optcoinfer", "import-csv", "export-optcoinfer", "export-csv"])
+    ap.add_argument("path", type=Path)
+    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--protocol", default=None, help="protocol name (default: the app's, or 'optcoinfer-paper')")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base-error", type=float, default=None, help="base model top-1 error (imports)")
+    ap.add_argument("--storage", default=None)
+    args = ap.parse_args(argv)
+    app = load_app(args.app)
+    store = Store(args.storage)
+    if args.action.startswith("import"):
+        protocol = args.protocol or ("optcoinfer-paper" if args.action == "import-optcoinfer" else app.protocol.name)
+        table = read_optcoinfer(args.path) if args.action == "import-optcoinfer" else read_csv(args.path)
+        check_table(table, [p.channels for p in app_points(app)], str(args.path))
+        if args.base_error is not None and not 0 <= args.base_error < 1:
+            raise CoInferError("--base-error must be in [0, 1)")
+        new = store.put_accuracy([AccuracyRow(app.name, protocol, p, c, b, args.seed, t, host="import")
+                                  for (p, c, b), t in table.items()])
+        if args.base_error is not None:
+            store.put_base(app.name, protocol, 1 - args.base_error, source=f"import {args.path.name}")
+        print(f"imported {len(table)} schemes ({new} new) into {app.name} / {protocol}")
+    else:
+        protocol = args.protocol or app.protocol.name
+        table = store.accuracy_table(app.name, protocol, args.seed)
+        if not table:
+            raise CoInferError(f"no accuracy entries for {app.name} / {protocol} / seed {args.seed}")
+        (write_optcoinfer if args.action == "export-optcoinfer" else write_csv)(table, args.path)
+        print(f"exported {len(table)} schemes of {app.name} / {protocol} to {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,90 @@
+"""Import the Opt-CoInfer paper's published latency profile as two devices of `vgg16_cars`.
+
+    python -m database.paper            # reads ../shared/reference/optcoinfer_paper_latency.json
+
+The JSON holds cumulative per-module latencies (45 modules of VGG-16-BN) on a Raspberry Pi
+(edge) and a GPU server (cloud), and the 1-based module index of each of the 13 partition
+points. As in the paper's latency_search.py:
+- edge (p, C_p)  = edge_cumulative[idx_p - 1]
+- cloud (p, C_p) = cloud_cumulative[idx_last - 1] - cloud_cumulative[idx_p - 1]
+  (the paper's cloud tail ends at the last conv point; the classifier is not counted)
+- all-edge       = edge_all_s; all-cloud compute = 0 (the paper counts only the transfer).
+Only full-width rows exist: the paper ignores pruning's compute effect. The devices are
+marked `formula: optcoinfer-paper`, which tells the latency model to drop the per-channel
+header as the paper does, so the paper's worked figures are reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from apps import REPO_ROOT, load_app
+from apps.errors import CoInferError, run_cli
+from database.store import LatencyRow, Store
+from models.build import app_points
+
+DEFAULT_JSON = REPO_ROOT.parent / "shared" / "reference" / "optcoinfer_paper_latency.json"
+PAPER_FORMULA = "optcoinfer-paper"
+
+
+def read_paper_profile(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise CoInferError(f"cannot read paper profile {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CoInferError(f"paper profile {path} is not valid JSON (line {exc.lineno})") from None
+    for key in ("edge_cumulative_s", "cloud_cumulative_s", "conv_point_index_1based", "edge_all_s"):
+        if key not in data:
+            raise CoInferError(f"paper profile {path} lacks '{key}'")
+    n = len(data["edge_cumulative_s"])
+    idx = data["conv_point_index_1based"]
+    if len(data["cloud_cumulative_s"]) != n or len(idx) != 13 or not all(1 <= i <= n for i in idx):
+        raise CoInferError(f"paper profile {path}: inconsistent lengths or point indices")
+    return data
+
+
+def paper_rows(data: dict, app: str, edge: str, cloud: str, channels: list[int]) -> list[LatencyRow]:
+    e, g, idx = data["edge_cumulative_s"], data["cloud_cumulative_s"], data["conv_point_index_1based"]
+    last = g[idx[-1] - 1]
+    rows = []
+    for p, i in enumerate(idx):
+        rows.append(LatencyRow(app, edge, p, channels[p], "edge", e[i - 1], None, 0))
+        rows.append(LatencyRow(app, cloud, p, channels[p], "cloud", last - g[i - 1], None, 0))
+    rows.append(LatencyRow(app, edge, len(idx), 0, "edge", float(data["edge_all_s"]), None, 0))
+    rows.append(LatencyRow(app, cloud, -1, 0, "cloud", 0.0, None, 0))
+    return rows
+
+
+def import_paper_profile(store: Store, path: Path = DEFAULT_JSON, app_name: str = "vgg16_cars",
+                         edge: str = "pi-paper", cloud: str = "gpu-paper") -> int:
+    data = read_paper_profile(path)
+    app = load_app(app_name)
+    points = app_points(app)
+    rows = paper_rows(data, app.name, edge, cloud, [p.channels for p in points])
+    source = data.get("source", str(path))
+    for name, role in ((edge, data.get("edge_device", "edge")), (cloud, data.get("cloud_device", "cloud"))):
+        store.put_device(name, {"formula": PAPER_FORMULA, "source": source, "hardware": role},
+                         f"imported from {Path(path).name}; per-layer latency published by the paper")
+    store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in points])
+    store.put_latency(rows)
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Import the Opt-CoInfer paper's latency profile.")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--app", default="vgg16_cars")
+    ap.add_argument("--edge", default="pi-paper")
+    ap.add_argument("--cloud", default="gpu-paper")
+    ap.add_argument("--storage", default=None)
+    args = ap.parse_args(argv)
+    n = import_paper_profile(Store(args.storage), args.json, args.app, args.edge, args.cloud)
+    print(f"imported {n} latency rows for {args.app}: devices {args.edge} (edge), {args.cloud} (cloud)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,145 @@
+"""Latency database builder: per-point edge and cloud compute of an app on this machine.
+
+    python -m database.profile --app vgg16_digits --device cpu-edge     # under the app's edge CPU quota
+    python -m database.profile --app vgg16_digits --device cpu-cloud
+
+For every partition point p and a grid of kept channels c (1, C/4, C/2, 3C/4, C) it times,
+at batch size 1 after warm-up:
+- edge  (p, c): head through block p pruned to c filters, then quantise + pack (8 bits);
+- cloud (p, c): unpack + dequantise, then the tail whose first conv has c input channels;
+plus the whole model on the edge (point P, all-edge) and in the cloud from the raw input
+(point -1, all-cloud). Median and p90 of N runs are stored with the device's fingerprint.
+When the device is the app's edge device, the process first puts itself under the app's
+cgroup CPU quota (root only; otherwise it says so and profiles unthrottled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from apps import DEFAULT_APP, App, load_app
+from apps.errors import CoInferError, run_cli
+from compress.codec import pack, unpack
+from compress.prune import prune_at
+from compress.quant import dequantize, quantize
+from database.cpuquota import apply_cpu_quota, quota_support
+from database.fingerprint import fingerprint
+from database.store import LatencyRow, Store
+from models.build import app_points, load_base_model
+
+
+def channel_grid(cp: int) -> list[int]:
+    return sorted({1, max(1, cp // 4), max(1, cp // 2), max(1, 3 * cp // 4), cp})
+
+
+def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None]) -> tuple[float, float]:
+    """(median, p90) wall seconds of fn() over `runs` timed calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), float(np.percentile(samples, 90))
+
+
+def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
+                use_cuda: bool = False, progress: bool = True) -> list[LatencyRow]:
+    torch_device = torch.device("cuda" if use_cuda else "cpu")
+    sync = torch.cuda.synchronize if use_cuda else (lambda: None)
+    base = load_base_model(app).to(torch_device)
+    points = base.partition_points()
+    x = torch.randn(1, app.in_channels, app.input_size, app.input_size, device=torch_device)
+    jobs = [(side, pt.index, c) for side in sides for pt in points for c in channel_grid(pt.channels)]
+    if "edge" in sides:
+        jobs.append(("edge", len(points), app.num_classes))
+    if "cloud" in sides:
+        jobs.append(("cloud", -1, app.in_channels))
+    rows = []
+    for side, p, c in tqdm(jobs, desc=f"profile {app.name} on {device_name}", disable=not progress):
+        if p == len(points):
+            fn = lambda: base(x)
+        elif p == -1:
+            raw = np.zeros(app.in_channels * app.input_size ** 2, dtype=np.uint8).tobytes()
+            shape = tuple(x.shape)
+            def fn(raw=raw, shape=shape):
+                return base(torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(shape).to(torch_device).float())
+        else:
+            model = prune_at(base, p, c).eval()
+            if side == "edge":
+                def fn(model=model, p=p):
+                    codes, lo, scale = quantize(model.forward_head(x, p), 8)
+                    return pack(codes.cpu().numpy(), 8), lo.cpu().numpy(), scale.cpu().numpy()
+            else:
+                a = model.forward_head(x, p)
+                codes, lo, scale = quantize(a, 8)
+                payload, shape = pack(codes.cpu().numpy(), 8), tuple(a.shape)
+
+                def fn(model=model, p=p, payload=payload, shape=shape, lo=lo, scale=scale):
+                    codes = torch.from_numpy(unpack(payload, 8, int(np.prod(shape))).reshape(shape))
+                    return model.forward_tail(dequantize(codes.to(torch_device), lo, scale), p)
+        with torch.no_grad():
+            median, p90 = time_fn(fn, runs, warmup, sync)
+        rows.append(LatencyRow(app.name, device_name, p, c, side, median, p90, runs))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Profile per-point edge/cloud latency of an app on this machine.")
+    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--device", required=True, help="name to store the profile under (e.g. cpu-edge)")
+    ap.add_argument("--side", choices=["edge", "cloud", "both"], default="both")
+    ap.add_argument("--cpu-quota", type=float, default=None,
+                    help="CPUs allowed (cgroup quota); default: the app's edge quota when --device is its edge")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--cuda", action="store_true", help="profile on the GPU")
+    ap.add_argument("--storage", default=None)
+    args = ap.parse_args(argv)
+    app = load_app(args.app)
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        raise CoInferError("--runs and --threads must be >= 1, --warmup >= 0")
+    if args.cuda and not torch.cuda.is_available():
+        raise CoInferError("--cuda given but no CUDA device is available")
+    store = Store(args.storage)
+    quota = args.cpu_quota if args.cpu_quota is not None else (
+        app.edge_cpu_quota if args.device == app.edge_device else None)
+    note = ""
+    if quota is not None:
+        if quota <= 0:
+            raise CoInferError("--cpu-quota must be > 0")
+        reason = quota_support()
+        if reason:
+            note = f"CPU quota {quota} requested but not applied ({reason}): profiled unthrottled"
+            print(f"warning: {note}")
+        else:
+            apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
+    torch.set_num_threads(args.threads)
+    sides = ["edge", "cloud"] if args.side == "both" else [args.side]
+    rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda)
+    store.put_device(args.device, fingerprint(args.cuda), note)
+    store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in app_points(app)])
+    store.put_latency(rows)
+    print(f"{app.name} on {args.device}: {len(rows)} measurements stored"
+          + (f" (CPU quota {quota} CPU)" if quota and not note else ""))
+    whole = len(app_points(app))
+    for r in rows:
+        if (r.side, r.point) in (("edge", whole), ("cloud", -1)):
+            label = "whole model, edge side (all-edge)" if r.side == "edge" else "whole model, cloud side (all-cloud)"
+            print(f"  {label}: median {r.median_s * 1e3:.2f} ms, p90 {r.p90_s * 1e3:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
