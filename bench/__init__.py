@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and writes a PNG plot under bench/out/ (git-ignored)."""

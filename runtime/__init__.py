@@ -1,0 +1,1 @@
+"""Runtime: the wire protocol, the cloud server hosting tails, and the edge client running heads."""

@@ -1,0 +1,386 @@
+"""Cloud side: an asyncio TCP server that hosts the tail of every scheme of one app.
+
+    python -m runtime.cloud --app vgg16_digits --host 127.0.0.1 --port 5000 [--token T]
+                            [--tls-cert F --tls-key F] [--read-timeout S] [--json]
+
+The base checkpoint is loaded once; the tail for a scheme (p, c) is built on first use and kept in
+a bounded LRU (the tail does not depend on b). Requests are decoded and computed in a worker thread
+(`asyncio.to_thread`, at most `--workers` at a time) so the event loop keeps serving other clients.
+
+Connection rules: a frame must arrive within `--read-timeout` seconds of its first byte (a client
+dripping bytes is dropped) and a connection idle for `--idle-timeout` seconds is closed. A malformed
+frame gets an ERROR reply and the connection is closed; a well-formed request for an unknown app or
+scheme, or with the wrong shape, gets an ERROR reply and the connection stays open. With `--token`
+the first frame must be a HELLO carrying the token (compared in constant time) and must start within
+`--read-timeout`, otherwise ERROR, close and a log line. SIGTERM / SIGINT stop accepting, let
+requests in flight finish, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from apps import DEFAULT_APP, App, load_app
+from apps.errors import CoInferError, run_cli
+from compress.prune import check_scheme
+from compress.quant import dequantize
+from compress.scheme import SchemeModel
+from models.build import load_base_model
+from models.vgg import VGG
+from runtime.protocol import (
+    ALL_CLOUD_P,
+    DEFAULT_LIMITS,
+    Error,
+    ErrorCode,
+    Hello,
+    Limits,
+    Message,
+    ProtocolError,
+    Reply,
+    Request,
+    decode_activation,
+    encode,
+    read_frame,
+)
+
+log = logging.getLogger("coinfer.cloud")
+# Errors about a well-formed frame's content: reply and keep the connection. Every other error closes it.
+RECOVERABLE = frozenset({ErrorCode.UNKNOWN_APP, ErrorCode.UNKNOWN_SCHEME, ErrorCode.BAD_SHAPE})
+
+
+def limits_for(model: VGG, max_batch: int) -> Limits:
+    """Protocol limits tightened to the largest tensor this model can legitimately receive."""
+    points = model.partition_points()
+    max_channels = max([model.in_channels] + [pt.channels for pt in points])
+    per_sample = max([model.in_channels * model.input_size ** 2] + [pt.channels * pt.height * pt.width
+                                                                     for pt in points])
+    elements = max_batch * per_sample
+    body = 8 * max_batch * max_channels + elements  # worst case: 8-bit codes
+    return Limits(max_body=min(body, DEFAULT_LIMITS.max_body), max_elements=min(elements, DEFAULT_LIMITS.max_elements),
+                  max_batch=max_batch, max_channels=max_channels)
+
+
+class TailCache:
+    """Tails per (p, c), built from the base model on first use; at most `size` kept (LRU). Thread-safe."""
+
+    def __init__(self, base: VGG, size: int = 16) -> None:
+        self.base, self.size = base, size
+        self._tails: OrderedDict[tuple[int, int], nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, p: int, c: int, shape: tuple[int, int, int, int]) -> None:
+        """Raise ProtocolError (UNKNOWN_SCHEME / BAD_SHAPE) unless the base model has this scheme and shape."""
+        if p == ALL_CLOUD_P:
+            expected = (self.base.in_channels, self.base.input_size, self.base.input_size)
+        else:
+            try:
+                check_scheme(self.base, p, c)
+            except CoInferError as exc:
+                raise ProtocolError(ErrorCode.UNKNOWN_SCHEME, str(exc)) from None
+            point = self.base.partition_points()[p]
+            expected = (c, point.height, point.width)
+        if tuple(shape[1:]) != expected:
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"shape {shape[1:]} at point {p} should be {expected}")
+
+    def get(self, p: int, c: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The tail of scheme (p, c): activation -> logits (p = -1: the whole base model)."""
+        if p == ALL_CLOUD_P:
+            return self.base.forward
+        with self._lock:
+            scheme = self._tails.pop((p, c), None)
+            if scheme is None:
+                scheme = SchemeModel(self.base, p, c, 8).eval()  # b only affects the edge's quantiser
+            self._tails[(p, c)] = scheme
+            while len(self._tails) > self.size:
+                self._tails.popitem(last=False)
+        return scheme.tail
+
+
+@dataclass
+class _Conn:
+    peer: str
+    busy: bool = False
+
+
+class CloudServer:
+    """The server as an object: `await start(host, port)`, `.port`, `await close()`. See the module doc."""
+
+    def __init__(self, app: App, base: VGG | None = None, *, token: str | None = None,
+                 ssl_ctx: ssl.SSLContext | None = None, read_timeout: float = 10.0, idle_timeout: float = 300.0,
+                 write_timeout: float = 10.0, max_clients: int = 64, max_batch: int = 64, cache_size: int = 16,
+                 workers: int = 1) -> None:
+        self.app = app
+        self.base = base if base is not None else load_base_model(app)
+        self.tails = TailCache(self.base, cache_size)
+        self.limits = limits_for(self.base, max_batch)
+        self.token = token.encode() if token is not None else None
+        self.ssl_ctx = ssl_ctx
+        self.read_timeout, self.idle_timeout, self.write_timeout = read_timeout, idle_timeout, write_timeout
+        self.max_clients = max_clients
+        self.stats: Counter[str] = Counter()
+        self._workers = asyncio.Semaphore(workers)
+        self._conns: dict[asyncio.Task, _Conn] = {}
+        self._server: asyncio.Server | None = None
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx,
+                                                  ssl_handshake_timeout=self.read_timeout if self.ssl_ctx else None)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting; idle connections close now, requests in flight get `grace` seconds to finish."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for task, conn in list(self._conns.items()):
+            if not conn.busy:
+                task.cancel()
+        tasks = list(self._conns)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------------------ connection
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        host, port = writer.get_extra_info("peername", ("?", "?"))[:2]
+        peer = f"{host}:{port}"
+        self.stats["connections"] += 1
+        if len(self._conns) >= self.max_clients or self._closing:
+            self.stats["refused_busy"] += 1
+            log.warning("refused %s: %d clients connected", peer, len(self._conns))
+            await self._send(writer, Error(0, ErrorCode.BUSY, "server busy", self.app.name))
+            await self._close(writer)
+            return
+        conn = self._conns[task] = _Conn(peer)
+        try:
+            await self._serve_connection(conn, reader, writer)
+        except (OSError, asyncio.CancelledError) as exc:  # abrupt disconnect, or shutdown while idle
+            log.info("connection %s ended: %s", peer, type(exc).__name__)
+        finally:
+            del self._conns[task]
+            await self._close(writer)
+
+    async def _serve_connection(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        authed = self.token is None
+        while not self._closing:
+            try:
+                idle = self.idle_timeout if authed else self.read_timeout  # unauthenticated: no idling
+                msg = await read_frame(reader, self.limits, timeout=self.read_timeout, idle_timeout=idle)
+            except ProtocolError as exc:
+                await self._refuse(writer, conn, 0, exc)
+                return
+            if msg is None:
+                return
+            if not authed:
+                authed = await self._authenticate(writer, conn, msg)
+                if not authed:
+                    return
+                continue
+            if isinstance(msg, Hello):  # no token configured, or a repeated HELLO: acknowledge
+                await self._send(writer, Hello(self.app.name, request_id=msg.request_id))
+                continue
+            if not isinstance(msg, Request):
+                unexpected = ProtocolError(ErrorCode.UNEXPECTED, f"unexpected {type(msg).__name__} from a client")
+                await self._refuse(writer, conn, 0, unexpected)
+                return
+            conn.busy = True
+            try:
+                answer = await self._answer(msg, conn)
+                await self._send(writer, answer)
+            finally:
+                conn.busy = False
+            if isinstance(answer, Error) and answer.code not in RECOVERABLE:
+                return
+
+    async def _authenticate(self, writer: asyncio.StreamWriter, conn: _Conn, msg: Message) -> bool:
+        assert self.token is not None
+        if not isinstance(msg, Hello):
+            self.stats["auth_failed"] += 1
+            await self._refuse(writer, conn, 0, ProtocolError(ErrorCode.AUTH_REQUIRED, "authentication required"))
+            return False
+        if not hmac.compare_digest(msg.token, self.token):
+            self.stats["auth_failed"] += 1
+            await self._refuse(writer, conn, msg.request_id, ProtocolError(ErrorCode.AUTH_FAILED, "wrong token"))
+            return False
+        await self._send(writer, Hello(self.app.name, request_id=msg.request_id))
+        return True
+
+    async def _refuse(self, writer: asyncio.StreamWriter, conn: _Conn, request_id: int, exc: ProtocolError) -> None:
+        self.stats[f"error_{exc.code.name.lower()}"] += 1
+        log.warning("%s from %s: %s", exc.code.name, conn.peer, exc.message)
+        await self._send(writer, Error(request_id, exc.code, exc.message, self.app.name))
+
+    async def _send(self, writer: asyncio.StreamWriter, msg: Message) -> None:
+        with contextlib.suppress(OSError, TimeoutError):  # the peer may be gone; the caller closes
+            writer.write(encode(msg))
+            await asyncio.wait_for(writer.drain(), self.write_timeout)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    # ------------------------------------------------------------------------------- requests
+    async def _answer(self, req: Request, conn: _Conn) -> Reply | Error:
+        self.stats["requests"] += 1
+        t0 = time.perf_counter()
+        try:
+            if req.app != self.app.name:
+                raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {self.app.name!r}, not {req.app!r}")
+            self.tails.check(req.p, req.c, req.shape)
+            async with self._workers:
+                waited = time.perf_counter() - t0
+                reply = await asyncio.to_thread(self._compute, req)
+        except ProtocolError as exc:
+            self.stats[f"error_{exc.code.name.lower()}"] += 1
+            log.warning("%s from %s, request %d: %s", exc.code.name, conn.peer, req.request_id, exc.message)
+            return Error(req.request_id, exc.code, exc.message, self.app.name)
+        except Exception:  # a bug on this side: tell the client, keep the server up
+            self.stats["error_internal"] += 1
+            log.exception("request %d from %s failed", req.request_id, conn.peer)
+            return Error(req.request_id, ErrorCode.INTERNAL, "internal error", self.app.name)
+        self.stats["replies"] += 1
+        log.info("request %d from %s scheme=(%d,%d,%d) n=%d body=%dB queue=%.2fms unpack=%.2fms compute=%.2fms",
+                 req.request_id, conn.peer, req.p, req.c, req.bits, req.shape[0], len(req.body), waited * 1e3,
+                 reply.unpack_s * 1e3, reply.compute_s * 1e3)
+        return reply
+
+    def _compute(self, req: Request) -> Reply:
+        """Runs in a worker thread: decode, dequantise, tail forward, top-k (a tail built now is not timed)."""
+        tail = self.tails.get(req.p, req.c)
+        t0 = time.perf_counter()
+        codes, lo, scale = decode_activation(req.body, req.shape, req.bits)
+        a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            probs = torch.softmax(tail(a).float(), dim=1)
+            scores, classes = probs.topk(min(req.k, probs.shape[1]), dim=1)
+        t2 = time.perf_counter()
+        return Reply(req.request_id, self.app.name, req.p, req.c, req.bits,
+                     tuple(tuple(row) for row in classes.tolist()), tuple(tuple(row) for row in scores.tolist()),
+                     t1 - t0, t2 - t1)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise CoInferError("--tls-cert and --tls-key go together")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CoInferError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return ctx
+
+
+async def serve(app: App, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                ssl_ctx: ssl.SSLContext | None = None, stop: asyncio.Event | None = None,
+                **options: Any) -> CloudServer:
+    """Run a CloudServer until SIGTERM / SIGINT or `stop` is set; returns it (with its stats) once closed.
+
+    `options` go to CloudServer (read_timeout, idle_timeout, max_clients, max_batch, cache_size, workers).
+    """
+    server = CloudServer(app, token=token, ssl_ctx=ssl_ctx, **options)
+    await server.start(host, port)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / not on this OS
+            loop.add_signal_handler(sig, stop.set)
+    log.info("serving app %s on %s:%d%s%s", app.name, host, server.port, " with TLS" if ssl_ctx else "",
+             " with token" if token else "")
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.close()
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return server
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": record.created, "level": record.levelname, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runtime.cloud", description=__doc__.splitlines()[0])
+    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=5000, help="0 picks a free port (logged)")
+    ap.add_argument("--token", help="shared secret the client must send first (HELLO)")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--read-timeout", type=float, default=10.0, help="seconds to receive one frame once started")
+    ap.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a connection may wait between frames")
+    ap.add_argument("--max-clients", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=64, help="largest N accepted in one request")
+    ap.add_argument("--cache-size", type=int, default=16, help="tails kept in memory (LRU)")
+    ap.add_argument("--workers", type=int, default=1, help="requests computed at the same time")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per computation")
+    ap.add_argument("--json", action="store_true", help="log lines as JSON objects; final stats as JSON")
+    args = ap.parse_args(argv)
+    for name in ("read_timeout", "idle_timeout"):
+        if getattr(args, name) <= 0:
+            raise CoInferError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("max_clients", "max_batch", "cache_size", "workers", "threads"):
+        if getattr(args, name) < 1:
+            raise CoInferError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise CoInferError(f"--port {args.port} outside 0..65535")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if args.json else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    torch.set_num_threads(args.threads)
+    app = load_app(args.app)
+    ssl_ctx = tls_context(args.tls_cert, args.tls_key)
+    try:
+        server = asyncio.run(serve(app, args.host, args.port, args.token, ssl_ctx, read_timeout=args.read_timeout,
+                                   idle_timeout=args.idle_timeout, max_clients=args.max_clients,
+                                   max_batch=args.max_batch, cache_size=args.cache_size, workers=args.workers))
+    except OSError as exc:
+        raise CoInferError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    stats = dict(sorted(server.stats.items()))
+    print(json.dumps(stats) if args.json else " ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,360 @@
+"""CoInfer wire protocol, version 1: one fixed little-endian header, then a typed body. No pickle.
+
+Every frame is a 48-byte header (`struct` format `<4sBBBBI16sbBH4HII`) followed by `body_len` bytes:
+
+    offset size field
+    0      4    magic       b"COIN"
+    4      1    version     1
+    5      1    type        1 REQUEST, 2 REPLY, 3 ERROR, 4 HELLO
+    6      1    flags       reserved, must be 0
+    7      1    bits        b, 1..8 (REQUEST; echoed in REPLY; else 0)
+    8      4    request_id  u32, chosen by the client, echoed in the REPLY / ERROR
+    12     16   app         app name, ASCII, NUL-padded (e.g. b"vgg16_digits\\0\\0\\0\\0")
+    28     1    p           i8 partition point; -1 = all-cloud (the input itself is sent)
+    29     1    k           u8 top-k: requested (REQUEST, 1..10) / returned (REPLY, 1..10)
+    30     2    c           u16 channels kept at the cut (all-cloud: the input channels)
+    32     8    N, C, H, W  u16 each: the tensor shape (REQUEST, C == c); REPLY: (N, 0, 0, 0)
+    40     4    body_len    u32, bytes after the header
+    44     4    crc32       u32, zlib.crc32 of the body (the header is checked field by field)
+
+Bodies (all little-endian):
+
+- REQUEST: lo float32[N*C], scale float32[N*C] (per sample and channel, `compress.quant`), then the
+  N*C*H*W codes packed at b bits by `compress.codec` (exactly ceil(N*C*H*W*b/8) bytes).
+  `encode_activation` / `decode_activation` build and read this body.
+- REPLY: unpack_s float64, compute_s float64 (cloud seconds: decode + dequantise, tail forward),
+  class ids u16[N*k], scores float32[N*k] (softmax probabilities, best first per sample).
+- ERROR: code u16 (`ErrorCode`), message UTF-8 (at most `Limits.max_message` bytes).
+- HELLO: the auth token (at most `Limits.max_token` bytes). Client -> server: the first frame of a
+  connection when the server has a token. Server -> client: an empty HELLO acknowledges it.
+
+A reader validates magic, version, type, flags and every field of the header against `Limits`, and
+requires `body_len` to be exactly what those fields imply, BEFORE it allocates or reads the body;
+then it checks the CRC. Anything malformed raises `ProtocolError(code, message)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import torch
+
+from apps.errors import CoInferError
+from compress.codec import pack, packed_size, unpack
+
+MAGIC = b"COIN"
+VERSION = 1
+HEADER = struct.Struct("<4sBBBBI16sbBH4HII")
+HEADER_SIZE = HEADER.size
+APP_NAME_BYTES = 16
+MAX_TOPK = 10
+ALL_CLOUD_P = -1
+_REPLY_FIXED = struct.Struct("<dd")
+_ERROR_FIXED = struct.Struct("<H")
+
+
+class MsgType(IntEnum):
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+    HELLO = 4
+
+
+_TYPES = frozenset(t.value for t in MsgType)
+
+
+class ErrorCode(IntEnum):
+    # framing: the connection is closed after the ERROR reply
+    BAD_MAGIC = 1
+    BAD_VERSION = 2
+    BAD_TYPE = 3
+    BAD_FLAGS = 4
+    BAD_FIELD = 5
+    BAD_LENGTH = 6
+    BAD_CRC = 7
+    TRUNCATED = 8
+    TIMEOUT = 9
+    UNEXPECTED = 10
+    # content: the frame was well formed, the connection stays open
+    UNKNOWN_APP = 20
+    UNKNOWN_SCHEME = 21
+    BAD_SHAPE = 22
+    # access
+    AUTH_REQUIRED = 30
+    AUTH_FAILED = 31
+    BUSY = 40
+    INTERNAL = 50
+
+
+class ProtocolError(CoInferError):
+    """A malformed or unacceptable frame; `code` is what goes back in the ERROR reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard maxima checked against the header before any body byte is read."""
+
+    max_body: int = 16 << 20
+    max_elements: int = 16 << 20  # N*C*H*W of one request
+    max_batch: int = 256
+    max_channels: int = 4096
+    max_message: int = 1024
+    max_token: int = 256
+
+
+DEFAULT_LIMITS = Limits()
+Shape = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: int
+    app: str
+    p: int
+    c: int
+    bits: int
+    k: int
+    shape: Shape
+    body: bytes  # see encode_activation
+
+
+@dataclass(frozen=True)
+class Reply:
+    request_id: int
+    app: str
+    p: int
+    c: int
+    bits: int
+    classes: tuple[tuple[int, ...], ...]  # N x k class ids, best first
+    scores: tuple[tuple[float, ...], ...]  # N x k probabilities
+    unpack_s: float
+    compute_s: float
+
+
+@dataclass(frozen=True)
+class Error:
+    request_id: int
+    code: int
+    message: str
+    app: str = ""
+
+
+@dataclass(frozen=True)
+class Hello:
+    app: str
+    token: bytes = b""
+    request_id: int = 0
+
+
+Message = Request | Reply | Error | Hello
+
+
+@dataclass(frozen=True)
+class Header:
+    type: MsgType
+    bits: int
+    request_id: int
+    app: str
+    p: int
+    k: int
+    c: int
+    shape: Shape
+    body_len: int
+    crc: int
+
+
+# ---------------------------------------------------------------------------------------- body
+def encode_activation(codes: np.ndarray | torch.Tensor, lo: np.ndarray | torch.Tensor,
+                      scale: np.ndarray | torch.Tensor, bits: int) -> bytes:
+    """REQUEST body: codes (N, C, H, W) uint8 < 2^bits, lo / scale (N, C) -> bytes."""
+    codes, lo, scale = (np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t) for t in (codes, lo, scale))
+    if codes.ndim != 4 or lo.shape != codes.shape[:2] or scale.shape != codes.shape[:2]:
+        raise ValueError(f"codes {codes.shape} need lo/scale of shape {codes.shape[:2]}, got {lo.shape}/{scale.shape}")
+    return lo.astype("<f4").tobytes() + scale.astype("<f4").tobytes() + pack(codes, bits)
+
+
+def activation_body_len(shape: Shape, bits: int) -> int:
+    n, c, h, w = shape
+    return 8 * n * c + packed_size(n * c * h * w, bits)
+
+
+def decode_activation(body: bytes | memoryview, shape: Shape, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """REQUEST body -> codes (N, C, H, W) uint8, lo (N, C) float32, scale (N, C) float32."""
+    n, c, h, w = shape
+    if len(body) != activation_body_len(shape, bits):
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"activation body has {len(body)} bytes, "
+                            f"shape {shape} at {bits} bits needs {activation_body_len(shape, bits)}")
+    params = np.frombuffer(body, dtype="<f4", count=2 * n * c).astype(np.float32).reshape(2, n, c)
+    lo, scale = params[0], params[1]
+    if not (np.isfinite(lo).all() and np.isfinite(scale).all() and (scale > 0).all()):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "quantisation parameters must be finite with scale > 0")
+    codes = unpack(memoryview(body)[8 * n * c:], bits, n * c * h * w)
+    return codes.reshape(shape), lo, scale
+
+
+# -------------------------------------------------------------------------------------- header
+def _app_field(app: str) -> bytes:
+    if not (app.isascii() and app.isprintable()) or len(app) > APP_NAME_BYTES:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"app name must be printable ASCII, at most {APP_NAME_BYTES} "
+                            f"bytes: {app!r}")
+    return app.encode("ascii").ljust(APP_NAME_BYTES, b"\0")
+
+
+def _app_name(field: bytes) -> str:
+    name = field.rstrip(b"\0")
+    if not (name.isascii() and name.decode("ascii").isprintable()):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "app name must be NUL-padded printable ASCII")
+    return name.decode("ascii")
+
+
+def _expected_body_len(h: Header, limits: Limits) -> int:
+    """What `body_len` must be for this header; raises on any out-of-range field."""
+    n, c_, hh, w = h.shape
+    if h.type is MsgType.REQUEST:
+        if not 1 <= h.bits <= 8:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"bits {h.bits} outside 1..8")
+        if not 1 <= h.k <= MAX_TOPK:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"top-k {h.k} outside 1..{MAX_TOPK}")
+        if h.p < ALL_CLOUD_P:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"partition point {h.p} < {ALL_CLOUD_P}")
+        if not 1 <= h.c <= limits.max_channels:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"channels {h.c} outside 1..{limits.max_channels}")
+        if min(h.shape) < 1 or c_ != h.c:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"shape {h.shape} must be positive with C == c == {h.c}")
+        if n > limits.max_batch:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"batch {n} > {limits.max_batch}")
+        if n * c_ * hh * w > limits.max_elements:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"shape {h.shape} has more than {limits.max_elements} elements")
+        return activation_body_len(h.shape, h.bits)
+    if h.type is MsgType.REPLY:
+        if not 1 <= h.k <= MAX_TOPK or not 1 <= n <= limits.max_batch:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"reply with k={h.k}, N={n} outside 1..{MAX_TOPK}, "
+                                f"1..{limits.max_batch}")
+        return _REPLY_FIXED.size + n * h.k * 6
+    if h.type is MsgType.ERROR:
+        if not _ERROR_FIXED.size <= h.body_len <= _ERROR_FIXED.size + limits.max_message:
+            raise ProtocolError(ErrorCode.BAD_LENGTH, f"error body of {h.body_len} bytes")
+        return h.body_len
+    if h.body_len > limits.max_token:  # HELLO
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"hello token of {h.body_len} bytes > {limits.max_token}")
+    return h.body_len
+
+
+def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
+    """Validate a 48-byte header completely; the returned `body_len` is safe to read."""
+    if len(data) != HEADER_SIZE:
+        raise ProtocolError(ErrorCode.TRUNCATED, f"header has {len(data)} bytes, needs {HEADER_SIZE}")
+    magic, version, mtype, flags, bits, rid, app, p, k, c, n, ch, hh, w, body_len, crc = HEADER.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(ErrorCode.BAD_MAGIC, f"bad magic {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version}, this side speaks {VERSION}")
+    if mtype not in _TYPES:
+        raise ProtocolError(ErrorCode.BAD_TYPE, f"unknown message type {mtype}")
+    if flags:
+        raise ProtocolError(ErrorCode.BAD_FLAGS, f"unknown flags {flags:#04x}")
+    if body_len > limits.max_body:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"body of {body_len} bytes > {limits.max_body}")
+    header = Header(MsgType(mtype), bits, rid, _app_name(app), p, k, c, (n, ch, hh, w), body_len, crc)
+    expected = _expected_body_len(header, limits)
+    if body_len != expected:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{header.type.name} body_len {body_len}, fields imply {expected}")
+    return header
+
+
+def decode_body(h: Header, body: bytes) -> Message:
+    """Check the CRC and build the message; `body` must be exactly `h.body_len` bytes."""
+    if len(body) != h.body_len:
+        raise ProtocolError(ErrorCode.TRUNCATED, f"body has {len(body)} bytes, header says {h.body_len}")
+    if zlib.crc32(body) != h.crc:
+        raise ProtocolError(ErrorCode.BAD_CRC, "CRC32 mismatch")
+    if h.type is MsgType.REQUEST:
+        return Request(h.request_id, h.app, h.p, h.c, h.bits, h.k, h.shape, body)
+    if h.type is MsgType.REPLY:
+        n, k = h.shape[0], h.k
+        unpack_s, compute_s = _REPLY_FIXED.unpack_from(body)
+        ids = np.frombuffer(body, "<u2", n * k, _REPLY_FIXED.size).reshape(n, k)
+        scores = np.frombuffer(body, "<f4", n * k, _REPLY_FIXED.size + 2 * n * k).reshape(n, k)
+        return Reply(h.request_id, h.app, h.p, h.c, h.bits, tuple(tuple(int(i) for i in row) for row in ids),
+                     tuple(tuple(float(s) for s in row) for row in scores), unpack_s, compute_s)
+    if h.type is MsgType.ERROR:
+        (code,) = _ERROR_FIXED.unpack_from(body)
+        return Error(h.request_id, code, body[_ERROR_FIXED.size:].decode("utf-8", errors="replace"), h.app)
+    return Hello(h.app, bytes(body), h.request_id)
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode one complete frame held in memory (exactly one, no trailing bytes)."""
+    header = parse_header(bytes(data[:HEADER_SIZE]), limits)
+    if len(data) != HEADER_SIZE + header.body_len:
+        raise ProtocolError(ErrorCode.BAD_LENGTH if len(data) > HEADER_SIZE + header.body_len else ErrorCode.TRUNCATED,
+                            f"frame has {len(data)} bytes, header says {HEADER_SIZE + header.body_len}")
+    return decode_body(header, bytes(data[HEADER_SIZE:]))
+
+
+async def _read_exactly(reader: asyncio.StreamReader, n: int, part: str) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError(ErrorCode.TRUNCATED, f"connection closed mid-frame: {part} missing "
+                            f"{exc.expected - len(exc.partial)} of {exc.expected} bytes") from None
+
+
+async def read_frame(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMITS, *,
+                     timeout: float | None = None, idle_timeout: float | None = None) -> Message | None:
+    """Read and validate one frame. None on a clean EOF before its first byte.
+
+    `idle_timeout` bounds the wait for the first byte, `timeout` the rest of the frame once it has
+    started (a client dripping bytes is cut off); both raise ProtocolError(TIMEOUT).
+    """
+    try:
+        async with asyncio.timeout(idle_timeout):
+            first = await reader.read(1)
+    except TimeoutError:
+        raise ProtocolError(ErrorCode.TIMEOUT, f"idle for {idle_timeout} s") from None
+    if not first:
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            header = parse_header(first + await _read_exactly(reader, HEADER_SIZE - 1, "header"), limits)
+            body = await _read_exactly(reader, header.body_len, "body")
+    except TimeoutError:
+        raise ProtocolError(ErrorCode.TIMEOUT, f"frame not complete within {timeout} s") from None
+    return decode_body(header, body)
+
+
+# ------------------------------------------------------------------------------------- encoding
+def _frame(mtype: MsgType, request_id: int, app: str, body: bytes, *, bits: int = 0, p: int = 0, k: int = 0,
+           c: int = 0, shape: Shape = (0, 0, 0, 0)) -> bytes:
+    header = HEADER.pack(MAGIC, VERSION, mtype, 0, bits, request_id, _app_field(app), p, k, c, *shape,
+                         len(body), zlib.crc32(body))
+    parse_header(header)  # the encoder never emits a frame the decoder would reject
+    return header + body
+
+
+def encode(msg: Message) -> bytes:
+    """One frame for a message."""
+    if isinstance(msg, Request):
+        return _frame(MsgType.REQUEST, msg.request_id, msg.app, msg.body, bits=msg.bits, p=msg.p, k=msg.k,
+                      c=msg.c, shape=msg.shape)
+    if isinstance(msg, Reply):
+        n, k = len(msg.classes), len(msg.classes[0]) if msg.classes else 0
+        ids = np.asarray(msg.classes, dtype="<u2").reshape(n, k)
+        scores = np.asarray(msg.scores, dtype="<f4").reshape(n, k)
+        body = _REPLY_FIXED.pack(msg.unpack_s, msg.compute_s) + ids.tobytes() + scores.tobytes()
+        return _frame(MsgType.REPLY, msg.request_id, msg.app, body, bits=msg.bits, p=msg.p, k=k, c=msg.c,
+                      shape=(n, 0, 0, 0))
+    if isinstance(msg, Error):
+        text = msg.message.encode("utf-8")[: DEFAULT_LIMITS.max_message].decode("utf-8", errors="ignore")
+        return _frame(MsgType.ERROR, msg.request_id, msg.app, _ERROR_FIXED.pack(msg.code) + text.encode("utf-8"))
+    return _frame(MsgType.HELLO, msg.request_id, msg.app, msg.token)

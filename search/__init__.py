@@ -1,0 +1,1 @@
+"""Searches over the scheme space: latency model, monotone bounds, samplers, query runner."""

@@ -1,0 +1,140 @@
+"""The latency model L(s, B) over the latency database.
+
+    L(p, c, b; B) = T_edge(p, c) + (ceil(H_p W_p c b / 8) + 8 c) / B + RTT + T_cloud(p, c)
+    all-edge      = T_edge(whole model)
+    all-cloud     = raw_input_bytes / B + RTT + T_cloud(whole model from the raw input)
+
+Bandwidth follows the paper: B in Mbps, bytes/s = Mbps * 2^20 / 8. T_edge(p, c) and
+T_cloud(p, c) are medians measured at a few kept-channel counts c per point (pruning's compute
+effect) and linearly interpolated in between. The edge side includes quantisation + packing,
+the cloud side unpacking + dequantisation, as profiled by `database.profile`.
+
+What it ignores: TCP/IP and frame headers (a constant ~40-100 bytes a request), the reply
+(a few dozen bytes), TCP slow start and queueing, the dependence of pack/unpack time on the
+bit width b (profiled at 8 bits), run-to-run variance (medians only), and contention between
+concurrent requests. Devices imported with `formula: optcoinfer-paper` use the paper's own
+model: no per-channel header, exact fractional bytes, no cloud compute for all-cloud.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from apps import App
+from apps.errors import CoInferError
+from compress.quant import HEADER_BYTES_PER_CHANNEL
+from database.store import LatencyRow, Store
+from models.build import app_points
+from models.vgg import PartitionPoint
+from search.space import Space
+
+PAPER_FORMULA = "optcoinfer-paper"
+
+
+def bytes_per_second(mbps: float) -> float:
+    if not mbps > 0:
+        raise CoInferError(f"bandwidth must be > 0 Mbps, got {mbps}")
+    return mbps * 2**20 / 8
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    edge: float
+    transfer: float  # bytes / bandwidth + RTT
+    cloud: float
+    bytes: float
+
+    @property
+    def total(self) -> float:
+        return self.edge + self.transfer + self.cloud
+
+    def as_dict(self) -> dict:
+        return {"edge": self.edge, "transfer": self.transfer, "cloud": self.cloud, "total": self.total}
+
+
+class LatencyModel:
+    """Latency of every scheme of an app for one (edge device, cloud device) pair."""
+
+    def __init__(self, points: list[PartitionPoint], edge_rows: list[LatencyRow], cloud_rows: list[LatencyRow],
+                 raw_input_bytes: int, rtt_s: float = 0.0, paper_formula: bool = False,
+                 devices: tuple[str, str] = ("edge", "cloud")) -> None:
+        self.points = points
+        self.space = Space(points)
+        self.raw_input_bytes = raw_input_bytes
+        self.rtt_s = rtt_s
+        self.paper_formula = paper_formula
+        self.devices = devices
+        last = len(points)
+        self.edge_all = self._single(edge_rows, last, "edge", devices[0])
+        self.cloud_all = self._single(cloud_rows, -1, "cloud", devices[1])
+        s = self.space
+        self.edge_s = np.empty(s.size)
+        self.cloud_s = np.empty(s.size)
+        for pt in points:
+            sl = s.grid_slice(pt.index)
+            self.edge_s[sl] = self._interp(edge_rows, pt, s.c[sl], "edge", devices[0])
+            self.cloud_s[sl] = self._interp(cloud_rows, pt, s.c[sl], "cloud", devices[1])
+        hw = np.array([points[p].elements_per_channel for p in s.p], dtype=np.float64)
+        if paper_formula:
+            self.bytes = hw * s.c * s.b / 8
+        else:
+            self.bytes = np.ceil(hw * s.c * s.b / 8) + HEADER_BYTES_PER_CHANNEL * s.c
+
+    @staticmethod
+    def _single(rows: list[LatencyRow], point: int, side: str, name: str) -> float:
+        for r in rows:
+            if r.point == point and r.side == side:
+                return r.median_s
+        what = "whole model on the edge (all-edge)" if side == "edge" else "whole model in the cloud (all-cloud)"
+        raise CoInferError(f"latency profile of device '{name}' lacks the {what}; profile it with "
+                           f"python -m database.profile --device {name}")
+
+    @staticmethod
+    def _interp(rows: list[LatencyRow], pt: PartitionPoint, c: np.ndarray, side: str, name: str) -> np.ndarray:
+        measured = sorted((r.channels, r.median_s) for r in rows if r.point == pt.index and r.side == side)
+        if not measured:
+            raise CoInferError(f"latency profile of device '{name}' has no {side} rows at point {pt.index}")
+        xs, ys = zip(*measured)
+        return np.interp(c, xs, ys)  # constant beyond the measured range
+
+    @classmethod
+    def from_store(cls, store: Store, app: App, edge: str | None = None, cloud: str | None = None,
+                   rtt_s: float | None = None) -> LatencyModel:
+        edge, cloud = edge or app.edge_device, cloud or app.cloud_device
+        profiled = store.profiled_devices(app.name)
+        for name, side in ((edge, "edge"), (cloud, "cloud")):
+            if side not in profiled.get(name, set()):
+                known = ", ".join(f"{d} ({'+'.join(sorted(s))})" for d, s in sorted(profiled.items())) or "none"
+                raise CoInferError(f"no {side} latency profile of device '{name}' for app {app.name} "
+                                   f"(profiled: {known})")
+        edge_info, cloud_info = store.device(edge) or {}, store.device(cloud) or {}
+        paper = edge_info.get("formula") == PAPER_FORMULA or cloud_info.get("formula") == PAPER_FORMULA
+        return cls(app_points(app), store.latency_rows(app.name, edge), store.latency_rows(app.name, cloud),
+                   app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud))
+
+    # -- queries -------------------------------------------------------------------------
+    def totals(self, mbps: float) -> np.ndarray:
+        """L(s, B) for every scheme of the space (flat, Space order)."""
+        return self.edge_s + self.bytes / bytes_per_second(mbps) + self.rtt_s + self.cloud_s
+
+    def breakdown(self, scheme: tuple[int, int, int] | str, mbps: float) -> Breakdown:
+        bps = bytes_per_second(mbps)
+        if scheme == "all-edge":
+            return Breakdown(self.edge_all, 0.0, 0.0, 0.0)
+        if scheme == "all-cloud":
+            return Breakdown(0.0, self.raw_input_bytes / bps + self.rtt_s, self.cloud_all, self.raw_input_bytes)
+        i = self.space.index(scheme)
+        return Breakdown(float(self.edge_s[i]), float(self.bytes[i] / bps + self.rtt_s), float(self.cloud_s[i]),
+                         float(self.bytes[i]))
+
+    def all_edge(self, mbps: float) -> float:
+        return self.breakdown("all-edge", mbps).total
+
+    def all_cloud(self, mbps: float) -> float:
+        return self.breakdown("all-cloud", mbps).total
+
+    def reference(self, mbps: float) -> float:
+        """The best single-end latency, min(all-edge, all-cloud): the base of `-latency r`."""
+        return min(self.all_edge(mbps), self.all_cloud(mbps))

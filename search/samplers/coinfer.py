@@ -1,0 +1,72 @@
+"""`coinfer`: our sampler. Latency is known for every scheme; accuracy is bounded by monotone
+bounds from what has been evaluated (search/bounds.py), so a scheme is either proven feasible,
+proven infeasible, or open. It evaluates the open scheme that most shrinks the set of schemes
+that could still be optimal, and the runner stops when that set is empty: a certificate.
+
+Latency query (min L s.t. A >= t). An evaluation of x either succeeds (A(x) >= t: every
+candidate at least as slow as x is out) or fails (every candidate x dominates is out, as far
+as the tolerance allows). Score = q * gain_if_feasible + (1 - q) * gain_if_infeasible, with
+q = 1 / 0 for proven feasible / infeasible schemes and otherwise the smoothed share of
+evaluated schemes at the same point that met the threshold. Any unevaluated
+scheme may be picked, including one slower than the incumbent whose failure would rule out
+a whole block of candidates (a "probe").
+
+Accuracy query (max A s.t. L <= budget). Best-first on the upper bound: the candidate whose
+accuracy could be highest, ties broken by how many candidates it dominates (its value bounds
+them all), then by more transmitted bits (more information, usually more accuracy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search.bounds import Knowledge
+from search.problem import Problem, Status
+
+
+class CoInferPlanner:
+    name = "coinfer"
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+    def next(self, kn: Knowledge, st: Status) -> int | None:
+        if st.done:
+            return None
+        if self.problem.query.kind == "latency":
+            return self._next_latency(kn, st)
+        return self._next_accuracy(kn, st)
+
+    def _next_latency(self, kn: Knowledge, st: Status) -> int:
+        pr = self.problem
+        cand = st.candidates
+        lat = pr.latency
+        open_ = ~kn.evaluated
+        q = np.where(st.lower >= pr.threshold, 1.0,
+                     np.where(st.upper < pr.threshold, 0.0, self._success_rate(kn)[pr.space.p]))
+        cand_lat = np.sort(lat[cand])
+        slower = len(cand_lat) - np.searchsorted(cand_lat, lat, side="left")
+        gain_feasible = np.where(lat < st.incumbent_value, slower, 0)
+        gain_infeasible = kn.dominated_counts(cand)
+        score = np.where(open_, q * gain_feasible + (1 - q) * gain_infeasible, -1.0)
+        best = score.max()
+        ties = np.flatnonzero(score >= best - 1e-9)
+        return int(ties[np.argmin(lat[ties])])
+
+    def _success_rate(self, kn: Knowledge) -> np.ndarray:
+        """Per point, the smoothed share of evaluated schemes that met the threshold: the chance an
+        open scheme there is feasible (Laplace-smoothed towards the share over all points)."""
+        pr = self.problem
+        ev = kn.evaluated
+        ok = ev & (kn.acc >= pr.threshold)
+        n_p = np.bincount(pr.space.p[ev], minlength=len(pr.space.points))
+        f_p = np.bincount(pr.space.p[ok], minlength=len(pr.space.points))
+        overall = (ok.sum() + 1) / (ev.sum() + 2)
+        return (f_p + 2 * overall) / (n_p + 2)
+
+    def _next_accuracy(self, kn: Knowledge, st: Status) -> int:
+        cand = np.flatnonzero(st.candidates)
+        up = np.clip(st.upper[cand], None, 2.0)
+        dominated = kn.dominated_counts(st.candidates)[cand]
+        order = np.lexsort((-self.problem.model.bytes[cand], -dominated, -up))
+        return int(cand[order[0]])

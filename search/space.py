@@ -1,0 +1,63 @@
+"""The scheme space of an app as flat numpy arrays (one entry per split scheme).
+
+Scheme i is (p[i], c[i], b[i]). `grid(p)` maps (c, b) at point p to flat indices, so the
+monotone bounds can work on a C_p x 8 grid per point with cumulative max/min.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apps.errors import CoInferError
+from models.vgg import PartitionPoint
+
+ALL_EDGE = "all-edge"
+ALL_CLOUD = "all-cloud"
+
+
+@dataclass
+class Space:
+    points: list[PartitionPoint]
+    p: np.ndarray = field(init=False)
+    c: np.ndarray = field(init=False)
+    b: np.ndarray = field(init=False)
+    offsets: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ps, cs, bs, self.offsets, start = [], [], [], [], 0
+        for pt in self.points:
+            self.offsets.append(start)
+            cc, bb = np.meshgrid(np.arange(1, pt.channels + 1), np.arange(1, 9), indexing="ij")
+            ps.append(np.full(cc.size, pt.index))
+            cs.append(cc.ravel())
+            bs.append(bb.ravel())
+            start += cc.size
+        self.p, self.c, self.b = (np.concatenate(a).astype(np.int64) for a in (ps, cs, bs))
+
+    @property
+    def size(self) -> int:
+        return len(self.p)
+
+    def index(self, scheme: tuple[int, int, int]) -> int:
+        p, c, b = scheme
+        self.check(scheme)
+        return self.offsets[p] + (c - 1) * 8 + (b - 1)
+
+    def scheme(self, i: int) -> tuple[int, int, int]:
+        return int(self.p[i]), int(self.c[i]), int(self.b[i])
+
+    def check(self, scheme: tuple[int, int, int]) -> None:
+        p, c, b = scheme
+        if not 0 <= p < len(self.points):
+            raise CoInferError(f"partition point {p} outside 0..{len(self.points) - 1}")
+        if not 1 <= c <= self.points[p].channels:
+            raise CoInferError(f"channels {c} outside 1..{self.points[p].channels} at point {p}")
+        if not 1 <= b <= 8:
+            raise CoInferError(f"bits {b} outside 1..8")
+
+    def grid_slice(self, p: int) -> slice:
+        """Flat indices of point p; reshaped to (C_p, 8) they form the (c, b) grid."""
+        start = self.offsets[p]
+        return slice(start, start + self.points[p].channels * 8)

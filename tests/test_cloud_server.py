@@ -1,0 +1,372 @@
+"""The cloud server in-process on vgg16_digits: correct answers while hostile clients misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from apps import load_app
+from apps.errors import CoInferError
+from compress.quant import dequantize, quantize
+from compress.scheme import SchemeModel
+from data import load_splits
+from models.build import load_base_model
+from runtime import edge
+from runtime.cloud import CloudServer, serve
+from runtime.edge import ALL_CLOUD, ALL_EDGE, SPLIT, EdgeClient, RemoteError, Scheme
+from runtime.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    Error,
+    ErrorCode,
+    Hello,
+    Reply,
+    Request,
+    encode,
+    encode_activation,
+    read_frame,
+)
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+APP = load_app("vgg16_digits")
+pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
+FIELDS = ["magic", "version", "type", "flags", "bits", "request_id", "app", "p", "k", "c", "n", "ch", "h", "w",
+          "body_len", "crc"]
+SCHEMES = [Scheme(SPLIT, 2, 10, 4), Scheme(SPLIT, 4, 12, 3), Scheme(SPLIT, 12, 64, 1), Scheme(ALL_CLOUD)]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_base_model(APP)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    test = load_splits(APP)[1]
+    return torch.stack([test[i][0] for i in range(8)])
+
+
+def reference(base, scheme: Scheme, x: torch.Tensor, k: int = 3) -> tuple[list[list[int]], list[list[float]]]:
+    """The same scheme run locally in one process: SchemeModel forward (quantise-dequantise at the cut)."""
+    with torch.inference_mode():
+        if scheme.kind == ALL_CLOUD:
+            logits = base(dequantize(*quantize(x, 8)))
+        else:
+            logits = SchemeModel(base, scheme.p, scheme.c, scheme.b).eval()(x)
+        scores, classes = torch.softmax(logits, 1).topk(k, 1)
+    return classes.tolist(), scores.tolist()
+
+
+def valid_request(p: int = 4, c: int = 12, bits: int = 3, rid: int = 1, app: str = "vgg16_digits") -> bytes:
+    side = {2: 16, 4: 8}[p]
+    codes, lo, scale = quantize(torch.rand(1, c, side, side), bits)
+    return encode(Request(rid, app, p, c, bits, 3, (1, c, side, side), encode_activation(codes, lo, scale, bits)))
+
+
+def with_header(frame: bytes, **changes: object) -> bytes:
+    values = dict(zip(FIELDS, HEADER.unpack(frame[:HEADER_SIZE])))
+    values.update(changes)
+    return HEADER.pack(*(values[f] for f in FIELDS)) + frame[HEADER_SIZE:]
+
+
+async def exchange(port: int, data: bytes, half_close: bool = False) -> tuple[object, bool]:
+    """Send raw bytes; return (the server's answer, whether the server then closed the connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    if half_close:
+        writer.write_eof()
+    answer = await read_frame(reader, timeout=5, idle_timeout=5)
+    try:
+        closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
+    except TimeoutError:
+        closed = False
+    writer.close()
+    return answer, closed
+
+
+async def expect_error(port: int, data: bytes, code: ErrorCode, closes: bool = True, half_close: bool = False) -> None:
+    answer, closed = await exchange(port, data, half_close)
+    assert isinstance(answer, Error) and answer.code == code, answer
+    assert closed == closes
+
+
+async def drip(port: int, data: bytes, delay: float) -> tuple[object, float]:
+    """Slowloris: one byte every `delay` seconds; returns the server's answer and when it came."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.perf_counter()
+    read = asyncio.ensure_future(read_frame(reader, timeout=10, idle_timeout=10))
+    for byte in data:
+        if read.done():
+            break
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        except OSError:
+            break
+        await asyncio.sleep(delay)
+    answer = await read
+    writer.close()
+    return answer, time.perf_counter() - t0
+
+
+async def abrupt(port: int, data: bytes) -> None:
+    """Send part of a frame (or a whole request) and reset the connection without reading."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close -> RST
+    writer.transport.abort()
+
+
+async def attackers(port: int) -> None:
+    req = valid_request()
+    await expect_error(port, req[:30], ErrorCode.TRUNCATED, half_close=True)
+    await expect_error(port, req[:-5], ErrorCode.TRUNCATED, half_close=True)
+    await expect_error(port, with_header(req, magic=b"HTTP"), ErrorCode.BAD_MAGIC)
+    await expect_error(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(40), ErrorCode.BAD_MAGIC)
+    await expect_error(port, with_header(req, version=7), ErrorCode.BAD_VERSION)
+    await expect_error(port, with_header(req, body_len=0xFFFFFFFF), ErrorCode.BAD_LENGTH)
+    await expect_error(port, with_header(req, n=64, c=64, ch=64, h=256, w=256), ErrorCode.BAD_FIELD)
+    await expect_error(port, with_header(req, crc=zlib.crc32(req[HEADER_SIZE:]) ^ 0xFF), ErrorCode.BAD_CRC)
+    await expect_error(port, encode(Reply(1, "vgg16_digits", 0, 1, 1, ((1,),), ((1.0,),), 0, 0)), ErrorCode.UNEXPECTED)
+    body = bytearray(req[HEADER_SIZE:])
+    struct.pack_into("<f", body, 12 * 4, float("nan"))  # first scale
+    await expect_error(port, with_header(req[:HEADER_SIZE] + bytes(body), crc=zlib.crc32(body)), ErrorCode.BAD_FIELD)
+    # well-formed but unanswerable: ERROR, and the connection stays open for the next request
+    await expect_error(port, valid_request(p=4, c=40), ErrorCode.UNKNOWN_SCHEME, closes=False)
+    await expect_error(port, valid_request(app="resnet_cars"), ErrorCode.UNKNOWN_APP, closes=False)
+    await expect_error(port, with_header(valid_request(p=2, c=12), p=4), ErrorCode.BAD_SHAPE, closes=False)
+    answer, _ = await exchange(port, valid_request(p=4, c=40, rid=5) + valid_request(rid=6))
+    assert isinstance(answer, Error) and answer.request_id == 5
+    await abrupt(port, req[:HEADER_SIZE + 3])
+    await abrupt(port, req)  # the reply has nowhere to go
+    await abrupt(port, b"")
+
+
+async def good_client(base, images: torch.Tensor, port: int, until: asyncio.Future, expected: dict) -> int:
+    """Valid requests over every scheme until the attackers are done; every answer checked."""
+    clients = [EdgeClient(APP, s, base, port=port, k=3, timeout=10) for s in SCHEMES]
+    answered = 0
+    for client in clients:
+        await client.connect()
+    try:
+        while not until.done() or answered < 2 * len(SCHEMES) * len(images):
+            i = answered % len(images)
+            client = clients[(answered // len(images)) % len(clients)]
+            pred = await client.infer(images[i:i + 1])
+            classes, scores = expected[client.scheme][0][i], expected[client.scheme][1][i]
+            assert pred.classes[0][0] == classes[0], (client.scheme, i)
+            assert pred.scores[0] == pytest.approx(scores, abs=1e-4), (client.scheme, i)
+            assert pred.timings.bytes_up > HEADER_SIZE and pred.timings.cloud_compute_s > 0
+            answered += 1
+            await asyncio.sleep(0.005)
+    finally:
+        for client in clients:
+            await client.close()
+    return answered
+
+
+def test_serves_correctly_under_attack(base, images) -> None:
+    expected = {}
+    for s in SCHEMES:
+        classes, scores = reference(base, s, images)
+        expected[s] = (classes, scores)
+
+    async def main() -> None:
+        server = CloudServer(APP, base, read_timeout=0.4, idle_timeout=5.0)
+        await server.start("127.0.0.1", 0)
+        port = server.port
+        try:
+            attack = asyncio.ensure_future(asyncio.gather(
+                attackers(port), drip(port, valid_request(), 0.05), drip(port, b"COIN\x01", 0.3)))
+            answered = await good_client(base, images, port, attack, expected)
+            _, (slow, slow_t), (idle, idle_t) = attack.result()
+            assert isinstance(slow, Error) and slow.code == ErrorCode.TIMEOUT and slow_t < 2.0
+            assert isinstance(idle, Error) and idle.code == ErrorCode.TIMEOUT and idle_t < 2.0
+            assert answered >= 2 * len(SCHEMES) * len(images)
+            # still serving at the end, on a fresh connection
+            async with EdgeClient(APP, SCHEMES[1], base, port=port, k=3) as client:
+                pred = await client.infer(images[:1])
+            assert pred.classes[0][0] == expected[SCHEMES[1]][0][0][0]
+            stats = server.stats
+            assert stats["replies"] >= answered + 1
+            for code in ("truncated", "bad_magic", "bad_version", "bad_length", "bad_field", "bad_crc", "timeout",
+                         "unexpected", "unknown_scheme", "unknown_app", "bad_shape"):
+                assert stats[f"error_{code}"] >= 1, code
+            assert stats["error_internal"] == 0
+        finally:
+            await server.close()
+        assert server.stats["requests"] >= answered
+
+    asyncio.run(main())
+
+
+def test_batch_request_and_all_edge(base, images) -> None:
+    async def main() -> None:
+        server = CloudServer(APP, base)
+        await server.start("127.0.0.1", 0)
+        try:
+            async with EdgeClient(APP, SCHEMES[0], base, port=server.port, k=3) as client:
+                pred = await client.infer(images)
+        finally:
+            await server.close()
+        assert [row[0] for row in pred.classes] == [row[0] for row in reference(base, SCHEMES[0], images)[0]]
+        async with EdgeClient(APP, Scheme(ALL_EDGE), base, k=3) as local:  # no server, no network
+            here = await local.infer(images)
+        with torch.inference_mode():
+            assert [row[0] for row in here.classes] == base(images).argmax(1).tolist()
+        assert here.timings.bytes_up == 0
+
+    asyncio.run(main())
+
+
+def test_token(base, images, caplog) -> None:
+    async def main() -> None:
+        server = CloudServer(APP, base, token="s3cret")
+        await server.start("127.0.0.1", 0)
+        port = server.port
+        try:
+            with pytest.raises(RemoteError) as info:
+                async with EdgeClient(APP, SCHEMES[1], base, port=port) as client:
+                    await client.infer(images[:1])
+            assert info.value.code == ErrorCode.AUTH_REQUIRED
+            with pytest.raises(RemoteError) as info:
+                async with EdgeClient(APP, SCHEMES[1], base, port=port, token="s3cret!"):
+                    pass
+            assert info.value.code == ErrorCode.AUTH_FAILED
+            await expect_error(port, encode(Hello("vgg16_digits", b"")), ErrorCode.AUTH_FAILED)
+            async with EdgeClient(APP, SCHEMES[1], base, port=port, token="s3cret") as client:
+                pred = await client.infer(images[:1])
+            assert pred.classes[0][0] == reference(base, SCHEMES[1], images[:1])[0][0][0]
+            assert server.stats["auth_failed"] == 3
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    assert "AUTH_FAILED" in caplog.text and "AUTH_REQUIRED" in caplog.text
+
+
+def test_max_clients(base, images) -> None:
+    async def main() -> None:
+        server = CloudServer(APP, base, max_clients=1)
+        await server.start("127.0.0.1", 0)
+        try:
+            async with EdgeClient(APP, SCHEMES[1], base, port=server.port) as first:
+                await first.infer(images[:1])
+                await expect_error(server.port, valid_request(), ErrorCode.BUSY)
+                await first.infer(images[:1])
+            assert server.stats["refused_busy"] == 1 and server.stats["replies"] == 2
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_tls(base, images, tmp_path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        server = CloudServer(APP, base, ssl_ctx=server_ctx, token="t")
+        await server.start("127.0.0.1", 0)
+        try:
+            async with EdgeClient(APP, SCHEMES[1], base, port=server.port, ssl_ctx=client_ctx, token="t") as client:
+                pred = await client.infer(images[:2])
+            assert [r[0] for r in pred.classes] == [r[0] for r in reference(base, SCHEMES[1], images[:2])[0]]
+            with pytest.raises(CoInferError):  # a client that does not trust the certificate
+                async with EdgeClient(APP, SCHEMES[1], base, port=server.port, ssl_ctx=ssl.create_default_context()):
+                    pass
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_serve_stops_on_event(base, images) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(serve(APP, "127.0.0.1", 0, stop=stop, base=base))
+        await asyncio.sleep(0.2)
+        stop.set()
+        server = await asyncio.wait_for(task, 10)
+        assert server.stats["requests"] == 0
+
+    asyncio.run(main())
+
+
+def test_shutdown_finishes_requests_in_flight(base, images) -> None:
+    async def main() -> None:
+        server = CloudServer(APP, base)
+        compute = server._compute
+        server._compute = lambda req: (time.sleep(0.3), compute(req))[1]  # a slow tail
+        await server.start("127.0.0.1", 0)
+        idle = EdgeClient(APP, SCHEMES[1], base, port=server.port)
+        busy = EdgeClient(APP, SCHEMES[1], base, port=server.port)
+        await idle.connect()
+        await busy.connect()
+        infer = asyncio.ensure_future(busy.infer(images[:1]))
+        while server.stats["requests"] == 0:
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        await server.close(grace=5)
+        assert time.perf_counter() - t0 < 2
+        pred = await infer  # the request in flight was answered before the connection closed
+        assert pred.classes[0][0] == reference(base, SCHEMES[1], images[:1])[0][0][0]
+        for client in (idle, busy):
+            with pytest.raises(CoInferError):
+                await client.infer(images[:1])
+            await client.close()
+
+    asyncio.run(main())
+
+
+def test_cli_end_to_end(capsys) -> None:
+    """python -m runtime.cloud in a subprocess, the edge CLI against it, then SIGTERM: clean exit with stats."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:
+            msg = json.loads(line)["msg"]
+            if msg.startswith("serving app"):
+                port = int(msg.split(":")[-1].split()[0])
+                break
+        assert port, "server did not start"
+        assert edge.main(["--server", f"127.0.0.1:{port}", "--scheme", "4,12,3", "--n", "5", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["requests"] == 5 and 0 <= report["accuracy"] <= 1
+        assert report["bytes_up"] == HEADER_SIZE + 12 * 8 + (12 * 8 * 8 * 3 + 7) // 8
+        with pytest.raises(CoInferError):
+            edge.main(["--server", f"127.0.0.1:{port}", "--scheme", "4,99,3", "--n", "1"])
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert json.loads(out)["replies"] == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
