@@ -7,8 +7,10 @@ CLIs run their `main` through `run_cli`, which prints that line to stderr and ex
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class CoInferError(Exception):
@@ -26,3 +28,11 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with the project's bad-input convention: one line on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)

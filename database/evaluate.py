@@ -30,10 +30,11 @@ from models.train import test_accuracy, train_epochs
 class FinetuneEvaluator:
     """The app's evaluation protocol for one scheme. Data and base model load once."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, device: str = "cpu") -> None:
         self.app = app
+        self.device = torch.device(device)
         self.train, self.test = load_splits(app)
-        self.base = load_base_model(app)
+        self.base = load_base_model(app).to(self.device)
 
     def base_accuracy(self) -> tuple[float, float]:
         return test_accuracy(self.base, self.test)

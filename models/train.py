@@ -33,9 +33,11 @@ def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    device = next(model.parameters()).device
     bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
     for _ in range(epochs):
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x), y).backward()
             opt.step()
@@ -49,8 +51,10 @@ def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_
 def test_accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[float, float]:
     """(top-1, top-5) accuracy as fractions."""
     model.eval()
+    device = next(model.parameters()).device
     top1 = top5 = total = 0
     for x, y in DataLoader(data, batch_size=batch_size):
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         k = min(5, logits.shape[1])
         best = logits.topk(k, dim=1).indices

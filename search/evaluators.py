@@ -22,9 +22,10 @@ Scheme = tuple[int, int, int]
 class DatabaseEvaluator:
     name = "finetune"
 
-    def __init__(self, app: App, store: Store, seed: int | None = None) -> None:
+    def __init__(self, app: App, store: Store, seed: int | None = None, device: str = "cpu") -> None:
         self.app = app
         self.store = store
+        self.device = device
         self.seed = app.protocol.seed if seed is None else seed
         self._finetune = None
 
@@ -40,7 +41,7 @@ class DatabaseEvaluator:
             return stored
         if self._finetune is None:
             from database.evaluate import FinetuneEvaluator
-            self._finetune = FinetuneEvaluator(self.app)
+            self._finetune = FinetuneEvaluator(self.app, self.device)
         row = self._finetune.evaluate(*scheme, seed=self.seed)
         self.store.put_accuracy([row])
         return row.top1
@@ -69,9 +70,10 @@ class TableEvaluator:
             raise CoInferError(f"table {self.path} lacks scheme {p},{c},{b} that the search asked for") from None
 
 
-def make_evaluator(spec: str, app: App, store: Store, widths: list[int], seed: int | None = None):
+def make_evaluator(spec: str, app: App, store: Store, widths: list[int], seed: int | None = None,
+                   device: str = "cpu"):
     if spec == "finetune":
-        return DatabaseEvaluator(app, store, seed)
+        return DatabaseEvaluator(app, store, seed, device)
     if spec.startswith("table:") and len(spec) > 6:
         return TableEvaluator(spec[6:], widths)
     raise CoInferError(f"unknown evaluator {spec!r} (use finetune or table:PATH)")

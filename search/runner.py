@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 class SearchResult:
     kind: str
     bandwidth: float
+    bound: float  # the query's accuracy_loss (latency query) or latency ratio (accuracy query)
     sampler: str
     evaluator: str
     scheme: tuple[int, int, int] | str | None
@@ -61,6 +62,7 @@ class SearchResult:
     def to_json(self) -> dict:
         out = {
             "query": self.kind, "bandwidth_mbps": self.bandwidth,
+            ("accuracy_loss_bound" if self.kind == "latency" else "latency_ratio"): self.bound,
             "scheme": list(self.scheme) if isinstance(self.scheme, tuple) else self.scheme,
             "layer": self.layer, "feasible": self.feasible,
             "latency_s": self.breakdown.as_dict(), "bytes": self.breakdown.bytes,
@@ -266,8 +268,11 @@ def _result(problem: Problem, kn: Knowledge, st: Status, evaluator, sampler: str
     proof = _proof(problem, kn, st, inc)
     used_stored = sum(1 for i in proof if i in stored)
     return SearchResult(
-        kind=q.kind, bandwidth=q.bandwidth, sampler=sampler, evaluator=evaluator.name, scheme=scheme, layer=layer,
-        feasible=feasible, breakdown=bd, reference={"all_edge": problem.all_edge, "all_cloud": problem.all_cloud},
+        kind=q.kind, bandwidth=q.bandwidth, sampler=sampler,
+        bound=q.accuracy_loss if q.kind == "latency" else q.latency_ratio, evaluator=evaluator.name,
+        scheme=scheme, layer=layer,
+        feasible=feasible, breakdown=bd,
+        reference={"all_edge": problem.all_edge, "all_cloud": problem.all_cloud},
         base_accuracy=problem.base, accuracy=accuracy, accuracy_is_bound=bound, certified=certified,
         certificate=[space.scheme(i) for i in proof] if certified else [], new_evaluations=len(new),
         reused_evaluations=used_stored, wall_s=0.0, sampler_s=0.0, tolerance=tol, offline=offline, notes=notes)

@@ -6,8 +6,8 @@ that could still be optimal, and the runner stops when that set is empty: a cert
 Latency query (min L s.t. A >= t). An evaluation of x either succeeds (A(x) >= t: every
 candidate at least as slow as x is out) or fails (every candidate x dominates is out, as far
 as the tolerance allows). Score = q * gain_if_feasible + (1 - q) * gain_if_infeasible, with
-q = 1 / 0 for proven feasible / infeasible schemes and otherwise the smoothed share of
-evaluated schemes at the same point that met the threshold. Any unevaluated
+q = 1 / 0 for proven feasible / infeasible schemes and otherwise a kernel estimate from the
+evaluated schemes near it at the same point. Any unevaluated
 scheme may be picked, including one slower than the incumbent whose failure would rule out
 a whole block of candidates (a "probe").
 
@@ -23,12 +23,19 @@ import numpy as np
 from search.bounds import Knowledge
 from search.problem import Problem, Status
 
+KERNEL_WIDTH = 0.15  # in normalised (log c, b) units
+PRIOR_WEIGHT = 0.5
+
 
 class CoInferPlanner:
     name = "coinfer"
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
+        s = problem.space
+        cp = np.array([pt.channels for pt in s.points])[s.p]
+        self._u = np.log(s.c) / np.log(cp + 1)  # position of each scheme in its point's grid
+        self._v = s.b / 8
 
     def next(self, kn: Knowledge, st: Status) -> int | None:
         if st.done:
@@ -43,7 +50,7 @@ class CoInferPlanner:
         lat = pr.latency
         open_ = ~kn.evaluated
         q = np.where(st.lower >= pr.threshold, 1.0,
-                     np.where(st.upper < pr.threshold, 0.0, self._success_rate(kn)[pr.space.p]))
+                     np.where(st.upper < pr.threshold, 0.0, self._feasible_chance(kn, open_)))
         cand_lat = np.sort(lat[cand])
         slower = len(cand_lat) - np.searchsorted(cand_lat, lat, side="left")
         gain_feasible = np.where(lat < st.incumbent_value, slower, 0)
@@ -53,16 +60,26 @@ class CoInferPlanner:
         ties = np.flatnonzero(score >= best - 1e-9)
         return int(ties[np.argmin(lat[ties])])
 
-    def _success_rate(self, kn: Knowledge) -> np.ndarray:
-        """Per point, the smoothed share of evaluated schemes that met the threshold: the chance an
-        open scheme there is feasible (Laplace-smoothed towards the share over all points)."""
-        pr = self.problem
+    def _feasible_chance(self, kn: Knowledge, open_: np.ndarray) -> np.ndarray:
+        """Estimated chance that each open scheme meets the threshold: a kernel-weighted share of
+        the evaluated schemes at the same point that met it, by distance in (log channels, bits),
+        smoothed towards the share over all evaluated schemes."""
+        pr, s = self.problem, self.problem.space
         ev = kn.evaluated
         ok = ev & (kn.acc >= pr.threshold)
-        n_p = np.bincount(pr.space.p[ev], minlength=len(pr.space.points))
-        f_p = np.bincount(pr.space.p[ok], minlength=len(pr.space.points))
-        overall = (ok.sum() + 1) / (ev.sum() + 2)
-        return (f_p + 2 * overall) / (n_p + 2)
+        prior = (ok.sum() + 1) / (ev.sum() + 2)
+        q = np.full(s.size, prior)
+        for pt in s.points:
+            sl = s.grid_slice(pt.index)
+            e = np.flatnonzero(ev[sl])
+            o = np.flatnonzero(open_[sl])
+            if not len(e) or not len(o):
+                continue
+            u, v = self._u[sl], self._v[sl]
+            d2 = (u[o, None] - u[None, e]) ** 2 + (v[o, None] - v[None, e]) ** 2
+            w = np.exp(-d2 / KERNEL_WIDTH**2)
+            q[sl][o] = (w @ ok[sl][e] + PRIOR_WEIGHT * prior) / (w.sum(1) + PRIOR_WEIGHT)
+        return q
 
     def _next_accuracy(self, kn: Knowledge, st: Status) -> int:
         cand = np.flatnonzero(st.candidates)

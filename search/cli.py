@@ -1,0 +1,159 @@
+"""The two query CLIs (latency_search.py, accuracy_search.py) share this parser and printer.
+
+Flags follow the paper (`-accuracy_loss 0.01 -latency 0.6 -bandwidth 1 -gpu 0`) and GNU
+style (`--accuracy-loss`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--offline`,
+`--json`, `--seed`, `--rtt`, `--latency-profile EDGE,CLOUD`, `--base-accuracy`, `--tolerance`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from apps import DEFAULT_APP, load_app
+from apps.errors import ArgParser, CoInferError
+from database.store import Store
+from models.build import app_points
+from search.evaluators import make_evaluator
+from search.latency import LatencyModel, bytes_per_second
+from search.problem import Problem, Query
+from search.runner import SearchResult, run_search
+from search.samplers import SAMPLERS
+
+
+def build_parser(kind: str) -> ArgParser:
+    what = ("fastest scheme whose accuracy loss is at most -accuracy_loss" if kind == "latency" else
+            "most accurate scheme whose latency is at most -latency x min(all-edge, all-cloud)")
+    ap = ArgParser(prog=f"{kind}_search.py", description=f"CoInfer: the {what}, at -bandwidth Mbps.")
+    if kind == "latency":
+        ap.add_argument("-accuracy_loss", "--accuracy-loss", dest="accuracy_loss", type=float, required=True,
+                        help="largest accepted top-1 loss vs the base model, a fraction in [0, 1) (0.01 = 1 %%)")
+    else:
+        ap.add_argument("-latency", "--latency", dest="latency", type=float, required=True,
+                        help="latency budget as a ratio of the best single-end latency (0.6 = 60 %%)")
+    ap.add_argument("-bandwidth", "--bandwidth", dest="bandwidth", type=float, default=1.0,
+                    help="edge-to-cloud bandwidth in Mbps (1 Mbps = 2^20 bit/s, as the paper)")
+    ap.add_argument("-gpu", "--gpu", dest="gpu", type=int, default=None,
+                    help="CUDA device index for fine-tuning new evaluations (default: CPU)")
+    ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path (default: %(default)s)")
+    ap.add_argument("--sampler", default="coinfer", help=f"one of {', '.join(SAMPLERS)} (default: %(default)s)")
+    ap.add_argument("--evaluator", default="finetune", help="finetune (the app's protocol) or table:PATH")
+    ap.add_argument("--storage", default=None,
+                    help="SQLAlchemy URL of the databases (default: database/coinfer.sqlite)")
+    ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
+                    help="profiled devices for the latency model (default: the app's)")
+    ap.add_argument("--base-accuracy", type=float, default=None,
+                    help="base model top-1 (default: from the database)")
+    ap.add_argument("--rtt", type=float, default=None, help="round-trip time in seconds (default: the app's)")
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help="accepted non-monotonicity of measured accuracy (default: one test image)")
+    ap.add_argument("--max-evaluations", type=int, default=None, help="stop after this many new evaluations")
+    ap.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
+    ap.add_argument("--offline", action="store_true",
+                    help="never evaluate: answer from the database and bounds, with the gap and what to evaluate next")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    return ap
+
+
+def run(kind: str, argv: list[str] | None = None) -> int:
+    args = build_parser(kind).parse_args(argv)
+    if kind == "latency":
+        query = Query("latency", args.bandwidth, accuracy_loss=args.accuracy_loss)
+    else:
+        query = Query("accuracy", args.bandwidth, latency_ratio=args.latency)
+    if args.sampler not in SAMPLERS:
+        raise CoInferError(f"unknown sampler {args.sampler!r} (known: {', '.join(SAMPLERS)})")
+    if args.rtt is not None and not (args.rtt >= 0 and math.isfinite(args.rtt)):
+        raise CoInferError(f"--rtt must be >= 0 seconds, got {args.rtt}")
+    if args.max_evaluations is not None and args.max_evaluations < 0:
+        raise CoInferError("--max-evaluations must be >= 0")
+    device = "cpu"
+    if args.gpu is not None:
+        import torch
+        if not torch.cuda.is_available() or args.gpu >= torch.cuda.device_count() or args.gpu < 0:
+            raise CoInferError(f"-gpu {args.gpu}: no such CUDA device on this machine")
+        device = f"cuda:{args.gpu}"
+    app = load_app(args.app)
+    store = Store(args.storage, create=args.storage is None or not args.offline)
+    edge = cloud = None
+    if args.latency_profile:
+        parts = args.latency_profile.split(",")
+        if len(parts) != 2 or not all(parts):
+            raise CoInferError(f"--latency-profile takes EDGE,CLOUD, got {args.latency_profile!r}")
+        edge, cloud = parts
+    model = LatencyModel.from_store(store, app, edge, cloud, args.rtt)
+    widths = [p.channels for p in app_points(app)]
+    evaluator = make_evaluator(args.evaluator, app, store, widths, device=device)
+    base = args.base_accuracy if args.base_accuracy is not None else evaluator.base_accuracy()
+    if base is None:
+        base = store.base(app.name)
+    if base is None:
+        raise CoInferError(f"base accuracy of {app.name} unknown: pass --base-accuracy or evaluate the base model "
+                           f"(python -m database.evaluate --app {app.name} --schemes none)")
+    if not 0 < base <= 1:
+        raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
+    tolerance = args.tolerance
+    if tolerance is None:
+        n_test = int(app.dataset.get("test_size", 0)) if app.dataset.get("name") == "digits" else 0
+        tolerance = 1 / n_test if n_test else 0.0
+    result = run_search(Problem(query, model, base), evaluator, args.sampler, tolerance, args.seed,
+                        args.offline, args.max_evaluations)
+    if args.json:
+        print(json.dumps(dict(result.to_json(), app=app.name, devices=list(model.devices)), indent=1))
+    else:
+        print(format_result(result, app.name, model))
+    return 0
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 10 else f"{seconds:.2f} s"
+
+
+def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
+    bps = bytes_per_second(r.bandwidth)
+    ref = min(r.reference.values())
+    if r.kind == "latency":
+        head = f"fastest scheme with accuracy loss <= {100 * r.bound:g} %"
+    else:
+        head = f"most accurate scheme within {r.bound:g} x {_ms(ref)} = {_ms(r.bound * ref)}"
+    head += f" at {r.bandwidth:g} Mbps ({bps:,.0f} B/s)"
+    lines = [f"{app} [{model.devices[0]} -> {model.devices[1]}]: {head}"]
+    if not r.feasible:
+        lines.append("NO SCHEME meets the bound; the closest (fastest) scheme:")
+    if isinstance(r.scheme, tuple):
+        p, c, b = r.scheme
+        cp = model.points[p].channels
+        lines.append(f"  scheme      split after {r.layer} (p={p}): keep {c} of {cp} channels, {b} bits")
+    else:
+        where = "whole model on the edge" if r.scheme == "all-edge" else "raw input sent, whole model in the cloud"
+        lines.append(f"  scheme      {r.scheme} ({where})")
+    bd = r.breakdown
+    lines.append(f"  latency     {_ms(bd.total)} = edge {_ms(bd.edge)} + transfer {_ms(bd.transfer)} "
+                 f"({bd.bytes:,.0f} B) + cloud {_ms(bd.cloud)}")
+    lines.append(f"  references  all-edge {_ms(r.reference['all_edge'])}, all-cloud {_ms(r.reference['all_cloud'])}"
+                 f" -> this is {bd.total / ref:.3f} x the best single-end")
+    if r.accuracy is not None:
+        bound = ">= " if r.accuracy_is_bound else ""
+        lines.append(f"  accuracy    top-1 {bound}{100 * r.accuracy:.2f} % (base {100 * r.base_accuracy:.2f} %, "
+                     f"loss {100 * r.accuracy_loss:.2f} %)")
+    else:
+        lines.append("  accuracy    not evaluated")
+    lines.append(f"  evaluations {r.new_evaluations} new, {r.reused_evaluations} reused from the database "
+                 f"(sampler {r.sampler}, evaluator {r.evaluator})")
+    if r.certified:
+        lines.append(f"  certified   yes: {len(r.certificate)} evaluated schemes prove nothing better exists, "
+                     f"if accuracy is monotone in channels and bits within {100 * r.tolerance:.2f} %")
+    else:
+        lines.append("  certified   no")
+    if r.offline:
+        unit = "s faster" if r.kind == "latency" else "accuracy higher"
+        gap = f"{r.gap * 1e3:.2f} ms" if r.kind == "latency" else f"{100 * r.gap:.2f} %"
+        lines.append(f"  gap         an unevaluated scheme could be up to {gap} better ({unit})" if r.gap else
+                     "  gap         none: the answer is optimal given the database")
+        if r.next_to_evaluate:
+            lines.append("  next        " + "  ".join(f"{p},{c},{b}" for p, c, b in r.next_to_evaluate))
+    for note in r.notes:
+        lines.append(f"  note        {note}")
+    lines.append(f"  wall time   {r.wall_s:.2f} s (sampler {1e3 * r.sampler_s:.1f} ms)")
+    return "\n".join(lines)
+
