@@ -2,7 +2,7 @@
 
 Planner samplers (coinfer, optcoinfer, exhaustive) choose each trial from the monotone bounds;
 each evaluation is logged into the Optuna study as a trial. Optuna's own samplers (tpe, gp,
-random) run a normal `study.optimize` with `constraints_func`, on a fixed budget.
+random) run a normal `study.optimize` with constraints (`trial.set_constraint`), on a fixed budget.
 Every answer is checked against the bounds of everything evaluated: `certified` means no
 unevaluated scheme can beat it as long as accuracy is monotone within the tolerance.
 """
@@ -151,7 +151,8 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
     planner = None
     if sampler in OPTUNA_SAMPLERS:
         if not offline:
-            sampler_s = _run_optuna(problem, sampler, evaluate, seed, budget or 200, log)
+            proven = lambda: problem.status(kn).done
+            sampler_s = _run_optuna(problem, sampler, evaluate, seed, budget or 200, lambda: len(new), proven)
     else:
         planner = make_planner(sampler, problem, seed, **options)
         while not offline and (budget is None or len(new) < budget):
@@ -180,17 +181,17 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
     return result
 
 
-def _run_optuna(problem: Problem, name: str, evaluate, seed: int, n_trials: int, log: _Study) -> float:
+def _run_optuna(problem: Problem, name: str, evaluate, seed: int, budget: int, spent_evals, proven) -> float:
+    """Optuna's sampler proposes (p, c_frac, b); repeats of a scheme cost nothing. Stops after
+    `budget` new evaluations, when the bounds prove the best trial optimal, or after 2 x budget + 10
+    trials. Returns the sampler's own time (evaluations excluded)."""
     space, latency = problem.space, problem.latency
     points = space.points
 
-    def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-        return trial.user_attrs["constraint"]
-
     if name == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraints)
+        sampler = optuna.samplers.TPESampler(seed=seed)
     elif name == "gp":
-        sampler = optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+        sampler = optuna.samplers.GPSampler(seed=seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     direction = "minimize" if problem.query.kind == "latency" else "maximize"
@@ -206,20 +207,24 @@ def _run_optuna(problem: Problem, name: str, evaluate, seed: int, n_trials: int,
         t0 = time.perf_counter()
         if problem.query.kind == "latency":
             acc = evaluate(i)
-            trial.set_user_attr("constraint", [problem.threshold - acc])
+            trial.set_constraint("accuracy", problem.threshold - acc)
             value = float(latency[i])
         elif latency[i] > problem.budget:  # latency is known: no evaluation needed to reject it
-            trial.set_user_attr("constraint", [float(latency[i] - problem.budget)])
+            trial.set_constraint("latency", float(latency[i] - problem.budget))
             value = 0.0
         else:
             acc = evaluate(i)
-            trial.set_user_attr("constraint", [float(latency[i] - problem.budget)])
+            trial.set_constraint("latency", float(latency[i] - problem.budget))
             value = acc
         spent["eval"] += time.perf_counter() - t0
         return value
 
+    def stop(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        if spent_evals() >= budget or proven():
+            study.stop()
+
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=n_trials)
+    study.optimize(objective, n_trials=2 * budget + 10, callbacks=[stop])
     return time.perf_counter() - t0 - spent["eval"]
 
 

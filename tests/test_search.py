@@ -1,0 +1,274 @@
+"""Searches: samplers vs brute force, certificates, the table evaluator, the CLIs, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from apps.errors import CoInferError
+from database.formats import write_csv, write_optcoinfer
+from database.paper import DEFAULT_JSON, import_paper_profile
+from database.profile import profile_app
+from database.store import AccuracyRow, LatencyRow, Store
+from models.build import app_points
+from search.bounds import Knowledge
+from search.evaluators import TableEvaluator
+from search.latency import LatencyModel
+from search.problem import Problem, Query
+from search.runner import run_search
+from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+
+
+class TableEval:
+    name = "table:test"
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = []
+
+    def known(self):
+        return {}
+
+    def evaluate(self, scheme):
+        self.calls.append(scheme)
+        return self.table[scheme]
+
+
+SMALL = synthetic_points([4, 4, 8, 8, 8, 16, 16])
+QUERIES = ([Query("latency", bw, accuracy_loss=e) for bw in (0.25, 1, 4) for e in (0.005, 0.02, 0.08)]
+           + [Query("accuracy", bw, latency_ratio=r) for bw in (0.25, 1, 4) for r in (0.5, 0.8, 1.2)])
+
+
+def brute_force(problem: Problem, table: dict) -> tuple:
+    """Independent oracle: plain Python over every scheme."""
+    space = problem.space
+    if problem.query.kind == "latency":
+        best = (problem.reference, problem.single_end)
+        for i in range(space.size):
+            if table[space.scheme(i)] >= problem.threshold and problem.latency[i] < best[0]:
+                best = (float(problem.latency[i]), space.scheme(i))
+        return best[1]
+    best = (problem.base, 0.0, problem.single_end) if problem.reference <= problem.budget else (-1.0, 0.0, None)
+    for i in range(space.size):
+        acc = table[space.scheme(i)]
+        if problem.latency[i] <= problem.budget and (acc, -problem.latency[i]) > (best[0], -best[1]):
+            best = (acc, float(problem.latency[i]), space.scheme(i))
+    return best[2]
+
+
+@pytest.mark.parametrize("shape", ["saturating", "linear", "cliff"])
+@pytest.mark.parametrize("sampler", ["coinfer", "exhaustive"])
+def test_planners_find_the_brute_force_optimum(sampler, shape):
+    model = synthetic_latency(SMALL)
+    for seed in range(2):
+        table = synthetic_table(SMALL, noise=0.0, seed=seed, shape=shape)
+        for q in QUERIES:
+            problem = Problem(q, model, 0.9)
+            result = run_search(problem, TableEval(table), sampler)
+            assert result.scheme == brute_force(problem, table) or (result.scheme is None), (q, seed)
+            if result.feasible:
+                assert result.certified
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "gp"])
+def test_optuna_samplers_find_the_optimum_on_a_tiny_space(sampler):
+    points = synthetic_points([2, 3])
+    model = synthetic_latency(points)
+    table = synthetic_table(points, seed=3)
+    queries = [Query("latency", 1, accuracy_loss=0.05), Query("accuracy", 1, latency_ratio=0.9)]
+    for q in queries[:1] if sampler == "gp" else queries:  # GP proposes ~1 trial/s here: one query
+        problem = Problem(q, model, 0.9)
+        result = run_search(problem, TableEval(table), sampler, seed=0, max_evaluations=problem.space.size)
+        assert result.scheme == brute_force(problem, table), (sampler, q)
+        assert result.new_evaluations <= problem.space.size
+
+
+def test_coinfer_evaluates_a_small_part_and_its_certificate_proves_the_answer():
+    points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
+    model = synthetic_latency(points)
+    table = synthetic_table(points, seed=1)
+    q = Query("latency", 1, accuracy_loss=0.01)
+    problem = Problem(q, model, 0.9)
+    result = run_search(problem, TableEval(table), "coinfer")
+    assert result.certified and result.scheme == brute_force(problem, table)
+    assert result.new_evaluations < 0.1 * problem.space.size
+    # the certificate alone (answer + failed schemes) must rule out every faster scheme
+    space = problem.space
+    kn = Knowledge(space)
+    for s in result.certificate:
+        kn.add(space.index(s), table[s])
+    st = problem.status(kn)
+    assert st.done and st.incumbent == space.index(result.scheme)
+
+
+def test_noisy_table_gives_an_honest_report():
+    table = synthetic_table(SMALL, seed=0)
+    # make one scheme non-monotone: far better than the schemes dominating it
+    table[(5, 1, 1)] = 0.95
+    problem = Problem(Query("accuracy", 1, latency_ratio=0.8), synthetic_latency(SMALL), 0.9)
+    result = run_search(problem, TableEval(table), "exhaustive", tolerance=0.0)
+    assert result.scheme == brute_force(problem, table)
+    assert not result.certified and any("monotonicity" in n for n in result.notes)
+
+
+def test_table_evaluator_counts_first_lookups_and_names_missing_schemes(tmp_path):
+    table = synthetic_table(SMALL, seed=0)
+    path = tmp_path / "t.csv"
+    write_csv(table, path)
+    ev = TableEvaluator(str(path), [p.channels for p in SMALL])
+    problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
+    result = run_search(problem, ev, "exhaustive")
+    assert result.new_evaluations == int((problem.latency < problem.reference).sum())
+    del table[(0, 1, 1)]
+    write_optcoinfer(table, tmp_path / "t.txt")
+    ev = TableEvaluator(str(tmp_path / "t.txt"), [p.channels for p in SMALL])
+    with pytest.raises(CoInferError, match="lacks scheme 0,1,1"):
+        run_search(problem, ev, "exhaustive")
+
+
+def test_paper_latency_model_reproduces_the_worked_figures(tmp_path):
+    from apps import load_app
+    store = Store(str(tmp_path / "db.sqlite"))
+    import_paper_profile(store, DEFAULT_JSON)
+    model = LatencyModel.from_store(store, load_app("vgg16_cars"), "pi-paper", "gpu-paper")
+    assert model.breakdown((1, 5, 7), 1).total == pytest.approx(0.9312, abs=5e-5)
+    assert model.breakdown((1, 4, 6), 1).total == pytest.approx(0.7996, abs=5e-5)
+    assert model.all_cloud(1) == pytest.approx(1.978, abs=5e-4)
+    assert model.all_edge(1) == pytest.approx(3.257, abs=5e-4)
+
+
+# -- CLIs on a tiny app with a real (tiny) latency profile and a synthetic accuracy table --
+
+@pytest.fixture(scope="module")
+def tiny_db(tiny_app, tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("db") / "tiny.sqlite")
+    store = Store(db)
+    # a slow edge and a fast cloud (as the default app's devices), from formulas so the test does
+    # not depend on this machine's load; test_profile_rows checks the real profiler
+    syn = synthetic_latency(app_points(tiny_app), edge_per_point=2e-3, cloud_per_point=1e-4)
+    rows = []
+    for side, name, values, single in (("edge", "tiny-edge", syn.edge_s, syn.edge_all),
+                                       ("cloud", "tiny-cloud", syn.cloud_s, syn.cloud_all)):
+        for pt in app_points(tiny_app):
+            for c in (1, pt.channels):
+                t = float(values[syn.space.index((pt.index, c, 1))])
+                rows.append(LatencyRow(tiny_app.name, name, pt.index, c, side, t))
+        rows.append(LatencyRow(tiny_app.name, name, 13 if side == "edge" else -1, 0, side, single))
+    store.put_latency(rows)
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    table = synthetic_table(app_points(tiny_app), base=0.9, seed=5)
+    proto = tiny_app.protocol.name
+    store.put_accuracy([AccuracyRow(tiny_app.name, proto, p, c, b, 0, t) for (p, c, b), t in table.items()])
+    store.put_base(tiny_app.name, proto, 0.9)
+    return db
+
+
+def run_cli(kind, args, capsys):
+    from search.cli import run
+    assert run(kind, args) == 0
+    return capsys.readouterr().out
+
+
+def test_profile_rows(tiny_app):
+    rows = profile_app(tiny_app, "tiny-cloud", runs=2, warmup=1, sides=["edge", "cloud"], progress=False)
+    keys = {(r.side, r.point, r.channels) for r in rows}
+    assert ("edge", 13, 10) in keys and ("cloud", -1, 1) in keys
+    assert {("edge", 12, 1), ("edge", 12, 16), ("cloud", 0, 1), ("cloud", 0, 2)} <= keys
+    assert all(r.median_s > 0 and r.p90_s >= r.median_s for r in rows)
+
+
+def test_cli_flag_styles_agree_and_json_keys(tiny_app_path, tiny_db, capsys):
+    common = ["--app", tiny_app_path, "--storage", tiny_db, "--json"]
+    paper = json.loads(run_cli("latency", ["-accuracy_loss", "0.02", "-bandwidth", "0.5", *common], capsys))
+    gnu = json.loads(run_cli("latency", ["--accuracy-loss", "0.02", "--bandwidth", "0.5", *common], capsys))
+    for key in ("scheme", "layer", "latency_s", "reference_s", "accuracy", "accuracy_loss", "certified",
+                "new_evaluations", "reused_evaluations", "sampler", "wall_s"):
+        assert key in paper
+    assert paper["scheme"] == gnu["scheme"] and paper["certified"] and paper["new_evaluations"] == 0
+    assert set(paper["latency_s"]) == {"edge", "transfer", "cloud", "total"}
+    assert set(paper["reference_s"]) == {"all_edge", "all_cloud"}
+    acc = json.loads(run_cli("accuracy", ["-latency", "0.9", "-bandwidth", "0.5", *common], capsys))
+    assert acc["latency_s"]["total"] <= 0.9 * min(acc["reference_s"].values()) + 1e-12 or not acc["feasible"]
+    text = run_cli("latency", ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path,
+                               "--storage", tiny_db], capsys)
+    assert "certified   yes" in text and "0 new" in text
+
+
+def test_cli_offline_reports_gap_and_next(tiny_app_path, tiny_db, tmp_path, capsys):
+    partial = str(tmp_path / "partial.sqlite")
+    full, store = Store(tiny_db), Store(partial)
+    store.put_latency(full.latency_rows("tiny_digits"))
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    table = full.accuracy_rows("tiny_digits")
+    store.put_accuracy([AccuracyRow(r["app"], r["protocol"], r["p"], r["c"], r["b"], r["seed"], r["top1"])
+                        for r in table if r["p"] == 3 and r["b"] >= 6])
+    store.put_base("tiny_digits", table[0]["protocol"], 0.9)
+    out = json.loads(run_cli("latency", ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--offline", "--json",
+                                         "--app", tiny_app_path, "--storage", partial], capsys))
+    assert out["new_evaluations"] == 0 and "gap" in out and "next_to_evaluate" in out
+    assert out["gap"] > 0 and len(out["next_to_evaluate"]) > 0 and not out["certified"]
+
+
+def test_infeasible_accuracy_query_says_so(tiny_app_path, tiny_db, capsys):
+    out = json.loads(run_cli("accuracy", ["-latency", "0.01", "-bandwidth", "0.5", "--json", "--app",
+                                          tiny_app_path, "--storage", tiny_db], capsys))
+    assert out["feasible"] is False and out["notes"] and "no scheme meets" in out["notes"][0]
+
+
+@pytest.mark.parametrize("kind,args,match", [
+    ("latency", ["-accuracy_loss", "0.01", "-bandwidth", "-1"], "bandwidth"),
+    ("latency", ["-accuracy_loss", "0.01", "-bandwidth", "0"], "bandwidth"),
+    ("latency", ["-accuracy_loss", "1.0"], "accuracy_loss"),
+    ("latency", ["-accuracy_loss", "-0.1"], "accuracy_loss"),
+    ("accuracy", ["-latency", "0"], "latency ratio"),
+    ("accuracy", ["-latency", "-2"], "latency ratio"),
+    ("latency", ["-accuracy_loss", "0.01", "--sampler", "magic"], "unknown sampler"),
+    ("latency", ["-accuracy_loss", "0.01", "--evaluator", "oracle"], "unknown evaluator"),
+    ("latency", ["-accuracy_loss", "0.01", "--evaluator", "table:/nonexistent.csv"], "cannot read"),
+    ("latency", ["-accuracy_loss", "0.01", "--latency-profile", "nope,tiny-cloud"], "no edge latency profile"),
+])
+def test_cli_bad_input(kind, args, match, tiny_app_path, tiny_db):
+    from search.cli import run
+    with pytest.raises(CoInferError, match=match):
+        run(kind, [*args, "--app", tiny_app_path, "--storage", tiny_db])
+
+
+def test_cli_unknown_app_and_empty_offline_database(tmp_path, tiny_app_path, tiny_db):
+    from search.cli import run
+    with pytest.raises(CoInferError, match="unknown app"):
+        run("latency", ["-accuracy_loss", "0.01", "--app", "nope"])
+    empty = str(tmp_path / "empty.sqlite")
+    store, full = Store(empty), Store(tiny_db)
+    store.put_latency(full.latency_rows("tiny_digits"))
+    store.put_base("tiny_digits", "x", 0.9)
+    with pytest.raises(CoInferError, match="holds nothing"):
+        run("latency", ["-accuracy_loss", "0.01", "--offline", "--app", tiny_app_path, "--storage", empty])
+
+
+def test_cli_exit_code_2_and_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from apps import REPO_ROOT
+    out = subprocess.run([sys.executable, "latency_search.py", "-accuracy_loss", "2", "-bandwidth", "1"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "accuracy_loss" in out.stderr
+    out = subprocess.run([sys.executable, "accuracy_search.py", "-bandwidth", "1"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "-latency" in out.stderr
+
+
+def test_status_bounds_are_valid_on_monotone_tables():
+    table = synthetic_table(SMALL, seed=2)
+    problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
+    kn = Knowledge(problem.space)
+    rng = np.random.default_rng(0)
+    for i in rng.choice(problem.space.size, 40, replace=False):
+        kn.add(int(i), table[problem.space.scheme(int(i))])
+    lower, upper = kn.bounds()
+    truth = np.array([table[problem.space.scheme(i)] for i in range(problem.space.size)])
+    assert np.all(lower <= truth + 1e-12) and np.all(upper >= truth - 1e-12)
