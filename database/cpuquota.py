@@ -1,14 +1,15 @@
 """Cap the CPU of a process with a cgroup v1 CPU quota (emulates a slow edge device).
 
 `apply_cpu_quota(0.1, "coinfer-edge")` creates /sys/fs/cgroup/cpu/<group>, sets
-cfs_quota_us / cfs_period_us = 0.1 and moves the calling process into it. The period is short
-(10 ms) so a millisecond-scale inference is slowed evenly instead of running at full speed
-and then stalling for most of a 100 ms period. Needs root and cgroup v1; `quota_support()`
-says why not when it is unavailable, and callers then run unthrottled and say so.
+cfs_quota_us / cfs_period_us = 0.1 and moves the calling process into it. The period is the
+shortest whose quota meets the kernel's 1 ms minimum (8 ms at 0.125 CPU), so a millisecond-scale
+inference stalls for a few ms at a time instead of most of a 100 ms period. Needs root and
+cgroup v1; `quota_support()` says why not, and callers then run unthrottled and say so.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -32,11 +33,16 @@ def group_path(group: str) -> Path:
     return CPU_ROOT / group
 
 
+def quota_period_us(cpus: float) -> int:
+    """The shortest period whose quota is at least the kernel's 1 ms minimum (10 ms at most)."""
+    return min(PERIOD_US, max(MIN_QUOTA_US, math.ceil(MIN_QUOTA_US / cpus)))
+
+
 def set_group_quota(group: str, cpus: float) -> Path:
     """Create (or update) the cgroup with a quota of `cpus` CPUs; returns its path."""
     path = group_path(group)
     path.mkdir(exist_ok=True)
-    period = PERIOD_US if cpus * PERIOD_US >= MIN_QUOTA_US else int(MIN_QUOTA_US / cpus) + 1
+    period = quota_period_us(cpus)
     (path / "cpu.cfs_period_us").write_text(str(period))
     (path / "cpu.cfs_quota_us").write_text(str(max(MIN_QUOTA_US, int(cpus * period))))
     return path

@@ -10,12 +10,16 @@ at batch size 1 after warm-up:
 plus the whole model on the edge (point P, all-edge) and in the cloud from the raw input
 (point -1, all-cloud). Median and p90 of N runs are stored with the device's fingerprint.
 When the device is the app's edge device, the process first puts itself under the app's
-cgroup CPU quota (root only; otherwise it says so and profiles unthrottled).
+cgroup CPU quota (root only; otherwise it says so and profiles unthrottled), and each sample
+is the mean of back-to-back runs over 10 quota periods: the steady-state latency of a
+continuously busy throttled device (the quota is granted in 1 ms slices, so one short run
+alone would show either full speed or a stall, never the device's rate).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -29,7 +33,7 @@ from apps.errors import CoInferError, run_cli
 from compress.codec import pack, unpack
 from compress.prune import prune_at
 from compress.quant import dequantize, quantize
-from database.cpuquota import apply_cpu_quota, quota_support
+from database.cpuquota import apply_cpu_quota, quota_period_us, quota_support
 from database.fingerprint import fingerprint
 from database.store import LatencyRow, Store
 from models.build import app_points, load_base_model
@@ -39,22 +43,32 @@ def channel_grid(cp: int) -> list[int]:
     return sorted({1, max(1, cp // 4), max(1, cp // 2), max(1, 3 * cp // 4), cp})
 
 
-def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None]) -> tuple[float, float]:
-    """(median, p90) wall seconds of fn() over `runs` timed calls after `warmup` calls."""
-    for _ in range(warmup):
+def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None],
+            window_s: float = 0.0) -> tuple[float, float]:
+    """(median, p90) wall seconds of fn() over `runs` timed samples after `warmup` calls.
+
+    With `window_s` > 0 each sample is the mean of back-to-back calls spanning at least that
+    long: under a CPU quota a single millisecond call either runs at full speed or stalls for
+    the rest of the quota period, and only a window of many periods shows the throttled rate.
+    """
+    start = time.perf_counter()
+    for _ in range(max(1, warmup)):
         fn()
     sync()
+    per_call = (time.perf_counter() - start) / max(1, warmup)
+    k = 1 if window_s <= 0 else min(500, max(1, math.ceil(window_s / max(per_call, 1e-6))))
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn()
+        for _ in range(k):
+            fn()
         sync()
-        samples.append(time.perf_counter() - start)
+        samples.append((time.perf_counter() - start) / k)
     return statistics.median(samples), float(np.percentile(samples, 90))
 
 
 def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
-                use_cuda: bool = False, progress: bool = True) -> list[LatencyRow]:
+                use_cuda: bool = False, progress: bool = True, window_s: float = 0.0) -> list[LatencyRow]:
     torch_device = torch.device("cuda" if use_cuda else "cpu")
     sync = torch.cuda.synchronize if use_cuda else (lambda: None)
     base = load_base_model(app).to(torch_device)
@@ -89,7 +103,7 @@ def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[
                     codes = torch.from_numpy(unpack(payload, 8, int(np.prod(shape))).reshape(shape))
                     return model.forward_tail(dequantize(codes.to(torch_device), lo, scale), p)
         with torch.no_grad():
-            median, p90 = time_fn(fn, runs, warmup, sync)
+            median, p90 = time_fn(fn, runs, warmup, sync, window_s)
         rows.append(LatencyRow(app.name, device_name, p, c, side, median, p90, runs))
     return rows
 
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.storage)
     quota = args.cpu_quota if args.cpu_quota is not None else (
         app.edge_cpu_quota if args.device == app.edge_device else None)
-    note = ""
+    note, window_s = "", 0.0
     if quota is not None:
         if quota <= 0:
             raise CoInferError("--cpu-quota must be > 0")
@@ -125,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {note}")
         else:
             apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
+            window_s = 10 * quota_period_us(quota) / 1e6
     torch.set_num_threads(args.threads)
     sides = ["edge", "cloud"] if args.side == "both" else [args.side]
-    rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda)
+    rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda, window_s=window_s)
     store.put_device(args.device, fingerprint(args.cuda), note)
     store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in app_points(app)])
     store.put_latency(rows)
