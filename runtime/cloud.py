@@ -1,11 +1,14 @@
 """Cloud side: an asyncio TCP server that hosts the tail of every scheme of one app.
 
     python -m runtime.cloud --app vgg16_digits --host 127.0.0.1 --port 5000 [--token T]
-                            [--tls-cert F --tls-key F] [--read-timeout S] [--json]
+                            [--tls-cert F --tls-key F] [--read-timeout S] [--no-finetuned] [--json]
 
-The base checkpoint is loaded once; the tail for a scheme (p, c) is built on first use and kept in
-a bounded LRU (the tail does not depend on b). Requests are decoded and computed in a worker thread
-(`asyncio.to_thread`, at most `--workers` at a time) so the event loop keeps serving other clients.
+The base checkpoint is loaded once; the tail for a scheme is built on first use and kept in a
+bounded LRU. By default it carries the scheme's fine-tuned weights (`runtime.weights`: loaded from
+checkpoints/schemes/, fine-tuned and saved there first when missing), so a split scheme is as
+accurate as the accuracy database says; `--no-finetuned` serves the pruned base weights instead. Requests are decoded
+and computed in a worker thread (`asyncio.to_thread`, at most `--workers` at a time) so the event
+loop keeps serving other clients.
 
 Connection rules: a frame must arrive within `--read-timeout` seconds of its first byte (a client
 dripping bytes is dropped) and a connection idle for `--idle-timeout` seconds is closed. A malformed
@@ -78,12 +81,22 @@ def limits_for(model: VGG, max_batch: int) -> Limits:
 
 
 class TailCache:
-    """Tails per (p, c), built from the base model on first use; at most `size` kept (LRU). Thread-safe."""
+    """Tails per scheme, built on first use; at most `size` kept (LRU). Thread-safe.
 
-    def __init__(self, base: VGG, size: int = 16) -> None:
-        self.base, self.size = base, size
-        self._tails: OrderedDict[tuple[int, int], nn.Module] = OrderedDict()
+    With `finetuned` (the CLI default) the tail of (p, c, b) carries that scheme's fine-tuned
+    weights (`runtime.weights.scheme_model`, the same file the edge loads its head from) and is
+    keyed by (p, c, b); otherwise it is the pruned base model, keyed by (p, c) (b only affects
+    the edge's quantiser). `weights_root` overrides where fine-tuned weights live.
+    """
+
+    def __init__(self, base: VGG, size: int = 16, *, app: App | None = None, finetuned: bool = False,
+                 weights_root: str | None = None) -> None:
+        if finetuned and app is None:
+            raise ValueError("finetuned tails need the app")
+        self.base, self.size, self.app, self.finetuned, self.weights_root = base, size, app, finetuned, weights_root
+        self._tails: OrderedDict[tuple[int, ...], nn.Module] = OrderedDict()
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
 
     def check(self, p: int, c: int, shape: tuple[int, int, int, int]) -> None:
         """Raise ProtocolError (UNKNOWN_SCHEME / BAD_SHAPE) unless the base model has this scheme and shape."""
@@ -99,17 +112,33 @@ class TailCache:
         if tuple(shape[1:]) != expected:
             raise ProtocolError(ErrorCode.BAD_SHAPE, f"shape {shape[1:]} at point {p} should be {expected}")
 
-    def get(self, p: int, c: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The tail of scheme (p, c): activation -> logits (p = -1: the whole base model)."""
+    def _build(self, p: int, c: int, b: int) -> nn.Module:
+        if not self.finetuned:
+            return SchemeModel(self.base, p, c, 8).eval()
+        from runtime.weights import scheme_model
+        assert self.app is not None
+        return scheme_model(self.app, p, c, b, base=self.base, root=self.weights_root)
+
+    def get(self, p: int, c: int, b: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The tail of scheme (p, c, b): activation -> logits (p = -1: the whole base model)."""
         if p == ALL_CLOUD_P:
             return self.base.forward
+        key = (p, c, b) if self.finetuned else (p, c)
         with self._lock:
-            scheme = self._tails.pop((p, c), None)
-            if scheme is None:
-                scheme = SchemeModel(self.base, p, c, 8).eval()  # b only affects the edge's quantiser
-            self._tails[(p, c)] = scheme
-            while len(self._tails) > self.size:
-                self._tails.popitem(last=False)
+            scheme = self._tails.pop(key, None)
+            if scheme is not None:
+                self._tails[key] = scheme
+        if scheme is None:
+            with self._build_lock:  # a fine-tune can take seconds: build outside the LRU lock, once
+                with self._lock:
+                    scheme = self._tails.get(key)
+                if scheme is None:
+                    scheme = self._build(p, c, b)
+            with self._lock:
+                self._tails[key] = scheme
+                self._tails.move_to_end(key)
+                while len(self._tails) > self.size:
+                    self._tails.popitem(last=False)
         return scheme.tail
 
 
@@ -125,10 +154,10 @@ class CloudServer:
     def __init__(self, app: App, base: VGG | None = None, *, token: str | None = None,
                  ssl_ctx: ssl.SSLContext | None = None, read_timeout: float = 10.0, idle_timeout: float = 300.0,
                  write_timeout: float = 10.0, max_clients: int = 64, max_batch: int = 64, cache_size: int = 16,
-                 workers: int = 1) -> None:
+                 workers: int = 1, finetuned: bool = False, weights_root: str | None = None) -> None:
         self.app = app
         self.base = base if base is not None else load_base_model(app)
-        self.tails = TailCache(self.base, cache_size)
+        self.tails = TailCache(self.base, cache_size, app=app, finetuned=finetuned, weights_root=weights_root)
         self.limits = limits_for(self.base, max_batch)
         self.token = token.encode() if token is not None else None
         self.ssl_ctx = ssl_ctx
@@ -276,7 +305,7 @@ class CloudServer:
 
     def _compute(self, req: Request) -> Reply:
         """Runs in a worker thread: decode, dequantise, tail forward, top-k (a tail built now is not timed)."""
-        tail = self.tails.get(req.p, req.c)
+        tail = self.tails.get(req.p, req.c, req.bits)
         t0 = time.perf_counter()
         codes, lo, scale = decode_activation(req.body, req.shape, req.bits)
         a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
@@ -309,7 +338,8 @@ async def serve(app: App, host: str = "127.0.0.1", port: int = 0, token: str | N
                 **options: Any) -> CloudServer:
     """Run a CloudServer until SIGTERM / SIGINT or `stop` is set; returns it (with its stats) once closed.
 
-    `options` go to CloudServer (read_timeout, idle_timeout, max_clients, max_batch, cache_size, workers).
+    `options` go to CloudServer (read_timeout, idle_timeout, max_clients, max_batch, cache_size, workers,
+    finetuned, weights_root).
     """
     server = CloudServer(app, token=token, ssl_ctx=ssl_ctx, **options)
     await server.start(host, port)
@@ -355,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-size", type=int, default=16, help="tails kept in memory (LRU)")
     ap.add_argument("--workers", type=int, default=1, help="requests computed at the same time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per computation")
+    ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
+                    help="tails with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
     ap.add_argument("--json", action="store_true", help="log lines as JSON objects; final stats as JSON")
     args = ap.parse_args(argv)
     for name in ("read_timeout", "idle_timeout"):
@@ -374,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = asyncio.run(serve(app, args.host, args.port, args.token, ssl_ctx, read_timeout=args.read_timeout,
                                    idle_timeout=args.idle_timeout, max_clients=args.max_clients,
-                                   max_batch=args.max_batch, cache_size=args.cache_size, workers=args.workers))
+                                   max_batch=args.max_batch, cache_size=args.cache_size, workers=args.workers,
+                                   finetuned=args.finetuned))
     except OSError as exc:
         raise CoInferError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     stats = dict(sorted(server.stats.items()))

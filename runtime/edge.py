@@ -1,13 +1,23 @@
 """Edge side: run the head, quantise and pack the cut, send it, receive the prediction.
 
     python -m runtime.edge --app vgg16_digits --server 127.0.0.1:5000 --scheme 4,12,3 [--n 50] [--token T] [--json]
+    python -m runtime.edge --server HOST:PORT --auto -accuracy_loss 0.01 [--adapt] [--queue] [--rate-limit MBPS]
 
 `--scheme p,c,b` splits at point p with c channels at b bits; `all-cloud` sends the raw input
 quantised to 8 bits per channel (p = -1 on the wire, the cloud runs the whole base model);
-`all-edge` runs the whole base model here and uses no network. Each of the first n test images is
-one request; the report gives the median time of each stage (edge compute, quantise + pack,
-transfer + wait, cloud unpack, cloud compute), the bytes on the wire and the accuracy of the
-predictions that came back. `EdgeClient` is the same thing as a class for tests and benchmarks.
+`all-edge` runs the whole base model here and uses no network. Split schemes run with their
+fine-tuned weights (`runtime.weights`; `--no-finetuned`: pruned base weights, and the cloud must
+match). Each of the first n test images is one request; the report gives the median time of each
+stage (edge compute, quantise + pack, transfer + wait, cloud unpack, cloud compute), the bytes on
+the wire and the accuracy of the predictions that came back. `EdgeClient` is the same thing as a
+class for tests and benchmarks.
+
+`--auto` probes the uplink (or starts from `--bandwidth`), then picks the scheme with the search
+(a latency query at the estimate, `search.runner.run_search` over the app's accuracy database).
+`--adapt` precomputes the optimal scheme on a log grid of 0.125..8 Mbps and, before every
+request, runs the frontier scheme the latency model predicts fastest at the current estimate
+(`runtime.monitor`). `--queue` pipelines the requests (Neurosurgeon's queue mode; with `--auto`
+the scheme minimises the slowest stage instead of the sum).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import statistics
 import time
@@ -30,6 +41,7 @@ from compress.quant import quantize
 from compress.scheme import SchemeModel, parse_scheme
 from models.build import load_base_model
 from models.vgg import VGG
+from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.protocol import ALL_CLOUD_P, MAX_TOPK, Error, Hello, Reply, Request, encode, encode_activation, read_frame
 
 SPLIT, ALL_CLOUD, ALL_EDGE = "split", "all-cloud", "all-edge"
@@ -85,27 +97,62 @@ class Prediction:
 
 
 class EdgeClient:
-    """One connection to a cloud server running one scheme. `async with EdgeClient(...) as c: await c.infer(x)`."""
+    """A connection to a cloud server. `async with EdgeClient(...) as c: await c.infer(x)`.
+
+    `finetuned` runs each split scheme's head with its fine-tuned weights (`runtime.weights`, the
+    same file the cloud's tail comes from); otherwise the pruned base weights. `use(scheme)`
+    switches scheme between requests (the protocol names the scheme in every request). With a
+    `shaper` (TokenBucket) each request frame waits for the bucket first: loopback emulation of a
+    slow link when tc is unavailable. With a `monitor` (BandwidthEstimator) each transfer feeds it.
+    """
 
     def __init__(self, app: App, scheme: Scheme, base: VGG | None = None, *, host: str = "127.0.0.1",
                  port: int = 5000, token: str | None = None, ssl_ctx: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None, k: int = 5, timeout: float = 30.0) -> None:
-        self._model: nn.Module | None = None  # all-cloud needs no model on the edge
-        if scheme.kind != ALL_CLOUD:
-            base = base if base is not None else load_base_model(app)
-            if scheme.kind == SPLIT:
-                check_scheme(base, scheme.p, scheme.c, scheme.b)
-                self._model = SchemeModel(base, scheme.p, scheme.c, scheme.b).eval()
-            else:
-                self._model = base.eval()
+                 server_hostname: str | None = None, k: int = 5, timeout: float = 30.0, finetuned: bool = False,
+                 weights_root: str | None = None, shaper: TokenBucket | None = None,
+                 monitor: BandwidthEstimator | None = None) -> None:
         if not 1 <= k <= MAX_TOPK:
             raise CoInferError(f"top-k {k} outside 1..{MAX_TOPK}")
-        self.app, self.scheme, self.k = app, scheme, k
+        self.app, self.k = app, k
+        self._base = base
+        self.finetuned, self.weights_root = finetuned, weights_root
+        self._models: dict[Scheme, nn.Module | None] = {}
+        self.use(scheme)
         self.host, self.port, self.token, self.timeout = host, port, token, timeout
         self.ssl_ctx, self.server_hostname = ssl_ctx, server_hostname
+        self.shaper, self.monitor = shaper, monitor
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._next_id = 1
+
+    @property
+    def base(self) -> VGG:
+        if self._base is None:
+            self._base = load_base_model(self.app)
+        return self._base
+
+    def model_for(self, scheme: Scheme) -> nn.Module | None:
+        """The edge's model of a scheme (built once): SchemeModel, the base model, or None (all-cloud)."""
+        if scheme not in self._models:
+            if scheme.kind == ALL_CLOUD:
+                model = None
+            elif scheme.kind == SPLIT:
+                check_scheme(self.base, scheme.p, scheme.c, scheme.b)
+                if self.finetuned:
+                    from runtime.weights import scheme_model
+                    model = scheme_model(self.app, scheme.p, scheme.c, scheme.b, base=self.base,
+                                         root=self.weights_root)
+                else:
+                    model = SchemeModel(self.base, scheme.p, scheme.c, scheme.b).eval()
+            else:
+                model = self.base.eval()
+            self._models[scheme] = model
+        return self._models[scheme]
+
+    def use(self, scheme: Scheme) -> None:
+        """Run `scheme` from the next request on (its model is built now)."""
+        self._model = self.model_for(scheme)
+        self.scheme = scheme
 
     async def __aenter__(self) -> EdgeClient:
         await self.connect()
@@ -114,9 +161,9 @@ class EdgeClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def connect(self) -> None:
-        """Open the connection (and authenticate when a token is set); no-op for all-edge."""
-        if self.scheme.kind == ALL_EDGE or self._writer is not None:
+    async def connect(self, force: bool = False) -> None:
+        """Open the connection (and authenticate when a token is set); no-op for all-edge unless `force`."""
+        if (self.scheme.kind == ALL_EDGE and not force) or self._writer is not None:
             return
         try:
             async with asyncio.timeout(self.timeout):
@@ -146,6 +193,8 @@ class EdgeClient:
     async def _roundtrip(self, frame: bytes) -> Reply | Hello:
         if self._reader is None or self._writer is None:
             raise CoInferError("not connected")
+        if self.shaper is not None:
+            await self.shaper.send(len(frame))
         try:
             self._writer.write(frame)
             await self._writer.drain()
@@ -160,8 +209,8 @@ class EdgeClient:
             raise CoInferError(f"unexpected {type(answer).__name__} from the server")
         return answer
 
-    async def infer(self, x: torch.Tensor) -> Prediction:
-        """Prediction for a batch x (N, C, H, W) of inputs, with the time of each stage."""
+    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor | Prediction, float]:
+        """Edge compute: the cut activation (or, all-edge, the finished prediction) and its seconds."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             if isinstance(self._model, SchemeModel):
@@ -170,28 +219,163 @@ class EdgeClient:
                 probs = torch.softmax(self._model(x).float(), dim=1)
                 scores, classes = probs.topk(min(self.k, probs.shape[1]), dim=1)
                 edge = time.perf_counter() - t0
-                return Prediction(classes.tolist(), scores.tolist(), Timings(edge, total_s=edge))
+                return Prediction(classes.tolist(), scores.tolist(), Timings(edge, total_s=edge)), edge
             else:  # all-cloud: the input itself goes to the cloud
                 a = x
-        t1 = time.perf_counter()
-        codes, lo, scale = quantize(a, self.scheme.b)
-        request = Request(self._take_id(), self.app.name, self.scheme.p, a.shape[1], self.scheme.b, self.k,
-                          tuple(a.shape), encode_activation(codes, lo, scale, self.scheme.b))
-        frame = encode(request)
-        t2 = time.perf_counter()
-        reply = await self._roundtrip(frame)
-        t3 = time.perf_counter()
+        return a, time.perf_counter() - t0
+
+    def _request(self, a: torch.Tensor, scheme: Scheme) -> tuple[Request, bytes]:
+        codes, lo, scale = quantize(a, scheme.b)
+        request = Request(self._take_id(), self.app.name, scheme.p, a.shape[1], scheme.b, self.k,
+                          tuple(a.shape), encode_activation(codes, lo, scale, scheme.b))
+        return request, encode(request)
+
+    def _finish(self, request: Request, reply: Reply | Hello, frame: bytes, edge_s: float, pack_s: float,
+                wire_s: float) -> Prediction:
         if not isinstance(reply, Reply) or reply.request_id != request.request_id:
             raise CoInferError(f"reply does not answer request {request.request_id}")
-        timings = Timings(t1 - t0, t2 - t1, t3 - t2 - reply.unpack_s - reply.compute_s, reply.unpack_s,
-                          reply.compute_s, t3 - t0, len(frame), len(encode(reply)))
+        transfer = wire_s - reply.unpack_s - reply.compute_s
+        if self.monitor is not None:
+            self.monitor.observe(len(frame), transfer)
+        timings = Timings(edge_s, pack_s, transfer, reply.unpack_s, reply.compute_s, edge_s + pack_s + wire_s,
+                          len(frame), len(encode(reply)))
         return Prediction([list(row) for row in reply.classes], [list(row) for row in reply.scores], timings)
+
+    async def infer(self, x: torch.Tensor) -> Prediction:
+        """Prediction for a batch x (N, C, H, W) of inputs, with the time of each stage."""
+        a, edge_s = self._head(x)
+        if isinstance(a, Prediction):
+            return a
+        t1 = time.perf_counter()
+        request, frame = self._request(a, self.scheme)
+        t2 = time.perf_counter()
+        reply = await self._roundtrip(frame)
+        return self._finish(request, reply, frame, edge_s, t2 - t1, time.perf_counter() - t2)
+
+    async def probe(self, images: int = 16) -> float | None:
+        """Measure the uplink: a HELLO round trip (no body, no compute: the size-independent floor), then
+        an all-cloud request of `images` blank inputs (about 1 KiB each at 8 bits); both feed the monitor.
+        Returns its estimate (Mbps)."""
+        await self.connect(force=True)
+        hello = encode(Hello(self.app.name, b"", self._take_id()))
+        t0 = time.perf_counter()
+        await self._roundtrip(hello)
+        if self.monitor is not None:
+            self.monitor.observe(len(hello), time.perf_counter() - t0)
+        x = torch.zeros(images, self.app.in_channels, self.app.input_size, self.app.input_size)
+        x[:, :, 0, 0] = 1.0  # a non-constant channel: scale > 0
+        request, frame = self._request(x, Scheme(ALL_CLOUD))
+        t0 = time.perf_counter()
+        reply = await self._roundtrip(frame)
+        self._finish(request, reply, frame, 0.0, 0.0, time.perf_counter() - t0)
+        return None if self.monitor is None else self.monitor.mbps
+
+    async def infer_queue(self, images: torch.Tensor, depth: int = 2) -> list[Prediction]:
+        """Queue mode (Neurosurgeon): one image per request, the head of the next task computed while
+        up to `depth` requests are in flight; replies come back in order on the one connection.
+        `total_s` of each prediction is from its head's start to its reply."""
+        if self.scheme.kind == ALL_EDGE:
+            return [self._head(images[i:i + 1])[0] for i in range(len(images))]
+        if self._reader is None or self._writer is None:
+            raise CoInferError("not connected")
+        reader, writer = self._reader, self._writer
+        inflight: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(depth)
+        out: list[Prediction] = []
+
+        async def receive() -> None:
+            for _ in range(len(images)):
+                request, frame, t0, edge_s, pack_s, t_sent = await inflight.get()
+                answer = await read_frame(reader, timeout=self.timeout, idle_timeout=self.timeout)
+                if answer is None:
+                    raise CoInferError("server closed the connection")
+                if isinstance(answer, Error):
+                    raise RemoteError(answer.code, answer.message)
+                now = time.perf_counter()
+                pred = self._finish(request, answer, frame, edge_s, pack_s, now - t_sent)
+                pred.timings.total_s = now - t0
+                out.append(pred)
+                slots.release()
+
+        receiver = asyncio.create_task(receive())
+        try:
+            for i in range(len(images)):
+                await slots.acquire()
+                if receiver.done():
+                    break
+                t0 = time.perf_counter()
+                a, edge_s = await asyncio.to_thread(self._head, images[i:i + 1])
+                t1 = time.perf_counter()
+                request, frame = self._request(a, self.scheme)
+                t_sent = time.perf_counter()
+                if self.shaper is not None:
+                    await self.shaper.send(len(frame))
+                writer.write(frame)
+                await writer.drain()
+                inflight.put_nowait((request, frame, t0, edge_s, t_sent - t1, t_sent))
+            await receiver
+        except OSError as exc:
+            raise CoInferError(f"connection to {self.host}:{self.port} lost: {exc}") from None
+        finally:
+            if not receiver.done():
+                receiver.cancel()
+        return out
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def resolve_scheme(args: argparse.Namespace, app: App) -> Scheme:
-    """The scheme to run. Extension point: the search package's `--auto -accuracy_loss` picks it here."""
-    return parse_edge_scheme(args.scheme)
+def to_edge_scheme(key: tuple[int, int, int] | str) -> Scheme:
+    """A search answer ((p, c, b), 'all-edge' or 'all-cloud') as an edge Scheme."""
+    return Scheme(key) if isinstance(key, str) else Scheme(SPLIT, *key)
+
+
+def scheme_key(scheme: Scheme) -> tuple[int, int, int] | str:
+    return (scheme.p, scheme.c, scheme.b) if scheme.kind == SPLIT else scheme.kind
+
+
+class Planner:
+    """What `--auto` needs: the latency model and accuracy database of the app (read only)."""
+
+    def __init__(self, app: App, storage: str | None = None, evaluate_missing: bool = False) -> None:
+        from database.store import Store
+        from search.evaluators import DatabaseEvaluator
+        from search.latency import LatencyModel
+        self.store = Store(storage, create=False)
+        self.model = LatencyModel.from_store(self.store, app)
+        self.evaluator = DatabaseEvaluator(app, self.store)
+        base = self.evaluator.base_accuracy()
+        if base is None:
+            raise CoInferError(f"the accuracy database has no base accuracy for {app.name}: "
+                               "fill it with python -m database.evaluate")
+        self.base_accuracy = base
+        self.offline = not evaluate_missing
+
+    def best(self, mbps: float, accuracy_loss: float) -> Scheme:
+        from runtime.monitor import search_scheme
+        return to_edge_scheme(search_scheme(self.model, self.evaluator, self.base_accuracy, mbps, accuracy_loss,
+                                            self.offline).scheme)
+
+    def frontier(self, accuracy_loss: float, per_octave: int = 2):
+        from runtime.monitor import build_frontier, log_grid
+        return build_frontier(self.model, self.evaluator, self.base_accuracy, accuracy_loss,
+                              log_grid(0.125, 8.0, per_octave), self.offline)
+
+    def feasible(self, accuracy_loss: float) -> list[tuple[int, int, int] | str]:
+        """Every stored scheme within the accuracy loss, plus the two single-end schemes."""
+        ok = [s for s, a in self.evaluator.known().items() if a >= self.base_accuracy - accuracy_loss - 1e-9]
+        return ok + [ALL_EDGE, ALL_CLOUD]
+
+
+def resolve_scheme(args: argparse.Namespace, app: App, mbps: float | None = None,
+                   planner: Planner | None = None) -> Scheme:
+    """The scheme to run: `--scheme`, or with `--auto` the search's answer at `mbps` (the estimate)."""
+    if not getattr(args, "auto", False):
+        return parse_edge_scheme(args.scheme)
+    if mbps is None or planner is None:
+        raise CoInferError("--auto needs a bandwidth estimate and the databases")
+    if args.queue:
+        from runtime.monitor import throughput_scheme
+        return to_edge_scheme(throughput_scheme(planner.model, planner.feasible(args.accuracy_loss), mbps))
+    return planner.best(mbps, args.accuracy_loss)
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -235,11 +419,70 @@ async def run_requests(client: EdgeClient, images: torch.Tensor) -> list[Predict
         return [await client.infer(images[i:i + 1]) for i in range(len(images))]
 
 
+async def run_auto(client: EdgeClient, images: torch.Tensor, args: argparse.Namespace, app: App,
+                   planner: Planner) -> tuple[list[Prediction], dict]:
+    """--auto: probe, pick the scheme at the estimate; with --adapt re-pick before every request from
+    the precomputed frontier (probing when the estimate is stale); with --queue run queue mode."""
+    from runtime.monitor import Adapter
+    assert client.monitor is not None
+    info: dict = {"schemes": [], "estimates": []}
+    await client.connect(force=True)
+    try:
+        if client.monitor.mbps is None:
+            await client.probe()
+        mbps = client.monitor.mbps
+        if args.queue:
+            client.use(resolve_scheme(args, app, mbps, planner))
+            info["schemes"].append(str(client.scheme))
+            info["estimates"].append(mbps)
+            return await client.infer_queue(images, args.depth), info
+        adapter = None
+        if args.adapt:
+            frontier = planner.frontier(args.accuracy_loss)
+            info["frontier"] = [[g, list(s) if isinstance(s, tuple) else s] for g, s in zip(frontier.grid,
+                                                                                           frontier.schemes)]
+            adapter = Adapter(planner.model, frontier)
+        else:
+            client.use(resolve_scheme(args, app, mbps, planner))
+        preds = []
+        for i in range(len(images)):
+            if adapter is not None:
+                if client.monitor.needs_probe():
+                    await client.probe()
+                client.use(to_edge_scheme(adapter.choose(client.monitor.mbps, i)))
+            preds.append(await client.infer(images[i:i + 1]))
+            info["schemes"].append(str(client.scheme))
+            info["estimates"].append(client.monitor.mbps)
+        if adapter is not None:
+            info["switches"] = [[i, str(to_edge_scheme(s)), m] for i, s, m in adapter.switches]
+        return preds, info
+    finally:
+        await client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime.edge", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
-    ap.add_argument("--server", help="HOST:PORT of the cloud (not needed for all-edge)")
-    ap.add_argument("--scheme", required=True, help="p,c,b | all-cloud | all-edge")
+    ap.add_argument("--server", default=os.environ.get("COINFER_SERVER"),
+                    help="HOST:PORT of the cloud (not needed for all-edge; default $COINFER_SERVER)")
+    ap.add_argument("--scheme", help="p,c,b | all-cloud | all-edge (or --auto)")
+    ap.add_argument("--auto", action="store_true", help="pick the scheme with the search at the estimated bandwidth")
+    ap.add_argument("-accuracy_loss", "--accuracy-loss", dest="accuracy_loss", type=float, default=0.01,
+                    help="--auto: largest top-1 loss allowed (fraction, default 0.01)")
+    ap.add_argument("--adapt", action="store_true",
+                    help="--auto: precompute the frontier over 0.125..8 Mbps and switch scheme as the estimate moves")
+    ap.add_argument("--queue", action="store_true",
+                    help="queue mode: pipeline the requests (throughput; --auto minimises the slowest stage)")
+    ap.add_argument("--depth", type=int, default=2, help="queue mode: requests in flight")
+    ap.add_argument("--bandwidth", type=float, help="initial bandwidth estimate in Mbps (default: probe)")
+    ap.add_argument("--rate-limit", type=float, default=os.environ.get("COINFER_RATE_LIMIT"),
+                    help="shape the uplink in this process to this many Mbps (token bucket; for loopback without "
+                         "tc; default $COINFER_RATE_LIMIT, set by the loopback testbed)")
+    ap.add_argument("--storage", default=None, help="database URL for --auto (default: database/coinfer.sqlite)")
+    ap.add_argument("--evaluate-missing", action="store_true",
+                    help="--auto: let the search fine-tune schemes missing from the database (default: answer from it)")
+    ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
+                    help="heads with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
     ap.add_argument("--n", type=int, default=50, help="requests: the first n test images")
     ap.add_argument("--k", type=int, default=5, help="top-k classes returned")
     ap.add_argument("--token")
@@ -249,7 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     app = load_app(args.app)
-    scheme = resolve_scheme(args, app)
+    if args.auto == bool(args.scheme):
+        raise CoInferError("give exactly one of --scheme and --auto")
+    if (args.adapt or args.bandwidth is not None) and not args.auto:
+        raise CoInferError("--adapt and --bandwidth go with --auto")
+    if not 0 <= args.accuracy_loss < 1:
+        raise CoInferError("-accuracy_loss must be in [0, 1)")
+    if args.bandwidth is not None and not args.bandwidth > 0 or args.rate_limit is not None and not args.rate_limit > 0:
+        raise CoInferError("--bandwidth and --rate-limit must be positive (Mbps)")
+    if args.depth < 1:
+        raise CoInferError("--depth must be at least 1")
+    scheme = Scheme(ALL_CLOUD) if args.auto else resolve_scheme(args, app)
     if scheme.kind == ALL_EDGE:
         host, port = "", 0
     elif not args.server:
@@ -265,19 +518,46 @@ def main(argv: list[str] | None = None) -> int:
             ssl_ctx = ssl.create_default_context(cafile=args.tls_ca)
         except (OSError, ssl.SSLError) as exc:
             raise CoInferError(f"cannot load --tls-ca {args.tls_ca}: {exc}") from None
+    planner = Planner(app, args.storage, args.evaluate_missing) if args.auto else None
     from data import load_splits
     test = load_splits(app)[1]
     if args.n > len(test):
         raise CoInferError(f"--n {args.n} > {len(test)} test images")
     images = torch.stack([test[i][0] for i in range(args.n)])
     labels = [int(test[i][1]) for i in range(args.n)]
+    shaper = TokenBucket(args.rate_limit) if args.rate_limit else None
     client = EdgeClient(app, scheme, host=host, port=port, token=args.token, ssl_ctx=ssl_ctx, k=args.k,
-                        timeout=args.timeout)
-    summary = summarise(asyncio.run(run_requests(client, images)), labels)
+                        timeout=args.timeout, finetuned=args.finetuned, shaper=shaper,
+                        monitor=BandwidthEstimator(initial_mbps=args.bandwidth))
+    info: dict = {}
+    if planner is not None:
+        preds, info = asyncio.run(run_auto(client, images, args, app, planner))
+        scheme = client.scheme
+    elif args.queue:
+        async def queued() -> list[Prediction]:
+            async with client:
+                return await client.infer_queue(images, args.depth)
+        preds = asyncio.run(queued())
+    else:
+        preds = asyncio.run(run_requests(client, images))
+    summary = summarise(preds, labels)
+    notes = []
+    if shaper is not None:
+        notes.append(f"uplink shaped in this process by a token bucket at {args.rate_limit:g} Mbps (no tc)")
+    if args.queue:
+        notes.append(f"queue mode: up to {args.depth} requests in flight; total_s includes queueing")
     if args.json:
-        print(json.dumps({"app": app.name, "scheme": str(scheme), **summary}))
+        print(json.dumps({"app": app.name, "scheme": str(scheme), **info, "notes": notes, **summary}))
     else:
         print(format_report(summary, scheme))
+        if info.get("schemes"):
+            est = info["estimates"][-1]
+            print(f"auto: accuracy loss <= {args.accuracy_loss:g}; bandwidth estimate "
+                  f"{est:.3f} Mbps at the end; schemes used: {', '.join(dict.fromkeys(info['schemes']))}")
+        for i, s, m in info.get("switches", []):
+            print(f"  switched to {s} before request {i} (estimate {m:.3f} Mbps)")
+        for note in notes:
+            print(note)
     return 0
 
 

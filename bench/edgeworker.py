@@ -1,0 +1,164 @@
+"""A long-lived edge process for the runtime benchmarks, driven over stdin/stdout with JSON lines.
+
+The benchmark starts it in the testbed's edge namespace (`EdgeWorker(tb)`), unthrottled; the
+worker loads torch, the base model and the schemes' fine-tuned weights, connects, warms up, says
+ready, and only then does the benchmark move it into the testbed's CPU-quota cgroup, so start-up
+costs are not paid at 1/8 of a core. The benchmark can change the cgroup's quota and the link's
+rate between (or during) commands.
+
+Commands (one JSON object a line):
+    {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0}
+        -> {"scheme": ..., "rows": [Timings as dicts]} per scheme, then {"done": true}
+    {"op": "adapt", "n": 40, "frontier": [...], "accuracy_loss": 0.01, "storage": URL, "pause_at": 20}
+        -> {"i": i, "scheme": ..., "total_s": ..., "estimate": ...} per request, then {"done": true, ...};
+        before request `pause_at` it says {"paused": i} and waits for a line on stdin
+    {"op": "quit"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import torch
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool) -> None:
+    from apps import load_app
+    from data import load_splits
+    from runtime.edge import ALL_CLOUD, EdgeClient, Scheme, parse_edge_scheme, parse_server
+    from runtime.monitor import BandwidthEstimator, TokenBucket
+
+    app = load_app(app_name)
+    test = load_splits(app)[1]
+    images = torch.stack([test[i][0] for i in range(64)])
+    host, port = parse_server(server)
+    rate = os.environ.get("COINFER_RATE_LIMIT")
+    client = EdgeClient(app, Scheme(ALL_CLOUD), host=host, port=port, k=1, finetuned=finetuned,
+                        shaper=TokenBucket(float(rate)) if rate else None, monitor=BandwidthEstimator())
+    for s in schemes:  # build every model now (fine-tuned weights are loaded here, unthrottled)
+        client.model_for(parse_edge_scheme(s))
+    await client.connect(force=True)
+    for s in schemes:  # warm the cloud's tails too
+        client.use(parse_edge_scheme(s))
+        await client.infer(images[:1])
+    _emit({"ready": True})  # the parent now moves this process into the edge cgroup, then sends commands
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        if cmd["op"] == "run":
+            for s in cmd["schemes"]:
+                client.use(parse_edge_scheme(s))
+                rows = []
+                for i in range(cmd.get("warmup", 3) + cmd["n"]):
+                    if cmd.get("gap_s"):
+                        await asyncio.sleep(cmd["gap_s"])
+                    pred = await client.infer(images[i % len(images):i % len(images) + 1])
+                    if i >= cmd.get("warmup", 3):
+                        rows.append(asdict(pred.timings))
+                _emit({"scheme": s, "rows": rows})
+            _emit({"done": True})
+        elif cmd["op"] == "adapt":
+            await _adapt(client, images, cmd)
+    await client.close()
+
+
+async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
+    from database.store import Store
+    from runtime.edge import to_edge_scheme
+    from runtime.monitor import Adapter, BandwidthEstimator, Frontier
+    from search.latency import LatencyModel
+    model = LatencyModel.from_store(Store(cmd.get("storage"), create=False), client.app)
+    schemes = [tuple(s) if isinstance(s, list) else s for s in cmd["frontier"]]
+    frontier = Frontier(cmd.get("accuracy_loss", 0.01), [0.0] * len(schemes), schemes)
+    client.monitor = BandwidthEstimator(alpha=cmd.get("alpha", 0.8), initial_mbps=cmd.get("initial_mbps"),
+                                        probe_after_s=cmd.get("probe_after_s", 2.0))
+    adapter = Adapter(model, frontier, cmd.get("hysteresis", 0.05))
+    loop = asyncio.get_running_loop()
+    for i in range(cmd["n"]):
+        if i == cmd.get("pause_at"):  # let the benchmark change the link between two requests
+            _emit({"paused": i})
+            await loop.run_in_executor(None, sys.stdin.readline)
+        probed = False
+        if client.monitor.needs_probe():
+            await client.probe(cmd.get("probe_images", 16))
+            probed = True
+        client.use(to_edge_scheme(adapter.choose(client.monitor.mbps, i)))
+        pred = await client.infer(images[i % len(images):i % len(images) + 1])
+        _emit({"i": i, "scheme": str(client.scheme), "total_s": pred.timings.total_s, "probed": probed,
+               "bytes_up": pred.timings.bytes_up, "transfer_s": pred.timings.transfer_s,
+               "estimate": client.monitor.mbps, "floor_s": client.monitor.floor_s})
+    _emit({"done": True, "switches": [[i, str(to_edge_scheme(s)), m] for i, s, m in adapter.switches]})
+
+
+class EdgeWorker:
+    """Parent side: start the worker in a testbed's edge namespace and talk to it."""
+
+    def __init__(self, tb, schemes: list[str], app: str = "vgg16_digits", finetuned: bool = True) -> None:
+        argv = [sys.executable, "-m", "bench.edgeworker", app, tb.server, json.dumps(schemes),
+                "1" if finetuned else "0"]
+        self.proc = subprocess.Popen(tb.edge_command(argv, throttle=False), env=tb.edge_env(), cwd=tb_root(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.read()  # ready: loaded, connected, warmed up
+        self.throttled = tb.throttle(self.proc.pid)  # `ip netns exec` execs: the pid is the worker's
+
+    def read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"edge worker exited with status {self.proc.wait()}")
+        return json.loads(line)
+
+    def send(self, cmd: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, schemes: list[str], n: int, warmup: int = 3, gap_s: float = 0.0) -> dict[str, list[dict]]:
+        self.send({"op": "run", "schemes": schemes, "n": n, "warmup": warmup, "gap_s": gap_s})
+        out = {}
+        while True:
+            msg = self.read()
+            if msg.get("done"):
+                return out
+            out[msg["scheme"]] = msg["rows"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"op": "quit"})
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> EdgeWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tb_root() -> str:
+    from apps import REPO_ROOT
+    return str(REPO_ROOT)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    app_name, server, schemes, finetuned = sys.argv[1:5]
+    asyncio.run(_serve(app_name, server, json.loads(schemes), finetuned == "1"))

@@ -1,0 +1,209 @@
+"""Samplers against the exhaustive optimum, on the complete default table and on synthetic tables.
+
+    python -m bench.search [--seeds 5] [--budget 100] [--quick]
+
+For every query (latency_search with accuracy_loss in {0.005, 0.01, 0.02, 0.05}, accuracy_search
+with latency in {0.5, 0.6, 0.7, 0.8}, each at 0.25 / 0.5 / 1 / 2 / 4 Mbps) and every sampler
+(stochastic ones over several seeds), the complete accuracy table is replayed as the evaluator
+(each first look-up of a scheme = one evaluation), and the answer is compared with the
+exhaustive optimum over the table (same latency for latency queries, same accuracy for
+accuracy queries). Reported per sampler: % of runs returning the optimum, % certified, median
+and max evaluations, median decision overhead per evaluation (the sampler's own time, not the
+evaluation's). Runs go through a pool of worker processes, so overheads are measured on a
+loaded machine. Writes bench/out/search.png (evaluations vs optimality per sampler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from apps import DEFAULT_APP, load_app
+from apps.errors import CoInferError, run_cli
+from database.store import Store
+from search.latency import LatencyModel
+from search.problem import Problem, Query
+from search.runner import run_search
+from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+
+LOSSES = (0.005, 0.01, 0.02, 0.05)
+RATIOS = (0.5, 0.6, 0.7, 0.8)
+BANDWIDTHS = (0.25, 0.5, 1, 2, 4)
+STOCHASTIC = {"optcoinfer", "tpe", "gp", "random"}
+
+
+class Replay:
+    """The table: evaluator: every first look-up is one evaluation."""
+
+    name = "table"
+
+    def __init__(self, table: dict) -> None:
+        self.table = table
+
+    def known(self) -> dict:
+        return {}
+
+    def evaluate(self, scheme):
+        return self.table[scheme]
+
+
+@dataclass
+class Run:
+    suite: str
+    sampler: str
+    seed: int
+    query: Query
+    optimal: bool
+    certified: bool
+    evaluations: int
+    overhead_s: float
+    wall_s: float
+
+
+# the worker's problem set, shared through fork
+_SUITES: dict[str, tuple[LatencyModel, dict, float]] = {}
+
+
+def _run(task: tuple[str, str, int, Query, float, int, int]) -> Run:
+    suite, sampler, seed, query, tol, budget, restarts = task
+    model, table, base = _SUITES[suite]
+    problem = Problem(query, model, base)
+    space = problem.space
+    flat = {space.index(s): a for s, a in table.items()}
+    best, best_value = problem.exhaustive(flat)
+    options = {"n_restarts": restarts} if sampler == "optcoinfer" else {}
+    start = time.perf_counter()
+    res = run_search(problem, Replay(table), sampler, tolerance=tol if sampler == "coinfer" else 0.0, seed=seed,
+                     max_evaluations=budget if sampler in ("tpe", "gp", "random") else None, **options)
+    wall = time.perf_counter() - start
+    if query.kind == "latency":
+        optimal = abs(res.breakdown.total - best_value) < 1e-12
+    else:
+        optimal = res.feasible and res.accuracy is not None and abs(res.accuracy - best_value) < 1e-12
+    if best is None:  # infeasible query: right when the sampler says so too
+        optimal = not res.feasible
+    return Run(suite, sampler, seed, query, optimal, res.certified, res.new_evaluations,
+               res.sampler_s / max(1, res.new_evaluations), wall)
+
+
+def queries() -> list[Query]:
+    return ([Query("latency", bw, accuracy_loss=e) for e in LOSSES for bw in BANDWIDTHS]
+            + [Query("accuracy", bw, latency_ratio=r) for r in RATIOS for bw in BANDWIDTHS])
+
+
+def summarise(runs: list[Run], space_size: int) -> list[str]:
+    lines = [f"{'sampler':<11} {'runs':>5} {'optimum %':>9} {'certified %':>11} {'median evals':>12} "
+             f"{'max evals':>9} {'% of space':>10} {'overhead ms/eval':>16}"]
+    for sampler in dict.fromkeys(r.sampler for r in runs):
+        rs = [r for r in runs if r.sampler == sampler]
+        evals = [r.evaluations for r in rs]
+        lines.append(f"{sampler:<11} {len(rs):>5} {100 * np.mean([r.optimal for r in rs]):>9.1f} "
+                     f"{100 * np.mean([r.certified for r in rs]):>11.1f} {statistics.median(evals):>12.1f} "
+                     f"{max(evals):>9d} {100 * statistics.median(evals) / space_size:>10.2f} "
+                     f"{1e3 * statistics.median(r.overhead_s for r in rs if r.evaluations):>16.2f}")
+    return lines
+
+
+def plot(runs: list[Run], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sampler in dict.fromkeys(r.sampler for r in runs):
+        rs = [r for r in runs if r.sampler == sampler]
+        ax.scatter([statistics.median(r.evaluations for r in rs)], [100 * np.mean([r.optimal for r in rs])],
+                   s=80, label=sampler)
+        ax.scatter([r.evaluations for r in rs], [100 if r.optimal else 0 for r in rs], s=6, alpha=0.25)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("new evaluations per query (small dots: runs; large: median)")
+    ax.set_ylabel("% of runs returning the exhaustive optimum")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark the samplers against the exhaustive optimum.")
+    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--storage", default=None)
+    ap.add_argument("--samplers", default="coinfer,optcoinfer,tpe,gp,random,exhaustive")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of the stochastic samplers")
+    ap.add_argument("--gp-seeds", type=int, default=1, help="seeds of Optuna's GP (about 1 s a trial)")
+    ap.add_argument("--budget", type=int, default=100, help="evaluation budget of tpe / gp / random")
+    ap.add_argument("--n-restarts", type=int, default=2, help="GP optimiser restarts of optcoinfer (paper: 100)")
+    ap.add_argument("--tolerance", type=float, default=None, help="coinfer's tolerance (default: one test image)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1 seed, bandwidths 0.5 and 2 only")
+    args = ap.parse_args(argv)
+    app = load_app(args.app)
+    store = Store(args.storage)
+    model = LatencyModel.from_store(store, app)
+    table = store.accuracy_table(app.name, app.protocol.name, app.protocol.seed)
+    base = store.base(app.name, app.protocol.name)
+    size = model.space.size
+    if len(table) < size or base is None:
+        raise CoInferError(f"the accuracy table of {app.name} is incomplete ({len(table)}/{size} schemes); "
+                           f"complete it with python -m database.evaluate --app {app.name} --schemes all")
+    tol = args.tolerance if args.tolerance is not None else 1 / int(app.dataset.get("test_size", 600))
+    samplers = args.samplers.split(",")
+    qs = queries()
+    seeds = 1 if args.quick else args.seeds
+    if args.quick:
+        qs = [q for q in qs if q.bandwidth in (0.5, 2)]
+    _SUITES["default"] = (model, table, base)
+    syn_points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
+    syn_model = synthetic_latency(syn_points)
+    synthetic = [] if args.no_synthetic else [(shape, noise) for shape in ("saturating", "linear", "cliff")
+                                              for noise in (0.0, 0.002)]
+    for shape, noise in synthetic:
+        _SUITES[f"{shape}/noise{noise:g}"] = (syn_model, synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9)
+
+    def tasks(suite: str, qlist: list[Query], nseeds: int) -> list:
+        out = []
+        for s in samplers:
+            n = 1 if s not in STOCHASTIC else (min(nseeds, args.gp_seeds) if s == "gp" else nseeds)
+            out += [(suite, s, seed, q, tol, args.budget, args.n_restarts) for seed in range(n) for q in qlist]
+        return out
+
+    all_tasks = tasks("default", qs, seeds)
+    syn_queries = [q for q in qs if q.bandwidth in (0.5, 2)]
+    for shape, noise in synthetic:
+        all_tasks += tasks(f"{shape}/noise{noise:g}", syn_queries, 1 if args.quick else 2)
+    print(f"bench.search: {app.name}, space {size} schemes, base top-1 {base:.4f}, latency devices "
+          f"{model.devices[0]} -> {model.devices[1]}; {len(qs)} queries; coinfer tolerance {tol:.4f}; "
+          f"stochastic samplers over {seeds} seeds (gp {min(seeds, args.gp_seeds)}); tpe/gp/random budget "
+          f"{args.budget} evaluations; optcoinfer GP restarts {args.n_restarts}; {args.workers} worker processes; "
+          f"{len(all_tasks)} runs", flush=True)
+    start = time.perf_counter()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(args.workers) as pool:
+        runs = []
+        for i, run in enumerate(pool.imap_unordered(_run, all_tasks, chunksize=1), 1):
+            runs.append(run)
+            if i % 50 == 0:
+                print(f"  {i}/{len(all_tasks)} runs, {time.perf_counter() - start:.0f} s", flush=True)
+    default = [r for r in runs if r.suite == "default"]
+    print(f"\ncomplete {app.name} table ({len(qs)} queries):")
+    print("\n".join(summarise(default, size)))
+    for suite in dict.fromkeys(r.suite for r in runs if r.suite != "default"):
+        print(f"\nsynthetic {suite} (13 points, {syn_model.space.size} schemes, {len(syn_queries)} queries):")
+        print("\n".join(summarise([r for r in runs if r.suite == suite], syn_model.space.size)))
+    misses = [r for r in default if r.sampler == "coinfer" and not r.optimal]
+    for r in misses:
+        print(f"coinfer missed: {r.query}")
+    os.makedirs("bench/out", exist_ok=True)
+    plot(default, "bench/out/search.png", f"{app.name}: evaluations vs optimality ({len(qs)} queries)")
+    print(f"\nwall {time.perf_counter() - start:.0f} s; plot: bench/out/search.png")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,156 @@
+"""Fine-tuned weights per scheme, shared by the edge head and the cloud tail.
+
+    scheme_model(app, p, c, b) -> SchemeModel
+
+A scheme's accuracy in the database is that of the pruned model *after* the app's fine-tune
+protocol (database.evaluate); running the pruned base weights instead loses most of it. The
+fine-tuned state_dict of scheme (p, c, b) lives in `checkpoints/schemes/<app>/<p>-<c>-<b>.pt`
+(tensors only, loaded with `torch.load(weights_only=True)`), with a small JSON sidecar holding
+the test accuracy measured right after the fine-tune. When the file is missing the scheme is
+fine-tuned here with the app's protocol (same seed, data and loop as the accuracy database) and
+saved atomically (temporary file + os.replace) under an exclusive file lock, so an edge process
+and a cloud process asking for the same scheme at once fine-tune it once and load the same file:
+head and tail always come from one state_dict.
+
+`COINFER_SCHEMES_DIR` overrides the folder (tests use a temporary one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from apps import REPO_ROOT, App
+from compress.scheme import SchemeModel
+from models.vgg import VGG
+
+log = logging.getLogger("coinfer.weights")
+ENV_DIR = "COINFER_SCHEMES_DIR"
+_cache: dict[tuple[str, str, int, int, int], dict[str, torch.Tensor]] = {}
+_cache_lock = threading.Lock()
+
+
+def schemes_dir(root: str | Path | None = None) -> Path:
+    """Where fine-tuned scheme weights live: `root`, $COINFER_SCHEMES_DIR, or checkpoints/schemes."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(ENV_DIR)
+    return Path(env) if env else REPO_ROOT / "checkpoints" / "schemes"
+
+
+def scheme_path(app: App, p: int, c: int, b: int, root: str | Path | None = None) -> Path:
+    return schemes_dir(root) / app.name / f"{p}-{c}-{b}.pt"
+
+
+def finetune(app: App, p: int, c: int, b: int, evaluator=None) -> tuple[SchemeModel, float]:
+    """(model, test top-1) of scheme (p, c, b) fine-tuned with the app's protocol.
+
+    The same steps as `database.evaluate.FinetuneEvaluator.evaluate` (seed, then SchemeModel,
+    then `train_epochs` with the protocol), with its own train/test functions, keeping the model.
+    """
+    from database.evaluate import FinetuneEvaluator, test_accuracy, train_epochs
+    ev = evaluator if evaluator is not None else FinetuneEvaluator(app)
+    proto = app.protocol
+    torch.manual_seed(proto.seed)
+    model = SchemeModel(ev.base, p, c, b)
+    train_epochs(model, ev.train, proto.epochs, proto.lr, proto.batch_size, proto.momentum,
+                 proto.weight_decay, proto.schedule, proto.seed)
+    top1, _ = test_accuracy(model, ev.test)
+    return model.eval(), top1
+
+
+def _save_atomic(state: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for data, target in ((None, path), (meta, path.with_suffix(".json"))):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if data is None:
+                    torch.save(state, f)
+                else:
+                    f.write(json.dumps(data, indent=1).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A scheme's state_dict: tensors only (weights_only=True; anything else is refused)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state_dict of tensors")
+    return state
+
+
+def scheme_state(app: App, p: int, c: int, b: int, *, root: str | Path | None = None,
+                 train: bool = True, evaluator=None) -> dict[str, torch.Tensor]:
+    """The fine-tuned state_dict of (p, c, b): memory, then disk, then a fine-tune (saved)."""
+    path = scheme_path(app, p, c, b, root)
+    key = (app.name, str(path.parent), p, c, b)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    if not path.is_file():
+        if not train:
+            raise FileNotFoundError(f"no fine-tuned weights for scheme {p},{c},{b} of {app.name} at {path}")
+        with _locked(path):
+            if not path.is_file():  # another process may have made it while we waited
+                start = time.perf_counter()
+                log.info("fine-tuning scheme %d,%d,%d of %s (protocol %s)", p, c, b, app.name, app.protocol.name)
+                model, top1 = finetune(app, p, c, b, evaluator)
+                meta = {"app": app.name, "scheme": [p, c, b], "protocol": app.protocol.name,
+                        "seed": app.protocol.seed, "top1": top1, "seconds": time.perf_counter() - start}
+                _save_atomic(model.state_dict(), meta, path)
+    state = load_state(path)
+    with _cache_lock:
+        _cache[key] = state
+    return state
+
+
+def scheme_accuracy(app: App, p: int, c: int, b: int, root: str | Path | None = None) -> float | None:
+    """The test top-1 recorded when the scheme was fine-tuned here, None when unknown."""
+    try:
+        return float(json.loads(scheme_path(app, p, c, b, root).with_suffix(".json").read_text())["top1"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def scheme_model(app: App, p: int, c: int, b: int, *, base: VGG | None = None, root: str | Path | None = None,
+                 train: bool = True, evaluator=None) -> SchemeModel:
+    """SchemeModel (p, c, b) with its fine-tuned weights (fine-tuned and saved first when missing)."""
+    state = scheme_state(app, p, c, b, root=root, train=train, evaluator=evaluator)
+    if base is None:
+        from models.build import load_base_model
+        base = load_base_model(app)
+    model = SchemeModel(base, p, c, b)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

@@ -1,0 +1,96 @@
+"""Fine-tuned weights per scheme: fine-tuned once, saved atomically, loaded with weights_only, shared by
+the edge head and the cloud tail, and as accurate through the server as the accuracy database says."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+
+import pytest
+import torch
+
+from apps import DEFAULT_STORAGE, load_app
+from runtime import weights
+from runtime.weights import scheme_accuracy, scheme_model, scheme_path
+
+torch.set_num_threads(1)
+
+
+def test_finetuned_once_then_loaded(tiny_app, tmp_path, monkeypatch) -> None:
+    weights.clear_cache()
+    model = scheme_model(tiny_app, 2, 3, 4, root=tmp_path)
+    path = scheme_path(tiny_app, 2, 3, 4, tmp_path)
+    assert path == tmp_path / tiny_app.name / "2-3-4.pt" and path.is_file()
+    assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
+    acc = scheme_accuracy(tiny_app, 2, 3, 4, tmp_path)
+    assert acc is not None and 0 <= acc <= 1
+    state = torch.load(path, weights_only=True)  # a plain state_dict of tensors
+    assert set(state) == set(model.state_dict())
+    # a second process (empty memory cache) loads the file and never fine-tunes again
+    weights.clear_cache()
+    monkeypatch.setattr(weights, "finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
+    again = scheme_model(tiny_app, 2, 3, 4, root=tmp_path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    with pytest.raises(FileNotFoundError):
+        scheme_model(tiny_app, 2, 3, 5, root=tmp_path, train=False)
+
+
+def test_refuses_pickled_objects(tiny_app, tmp_path) -> None:
+    weights.clear_cache()
+    path = scheme_path(tiny_app, 1, 2, 3, tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save({"evil": os.system}, path)  # anything but tensors needs full unpickling
+    with pytest.raises(Exception):  # noqa: B017 - torch raises UnpicklingError (or ValueError on ours)
+        scheme_model(tiny_app, 1, 2, 3, root=tmp_path)
+
+
+APP = load_app("vgg16_digits")
+
+
+def database_accuracy(scheme: tuple[int, int, int]) -> float | None:
+    path = DEFAULT_STORAGE.removeprefix("sqlite:///")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        row = con.execute("SELECT top1 FROM accuracy WHERE app=? AND protocol=? AND p=? AND c=? AND b=? AND seed=?",
+                          (APP.name, APP.protocol.name, *scheme, APP.protocol.seed)).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else float(row[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
+def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None:
+    """(4, 12, 3): the pruned base gets ~40 % of the test set right, the fine-tuned scheme ~94 %."""
+    from data import load_splits
+    from models.build import load_base_model
+    from runtime.cloud import CloudServer
+    from runtime.edge import SPLIT, EdgeClient, Scheme
+
+    weights.clear_cache()
+    scheme = (4, 12, 3)
+    base = load_base_model(APP)
+    test = load_splits(APP)[1]
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = [int(test[i][1]) for i in range(len(test))]
+
+    async def accuracy(finetuned: bool) -> float:
+        server = CloudServer(APP, base, finetuned=finetuned, weights_root=str(tmp_path))
+        await server.start("127.0.0.1", 0)
+        try:
+            async with EdgeClient(APP, Scheme(SPLIT, *scheme), base, port=server.port, k=1, finetuned=finetuned,
+                                  weights_root=str(tmp_path)) as client:
+                preds = [c[0] for i in range(0, len(x), 64) for c in (await client.infer(x[i:i + 64])).classes]
+        finally:
+            await server.close()
+        return sum(p == t for p, t in zip(preds, y)) / len(y)
+
+    tuned = asyncio.run(accuracy(True))
+    recorded = scheme_accuracy(APP, *scheme, tmp_path)
+    assert recorded is not None and tuned == pytest.approx(recorded, abs=0.01)
+    db = database_accuracy(scheme)
+    if db is not None:
+        assert tuned == pytest.approx(db, abs=0.015)
+    assert tuned > asyncio.run(accuracy(False)) + 0.2  # the old behaviour: pruned base weights

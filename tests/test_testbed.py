@@ -1,0 +1,107 @@
+"""The namespace testbed: setup, shaping, CPU quota, teardown, crash clean-up (root, ip, tc, cgroup v1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apps.errors import CoInferError
+from database.cpuquota import CPU_ROOT, quota_support
+from runtime.testbed import PREFIX, Testbed, cleanup_leftovers, netns_support, parse_rate, tbf_args
+
+ROOT = Path(__file__).resolve().parents[1]
+REASON = netns_support() or quota_support()
+needs_root = pytest.mark.skipif(REASON is not None, reason=f"testbed needs root, ip, tc and cgroup v1: {REASON}")
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def links() -> str:
+    return subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+
+
+def test_parse_rate_and_tbf_args() -> None:
+    assert parse_rate("1mbit") == parse_rate("1") == 1.0
+    assert parse_rate("512kbit") == 0.5
+    with pytest.raises(CoInferError):
+        parse_rate("fast")
+    assert tbf_args(8.0)[:2] == ["rate", f"{2**20}bps"]  # 8 Mbps = 2^20 bytes/s
+
+
+@needs_root
+@pytest.mark.root
+def test_setup_shaping_and_teardown() -> None:
+    with Testbed(8.0, 0.125, start_cloud=False) as tb:
+        assert tb.mode == "netns" and {tb.ns_edge, tb.ns_cloud} <= namespaces()
+        assert "tbf" in tb.qdisc() and (CPU_ROOT / tb.group).is_dir()
+        tb.setup()  # idempotent
+        v = tb.verify(1 << 19)  # 512 KiB at 8 Mbps: 0.5 s (+ ~5 % TCP/IP/Ethernet headers)
+        assert 0.95 < v["seconds"] / v["expected_s"] < 1.3, v
+        tb.set_rate(16.0)
+        assert "16777Kbit" in tb.qdisc()
+        v = tb.verify(1 << 19)
+        assert 0.95 < v["seconds"] / v["expected_s"] < 1.4, v
+        # an edge command runs in the edge namespace, inside the cgroup
+        out = tb.run_edge(["sh", "-c", "cat /proc/self/cgroup; ip -o addr show"], capture_output=True, text=True)
+        assert f"cpu:/{tb.group}" in out.stdout.replace(",cpuacct", "") or tb.group in out.stdout
+        assert tb.edge_ip in out.stdout and tb.cloud_ip not in out.stdout
+    assert not {tb.ns_edge, tb.ns_cloud} & namespaces()
+    assert tb.link_edge not in links() and not (CPU_ROOT / tb.group).exists()
+    tb.teardown()  # idempotent
+
+
+@needs_root
+@pytest.mark.root
+def test_cloud_server_and_edge_cli_in_namespaces() -> None:
+    with Testbed(4.0, 0.5, cloud_args=["--no-finetuned"]) as tb:
+        assert tb.server.startswith(tb.cloud_ip)
+        out = tb.run_edge([sys.executable, "-m", "runtime.edge", "--server", "{server}", "--scheme", "all-cloud",
+                           "--n", "3", "--json", "--no-finetuned"], capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["requests"] == 3 and report["bytes_up"] == 48 + 8 + 1024
+
+
+@needs_root
+@pytest.mark.root
+def test_leftovers_of_a_killed_testbed_are_removed() -> None:
+    script = ("from runtime.testbed import Testbed; import time, sys; tb = Testbed(1.0, 0.125, start_cloud=False); "
+              "tb.setup(); print(tb.ns_edge, tb.group, flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for sig, cleans_itself in ((signal.SIGTERM, True), (signal.SIGKILL, False)):
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        ns, group = proc.stdout.readline().split()
+        assert ns in namespaces() and (CPU_ROOT / group).is_dir()
+        proc.send_signal(sig)
+        proc.wait(20)
+        if cleans_itself:  # signal handler: torn down on the way out
+            assert ns not in namespaces() and not (CPU_ROOT / group).exists()
+        else:  # kill -9: the next setup (or --cleanup) removes what the dead pid left
+            assert ns in namespaces()
+            removed = cleanup_leftovers()
+            assert any(ns in r for r in removed)
+            assert ns not in namespaces() and not (CPU_ROOT / group).exists()
+            assert f"{PREFIX}{proc.pid}" not in links()
+
+
+def test_loopback_fallback_says_so() -> None:
+    with Testbed(2.0, None, force_loopback=True, start_cloud=False) as tb:
+        assert tb.mode == "loopback" and tb.host == "127.0.0.1"
+        assert tb.edge_env()["COINFER_RATE_LIMIT"] == "2.0"
+        assert any("token bucket" in n for n in tb.notes)
+        assert tb.edge_command(["x"]) == ["x"]
+
+
+def test_cli_needs_something_to_run() -> None:
+    out = subprocess.run([sys.executable, "-m", "runtime.testbed", "--rate", "1mbit"], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and out.stderr.startswith("error:")
