@@ -39,14 +39,21 @@ class FinetuneEvaluator:
     def base_accuracy(self) -> tuple[float, float]:
         return test_accuracy(self.base, self.test)
 
-    def evaluate(self, p: int, c: int, b: int, seed: int | None = None) -> AccuracyRow:
+    def finetune(self, p: int, c: int, b: int, seed: int | None = None) -> SchemeModel:
+        """Scheme (p, c, b) of the base model, fine-tuned with the app's protocol (eval mode)."""
         proto = self.app.protocol
         seed = proto.seed if seed is None else seed
-        start = time.perf_counter()
         torch.manual_seed(seed)
         model = SchemeModel(self.base, p, c, b)
         train_epochs(model, self.train, proto.epochs, proto.lr, proto.batch_size, proto.momentum,
                      proto.weight_decay, proto.schedule, seed)
+        return model.eval()
+
+    def evaluate(self, p: int, c: int, b: int, seed: int | None = None) -> AccuracyRow:
+        proto = self.app.protocol
+        seed = proto.seed if seed is None else seed
+        start = time.perf_counter()
+        model = self.finetune(p, c, b, seed)
         top1, top5 = test_accuracy(model, self.test)
         return AccuracyRow(self.app.name, proto.name, p, c, b, seed, top1, top5, len(self.test),
                            time.perf_counter() - start, socket.gethostname())

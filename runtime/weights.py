@@ -52,20 +52,13 @@ def scheme_path(app: App, p: int, c: int, b: int, root: str | Path | None = None
 
 
 def finetune(app: App, p: int, c: int, b: int, evaluator=None) -> tuple[SchemeModel, float]:
-    """(model, test top-1) of scheme (p, c, b) fine-tuned with the app's protocol.
-
-    The same steps as `database.evaluate.FinetuneEvaluator.evaluate` (seed, then SchemeModel,
-    then `train_epochs` with the protocol), with its own train/test functions, keeping the model.
-    """
-    from database.evaluate import FinetuneEvaluator, test_accuracy, train_epochs
+    """(model, test top-1) of scheme (p, c, b) fine-tuned with the app's protocol, exactly as the
+    accuracy database evaluates it (database.evaluate.FinetuneEvaluator)."""
+    from database.evaluate import FinetuneEvaluator
+    from models.train import test_accuracy
     ev = evaluator if evaluator is not None else FinetuneEvaluator(app)
-    proto = app.protocol
-    torch.manual_seed(proto.seed)
-    model = SchemeModel(ev.base, p, c, b)
-    train_epochs(model, ev.train, proto.epochs, proto.lr, proto.batch_size, proto.momentum,
-                 proto.weight_decay, proto.schedule, proto.seed)
-    top1, _ = test_accuracy(model, ev.test)
-    return model.eval(), top1
+    model = ev.finetune(p, c, b)
+    return model, test_accuracy(model, ev.test)[0]
 
 
 def _save_atomic(state: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
