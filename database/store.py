@@ -188,8 +188,8 @@ class Store:
     def _insert_ignore(self, table: sa.Table, rows: list[dict]) -> int:
         if not rows:
             return 0
-        stmt = self._insert(table).on_conflict_do_nothing()
-        return self._run(lambda conn: conn.execute(stmt, rows).rowcount or 0)
+        stmt = self._insert(table).on_conflict_do_nothing().returning(table.c.id)
+        return self._run(lambda conn: len(conn.execute(stmt, rows).all()))
 
     def _upsert(self, table: sa.Table, rows: list[dict], key: list[str]) -> None:
         if not rows:
