@@ -136,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samplers", default="coinfer,optcoinfer,tpe,gp,random,exhaustive")
     ap.add_argument("--seeds", type=int, default=5, help="seeds of the stochastic samplers")
     ap.add_argument("--gp-seeds", type=int, default=1, help="seeds of Optuna's GP (about 1 s a trial)")
+    ap.add_argument("--gp-bandwidths", default="1", help="bandwidths whose queries Optuna's GP runs (cost)")
+    ap.add_argument("--optcoinfer-seeds", type=int, default=2, help="seeds of optcoinfer (its GP: ~0.4 s/eval)")
+    ap.add_argument("--synthetic-samplers", default="coinfer,exhaustive,tpe,random")
     ap.add_argument("--budget", type=int, default=100, help="evaluation budget of tpe / gp / random")
-    ap.add_argument("--n-restarts", type=int, default=2, help="GP optimiser restarts of optcoinfer (paper: 100)")
+    ap.add_argument("--n-restarts", type=int, default=1, help="GP optimiser restarts of optcoinfer (paper: 100)")
     ap.add_argument("--tolerance", type=float, default=None, help="coinfer's tolerance (default: one test image)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-synthetic", action="store_true")
@@ -166,22 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     for shape, noise in synthetic:
         _SUITES[f"{shape}/noise{noise:g}"] = (syn_model, synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9)
 
-    def tasks(suite: str, qlist: list[Query], nseeds: int) -> list:
+    gp_bws = {float(x) for x in args.gp_bandwidths.split(",")}
+    n_seeds = {"gp": min(seeds, args.gp_seeds), "optcoinfer": min(seeds, args.optcoinfer_seeds)}
+
+    def tasks(suite: str, qlist: list[Query], names: list[str], nseeds: int) -> list:
         out = []
-        for s in samplers:
-            n = 1 if s not in STOCHASTIC else (min(nseeds, args.gp_seeds) if s == "gp" else nseeds)
-            out += [(suite, s, seed, q, tol, args.budget, args.n_restarts) for seed in range(n) for q in qlist]
+        for s in names:
+            n = 1 if s not in STOCHASTIC else min(nseeds, n_seeds.get(s, nseeds))
+            qs_s = [q for q in qlist if q.bandwidth in gp_bws] if s == "gp" else qlist
+            out += [(suite, s, seed, q, tol, args.budget, args.n_restarts) for seed in range(n) for q in qs_s]
         return out
 
-    all_tasks = tasks("default", qs, seeds)
+    all_tasks = tasks("default", qs, samplers, seeds)
     syn_queries = [q for q in qs if q.bandwidth in (0.5, 2)]
     for shape, noise in synthetic:
-        all_tasks += tasks(f"{shape}/noise{noise:g}", syn_queries, 1 if args.quick else 2)
+        all_tasks += tasks(f"{shape}/noise{noise:g}", syn_queries, args.synthetic_samplers.split(","),
+                           1 if args.quick else 2)
     print(f"bench.search: {app.name}, space {size} schemes, base top-1 {base:.4f}, latency devices "
           f"{model.devices[0]} -> {model.devices[1]}; {len(qs)} queries; coinfer tolerance {tol:.4f}; "
-          f"stochastic samplers over {seeds} seeds (gp {min(seeds, args.gp_seeds)}); tpe/gp/random budget "
-          f"{args.budget} evaluations; optcoinfer GP restarts {args.n_restarts}; {args.workers} worker processes; "
-          f"{len(all_tasks)} runs", flush=True)
+          f"tpe/random over {seeds} seeds, optcoinfer over {n_seeds['optcoinfer']} (GP restarts {args.n_restarts}), "
+          f"Optuna gp over {n_seeds['gp']} on the queries at {sorted(gp_bws)} Mbps only (about 1 s a trial); "
+          f"tpe/gp/random budget {args.budget} evaluations; synthetic suites: {args.synthetic_samplers}; "
+          f"{args.workers} worker processes; {len(all_tasks)} runs", flush=True)
     start = time.perf_counter()
     ctx = mp.get_context("fork")
     with ctx.Pool(args.workers) as pool:
