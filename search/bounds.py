@@ -63,14 +63,16 @@ class Knowledge:
         hit = among & (s.p == s.p[i]) & (s.c >= s.c[i]) & (s.b >= s.b[i])
         return np.flatnonzero(hit)
 
-    def violations(self) -> list[tuple[int, int, float]]:
-        """Pairs (lower scheme i, higher scheme j) of evaluated schemes where j dominates i but
-        A(j) < A(i) - tol: measured non-monotonicity beyond the tolerance."""
+    def violations(self, level: float) -> list[tuple[int, int, float]]:
+        """Evaluated pairs (i, j), j dominating i, with A(i) >= level > A(j) + tol: measured
+        non-monotonicity that crosses `level`, i.e. evidence that a proof "j falls short of the
+        level, so everything j dominates does too" can be wrong. Returns (i, j, A(i) - A(j))."""
         out = []
         s = self.space
         idx = np.flatnonzero(self.evaluated)
-        for i in idx:
-            dom = idx[(s.p[idx] == s.p[i]) & (s.c[idx] >= s.c[i]) & (s.b[idx] >= s.b[i]) & (idx != i)]
-            for j in dom[self.acc[dom] < self.acc[i] - self.tol - 1e-12]:
-                out.append((int(i), int(j), float(self.acc[i] - self.acc[j])))
+        high = idx[self.acc[idx] >= level]
+        low = idx[self.acc[idx] + self.tol < level]
+        for i in high:
+            dom = low[(s.p[low] == s.p[i]) & (s.c[low] >= s.c[i]) & (s.b[low] >= s.b[i])]
+            out += [(int(i), int(j), float(self.acc[i] - self.acc[j])) for j in dom]
         return out

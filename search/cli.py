@@ -140,7 +140,9 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
         lines.append("  accuracy    not evaluated")
     lines.append(f"  evaluations {r.new_evaluations} new, {r.reused_evaluations} reused from the database "
                  f"(sampler {r.sampler}, evaluator {r.evaluator})")
-    if r.certified:
+    if r.certified and any(n.startswith("exact") for n in r.notes):
+        lines.append("  certified   yes, exactly: every scheme that could beat it has been evaluated")
+    elif r.certified:
         lines.append(f"  certified   yes: {len(r.certificate)} evaluated schemes prove nothing better exists, "
                      f"if accuracy is monotone in channels and bits within {100 * r.tolerance:.2f} %")
     else:
@@ -153,6 +155,8 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
         if r.next_to_evaluate:
             lines.append("  next        " + "  ".join(f"{p},{c},{b}" for p, c, b in r.next_to_evaluate))
     for note in r.notes:
+        if note.startswith("exact"):
+            continue
         lines.append(f"  note        {note}")
     lines.append(f"  wall time   {r.wall_s:.2f} s (sampler {1e3 * r.sampler_s:.1f} ms)")
     return "\n".join(lines)

@@ -260,14 +260,21 @@ def _result(problem: Problem, kn: Knowledge, st: Status, evaluator, sampler: str
         layer = space.points[scheme[0]].name
         accuracy = float(st.lower[inc]) if bound else (None if np.isnan(kn.acc[inc]) else float(kn.acc[inc]))
         bd = model.breakdown(scheme, q.bandwidth)
-    violations = kn.violations()
-    certified = bool(st.done and feasible and not violations and not offline) or bool(
-        offline and st.done and feasible and not bound and not violations)
+    # Certified: nothing unevaluated can beat the answer. Exact when every scheme that could
+    # beat it was evaluated; otherwise it rests on monotonicity within the tolerance, and any
+    # evaluated pair that breaks it across the decision level withdraws the certificate.
+    could_beat = ~kn.evaluated & (problem.latency < st.incumbent_value if q.kind == "latency"
+                                  else problem.latency <= problem.budget)
+    level = problem.threshold if q.kind == "latency" else st.incumbent_value
+    violations = kn.violations(level) if could_beat.any() else []
+    certified = bool(st.done and feasible and not bound and not violations)
+    if certified and not could_beat.any():
+        notes.append("exact: every scheme that could beat the answer was evaluated")
     if violations:
         worst = max(violations, key=lambda v: v[2])
-        notes.append(f"{len(violations)} evaluated pairs break monotonicity by more than the tolerance "
-                     f"{tol:g} (worst: {space.scheme(worst[1])} is {worst[2]:.4f} below {space.scheme(worst[0])}); "
-                     "no certificate")
+        notes.append(f"{len(violations)} evaluated pairs break monotonicity across the decision level "
+                     f"{level:.4f} by more than the tolerance {tol:g} (worst: {space.scheme(worst[1])} is "
+                     f"{worst[2]:.4f} below {space.scheme(worst[0])}, which it dominates); no certificate")
     if not st.done and not offline and sampler not in ("exhaustive",):
         notes.append("schemes that could still be better remain unevaluated: no certificate")
     proof = _proof(problem, kn, st, inc)

@@ -105,12 +105,17 @@ def test_coinfer_evaluates_a_small_part_and_its_certificate_proves_the_answer():
 
 def test_noisy_table_gives_an_honest_report():
     table = synthetic_table(SMALL, seed=0)
-    # make one scheme non-monotone: far better than the schemes dominating it
-    table[(5, 1, 1)] = 0.95
+    # one scheme far better than a scheme that dominates it, both already in the database
+    table[(5, 1, 1)], table[(5, 16, 8)] = 0.95, 0.5
     problem = Problem(Query("accuracy", 1, latency_ratio=0.8), synthetic_latency(SMALL), 0.9)
-    result = run_search(problem, TableEval(table), "exhaustive", tolerance=0.0)
-    assert result.scheme == brute_force(problem, table)
+    assert problem.latency[problem.space.index((5, 1, 1))] <= problem.budget
+    ev = TableEval(table)
+    ev.known = lambda: {(5, 1, 1): 0.95, (5, 16, 8): 0.5}
+    result = run_search(problem, ev, "coinfer", tolerance=0.0)
+    assert result.scheme == brute_force(problem, table) == (5, 1, 1)
     assert not result.certified and any("monotonicity" in n for n in result.notes)
+    # the exhaustive sampler evaluates everything that could matter: exact, so certified
+    assert run_search(problem, TableEval(table), "exhaustive").certified
 
 
 def test_table_evaluator_counts_first_lookups_and_names_missing_schemes(tmp_path):
