@@ -27,6 +27,7 @@ import numpy as np
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
 from database.store import Store
+from search.bounds import DEFAULT_TOLERANCE
 from search.latency import LatencyModel
 from search.problem import Problem, Query
 from search.runner import run_search
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-samplers", default="coinfer,exhaustive,tpe,random")
     ap.add_argument("--budget", type=int, default=100, help="evaluation budget of tpe / gp / random")
     ap.add_argument("--n-restarts", type=int, default=1, help="GP optimiser restarts of optcoinfer (paper: 100)")
-    ap.add_argument("--tolerance", type=float, default=None, help="coinfer's tolerance (default: one test image)")
+    ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="coinfer's tolerance")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 seed, bandwidths 0.5 and 2 only")
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(table) < size or base is None:
         raise CoInferError(f"the accuracy table of {app.name} is incomplete ({len(table)}/{size} schemes); "
                            f"complete it with python -m database.evaluate --app {app.name} --schemes all")
-    tol = args.tolerance if args.tolerance is not None else 1 / int(app.dataset.get("test_size", 600))
+    tol = args.tolerance
     samplers = args.samplers.split(",")
     qs = queries()
     seeds = 1 if args.quick else args.seeds

@@ -16,6 +16,11 @@ import numpy as np
 
 from search.space import Space
 
+# Default accepted non-monotonicity of measured accuracy: 0.5 % (3 test images of the default
+# app). Calibrated on the complete default table (1-epoch fine-tunes are noisy): with 1 image
+# the exhaustive optimum was missed on 3 of 40 benchmark queries, with 2 on 1, with 3 on none.
+DEFAULT_TOLERANCE = 0.005
+
 
 class Knowledge:
     """Measured accuracies (NaN = not evaluated) and the monotone bounds they imply."""

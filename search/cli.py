@@ -14,6 +14,7 @@ from apps import DEFAULT_APP, load_app
 from apps.errors import ArgParser, CoInferError
 from database.store import Store
 from models.build import app_points
+from search.bounds import DEFAULT_TOLERANCE
 from search.evaluators import make_evaluator
 from search.latency import LatencyModel, bytes_per_second
 from search.problem import Problem, Query
@@ -46,7 +47,7 @@ def build_parser(kind: str) -> ArgParser:
                     help="base model top-1 (default: from the database)")
     ap.add_argument("--rtt", type=float, default=None, help="round-trip time in seconds (default: the app's)")
     ap.add_argument("--tolerance", type=float, default=None,
-                    help="accepted non-monotonicity of measured accuracy (default: one test image)")
+                    help=f"accepted non-monotonicity of measured accuracy (default: {DEFAULT_TOLERANCE})")
     ap.add_argument("--max-evaluations", type=int, default=None, help="stop after this many new evaluations")
     ap.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
     ap.add_argument("--offline", action="store_true",
@@ -92,10 +93,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
                            f"(python -m database.evaluate --app {app.name} --schemes none)")
     if not 0 < base <= 1:
         raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
-    tolerance = args.tolerance
-    if tolerance is None:
-        n_test = int(app.dataset.get("test_size", 0)) if app.dataset.get("name") == "digits" else 0
-        tolerance = 1 / n_test if n_test else 0.0
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     result = run_search(Problem(query, model, base), evaluator, args.sampler, tolerance, args.seed,
                         args.offline, args.max_evaluations)
     if args.json:

@@ -268,6 +268,8 @@ def _result(problem: Problem, kn: Knowledge, st: Status, evaluator, sampler: str
     level = problem.threshold if q.kind == "latency" else st.incumbent_value
     violations = kn.violations(level) if could_beat.any() else []
     certified = bool(st.done and feasible and not bound and not violations)
+    if not feasible and not offline:  # latency is known exactly: no scheme fits, for certain
+        certified = True
     if certified and not could_beat.any():
         notes.append("exact: every scheme that could beat the answer was evaluated")
     if violations:
