@@ -116,11 +116,12 @@ def plot(runs: list[Run], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for sampler in dict.fromkeys(r.sampler for r in runs):
+    for k, sampler in enumerate(dict.fromkeys(r.sampler for r in runs)):
         rs = [r for r in runs if r.sampler == sampler]
+        color = plt.cm.tab10(k)
         ax.scatter([statistics.median(r.evaluations for r in rs)], [100 * np.mean([r.optimal for r in rs])],
-                   s=80, label=sampler)
-        ax.scatter([r.evaluations for r in rs], [100 if r.optimal else 0 for r in rs], s=6, alpha=0.25)
+                   s=80, color=color, label=sampler, zorder=3)
+        ax.scatter([r.evaluations for r in rs], [100 if r.optimal else 0 for r in rs], s=6, alpha=0.25, color=color)
     ax.set_xscale("symlog")
     ax.set_xlabel("new evaluations per query (small dots: runs; large: median)")
     ax.set_ylabel("% of runs returning the exhaustive optimum")
