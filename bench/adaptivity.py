@@ -32,8 +32,7 @@ import numpy as np
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
-
-OUT = Path(__file__).resolve().parent / "out"
+from bench.plots import OUT, save_figure
 
 
 def key(s: str):
@@ -149,10 +148,7 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
         ax.set_ylabel("latency (ms)")
         ax.legend(loc="upper left", fontsize=7)
         ax.set_title("adaptive mode under a rate step")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

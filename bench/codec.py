@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from apps.errors import CoInferError, run_cli
+from bench.plots import OUT, save_figure
 from compress.codec import pack, unpack
 
 SHAPES = [(1, 64, 56, 56), (1, 512, 14, 14)]
-OUT = Path(__file__).resolve().parent / "out"
 
 
 def median_time(fn: Callable[[], object], repeat: int, min_time: float = 0.005) -> float:
@@ -104,10 +104,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("throughput (million codes / s, median)")
     np.atleast_1d(axes)[0].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,8 @@ import numpy as np
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
+from bench.plots import OUT, save_figure
 
-OUT = Path(__file__).resolve().parent / "out"
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
 
@@ -129,10 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0][0].legend()
     fig.suptitle(f"runtime on the testbed ({rows[0]['mode']}, link {rows[0]['link']}): predicted vs measured "
                  "(bar: median, whisker: p90)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

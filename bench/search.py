@@ -26,6 +26,7 @@ import numpy as np
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
+from bench.plots import OUT, save_figure
 from database.store import Store
 from search.bounds import DEFAULT_TOLERANCE
 from search.latency import LatencyModel
@@ -111,7 +112,7 @@ def summarise(runs: list[Run], space_size: int) -> list[str]:
     return lines
 
 
-def plot(runs: list[Run], path: str, title: str) -> None:
+def plot(runs: list[Run], path, title: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,8 +128,7 @@ def plot(runs: list[Run], path: str, title: str) -> None:
     ax.set_ylabel("% of runs returning the exhaustive optimum")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     misses = [r for r in default if r.sampler == "coinfer" and not r.optimal]
     for r in misses:
         print(f"coinfer missed: {r.query}")
-    os.makedirs("bench/out", exist_ok=True)
-    plot(default, "bench/out/search.png", f"{app.name}: evaluations vs optimality ({len(qs)} queries)")
-    print(f"\nwall {time.perf_counter() - start:.0f} s; plot: bench/out/search.png")
+    path = plot(default, OUT / "search.png", f"{app.name}: evaluations vs optimality ({len(qs)} queries)")
+    print(f"\nwall {time.perf_counter() - start:.0f} s; plot: {path}")
     return 0
 
 
