@@ -74,9 +74,11 @@ def _eval_task(task: tuple[int, int, int, int]) -> AccuracyRow:
 
 
 def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[tuple[int, int, int]]:
-    """'all', 'point:P' (every scheme at point P), or explicit 'p,c,b' items."""
+    """'all', 'point:P' (every scheme at point P), 'none' (only the base model), or 'p,c,b' items."""
     out: list[tuple[int, int, int]] = []
     for item in spec:
+        if item == "none":
+            continue
         if item == "all":
             out += all_schemes(widths)
         elif item.startswith("point:"):
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Fill the accuracy database of an app (resumable).")
     ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path")
     ap.add_argument("--schemes", nargs="+", default=["all"],
-                    help="'all', 'point:P', or schemes 'p,c,b' (several allowed)")
+                    help="'all', 'point:P', 'none' (base model only), or schemes 'p,c,b' (several allowed)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: the protocol's)")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")

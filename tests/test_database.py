@@ -80,6 +80,14 @@ def test_resume_after_kill_9_loses_and_duplicates_nothing(tiny_app_path, tmp_pat
     assert "0 new evaluations" in rerun.stdout and _count(db) == (16, 16)
 
 
+def test_evaluate_none_stores_only_the_base_accuracy(tiny_app_path, tmp_path):
+    from database.evaluate import main
+    db = str(tmp_path / "base.sqlite")
+    main(["--app", tiny_app_path, "--schemes", "none", "--storage", db])
+    store = Store(db)
+    assert store.accuracy_table("tiny_digits") == {} and store.base("tiny_digits") is not None
+
+
 def test_optcoinfer_text_import_and_round_trip(tmp_path, capsys):
     src = tmp_path / "paper.txt"
     src.write_text("0+64-8*0.151\n1+5-7*0.2\n# comment\n\n12+512-1*0.9\n")
