@@ -277,3 +277,39 @@ def test_status_bounds_are_valid_on_monotone_tables():
     lower, upper = kn.bounds()
     truth = np.array([table[problem.space.scheme(i)] for i in range(problem.space.size)])
     assert np.all(lower <= truth + 1e-12) and np.all(upper >= truth - 1e-12)
+
+
+def test_failed_evaluation_mid_search_leaves_a_resumable_database(tiny_app, tiny_db, tmp_path):
+    """The finetune evaluator stores each result before the next: a search that dies on its
+    third new evaluation keeps the two before, and the rerun reuses them."""
+    from search.evaluators import DatabaseEvaluator
+    db = str(tmp_path / "resume.sqlite")
+    store, full = Store(db), Store(tiny_db)
+    store.put_latency(full.latency_rows(tiny_app.name))
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    store.put_base(tiny_app.name, tiny_app.protocol.name, 0.9)
+    table = synthetic_table(app_points(tiny_app), base=0.9, seed=5)
+
+    class ScriptedFinetune:  # stands in for the fine-tune; fails on its third call
+        calls = 0
+
+        def evaluate(self, p, c, b, seed=None):
+            ScriptedFinetune.calls += 1
+            if ScriptedFinetune.calls == 3:
+                raise CoInferError("evaluation crashed")
+            return AccuracyRow(tiny_app.name, tiny_app.protocol.name, p, c, b, seed, table[(p, c, b)])
+
+    model = LatencyModel.from_store(store, tiny_app)
+    problem = Problem(Query("latency", 0.5, accuracy_loss=0.02), model, 0.9)
+    ev = DatabaseEvaluator(tiny_app, store)
+    ev._finetune = ScriptedFinetune()
+    with pytest.raises(CoInferError, match="crashed"):
+        run_search(problem, ev, "coinfer")
+    assert len(store.accuracy_table(tiny_app.name)) == 2
+    ev = DatabaseEvaluator(tiny_app, store)
+    ev._finetune = ScriptedFinetune()
+    result = run_search(problem, ev, "coinfer")
+    assert result.certified and result.scheme == brute_force(problem, table)
+    stored = store.accuracy_table(tiny_app.name)
+    assert len(stored) == 2 + result.new_evaluations and result.reused_evaluations >= 0
