@@ -54,6 +54,7 @@ class SearchResult:
     next_to_evaluate: list[tuple[int, int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     trials: list[tuple[tuple[int, int, int], float, str]] = field(default_factory=list)
+    study: optuna.Study | None = None  # every new evaluation as an Optuna trial (inspection, plots)
 
     @property
     def accuracy_loss(self) -> float | None:
@@ -150,9 +151,9 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
     budget = max_evaluations if max_evaluations is not None else (200 if sampler in OPTUNA_SAMPLERS else None)
     planner = None
     if sampler in OPTUNA_SAMPLERS:
-        if not offline:
+        if not offline and budget > 0:
             proven = lambda: problem.status(kn).done
-            sampler_s = _run_optuna(problem, sampler, evaluate, seed, budget or 200, lambda: len(new), proven)
+            sampler_s = _run_optuna(problem, sampler, evaluate, seed, budget, lambda: len(new), proven)
     else:
         planner = make_planner(sampler, problem, seed, **options)
         while not offline and (budget is None or len(new) < budget):
@@ -167,6 +168,7 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
     result = _result(problem, kn, st, evaluator, sampler, tolerance, stored, new, offline)
     result.sampler_s = sampler_s
     result.trials = trials
+    result.study = log.study
     if offline:
         nxt = planner.next(kn, st) if planner is not None and not st.done else None
         cand = np.flatnonzero(st.candidates)

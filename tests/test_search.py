@@ -313,3 +313,14 @@ def test_failed_evaluation_mid_search_leaves_a_resumable_database(tiny_app, tiny
     assert result.certified and result.scheme == brute_force(problem, table)
     stored = store.accuracy_table(tiny_app.name)
     assert len(stored) == 2 + result.new_evaluations and result.reused_evaluations >= 0
+
+
+def test_every_new_evaluation_is_an_optuna_trial_and_zero_budget_evaluates_nothing():
+    table = synthetic_table(SMALL, seed=1)
+    problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
+    result = run_search(problem, TableEval(table), "coinfer")
+    trials = result.study.trials
+    assert len(trials) == result.new_evaluations > 0
+    assert all(table[(t.params["p"], t.params["c"], t.params["b"])] == t.user_attrs["accuracy"] for t in trials)
+    for sampler in ("coinfer", "tpe"):
+        assert run_search(problem, TableEval(table), sampler, max_evaluations=0).new_evaluations == 0
