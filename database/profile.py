@@ -144,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     sides = ["edge", "cloud"] if args.side == "both" else [args.side]
     rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda, window_s=window_s)
     store.put_device(args.device, fingerprint(args.cuda), note)
-    store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in app_points(app)])
+    points = app_points(app)
+    store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in points])
     store.put_latency(rows)
     print(f"{app.name} on {args.device}: {len(rows)} measurements stored"
           + (f" (CPU quota {quota} CPU)" if quota and not note else ""))
-    whole = len(app_points(app))
+    whole = len(points)
     for r in rows:
         if (r.side, r.point) in (("edge", whole), ("cloud", -1)):
             label = "whole model, edge side (all-edge)" if r.side == "edge" else "whole model, cloud side (all-cloud)"

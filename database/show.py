@@ -16,18 +16,19 @@ from models.build import app_points
 
 def summary(store: Store, app_name: str) -> dict:
     app = load_app(app_name)
-    space = sum(p.channels for p in app_points(app)) * 8
+    points = app_points(app)
+    space = sum(p.channels for p in points) * 8
     devices = {}
     for name, sides in sorted(store.profiled_devices(app.name).items()):
         info = store.device(name) or {}
         rows = store.latency_rows(app.name, name)
-        whole = {r.side: r.median_s for r in rows if (r.side, r.point) in (("edge", 13), ("cloud", -1))}
+        whole = {r.side: r.median_s for r in rows if (r.side, r.point) in (("edge", len(points)), ("cloud", -1))}
         devices[name] = {"sides": sorted(sides), "rows": len(rows), "cpu_quota": info.get("cpu_quota"),
                          "cpu_model": info.get("cpu_model"), "gpu": info.get("gpu"),
                          "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", "")}
     protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
                  for proto, n in store.protocols(app.name)]
-    return {"app": app.name, "space": space, "points": len(app_points(app)), "protocols": protocols,
+    return {"app": app.name, "space": space, "points": len(points), "protocols": protocols,
             "devices": devices}
 
 

@@ -53,8 +53,15 @@ class SearchResult:
     gap: float | None = None
     next_to_evaluate: list[tuple[int, int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    trials: list[tuple[tuple[int, int, int], float, str]] = field(default_factory=list)
     study: optuna.Study | None = None  # every new evaluation as an Optuna trial (inspection, plots)
+
+    @property
+    def trials(self) -> list[tuple[tuple[int, int, int], float, str]]:
+        """The new evaluations in order: ((p, c, b), accuracy, source)."""
+        if self.study is None:
+            return []
+        return [((t.params["p"], t.params["c"], t.params["b"]), t.user_attrs["accuracy"], t.user_attrs["source"])
+                for t in self.study.trials]
 
     @property
     def accuracy_loss(self) -> float | None:
@@ -136,7 +143,6 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
     log = _Study(problem)
     new: list[int] = []
     sampler_s = 0.0
-    trials: list[tuple[tuple[int, int, int], float, str]] = []
 
     def evaluate(i: int) -> float:
         if not np.isnan(kn.acc[i]):
@@ -145,7 +151,6 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
         kn.add(i, acc)
         new.append(i)
         log.log(i, acc, "new")
-        trials.append((space.scheme(i), acc, "new"))
         return acc
 
     budget = max_evaluations if max_evaluations is not None else (200 if sampler in OPTUNA_SAMPLERS else None)
@@ -167,7 +172,6 @@ def run_search(problem: Problem, evaluator, sampler: str = "coinfer", tolerance:
     st = problem.status(kn)
     result = _result(problem, kn, st, evaluator, sampler, tolerance, stored, new, offline)
     result.sampler_s = sampler_s
-    result.trials = trials
     result.study = log.study
     if offline:
         nxt = planner.next(kn, st) if planner is not None and not st.done else None
