@@ -62,12 +62,6 @@ class Knowledge:
             out[sl] = grid.cumsum(0).cumsum(1).ravel()
         return out
 
-    def dominators(self, i: int, among: np.ndarray) -> np.ndarray:
-        """Indices j in `among` (bool mask) at the same point with c_j >= c_i and b_j >= b_i."""
-        s = self.space
-        hit = among & (s.p == s.p[i]) & (s.c >= s.c[i]) & (s.b >= s.b[i])
-        return np.flatnonzero(hit)
-
     def violations(self, level: float) -> list[tuple[int, int, float]]:
         """Evaluated pairs (i, j), j dominating i, with A(i) >= level > A(j) + tol: measured
         non-monotonicity that crosses `level`, i.e. evidence that a proof "j falls short of the

@@ -66,7 +66,7 @@ class Problem:
         self.latency = model.totals(query.bandwidth)
         self.all_edge = model.all_edge(query.bandwidth)
         self.all_cloud = model.all_cloud(query.bandwidth)
-        self.reference = min(self.all_edge, self.all_cloud)
+        self.reference = model.reference(query.bandwidth)
         self.single_end = ALL_EDGE if self.all_edge <= self.all_cloud else ALL_CLOUD
         if query.kind == "latency":
             self.threshold = base_accuracy - query.accuracy_loss - FLOAT_SLACK
@@ -105,11 +105,6 @@ class Problem:
         cand |= proven & (lower >= bar)  # the proven-best itself must be measured
         gap = float(np.clip(upper[cand], None, 1.0).max() - max(inc_a, 0.0)) if cand.any() else 0.0
         return Status(inc, inc_a, cand, lower, upper, gap)
-
-    def feasible(self, i: int, accuracy: float) -> bool:
-        if self.query.kind == "latency":
-            return accuracy >= self.threshold
-        return bool(self.latency[i] <= self.budget)
 
     def objective(self, i: int, accuracy: float) -> float:
         return float(self.latency[i]) if self.query.kind == "latency" else accuracy
