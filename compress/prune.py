@@ -24,14 +24,18 @@ def keep_filters(conv_weight: torch.Tensor, c: int) -> torch.Tensor:
     return torch.tensor(sorted(order[:c]), dtype=torch.long)
 
 
-def check_scheme(model: VGG, p: int, c: int, b: int | None = None) -> None:
-    points = len(model.widths)
-    if not 0 <= p < points:
-        raise CoInferError(f"partition point {p} outside 0..{points - 1}")
-    if not 1 <= c <= model.widths[p]:
-        raise CoInferError(f"channels {c} outside 1..{model.widths[p]} at point {p}")
+def check_in_space(widths: list[int], p: int, c: int, b: int | None = None) -> None:
+    """One-line error unless (p, c, b) is a split scheme of a model with these conv widths."""
+    if not 0 <= p < len(widths):
+        raise CoInferError(f"partition point {p} outside 0..{len(widths) - 1}")
+    if not 1 <= c <= widths[p]:
+        raise CoInferError(f"channels {c} outside 1..{widths[p]} at point {p}")
     if b is not None and not 1 <= b <= 8:
         raise CoInferError(f"bits {b} outside 1..8")
+
+
+def check_scheme(model: VGG, p: int, c: int, b: int | None = None) -> None:
+    check_in_space(model.widths, p, c, b)
 
 
 def prune_at(model: VGG, p: int, c: int) -> VGG:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apps.errors import CoInferError
+from compress.prune import check_in_space
 from models.vgg import PartitionPoint
 
 ALL_EDGE = "all-edge"
@@ -49,13 +49,7 @@ class Space:
         return int(self.p[i]), int(self.c[i]), int(self.b[i])
 
     def check(self, scheme: tuple[int, int, int]) -> None:
-        p, c, b = scheme
-        if not 0 <= p < len(self.points):
-            raise CoInferError(f"partition point {p} outside 0..{len(self.points) - 1}")
-        if not 1 <= c <= self.points[p].channels:
-            raise CoInferError(f"channels {c} outside 1..{self.points[p].channels} at point {p}")
-        if not 1 <= b <= 8:
-            raise CoInferError(f"bits {b} outside 1..8")
+        check_in_space([pt.channels for pt in self.points], *scheme)
 
     def grid_slice(self, p: int) -> slice:
         """Flat indices of point p; reshaped to (C_p, 8) they form the (c, b) grid."""
