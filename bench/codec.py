@@ -7,7 +7,9 @@ and conv5) and each b = 1..8: random codes < 2^b (seeded; packing speed does not
 values), checked to round-trip, then the median over `--repeat` timings of `codec.pack`,
 `codec.unpack` and `np.copyto` of the packed bytes into a preallocated buffer (half a page away
 from the source modulo 4 KiB, see `page_offset_buffer`). Each timing runs the call enough times to
-last at least 5 ms. Prints a table and writes bench/out/codec.png.
+last at least 5 ms. Prints the codec backend (compress.codec.BACKEND: the C kernels or the numpy
+fallback), a table, whether each b meets the target (pack and unpack each at least 25 % of the
+copy's throughput, copy_s / t >= 0.25, on every shape), and writes bench/out/codec.png.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 
 from apps.errors import CoInferError, run_cli
 from bench.plots import OUT, save_figure
-from compress.codec import pack, unpack
+from compress.codec import BACKEND, pack, unpack
 
 SHAPES = [(1, 64, 56, 56), (1, 512, 14, 14)]
+TARGET = 0.25  # codec throughput / copy throughput = copy_s / codec_s, for pack and unpack
 
 
 def median_time(fn: Callable[[], object], repeat: int, min_time: float = 0.005) -> float:
@@ -73,18 +76,40 @@ def measure(shape: tuple[int, ...], bits: int, repeat: int) -> dict:
            "copy_s": median_time(lambda: np.copyto(dst, src), repeat)}
     row["pack_vs_copy"] = row["pack_s"] / row["copy_s"]
     row["unpack_vs_copy"] = row["unpack_s"] / row["copy_s"]
+    row["pack_meets_target"] = row["copy_s"] / row["pack_s"] >= TARGET
+    row["unpack_meets_target"] = row["copy_s"] / row["unpack_s"] >= TARGET
     return row
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def target_summary(rows: list[dict]) -> list[str]:
+    """One line per b: does pack / unpack reach TARGET of the copy throughput on every shape?"""
+    lines = [f"target: pack and unpack each >= {TARGET:.0%} of np.copyto throughput (copy_s / t >= {TARGET}) "
+             f"on every shape"]
+    for bits in sorted({r["bits"] for r in rows}):
+        sel = [r for r in rows if r["bits"] == bits]
+        p, u = all(r["pack_meets_target"] for r in sel), all(r["unpack_meets_target"] for r in sel)
+        worst_p = min(r["copy_s"] / r["pack_s"] for r in sel)
+        worst_u = min(r["copy_s"] / r["unpack_s"] for r in sel)
+        lines.append(f"  b={bits}: pack {yes_no(p):<3} (worst {worst_p:.0%} of copy)  unpack {yes_no(u):<3} "
+                     f"(worst {worst_u:.0%} of copy)  -> {'meets' if p and u else 'MISSES'} the target")
+    return lines
 
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'shape':<13}{'b':>2}{'bytes':>9}{'pack us':>10}{'unpack us':>11}{'copy us':>9}"
-            f"{'pack/copy':>11}{'unpack/copy':>13}{'pack Mcode/s':>14}{'unpack Mcode/s':>16}")
+            f"{'pack/copy':>11}{'unpack/copy':>13}{'pack Mcode/s':>14}{'unpack Mcode/s':>16}"
+            f"{'pack>=25%':>11}{'unpack>=25%':>13}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['shape']:<13}{r['bits']:>2}{r['packed_bytes']:>9}{r['pack_s'] * 1e6:>10.1f}"
-                     f"{r['unpack_s'] * 1e6:>11.1f}{r['copy_s'] * 1e6:>9.2f}{r['pack_vs_copy']:>11.0f}"
-                     f"{r['unpack_vs_copy']:>13.0f}{r['codes'] / r['pack_s'] / 1e6:>14.1f}"
-                     f"{r['codes'] / r['unpack_s'] / 1e6:>16.1f}")
+                     f"{r['unpack_s'] * 1e6:>11.1f}{r['copy_s'] * 1e6:>9.2f}{r['pack_vs_copy']:>11.2f}"
+                     f"{r['unpack_vs_copy']:>13.2f}{r['codes'] / r['pack_s'] / 1e6:>14.1f}"
+                     f"{r['codes'] / r['unpack_s'] / 1e6:>16.1f}{yes_no(r['pack_meets_target']):>11}"
+                     f"{yes_no(r['unpack_meets_target']):>13}")
     return "\n".join(lines)
 
 
@@ -118,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(shape, bits, args.repeat) for shape in SHAPES for bits in range(1, 9)]
     plot(rows, args.out)
     if args.json:
-        print(json.dumps({"repeat": args.repeat, "rows": rows, "plot": str(args.out)}))
+        print(json.dumps({"backend": BACKEND, "repeat": args.repeat, "target": TARGET, "rows": rows,
+                          "plot": str(args.out)}))
     else:
-        print(f"codec.pack / codec.unpack vs np.copyto of the packed bytes; median of {args.repeat} timings, "
-              f"each >= 5 ms of back-to-back calls; numpy {np.__version__}, one thread")
+        print(f"codec backend {BACKEND}: codec.pack / codec.unpack vs np.copyto of the packed bytes; median of "
+              f"{args.repeat} timings, each >= 5 ms of back-to-back calls; numpy {np.__version__}, one thread")
         print(format_table(rows))
+        print("\n".join(target_summary(rows)))
         print(f"plot: {args.out}")
     return 0
 

@@ -1,15 +1,26 @@
-"""Bit-packing codec for b-bit codes, b = 1..8, vectorised with numpy (no loop over elements).
+"""Bit-packing codec for b-bit codes, b = 1..8.
 
 `pack(codes, bits)` turns N codes (uint8, each < 2^b) into exactly ceil(N * b / 8) bytes,
-big-endian bit order (the first code occupies the high bits of the first byte). b = 1 uses
-numpy's packbits; b = 2 and 4 shift 8/b codes into each byte; b = 3, 5, 6, 7 pack groups of
-8 codes into b bytes, built as one 64-bit word per group.
-`unpack(payload, bits, n)` inverts it and checks the payload length first.
+big-endian bit order (the first code occupies the high bits of the first byte): every group of 8
+codes is b bytes, the 8b-bit big-endian number with code 0 highest. `unpack(payload, bits, n)`
+inverts it and checks the payload length first. runtime/protocol.py sends this format.
+
+Two implementations of the same format: the C kernels of compress/_bitpack.c (AVX2 where the
+compiler targets it, else SWAR on 64-bit words), built on first import by compress.native, and the
+numpy reference `pack_numpy` / `unpack_numpy` (no loop over elements: b = 1 uses numpy's packbits;
+b = 2 and 4 shift 8/b codes into each byte; b = 3, 5, 6, 7 build one 64-bit word per group).
+`pack` / `unpack` use the C kernels when they loaded, else numpy (after one warning, see
+compress.native); `BACKEND` says which: "native-avx2", "native-scalar" or "numpy".
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from compress import native
+
+_native = native.load()
+BACKEND = f"native-{_native.ISA}" if _native is not None else "numpy"
 
 
 def packed_size(n: int, bits: int) -> int:
@@ -21,7 +32,39 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
 
 
+def _check_unpack(payload: bytes | bytearray | memoryview, bits: int, n: int) -> None:
+    _check_bits(bits)
+    if n < 0:
+        raise ValueError("negative element count")
+    expected = packed_size(n, bits)
+    if len(payload) != expected:
+        raise ValueError(f"payload has {len(payload)} bytes, {n} codes of {bits} bits need {expected}")
+
+
 def pack(codes: np.ndarray, bits: int) -> bytes:
+    """ceil(N * bits / 8) bytes for the N codes of `codes` (any shape, uint8, each < 2^bits)."""
+    if _native is None:
+        return pack_numpy(codes, bits)
+    out = _native.pack(codes, bits)  # NotImplemented unless codes is a contiguous uint8 buffer, bits an int 1..8
+    if out is NotImplemented:
+        _check_bits(bits)
+        out = _native.pack(np.ascontiguousarray(codes, dtype=np.uint8), int(bits))
+    return out
+
+
+def unpack(payload: bytes | bytearray | memoryview, bits: int, n: int) -> np.ndarray:
+    """The n codes packed in `payload` at `bits` bits, as a new writable uint8 array."""
+    if _native is None:
+        return unpack_numpy(payload, bits, n)
+    out = _native.unpack(payload, bits, n)  # NotImplemented unless bits and n are ints in range
+    if out is NotImplemented:
+        _check_unpack(payload, bits, n)  # raises, or passes np.integer arguments on
+        out = _native.unpack(payload, int(bits), int(n))
+    return out
+
+
+def pack_numpy(codes: np.ndarray, bits: int) -> bytes:
+    """Reference implementation of `pack` (and fallback), in numpy."""
     _check_bits(bits)
     flat = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
     n = flat.size
@@ -52,13 +95,9 @@ def pack(codes: np.ndarray, bits: int) -> bytes:
     return raw.reshape(-1)[: packed_size(n, bits)].tobytes()
 
 
-def unpack(payload: bytes | bytearray | memoryview, bits: int, n: int) -> np.ndarray:
-    _check_bits(bits)
-    if n < 0:
-        raise ValueError("negative element count")
-    expected = packed_size(n, bits)
-    if len(payload) != expected:
-        raise ValueError(f"payload has {len(payload)} bytes, {n} codes of {bits} bits need {expected}")
+def unpack_numpy(payload: bytes | bytearray | memoryview, bits: int, n: int) -> np.ndarray:
+    """Reference implementation of `unpack` (and fallback), in numpy."""
+    _check_unpack(payload, bits, n)
     data = np.frombuffer(payload, dtype=np.uint8)
     if bits == 8:
         return data.copy()
