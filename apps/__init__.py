@@ -17,6 +17,8 @@ from apps.errors import CoInferError
 APPS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APPS_DIR.parent
 DEFAULT_APP = "vgg16_digits"
+# how this CPU is made the (slower) edge device: stretched time (database.slowdown) or a cgroup quota
+EDGE_EMULATIONS = ("dilate", "quota")
 DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'database' / 'coinfer.sqlite'}"
 
 
@@ -40,6 +42,17 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class Link:
+    """What one message costs on the edge -> cloud link beyond its payload: the runtime's frame
+    header once, and the transport's headers once per segment of at most `mss` bytes (TCP/IPv4
+    with timestamps over Ethernet: 14 + 20 + 32 = 66 bytes per segment, MSS 1448)."""
+
+    message_bytes: int = 0
+    packet_bytes: int = 0
+    mss: int = 1448
+
+
+@dataclass(frozen=True)
 class App:
     name: str
     arch: str
@@ -58,6 +71,8 @@ class App:
     rtt_s: float
     checkpoint: Path
     notes: str = ""
+    link: Link = field(default_factory=Link)
+    edge_emulation: str = "dilate"  # how the testbed and profiler make this CPU the edge device (EDGE_EMULATIONS)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +135,16 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
     quota = edge.get("cpu_quota")
     if quota is not None and not (isinstance(quota, (int, float)) and 0 < quota <= 64):
         raise CoInferError(f"{where}: devices.edge.cpu_quota must be a number of CPUs in (0, 64], got {quota!r}")
+    link_data = data.get("link", {}) or {}
+    if not isinstance(link_data, dict) or set(link_data) - {"message_bytes", "packet_bytes", "mss"}:
+        raise CoInferError(f"{where}: link must be a mapping of message_bytes, packet_bytes, mss")
+    link = Link(**{k: _require(link_data, k, int, f"{where}: link") for k in link_data})
+    if link.message_bytes < 0 or link.packet_bytes < 0 or link.mss < 1:
+        raise CoInferError(f"{where}: link byte counts must be >= 0 and mss >= 1")
+    emulation = edge.get("emulation", "dilate")
+    if emulation not in EDGE_EMULATIONS:
+        raise CoInferError(f"{where}: devices.edge.emulation must be one of {', '.join(EDGE_EMULATIONS)}, "
+                           f"got {emulation!r}")
     proto = Protocol(
         epochs=_require(protocol, "epochs", int, f"{where}: protocol"),
         lr=_require(protocol, "lr", float, f"{where}: protocol"),
@@ -146,10 +171,12 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         cloud_device=_require(cloud, "name", str, f"{where}: devices.cloud"),
         edge_cpu_quota=None if quota is None else float(quota),
         raw_input_bytes=_require(data, "raw_input_bytes", int, where),
+        edge_emulation=emulation,
+        link=link,
         rtt_s=float(data.get("rtt_s", 0.0)),
         checkpoint=checkpoint,
         notes=str(data.get("notes", "")),
         extra={k: v for k, v in data.items() if k not in {
-            "name", "model", "dataset", "train", "protocol", "devices", "raw_input_bytes",
+            "name", "model", "dataset", "train", "protocol", "devices", "raw_input_bytes", "link",
             "rtt_s", "checkpoint", "notes"}},
     )

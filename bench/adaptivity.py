@@ -45,7 +45,7 @@ def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], 
     from tqdm import tqdm
     rows = []
     for q in tqdm(quotas, desc="quotas"):
-        tb.set_edge_cpu(q)
+        worker.set_edge_cpu(tb, q)
         for rate in rates:
             tb.set_rate(rate)
             runs = worker.run(schemes, n, warmup)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             EdgeWorker(tb, schemes, app.name, finetuned=False) as worker:
         rows = [] if args.skip_grid else grid_sweep(app, planner.model, tb, worker, schemes, args.quotas, args.rates,
                                                     args.n, args.warmup)
-        tb.set_edge_cpu(quota)
+        worker.set_edge_cpu(tb, quota)
         from runtime.monitor import Adapter
         target = str(to_edge_scheme(Adapter(planner.model, frontier).choose(args.step[1])))
         adaptive = adaptive_run(tb, worker, frontier_schemes, args.storage, tuple(args.step), args.step_at,

@@ -1,10 +1,11 @@
 """A long-lived edge process for the runtime benchmarks, driven over stdin/stdout with JSON lines.
 
-The benchmark starts it in the testbed's edge namespace (`EdgeWorker(tb)`), unthrottled; the
+The benchmark starts it in the testbed's edge namespace (`EdgeWorker(tb)`), at full speed; the
 worker loads torch, the base model and the schemes' fine-tuned weights, connects, warms up, says
-ready, and only then does the benchmark move it into the testbed's CPU-quota cgroup, so start-up
-costs are not paid at 1/8 of a core. The benchmark can change the cgroup's quota and the link's
-rate between (or during) commands.
+ready, and only then slows down to the edge device: it emulates it itself from COINFER_EDGE_SPEED
+(`dilate`), or the benchmark moves it into the testbed's CPU-quota cgroup (`quota`), so start-up
+costs are not paid at 1/8 of a core. The benchmark can change the edge's speed
+(`EdgeWorker.set_edge_cpu`) and the link's rate between (or during) commands.
 
 Commands (one JSON object a line):
     {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0}
@@ -12,6 +13,8 @@ Commands (one JSON object a line):
     {"op": "adapt", "n": 40, "frontier": [...], "accuracy_loss": 0.01, "storage": URL, "pause_at": 20}
         -> {"i": i, "scheme": ..., "total_s": ..., "estimate": ...} per request, then {"done": true, ...};
         before request `pause_at` it says {"paused": i} and waits for a line on stdin
+    {"op": "ping", "n": 30}   -> {"seconds": [HELLO round trips], "bytes": frame size}
+    {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
     {"op": "quit"}
 """
 
@@ -35,6 +38,7 @@ def _emit(obj: dict) -> None:
 async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool) -> None:
     from apps import load_app
     from data import load_splits
+    from database.slowdown import SlowCPU
     from runtime.edge import ALL_CLOUD, EdgeClient, Scheme, parse_edge_scheme, parse_server
     from runtime.monitor import BandwidthEstimator, TokenBucket
 
@@ -51,7 +55,9 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     for s in schemes:  # warm the cloud's tails too
         client.use(parse_edge_scheme(s))
         await client.infer(images[:1])
-    _emit({"ready": True})  # the parent now moves this process into the edge cgroup, then sends commands
+    speed = os.environ.get("COINFER_EDGE_SPEED")
+    client.device = SlowCPU(float(speed)) if speed else None
+    _emit({"ready": True})  # with a quota the parent now moves this process into the edge cgroup
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -60,6 +66,12 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
+        if cmd["op"] == "ping":
+            pings = [await client.ping() for _ in range(cmd.get("n", 30))]
+            _emit({"seconds": [t for t, _ in pings], "bytes": pings[0][1]})
+        if cmd["op"] == "speed":
+            client.device = SlowCPU(cmd["speed"])
+            _emit({"speed": cmd["speed"]})
         if cmd["op"] == "run":
             for s in cmd["schemes"]:
                 client.use(parse_edge_scheme(s))
@@ -122,6 +134,19 @@ class EdgeWorker:
         if not line:
             raise RuntimeError(f"edge worker exited with status {self.proc.wait()}")
         return json.loads(line)
+
+    def set_edge_cpu(self, tb, cpus: float) -> None:
+        """Slow the edge to `cpus` of this CPU: the testbed's cgroup quota, or (dilate) tell the worker."""
+        tb.set_edge_cpu(cpus)
+        if tb.edge_emulation == "dilate":
+            self.send({"op": "speed", "speed": cpus})
+            self.read()
+
+    def ping(self, n: int = 30) -> tuple[list[float], int]:
+        """n HELLO round trips on the worker's connection: (seconds each, frame bytes)."""
+        self.send({"op": "ping", "n": n})
+        msg = self.read()
+        return msg["seconds"], msg["bytes"]
 
     def send(self, cmd: dict) -> None:
         assert self.proc.stdin is not None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps import DEFAULT_APP, load_app
+from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
 from apps.errors import CoInferError, run_cli
 from bench.plots import OUT, save_figure
 
@@ -59,13 +59,28 @@ def p90(xs: list[float]) -> float:
     return float(np.percentile(xs, 90))
 
 
-def measure(app, model, schemes: list[str], rates: list[float], n: int, warmup: int, quota: float | None,
-            link: str) -> list[dict]:
+def measured_rtt(worker, model, rate: float, n: int = 30) -> tuple[float, float]:
+    """(RTT, median HELLO round trip): the round trip of an empty frame on this link, less its own
+    serialisation at the rate; the latency model's size-independent term for this testbed."""
+    from search.latency import bytes_per_second
+    seconds, frame = worker.ping(n)
+    hello = statistics.median(seconds)
+    return max(0.0, hello - model.transport_bytes(frame) / bytes_per_second(rate)), hello
+
+
+def measure(app, storage: str | None, schemes: list[str], rates: list[float], n: int, warmup: int,
+            quota: float | None, link: str, emulation: str) -> list[dict]:
     from bench.edgeworker import EdgeWorker
+    from database.store import Store
     from runtime.testbed import Testbed
+    from search.latency import LatencyModel
+    store = Store(storage, create=False)
     rows = []
     for rate in rates:
-        with Testbed(rate, quota, app=app.name, link=link) as tb, EdgeWorker(tb, schemes, app.name) as worker:
+        with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation) as tb, \
+                EdgeWorker(tb, schemes, app.name) as worker:
+            rtt, hello = measured_rtt(worker, LatencyModel.from_store(store, app), rate)
+            model = LatencyModel.from_store(store, app, rtt_s=rtt)
             runs = worker.run(schemes, n, warmup)
             for s in schemes:
                 r = runs[s]
@@ -75,6 +90,7 @@ def measure(app, model, schemes: list[str], rates: list[float], n: int, warmup: 
                 frame = statistics.median(x["bytes_up"] for x in r) if s != "all-edge" else 0
                 rows.append({
                     "rate_mbps": rate, "scheme": s, "mode": tb.mode, "link": link, "notes": tb.notes,
+                    "rtt_s": rtt, "hello_s": hello,
                     "predicted_s": bd.total, "median_s": med, "p90_s": p90(total),
                     "mean_s": statistics.fmean(total), "error": abs(med - bd.total) / med,
                     "error_mean": abs(statistics.fmean(total) - bd.total) / statistics.fmean(total),
@@ -83,7 +99,7 @@ def measure(app, model, schemes: list[str], rates: list[float], n: int, warmup: 
                         "transfer": statistics.median(x["transfer_s"] for x in r),
                         "cloud": statistics.median(x["cloud_unpack_s"] + x["cloud_compute_s"] for x in r)},
                     "stage_predicted_s": {"edge": bd.edge, "transfer": bd.transfer, "cloud": bd.cloud},
-                    "frame_bytes": frame, "model_bytes": bd.bytes,
+                    "frame_bytes": frame, "model_bytes": bd.bytes, "wire_bytes": bd.wire,
                     "wire_ok": s == "all-edge" or frame <= bd.bytes + WIRE_SLACK,
                 })
     return rows
@@ -140,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=40, help="measured requests per scheme and rate")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--edge-cpu", type=float, default=None, help="edge CPU quota (default: the app's)")
+    ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
+                    help="how the edge is slowed: dilate or quota (default: the app's; see database.slowdown)")
     ap.add_argument("--link", choices=["tbf", "paced"], default="tbf",
                     help="tbf: tc tbf alone; paced: tbf kept busy by low-priority filler (see runtime.testbed)")
     ap.add_argument("--storage", default=None, help="database URL (latency model + accuracies)")
@@ -155,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
     prepare_weights(app, schemes)
     quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
-    rows = measure(app, planner.model, schemes, args.rates, args.n, args.warmup, quota or None, args.link)
+    emulation = args.edge_emulation or app.edge_emulation
+    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation)
     for r in rows:
         r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]
     plot(rows, Path(args.out))
@@ -165,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"How: app {app.name}; schemes = the search's optimum (accuracy loss <= {args.accuracy_loss:g}) at "
           + ", ".join(f"{r:g} Mbps -> {s}" for r, s in optimal.items()) + ", plus all-edge and all-cloud; "
           f"each run {args.warmup} + {args.n} sequential one-image requests per rate on the testbed "
-          f"({rows[0]['mode']}, link {args.link}, edge CPU quota {quota}); predicted = LatencyModel.breakdown; "
+          f"({rows[0]['mode']}, link {args.link}, edge at {quota} of this CPU by {emulation}); predicted = "
+          "LatencyModel.breakdown with RTT = the median HELLO round trip on that testbed less its serialisation; "
           "stage columns are predicted/measured medians (ms).")
+    for rate in args.rates:
+        r = next(r for r in rows if r["rate_mbps"] == rate)
+        print(f"  {rate:g} Mbps: HELLO round trip {r['hello_s'] * 1e3:.2f} ms -> RTT {r['rtt_s'] * 1e3:.2f} ms")
     for note in rows[0]["notes"]:
         print(f"note: {note}")
     print(format_table(rows))

@@ -7,18 +7,25 @@ For every partition point p and a grid of kept channels c (1, C/4, C/2, 3C/4, C)
 at batch size 1 after warm-up:
 - edge  (p, c): head through block p pruned to c filters, then quantise + pack (8 bits);
 - cloud (p, c): unpack + dequantise, then the tail whose first conv has c input channels;
-plus the whole model on the edge (point P, all-edge) and in the cloud from the raw input
-(point -1, all-cloud). Median and p90 of N runs are stored with the device's fingerprint.
-When the device is the app's edge device, the process first puts itself under the app's
-cgroup CPU quota (root only; otherwise it says so and profiles unthrottled), and each sample
-is the mean of back-to-back runs over 10 quota periods: the steady-state latency of a
-continuously busy throttled device (the quota is granted in 1 ms slices, so one short run
-alone would show either full speed or a stall, never the device's rate).
+plus the whole model on the edge (point P, all-edge), the edge's share of all-cloud (point -1:
+quantise + pack the raw input) and the whole model in the cloud from the raw input (point -1).
+Median and p90 of N runs are stored with the device's fingerprint. Every CPU is kept out of idle
+while it runs (`database.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
+
+When the device is the app's edge device and the app gives it a speed (`cpu_quota`), the edge is
+emulated as the runtime emulates it (`devices.edge.emulation`):
+- `dilate` (default): every sample is one call on the emulated device (`database.slowdown`): run
+  at full speed, then sleep until its thread CPU time / speed, exactly as the runtime's edge does;
+- `quota`: the process puts itself under the app's cgroup CPU quota (root only; otherwise it says
+  so and profiles unthrottled) and each sample is the mean of back-to-back runs over 10 quota
+  periods: the steady-state latency of a continuously busy throttled device (one short run alone
+  would show either full speed or a stall, never the device's rate; see `database.slowdown`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import time
@@ -28,13 +35,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from apps import DEFAULT_APP, App, load_app
+from apps import DEFAULT_APP, EDGE_EMULATIONS, App, load_app
 from apps.errors import CoInferError, run_cli
 from compress.codec import pack, unpack
 from compress.prune import prune_at
 from compress.quant import dequantize, quantize
 from database.cpuquota import apply_cpu_quota, quota_period_us, quota_support
 from database.fingerprint import fingerprint
+from database.slowdown import KeepWarm, SlowCPU
 from database.store import LatencyRow, Store
 from models.build import app_points, load_base_model
 
@@ -44,13 +52,22 @@ def channel_grid(cp: int) -> list[int]:
 
 
 def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None],
-            window_s: float = 0.0) -> tuple[float, float]:
+            window_s: float = 0.0, device: SlowCPU | None = None) -> tuple[float, float]:
     """(median, p90) wall seconds of fn() over `runs` timed samples after `warmup` calls.
 
     With `window_s` > 0 each sample is the mean of back-to-back calls spanning at least that
     long: under a CPU quota a single millisecond call either runs at full speed or stalls for
     the rest of the quota period, and only a window of many periods shows the throttled rate.
+    With `device` each sample is one call on that emulated device (`SlowCPU.call`: run, then sleep
+    out the stretch), the way the runtime's edge runs it: work that follows an idle stretch takes
+    more CPU time here than back-to-back work (measured: the whole default model 13.1-13.9 ms
+    emulated vs 11.0-11.6 ms from back-to-back CPU times), so back-to-back timing would under-predict.
     """
+    if device is not None:
+        for _ in range(max(1, warmup)):
+            device.call(fn)
+        samples = [device.call(fn)[1] for _ in range(runs)]
+        return statistics.median(samples), float(np.percentile(samples, 90))
     start = time.perf_counter()
     for _ in range(max(1, warmup)):
         fn()
@@ -68,7 +85,8 @@ def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[],
 
 
 def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
-                use_cuda: bool = False, progress: bool = True, window_s: float = 0.0) -> list[LatencyRow]:
+                use_cuda: bool = False, progress: bool = True, window_s: float = 0.0,
+                device: SlowCPU | None = None) -> list[LatencyRow]:
     torch_device = torch.device("cuda" if use_cuda else "cpu")
     sync = torch.cuda.synchronize if use_cuda else (lambda: None)
     base = load_base_model(app).to(torch_device)
@@ -76,13 +94,17 @@ def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[
     x = torch.randn(1, app.in_channels, app.input_size, app.input_size, device=torch_device)
     jobs = [(side, pt.index, c) for side in sides for pt in points for c in channel_grid(pt.channels)]
     if "edge" in sides:
-        jobs.append(("edge", len(points), app.num_classes))
+        jobs += [("edge", len(points), app.num_classes), ("edge", -1, app.in_channels)]
     if "cloud" in sides:
         jobs.append(("cloud", -1, app.in_channels))
     rows = []
     for side, p, c in tqdm(jobs, desc=f"profile {app.name} on {device_name}", disable=not progress):
         if p == len(points):
             fn = lambda: base(x)
+        elif p == -1 and side == "edge":  # all-cloud's edge share: the raw input, quantised and packed
+            def fn():
+                codes, lo, scale = quantize(x, 8)
+                return pack(codes.cpu().numpy(), 8), lo.cpu().numpy(), scale.cpu().numpy()
         elif p == -1:
             raw = np.zeros(app.in_channels * app.input_size ** 2, dtype=np.uint8).tobytes()
             shape = tuple(x.shape)
@@ -103,7 +125,7 @@ def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[
                     codes = torch.from_numpy(unpack(payload, 8, int(np.prod(shape))).reshape(shape))
                     return model.forward_tail(dequantize(codes.to(torch_device), lo, scale), p)
         with torch.no_grad():
-            median, p90 = time_fn(fn, runs, warmup, sync, window_s)
+            median, p90 = time_fn(fn, runs, warmup, sync, window_s, device)
         rows.append(LatencyRow(app.name, device_name, p, c, side, median, p90, runs))
     return rows
 
@@ -115,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", choices=["edge", "cloud", "both"], default="both")
     ap.add_argument("--cpu-quota", type=float, default=None,
                     help="CPUs allowed (cgroup quota); default: the app's edge quota when --device is its edge")
+    ap.add_argument("--emulation", choices=EDGE_EMULATIONS, default=None,
+                    help="how --cpu-quota slows this CPU: dilate (stretched time) or quota (cgroup); "
+                         "default: the app's devices.edge.emulation")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep every CPU out of idle while profiling, as the testbed does (database.slowdown)")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cuda", action="store_true", help="profile on the GPU")
@@ -129,10 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.storage)
     quota = args.cpu_quota if args.cpu_quota is not None else (
         app.edge_cpu_quota if args.device == app.edge_device else None)
-    note, window_s = "", 0.0
-    if quota is not None:
-        if quota <= 0:
-            raise CoInferError("--cpu-quota must be > 0")
+    note, window_s, device = "", 0.0, None
+    emulation = args.emulation or app.edge_emulation
+    if quota is not None and quota <= 0:
+        raise CoInferError("--cpu-quota must be > 0")
+    if quota is not None and emulation == "dilate":
+        if args.cuda:
+            raise CoInferError("a dilated (slowed) device is emulated on the CPU only: drop --cuda or --cpu-quota")
+        if quota > 1:
+            raise CoInferError(f"a dilated device runs at most at this CPU's speed: --cpu-quota {quota} > 1")
+        if args.threads != 1:
+            raise CoInferError("a dilated device is timed by thread CPU time: --threads must be 1")
+        device = SlowCPU(quota)
+        note = f"emulated: this CPU's thread time / {quota:g} (database.slowdown)"
+    elif quota is not None:
         reason = quota_support()
         if reason:
             note = f"CPU quota {quota} requested but not applied ({reason}): profiled unthrottled"
@@ -142,13 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             window_s = 10 * quota_period_us(quota) / 1e6
     torch.set_num_threads(args.threads)
     sides = ["edge", "cloud"] if args.side == "both" else [args.side]
-    rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda, window_s=window_s)
-    store.put_device(args.device, fingerprint(args.cuda), note)
+    with KeepWarm() if args.keep_warm else contextlib.nullcontext():
+        rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda, window_s=window_s,
+                           device=device)
+    info = fingerprint(args.cuda)
+    if device is not None:
+        info.update(cpu_quota=quota, emulation="dilate")
+    store.put_device(args.device, info, note)
     points = app_points(app)
     store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in points])
     store.put_latency(rows)
     print(f"{app.name} on {args.device}: {len(rows)} measurements stored"
-          + (f" (CPU quota {quota} CPU)" if quota and not note else ""))
+          + (f" (CPU quota {quota} CPU)" if quota and not note else f" ({note})" if note else ""))
     whole = len(points)
     for r in rows:
         if (r.side, r.point) in (("edge", whole), ("cloud", -1)):

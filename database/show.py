@@ -24,6 +24,7 @@ def summary(store: Store, app_name: str) -> dict:
         rows = store.latency_rows(app.name, name)
         whole = {r.side: r.median_s for r in rows if (r.side, r.point) in (("edge", len(points)), ("cloud", -1))}
         devices[name] = {"sides": sorted(sides), "rows": len(rows), "cpu_quota": info.get("cpu_quota"),
+                         "emulation": info.get("emulation", "quota") if info.get("cpu_quota") else None,
                          "cpu_model": info.get("cpu_model"), "gpu": info.get("gpu"),
                          "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", "")}
     protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if not s["devices"]:
             print("  latency: no device profiled")
         for name, d in s["devices"].items():
-            what = d["formula"] or f"{d['cpu_model']}" + (f", CPU quota {d['cpu_quota']:g}" if d["cpu_quota"] else "")
+            slowed = {"dilate": "slowed to", "quota": "CPU quota"}.get(d["emulation"])
+            what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['cpu_quota']:g}" if slowed else "")
             whole = ", ".join(f"whole model on {k} side {v * 1e3:.2f} ms"
                               for k, v in sorted(d["whole_model_s"].items()))
             print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}); {whole}")

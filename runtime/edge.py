@@ -39,6 +39,7 @@ from apps.errors import CoInferError, run_cli
 from compress.prune import check_scheme
 from compress.quant import quantize
 from compress.scheme import SchemeModel, parse_scheme
+from database.slowdown import SlowCPU
 from models.build import load_base_model
 from models.vgg import VGG
 from runtime.monitor import BandwidthEstimator, TokenBucket
@@ -104,13 +105,15 @@ class EdgeClient:
     switches scheme between requests (the protocol names the scheme in every request). With a
     `shaper` (TokenBucket) each request frame waits for the bucket first: loopback emulation of a
     slow link when tc is unavailable. With a `monitor` (BandwidthEstimator) each transfer feeds it.
+    With a `device` (database.slowdown.SlowCPU) the head and quantise + pack stages take as long as
+    on that slower device: the emulated edge of the testbed (`COINFER_EDGE_SPEED`).
     """
 
     def __init__(self, app: App, scheme: Scheme, base: VGG | None = None, *, host: str = "127.0.0.1",
                  port: int = 5000, token: str | None = None, ssl_ctx: ssl.SSLContext | None = None,
                  server_hostname: str | None = None, k: int = 5, timeout: float = 30.0, finetuned: bool = False,
                  weights_root: str | None = None, shaper: TokenBucket | None = None,
-                 monitor: BandwidthEstimator | None = None) -> None:
+                 monitor: BandwidthEstimator | None = None, device: SlowCPU | None = None) -> None:
         if not 1 <= k <= MAX_TOPK:
             raise CoInferError(f"top-k {k} outside 1..{MAX_TOPK}")
         self.app, self.k = app, k
@@ -120,7 +123,7 @@ class EdgeClient:
         self.use(scheme)
         self.host, self.port, self.token, self.timeout = host, port, token, timeout
         self.ssl_ctx, self.server_hostname = ssl_ctx, server_hostname
-        self.shaper, self.monitor = shaper, monitor
+        self.shaper, self.monitor, self.device = shaper, monitor, device
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._next_id = 1
@@ -209,20 +212,30 @@ class EdgeClient:
             raise CoInferError(f"unexpected {type(answer).__name__} from the server")
         return answer
 
-    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor | Prediction, float]:
-        """Edge compute: the cut activation (or, all-edge, the finished prediction) and its seconds."""
+    def _on_device(self, fn, *args):
+        """(fn(*args), seconds): this CPU's wall time, or the emulated device's when there is one."""
+        if self.device is not None:
+            return self.device.call(fn, *args)
         t0 = time.perf_counter()
+        result = fn(*args)
+        return result, time.perf_counter() - t0
+
+    def _compute_head(self, x: torch.Tensor) -> torch.Tensor | Prediction:
         with torch.inference_mode():
             if isinstance(self._model, SchemeModel):
-                a = self._model.head(x)
-            elif self._model is not None:  # all-edge
+                return self._model.head(x)
+            if self._model is not None:  # all-edge
                 probs = torch.softmax(self._model(x).float(), dim=1)
                 scores, classes = probs.topk(min(self.k, probs.shape[1]), dim=1)
-                edge = time.perf_counter() - t0
-                return Prediction(classes.tolist(), scores.tolist(), Timings(edge, total_s=edge)), edge
-            else:  # all-cloud: the input itself goes to the cloud
-                a = x
-        return a, time.perf_counter() - t0
+                return Prediction(classes.tolist(), scores.tolist())
+            return x  # all-cloud: the input itself goes to the cloud
+
+    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor | Prediction, float]:
+        """Edge compute: the cut activation (or, all-edge, the finished prediction) and its seconds."""
+        out, seconds = self._on_device(self._compute_head, x)
+        if isinstance(out, Prediction):
+            out.timings = Timings(seconds, total_s=seconds)
+        return out, seconds
 
     def _request(self, a: torch.Tensor, scheme: Scheme) -> tuple[Request, bytes]:
         codes, lo, scale = quantize(a, scheme.b)
@@ -246,22 +259,27 @@ class EdgeClient:
         a, edge_s = self._head(x)
         if isinstance(a, Prediction):
             return a
-        t1 = time.perf_counter()
-        request, frame = self._request(a, self.scheme)
+        (request, frame), pack_s = self._on_device(self._request, a, self.scheme)
         t2 = time.perf_counter()
         reply = await self._roundtrip(frame)
-        return self._finish(request, reply, frame, edge_s, t2 - t1, time.perf_counter() - t2)
+        return self._finish(request, reply, frame, edge_s, pack_s, time.perf_counter() - t2)
+
+    async def ping(self) -> tuple[float, int]:
+        """One HELLO round trip (no body, no compute): (seconds, bytes of the frame sent)."""
+        await self.connect(force=True)
+        hello = encode(Hello(self.app.name, b"", self._take_id()))
+        t0 = time.perf_counter()
+        await self._roundtrip(hello)
+        return time.perf_counter() - t0, len(hello)
 
     async def probe(self, images: int = 16) -> float | None:
         """Measure the uplink: a HELLO round trip (no body, no compute: the size-independent floor), then
         an all-cloud request of `images` blank inputs (about 1 KiB each at 8 bits); both feed the monitor.
         Returns its estimate (Mbps)."""
         await self.connect(force=True)
-        hello = encode(Hello(self.app.name, b"", self._take_id()))
-        t0 = time.perf_counter()
-        await self._roundtrip(hello)
+        seconds, size = await self.ping()
         if self.monitor is not None:
-            self.monitor.observe(len(hello), time.perf_counter() - t0)
+            self.monitor.observe(size, seconds)
         x = torch.zeros(images, self.app.in_channels, self.app.input_size, self.app.input_size)
         x[:, :, 0, 0] = 1.0  # a non-constant channel: scale > 0
         request, frame = self._request(x, Scheme(ALL_CLOUD))
@@ -305,14 +323,13 @@ class EdgeClient:
                     break
                 t0 = time.perf_counter()
                 a, edge_s = await asyncio.to_thread(self._head, images[i:i + 1])
-                t1 = time.perf_counter()
-                request, frame = self._request(a, self.scheme)
+                (request, frame), pack_s = await asyncio.to_thread(self._on_device, self._request, a, self.scheme)
                 t_sent = time.perf_counter()
                 if self.shaper is not None:
                     await self.shaper.send(len(frame))
                 writer.write(frame)
                 await writer.drain()
-                inflight.put_nowait((request, frame, t0, edge_s, t_sent - t1, t_sent))
+                inflight.put_nowait((request, frame, t0, edge_s, pack_s, t_sent))
             await receiver
         except OSError as exc:
             raise CoInferError(f"connection to {self.host}:{self.port} lost: {exc}") from None
@@ -489,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
+    ap.add_argument("--edge-speed", type=float, default=os.environ.get("COINFER_EDGE_SPEED"),
+                    help="emulate an edge device this fraction of this CPU's speed (database.slowdown; default "
+                         "$COINFER_EDGE_SPEED, set by the testbed)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     app = load_app(args.app)
@@ -511,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_server(args.server)
     if args.n < 1 or args.threads < 1 or args.timeout <= 0:
         raise CoInferError("--n and --threads must be at least 1, --timeout positive")
+    if args.edge_speed is not None and not 0 < args.edge_speed <= 1:
+        raise CoInferError(f"--edge-speed must be in (0, 1], got {args.edge_speed:g}")
+    if args.edge_speed is not None and args.threads != 1:
+        raise CoInferError("an emulated edge (--edge-speed) times thread CPU time: --threads must be 1")
     torch.set_num_threads(args.threads)
     ssl_ctx = None
     if args.tls_ca:
@@ -528,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     shaper = TokenBucket(args.rate_limit) if args.rate_limit else None
     client = EdgeClient(app, scheme, host=host, port=port, token=args.token, ssl_ctx=ssl_ctx, k=args.k,
                         timeout=args.timeout, finetuned=args.finetuned, shaper=shaper,
-                        monitor=BandwidthEstimator(initial_mbps=args.bandwidth))
+                        monitor=BandwidthEstimator(initial_mbps=args.bandwidth),
+                        device=SlowCPU(args.edge_speed) if args.edge_speed is not None else None)
     info: dict = {}
     if planner is not None:
         preds, info = asyncio.run(run_auto(client, images, args, app, planner))
@@ -544,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     if shaper is not None:
         notes.append(f"uplink shaped in this process by a token bucket at {args.rate_limit:g} Mbps (no tc)")
+    if args.edge_speed is not None:
+        notes.append(f"edge emulated at {args.edge_speed:g} x this CPU's speed (database.slowdown)")
     if args.queue:
         notes.append(f"queue mode: up to {args.depth} requests in flight; total_s includes queueing")
     if args.json:

@@ -9,8 +9,12 @@ With root, `ip netns` and `tc`: two network namespaces (`coinfer-tb-<pid>-edge`,
 veth pair (`cftb<pid>e` / `cftb<pid>c`) with addresses 10.231.<n>.1 (edge) and 10.231.<n>.2
 (cloud); the edge -> cloud direction is shaped by `tc qdisc ... root tbf` (optionally the reverse
 too). The cloud server (`python -m runtime.cloud`) runs in the cloud namespace unthrottled; edge
-commands run in the edge namespace inside the cgroup `coinfer-tb-<pid>` with a CPU quota. In the
-edge command `{server}` becomes HOST:PORT of the cloud (also exported as COINFER_SERVER).
+commands run in the edge namespace, slowed to `--edge-cpu` of this CPU by the app's edge emulation
+(and, unless `--no-keep-warm`, every CPU is kept out of idle: `database.slowdown.KeepWarm`):
+- `dilate` (default): COINFER_EDGE_SPEED is exported and the edge client stretches each of its
+  stages to its CPU time / speed (`database.slowdown`, which also says why this is the default);
+- `quota`: the edge runs inside the cgroup `coinfer-tb-<pid>` with a CFS CPU quota.
+In the edge command `{server}` becomes HOST:PORT of the cloud (also exported as COINFER_SERVER).
 
 Rates are Mbps in the latency model's convention (1 Mbps = 2^20 / 8 bytes/s; `1mbit` means the
 same); tc is always given the exact rate in bytes per second. The token bucket holds one
@@ -46,8 +50,9 @@ import sys
 import threading
 import time
 
-from apps import DEFAULT_APP, REPO_ROOT
+from apps import DEFAULT_APP, EDGE_EMULATIONS, REPO_ROOT
 from apps.errors import CoInferError, run_cli
+from database.slowdown import KeepWarm, check_speed
 
 PREFIX = "coinfer-tb-"
 LINK_PREFIX = "cftb"
@@ -144,7 +149,8 @@ def cleanup_leftovers(everything: bool = False) -> list[str]:
 class Testbed:
     """`with Testbed(1.0, 0.125) as tb: tb.run_edge([...])`. See the module doc.
 
-    `rate_mbps` None leaves the link unshaped; `edge_cpu_quota` None leaves the edge unthrottled.
+    `rate_mbps` None leaves the link unshaped; `edge_cpu_quota` None leaves the edge unthrottled;
+    `edge_emulation` says how the edge is slowed to it ("dilate" or "quota", see the module doc).
     `cloud_args` are extra arguments for `python -m runtime.cloud`; `start_cloud=False` skips it.
     """
 
@@ -153,9 +159,18 @@ class Testbed:
     def __init__(self, rate_mbps: float | None, edge_cpu_quota: float | None = 0.125, *,
                  reverse_mbps: float | None = None, app: str = DEFAULT_APP, cloud_args: list[str] | None = None,
                  start_cloud: bool = True, force_loopback: bool = False, log_path: str | None = None,
-                 link: str = "tbf") -> None:
+                 link: str = "tbf", edge_emulation: str = "dilate", keep_warm: bool = True) -> None:
         if link not in LINKS:
             raise CoInferError(f"unknown link {link!r} (known: {', '.join(LINKS)})")
+        if edge_emulation not in EDGE_EMULATIONS:
+            raise CoInferError(f"unknown edge emulation {edge_emulation!r} (known: {', '.join(EDGE_EMULATIONS)})")
+        if edge_emulation == "dilate" and edge_cpu_quota is not None:
+            try:
+                check_speed(edge_cpu_quota)
+            except ValueError as exc:
+                raise CoInferError(str(exc)) from None
+        self.edge_emulation = edge_emulation
+        self.warm = KeepWarm() if keep_warm else None
         self.link = link
         self._fillers: list[subprocess.Popen] = []
         self.rate_mbps, self.reverse_mbps, self.edge_cpu_quota = rate_mbps, reverse_mbps, edge_cpu_quota
@@ -174,7 +189,7 @@ class Testbed:
             self.notes.append(f"no network namespaces ({reason}): cloud on 127.0.0.1, uplink shaped by the edge "
                               "client's own token bucket (COINFER_RATE_LIMIT)")
         from database.cpuquota import quota_support
-        self.cpu_reason = quota_support() if edge_cpu_quota is not None else None
+        self.cpu_reason = quota_support() if edge_cpu_quota is not None and edge_emulation == "quota" else None
         if self.cpu_reason:
             self.notes.append(f"edge CPU quota {edge_cpu_quota} not applied ({self.cpu_reason}): edge unthrottled")
         self.host, self.port = ("127.0.0.1", 0) if self.mode == "loopback" else (self.cloud_ip, CLOUD_PORT)
@@ -206,9 +221,13 @@ class Testbed:
             if self.mode == "netns":
                 cleanup_leftovers()
                 self._setup_netns()
-            if self.edge_cpu_quota is not None and not self.cpu_reason:
+            if self.uses_cgroup:
                 from database.cpuquota import set_group_quota
                 set_group_quota(self.group, self.edge_cpu_quota)
+            if self.warm is not None:
+                self.warm.start()
+                if self.warm.reason:
+                    self.notes.append(f"CPUs not kept out of idle ({self.warm.reason})")
             if self.start_cloud:
                 self._start_cloud()
         except BaseException:
@@ -314,6 +333,8 @@ class Testbed:
         for proc in self._fillers:
             _kill(proc)
         self._fillers.clear()
+        if self.warm is not None:
+            self.warm.stop()
         if self.mode == "netns":
             for ns in (self.ns_edge, self.ns_cloud):
                 for pid in _run("ip", "netns", "pids", ns, check=False).stdout.split():
@@ -321,7 +342,7 @@ class Testbed:
                         os.kill(int(pid), signal.SIGKILL)
                 _run("ip", "netns", "del", ns, check=False)
             _run("ip", "link", "del", self.link_edge, check=False)
-        if self.edge_cpu_quota is not None and not self.cpu_reason:
+        if self.uses_cgroup:
             from database.cpuquota import remove_group
             remove_group(self.group)
         with contextlib.suppress(Exception):
@@ -340,6 +361,10 @@ class Testbed:
 
     # ------------------------------------------------------------------------------- edge side
     @property
+    def uses_cgroup(self) -> bool:
+        return self.edge_emulation == "quota" and self.edge_cpu_quota is not None and not self.cpu_reason
+
+    @property
     def server(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -347,6 +372,9 @@ class Testbed:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COINFER_SERVER": self.server}
         if self.mode == "loopback" and self.rate_mbps is not None:
             env["COINFER_RATE_LIMIT"] = repr(self.rate_mbps)
+        env.pop("COINFER_EDGE_SPEED", None)
+        if self.edge_emulation == "dilate" and self.edge_cpu_quota is not None:
+            env["COINFER_EDGE_SPEED"] = repr(self.edge_cpu_quota)
         return env
 
     def edge_command(self, argv: list[str], throttle: bool = True) -> list[str]:
@@ -356,24 +384,33 @@ class Testbed:
         argv = [a.replace("{server}", self.server) for a in argv]
         if self.mode == "netns":
             argv = ["ip", "netns", "exec", self.ns_edge, *argv]
-        if throttle and self.edge_cpu_quota is not None and not self.cpu_reason:
+        if throttle and self.uses_cgroup:
             from database.cpuquota import group_path
             procs = group_path(self.group) / "cgroup.procs"
             argv = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *argv]
         return argv
 
     def throttle(self, pid: int) -> bool:
-        """Put a running process under the edge CPU quota; False when there is none here."""
-        if self.edge_cpu_quota is None or self.cpu_reason:
+        """Put a running process under the edge CPU quota; False when there is none here (no quota, or the
+        edge is emulated by `dilate`: its processes slow themselves down, from COINFER_EDGE_SPEED)."""
+        if not self.uses_cgroup:
             return False
         from database.cpuquota import move_pid
         move_pid(self.group, pid)
         return True
 
     def set_edge_cpu(self, cpus: float) -> None:
-        """Change the edge's CPU quota now (processes already in the cgroup included)."""
+        """Change the edge's CPU share now: the cgroup's quota (processes in it included), or with `dilate`
+        the speed exported to edge processes started from now on (running ones are told by their owner,
+        e.g. `EdgeWorker.set_edge_cpu`)."""
         if self.edge_cpu_quota is None or self.cpu_reason:
             raise CoInferError("this testbed has no edge CPU quota")
+        if self.edge_emulation == "dilate":
+            try:
+                self.edge_cpu_quota = check_speed(cpus)
+            except ValueError as exc:
+                raise CoInferError(str(exc)) from None
+            return
         from database.cpuquota import set_group_quota
         self.edge_cpu_quota = cpus
         set_group_quota(self.group, cpus)
@@ -475,10 +512,15 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="then: -- EDGE COMMAND ({server} = HOST:PORT of the cloud)")
     ap.add_argument("--rate", help="edge -> cloud rate: 1mbit, 512kbit or Mbps (2^20 bits per Mbit)")
     ap.add_argument("--reverse-rate", help="cloud -> edge rate (default unshaped)")
-    ap.add_argument("--edge-cpu", type=float, default=0.125, help="edge CPU quota in CPUs (0: unthrottled)")
+    ap.add_argument("--edge-cpu", type=float, default=None,
+                    help="edge speed as a fraction of this CPU (0: full speed; default: the app's edge cpu_quota)")
+    ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
+                    help="dilate (stretched time) or quota (cgroup CFS quota); default: the app's")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--cloud-arg", action="append", default=[], help="extra argument for runtime.cloud")
     ap.add_argument("--link", choices=LINKS, default="tbf", help="tbf alone, or tbf kept busy by a filler (paced)")
+    ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep every CPU busy at SCHED_IDLE priority while the testbed is up (database.slowdown)")
     ap.add_argument("--verify", action="store_true", help="time 1 MiB edge -> cloud against the rate")
     ap.add_argument("--cleanup", action="store_true", help="remove every testbed namespace, link and cgroup")
     ap.add_argument("--json", action="store_true")
@@ -487,21 +529,24 @@ def main(argv: list[str] | None = None) -> int:
         removed = cleanup_leftovers(everything=True)
         print(json.dumps(removed) if args.json else ("\n".join(removed) or "nothing to remove"))
         return 0
-    if args.edge_cpu < 0:
+    from apps import load_app
+    app = load_app(args.app)
+    edge_cpu = app.edge_cpu_quota if args.edge_cpu is None else args.edge_cpu
+    emulation = args.edge_emulation or app.edge_emulation
+    if edge_cpu is not None and edge_cpu < 0:
         raise CoInferError("--edge-cpu must be >= 0")
     rate = parse_rate(args.rate) if args.rate else None
     reverse = parse_rate(args.reverse_rate) if args.reverse_rate else None
     if not edge_cmd and not args.verify:
         raise CoInferError("nothing to run: give --verify or -- EDGE COMMAND")
-    with Testbed(rate, args.edge_cpu or None, reverse_mbps=reverse, app=args.app, cloud_args=args.cloud_arg,
-                 start_cloud=bool(edge_cmd), link=args.link) as tb:
+    with Testbed(rate, edge_cpu or None, reverse_mbps=reverse, app=args.app, cloud_args=args.cloud_arg,
+                 start_cloud=bool(edge_cmd), link=args.link, edge_emulation=emulation, keep_warm=args.keep_warm) as tb:
         info = {"mode": tb.mode, "server": tb.server, "rate_mbps": rate, "reverse_mbps": reverse,
-                "edge_cpu": args.edge_cpu or None, "qdisc": tb.qdisc(), "notes": tb.notes}
+                "edge_cpu": edge_cpu or None, "edge_emulation": emulation, "qdisc": tb.qdisc(), "notes": tb.notes}
+        edge = f"{edge_cpu:g} of this CPU ({emulation})" if edge_cpu else "unthrottled"
         print(json.dumps(info) if args.json else
-              f"testbed: {tb.mode}, cloud at {tb.server}, edge->cloud {rate or 'unshaped'} Mbps, "
-              f"edge CPU {args.edge_cpu or 'unthrottled'}\n  {info['qdisc']}" + "".join(f"\n  note: {n}"
-                                                                                     for n in tb.notes),
-              flush=True)
+              f"testbed: {tb.mode}, cloud at {tb.server}, edge->cloud {rate or 'unshaped'} Mbps, edge CPU {edge}\n"
+              f"  {info['qdisc']}" + "".join(f"\n  note: {n}" for n in tb.notes), flush=True)
         if args.verify:
             v = tb.verify()
             print(json.dumps(v) if args.json else

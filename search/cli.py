@@ -127,7 +127,8 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
         lines.append(f"  scheme      {r.scheme} ({where})")
     bd = r.breakdown
     lines.append(f"  latency     {_ms(bd.total)} = edge {_ms(bd.edge)} + transfer {_ms(bd.transfer)} "
-                 f"({bd.bytes:,.0f} B) + cloud {_ms(bd.cloud)}")
+                 f"({bd.bytes:,.0f} B" + (f", {bd.wire:,.0f} B on the wire" if bd.wire > bd.bytes else "")
+                 + f") + cloud {_ms(bd.cloud)}")
     lines.append(f"  references  all-edge {_ms(r.reference['all_edge'])}, all-cloud {_ms(r.reference['all_cloud'])}"
                  f" -> this is {bd.total / ref:.3f} x the best single-end")
     if r.accuracy is not None:

@@ -1,19 +1,24 @@
 """The latency model L(s, B) over the latency database.
 
-    L(p, c, b; B) = T_edge(p, c) + (ceil(H_p W_p c b / 8) + 8 c) / B + RTT + T_cloud(p, c)
+    L(p, c, b; B) = T_edge(p, c) + wire(ceil(H_p W_p c b / 8) + 8 c) / B + RTT + T_cloud(p, c)
     all-edge      = T_edge(whole model)
-    all-cloud     = raw_input_bytes / B + RTT + T_cloud(whole model from the raw input)
+    all-cloud     = T_edge(raw input) + wire(raw_input_bytes) / B + RTT + T_cloud(whole model)
+    wire(n)       = n + m + h * ceil((n + m) / mss)       (the app's `link`: m, h, mss)
 
 Bandwidth follows the paper: B in Mbps, bytes/s = Mbps * 2^20 / 8. T_edge(p, c) and
 T_cloud(p, c) are medians measured at a few kept-channel counts c per point (pruning's compute
 effect) and linearly interpolated in between. The edge side includes quantisation + packing,
-the cloud side unpacking + dequantisation, as profiled by `database.profile`.
+the cloud side unpacking + dequantisation, as profiled by `database.profile`; T_edge(raw input)
+is the edge quantising and packing the input for all-cloud (0 when the profile lacks it).
+wire(n) adds the runtime's frame header m once and the transport's headers h per segment (an
+app without a `link` section: n itself). RTT is the measured round trip of an empty message
+(`--rtt`; the app's `rtt_s` by default).
 
-What it ignores: TCP/IP and frame headers (a constant ~40-100 bytes a request), the reply
-(a few dozen bytes), TCP slow start and queueing, the dependence of pack/unpack time on the
-bit width b (profiled at 8 bits), run-to-run variance (medians only), and contention between
-concurrent requests. Devices imported with `formula: optcoinfer-paper` use the paper's own
-model: no per-channel header, exact fractional bytes, no cloud compute for all-cloud.
+What it ignores: the reply (a few dozen bytes), TCP slow start and queueing, the dependence of
+pack/unpack time on the bit width b (profiled at 8 bits), run-to-run variance (medians only),
+and contention between concurrent requests. Devices imported with `formula: optcoinfer-paper`
+use the paper's own model: no per-channel header, no link overhead, exact fractional bytes, no
+edge or cloud compute for all-cloud.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apps import App
+from apps import App, Link
 from apps.errors import CoInferError
 from compress.quant import HEADER_BYTES_PER_CHANNEL
 from database.store import LatencyRow, Store
@@ -42,9 +47,10 @@ def bytes_per_second(mbps: float) -> float:
 @dataclass(frozen=True)
 class Breakdown:
     edge: float
-    transfer: float  # bytes / bandwidth + RTT
+    transfer: float  # wire bytes / bandwidth + RTT
     cloud: float
-    bytes: float
+    bytes: float  # payload: the activation (codes + per-channel parameters) or the raw input
+    wire: float = 0.0  # bytes on the link: payload + frame + transport headers
 
     @property
     def total(self) -> float:
@@ -59,16 +65,19 @@ class LatencyModel:
 
     def __init__(self, points: list[PartitionPoint], edge_rows: list[LatencyRow], cloud_rows: list[LatencyRow],
                  raw_input_bytes: int, rtt_s: float = 0.0, paper_formula: bool = False,
-                 devices: tuple[str, str] = ("edge", "cloud")) -> None:
+                 devices: tuple[str, str] = ("edge", "cloud"), link: Link | None = None) -> None:
         self.points = points
         self.space = Space(points)
         self.raw_input_bytes = raw_input_bytes
         self.rtt_s = rtt_s
         self.paper_formula = paper_formula
+        self.link = Link() if paper_formula or link is None else link
         self.devices = devices
         last = len(points)
         self.edge_all = self._single(edge_rows, last, "edge", devices[0])
         self.cloud_all = self._single(cloud_rows, -1, "cloud", devices[1])
+        self.edge_raw = 0.0 if paper_formula else next(
+            (r.median_s for r in edge_rows if r.point == -1 and r.side == "edge"), 0.0)
         s = self.space
         self.edge_s = np.empty(s.size)
         self.cloud_s = np.empty(s.size)
@@ -81,6 +90,18 @@ class LatencyModel:
             self.bytes = hw * s.c * s.b / 8
         else:
             self.bytes = np.ceil(hw * s.c * s.b / 8) + HEADER_BYTES_PER_CHANNEL * s.c
+        self.wire = self.wire_bytes(self.bytes)
+
+    def wire_bytes(self, payload: np.ndarray | float) -> np.ndarray | float:
+        """Bytes a message of `payload` bytes puts on the link (payload + frame + transport headers)."""
+        return self.transport_bytes(np.asarray(payload, dtype=np.float64) + self.link.message_bytes)
+
+    def transport_bytes(self, frame: np.ndarray | float) -> np.ndarray | float:
+        """Bytes a whole frame of `frame` bytes puts on the link: plus the transport's headers per segment."""
+        frame = np.asarray(frame, dtype=np.float64)
+        if self.link.packet_bytes:
+            frame = frame + self.link.packet_bytes * np.maximum(1, np.ceil(frame / self.link.mss))
+        return frame if frame.ndim else float(frame)
 
     @staticmethod
     def _single(rows: list[LatencyRow], point: int, side: str, name: str) -> float:
@@ -112,22 +133,23 @@ class LatencyModel:
         edge_info, cloud_info = store.device(edge) or {}, store.device(cloud) or {}
         paper = edge_info.get("formula") == PAPER_FORMULA or cloud_info.get("formula") == PAPER_FORMULA
         return cls(app_points(app), store.latency_rows(app.name, edge), store.latency_rows(app.name, cloud),
-                   app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud))
+                   app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud), app.link)
 
     # -- queries -------------------------------------------------------------------------
     def totals(self, mbps: float) -> np.ndarray:
         """L(s, B) for every scheme of the space (flat, Space order)."""
-        return self.edge_s + self.bytes / bytes_per_second(mbps) + self.rtt_s + self.cloud_s
+        return self.edge_s + self.wire / bytes_per_second(mbps) + self.rtt_s + self.cloud_s
 
     def breakdown(self, scheme: tuple[int, int, int] | str, mbps: float) -> Breakdown:
         bps = bytes_per_second(mbps)
         if scheme == "all-edge":
             return Breakdown(self.edge_all, 0.0, 0.0, 0.0)
         if scheme == "all-cloud":
-            return Breakdown(0.0, self.raw_input_bytes / bps + self.rtt_s, self.cloud_all, self.raw_input_bytes)
+            wire = self.wire_bytes(self.raw_input_bytes)
+            return Breakdown(self.edge_raw, wire / bps + self.rtt_s, self.cloud_all, self.raw_input_bytes, wire)
         i = self.space.index(scheme)
-        return Breakdown(float(self.edge_s[i]), float(self.bytes[i] / bps + self.rtt_s), float(self.cloud_s[i]),
-                         float(self.bytes[i]))
+        return Breakdown(float(self.edge_s[i]), float(self.wire[i] / bps + self.rtt_s), float(self.cloud_s[i]),
+                         float(self.bytes[i]), float(self.wire[i]))
 
     def all_edge(self, mbps: float) -> float:
         return self.breakdown("all-edge", mbps).total

@@ -40,7 +40,7 @@ def test_parse_rate_and_tbf_args() -> None:
 @needs_root
 @pytest.mark.root
 def test_setup_shaping_and_teardown() -> None:
-    with Testbed(8.0, 0.125, start_cloud=False) as tb:
+    with Testbed(8.0, 0.125, start_cloud=False, edge_emulation="quota") as tb:
         assert tb.mode == "netns" and {tb.ns_edge, tb.ns_cloud} <= namespaces()
         assert "tbf" in tb.qdisc() and (CPU_ROOT / tb.group).is_dir()
         tb.setup()  # idempotent
@@ -74,7 +74,8 @@ def test_cloud_server_and_edge_cli_in_namespaces() -> None:
 @needs_root
 @pytest.mark.root
 def test_leftovers_of_a_killed_testbed_are_removed() -> None:
-    script = ("from runtime.testbed import Testbed; import time, sys; tb = Testbed(1.0, 0.125, start_cloud=False); "
+    script = ("from runtime.testbed import Testbed; import time, sys; tb = Testbed(1.0, 0.125, start_cloud=False, "
+              "edge_emulation='quota'); "
               "tb.setup(); print(tb.ns_edge, tb.group, flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for sig, cleans_itself in ((signal.SIGTERM, True), (signal.SIGKILL, False)):
@@ -99,6 +100,21 @@ def test_loopback_fallback_says_so() -> None:
         assert tb.edge_env()["COINFER_RATE_LIMIT"] == "2.0"
         assert any("token bucket" in n for n in tb.notes)
         assert tb.edge_command(["x"]) == ["x"]
+
+
+def test_dilated_edge_gets_its_speed_not_a_cgroup() -> None:
+    with Testbed(2.0, 0.25, force_loopback=True, start_cloud=False) as tb:
+        assert tb.edge_emulation == "dilate" and not tb.uses_cgroup
+        assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.25"
+        assert tb.edge_command(["x"]) == ["x"] and tb.throttle(os.getpid()) is False
+        tb.set_edge_cpu(0.5)
+        assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.5"
+        with pytest.raises(CoInferError, match="speed"):
+            tb.set_edge_cpu(2.0)
+    with pytest.raises(CoInferError, match="speed"):
+        Testbed(2.0, 1.5, force_loopback=True, start_cloud=False)
+    with pytest.raises(CoInferError, match="emulation"):
+        Testbed(2.0, 0.5, force_loopback=True, start_cloud=False, edge_emulation="nice")
 
 
 def test_cli_needs_something_to_run() -> None:

@@ -1,0 +1,103 @@
+"""The edge CLI's --auto, --adapt and --queue modes against a real cloud server (loopback, subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apps import load_app
+from apps.errors import CoInferError
+from runtime import edge
+from runtime.monitor import throughput_scheme
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = load_app("vgg16_digits")
+pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
+
+
+@pytest.fixture(scope="module")
+def server() -> str:
+    """python -m runtime.cloud on 127.0.0.1 with the pruned base weights (no fine-tuning in tests)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1",
+                             "--no-finetuned"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    port = None
+    for line in proc.stderr:
+        msg = json.loads(line)["msg"]
+        if msg.startswith("serving app"):
+            port = int(msg.split(":")[-1].split()[0])
+            break
+    assert port, "server did not start"
+    yield f"127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def planner() -> edge.Planner:
+    return edge.Planner(APP)
+
+
+def run_cli(capsys, *argv: str) -> dict:
+    assert edge.main([*argv, "--json", "--no-finetuned"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_auto_runs_the_search_answer_at_the_given_bandwidth(server, planner, capsys) -> None:
+    report = run_cli(capsys, "--server", server, "--auto", "--bandwidth", "1", "-accuracy_loss", "0.01", "--n", "4")
+    expected = str(planner.best(1.0, 0.01))
+    assert report["scheme"] == expected and report["schemes"] == [expected] * 4
+    assert report["requests"] == 4 and report["estimates"][0] == pytest.approx(1.0, rel=0.5)
+
+
+def test_auto_probes_when_no_bandwidth_is_given(server, capsys) -> None:
+    report = run_cli(capsys, "--server", server, "--auto", "--n", "2")
+    assert report["estimates"][0] > 0  # measured on loopback: whatever it is, it is a positive rate
+    assert report["requests"] == 2
+
+
+def test_auto_adapt_runs_frontier_schemes(server, planner, capsys) -> None:
+    report = run_cli(capsys, "--server", server, "--auto", "--adapt", "--bandwidth", "1", "--n", "5")
+    frontier = {s if isinstance(s, str) else ",".join(map(str, s)) for _, s in report["frontier"]}
+    assert len(report["schemes"]) == 5 and set(report["schemes"]) <= frontier
+    assert report["frontier"][0][0] == pytest.approx(0.125) and report["frontier"][-1][0] == pytest.approx(8.0)
+
+
+def test_auto_queue_minimises_the_slowest_stage(server, planner, capsys) -> None:
+    report = run_cli(capsys, "--server", server, "--auto", "--queue", "--bandwidth", "1", "--n", "6", "--depth", "3")
+    expected = edge.to_edge_scheme(throughput_scheme(planner.model, planner.feasible(0.01), 1.0))
+    assert report["scheme"] == str(expected) and report["requests"] == 6
+    assert any("queue mode: up to 3 requests in flight" in n for n in report["notes"])
+
+
+def test_queue_mode_answers_like_sequential_mode(server, capsys) -> None:
+    sequential = run_cli(capsys, "--server", server, "--scheme", "4,12,3", "--n", "8")
+    queued = run_cli(capsys, "--server", server, "--scheme", "4,12,3", "--n", "8", "--queue", "--depth", "4")
+    assert queued["requests"] == sequential["requests"] == 8
+    assert queued["accuracy"] == sequential["accuracy"]  # same images, same weights: same predictions
+    assert queued["bytes_up"] == sequential["bytes_up"]
+
+
+def test_emulated_edge_speed_is_reported(server, capsys) -> None:
+    report = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--edge-speed", "0.5")
+    assert any("0.5 x this CPU" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scheme", "all-edge", "--adapt"], "--adapt and --bandwidth go with --auto"),
+    (["--scheme", "all-edge", "--auto"], "exactly one of --scheme and --auto"),
+    (["--auto", "--server", "127.0.0.1:1", "--depth", "0"], "--depth"),
+    (["--scheme", "all-edge", "--edge-speed", "2"], "--edge-speed"),
+    (["--scheme", "all-edge", "--edge-speed", "0.5", "--threads", "2"], "--threads must be 1"),
+    (["--auto", "-accuracy_loss", "1.5", "--server", "127.0.0.1:1"], "-accuracy_loss"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message) -> None:
+    with pytest.raises(CoInferError, match=message):
+        edge.main(argv)
