@@ -5,8 +5,10 @@
 
 For every partition point p and a grid of kept channels c (1, C/4, C/2, 3C/4, C) it times,
 at batch size 1 after warm-up:
-- edge  (p, c): head through block p pruned to c filters, then quantise + pack (8 bits);
-- cloud (p, c): unpack + dequantise, then the tail whose first conv has c input channels;
+- edge  (p, c): head through block p pruned to c filters, then quantise + pack (8 bits,
+  `compress.activation.to_bytes`, the call the runtime's edge makes);
+- cloud (p, c): unpack + dequantise (`compress.activation.from_bytes`), then the tail whose first
+  conv has c input channels and the top-5 softmax the runtime's cloud replies with;
 plus the whole model on the edge (point P, all-edge), the edge's share of all-cloud (point -1:
 quantise + pack the raw input) and the whole model in the cloud from the raw input (point -1).
 Median and p90 of N runs are stored with the device's fingerprint. Every CPU is kept out of idle
@@ -37,9 +39,8 @@ from tqdm import tqdm
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, App, load_app
 from apps.errors import CoInferError, run_cli
-from compress.codec import pack, unpack
+from compress import activation
 from compress.prune import prune_at
-from compress.quant import dequantize, quantize
 from database.cpuquota import apply_cpu_quota, quota_period_us, quota_support
 from database.fingerprint import fingerprint
 from database.slowdown import KeepWarm, SlowCPU
@@ -84,6 +85,11 @@ def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[],
     return statistics.median(samples), float(np.percentile(samples, 90))
 
 
+def top_k(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """The prediction the runtime returns: softmax probabilities of the k best classes."""
+    return torch.softmax(logits.float(), dim=1).topk(min(k, logits.shape[1]), dim=1).values
+
+
 def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
                 use_cuda: bool = False, progress: bool = True, window_s: float = 0.0,
                 device: SlowCPU | None = None) -> list[LatencyRow]:
@@ -99,31 +105,26 @@ def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[
         jobs.append(("cloud", -1, app.in_channels))
     rows = []
     for side, p, c in tqdm(jobs, desc=f"profile {app.name} on {device_name}", disable=not progress):
-        if p == len(points):
-            fn = lambda: base(x)
+        if p == len(points):  # all-edge: the whole model and its top-k, as the runtime's edge does
+            fn = lambda: top_k(base(x))
         elif p == -1 and side == "edge":  # all-cloud's edge share: the raw input, quantised and packed
-            def fn():
-                codes, lo, scale = quantize(x, 8)
-                return pack(codes.cpu().numpy(), 8), lo.cpu().numpy(), scale.cpu().numpy()
-        elif p == -1:
-            raw = np.zeros(app.in_channels * app.input_size ** 2, dtype=np.uint8).tobytes()
-            shape = tuple(x.shape)
-            def fn(raw=raw, shape=shape):
-                return base(torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(shape).to(torch_device).float())
+            fn = lambda: activation.to_bytes(x, 8)
+        elif p == -1:  # all-cloud in the cloud: the raw input unpacked, the whole model, top-k
+            body, shape = activation.to_bytes(x, 8), tuple(x.shape)
+
+            def fn(body=body, shape=shape):
+                return top_k(base(activation.from_bytes(body, shape, 8).to(torch_device)))
         else:
             model = prune_at(base, p, c).eval()
-            if side == "edge":
+            if side == "edge":  # the runtime's edge: head, then quantise + pack (compress.activation)
                 def fn(model=model, p=p):
-                    codes, lo, scale = quantize(model.forward_head(x, p), 8)
-                    return pack(codes.cpu().numpy(), 8), lo.cpu().numpy(), scale.cpu().numpy()
-            else:
+                    return activation.to_bytes(model.forward_head(x, p), 8)
+            else:  # the runtime's cloud: unpack + dequantise, then the tail
                 a = model.forward_head(x, p)
-                codes, lo, scale = quantize(a, 8)
-                payload, shape = pack(codes.cpu().numpy(), 8), tuple(a.shape)
+                body, shape = activation.to_bytes(a, 8), tuple(a.shape)
 
-                def fn(model=model, p=p, payload=payload, shape=shape, lo=lo, scale=scale):
-                    codes = torch.from_numpy(unpack(payload, 8, int(np.prod(shape))).reshape(shape))
-                    return model.forward_tail(dequantize(codes.to(torch_device), lo, scale), p)
+                def fn(model=model, p=p, body=body, shape=shape):
+                    return top_k(model.forward_tail(activation.from_bytes(body, shape, 8).to(torch_device), p))
         with torch.no_grad():
             median, p90 = time_fn(fn, runs, warmup, sync, window_s, device)
         rows.append(LatencyRow(app.name, device_name, p, c, side, median, p90, runs))

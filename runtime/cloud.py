@@ -307,7 +307,7 @@ class CloudServer:
         """Runs in a worker thread: decode, dequantise, tail forward, top-k (a tail built now is not timed)."""
         tail = self.tails.get(req.p, req.c, req.bits)
         t0 = time.perf_counter()
-        codes, lo, scale = decode_activation(req.body, req.shape, req.bits)
+        codes, lo, scale = decode_activation(req.body, req.shape, req.bits)  # the checks of activation.from_bytes
         a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
         t1 = time.perf_counter()
         with torch.inference_mode():

@@ -36,14 +36,14 @@ from torch import nn
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
+from compress import activation
 from compress.prune import check_scheme
-from compress.quant import quantize
 from compress.scheme import SchemeModel, parse_scheme
 from database.slowdown import SlowCPU
 from models.build import load_base_model
 from models.vgg import VGG
 from runtime.monitor import BandwidthEstimator, TokenBucket
-from runtime.protocol import ALL_CLOUD_P, MAX_TOPK, Error, Hello, Reply, Request, encode, encode_activation, read_frame
+from runtime.protocol import ALL_CLOUD_P, MAX_TOPK, Error, Hello, Reply, Request, encode, read_frame
 
 SPLIT, ALL_CLOUD, ALL_EDGE = "split", "all-cloud", "all-edge"
 
@@ -238,9 +238,8 @@ class EdgeClient:
         return out, seconds
 
     def _request(self, a: torch.Tensor, scheme: Scheme) -> tuple[Request, bytes]:
-        codes, lo, scale = quantize(a, scheme.b)
         request = Request(self._take_id(), self.app.name, scheme.p, a.shape[1], scheme.b, self.k,
-                          tuple(a.shape), encode_activation(codes, lo, scale, scheme.b))
+                          tuple(a.shape), activation.to_bytes(a, scheme.b))
         return request, encode(request)
 
     def _finish(self, request: Request, reply: Reply | Hello, frame: bytes, edge_s: float, pack_s: float,

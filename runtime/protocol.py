@@ -21,7 +21,7 @@ Bodies (all little-endian):
 
 - REQUEST: lo float32[N*C], scale float32[N*C] (per sample and channel, `compress.quant`), then the
   N*C*H*W codes packed at b bits by `compress.codec` (exactly ceil(N*C*H*W*b/8) bytes).
-  `encode_activation` / `decode_activation` build and read this body.
+  `compress.activation` builds and reads this body (`encode_activation` / `decode_activation` here).
 - REPLY: unpack_s float64, compute_s float64 (cloud seconds: decode + dequantise, tail forward),
   class ids u16[N*k], scores float32[N*k] (softmax probabilities, best first per sample).
 - ERROR: code u16 (`ErrorCode`), message UTF-8 (at most `Limits.max_message` bytes).
@@ -42,10 +42,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-import torch
 
 from apps.errors import CoInferError
-from compress.codec import pack, packed_size, unpack
+from compress import activation
 
 MAGIC = b"COIN"
 VERSION = 1
@@ -174,32 +173,19 @@ class Header:
 
 
 # ---------------------------------------------------------------------------------------- body
-def encode_activation(codes: np.ndarray | torch.Tensor, lo: np.ndarray | torch.Tensor,
-                      scale: np.ndarray | torch.Tensor, bits: int) -> bytes:
-    """REQUEST body: codes (N, C, H, W) uint8 < 2^bits, lo / scale (N, C) -> bytes."""
-    codes, lo, scale = (np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t) for t in (codes, lo, scale))
-    if codes.ndim != 4 or lo.shape != codes.shape[:2] or scale.shape != codes.shape[:2]:
-        raise ValueError(f"codes {codes.shape} need lo/scale of shape {codes.shape[:2]}, got {lo.shape}/{scale.shape}")
-    return lo.astype("<f4").tobytes() + scale.astype("<f4").tobytes() + pack(codes, bits)
-
-
-def activation_body_len(shape: Shape, bits: int) -> int:
-    n, c, h, w = shape
-    return 8 * n * c + packed_size(n * c * h * w, bits)
+encode_activation = activation.encode  # the body's layout is compress.activation's
+activation_body_len = activation.body_len
 
 
 def decode_activation(body: bytes | memoryview, shape: Shape, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """REQUEST body -> codes (N, C, H, W) uint8, lo (N, C) float32, scale (N, C) float32."""
-    n, c, h, w = shape
     if len(body) != activation_body_len(shape, bits):
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"activation body has {len(body)} bytes, "
                             f"shape {shape} at {bits} bits needs {activation_body_len(shape, bits)}")
-    params = np.frombuffer(body, dtype="<f4", count=2 * n * c).astype(np.float32).reshape(2, n, c)
-    lo, scale = params[0], params[1]
-    if not (np.isfinite(lo).all() and np.isfinite(scale).all() and (scale > 0).all()):
-        raise ProtocolError(ErrorCode.BAD_FIELD, "quantisation parameters must be finite with scale > 0")
-    codes = unpack(memoryview(body)[8 * n * c:], bits, n * c * h * w)
-    return codes.reshape(shape), lo, scale
+    try:
+        return activation.decode(body, shape, bits)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
 
 
 # -------------------------------------------------------------------------------------- header

@@ -24,9 +24,9 @@ A token bucket passes a message that fits in its bucket without delay when the l
 real link would take bytes / rate to serialise it), so small messages see almost no transfer
 time. `--link paced` keeps the bucket empty instead: a strict-priority child under the tbf
 (`pfifo_fast`: socket priority 0 -> band 1, the filler's priority 2 -> band 2; `prio` is not
-built into every kernel) and a low-priority UDP filler in the edge namespace sending slightly
-faster than the rate, so each message of ours waits bytes / rate behind the tokens (less at most
-0.2 ms of the rate) and the filler only gets what is left (costs a few % of a core).
+built into every kernel) and a low-priority UDP filler in the edge namespace that keeps a few
+minimal frames (43 bytes) queued, so each message of ours waits bytes / rate for tokens (less at
+most 43 bytes' worth) like on a serialising link, and the filler only gets what is left.
 
 Without root (or without ip / tc / cgroup v1) the cloud server listens on 127.0.0.1 and edge
 processes get COINFER_RATE_LIMIT: the edge client then shapes its own uplink with a token bucket,
@@ -273,17 +273,16 @@ class Testbed:
             self._start_filler(add_child=False)
 
     def _start_filler(self, add_child: bool = True) -> None:
-        """`paced` link: a strict-priority child under the tbf, and a low-priority UDP filler slightly
-        faster than the rate, so the bucket is always empty and every message waits bytes / rate."""
+        """`paced` link: a strict-priority child under the tbf, and a low-priority UDP filler that keeps a
+        few minimal frames queued behind it, so the bucket is always empty and every message waits
+        bytes / rate."""
         assert self.rate_mbps is not None
         if add_child:
             _run("ip", "netns", "exec", self.ns_edge, "tc", "qdisc", "add", "dev", self.link_edge, "parent", "1:1",
                  "handle", "10:", "pfifo_fast")
-        rate = self.rate_mbps * BYTES_PER_MBPS
-        size = int(max(60, rate * 2e-4))  # a filler frame holds at most 0.2 ms of tokens
         self._fillers.append(self.run_cloud_side([sys.executable, "-c", _FILLER_SINK, self.cloud_ip, str(FILLER_PORT)]))
         self._fillers.append(subprocess.Popen(["ip", "netns", "exec", self.ns_edge, sys.executable, "-c", _FILLER,
-                                               self.cloud_ip, str(FILLER_PORT), str(rate * 1.05), str(size)]))
+                                               self.cloud_ip, str(FILLER_PORT)]))
 
     def qdisc(self) -> str:
         if self.mode != "netns":
@@ -466,22 +465,21 @@ s = socket.create_connection((host, port), timeout=600)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 t = time.perf_counter(); s.sendall(bytes(n)); s.recv(1); print(time.perf_counter() - t)
 """
-# filler: UDP frames of `size` bytes on the wire at `rate` bytes/s, priority 2 (pfifo_fast's lowest band)
+# filler: minimal UDP frames (43 bytes on the wire) at priority 2 (pfifo_fast's lowest band), as fast as the
+# link drains them: a socket send buffer of the kernel's minimum holds only a few, so sendto blocks
+# until the tbf lets one go (a few % of a core at 2 Mbps)
 _FILLER = """
 import socket, sys, time
-host, port, rate, size = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+host, port = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 2)
-payload = bytes(max(18, size - 42)); t0 = time.monotonic(); sent = 0
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+payload = b"f"
 while True:
-    owed = int((time.monotonic() - t0) * rate / size) - sent
-    for _ in range(min(owed, 64)):
-        try:
-            s.sendto(payload, (host, port))
-        except OSError:
-            pass
-    sent += max(owed, 0)
-    time.sleep(0.001)
+    try:
+        s.sendto(payload, (host, port))
+    except OSError:
+        time.sleep(0.001)
 """
 _FILLER_SINK = """
 import socket, sys, time
