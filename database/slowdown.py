@@ -87,7 +87,7 @@ _SPIN = """
 import os, sys
 os.sched_setaffinity(0, {int(sys.argv[1])})
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-parent = os.getppid()
+parent = int(sys.argv[2])  # the spawner's pid, passed in: it may be gone before this line runs
 while os.getppid() == parent:
     for _ in range(200000):
         pass
@@ -106,7 +106,7 @@ class KeepWarm:
 
     def start(self) -> KeepWarm:
         if self.reason is None and not self.procs:
-            self.procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu)])
+            self.procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(cpu), str(os.getpid())])
                           for cpu in sorted(os.sched_getaffinity(0))]
             atexit.register(self.stop)
         return self
