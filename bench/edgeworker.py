@@ -8,12 +8,11 @@ costs are not paid at 1/8 of a core. The benchmark can change the edge's speed
 (`EdgeWorker.set_edge_cpu`) and the link's rate between (or during) commands.
 
 Commands (one JSON object a line):
-    {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0}
+    {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0, "interleave": false}
         -> {"scheme": ..., "rows": [Timings as dicts]} per scheme, then {"done": true}
     {"op": "adapt", "n": 40, "frontier": [...], "accuracy_loss": 0.01, "storage": URL, "pause_at": 20}
         -> {"i": i, "scheme": ..., "total_s": ..., "estimate": ...} per request, then {"done": true, ...};
         before request `pause_at` it says {"paused": i} and waits for a line on stdin
-    {"op": "ping", "n": 30}   -> {"seconds": [HELLO round trips], "bytes": frame size}
     {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
     {"op": "quit"}
 """
@@ -66,23 +65,25 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
-        if cmd["op"] == "ping":
-            pings = [await client.ping() for _ in range(cmd.get("n", 30))]
-            _emit({"seconds": [t for t, _ in pings], "bytes": pings[0][1]})
         if cmd["op"] == "speed":
             client.device = SlowCPU(cmd["speed"])
             _emit({"speed": cmd["speed"]})
         if cmd["op"] == "run":
-            for s in cmd["schemes"]:
+            schemes, warmup = cmd["schemes"], cmd.get("warmup", 3)
+            rows: dict[str, list[dict]] = {s: [] for s in schemes}
+            # scheme by scheme, or (interleave) one request of each scheme in turn, so that every scheme
+            # meets the same minutes of a shared machine
+            order = ([(i, s) for i in range(warmup + cmd["n"]) for s in schemes] if cmd.get("interleave") else
+                     [(i, s) for s in schemes for i in range(warmup + cmd["n"])])
+            for i, s in order:
                 client.use(parse_edge_scheme(s))
-                rows = []
-                for i in range(cmd.get("warmup", 3) + cmd["n"]):
-                    if cmd.get("gap_s"):
-                        await asyncio.sleep(cmd["gap_s"])
-                    pred = await client.infer(images[i % len(images):i % len(images) + 1])
-                    if i >= cmd.get("warmup", 3):
-                        rows.append(asdict(pred.timings))
-                _emit({"scheme": s, "rows": rows})
+                if cmd.get("gap_s"):
+                    await asyncio.sleep(cmd["gap_s"])
+                pred = await client.infer(images[i % len(images):i % len(images) + 1])
+                if i >= warmup:
+                    rows[s].append(asdict(pred.timings))
+            for s in schemes:
+                _emit({"scheme": s, "rows": rows[s]})
             _emit({"done": True})
         elif cmd["op"] == "adapt":
             await _adapt(client, images, cmd)
@@ -142,19 +143,15 @@ class EdgeWorker:
             self.send({"op": "speed", "speed": cpus})
             self.read()
 
-    def ping(self, n: int = 30) -> tuple[list[float], int]:
-        """n HELLO round trips on the worker's connection: (seconds each, frame bytes)."""
-        self.send({"op": "ping", "n": n})
-        msg = self.read()
-        return msg["seconds"], msg["bytes"]
-
     def send(self, cmd: dict) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
 
-    def run(self, schemes: list[str], n: int, warmup: int = 3, gap_s: float = 0.0) -> dict[str, list[dict]]:
-        self.send({"op": "run", "schemes": schemes, "n": n, "warmup": warmup, "gap_s": gap_s})
+    def run(self, schemes: list[str], n: int, warmup: int = 3, gap_s: float = 0.0,
+            interleave: bool = False) -> dict[str, list[dict]]:
+        self.send({"op": "run", "schemes": schemes, "n": n, "warmup": warmup, "gap_s": gap_s,
+                   "interleave": interleave})
         out = {}
         while True:
             msg = self.read()

@@ -1,31 +1,36 @@
 """Predicted (latency model) vs measured latency of the runtime on the testbed.
 
-    python -m bench.runtime [--app vgg16_digits] [--rates 0.5 1 2] [--n 40] [--storage URL] [--json]
+    python -m bench.runtime [--app vgg16_digits] [--rates 0.5 1 2] [--n 60] [--link paced|tbf] [--json]
 
 For each rate the search picks the optimal scheme (latency query, `-accuracy_loss`, CoInfer's
 sampler over the accuracy database, answering from what is stored); the set of those schemes
 plus all-edge and all-cloud is then run at every rate on the testbed (`runtime.testbed`: edge and
-cloud in two network namespaces, the edge -> cloud link shaped by tc tbf, the edge process under
-the app's CPU quota; loopback + token bucket without root). One long-lived edge process
-(`bench.edgeworker`) loads every scheme's fine-tuned weights, connects, warms up, and only then
-joins the CPU-quota cgroup; each scheme then runs `--warmup` + `--n` sequential requests of one
-image each, back to back. Measured: wall time per request on the edge (head start to reply), its
-median and p90, and the request frame's size. Predicted: `LatencyModel.breakdown(scheme, rate)`
-from the latency database. Error = |measured median - predicted| / measured median per scheme,
-with the per-stage medians (edge = head + quantise/pack, transfer = round trip minus the cloud's
-own unpack + compute, cloud) next to the model's, so a miss can be traced to its stage. The
-mean is shown too: under a CFS quota a request either runs at full speed or stalls for whole
-periods (the kernel lets a task overrun its quota and then charges the debt), so per-request
-latency is bimodal and the profile's steady-state edge time is a mean, not a median. Wire
-bytes: the request frame (48-byte header + body) against the model's bytes. Target: error
-<= 10 % per scheme, frame <= model bytes + 64. Writes bench/out/runtime.png.
+cloud in two network namespaces, the edge -> cloud link shaped by tc tbf, by default `paced` so a
+message waits bytes / rate as on a serialising link; the edge slowed to the app's edge device by
+its emulation, `dilate` by default; loopback + token bucket without root). One long-lived edge
+process (`bench.edgeworker`) loads every scheme's fine-tuned weights, connects and warms up at
+full speed, then slows down; the schemes take turns request by request (`--warmup` + `--n` one-image
+requests each) so they meet the same minutes of a shared machine.
+
+Measured: wall time per request on the edge (head start to reply), its median and p90, and the
+request frame's size. Predicted: `LatencyModel.breakdown(scheme, rate)` from the latency database
+with one term measured on this testbed at this rate: RTT, the median transfer time of the smallest
+request the app can make (the deepest point, 1 channel, 1 bit) less its serialisation. Error =
+|measured median - predicted| / measured median per scheme, with the per-stage medians (edge =
+head + quantise/pack, transfer = round trip minus the cloud's own unpack + compute, cloud) next to
+the model's, so a miss can be traced to its stage. Wire bytes: the request frame (48-byte header +
+body) against the model's bytes. Target: error <= 10 % per scheme, frame <= model bytes + 64.
+Writes bench/out/runtime.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,29 +64,82 @@ def p90(xs: list[float]) -> float:
     return float(np.percentile(xs, 90))
 
 
-def measured_rtt(worker, model, rate: float, n: int = 30) -> tuple[float, float]:
-    """(RTT, median HELLO round trip): the round trip of an empty frame on this link, less its own
-    serialisation at the rate; the latency model's size-independent term for this testbed."""
+def calibration_scheme(app) -> str:
+    """The smallest request the app can make: the deepest point, one channel, one bit."""
+    from models.build import app_points
+    return f"{len(app_points(app)) - 1},1,1"
+
+
+def measured_rtt(rows: list[dict], model, rate: float) -> float:
+    """The latency model's size-independent term for this testbed: the median transfer time (round trip
+    less the cloud's own unpack + compute) of the smallest request, less its serialisation at the rate.
+    It holds what no byte count explains: the client's and server's protocol stacks, the server's
+    hand-off to its compute thread, and the paced link's token offset."""
     from search.latency import bytes_per_second
-    seconds, frame = worker.ping(n)
-    hello = statistics.median(seconds)
-    return max(0.0, hello - model.transport_bytes(frame) / bytes_per_second(rate)), hello
+    transfer = statistics.median(r["transfer_s"] for r in rows)
+    frame = statistics.median(r["bytes_up"] for r in rows)
+    return transfer - model.transport_bytes(frame) / bytes_per_second(rate)
+
+
+def fresh_profile(app, stored, schemes: list[str], quota: float | None, edge_cpu: int | None, path: Path):
+    """A copy of the stored latency database whose rows for these schemes' points and the whole model are
+    profiled again now, side by side with the runtime (this machine's speed drifts by tens of % over
+    minutes), on the edge device as the testbed emulates it and on the cloud device, pinned to the
+    testbed's edge CPU like the edge. Returns the Store."""
+    from database.profile import profile_app
+    from database.slowdown import SlowCPU
+    from database.store import Store
+    store = Store(f"sqlite:///{path}")
+    for device in (app.edge_device, app.cloud_device):
+        store.put_device(device, stored.device(device) or {}, "bench.runtime: fresh profile")
+        store.put_latency(stored.latency_rows(app.name, device))
+    points = {key[0] for key in map(scheme_arg, schemes) if isinstance(key, tuple)}
+    affinity = os.sched_getaffinity(0)
+    try:
+        if edge_cpu is not None:
+            os.sched_setaffinity(0, {edge_cpu})
+        with torch_threads(1):
+            store.put_latency(profile_app(app, app.edge_device, 30, 2, ["edge"], progress=False,
+                                          device=SlowCPU(quota) if quota else None, only_points=points))
+            store.put_latency(profile_app(app, app.cloud_device, 30, 2, ["cloud"], progress=False,
+                                          only_points=points))
+    finally:
+        os.sched_setaffinity(0, affinity)
+    return store
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure(app, storage: str | None, schemes: list[str], rates: list[float], n: int, warmup: int,
-            quota: float | None, link: str, emulation: str) -> list[dict]:
+            quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True) -> list[dict]:
     from bench.edgeworker import EdgeWorker
     from database.store import Store
     from runtime.testbed import Testbed
     from search.latency import LatencyModel
-    store = Store(storage, create=False)
+    stored = Store(storage, create=False)
+    fresh = fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
+    tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
     rows = []
     for rate in rates:
-        with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation) as tb, \
-                EdgeWorker(tb, schemes, app.name) as worker:
-            rtt, hello = measured_rtt(worker, LatencyModel.from_store(store, app), rate)
+        with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation, keep_warm=keep_warm) as tb, \
+                EdgeWorker(tb, [calibration_scheme(app), *schemes], app.name) as worker:
+            calib = calibration_scheme(app)
+            store = stored
+            if fresh:
+                store = fresh_profile(app, stored, [calib, *schemes], quota if emulation == "dilate" else None,
+                                      tb.edge_cpu, Path(tmp.name) / f"profile-{rate:g}.sqlite")
+            runs = worker.run([calib, *schemes], n, warmup, interleave=True)
+            rtt = measured_rtt(runs[calib], LatencyModel.from_store(store, app), rate)
             model = LatencyModel.from_store(store, app, rtt_s=rtt)
-            runs = worker.run(schemes, n, warmup)
             for s in schemes:
                 r = runs[s]
                 bd = model.breakdown(scheme_arg(s), rate)
@@ -90,7 +148,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
                 frame = statistics.median(x["bytes_up"] for x in r) if s != "all-edge" else 0
                 rows.append({
                     "rate_mbps": rate, "scheme": s, "mode": tb.mode, "link": link, "notes": tb.notes,
-                    "rtt_s": rtt, "hello_s": hello,
+                    "rtt_s": rtt, "fresh_profile": fresh,
                     "predicted_s": bd.total, "median_s": med, "p90_s": p90(total),
                     "mean_s": statistics.fmean(total), "error": abs(med - bd.total) / med,
                     "error_mean": abs(statistics.fmean(total) - bd.total) / statistics.fmean(total),
@@ -153,13 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="link rates (Mbps)")
     ap.add_argument("--accuracy-loss", type=float, default=0.01)
-    ap.add_argument("--n", type=int, default=40, help="measured requests per scheme and rate")
+    ap.add_argument("--n", type=int, default=60, help="measured requests per scheme and rate")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--edge-cpu", type=float, default=None, help="edge CPU quota (default: the app's)")
     ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
                     help="how the edge is slowed: dilate or quota (default: the app's; see database.slowdown)")
-    ap.add_argument("--link", choices=["tbf", "paced"], default="tbf",
+    ap.add_argument("--link", choices=["tbf", "paced"], default="paced",
                     help="tbf: tc tbf alone; paced: tbf kept busy by low-priority filler (see runtime.testbed)")
+    ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the CPUs out of idle during the runs (database.slowdown.KeepWarm; as the profiler)")
+    ap.add_argument("--profile", choices=["fresh", "stored"], default="fresh",
+                    help="fresh: predict from rows profiled again next to each rate's run (default); "
+                         "stored: from the database as it is")
     ap.add_argument("--storage", default=None, help="database URL (latency model + accuracies)")
     ap.add_argument("--out", default=str(OUT / "runtime.png"))
     ap.add_argument("--json", action="store_true")
@@ -171,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     planner = Planner(app, args.storage)
     optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
-    prepare_weights(app, schemes)
+    prepare_weights(app, [*schemes, calibration_scheme(app)])
     quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
     emulation = args.edge_emulation or app.edge_emulation
-    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation)
+    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation,
+                   args.keep_warm, args.profile == "fresh")
     for r in rows:
         r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]
     plot(rows, Path(args.out))
@@ -183,13 +247,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"How: app {app.name}; schemes = the search's optimum (accuracy loss <= {args.accuracy_loss:g}) at "
           + ", ".join(f"{r:g} Mbps -> {s}" for r, s in optimal.items()) + ", plus all-edge and all-cloud; "
-          f"each run {args.warmup} + {args.n} sequential one-image requests per rate on the testbed "
+          f"{args.warmup} + {args.n} sequential one-image requests each per rate on the testbed, the schemes "
+          "taking turns request by request "
           f"({rows[0]['mode']}, link {args.link}, edge at {quota} of this CPU by {emulation}); predicted = "
-          "LatencyModel.breakdown with RTT = the median HELLO round trip on that testbed less its serialisation; "
+          f"LatencyModel.breakdown with RTT = the median transfer of the smallest request ({calibration_scheme(app)}) "
+          "on that testbed less its serialisation; edge and cloud times from "
+          + ("rows profiled again right before each rate's run (--profile fresh); " if rows[0]["fresh_profile"]
+             else "the stored latency database; ")
+          +
           "stage columns are predicted/measured medians (ms).")
     for rate in args.rates:
         r = next(r for r in rows if r["rate_mbps"] == rate)
-        print(f"  {rate:g} Mbps: HELLO round trip {r['hello_s'] * 1e3:.2f} ms -> RTT {r['rtt_s'] * 1e3:.2f} ms")
+        print(f"  {rate:g} Mbps: RTT {r['rtt_s'] * 1e3:.2f} ms")
     for note in rows[0]["notes"]:
         print(f"note: {note}")
     print(format_table(rows))

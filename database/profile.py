@@ -11,8 +11,10 @@ at batch size 1 after warm-up:
   conv has c input channels and the top-5 softmax the runtime's cloud replies with;
 plus the whole model on the edge (point P, all-edge), the edge's share of all-cloud (point -1:
 quantise + pack the raw input) and the whole model in the cloud from the raw input (point -1).
-Median and p90 of N runs are stored with the device's fingerprint. Every CPU is kept out of idle
-while it runs (`database.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
+Median and p90 of N runs are stored with the device's fingerprint. Each sample is one call after
+5 ms idle (`--idle-ms`), as a request's stage finds the machine in the runtime, and the samples
+are spread over `--passes` rounds of all rows. Every CPU is kept out of idle while it runs
+(`database.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
 
 When the device is the app's edge device and the app gives it a speed (`cpu_quota`), the edge is
 emulated as the runtime emulates it (`devices.edge.emulation`):
@@ -53,22 +55,13 @@ def channel_grid(cp: int) -> list[int]:
 
 
 def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None],
-            window_s: float = 0.0, device: SlowCPU | None = None) -> tuple[float, float]:
+            window_s: float = 0.0) -> tuple[float, float]:
     """(median, p90) wall seconds of fn() over `runs` timed samples after `warmup` calls.
 
     With `window_s` > 0 each sample is the mean of back-to-back calls spanning at least that
     long: under a CPU quota a single millisecond call either runs at full speed or stalls for
     the rest of the quota period, and only a window of many periods shows the throttled rate.
-    With `device` each sample is one call on that emulated device (`SlowCPU.call`: run, then sleep
-    out the stretch), the way the runtime's edge runs it: work that follows an idle stretch takes
-    more CPU time here than back-to-back work (measured: the whole default model 13.1-13.9 ms
-    emulated vs 11.0-11.6 ms from back-to-back CPU times), so back-to-back timing would under-predict.
     """
-    if device is not None:
-        for _ in range(max(1, warmup)):
-            device.call(fn)
-        samples = [device.call(fn)[1] for _ in range(runs)]
-        return statistics.median(samples), float(np.percentile(samples, 90))
     start = time.perf_counter()
     for _ in range(max(1, warmup)):
         fn()
@@ -90,43 +83,79 @@ def top_k(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1).topk(min(k, logits.shape[1]), dim=1).values
 
 
+def job_fn(base, x: torch.Tensor, points: int, side: str, p: int, c: int,
+           torch_device: torch.device) -> Callable[[], object]:
+    """What one profile row times, built fresh (the runtime's exact calls, see the module doc)."""
+    if p == points:  # all-edge: the whole model and its top-k, as the runtime's edge does
+        return lambda: top_k(base(x))
+    if p == -1 and side == "edge":  # all-cloud's edge share: the raw input, quantised and packed
+        return lambda: activation.to_bytes(x, 8)
+    if p == -1:  # all-cloud in the cloud: the raw input unpacked, the whole model, top-k
+        body, shape = activation.to_bytes(x, 8), tuple(x.shape)
+        return lambda: top_k(base(activation.from_bytes(body, shape, 8).to(torch_device)))
+    model = prune_at(base, p, c).eval()
+    if side == "edge":  # the runtime's edge: head, then quantise + pack (compress.activation)
+        return lambda: activation.to_bytes(model.forward_head(x, p), 8)
+    a = model.forward_head(x, p)  # the runtime's cloud: unpack + dequantise, then the tail
+    body, shape = activation.to_bytes(a, 8), tuple(a.shape)
+    return lambda: top_k(model.forward_tail(activation.from_bytes(body, shape, 8).to(torch_device), p))
+
+
+def one_request(fn: Callable[[], object], sync: Callable[[], None], device: SlowCPU | None,
+                idle_s: float) -> float:
+    """Seconds of one call after `idle_s` of idling, the way a request finds the runtime: each edge or
+    cloud stage starts after the other side and the link have had their turn (measured here, the
+    default model's head to point 1 took 0.34 ms of CPU back to back, 0.48 ms after 5 ms idle). With
+    `device` the call runs on that emulated device (`SlowCPU.call`, as the runtime's edge does)."""
+    time.sleep(idle_s)
+    if device is not None:
+        return device.call(fn)[1]
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
 def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
                 use_cuda: bool = False, progress: bool = True, window_s: float = 0.0,
-                device: SlowCPU | None = None) -> list[LatencyRow]:
+                device: SlowCPU | None = None, passes: int = 5, idle_s: float = 0.005,
+                only_points: set[int] | None = None) -> list[LatencyRow]:
+    """Every row's samples. With `window_s` (a CPU quota): `time_fn`'s back-to-back windows, row by row.
+    Otherwise one request after `idle_s` idle per sample, interleaved over `passes` rounds of every row
+    (runs / passes samples a row each round), so a slow minute of a shared machine spreads over all rows
+    instead of biasing a few. `only_points` limits the split rows to those points (the whole-model rows
+    are always measured)."""
     torch_device = torch.device("cuda" if use_cuda else "cpu")
     sync = torch.cuda.synchronize if use_cuda else (lambda: None)
     base = load_base_model(app).to(torch_device)
     points = base.partition_points()
     x = torch.randn(1, app.in_channels, app.input_size, app.input_size, device=torch_device)
-    jobs = [(side, pt.index, c) for side in sides for pt in points for c in channel_grid(pt.channels)]
+    jobs = [(side, pt.index, c) for side in sides for pt in points for c in channel_grid(pt.channels)
+            if only_points is None or pt.index in only_points]
     if "edge" in sides:
         jobs += [("edge", len(points), app.num_classes), ("edge", -1, app.in_channels)]
     if "cloud" in sides:
         jobs.append(("cloud", -1, app.in_channels))
+    rounds = 1 if window_s > 0 else max(1, min(passes, runs))
+    per_round = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
+    samples: dict[tuple[str, int, int], list[float]] = {job: [] for job in jobs}
+    bar = tqdm(total=len(jobs) * rounds, desc=f"profile {app.name} on {device_name}", disable=not progress)
+    with torch.no_grad():
+        for n in per_round:
+            for job in jobs:
+                fn = job_fn(base, x, len(points), *job, torch_device)
+                if window_s > 0:
+                    median, p90 = time_fn(fn, runs, warmup, sync, window_s)
+                    samples[job] = [median, p90]
+                else:
+                    for _ in range(max(1, warmup)):
+                        one_request(fn, sync, device, 0.0)
+                    samples[job] += [one_request(fn, sync, device, idle_s) for _ in range(n)]
+                bar.update()
+    bar.close()
     rows = []
-    for side, p, c in tqdm(jobs, desc=f"profile {app.name} on {device_name}", disable=not progress):
-        if p == len(points):  # all-edge: the whole model and its top-k, as the runtime's edge does
-            fn = lambda: top_k(base(x))
-        elif p == -1 and side == "edge":  # all-cloud's edge share: the raw input, quantised and packed
-            fn = lambda: activation.to_bytes(x, 8)
-        elif p == -1:  # all-cloud in the cloud: the raw input unpacked, the whole model, top-k
-            body, shape = activation.to_bytes(x, 8), tuple(x.shape)
-
-            def fn(body=body, shape=shape):
-                return top_k(base(activation.from_bytes(body, shape, 8).to(torch_device)))
-        else:
-            model = prune_at(base, p, c).eval()
-            if side == "edge":  # the runtime's edge: head, then quantise + pack (compress.activation)
-                def fn(model=model, p=p):
-                    return activation.to_bytes(model.forward_head(x, p), 8)
-            else:  # the runtime's cloud: unpack + dequantise, then the tail
-                a = model.forward_head(x, p)
-                body, shape = activation.to_bytes(a, 8), tuple(a.shape)
-
-                def fn(model=model, p=p, body=body, shape=shape):
-                    return top_k(model.forward_tail(activation.from_bytes(body, shape, 8).to(torch_device), p))
-        with torch.no_grad():
-            median, p90 = time_fn(fn, runs, warmup, sync, window_s, device)
+    for (side, p, c), xs in samples.items():
+        median, p90 = (xs[0], xs[1]) if window_s > 0 else (statistics.median(xs), float(np.percentile(xs, 90)))
         rows.append(LatencyRow(app.name, device_name, p, c, side, median, p90, runs))
     return rows
 
@@ -144,14 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
                     help="keep every CPU out of idle while profiling, as the testbed does (database.slowdown)")
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=30, help="samples per row (median and p90 stored)")
+    ap.add_argument("--passes", type=int, default=5, help="rounds over all rows the samples are spread over")
+    ap.add_argument("--idle-ms", type=float, default=5.0,
+                    help="idle before each sample, as between a request's stages (default 5 ms)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cuda", action="store_true", help="profile on the GPU")
     ap.add_argument("--storage", default=None)
     args = ap.parse_args(argv)
     app = load_app(args.app)
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
-        raise CoInferError("--runs and --threads must be >= 1, --warmup >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.passes < 1 or args.idle_ms < 0:
+        raise CoInferError("--runs, --passes and --threads must be >= 1, --warmup and --idle-ms >= 0")
     if args.cuda and not torch.cuda.is_available():
         raise CoInferError("--cuda given but no CUDA device is available")
     store = Store(args.storage)
@@ -182,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     sides = ["edge", "cloud"] if args.side == "both" else [args.side]
     with KeepWarm() if args.keep_warm else contextlib.nullcontext():
         rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda, window_s=window_s,
-                           device=device)
+                           device=device, passes=args.passes, idle_s=args.idle_ms / 1e3)
     info = fingerprint(args.cuda)
     if device is not None:
         info.update(cpu_quota=quota, emulation="dilate")

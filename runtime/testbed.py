@@ -171,6 +171,10 @@ class Testbed:
                 raise CoInferError(str(exc)) from None
         self.edge_emulation = edge_emulation
         self.warm = KeepWarm() if keep_warm else None
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        # the edge gets the first CPU to itself (but for idle-priority work); helpers like the filler the last
+        self.edge_cpu = cpus[0] if len(cpus) > 1 and shutil.which("taskset") else None
+        self.helper_cpu = cpus[-1] if cpus else 0
         self.link = link
         self._fillers: list[subprocess.Popen] = []
         self.rate_mbps, self.reverse_mbps, self.edge_cpu_quota = rate_mbps, reverse_mbps, edge_cpu_quota
@@ -280,9 +284,11 @@ class Testbed:
         if add_child:
             _run("ip", "netns", "exec", self.ns_edge, "tc", "qdisc", "add", "dev", self.link_edge, "parent", "1:1",
                  "handle", "10:", "pfifo_fast")
-        self._fillers.append(self.run_cloud_side([sys.executable, "-c", _FILLER_SINK, self.cloud_ip, str(FILLER_PORT)]))
+        cpu = str(self.helper_cpu)
+        self._fillers.append(self.run_cloud_side([sys.executable, "-c", _FILLER_SINK, self.cloud_ip, str(FILLER_PORT),
+                                                  cpu]))
         self._fillers.append(subprocess.Popen(["ip", "netns", "exec", self.ns_edge, sys.executable, "-c", _FILLER,
-                                               self.cloud_ip, str(FILLER_PORT)]))
+                                               self.cloud_ip, str(FILLER_PORT), cpu]))
 
     def qdisc(self) -> str:
         if self.mode != "netns":
@@ -377,10 +383,13 @@ class Testbed:
         return env
 
     def edge_command(self, argv: list[str], throttle: bool = True) -> list[str]:
-        """argv with {server} filled in, run in the edge namespace inside the edge cgroup. The cgroup is
+        """argv with {server} filled in, run in the edge namespace, pinned to the edge's CPU (when there are
+        two or more and `taskset` exists), inside the edge cgroup (with `quota`). The cgroup is
         joined before entering the namespace (`ip netns exec` mounts its own /sys, without cgroups). With
         `throttle` False the caller moves the process later: `tb.throttle(pid)`."""
         argv = [a.replace("{server}", self.server) for a in argv]
+        if self.edge_cpu is not None:
+            argv = ["taskset", "-c", str(self.edge_cpu), *argv]
         if self.mode == "netns":
             argv = ["ip", "netns", "exec", self.ns_edge, *argv]
         if throttle and self.uses_cgroup:
@@ -466,14 +475,17 @@ s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 t = time.perf_counter(); s.sendall(bytes(n)); s.recv(1); print(time.perf_counter() - t)
 """
 # filler: minimal UDP frames (43 bytes on the wire) at priority 2 (pfifo_fast's lowest band), as fast as the
-# link drains them: a socket send buffer of the kernel's minimum holds only a few, so sendto blocks
-# until the tbf lets one go (a few % of a core at 2 Mbps)
+# link drains them: its send buffer holds a few dozen, so sendto blocks until the tbf lets one go. It runs
+# at idle priority on a CPU other than the edge's: at 2 Mbps it moves 6,000 frames a second, and the
+# kernel charges network processing to whichever task it interrupts.
 _FILLER = """
-import socket, sys, time
-host, port = sys.argv[1], int(sys.argv[2])
+import os, socket, sys, time
+host, port, cpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.sched_setaffinity(0, {cpu})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 2)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
 payload = b"f"
 while True:
     try:
@@ -482,7 +494,8 @@ while True:
         time.sleep(0.001)
 """
 _FILLER_SINK = """
-import socket, sys, time
+import os, socket, sys, time
+os.sched_setaffinity(0, {int(sys.argv[3])})
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 time.sleep(1e9)

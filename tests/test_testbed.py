@@ -99,14 +99,15 @@ def test_loopback_fallback_says_so() -> None:
         assert tb.mode == "loopback" and tb.host == "127.0.0.1"
         assert tb.edge_env()["COINFER_RATE_LIMIT"] == "2.0"
         assert any("token bucket" in n for n in tb.notes)
-        assert tb.edge_command(["x"]) == ["x"]
+        pinned = [] if tb.edge_cpu is None else ["taskset", "-c", str(tb.edge_cpu)]
+        assert tb.edge_command(["x"]) == [*pinned, "x"]
 
 
 def test_dilated_edge_gets_its_speed_not_a_cgroup() -> None:
     with Testbed(2.0, 0.25, force_loopback=True, start_cloud=False) as tb:
         assert tb.edge_emulation == "dilate" and not tb.uses_cgroup
         assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.25"
-        assert tb.edge_command(["x"]) == ["x"] and tb.throttle(os.getpid()) is False
+        assert tb.edge_command(["x"])[-1] == "x" and tb.throttle(os.getpid()) is False
         tb.set_edge_cpu(0.5)
         assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.5"
         with pytest.raises(CoInferError, match="speed"):
