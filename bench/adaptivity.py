@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=float, nargs=2, default=[2.0, 0.5])
     ap.add_argument("--step-at", type=int, default=20)
     ap.add_argument("--adapt-n", type=int, default=45)
-    ap.add_argument("--link", choices=["tbf", "paced"], default="tbf")
+    ap.add_argument("--link", choices=["tbf", "paced"], default="paced")
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--out", default=str(OUT / "adaptivity.png"))

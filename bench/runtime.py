@@ -26,9 +26,7 @@ Writes bench/out/runtime.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -37,6 +35,7 @@ import numpy as np
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
 from apps.errors import CoInferError, run_cli
+from bench.freshprofile import idle_before, reprofile, snapshot
 from bench.plots import OUT, save_figure
 
 TARGET_ERROR = 0.10
@@ -81,46 +80,15 @@ def measured_rtt(rows: list[dict], model, rate: float) -> float:
     return transfer - model.transport_bytes(frame) / bytes_per_second(rate)
 
 
-def fresh_profile(app, stored, schemes: list[str], quota: float | None, edge_cpu: int | None, path: Path):
-    """A copy of the stored latency database whose rows for these schemes' points and the whole model are
-    profiled again now, side by side with the runtime (this machine's speed drifts by tens of % over
-    minutes), on the edge device as the testbed emulates it and on the cloud device, pinned to the
-    testbed's edge CPU like the edge. Returns the Store."""
-    from database.profile import profile_app
-    from database.slowdown import SlowCPU
-    from database.store import Store
-    store = Store(f"sqlite:///{path}")
-    for device in (app.edge_device, app.cloud_device):
-        store.put_device(device, stored.device(device) or {}, "bench.runtime: fresh profile")
-        store.put_latency(stored.latency_rows(app.name, device))
-    points = {key[0] for key in map(scheme_arg, schemes) if isinstance(key, tuple)}
-    affinity = os.sched_getaffinity(0)
-    try:
-        if edge_cpu is not None:
-            os.sched_setaffinity(0, {edge_cpu})
-        with torch_threads(1):
-            store.put_latency(profile_app(app, app.edge_device, 30, 2, ["edge"], progress=False,
-                                          device=SlowCPU(quota) if quota else None, only_points=points))
-            store.put_latency(profile_app(app, app.cloud_device, 30, 2, ["cloud"], progress=False,
-                                          only_points=points))
-    finally:
-        os.sched_setaffinity(0, affinity)
-    return store
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def mean_breakdown(bds: list):
+    from search.latency import Breakdown
+    return Breakdown(*(statistics.fmean(getattr(b, f) for b in bds) for f in ("edge", "transfer", "cloud", "bytes",
+                                                                              "wire")))
 
 
 def measure(app, storage: str | None, schemes: list[str], rates: list[float], n: int, warmup: int,
-            quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True) -> list[dict]:
+            quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True,
+            rounds: int = 3) -> list[dict]:
     from bench.edgeworker import EdgeWorker
     from database.store import Store
     from runtime.testbed import Testbed
@@ -128,21 +96,30 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     stored = Store(storage, create=False)
     fresh = fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
+    points = {k[0] for k in map(scheme_arg, [calibration_scheme(app), *schemes]) if isinstance(k, tuple)}
     rows = []
     for rate in rates:
         with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation, keep_warm=keep_warm) as tb, \
                 EdgeWorker(tb, [calibration_scheme(app), *schemes], app.name) as worker:
             calib = calibration_scheme(app)
-            store = stored
-            if fresh:
-                store = fresh_profile(app, stored, [calib, *schemes], quota if emulation == "dilate" else None,
-                                      tb.edge_cpu, Path(tmp.name) / f"profile-{rate:g}.sqlite")
-            runs = worker.run([calib, *schemes], n, warmup, interleave=True)
-            rtt = measured_rtt(runs[calib], LatencyModel.from_store(store, app), rate)
-            model = LatencyModel.from_store(store, app, rtt_s=rtt)
+            store = snapshot(stored, Path(tmp.name) / f"profile-{rate:g}.sqlite") if fresh else stored
+            # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side
+            # by side within seconds; the prediction is the mean of the rounds' models
+            models, runs = [], {s: [] for s in [calib, *schemes]}
+            idle = idle_before(LatencyModel.from_store(stored, app), [scheme_arg(s) for s in [calib, *schemes]], rate)
+            for k in range(rounds):
+                if fresh:
+                    reprofile(store, app, quota, tb, points, runs=max(5, 30 // rounds), idle_s=idle)
+                models.append(LatencyModel.from_store(store, app))
+                part = worker.run([calib, *schemes], n // rounds + (k < n % rounds), warmup if k == 0 else 1)
+                for s, r in part.items():
+                    runs[s] += r
+            rtt = measured_rtt(runs[calib], models[0], rate)
+            for m in models:
+                m.rtt_s = rtt
             for s in schemes:
                 r = runs[s]
-                bd = model.breakdown(scheme_arg(s), rate)
+                bd = mean_breakdown([m.breakdown(scheme_arg(s), rate) for m in models])
                 total = [x["total_s"] for x in r]
                 med = statistics.median(total)
                 frame = statistics.median(x["bytes_up"] for x in r) if s != "all-edge" else 0
@@ -213,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accuracy-loss", type=float, default=0.01)
     ap.add_argument("--n", type=int, default=60, help="measured requests per scheme and rate")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="with --profile fresh: alternate profiling and measuring this many times per rate")
     ap.add_argument("--edge-cpu", type=float, default=None, help="edge CPU quota (default: the app's)")
     ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
                     help="how the edge is slowed: dilate or quota (default: the app's; see database.slowdown)")
@@ -227,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(OUT / "runtime.png"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if args.n < 1 or any(r <= 0 for r in args.rates):
-        raise CoInferError("--n must be >= 1 and rates positive")
+    if args.n < 1 or any(r <= 0 for r in args.rates) or not 1 <= args.rounds <= args.n:
+        raise CoInferError("--n must be >= 1, rates positive, --rounds in 1..n")
     app = load_app(args.app)
     from runtime.edge import Planner
     planner = Planner(app, args.storage)
@@ -238,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
     emulation = args.edge_emulation or app.edge_emulation
     rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation,
-                   args.keep_warm, args.profile == "fresh")
+                   args.keep_warm, args.profile == "fresh", args.rounds)
     for r in rows:
         r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]
     plot(rows, Path(args.out))
@@ -252,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({rows[0]['mode']}, link {args.link}, edge at {quota} of this CPU by {emulation}); predicted = "
           f"LatencyModel.breakdown with RTT = the median transfer of the smallest request ({calibration_scheme(app)}) "
           "on that testbed less its serialisation; edge and cloud times from "
-          + ("rows profiled again right before each rate's run (--profile fresh); " if rows[0]["fresh_profile"]
+          + (f"rows profiled again {args.rounds} times per rate, each time followed by 1/{args.rounds} of the requests "
+             "(--profile fresh; prediction = mean of those models); " if rows[0]["fresh_profile"]
              else "the stored latency database; ")
           +
           "stage columns are predicted/measured medians (ms).")

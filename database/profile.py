@@ -118,13 +118,15 @@ def one_request(fn: Callable[[], object], sync: Callable[[], None], device: Slow
 
 def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
                 use_cuda: bool = False, progress: bool = True, window_s: float = 0.0,
-                device: SlowCPU | None = None, passes: int = 5, idle_s: float = 0.005,
+                device: SlowCPU | None = None, passes: int = 5,
+                idle_s: float | Callable[[str, int, int], float] = 0.005,
                 only_points: set[int] | None = None) -> list[LatencyRow]:
     """Every row's samples. With `window_s` (a CPU quota): `time_fn`'s back-to-back windows, row by row.
     Otherwise one request after `idle_s` idle per sample, interleaved over `passes` rounds of every row
     (runs / passes samples a row each round), so a slow minute of a shared machine spreads over all rows
     instead of biasing a few. `only_points` limits the split rows to those points (the whole-model rows
-    are always measured)."""
+    are always measured). `idle_s` may be a function of the row (side, point, channels): how long that
+    stage idles before it in the runtime (work after a longer idle takes longer here)."""
     torch_device = torch.device("cuda" if use_cuda else "cpu")
     sync = torch.cuda.synchronize if use_cuda else (lambda: None)
     base = load_base_model(app).to(torch_device)
@@ -150,7 +152,8 @@ def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[
                 else:
                     for _ in range(max(1, warmup)):
                         one_request(fn, sync, device, 0.0)
-                    samples[job] += [one_request(fn, sync, device, idle_s) for _ in range(n)]
+                    idle = idle_s(*job) if callable(idle_s) else idle_s
+                    samples[job] += [one_request(fn, sync, device, idle) for _ in range(n)]
                 bar.update()
     bar.close()
     rows = []

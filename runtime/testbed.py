@@ -172,8 +172,10 @@ class Testbed:
         self.edge_emulation = edge_emulation
         self.warm = KeepWarm() if keep_warm else None
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        # the edge gets the first CPU to itself (but for idle-priority work); helpers like the filler the last
+        # the edge gets the first CPU to itself (but for idle-priority work); the cloud and helpers like the
+        # filler (at idle priority) the last
         self.edge_cpu = cpus[0] if len(cpus) > 1 and shutil.which("taskset") else None
+        self.cloud_cpu = cpus[-1] if self.edge_cpu is not None else None
         self.helper_cpu = cpus[-1] if cpus else 0
         self.link = link
         self._fillers: list[subprocess.Popen] = []
@@ -262,28 +264,21 @@ class Testbed:
     def set_rate(self, mbps: float) -> None:
         """Change the edge -> cloud rate now (`tc qdisc change`; loopback: exported for new edge processes).
 
-        `tc qdisc change` keeps the tbf's child and its queue; a paced link restarts its filler at the
-        new rate (the filler's backlog keeps the bucket empty meanwhile)."""
+        `tc qdisc change` keeps the tbf's child and its queue, and a paced link's filler keeps running (it
+        sends as fast as the link drains, at any rate), so the bucket stays empty across the change."""
         self.rate_mbps = mbps
         if self.mode != "netns":
             return
-        paced = bool(self._fillers)
-        for proc in self._fillers:
-            _kill(proc)
-        self._fillers.clear()
         _run("ip", "netns", "exec", self.ns_edge, "tc", "qdisc", "change", "dev", self.link_edge, "root",
              "handle", "1:", "tbf", *tbf_args(mbps))
-        if paced:
-            self._start_filler(add_child=False)
 
-    def _start_filler(self, add_child: bool = True) -> None:
+    def _start_filler(self) -> None:
         """`paced` link: a strict-priority child under the tbf, and a low-priority UDP filler that keeps a
         few minimal frames queued behind it, so the bucket is always empty and every message waits
         bytes / rate."""
         assert self.rate_mbps is not None
-        if add_child:
-            _run("ip", "netns", "exec", self.ns_edge, "tc", "qdisc", "add", "dev", self.link_edge, "parent", "1:1",
-                 "handle", "10:", "pfifo_fast")
+        _run("ip", "netns", "exec", self.ns_edge, "tc", "qdisc", "add", "dev", self.link_edge, "parent", "1:1",
+             "handle", "10:", "pfifo_fast")
         cpu = str(self.helper_cpu)
         self._fillers.append(self.run_cloud_side([sys.executable, "-c", _FILLER_SINK, self.cloud_ip, str(FILLER_PORT),
                                                   cpu]))
@@ -298,6 +293,8 @@ class Testbed:
     def _start_cloud(self) -> None:
         cmd = [sys.executable, "-m", "runtime.cloud", "--app", self.app, "--host", self.host, "--port",
                str(self.port), "--json", *self.cloud_args]
+        if self.cloud_cpu is not None:  # edge and cloud are two machines: they do not share a core's caches
+            cmd = ["taskset", "-c", str(self.cloud_cpu), *cmd]
         if self.mode == "netns":
             cmd = ["ip", "netns", "exec", self.ns_cloud, *cmd]
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
