@@ -61,6 +61,21 @@ def test_setup_shaping_and_teardown() -> None:
 
 @needs_root
 @pytest.mark.root
+def test_paced_link_serialises_small_messages() -> None:
+    """A bare tbf lets the first 1600 bytes through at once; with the filler keeping the bucket empty,
+    4 KiB waits ~ its bytes / rate (+ TCP/IP headers), also after a rate change."""
+    with Testbed(1.0, None, start_cloud=False, link="paced") as tb:
+        assert "pfifo_fast" in tb.qdisc()
+        v = tb.verify(4096)  # 31 ms at 1 Mbps; a full 1600-byte bucket would make it ~20 ms
+        assert 0.85 < v["seconds"] / v["expected_s"] < 1.6, v
+        tb.set_rate(2.0)
+        assert all(p.poll() is None for p in tb._fillers)  # the filler keeps running across the change
+        v = tb.verify(4096)
+        assert 0.85 < v["seconds"] / v["expected_s"] < 1.6, v
+
+
+@needs_root
+@pytest.mark.root
 def test_cloud_server_and_edge_cli_in_namespaces() -> None:
     with Testbed(4.0, 0.5, cloud_args=["--no-finetuned"]) as tb:
         assert tb.server.startswith(tb.cloud_ip)
