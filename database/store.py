@@ -112,6 +112,9 @@ class AccuracyRow:
     host: str | None = None
 
 
+SCHEMA_LOCK_KEY = 0x436F496E66  # PostgreSQL advisory lock held while creating the tables ("CoInf")
+
+
 @dataclass(frozen=True)
 class LatencyRow:
     app: str
@@ -164,7 +167,14 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            meta.create_all(self.engine)
+            if self.engine.dialect.name == "postgresql":
+                # several evaluators may open a new database at once: CREATE TABLE of two of them would
+                # collide in PostgreSQL's catalogue, so they take turns under a transaction-scoped lock
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                    meta.create_all(conn)
+            else:
+                meta.create_all(self.engine)
         except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
 
