@@ -3,14 +3,18 @@
     python -m bench.adaptivity [--quotas 0.0625 0.125 0.5] [--rates 0.25 0.5 1 2 4] [--n 10] [--json]
 
 Part 1 (as in McNamee et al.'s adaptive-DNN benchmarking): on one testbed (`runtime.testbed`) and
-one long-lived edge process (`bench.edgeworker`), for every edge CPU quota x link rate (the quota
-changed in the cgroup, the rate with `tc qdisc change`), every partition point p (all C_p
+one long-lived edge process (`bench.edgeworker`), for every edge CPU share x link rate (the share
+changed in the edge's emulation, the rate with `tc qdisc change`; the paced link by default), every
+partition point p (all C_p
 channels at 8 bits: the unpruned cut), all-edge, all-cloud and the searched frontier's schemes
 each run `--warmup` + `--n` sequential one-image requests. Latency does not depend on the
 weights, so this part serves the pruned base weights (no fine-tuning). Reported: the best
 partition per condition (measured mean) vs the latency model's best, a heat-map of it, and the
 latency lost by keeping the scheme that is best in one condition in every other condition.
-The model's best scales the profiled edge times by (profiled quota / quota): CPU-bound.
+The model's best scales the profiled edge times by (profiled share / share): CPU-bound. The model is
+the stored databases with every latency row profiled again at the start (`--profile fresh`, see
+`bench.freshprofile`) and the RTT measured on the testbed with the smallest request (as
+`bench.runtime`); the adaptive edge of part 2 uses the same model.
 
 Part 2, the adaptive runtime: the edge runs `Adapter` over the frontier (the search's optimum on
 a log grid of 0.125..8 Mbps, accuracy loss `--accuracy-loss`) with its bandwidth estimate; after
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +76,7 @@ def fixed_regret(rows: list[dict]) -> dict[str, dict]:
 
 
 def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, step: tuple[float, float],
-                 step_at: int, n: int, accuracy_loss: float, target: str) -> dict:
+                 step_at: int, n: int, accuracy_loss: float, target: str, rtt_s: float) -> dict:
     """`target`: what the adapter should run after the step (the model's best frontier scheme there)."""
     tb.set_rate(step[0])
     fixed = {}
@@ -82,7 +87,7 @@ def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, s
     tb.set_rate(step[0])
     frontier = [list(key(s)) if isinstance(key(s), tuple) else s for s in frontier_schemes]
     worker.send({"op": "adapt", "n": n, "frontier": frontier, "storage": storage, "accuracy_loss": accuracy_loss,
-                 "initial_mbps": None, "pause_at": step_at})
+                 "initial_mbps": None, "pause_at": step_at, "rtt_s": rtt_s})
     trace = []
     while True:
         msg = worker.read()
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-n", type=int, default=45)
     ap.add_argument("--link", choices=["tbf", "paced"], default="paced")
     ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--profile", choices=["fresh", "stored"], default="fresh",
+                    help="fresh: the model from every row profiled again at the start (default); stored: as stored")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--out", default=str(OUT / "adaptivity.png"))
     ap.add_argument("--json", action="store_true")
@@ -179,27 +186,42 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError("quotas and rates must be positive, --n >= 1, --step-at >= 4")
     app = load_app(args.app)
     from bench.edgeworker import EdgeWorker
+    from bench.freshprofile import reprofile, snapshot
+    from bench.runtime import calibration_scheme, measured_rtt
+    from database.store import Store
     from runtime.edge import Planner, to_edge_scheme
+    from runtime.monitor import Adapter
     from runtime.testbed import Testbed
-    planner = Planner(app, args.storage)
-    frontier = planner.frontier(args.accuracy_loss)
-    frontier_schemes = [str(to_edge_scheme(s)) for s in frontier.candidates]
-    points = [f"{pt.index},{pt.channels},8" for pt in planner.model.points]
-    schemes = list(dict.fromkeys([*points, "all-edge", "all-cloud", *frontier_schemes]))
+    from search.latency import LatencyModel
+    stored = Planner(app, args.storage)
+    points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
     quota = app.edge_cpu_quota or 0.125
+    calib = calibration_scheme(app)
+    tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
     with Testbed(args.step[0], quota, app=app.name, cloud_args=["--no-finetuned"], link=args.link) as tb, \
-            EdgeWorker(tb, schemes, app.name, finetuned=False) as worker:
-        rows = [] if args.skip_grid else grid_sweep(app, planner.model, tb, worker, schemes, args.quotas, args.rates,
+            EdgeWorker(tb, [calib, *points, "all-edge", "all-cloud"], app.name, finetuned=False) as worker:
+        storage = args.storage
+        if args.profile == "fresh":  # every row again now, next to the runs (see bench.freshprofile)
+            store = snapshot(Store(args.storage, create=False), Path(tmp.name) / "profile.sqlite")
+            reprofile(store, app, quota if tb.edge_emulation == "dilate" else None, tb)
+            storage = store.url
+        planner = Planner(app, storage)
+        rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, args.step[0])
+        model = LatencyModel.from_store(planner.store, app, rtt_s=rtt)
+        frontier = planner.frontier(args.accuracy_loss)
+        frontier_schemes = [str(to_edge_scheme(s)) for s in frontier.candidates]
+        schemes = list(dict.fromkeys([*points, "all-edge", "all-cloud", *frontier_schemes]))
+        rows = [] if args.skip_grid else grid_sweep(app, model, tb, worker, schemes, args.quotas, args.rates,
                                                     args.n, args.warmup)
         worker.set_edge_cpu(tb, quota)
-        from runtime.monitor import Adapter
-        target = str(to_edge_scheme(Adapter(planner.model, frontier).choose(args.step[1])))
-        adaptive = adaptive_run(tb, worker, frontier_schemes, args.storage, tuple(args.step), args.step_at,
-                                args.adapt_n, args.accuracy_loss, target)
+        target = str(to_edge_scheme(Adapter(model, frontier).choose(args.step[1])))
+        adaptive = adaptive_run(tb, worker, frontier_schemes, storage, tuple(args.step), args.step_at,
+                                args.adapt_n, args.accuracy_loss, target, rtt)
         mode, notes = tb.mode, tb.notes
     if rows:
         plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
     data = {"app": app.name, "mode": mode, "notes": notes, "link": args.link, "n": args.n, "warmup": args.warmup,
+            "profile": args.profile, "rtt_s": rtt,
             "quotas": args.quotas, "rates": args.rates, "accuracy_loss": args.accuracy_loss,
             "schemes": schemes, "frontier_schemes": frontier_schemes,
             "frontier": [[g, str(to_edge_scheme(s))] for g, s in zip(frontier.grid, frontier.schemes)],
@@ -215,7 +237,9 @@ def report(d: dict) -> str:
            f"at full channels and 8 bits, all-edge, all-cloud, the frontier's {len(d['frontier_schemes'])}) x "
            f"{len(d['quotas'])} edge CPU quotas x {len(d['rates'])} rates, {d['warmup']} + {d['n']} sequential "
            "one-image requests each, pruned base weights; best = lowest measured mean latency; model best = the "
-           "latency model with edge times scaled by (profiled quota / quota)."]
+           "latency model with edge times scaled by (profiled quota / quota), "
+           + ("every row profiled again at the start" if d.get("profile") == "fresh" else "the stored profile")
+           + (f", RTT {d['rtt_s'] * 1e3:.2f} ms measured with the smallest request" if "rtt_s" in d else "") + "."]
     out += [f"note: {n}" for n in d["notes"]]
     out.append(f"frontier (accuracy loss <= {d['accuracy_loss']:g}): " + ", ".join(f"{g:.3g}->{s}"
                                                                                   for g, s in d["frontier"]))

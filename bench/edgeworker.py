@@ -10,7 +10,8 @@ costs are not paid at 1/8 of a core. The benchmark can change the edge's speed
 Commands (one JSON object a line):
     {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0, "interleave": false}
         -> {"scheme": ..., "rows": [Timings as dicts]} per scheme, then {"done": true}
-    {"op": "adapt", "n": 40, "frontier": [...], "accuracy_loss": 0.01, "storage": URL, "pause_at": 20}
+    {"op": "adapt", "n": 40, "frontier": [...], "accuracy_loss": 0.01, "storage": URL, "rtt_s": 0.001,
+     "pause_at": 20}
         -> {"i": i, "scheme": ..., "total_s": ..., "estimate": ...} per request, then {"done": true, ...};
         before request `pause_at` it says {"paused": i} and waits for a line on stdin
     {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
@@ -95,7 +96,7 @@ async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
     from runtime.edge import to_edge_scheme
     from runtime.monitor import Adapter, BandwidthEstimator, Frontier
     from search.latency import LatencyModel
-    model = LatencyModel.from_store(Store(cmd.get("storage"), create=False), client.app)
+    model = LatencyModel.from_store(Store(cmd.get("storage"), create=False), client.app, rtt_s=cmd.get("rtt_s"))
     schemes = [tuple(s) if isinstance(s, list) else s for s in cmd["frontier"]]
     frontier = Frontier(cmd.get("accuracy_loss", 0.01), [0.0] * len(schemes), schemes)
     client.monitor = BandwidthEstimator(alpha=cmd.get("alpha", 0.8), initial_mbps=cmd.get("initial_mbps"),
