@@ -44,3 +44,22 @@ def tiny_app_path(tmp_path_factory) -> str:
 def tiny_app(tiny_app_path):
     from apps import load_app
     return load_app(tiny_app_path)
+
+
+def start_cloud_server(*args: str):
+    """`python -m runtime.cloud` on 127.0.0.1 at a port the OS picks: (process, port) once it serves.
+    The caller stops it (SIGTERM)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1", *args],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        msg = json.loads(line)["msg"]
+        if msg.startswith("serving app"):
+            return proc, int(msg.split(":")[-1].split()[0])
+    proc.kill()
+    raise RuntimeError(f"the cloud server did not start (exit status {proc.wait()})")

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
 import ssl
 import struct
 import subprocess
-import sys
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import start_cloud_server
 
 from apps import load_app
 from apps.errors import CoInferError
@@ -42,7 +40,6 @@ from runtime.protocol import (
 )
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 APP = load_app("vgg16_digits")
 pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
 FIELDS = ["magic", "version", "type", "flags", "bits", "request_id", "app", "p", "k", "c", "n", "ch", "h", "w",
@@ -345,17 +342,8 @@ def test_shutdown_finishes_requests_in_flight(base, images) -> None:
 
 def test_cli_end_to_end(capsys) -> None:
     """python -m runtime.cloud in a subprocess, the edge CLI against it, then SIGTERM: clean exit with stats."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, port = start_cloud_server()
     try:
-        port = None
-        for line in proc.stderr:
-            msg = json.loads(line)["msg"]
-            if msg.startswith("serving app"):
-                port = int(msg.split(":")[-1].split()[0])
-                break
-        assert port, "server did not start"
         assert edge.main(["--server", f"127.0.0.1:{port}", "--scheme", "4,12,3", "--n", "5", "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["requests"] == 5 and 0 <= report["accuracy"] <= 1

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import start_cloud_server
 
 from apps import load_app
 from apps.errors import CoInferError
 from runtime import edge
 from runtime.monitor import throughput_scheme
 
-ROOT = Path(__file__).resolve().parents[1]
 APP = load_app("vgg16_digits")
 pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
 
@@ -24,17 +20,7 @@ pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digi
 @pytest.fixture(scope="module")
 def server() -> str:
     """python -m runtime.cloud on 127.0.0.1 with the pruned base weights (no fine-tuning in tests)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1",
-                             "--no-finetuned"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    port = None
-    for line in proc.stderr:
-        msg = json.loads(line)["msg"]
-        if msg.startswith("serving app"):
-            port = int(msg.split(":")[-1].split()[0])
-            break
-    assert port, "server did not start"
+    proc, port = start_cloud_server("--no-finetuned")
     yield f"127.0.0.1:{port}"
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=20)
