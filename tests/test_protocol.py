@@ -318,3 +318,11 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(data=mutated())
 def test_fuzz_mutated_frames(data: bytes, runner: asyncio.Runner) -> None:
     check_decoders(data, runner)
+
+
+def test_fuzz_benchmark_runs_clean_on_a_small_budget() -> None:
+    from bench.fuzz import run
+    result = run(500, seed=1, hang_s=5.0)
+    assert not result["crashes"] and not result["hangs"] and not result["over_allocations"], result
+    assert sum(result["counts"].values()) == 2 * 500
+    assert any(k.startswith("buffer: accepted") for k in result["counts"])  # the mutator keeps some frames valid
