@@ -8,7 +8,7 @@ costs are not paid at 1/8 of a core. The benchmark can change the edge's speed
 (`EdgeWorker.set_edge_cpu`) and the link's rate between (or during) commands.
 
 Commands (one JSON object a line):
-    {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0, "interleave": false}
+    {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0}
         -> {"scheme": ..., "rows": [Timings as dicts]} per scheme, then {"done": true}
     {"op": "adapt", "n": 40, "frontier": [...], "accuracy_loss": 0.01, "storage": URL, "rtt_s": 0.001,
      "pause_at": 20}
@@ -70,21 +70,16 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
             client.device = SlowCPU(cmd["speed"])
             _emit({"speed": cmd["speed"]})
         if cmd["op"] == "run":
-            schemes, warmup = cmd["schemes"], cmd.get("warmup", 3)
-            rows: dict[str, list[dict]] = {s: [] for s in schemes}
-            # scheme by scheme, or (interleave) one request of each scheme in turn, so that every scheme
-            # meets the same minutes of a shared machine
-            order = ([(i, s) for i in range(warmup + cmd["n"]) for s in schemes] if cmd.get("interleave") else
-                     [(i, s) for s in schemes for i in range(warmup + cmd["n"])])
-            for i, s in order:
+            for s in cmd["schemes"]:
                 client.use(parse_edge_scheme(s))
-                if cmd.get("gap_s"):
-                    await asyncio.sleep(cmd["gap_s"])
-                pred = await client.infer(images[i % len(images):i % len(images) + 1])
-                if i >= warmup:
-                    rows[s].append(asdict(pred.timings))
-            for s in schemes:
-                _emit({"scheme": s, "rows": rows[s]})
+                rows = []
+                for i in range(cmd.get("warmup", 3) + cmd["n"]):
+                    if cmd.get("gap_s"):
+                        await asyncio.sleep(cmd["gap_s"])
+                    pred = await client.infer(images[i % len(images):i % len(images) + 1])
+                    if i >= cmd.get("warmup", 3):
+                        rows.append(asdict(pred.timings))
+                _emit({"scheme": s, "rows": rows})
             _emit({"done": True})
         elif cmd["op"] == "adapt":
             await _adapt(client, images, cmd)
@@ -149,10 +144,8 @@ class EdgeWorker:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
 
-    def run(self, schemes: list[str], n: int, warmup: int = 3, gap_s: float = 0.0,
-            interleave: bool = False) -> dict[str, list[dict]]:
-        self.send({"op": "run", "schemes": schemes, "n": n, "warmup": warmup, "gap_s": gap_s,
-                   "interleave": interleave})
+    def run(self, schemes: list[str], n: int, warmup: int = 3, gap_s: float = 0.0) -> dict[str, list[dict]]:
+        self.send({"op": "run", "schemes": schemes, "n": n, "warmup": warmup, "gap_s": gap_s})
         out = {}
         while True:
             msg = self.read()

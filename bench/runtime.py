@@ -9,8 +9,10 @@ cloud in two network namespaces, the edge -> cloud link shaped by tc tbf, by def
 message waits bytes / rate as on a serialising link; the edge slowed to the app's edge device by
 its emulation, `dilate` by default; loopback + token bucket without root). One long-lived edge
 process (`bench.edgeworker`) loads every scheme's fine-tuned weights, connects and warms up at
-full speed, then slows down; the schemes take turns request by request (`--warmup` + `--n` one-image
-requests each) so they meet the same minutes of a shared machine.
+full speed, then slows down. Per rate, `--rounds` times: the rows these schemes need are profiled
+again (`bench.freshprofile`, each stage idling before it as long as in the request cycle), then
+each scheme runs its share of `--n` one-image requests back to back (after `--warmup`): this
+machine's speed drifts by tens of % over minutes, so model and runtime are measured side by side.
 
 Measured: wall time per request on the edge (head start to reply), its median and p90, and the
 request frame's size. Predicted: `LatencyModel.breakdown(scheme, rate)` from the latency database
@@ -226,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"How: app {app.name}; schemes = the search's optimum (accuracy loss <= {args.accuracy_loss:g}) at "
           + ", ".join(f"{r:g} Mbps -> {s}" for r, s in optimal.items()) + ", plus all-edge and all-cloud; "
-          f"{args.warmup} + {args.n} sequential one-image requests each per rate on the testbed, the schemes "
-          "taking turns request by request "
+          f"{args.warmup} + {args.n} sequential one-image requests each per rate on the testbed "
           f"({rows[0]['mode']}, link {args.link}, edge at {quota} of this CPU by {emulation}); predicted = "
           f"LatencyModel.breakdown with RTT = the median transfer of the smallest request ({calibration_scheme(app)}) "
           "on that testbed less its serialisation; edge and cloud times from "
