@@ -1,7 +1,7 @@
 """Latency rows profiled again next to a benchmark's runs, in a snapshot of the database.
 
 This machine's speed drifts by tens of % over minutes (measured: the default model's all-edge
-11.7 ms in one profile and 17.1 ms in another 40 minutes later, with nothing else running), so a
+11.7 ms in one profile and 17.1 ms in another 13 minutes later, with nothing else running), so a
 benchmark that holds measured latencies against the latency model profiles the rows it needs
 side by side with its runs: `snapshot` copies the SQLite database (accuracies included) to a
 scratch file and `reprofile` measures the app's edge device (as the testbed emulates it) and
@@ -72,9 +72,8 @@ def idle_before(model, schemes: list, mbps: float):
     points = len(model.points)
     by_point = {}
     for s in schemes:
-        key = "all-cloud" if s == "all-cloud" else s
         p = -1 if s == "all-cloud" else points if s == "all-edge" else s[0]
-        by_point[p] = model.breakdown(key, mbps)
+        by_point[p] = model.breakdown(s, mbps)
 
     def idle(side: str, p: int, c: int) -> float:
         bd = by_point.get(p)

@@ -98,12 +98,12 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     stored = Store(storage, create=False)
     fresh = fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
-    points = {k[0] for k in map(scheme_arg, [calibration_scheme(app), *schemes]) if isinstance(k, tuple)}
+    calib = calibration_scheme(app)
+    points = {k[0] for k in map(scheme_arg, [calib, *schemes]) if isinstance(k, tuple)}
     rows = []
     for rate in rates:
         with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation, keep_warm=keep_warm) as tb, \
-                EdgeWorker(tb, [calibration_scheme(app), *schemes], app.name) as worker:
-            calib = calibration_scheme(app)
+                EdgeWorker(tb, [calib, *schemes], app.name) as worker:
             store = snapshot(stored, Path(tmp.name) / f"profile-{rate:g}.sqlite") if fresh else stored
             # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side
             # by side within seconds; the prediction is the mean of the rounds' models

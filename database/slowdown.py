@@ -5,8 +5,8 @@
 
 Each piece of edge work runs at full speed here (torch on one thread, so the calling thread does
 all of it) and its thread CPU time t is measured; the emulated device takes t / speed, and `call`
-sleeps until start + t / speed before it returns. The edge client does this around its head and
-its quantise + pack stages, the profiler divides measured CPU times by the speed, so the latency
+sleeps until start + t / speed before it returns. The edge client runs its edge stage (head, then
+quantise + pack) as one such call, and the profiler times the same calls, so the latency
 database and the runtime see the same device. Time spent off the CPU (preemption by other
 processes on a shared machine) does not count, the way it would not on a real device.
 

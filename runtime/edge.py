@@ -289,7 +289,6 @@ class EdgeClient:
         """Measure the uplink: a HELLO round trip (no body, no compute: the size-independent floor), then
         an all-cloud request of `images` blank inputs (about 1 KiB each at 8 bits); both feed the monitor.
         Returns its estimate (Mbps)."""
-        await self.connect(force=True)
         seconds, size = await self.ping()
         if self.monitor is not None:
             self.monitor.observe(size, seconds)
@@ -546,9 +545,11 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_server(args.server)
     if args.n < 1 or args.threads < 1 or args.timeout <= 0:
         raise CoInferError("--n and --threads must be at least 1, --timeout positive")
-    if args.edge_speed is not None and not 0 < args.edge_speed <= 1:
-        raise CoInferError(f"--edge-speed must be in (0, 1], got {args.edge_speed:g}")
-    if args.edge_speed is not None and args.threads != 1:
+    try:
+        device = SlowCPU(args.edge_speed) if args.edge_speed is not None else None
+    except ValueError as exc:
+        raise CoInferError(f"--edge-speed: {exc}") from None
+    if device is not None and args.threads != 1:
         raise CoInferError("an emulated edge (--edge-speed) times thread CPU time: --threads must be 1")
     torch.set_num_threads(args.threads)
     ssl_ctx = None
@@ -568,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     client = EdgeClient(app, scheme, host=host, port=port, token=args.token, ssl_ctx=ssl_ctx, k=args.k,
                         timeout=args.timeout, finetuned=args.finetuned, shaper=shaper,
                         monitor=BandwidthEstimator(initial_mbps=args.bandwidth),
-                        device=SlowCPU(args.edge_speed) if args.edge_speed is not None else None)
+                        device=device)
     info: dict = {}
     if planner is not None:
         preds, info = asyncio.run(run_auto(client, images, args, app, planner))

@@ -11,8 +11,8 @@ veth pair (`cftb<pid>e` / `cftb<pid>c`) with addresses 10.231.<n>.1 (edge) and 1
 too). The cloud server (`python -m runtime.cloud`) runs in the cloud namespace unthrottled; edge
 commands run in the edge namespace, slowed to `--edge-cpu` of this CPU by the app's edge emulation
 (and, unless `--no-keep-warm`, every CPU is kept out of idle: `database.slowdown.KeepWarm`):
-- `dilate` (default): COINFER_EDGE_SPEED is exported and the edge client stretches each of its
-  stages to its CPU time / speed (`database.slowdown`, which also says why this is the default);
+- `dilate` (default): COINFER_EDGE_SPEED is exported and the edge client stretches its edge
+  stage (head + quantise/pack) to its CPU time / speed (`database.slowdown`, which also says why this is the default);
 - `quota`: the edge runs inside the cgroup `coinfer-tb-<pid>` with a CFS CPU quota.
 In the edge command `{server}` becomes HOST:PORT of the cloud (also exported as COINFER_SERVER).
 
@@ -165,10 +165,7 @@ class Testbed:
         if edge_emulation not in EDGE_EMULATIONS:
             raise CoInferError(f"unknown edge emulation {edge_emulation!r} (known: {', '.join(EDGE_EMULATIONS)})")
         if edge_emulation == "dilate" and edge_cpu_quota is not None:
-            try:
-                check_speed(edge_cpu_quota)
-            except ValueError as exc:
-                raise CoInferError(str(exc)) from None
+            _speed(edge_cpu_quota)
         self.edge_emulation = edge_emulation
         self.warm = KeepWarm() if keep_warm else None
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -411,10 +408,7 @@ class Testbed:
         if self.edge_cpu_quota is None or self.cpu_reason:
             raise CoInferError("this testbed has no edge CPU quota")
         if self.edge_emulation == "dilate":
-            try:
-                self.edge_cpu_quota = check_speed(cpus)
-            except ValueError as exc:
-                raise CoInferError(str(exc)) from None
+            self.edge_cpu_quota = _speed(cpus)
             return
         from database.cpuquota import set_group_quota
         self.edge_cpu_quota = cpus
@@ -448,6 +442,14 @@ class Testbed:
         expected = nbytes / (self.rate_mbps * BYTES_PER_MBPS) if self.rate_mbps else None
         return {"bytes": nbytes, "rate_mbps": self.rate_mbps, "seconds": seconds, "expected_s": expected,
                 "error": None if expected is None else (seconds - expected) / expected}
+
+
+def _speed(cpus: float) -> float:
+    """A dilated edge's speed, checked (database.slowdown) with the error as one CoInferError line."""
+    try:
+        return check_speed(cpus)
+    except ValueError as exc:
+        raise CoInferError(str(exc)) from None
 
 
 def _kill(proc: subprocess.Popen) -> None:
