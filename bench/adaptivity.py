@@ -38,11 +38,7 @@ import numpy as np
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
 from bench.plots import OUT, save_figure
-
-
-def key(s: str):
-    from bench.runtime import scheme_arg
-    return scheme_arg(s)
+from compress.scheme import Scheme
 
 
 def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], rates: list[float], n: int,
@@ -58,7 +54,7 @@ def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], 
             scale = (app.edge_cpu_quota or q) / q  # the profile's edge times were taken at the app's quota
             predicted = {}
             for s in schemes:
-                bd = model.breakdown(key(s), rate)
+                bd = model.breakdown(Scheme.parse(s), rate)
                 predicted[s] = bd.edge * scale + bd.transfer + bd.cloud
             rows.append({"quota": q, "rate_mbps": rate, "measured_s": measured, "predicted_s": predicted,
                          "best": min(measured, key=measured.get), "model_best": min(predicted, key=predicted.get)})
@@ -85,7 +81,7 @@ def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, s
         runs = worker.run(frontier_schemes, 15, 3)
         fixed[phase] = {s: statistics.fmean(x["total_s"] for x in runs[s]) for s in frontier_schemes}
     tb.set_rate(step[0])
-    frontier = [list(key(s)) if isinstance(key(s), tuple) else s for s in frontier_schemes]
+    frontier = [Scheme.parse(s).to_json() for s in frontier_schemes]
     worker.send({"op": "adapt", "n": n, "frontier": frontier, "storage": storage, "accuracy_loss": accuracy_loss,
                  "initial_mbps": None, "pause_at": step_at, "rtt_s": rtt_s})
     trace = []
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.freshprofile import reprofile, snapshot
     from bench.runtime import calibration_scheme, measured_rtt
     from database.store import Store
-    from runtime.edge import Planner, to_edge_scheme
+    from runtime.edge import Planner
     from runtime.monitor import Adapter
     from runtime.testbed import Testbed
     from search.latency import LatencyModel
@@ -209,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, args.step[0])
         model = LatencyModel.from_store(planner.store, app, rtt_s=rtt)
         frontier = planner.frontier(args.accuracy_loss)
-        frontier_schemes = [str(to_edge_scheme(s)) for s in frontier.candidates]
+        frontier_schemes = [str(s) for s in frontier.candidates]
         schemes = list(dict.fromkeys([*points, "all-edge", "all-cloud", *frontier_schemes]))
         rows = [] if args.skip_grid else grid_sweep(app, model, tb, worker, schemes, args.quotas, args.rates,
                                                     args.n, args.warmup)
         worker.set_edge_cpu(tb, quota)
-        target = str(to_edge_scheme(Adapter(model, frontier).choose(args.step[1])))
+        target = str(Adapter(model, frontier).choose(args.step[1]))
         adaptive = adaptive_run(tb, worker, frontier_schemes, storage, tuple(args.step), args.step_at,
                                 args.adapt_n, args.accuracy_loss, target, rtt)
         mode, notes = tb.mode, tb.notes
@@ -224,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": args.profile, "rtt_s": rtt,
             "quotas": args.quotas, "rates": args.rates, "accuracy_loss": args.accuracy_loss,
             "schemes": schemes, "frontier_schemes": frontier_schemes,
-            "frontier": [[g, str(to_edge_scheme(s))] for g, s in zip(frontier.grid, frontier.schemes)],
+            "frontier": [[g, str(s)] for g, s in zip(frontier.grid, frontier.schemes)],
             "grid": rows, "fixed_regret": fixed_regret(rows) if rows else {}, "adaptive": adaptive,
             "plot": args.out if rows else None}
     print(json.dumps(data) if args.json else report(data))

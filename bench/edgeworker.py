@@ -29,6 +29,8 @@ from dataclasses import asdict
 
 import torch
 
+from compress.scheme import Scheme
+
 
 def _emit(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
@@ -39,7 +41,7 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     from apps import load_app
     from data import load_splits
     from database.slowdown import SlowCPU
-    from runtime.edge import ALL_CLOUD, EdgeClient, Scheme, parse_edge_scheme, parse_server
+    from runtime.edge import EdgeClient, parse_server
     from runtime.monitor import BandwidthEstimator, TokenBucket
 
     app = load_app(app_name)
@@ -47,13 +49,13 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     images = torch.stack([test[i][0] for i in range(64)])
     host, port = parse_server(server)
     rate = os.environ.get("COINFER_RATE_LIMIT")
-    client = EdgeClient(app, Scheme(ALL_CLOUD), host=host, port=port, k=1, finetuned=finetuned,
+    client = EdgeClient(app, Scheme.ALL_CLOUD, host=host, port=port, k=1, finetuned=finetuned,
                         shaper=TokenBucket(float(rate)) if rate else None, monitor=BandwidthEstimator())
     for s in schemes:  # build every model now (fine-tuned weights are loaded here, unthrottled)
-        client.model_for(parse_edge_scheme(s))
+        client.model_for(Scheme.parse(s))
     await client.connect(force=True)
     for s in schemes:  # warm the cloud's tails too
-        client.use(parse_edge_scheme(s))
+        client.use(Scheme.parse(s))
         await client.infer(images[:1])
     speed = os.environ.get("COINFER_EDGE_SPEED")
     client.device = SlowCPU(float(speed)) if speed else None
@@ -71,7 +73,7 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
             _emit({"speed": cmd["speed"]})
         if cmd["op"] == "run":
             for s in cmd["schemes"]:
-                client.use(parse_edge_scheme(s))
+                client.use(Scheme.parse(s))
                 rows = []
                 for i in range(cmd.get("warmup", 3) + cmd["n"]):
                     if cmd.get("gap_s"):
@@ -88,11 +90,10 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
 
 async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
     from database.store import Store
-    from runtime.edge import to_edge_scheme
     from runtime.monitor import Adapter, BandwidthEstimator, Frontier
     from search.latency import LatencyModel
     model = LatencyModel.from_store(Store(cmd.get("storage"), create=False), client.app, rtt_s=cmd.get("rtt_s"))
-    schemes = [tuple(s) if isinstance(s, list) else s for s in cmd["frontier"]]
+    schemes = [Scheme.from_json(s) for s in cmd["frontier"]]
     frontier = Frontier(cmd.get("accuracy_loss", 0.01), [0.0] * len(schemes), schemes)
     client.monitor = BandwidthEstimator(alpha=cmd.get("alpha", 0.8), initial_mbps=cmd.get("initial_mbps"),
                                         probe_after_s=cmd.get("probe_after_s", 2.0))
@@ -106,12 +107,12 @@ async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
         if client.monitor.needs_probe():
             await client.probe(cmd.get("probe_images", 16))
             probed = True
-        client.use(to_edge_scheme(adapter.choose(client.monitor.mbps, i)))
+        client.use(adapter.choose(client.monitor.mbps, i))
         pred = await client.infer(images[i % len(images):i % len(images) + 1])
         _emit({"i": i, "scheme": str(client.scheme), "total_s": pred.timings.total_s, "probed": probed,
                "bytes_up": pred.timings.bytes_up, "transfer_s": pred.timings.transfer_s,
                "estimate": client.monitor.mbps, "floor_s": client.monitor.floor_s})
-    _emit({"done": True, "switches": [[i, str(to_edge_scheme(s)), m] for i, s, m in adapter.switches]})
+    _emit({"done": True, "switches": [[i, str(s), m] for i, s, m in adapter.switches]})
 
 
 class EdgeWorker:

@@ -72,7 +72,7 @@ def idle_before(model, schemes: list, mbps: float):
     points = len(model.points)
     by_point = {}
     for s in schemes:
-        p = -1 if s == "all-cloud" else points if s == "all-edge" else s[0]
+        p = -1 if s.is_all_cloud else points if s.is_all_edge else s.p
         by_point[p] = model.breakdown(s, mbps)
 
     def idle(side: str, p: int, c: int) -> float:

@@ -39,26 +39,19 @@ from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
 from apps.errors import CoInferError, run_cli
 from bench.freshprofile import idle_before, reprofile, snapshot
 from bench.plots import OUT, save_figure
+from compress.scheme import Scheme
 
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
-
-
-def scheme_arg(s) -> tuple[int, int, int] | str:
-    """'p,c,b' / 'all-edge' -> the latency model's key."""
-    if isinstance(s, str) and "," in s:
-        p, c, b = (int(v) for v in s.split(","))
-        return p, c, b
-    return s
 
 
 def prepare_weights(app, schemes: list[str]) -> None:
     """Fine-tune (or load) every split scheme here, unthrottled, before the edge needs it."""
     from runtime.weights import scheme_model
     for s in schemes:
-        key = scheme_arg(s)
-        if isinstance(key, tuple):
-            scheme_model(app, *key)
+        scheme = Scheme.parse(s)
+        if scheme.is_split:
+            scheme_model(app, scheme)
 
 
 def p90(xs: list[float]) -> float:
@@ -76,7 +69,7 @@ def measured_rtt(rows: list[dict], model, rate: float) -> float:
     less the cloud's own unpack + compute) of the smallest request, less its serialisation at the rate.
     It holds what no byte count explains: the client's and server's protocol stacks, the server's
     hand-off to its compute thread, and the paced link's token offset."""
-    from search.latency import bytes_per_second
+    from apps.units import bytes_per_second
     transfer = statistics.median(r["transfer_s"] for r in rows)
     frame = statistics.median(r["bytes_up"] for r in rows)
     return transfer - model.transport_bytes(frame) / bytes_per_second(rate)
@@ -99,7 +92,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     fresh = fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
     calib = calibration_scheme(app)
-    points = {k[0] for k in map(scheme_arg, [calib, *schemes]) if isinstance(k, tuple)}
+    points = {k.p for k in map(Scheme.parse, [calib, *schemes]) if k.is_split}
     rows = []
     for rate in rates:
         with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation, keep_warm=keep_warm) as tb, \
@@ -108,7 +101,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
             # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side
             # by side within seconds; the prediction is the mean of the rounds' models
             models, runs = [], {s: [] for s in [calib, *schemes]}
-            idle = idle_before(LatencyModel.from_store(stored, app), [scheme_arg(s) for s in [calib, *schemes]], rate)
+            idle = idle_before(LatencyModel.from_store(stored, app), [Scheme.parse(s) for s in [calib, *schemes]], rate)
             for k in range(rounds):
                 if fresh:
                     reprofile(store, app, quota, tb, points, runs=max(5, 30 // rounds), idle_s=idle)
@@ -121,7 +114,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
                 m.rtt_s = rtt
             for s in schemes:
                 r = runs[s]
-                bd = mean_breakdown([m.breakdown(scheme_arg(s), rate) for m in models])
+                bd = mean_breakdown([m.breakdown(Scheme.parse(s), rate) for m in models])
                 total = [x["total_s"] for x in r]
                 med = statistics.median(total)
                 frame = statistics.median(x["bytes_up"] for x in r) if s != "all-edge" else 0

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
+from compress.model import SchemeModel
 from compress.prune import check_scheme
-from compress.scheme import SchemeModel, all_schemes, parse_scheme
+from compress.scheme import Scheme, all_schemes
 from data import load_splits
 from database.store import AccuracyRow, Store
 from models.build import load_base_model
@@ -39,23 +40,23 @@ class FinetuneEvaluator:
     def base_accuracy(self) -> tuple[float, float]:
         return test_accuracy(self.base, self.test)
 
-    def finetune(self, p: int, c: int, b: int, seed: int | None = None) -> SchemeModel:
-        """Scheme (p, c, b) of the base model, fine-tuned with the app's protocol (eval mode)."""
+    def finetune(self, scheme: Scheme, seed: int | None = None) -> SchemeModel:
+        """A split scheme of the base model, fine-tuned with the app's protocol (eval mode)."""
         proto = self.app.protocol
         seed = proto.seed if seed is None else seed
         torch.manual_seed(seed)
-        model = SchemeModel(self.base, p, c, b)
+        model = SchemeModel(self.base, scheme)
         train_epochs(model, self.train, proto.epochs, proto.lr, proto.batch_size, proto.momentum,
                      proto.weight_decay, proto.schedule, seed)
         return model.eval()
 
-    def evaluate(self, p: int, c: int, b: int, seed: int | None = None) -> AccuracyRow:
+    def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
         proto = self.app.protocol
         seed = proto.seed if seed is None else seed
         start = time.perf_counter()
-        model = self.finetune(p, c, b, seed)
+        model = self.finetune(scheme, seed)
         top1, top5 = test_accuracy(model, self.test)
-        return AccuracyRow(self.app.name, proto.name, p, c, b, seed, top1, top5, len(self.test),
+        return AccuracyRow(self.app.name, proto.name, *scheme, seed, top1, top5, len(self.test),
                            time.perf_counter() - start, socket.gethostname())
 
 
@@ -68,14 +69,14 @@ def _init_worker(app_ref: str, threads: int) -> None:
     _worker = FinetuneEvaluator(load_app(app_ref))
 
 
-def _eval_task(task: tuple[int, int, int, int]) -> AccuracyRow:
+def _eval_task(task: tuple[Scheme, int]) -> AccuracyRow:
     assert _worker is not None
     return _worker.evaluate(*task)
 
 
-def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[tuple[int, int, int]]:
+def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[Scheme]:
     """'all', 'point:P' (every scheme at point P), 'none' (only the base model), or 'p,c,b' items."""
-    out: list[tuple[int, int, int]] = []
+    out: list[Scheme] = []
     for item in spec:
         if item == "none":
             continue
@@ -88,19 +89,19 @@ def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[tuple[i
                 raise CoInferError(f"bad scheme selector {item!r}: expected point:P") from None
             if not 0 <= p < len(widths):
                 raise CoInferError(f"partition point {p} outside 0..{len(widths) - 1}")
-            out += [s for s in all_schemes(widths) if s[0] == p]
+            out += [s for s in all_schemes(widths) if s.p == p]
         else:
             for part in item.replace(";", " ").split():
-                out.append(parse_scheme(part))
+                out.append(Scheme.parse(part))
     return list(dict.fromkeys(out))
 
 
-def run_evaluations(app: App, store: Store, schemes: list[tuple[int, int, int]], seed: int,
+def run_evaluations(app: App, store: Store, schemes: list[Scheme], seed: int,
                     workers: int = 1, app_ref: str | None = None, progress: bool = True) -> int:
     """Evaluate the schemes not yet stored; returns how many were newly stored."""
     proto = app.protocol.name
     done = store.accuracy_table(app.name, proto, seed)
-    todo = [(p, c, b, seed) for p, c, b in schemes if (p, c, b) not in done]
+    todo = [(s, seed) for s in schemes if s not in done]
     if not todo:
         return 0
     stored = 0

@@ -20,16 +20,18 @@ from pathlib import Path
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
+from compress.scheme import Scheme
 from database.store import AccuracyRow, Store
 from models.build import app_points
 
-Table = dict[tuple[int, int, int], float]
+Table = dict[Scheme, float]
 _LINE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*-\s*(\d+)\s*\*\s*([0-9.eE+-]+)\s*$")
 
 
 def read_optcoinfer(path: Path) -> Table:
-    """{(p, c, b): top1} from an Opt-CoInfer text file (top1 = 1 - error)."""
+    """{scheme: top1} from an Opt-CoInfer text file (top1 = 1 - error)."""
     table: Table = {}
+    lines: dict[Scheme, int] = {}
     for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -39,7 +41,7 @@ def read_optcoinfer(path: Path) -> Table:
         error = float(m.group(4))
         if not 0 <= error <= 1:
             raise CoInferError(f"{path}:{n}: top-1 error {error} outside [0, 1]")
-        table[(int(m.group(1)), int(m.group(2)), int(m.group(3)))] = 1 - error
+        _put(table, lines, _scheme(path, n, m.group(1), m.group(2), m.group(3)), 1 - error, path, n)
     return table
 
 
@@ -50,19 +52,38 @@ def write_optcoinfer(table: Table, path: Path) -> None:
 
 def read_csv(path: Path) -> Table:
     table: Table = {}
+    lines: dict[Scheme, int] = {}
     rows = csv.DictReader(_read_text(path).splitlines())
     missing = {"p", "c", "b", "top1"} - set(rows.fieldnames or [])
     if missing:
         raise CoInferError(f"{path}: CSV header lacks {', '.join(sorted(missing))} (need p,c,b,top1)")
     for n, row in enumerate(rows, 2):
         try:
-            key, top1 = (int(row["p"]), int(row["c"]), int(row["b"])), float(row["top1"])
+            top1 = float(row["top1"])
         except (TypeError, ValueError):
             raise CoInferError(f"{path}:{n}: bad CSV row {row}") from None
         if not 0 <= top1 <= 1:
             raise CoInferError(f"{path}:{n}: top1 {top1} outside [0, 1] (a fraction, not a percentage)")
-        table[key] = top1
+        _put(table, lines, _scheme(path, n, row["p"], row["c"], row["b"]), top1, path, n)
     return table
+
+
+def _scheme(path: Path, n: int, p: str | None, c: str | None, b: str | None) -> Scheme:
+    try:
+        return Scheme(int(p), int(c), int(b))
+    except (TypeError, ValueError):
+        raise CoInferError(f"{path}:{n}: bad scheme {p},{c},{b}") from None
+    except CoInferError as exc:
+        raise CoInferError(f"{path}:{n}: {exc}") from None
+
+
+def _put(table: Table, lines: dict[Scheme, int], scheme: Scheme, top1: float, path: Path, n: int) -> None:
+    """One value per scheme: a repeat with the same value is dropped, a conflicting one is an error."""
+    if scheme in table and table[scheme] != top1:
+        raise CoInferError(f"{path}: scheme {scheme} has conflicting values on lines {lines[scheme]} "
+                           f"({table[scheme]:.6g}) and {n} ({top1:.6g})")
+    table.setdefault(scheme, top1)
+    lines.setdefault(scheme, n)
 
 
 def write_csv(table: Table, path: Path) -> None:

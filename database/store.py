@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, Oper
 
 from apps import DEFAULT_STORAGE
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 
 meta = sa.MetaData()
 
@@ -110,6 +111,10 @@ class AccuracyRow:
     n_test: int | None = None
     wall_s: float | None = None
     host: str | None = None
+
+    @property
+    def scheme(self) -> Scheme:
+        return Scheme(self.p, self.c, self.b)
 
 
 SCHEMA_LOCK_KEY = 0x436F496E66  # PostgreSQL advisory lock held while creating the tables ("CoInf")
@@ -215,8 +220,8 @@ class Store:
         return self._insert_ignore(accuracy, payload)
 
     def accuracy_table(self, app: str, protocol: str | None = None,
-                       seed: int | None = None) -> dict[tuple[int, int, int], float]:
-        """{(p, c, b): top1}; with several seeds (or protocols if not given) the mean top1."""
+                       seed: int | None = None) -> dict[Scheme, float]:
+        """{scheme: top1}; with several seeds (or protocols if not given) the mean top1."""
         q = sa.select(accuracy.c.p, accuracy.c.c, accuracy.c.b, sa.func.avg(accuracy.c.top1)).where(
             accuracy.c.app == app)
         if protocol is not None:
@@ -224,7 +229,7 @@ class Store:
         if seed is not None:
             q = q.where(accuracy.c.seed == seed)
         q = q.group_by(accuracy.c.p, accuracy.c.c, accuracy.c.b)
-        return self._run(lambda conn: {(p, c, b): float(t) for p, c, b, t in conn.execute(q)})
+        return self._run(lambda conn: {Scheme(p, c, b): float(t) for p, c, b, t in conn.execute(q)})
 
     def accuracy_rows(self, app: str) -> list[dict]:
         q = sa.select(accuracy).where(accuracy.c.app == app).order_by(

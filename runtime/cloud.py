@@ -42,13 +42,13 @@ from torch import nn
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
+from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.quant import dequantize
-from compress.scheme import SchemeModel
+from compress.scheme import Scheme
 from models.build import load_base_model
 from models.vgg import VGG
 from runtime.protocol import (
-    ALL_CLOUD_P,
     DEFAULT_LIMITS,
     Error,
     ErrorCode,
@@ -83,10 +83,10 @@ def limits_for(model: VGG, max_batch: int) -> Limits:
 class TailCache:
     """Tails per scheme, built on first use; at most `size` kept (LRU). Thread-safe.
 
-    With `finetuned` (the CLI default) the tail of (p, c, b) carries that scheme's fine-tuned
-    weights (`runtime.weights.scheme_model`, the same file the edge loads its head from) and is
-    keyed by (p, c, b); otherwise it is the pruned base model, keyed by (p, c) (b only affects
-    the edge's quantiser). `weights_root` overrides where fine-tuned weights live.
+    With `finetuned` (the CLI default) the tail of a scheme carries its fine-tuned weights
+    (`runtime.weights.scheme_model`, the same file the edge loads its head from) and is keyed by
+    the scheme; otherwise it is the pruned base model, keyed by the scheme at 8 bits (b only
+    affects the edge's quantiser). `weights_root` overrides where fine-tuned weights live.
     """
 
     def __init__(self, base: VGG, size: int = 16, *, app: App | None = None, finetuned: bool = False,
@@ -94,52 +94,52 @@ class TailCache:
         if finetuned and app is None:
             raise ValueError("finetuned tails need the app")
         self.base, self.size, self.app, self.finetuned, self.weights_root = base, size, app, finetuned, weights_root
-        self._tails: OrderedDict[tuple[int, ...], nn.Module] = OrderedDict()
+        self._tails: OrderedDict[Scheme, nn.Module] = OrderedDict()
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
 
-    def check(self, p: int, c: int, shape: tuple[int, int, int, int]) -> None:
+    def check(self, scheme: Scheme, shape: tuple[int, int, int, int]) -> None:
         """Raise ProtocolError (UNKNOWN_SCHEME / BAD_SHAPE) unless the base model has this scheme and shape."""
-        if p == ALL_CLOUD_P:
+        if scheme.is_all_cloud:
             expected = (self.base.in_channels, self.base.input_size, self.base.input_size)
         else:
             try:
-                check_scheme(self.base, p, c)
+                check_scheme(self.base, *scheme)
             except CoInferError as exc:
                 raise ProtocolError(ErrorCode.UNKNOWN_SCHEME, str(exc)) from None
-            point = self.base.partition_points()[p]
-            expected = (c, point.height, point.width)
+            point = self.base.partition_points()[scheme.p]
+            expected = (scheme.c, point.height, point.width)
         if tuple(shape[1:]) != expected:
-            raise ProtocolError(ErrorCode.BAD_SHAPE, f"shape {shape[1:]} at point {p} should be {expected}")
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"shape {shape[1:]} for scheme {scheme} should be {expected}")
 
-    def _build(self, p: int, c: int, b: int) -> nn.Module:
+    def _build(self, scheme: Scheme) -> nn.Module:
         if not self.finetuned:
-            return SchemeModel(self.base, p, c, 8).eval()
+            return SchemeModel(self.base, scheme).eval()
         from runtime.weights import scheme_model
         assert self.app is not None
-        return scheme_model(self.app, p, c, b, base=self.base, root=self.weights_root)
+        return scheme_model(self.app, scheme, base=self.base, root=self.weights_root)
 
-    def get(self, p: int, c: int, b: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The tail of scheme (p, c, b): activation -> logits (p = -1: the whole base model)."""
-        if p == ALL_CLOUD_P:
+    def get(self, scheme: Scheme) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The tail of a scheme: activation -> logits (all-cloud: the whole base model)."""
+        if scheme.is_all_cloud:
             return self.base.forward
-        key = (p, c, b) if self.finetuned else (p, c)
+        key = scheme if self.finetuned else Scheme(scheme.p, scheme.c, 8)
         with self._lock:
-            scheme = self._tails.pop(key, None)
-            if scheme is not None:
-                self._tails[key] = scheme
-        if scheme is None:
+            model = self._tails.pop(key, None)
+            if model is not None:
+                self._tails[key] = model
+        if model is None:
             with self._build_lock:  # a fine-tune can take seconds: build outside the LRU lock, once
                 with self._lock:
-                    scheme = self._tails.get(key)
-                if scheme is None:
-                    scheme = self._build(p, c, b)
+                    model = self._tails.get(key)
+                if model is None:
+                    model = self._build(key)
             with self._lock:
-                self._tails[key] = scheme
+                self._tails[key] = model
                 self._tails.move_to_end(key)
                 while len(self._tails) > self.size:
                     self._tails.popitem(last=False)
-        return scheme.tail
+        return model.tail
 
 
 @dataclass
@@ -285,7 +285,7 @@ class CloudServer:
         try:
             if req.app != self.app.name:
                 raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {self.app.name!r}, not {req.app!r}")
-            self.tails.check(req.p, req.c, req.shape)
+            self.tails.check(req.scheme, req.shape)
             async with self._workers:
                 waited = time.perf_counter() - t0
                 reply = await asyncio.to_thread(self._compute, req)
@@ -298,14 +298,14 @@ class CloudServer:
             log.exception("request %d from %s failed", req.request_id, conn.peer)
             return Error(req.request_id, ErrorCode.INTERNAL, "internal error", self.app.name)
         self.stats["replies"] += 1
-        log.info("request %d from %s scheme=(%d,%d,%d) n=%d body=%dB queue=%.2fms unpack=%.2fms compute=%.2fms",
-                 req.request_id, conn.peer, req.p, req.c, req.bits, req.shape[0], len(req.body), waited * 1e3,
+        log.info("request %d from %s scheme=%s n=%d body=%dB queue=%.2fms unpack=%.2fms compute=%.2fms",
+                 req.request_id, conn.peer, req.scheme, req.shape[0], len(req.body), waited * 1e3,
                  reply.unpack_s * 1e3, reply.compute_s * 1e3)
         return reply
 
     def _compute(self, req: Request) -> Reply:
         """Runs in a worker thread: decode, dequantise, tail forward, top-k (a tail built now is not timed)."""
-        tail = self.tails.get(req.p, req.c, req.bits)
+        tail = self.tails.get(req.scheme)
         t0 = time.perf_counter()
         codes, lo, scale = decode_activation(req.body, req.shape, req.bits)  # the checks of activation.from_bytes
         a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))

@@ -37,35 +37,14 @@ from torch import nn
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
 from compress import activation
+from compress.model import SchemeModel
 from compress.prune import check_scheme
-from compress.scheme import SchemeModel, parse_scheme
+from compress.scheme import ALL_CLOUD, Scheme
 from database.slowdown import SlowCPU
 from models.build import load_base_model
 from models.vgg import VGG
 from runtime.monitor import BandwidthEstimator, TokenBucket
-from runtime.protocol import ALL_CLOUD_P, MAX_TOPK, Error, Hello, Reply, Request, encode, read_frame
-
-SPLIT, ALL_CLOUD, ALL_EDGE = "split", "all-cloud", "all-edge"
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """Where the model is cut: a split (p, c, b), or one of the two single-end schemes."""
-
-    kind: str
-    p: int = ALL_CLOUD_P
-    c: int = 0
-    b: int = 8
-
-    def __str__(self) -> str:
-        return f"{self.p},{self.c},{self.b}" if self.kind == SPLIT else self.kind
-
-
-def parse_edge_scheme(text: str) -> Scheme:
-    """'p,c,b', 'all-cloud' or 'all-edge'."""
-    if text in (ALL_CLOUD, ALL_EDGE):
-        return Scheme(text)
-    return Scheme(SPLIT, *parse_scheme(text))
+from runtime.protocol import MAX_TOPK, Error, Hello, Reply, Request, encode, read_frame
 
 
 class RemoteError(CoInferError):
@@ -137,16 +116,15 @@ class EdgeClient:
     def model_for(self, scheme: Scheme) -> nn.Module | None:
         """The edge's model of a scheme (built once): SchemeModel, the base model, or None (all-cloud)."""
         if scheme not in self._models:
-            if scheme.kind == ALL_CLOUD:
+            if scheme.is_all_cloud:
                 model = None
-            elif scheme.kind == SPLIT:
-                check_scheme(self.base, scheme.p, scheme.c, scheme.b)
+            elif scheme.is_split:
+                check_scheme(self.base, *scheme)
                 if self.finetuned:
                     from runtime.weights import scheme_model
-                    model = scheme_model(self.app, scheme.p, scheme.c, scheme.b, base=self.base,
-                                         root=self.weights_root)
+                    model = scheme_model(self.app, scheme, base=self.base, root=self.weights_root)
                 else:
-                    model = SchemeModel(self.base, scheme.p, scheme.c, scheme.b).eval()
+                    model = SchemeModel(self.base, scheme).eval()
             else:
                 model = self.base.eval()
             self._models[scheme] = model
@@ -166,7 +144,7 @@ class EdgeClient:
 
     async def connect(self, force: bool = False) -> None:
         """Open the connection (and authenticate when a token is set); no-op for all-edge unless `force`."""
-        if (self.scheme.kind == ALL_EDGE and not force) or self._writer is not None:
+        if (self.scheme.is_all_edge and not force) or self._writer is not None:
             return
         try:
             async with asyncio.timeout(self.timeout):
@@ -236,7 +214,7 @@ class EdgeClient:
         c0 = time.thread_time()
         out = self._compute_head(x)
         c1 = time.thread_time()
-        body = None if isinstance(out, Prediction) else activation.to_bytes(out, self.scheme.b)
+        body = None if isinstance(out, Prediction) else activation.to_bytes(out, self.scheme.wire(out.shape[1])[2])
         return out, body, c1 - c0, time.thread_time() - c1
 
     def _edge(self, x: torch.Tensor) -> tuple[torch.Tensor | Prediction, bytes | None, float, float]:
@@ -250,8 +228,9 @@ class EdgeClient:
 
     def _request(self, a: torch.Tensor, scheme: Scheme, body: bytes | None = None) -> tuple[Request, bytes]:
         """The REQUEST and its frame (header + CRC; at full speed, not part of the emulated device's work)."""
-        request = Request(self._take_id(), self.app.name, scheme.p, a.shape[1], scheme.b, self.k,
-                          tuple(a.shape), activation.to_bytes(a, scheme.b) if body is None else body)
+        p, c, bits = scheme.wire(a.shape[1])
+        request = Request(self._take_id(), self.app.name, p, c, bits, self.k,
+                          tuple(a.shape), activation.to_bytes(a, bits) if body is None else body)
         return request, encode(request)
 
     def _finish(self, request: Request, reply: Reply | Hello, frame: bytes, edge_s: float, pack_s: float,
@@ -294,7 +273,7 @@ class EdgeClient:
             self.monitor.observe(size, seconds)
         x = torch.zeros(images, self.app.in_channels, self.app.input_size, self.app.input_size)
         x[:, :, 0, 0] = 1.0  # a non-constant channel: scale > 0
-        request, frame = self._request(x, Scheme(ALL_CLOUD))
+        request, frame = self._request(x, ALL_CLOUD)
         t0 = time.perf_counter()
         reply = await self._roundtrip(frame)
         self._finish(request, reply, frame, 0.0, 0.0, time.perf_counter() - t0)
@@ -304,7 +283,7 @@ class EdgeClient:
         """Queue mode (Neurosurgeon): one image per request, the head of the next task computed while
         up to `depth` requests are in flight; replies come back in order on the one connection.
         `total_s` of each prediction is from its head's start to its reply."""
-        if self.scheme.kind == ALL_EDGE:
+        if self.scheme.is_all_edge:
             return [self._edge(images[i:i + 1])[0] for i in range(len(images))]
         if self._reader is None or self._writer is None:
             raise CoInferError("not connected")
@@ -354,15 +333,6 @@ class EdgeClient:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def to_edge_scheme(key: tuple[int, int, int] | str) -> Scheme:
-    """A search answer ((p, c, b), 'all-edge' or 'all-cloud') as an edge Scheme."""
-    return Scheme(key) if isinstance(key, str) else Scheme(SPLIT, *key)
-
-
-def scheme_key(scheme: Scheme) -> tuple[int, int, int] | str:
-    return (scheme.p, scheme.c, scheme.b) if scheme.kind == SPLIT else scheme.kind
-
-
 class Planner:
     """What `--auto` needs: the latency model and accuracy database of the app (read only)."""
 
@@ -382,30 +352,29 @@ class Planner:
 
     def best(self, mbps: float, accuracy_loss: float) -> Scheme:
         from runtime.monitor import search_scheme
-        return to_edge_scheme(search_scheme(self.model, self.evaluator, self.base_accuracy, mbps, accuracy_loss,
-                                            self.offline).scheme)
+        return search_scheme(self.model, self.evaluator, self.base_accuracy, mbps, accuracy_loss, self.offline).scheme
 
     def frontier(self, accuracy_loss: float, per_octave: int = 2):
         from runtime.monitor import build_frontier, log_grid
         return build_frontier(self.model, self.evaluator, self.base_accuracy, accuracy_loss,
                               log_grid(0.125, 8.0, per_octave), self.offline)
 
-    def feasible(self, accuracy_loss: float) -> list[tuple[int, int, int] | str]:
+    def feasible(self, accuracy_loss: float) -> list[Scheme]:
         """Every stored scheme within the accuracy loss, plus the two single-end schemes."""
         ok = [s for s, a in self.evaluator.known().items() if a >= self.base_accuracy - accuracy_loss - 1e-9]
-        return ok + [ALL_EDGE, ALL_CLOUD]
+        return ok + [Scheme.ALL_EDGE, ALL_CLOUD]
 
 
 def resolve_scheme(args: argparse.Namespace, app: App, mbps: float | None = None,
                    planner: Planner | None = None) -> Scheme:
     """The scheme to run: `--scheme`, or with `--auto` the search's answer at `mbps` (the estimate)."""
     if not getattr(args, "auto", False):
-        return parse_edge_scheme(args.scheme)
+        return Scheme.parse(args.scheme)
     if mbps is None or planner is None:
         raise CoInferError("--auto needs a bandwidth estimate and the databases")
     if args.queue:
         from runtime.monitor import throughput_scheme
-        return to_edge_scheme(throughput_scheme(planner.model, planner.feasible(args.accuracy_loss), mbps))
+        return throughput_scheme(planner.model, planner.feasible(args.accuracy_loss), mbps)
     return planner.best(mbps, args.accuracy_loss)
 
 
@@ -435,9 +404,9 @@ def format_report(summary: dict, scheme: Scheme) -> str:
              "cloud_unpack_s": "cloud unpack", "cloud_compute_s": "cloud compute", "total_s": "total"}
     lines = [f"scheme {scheme}: {summary['requests']} requests, one image each",
              f"{'stage':<18}{'median ms':>10}"]
-    shown = ["edge_s", "total_s"] if scheme.kind == ALL_EDGE else list(names)
+    shown = ["edge_s", "total_s"] if scheme.is_all_edge else list(names)
     lines += [f"{names[s]:<18}{summary['median_s'][s] * 1e3:>10.3f}" for s in shown]
-    if scheme.kind == ALL_EDGE:
+    if scheme.is_all_edge:
         lines.append("no network: the whole model ran here")
     else:
         lines.append(f"bytes per request: {summary['bytes_up']:.0f} up, {summary['bytes_down']:.0f} down")
@@ -470,8 +439,7 @@ async def run_auto(client: EdgeClient, images: torch.Tensor, args: argparse.Name
         adapter = None
         if args.adapt:
             frontier = planner.frontier(args.accuracy_loss)
-            info["frontier"] = [[g, list(s) if isinstance(s, tuple) else s] for g, s in zip(frontier.grid,
-                                                                                           frontier.schemes)]
+            info["frontier"] = [[g, s.to_json()] for g, s in zip(frontier.grid, frontier.schemes)]
             adapter = Adapter(planner.model, frontier)
         else:
             client.use(resolve_scheme(args, app, mbps, planner))
@@ -480,12 +448,12 @@ async def run_auto(client: EdgeClient, images: torch.Tensor, args: argparse.Name
             if adapter is not None:
                 if client.monitor.needs_probe():
                     await client.probe()
-                client.use(to_edge_scheme(adapter.choose(client.monitor.mbps, i)))
+                client.use(adapter.choose(client.monitor.mbps, i))
             preds.append(await client.infer(images[i:i + 1]))
             info["schemes"].append(str(client.scheme))
             info["estimates"].append(client.monitor.mbps)
         if adapter is not None:
-            info["switches"] = [[i, str(to_edge_scheme(s)), m] for i, s, m in adapter.switches]
+            info["switches"] = [[i, str(s), m] for i, s, m in adapter.switches]
         return preds, info
     finally:
         await client.close()
@@ -536,8 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError("--bandwidth and --rate-limit must be positive (Mbps)")
     if args.depth < 1:
         raise CoInferError("--depth must be at least 1")
-    scheme = Scheme(ALL_CLOUD) if args.auto else resolve_scheme(args, app)
-    if scheme.kind == ALL_EDGE:
+    scheme = ALL_CLOUD if args.auto else resolve_scheme(args, app)
+    if scheme.is_all_edge:
         host, port = "", 0
     elif not args.server:
         raise CoInferError("--server HOST:PORT is required unless --scheme all-edge")

@@ -33,14 +33,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from search.latency import LatencyModel, bytes_per_second
-
-BYTES_PER_MBPS = 2**20 / 8
-SchemeKey = tuple[int, int, int] | str  # (p, c, b), "all-edge" or "all-cloud"
-
-
-def mbps_of(nbytes: float, seconds: float) -> float:
-    return nbytes / seconds / BYTES_PER_MBPS
+from apps.units import BYTES_PER_MBPS, bytes_per_second, mbps_of
+from compress.scheme import Scheme
+from search.latency import LatencyModel
 
 
 class BandwidthEstimator:
@@ -116,14 +111,14 @@ class Frontier:
 
     accuracy_loss: float
     grid: list[float]
-    schemes: list[SchemeKey]
+    schemes: list[Scheme]
     accuracies: list[float | None] = field(default_factory=list)
 
     @property
-    def candidates(self) -> list[SchemeKey]:
+    def candidates(self) -> list[Scheme]:
         return list(dict.fromkeys(self.schemes))
 
-    def at(self, mbps: float) -> SchemeKey:
+    def at(self, mbps: float) -> Scheme:
         """The grid's answer for the largest grid bandwidth <= mbps (the conservative cell)."""
         i = max([0] + [j for j, g in enumerate(self.grid) if g <= mbps * (1 + 1e-9)])
         return self.schemes[i]
@@ -151,13 +146,13 @@ class Adapter:
 
     def __init__(self, model: LatencyModel, frontier: Frontier, hysteresis: float = 0.05) -> None:
         self.model, self.frontier, self.hysteresis = model, frontier, hysteresis
-        self.current: SchemeKey | None = None
-        self.switches: list[tuple[int, SchemeKey, float]] = []  # (request index, new scheme, estimate)
+        self.current: Scheme | None = None
+        self.switches: list[tuple[int, Scheme, float]] = []  # (request index, new scheme, estimate)
 
-    def predicted(self, scheme: SchemeKey, mbps: float) -> float:
+    def predicted(self, scheme: Scheme, mbps: float) -> float:
         return self.model.breakdown(scheme, mbps).total
 
-    def choose(self, mbps: float, request_index: int = 0) -> SchemeKey:
+    def choose(self, mbps: float, request_index: int = 0) -> Scheme:
         best = min(self.frontier.candidates, key=lambda s: self.predicted(s, mbps))
         if self.current is None:
             self.current = best
@@ -169,9 +164,9 @@ class Adapter:
         return self.current
 
 
-def throughput_scheme(model: LatencyModel, feasible: list[SchemeKey], mbps: float) -> SchemeKey:
+def throughput_scheme(model: LatencyModel, feasible: list[Scheme], mbps: float) -> Scheme:
     """Queue mode: the scheme whose slowest pipeline stage (edge, transfer, cloud) is fastest."""
-    def bottleneck(s: SchemeKey) -> float:
+    def bottleneck(s: Scheme) -> float:
         bd = model.breakdown(s, mbps)
         return max(bd.edge, bd.transfer, bd.cloud)
     return min(feasible, key=bottleneck)

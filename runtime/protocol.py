@@ -45,6 +45,7 @@ import numpy as np
 
 from apps.errors import CoInferError
 from compress import activation
+from compress.scheme import ALL_CLOUD_P, Scheme
 
 MAGIC = b"COIN"
 VERSION = 1
@@ -52,7 +53,6 @@ HEADER = struct.Struct("<4sBBBBI16sbBH4HII")
 HEADER_SIZE = HEADER.size
 APP_NAME_BYTES = 16
 MAX_TOPK = 10
-ALL_CLOUD_P = -1
 _REPLY_FIXED = struct.Struct("<dd")
 _ERROR_FIXED = struct.Struct("<H")
 
@@ -125,6 +125,14 @@ class Request:
     k: int
     shape: Shape
     body: bytes  # see encode_activation
+
+    @property
+    def scheme(self) -> Scheme:
+        """The scheme this request runs (UNKNOWN_SCHEME when its fields name none)."""
+        try:
+            return Scheme.from_wire(self.p, self.c, self.bits)
+        except CoInferError as exc:
+            raise ProtocolError(ErrorCode.UNKNOWN_SCHEME, str(exc)) from None
 
 
 @dataclass(frozen=True)

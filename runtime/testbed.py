@@ -52,6 +52,7 @@ import time
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, REPO_ROOT
 from apps.errors import CoInferError, run_cli
+from apps.units import BYTES_PER_MBPS
 from database.slowdown import KeepWarm, check_speed
 
 PREFIX = "coinfer-tb-"
@@ -60,7 +61,6 @@ CLOUD_PORT = 5000
 SINK_PORT = 5001
 FILLER_PORT = 5002
 LINKS = ("tbf", "paced")
-BYTES_PER_MBPS = 2**20 / 8
 
 
 def parse_rate(text: str) -> float:

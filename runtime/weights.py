@@ -1,6 +1,6 @@
 """Fine-tuned weights per scheme, shared by the edge head and the cloud tail.
 
-    scheme_model(app, p, c, b) -> SchemeModel
+    scheme_model(app, Scheme(p, c, b)) -> SchemeModel
 
 A scheme's accuracy in the database is that of the pruned model *after* the app's fine-tune
 protocol (database.evaluate); running the pruned base weights instead loses most of it. The
@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 
 from apps import REPO_ROOT, App
-from compress.scheme import SchemeModel
+from compress.model import SchemeModel
+from compress.scheme import Scheme
 from models.vgg import VGG
 
 log = logging.getLogger("coinfer.weights")
 ENV_DIR = "COINFER_SCHEMES_DIR"
-_cache: dict[tuple[str, str, int, int, int], dict[str, torch.Tensor]] = {}
+_cache: dict[tuple[str, str, Scheme], dict[str, torch.Tensor]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -47,17 +48,18 @@ def schemes_dir(root: str | Path | None = None) -> Path:
     return Path(env) if env else REPO_ROOT / "checkpoints" / "schemes"
 
 
-def scheme_path(app: App, p: int, c: int, b: int, root: str | Path | None = None) -> Path:
+def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Path:
+    p, c, b = scheme
     return schemes_dir(root) / app.name / f"{p}-{c}-{b}.pt"
 
 
-def finetune(app: App, p: int, c: int, b: int, evaluator=None) -> tuple[SchemeModel, float]:
-    """(model, test top-1) of scheme (p, c, b) fine-tuned with the app's protocol, exactly as the
+def finetune(app: App, scheme: Scheme, evaluator=None) -> tuple[SchemeModel, float]:
+    """(model, test top-1) of a split scheme fine-tuned with the app's protocol, exactly as the
     accuracy database evaluates it (database.evaluate.FinetuneEvaluator)."""
     from database.evaluate import FinetuneEvaluator
     from models.train import test_accuracy
     ev = evaluator if evaluator is not None else FinetuneEvaluator(app)
-    model = ev.finetune(p, c, b)
+    model = ev.finetune(scheme)
     return model, test_accuracy(model, ev.test)[0]
 
 
@@ -99,23 +101,23 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def scheme_state(app: App, p: int, c: int, b: int, *, root: str | Path | None = None,
+def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None,
                  train: bool = True, evaluator=None) -> dict[str, torch.Tensor]:
-    """The fine-tuned state_dict of (p, c, b): memory, then disk, then a fine-tune (saved)."""
-    path = scheme_path(app, p, c, b, root)
-    key = (app.name, str(path.parent), p, c, b)
+    """The fine-tuned state_dict of a split scheme: memory, then disk, then a fine-tune (saved)."""
+    path = scheme_path(app, scheme, root)
+    key = (app.name, str(path.parent), scheme)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
     if not path.is_file():
         if not train:
-            raise FileNotFoundError(f"no fine-tuned weights for scheme {p},{c},{b} of {app.name} at {path}")
+            raise FileNotFoundError(f"no fine-tuned weights for scheme {scheme} of {app.name} at {path}")
         with _locked(path):
             if not path.is_file():  # another process may have made it while we waited
                 start = time.perf_counter()
-                log.info("fine-tuning scheme %d,%d,%d of %s (protocol %s)", p, c, b, app.name, app.protocol.name)
-                model, top1 = finetune(app, p, c, b, evaluator)
-                meta = {"app": app.name, "scheme": [p, c, b], "protocol": app.protocol.name,
+                log.info("fine-tuning scheme %s of %s (protocol %s)", scheme, app.name, app.protocol.name)
+                model, top1 = finetune(app, scheme, evaluator)
+                meta = {"app": app.name, "scheme": scheme.to_json(), "protocol": app.protocol.name,
                         "seed": app.protocol.seed, "top1": top1, "seconds": time.perf_counter() - start}
                 _save_atomic(model.state_dict(), meta, path)
     state = load_state(path)
@@ -124,22 +126,22 @@ def scheme_state(app: App, p: int, c: int, b: int, *, root: str | Path | None = 
     return state
 
 
-def scheme_accuracy(app: App, p: int, c: int, b: int, root: str | Path | None = None) -> float | None:
+def scheme_accuracy(app: App, scheme: Scheme, root: str | Path | None = None) -> float | None:
     """The test top-1 recorded when the scheme was fine-tuned here, None when unknown."""
     try:
-        return float(json.loads(scheme_path(app, p, c, b, root).with_suffix(".json").read_text())["top1"])
+        return float(json.loads(scheme_path(app, scheme, root).with_suffix(".json").read_text())["top1"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def scheme_model(app: App, p: int, c: int, b: int, *, base: VGG | None = None, root: str | Path | None = None,
+def scheme_model(app: App, scheme: Scheme, *, base: VGG | None = None, root: str | Path | None = None,
                  train: bool = True, evaluator=None) -> SchemeModel:
-    """SchemeModel (p, c, b) with its fine-tuned weights (fine-tuned and saved first when missing)."""
-    state = scheme_state(app, p, c, b, root=root, train=train, evaluator=evaluator)
+    """The SchemeModel of a split scheme with its fine-tuned weights (fine-tuned and saved first when missing)."""
+    state = scheme_state(app, scheme, root=root, train=train, evaluator=evaluator)
     if base is None:
         from models.build import load_base_model
         base = load_base_model(app)
-    model = SchemeModel(base, p, c, b)
+    model = SchemeModel(base, scheme)
     model.load_state_dict(state)
     return model.eval()
 

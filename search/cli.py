@@ -12,11 +12,12 @@ import math
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import ArgParser, CoInferError
+from apps.units import bytes_per_second
 from database.store import Store
 from models.build import app_points
 from search.bounds import DEFAULT_TOLERANCE
 from search.evaluators import make_evaluator
-from search.latency import LatencyModel, bytes_per_second
+from search.latency import LatencyModel
 from search.problem import Problem, Query
 from search.runner import SearchResult, run_search
 from search.samplers import SAMPLERS
@@ -118,12 +119,12 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
     lines = [f"{app} [{model.devices[0]} -> {model.devices[1]}]: {head}"]
     if not r.feasible:
         lines.append("NO SCHEME meets the bound; the closest (fastest) scheme:")
-    if isinstance(r.scheme, tuple):
+    if r.scheme.is_split:
         p, c, b = r.scheme
         cp = model.points[p].channels
         lines.append(f"  scheme      split after {r.layer} (p={p}): keep {c} of {cp} channels, {b} bits")
     else:
-        where = "whole model on the edge" if r.scheme == "all-edge" else "raw input sent, whole model in the cloud"
+        where = "whole model on the edge" if r.scheme.is_all_edge else "raw input sent, whole model in the cloud"
         lines.append(f"  scheme      {r.scheme} ({where})")
     bd = r.breakdown
     lines.append(f"  latency     {_ms(bd.total)} = edge {_ms(bd.edge)} + transfer {_ms(bd.transfer)} "
@@ -152,7 +153,7 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
         lines.append(f"  gap         an unevaluated scheme could be up to {gap} better ({unit})" if r.gap else
                      "  gap         none: the answer is optimal given the database")
         if r.next_to_evaluate:
-            lines.append("  next        " + "  ".join(f"{p},{c},{b}" for p, c, b in r.next_to_evaluate))
+            lines.append("  next        " + "  ".join(map(str, r.next_to_evaluate)))
     for note in r.notes:
         if note.startswith("exact"):
             continue

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from apps import App
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from database.formats import check_table, read_table
 from database.store import Store
-
-Scheme = tuple[int, int, int]
 
 
 class DatabaseEvaluator:
@@ -42,7 +41,7 @@ class DatabaseEvaluator:
         if self._finetune is None:
             from database.evaluate import FinetuneEvaluator
             self._finetune = FinetuneEvaluator(self.app, self.device)
-        row = self._finetune.evaluate(*scheme, seed=self.seed)
+        row = self._finetune.evaluate(scheme, seed=self.seed)
         self.store.put_accuracy([row])
         return row.top1
 
@@ -66,8 +65,7 @@ class TableEvaluator:
         try:
             return self.table[scheme]
         except KeyError:
-            p, c, b = scheme
-            raise CoInferError(f"table {self.path} lacks scheme {p},{c},{b} that the search asked for") from None
+            raise CoInferError(f"table {self.path} lacks scheme {scheme} that the search asked for") from None
 
 
 def make_evaluator(spec: str, app: App, store: Store, widths: list[int], seed: int | None = None,

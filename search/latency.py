@@ -29,19 +29,15 @@ import numpy as np
 
 from apps import App, Link
 from apps.errors import CoInferError
+from apps.units import bytes_per_second
 from compress.quant import HEADER_BYTES_PER_CHANNEL
+from compress.scheme import Scheme
 from database.store import LatencyRow, Store
 from models.build import app_points
 from models.vgg import PartitionPoint
 from search.space import Space
 
 PAPER_FORMULA = "optcoinfer-paper"
-
-
-def bytes_per_second(mbps: float) -> float:
-    if not mbps > 0:
-        raise CoInferError(f"bandwidth must be > 0 Mbps, got {mbps}")
-    return mbps * 2**20 / 8
 
 
 @dataclass(frozen=True)
@@ -140,11 +136,11 @@ class LatencyModel:
         """L(s, B) for every scheme of the space (flat, Space order)."""
         return self.edge_s + self.wire / bytes_per_second(mbps) + self.rtt_s + self.cloud_s
 
-    def breakdown(self, scheme: tuple[int, int, int] | str, mbps: float) -> Breakdown:
+    def breakdown(self, scheme: Scheme, mbps: float) -> Breakdown:
         bps = bytes_per_second(mbps)
-        if scheme == "all-edge":
+        if scheme.is_all_edge:
             return Breakdown(self.edge_all, 0.0, 0.0, 0.0)
-        if scheme == "all-cloud":
+        if scheme.is_all_cloud:
             wire = self.wire_bytes(self.raw_input_bytes)
             return Breakdown(self.edge_raw, wire / bps + self.rtt_s, self.cloud_all, self.raw_input_bytes, wire)
         i = self.space.index(scheme)
@@ -152,10 +148,10 @@ class LatencyModel:
                          float(self.bytes[i]), float(self.wire[i]))
 
     def all_edge(self, mbps: float) -> float:
-        return self.breakdown("all-edge", mbps).total
+        return self.breakdown(Scheme.ALL_EDGE, mbps).total
 
     def all_cloud(self, mbps: float) -> float:
-        return self.breakdown("all-cloud", mbps).total
+        return self.breakdown(Scheme.ALL_CLOUD, mbps).total
 
     def reference(self, mbps: float) -> float:
         """The best single-end latency, min(all-edge, all-cloud): the base of `-latency r`."""

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.latency import LatencyModel
-from search.space import ALL_CLOUD, ALL_EDGE
 
 FLOAT_SLACK = 1e-9
 
@@ -45,7 +45,7 @@ class Query:
 class Status:
     """Where a search stands given what is known."""
 
-    incumbent: int | str | None  # flat scheme index, ALL_EDGE / ALL_CLOUD, or None (nothing feasible yet)
+    incumbent: int | Scheme | None  # flat index of a split, a single-end Scheme, or None (nothing feasible yet)
     incumbent_value: float  # latency (latency query) or accuracy (accuracy query) of the incumbent
     candidates: np.ndarray  # bool: unevaluated schemes that could still beat the incumbent
     lower: np.ndarray
@@ -67,7 +67,7 @@ class Problem:
         self.all_edge = model.all_edge(query.bandwidth)
         self.all_cloud = model.all_cloud(query.bandwidth)
         self.reference = model.reference(query.bandwidth)
-        self.single_end = ALL_EDGE if self.all_edge <= self.all_cloud else ALL_CLOUD
+        self.single_end = Scheme.ALL_EDGE if self.all_edge <= self.all_cloud else Scheme.ALL_CLOUD
         if query.kind == "latency":
             self.threshold = base_accuracy - query.accuracy_loss - FLOAT_SLACK
             self.budget = None
@@ -109,7 +109,7 @@ class Problem:
     def objective(self, i: int, accuracy: float) -> float:
         return float(self.latency[i]) if self.query.kind == "latency" else accuracy
 
-    def exhaustive(self, table: dict[int, float]) -> tuple[int | str | None, float]:
+    def exhaustive(self, table: dict[int, float]) -> tuple[int | Scheme | None, float]:
         """The oracle's answer over a complete table {flat index: accuracy}."""
         kn = Knowledge(self.space)
         for i, a in table.items():

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.latency import Breakdown
 from search.problem import Problem, Status
@@ -34,7 +35,7 @@ class SearchResult:
     bound: float  # the query's accuracy_loss (latency query) or latency ratio (accuracy query)
     sampler: str
     evaluator: str
-    scheme: tuple[int, int, int] | str | None
+    scheme: Scheme
     layer: str | None
     feasible: bool
     breakdown: Breakdown
@@ -43,7 +44,7 @@ class SearchResult:
     accuracy: float | None
     accuracy_is_bound: bool
     certified: bool
-    certificate: list[tuple[int, int, int]]
+    certificate: list[Scheme]
     new_evaluations: int
     reused_evaluations: int
     wall_s: float
@@ -51,16 +52,16 @@ class SearchResult:
     tolerance: float
     offline: bool = False
     gap: float | None = None
-    next_to_evaluate: list[tuple[int, int, int]] = field(default_factory=list)
+    next_to_evaluate: list[Scheme] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     study: optuna.Study | None = None  # every new evaluation as an Optuna trial (inspection, plots)
 
     @property
-    def trials(self) -> list[tuple[tuple[int, int, int], float, str]]:
-        """The new evaluations in order: ((p, c, b), accuracy, source)."""
+    def trials(self) -> list[tuple[Scheme, float, str]]:
+        """The new evaluations in order: (scheme, accuracy, source)."""
         if self.study is None:
             return []
-        return [((t.params["p"], t.params["c"], t.params["b"]), t.user_attrs["accuracy"], t.user_attrs["source"])
+        return [(Scheme(t.params["p"], t.params["c"], t.params["b"]), t.user_attrs["accuracy"], t.user_attrs["source"])
                 for t in self.study.trials]
 
     @property
@@ -71,19 +72,19 @@ class SearchResult:
         out = {
             "query": self.kind, "bandwidth_mbps": self.bandwidth,
             ("accuracy_loss_bound" if self.kind == "latency" else "latency_ratio"): self.bound,
-            "scheme": list(self.scheme) if isinstance(self.scheme, tuple) else self.scheme,
+            "scheme": self.scheme.to_json(),
             "layer": self.layer, "feasible": self.feasible,
             "latency_s": self.breakdown.as_dict(), "bytes": self.breakdown.bytes,
             "reference_s": self.reference, "accuracy": self.accuracy, "accuracy_is_lower_bound":
                 self.accuracy_is_bound, "accuracy_loss": self.accuracy_loss, "base_accuracy": self.base_accuracy,
-            "certified": self.certified, "certificate": [list(s) for s in self.certificate],
+            "certified": self.certified, "certificate": [s.to_json() for s in self.certificate],
             "new_evaluations": self.new_evaluations, "reused_evaluations": self.reused_evaluations,
             "sampler": self.sampler, "evaluator": self.evaluator, "tolerance": self.tolerance,
             "wall_s": self.wall_s, "sampler_s": self.sampler_s, "notes": self.notes,
         }
         if self.offline:
             out["gap"] = self.gap
-            out["next_to_evaluate"] = [list(s) for s in self.next_to_evaluate]
+            out["next_to_evaluate"] = [s.to_json() for s in self.next_to_evaluate]
         return out
 
 
@@ -209,7 +210,7 @@ def _run_optuna(problem: Problem, name: str, evaluate, seed: int, budget: int, s
         frac = trial.suggest_float("c_frac", 0.0, 1.0)
         b = trial.suggest_int("b", 1, 8)
         c = max(1, math.ceil(frac * points[p].channels))
-        i = space.index((p, c, b))
+        i = space.index(Scheme(p, c, b))
         t0 = time.perf_counter()
         if problem.query.kind == "latency":
             acc = evaluate(i)
@@ -258,12 +259,12 @@ def _result(problem: Problem, kn: Knowledge, st: Status, evaluator, sampler: str
         inc = fastest if problem.latency[fastest] < problem.reference else problem.single_end
         notes.append(f"no scheme meets the latency budget {problem.budget:.6g} s "
                      f"({q.latency_ratio:g} x {problem.reference:.6g} s); the closest is shown")
-    if isinstance(inc, str):
+    if isinstance(inc, Scheme):
         scheme, layer, accuracy = inc, None, problem.base
         bd = model.breakdown(inc, q.bandwidth)
     else:
         scheme = space.scheme(inc)
-        layer = space.points[scheme[0]].name
+        layer = space.points[scheme.p].name
         accuracy = float(st.lower[inc]) if bound else (None if np.isnan(kn.acc[inc]) else float(kn.acc[inc]))
         bd = model.breakdown(scheme, q.bandwidth)
     # Certified: nothing unevaluated can beat the answer. Exact when every scheme that could
@@ -298,7 +299,7 @@ def _result(problem: Problem, kn: Knowledge, st: Status, evaluator, sampler: str
         reused_evaluations=used_stored, wall_s=0.0, sampler_s=0.0, tolerance=tol, offline=offline, notes=notes)
 
 
-def _proof(problem: Problem, kn: Knowledge, st: Status, inc: int | str) -> list[int]:
+def _proof(problem: Problem, kn: Knowledge, st: Status, inc: int | Scheme) -> list[int]:
     """The answer plus the evaluated schemes whose values rule out everything that could beat it:
     failed schemes at points where some scheme is faster than the answer (latency query), or
     worse schemes at points where some scheme fits the budget (accuracy query)."""
@@ -310,5 +311,5 @@ def _proof(problem: Problem, kn: Knowledge, st: Status, inc: int | str) -> list[
     else:
         keep = (kn.acc[evaluated] <= st.incumbent_value) & (fastest_at <= problem.budget)
     proof = [int(i) for i in evaluated[keep] if i != inc]
-    return proof if isinstance(inc, str) else [int(inc)] + proof
+    return proof if isinstance(inc, Scheme) else [int(inc)] + proof
 

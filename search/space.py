@@ -1,6 +1,6 @@
 """The scheme space of an app as flat numpy arrays (one entry per split scheme).
 
-Scheme i is (p[i], c[i], b[i]). `grid(p)` maps (c, b) at point p to flat indices, so the
+Split scheme i is Scheme(p[i], c[i], b[i]). `grid(p)` maps (c, b) at point p to flat indices, so the
 monotone bounds can work on a C_p x 8 grid per point with cumulative max/min.
 """
 
@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compress.prune import check_in_space
+from compress.scheme import Scheme
 from models.vgg import PartitionPoint
-
-ALL_EDGE = "all-edge"
-ALL_CLOUD = "all-cloud"
 
 
 @dataclass
@@ -40,15 +38,16 @@ class Space:
     def size(self) -> int:
         return len(self.p)
 
-    def index(self, scheme: tuple[int, int, int]) -> int:
-        p, c, b = scheme
+    def index(self, scheme: Scheme) -> int:
+        """Flat index of a split scheme (one-line error if it is not in this space)."""
         self.check(scheme)
+        p, c, b = scheme
         return self.offsets[p] + (c - 1) * 8 + (b - 1)
 
-    def scheme(self, i: int) -> tuple[int, int, int]:
-        return int(self.p[i]), int(self.c[i]), int(self.b[i])
+    def scheme(self, i: int) -> Scheme:
+        return Scheme(int(self.p[i]), int(self.c[i]), int(self.b[i]))
 
-    def check(self, scheme: tuple[int, int, int]) -> None:
+    def check(self, scheme: Scheme) -> None:
         check_in_space([pt.channels for pt in self.points], *scheme)
 
     def grid_slice(self, p: int) -> slice:

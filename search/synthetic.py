@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress.scheme import Scheme
 from database.store import LatencyRow
 from models.vgg import PartitionPoint
 from search.latency import LatencyModel
@@ -31,7 +32,7 @@ def synthetic_latency(points: list[PartitionPoint], edge_per_point: float = 2e-3
 
 
 def synthetic_table(points: list[PartitionPoint], base: float = 0.9, noise: float = 0.0, seed: int = 0,
-                    shape: str = "saturating") -> dict[tuple[int, int, int], float]:
+                    shape: str = "saturating") -> dict[Scheme, float]:
     """Accuracy monotone in c and b at each point (before noise); deeper points tolerate
     more compression. `shape` picks the surface family."""
     rng = np.random.default_rng(seed)
@@ -51,5 +52,5 @@ def synthetic_table(points: list[PartitionPoint], base: float = 0.9, noise: floa
                 else:  # "cliff": fine above a threshold, collapses below it
                     drop = 0.6 * float(fc * fb < 0.05 * sens_c * sens_b) + 0.01 * (1 - fc) + 0.01 * (1 - fb)
                 acc = base - drop + (rng.normal(0, noise) if noise else 0.0)
-                table[(pt.index, c, b)] = float(np.clip(acc, 0.0, 1.0))
+                table[Scheme(pt.index, c, b)] = float(np.clip(acc, 0.0, 1.0))
     return table

@@ -19,13 +19,14 @@ from conftest import start_cloud_server
 
 from apps import load_app
 from apps.errors import CoInferError
+from compress.model import SchemeModel
 from compress.quant import dequantize, quantize
-from compress.scheme import SchemeModel
+from compress.scheme import ALL_CLOUD, ALL_EDGE, Scheme
 from data import load_splits
 from models.build import load_base_model
 from runtime import edge
 from runtime.cloud import CloudServer, serve
-from runtime.edge import ALL_CLOUD, ALL_EDGE, SPLIT, EdgeClient, RemoteError, Scheme
+from runtime.edge import EdgeClient, RemoteError
 from runtime.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -44,7 +45,7 @@ APP = load_app("vgg16_digits")
 pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
 FIELDS = ["magic", "version", "type", "flags", "bits", "request_id", "app", "p", "k", "c", "n", "ch", "h", "w",
           "body_len", "crc"]
-SCHEMES = [Scheme(SPLIT, 2, 10, 4), Scheme(SPLIT, 4, 12, 3), Scheme(SPLIT, 12, 64, 1), Scheme(ALL_CLOUD)]
+SCHEMES = [Scheme(2, 10, 4), Scheme(4, 12, 3), Scheme(12, 64, 1), ALL_CLOUD]
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,10 @@ def images() -> torch.Tensor:
 def reference(base, scheme: Scheme, x: torch.Tensor, k: int = 3) -> tuple[list[list[int]], list[list[float]]]:
     """The same scheme run locally in one process: SchemeModel forward (quantise-dequantise at the cut)."""
     with torch.inference_mode():
-        if scheme.kind == ALL_CLOUD:
+        if scheme.is_all_cloud:
             logits = base(dequantize(*quantize(x, 8)))
         else:
-            logits = SchemeModel(base, scheme.p, scheme.c, scheme.b).eval()(x)
+            logits = SchemeModel(base, scheme).eval()(x)
         scores, classes = torch.softmax(logits, 1).topk(k, 1)
     return classes.tolist(), scores.tolist()
 
@@ -225,7 +226,7 @@ def test_batch_request_and_all_edge(base, images) -> None:
         finally:
             await server.close()
         assert [row[0] for row in pred.classes] == [row[0] for row in reference(base, SCHEMES[0], images)[0]]
-        async with EdgeClient(APP, Scheme(ALL_EDGE), base, k=3) as local:  # no server, no network
+        async with EdgeClient(APP, ALL_EDGE, base, k=3) as local:  # no server, no network
             here = await local.infer(images)
         with torch.inference_mode():
             assert [row[0] for row in here.classes] == base(images).argmax(1).tolist()

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from apps import REPO_ROOT, load_app
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from database.formats import main as formats_main
 from database.formats import read_csv, read_optcoinfer, write_csv, write_optcoinfer
 from database.paper import DEFAULT_JSON, import_paper_profile
@@ -30,7 +31,7 @@ def test_accuracy_writes_are_idempotent(tmp_path):
     store = Store(str(tmp_path / "db.sqlite"))
     assert store.put_accuracy([row(), row(c=2)]) == 2
     assert store.put_accuracy([row(top1=0.9), row(c=3)]) == 1  # first write wins
-    assert store.accuracy_table("a", "proto") == {(0, 1, 1): 0.5, (0, 2, 1): 0.5, (0, 3, 1): 0.5}
+    assert store.accuracy_table("a", "proto") == {Scheme(0, 1, 1): 0.5, Scheme(0, 2, 1): 0.5, Scheme(0, 3, 1): 0.5}
     with sqlite3.connect(tmp_path / "db.sqlite") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -92,7 +93,8 @@ def test_optcoinfer_text_import_and_round_trip(tmp_path, capsys):
     src = tmp_path / "paper.txt"
     src.write_text("0+64-8*0.151\n1+5-7*0.2\n# comment\n\n12+512-1*0.9\n")
     table = read_optcoinfer(src)
-    assert table == {(0, 64, 8): pytest.approx(0.849), (1, 5, 7): pytest.approx(0.8), (12, 512, 1): pytest.approx(0.1)}
+    assert table == {Scheme(0, 64, 8): pytest.approx(0.849), Scheme(1, 5, 7): pytest.approx(0.8),
+                     Scheme(12, 512, 1): pytest.approx(0.1)}
     db = str(tmp_path / "db.sqlite")
     formats_main(["import-optcoinfer", str(src), "--app", "vgg16_cars", "--base-error", "0.151", "--storage", db])
     store = Store(db)
@@ -168,7 +170,7 @@ def test_locked_database_is_a_clear_error_and_writes_nothing(tmp_path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert Store(str(db)).accuracy_table("a") == {(0, 1, 1): 0.5}
+    assert Store(str(db)).accuracy_table("a") == {Scheme(0, 1, 1): 0.5}
 
 
 @pytest.mark.parametrize("args,match", [

@@ -58,7 +58,7 @@ def test_auto_adapt_runs_frontier_schemes(server, planner, capsys) -> None:
 
 def test_auto_queue_minimises_the_slowest_stage(server, planner, capsys) -> None:
     report = run_cli(capsys, "--server", server, "--auto", "--queue", "--bandwidth", "1", "--n", "6", "--depth", "3")
-    expected = edge.to_edge_scheme(throughput_scheme(planner.model, planner.feasible(0.01), 1.0))
+    expected = throughput_scheme(planner.model, planner.feasible(0.01), 1.0)
     assert report["scheme"] == str(expected) and report["requests"] == 6
     assert any("queue mode: up to 3 requests in flight" in n for n in report["notes"])
 

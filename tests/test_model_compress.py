@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from apps import load_app
 from apps.errors import CoInferError
 from compress.codec import pack, packed_size, unpack
+from compress.model import SchemeModel
 from compress.prune import keep_filters, prune_at
 from compress.quant import dequantize, quantize
-from compress.scheme import SchemeModel, all_schemes
+from compress.scheme import Scheme, all_schemes
 from models.build import app_points, build_model, load_base_model
 from models.vgg import vgg16_bn
 
@@ -49,7 +50,7 @@ def test_head_tail_equals_full_model_at_full_width_8_bits(tiny_app):
     with torch.no_grad():
         full = base(x)
         for p, cp in enumerate(base.widths):
-            split = SchemeModel(base, p, cp, 8).eval()
+            split = SchemeModel(base, Scheme(p, cp, 8)).eval()
             a = split.head(x)
             codes, lo, scale = quantize(a, 8)
             out = split.tail(dequantize(codes, lo, scale))
@@ -96,7 +97,7 @@ def test_pruning_at_last_point_shrinks_classifier():
 @pytest.mark.parametrize("p,c,b", [(13, 1, 1), (0, 0, 1), (0, 3, 9), (0, 999, 8), (-1, 1, 1)])
 def test_scheme_outside_space_is_an_error(p, c, b):
     with pytest.raises(CoInferError):
-        SchemeModel(vgg16_bn(1 / 32, 10, 1, 32, 16), p, c, b)
+        SchemeModel(vgg16_bn(1 / 32, 10, 1, 32, 16), Scheme(p, c, b))
 
 
 @settings(max_examples=150, deadline=None)

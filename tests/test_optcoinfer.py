@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.gaussian_process.kernels import Matern
 
+from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.problem import Problem, Query
 from search.runner import run_search
@@ -42,12 +43,12 @@ SPACE6 = Space(synthetic_points([6]))
 def _losses(entries: dict[tuple[int, int], float]) -> np.ndarray:
     loss = np.full(SPACE6.size, np.nan)
     for (c, b), v in entries.items():
-        loss[SPACE6.index((0, c, b))] = v
+        loss[SPACE6.index(Scheme(0, c, b))] = v
     return loss
 
 
 def _at(arr: np.ndarray, c: int, b: int) -> float:
-    return float(arr[SPACE6.index((0, c, b))])
+    return float(arr[SPACE6.index(Scheme(0, c, b))])
 
 
 def test_upper_bound_monotone_and_interpolation():
@@ -96,9 +97,9 @@ def test_larger_c_extrapolation_is_omitted_like_the_paper():
 def test_bounds_on_a_multi_point_space_stay_per_point():
     space = Space(synthetic_points([3, 5]))
     loss = np.full(space.size, np.nan)
-    loss[space.index((0, 1, 1))] = 0.5
+    loss[space.index(Scheme(0, 1, 1))] = 0.5
     lo, up = loss_bounds(space, loss)
-    assert up[space.index((0, 3, 8))] == pytest.approx(0.5)
+    assert up[space.index(Scheme(0, 3, 8))] == pytest.approx(0.5)
     assert np.isinf(up[space.grid_slice(1)]).all() and (lo[space.grid_slice(1)] == 0).all()
 
 

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from apps import REPO_ROOT
+from compress.scheme import Scheme
 from database.store import AccuracyRow, LatencyRow, Store, meta
 
 URL = os.environ.get("COINFER_TEST_POSTGRES")
@@ -32,7 +33,7 @@ def test_idempotent_writes_and_upserts(pg_url):
     store = Store(pg_url)
     assert store.put_accuracy([AccuracyRow("a", "p", 0, 1, 1, 0, 0.5), AccuracyRow("a", "p", 0, 2, 1, 0, 0.6)]) == 2
     assert store.put_accuracy([AccuracyRow("a", "p", 0, 1, 1, 0, 0.9), AccuracyRow("a", "p", 0, 3, 1, 0, 0.7)]) == 1
-    assert store.accuracy_table("a", "p") == {(0, 1, 1): 0.5, (0, 2, 1): 0.6, (0, 3, 1): 0.7}
+    assert store.accuracy_table("a", "p") == {Scheme(0, 1, 1): 0.5, Scheme(0, 2, 1): 0.6, Scheme(0, 3, 1): 0.7}
     store.put_latency([LatencyRow("a", "d", 0, 4, "edge", 1.0)])
     store.put_latency([LatencyRow("a", "d", 0, 4, "edge", 2.0)])
     assert [r.median_s for r in store.latency_rows("a")] == [2.0]

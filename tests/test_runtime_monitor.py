@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from apps import load_app
+from compress.scheme import Scheme
 from database.store import LatencyRow
 from models.build import app_points
 from runtime.monitor import (
@@ -94,7 +95,7 @@ def synthetic_model() -> LatencyModel:
     return LatencyModel(points, edge, cloud, APP.raw_input_bytes)
 
 
-CANDIDATES = [(0, 8, 8), (4, 16, 2), (10, 16, 1), "all-cloud", "all-edge"]
+CANDIDATES = [Scheme(0, 8, 8), Scheme(4, 16, 2), Scheme(10, 16, 1), Scheme.ALL_CLOUD, Scheme.ALL_EDGE]
 
 
 def test_adapter_switches_within_three_requests_of_a_rate_step() -> None:
@@ -141,12 +142,13 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
     """A real server and client on loopback, the uplink shaped by the client's token bucket, whose
     rate steps from 2 to 0.5 Mbps: the estimate follows and the scheme switches. (How fast it
     switches is a timing target for bench.adaptivity, not for a test on a shared CI machine.)"""
+    from compress.scheme import ALL_CLOUD
     from models.build import load_base_model
     from runtime.cloud import CloudServer
-    from runtime.edge import ALL_CLOUD, EdgeClient, Scheme, to_edge_scheme
+    from runtime.edge import EdgeClient
 
     model = synthetic_model()
-    candidates = ["all-cloud", (4, 16, 2)]  # the model's crossover is at 1 Mbps
+    candidates = [Scheme.ALL_CLOUD, Scheme(4, 16, 2)]  # the model's crossover is at 1 Mbps
     at_slow = min(candidates, key=lambda s: model.breakdown(s, 0.5).total)
     base = load_base_model(APP)
     x = torch.rand(1, 1, 32, 32)
@@ -155,7 +157,7 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
         server = CloudServer(APP, base)
         await server.start("127.0.0.1", 0)
         shaper = TokenBucket(2.0, burst=0)
-        client = EdgeClient(APP, Scheme(ALL_CLOUD), base, port=server.port, k=1, shaper=shaper,
+        client = EdgeClient(APP, ALL_CLOUD, base, port=server.port, k=1, shaper=shaper,
                             monitor=BandwidthEstimator())
         adapter = Adapter(model, Frontier(0.01, [0.5, 2.0], candidates))
         used = []
@@ -166,7 +168,7 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
                     shaper.set_rate(0.5)
                 if client.monitor.needs_probe():
                     await client.probe()
-                client.use(to_edge_scheme(adapter.choose(client.monitor.mbps, i)))
+                client.use(adapter.choose(client.monitor.mbps, i))
                 await client.infer(x)
                 used.append(str(client.scheme))
         finally:
@@ -175,5 +177,5 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
         return used
 
     used = asyncio.run(run())
-    assert used[7] != str(to_edge_scheme(at_slow)), used
-    assert used[-3:] == [str(to_edge_scheme(at_slow))] * 3, used
+    assert used[7] != str(at_slow), used
+    assert used[-3:] == [str(at_slow)] * 3, used

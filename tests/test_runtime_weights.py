@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from apps import DEFAULT_STORAGE, load_app
+from compress.scheme import Scheme
 from runtime import weights
 from runtime.weights import scheme_accuracy, scheme_model, scheme_path
 
@@ -19,37 +20,37 @@ torch.set_num_threads(1)
 
 def test_finetuned_once_then_loaded(tiny_app, tmp_path, monkeypatch) -> None:
     weights.clear_cache()
-    model = scheme_model(tiny_app, 2, 3, 4, root=tmp_path)
-    path = scheme_path(tiny_app, 2, 3, 4, tmp_path)
+    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path)
+    path = scheme_path(tiny_app, Scheme(2, 3, 4), tmp_path)
     assert path == tmp_path / tiny_app.name / "2-3-4.pt" and path.is_file()
     assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
-    acc = scheme_accuracy(tiny_app, 2, 3, 4, tmp_path)
+    acc = scheme_accuracy(tiny_app, Scheme(2, 3, 4), tmp_path)
     assert acc is not None and 0 <= acc <= 1
     state = torch.load(path, weights_only=True)  # a plain state_dict of tensors
     assert set(state) == set(model.state_dict())
     # a second process (empty memory cache) loads the file and never fine-tunes again
     weights.clear_cache()
     monkeypatch.setattr(weights, "finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
-    again = scheme_model(tiny_app, 2, 3, 4, root=tmp_path)
+    again = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     with pytest.raises(FileNotFoundError):
-        scheme_model(tiny_app, 2, 3, 5, root=tmp_path, train=False)
+        scheme_model(tiny_app, Scheme(2, 3, 5), root=tmp_path, train=False)
 
 
 def test_refuses_pickled_objects(tiny_app, tmp_path) -> None:
     weights.clear_cache()
-    path = scheme_path(tiny_app, 1, 2, 3, tmp_path)
+    path = scheme_path(tiny_app, Scheme(1, 2, 3), tmp_path)
     path.parent.mkdir(parents=True)
     torch.save({"evil": os.system}, path)  # anything but tensors needs full unpickling
     with pytest.raises(Exception):  # noqa: B017 - torch raises UnpicklingError (or ValueError on ours)
-        scheme_model(tiny_app, 1, 2, 3, root=tmp_path)
+        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path)
 
 
 APP = load_app("vgg16_digits")
 
 
-def database_accuracy(scheme: tuple[int, int, int]) -> float | None:
+def database_accuracy(scheme: Scheme) -> float | None:
     path = DEFAULT_STORAGE.removeprefix("sqlite:///")
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -67,10 +68,10 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     from data import load_splits
     from models.build import load_base_model
     from runtime.cloud import CloudServer
-    from runtime.edge import SPLIT, EdgeClient, Scheme
+    from runtime.edge import EdgeClient
 
     weights.clear_cache()
-    scheme = (4, 12, 3)
+    scheme = Scheme(4, 12, 3)
     base = load_base_model(APP)
     test = load_splits(APP)[1]
     x = torch.stack([test[i][0] for i in range(len(test))])
@@ -80,7 +81,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
         server = CloudServer(APP, base, finetuned=finetuned, weights_root=str(tmp_path))
         await server.start("127.0.0.1", 0)
         try:
-            async with EdgeClient(APP, Scheme(SPLIT, *scheme), base, port=server.port, k=1, finetuned=finetuned,
+            async with EdgeClient(APP, scheme, base, port=server.port, k=1, finetuned=finetuned,
                                   weights_root=str(tmp_path)) as client:
                 preds = [c[0] for i in range(0, len(x), 64) for c in (await client.infer(x[i:i + 64])).classes]
         finally:
@@ -88,7 +89,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
         return sum(p == t for p, t in zip(preds, y)) / len(y)
 
     tuned = asyncio.run(accuracy(True))
-    recorded = scheme_accuracy(APP, *scheme, tmp_path)
+    recorded = scheme_accuracy(APP, scheme, tmp_path)
     assert recorded is not None and tuned == pytest.approx(recorded, abs=0.01)
     db = database_accuracy(scheme)
     if db is not None:

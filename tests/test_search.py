@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from database.formats import write_csv, write_optcoinfer
 from database.paper import DEFAULT_JSON, import_paper_profile
 from database.profile import profile_app
@@ -106,13 +107,13 @@ def test_coinfer_evaluates_a_small_part_and_its_certificate_proves_the_answer():
 def test_noisy_table_gives_an_honest_report():
     table = synthetic_table(SMALL, seed=0)
     # one scheme far better than a scheme that dominates it, both already in the database
-    table[(5, 1, 1)], table[(5, 16, 8)] = 0.95, 0.5
+    table[Scheme(5, 1, 1)], table[Scheme(5, 16, 8)] = 0.95, 0.5
     problem = Problem(Query("accuracy", 1, latency_ratio=0.8), synthetic_latency(SMALL), 0.9)
-    assert problem.latency[problem.space.index((5, 1, 1))] <= problem.budget
+    assert problem.latency[problem.space.index(Scheme(5, 1, 1))] <= problem.budget
     ev = TableEval(table)
-    ev.known = lambda: {(5, 1, 1): 0.95, (5, 16, 8): 0.5}
+    ev.known = lambda: {Scheme(5, 1, 1): 0.95, Scheme(5, 16, 8): 0.5}
     result = run_search(problem, ev, "coinfer", tolerance=0.0)
-    assert result.scheme == brute_force(problem, table) == (5, 1, 1)
+    assert result.scheme == brute_force(problem, table) == Scheme(5, 1, 1)
     assert not result.certified and any("monotonicity" in n for n in result.notes)
     # the exhaustive sampler evaluates everything that could matter: exact, so certified
     assert run_search(problem, TableEval(table), "exhaustive").certified
@@ -126,7 +127,7 @@ def test_table_evaluator_counts_first_lookups_and_names_missing_schemes(tmp_path
     problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
     result = run_search(problem, ev, "exhaustive")
     assert result.new_evaluations == int((problem.latency < problem.reference).sum())
-    del table[(0, 1, 1)]
+    del table[Scheme(0, 1, 1)]
     write_optcoinfer(table, tmp_path / "t.txt")
     ev = TableEvaluator(str(tmp_path / "t.txt"), [p.channels for p in SMALL])
     with pytest.raises(CoInferError, match="lacks scheme 0,1,1"):
@@ -138,8 +139,8 @@ def test_paper_latency_model_reproduces_the_worked_figures(tmp_path):
     store = Store(str(tmp_path / "db.sqlite"))
     import_paper_profile(store, DEFAULT_JSON)
     model = LatencyModel.from_store(store, load_app("vgg16_cars"), "pi-paper", "gpu-paper")
-    assert model.breakdown((1, 5, 7), 1).total == pytest.approx(0.9312, abs=5e-5)
-    assert model.breakdown((1, 4, 6), 1).total == pytest.approx(0.7996, abs=5e-5)
+    assert model.breakdown(Scheme(1, 5, 7), 1).total == pytest.approx(0.9312, abs=5e-5)
+    assert model.breakdown(Scheme(1, 4, 6), 1).total == pytest.approx(0.7996, abs=5e-5)
     assert model.all_cloud(1) == pytest.approx(1.978, abs=5e-4)
     assert model.all_edge(1) == pytest.approx(3.257, abs=5e-4)
 
@@ -158,7 +159,7 @@ def tiny_db(tiny_app, tmp_path_factory):
                                        ("cloud", "tiny-cloud", syn.cloud_s, syn.cloud_all)):
         for pt in app_points(tiny_app):
             for c in (1, pt.channels):
-                t = float(values[syn.space.index((pt.index, c, 1))])
+                t = float(values[syn.space.index(Scheme(pt.index, c, 1))])
                 rows.append(LatencyRow(tiny_app.name, name, pt.index, c, side, t))
         rows.append(LatencyRow(tiny_app.name, name, 13 if side == "edge" else -1, 0, side, single))
     store.put_latency(rows)
@@ -294,11 +295,11 @@ def test_failed_evaluation_mid_search_leaves_a_resumable_database(tiny_app, tiny
     class ScriptedFinetune:  # stands in for the fine-tune; fails on its third call
         calls = 0
 
-        def evaluate(self, p, c, b, seed=None):
+        def evaluate(self, scheme, seed=None):
             ScriptedFinetune.calls += 1
             if ScriptedFinetune.calls == 3:
                 raise CoInferError("evaluation crashed")
-            return AccuracyRow(tiny_app.name, tiny_app.protocol.name, p, c, b, seed, table[(p, c, b)])
+            return AccuracyRow(tiny_app.name, tiny_app.protocol.name, *scheme, seed, table[scheme])
 
     model = LatencyModel.from_store(store, tiny_app)
     problem = Problem(Query("latency", 0.5, accuracy_loss=0.02), model, 0.9)
@@ -321,6 +322,6 @@ def test_every_new_evaluation_is_an_optuna_trial_and_zero_budget_evaluates_nothi
     result = run_search(problem, TableEval(table), "coinfer")
     trials = result.study.trials
     assert len(trials) == result.new_evaluations > 0
-    assert all(table[(t.params["p"], t.params["c"], t.params["b"])] == t.user_attrs["accuracy"] for t in trials)
+    assert all(table[Scheme(t.params["p"], t.params["c"], t.params["b"])] == t.user_attrs["accuracy"] for t in trials)
     for sampler in ("coinfer", "tpe"):
         assert run_search(problem, TableEval(table), sampler, max_evaluations=0).new_evaluations == 0
