@@ -29,8 +29,10 @@ from apps.errors import CoInferError, run_cli
 from bench.plots import OUT, save_figure
 from database.store import Store
 from search.bounds import DEFAULT_TOLERANCE
+from search.evaluators import TableEvaluator
 from search.latency import LatencyModel
-from search.problem import Problem, Query
+from search.problem import Problem
+from search.query import AccuracyQuery, LatencyQuery, Query
 from search.runner import run_search
 from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
 
@@ -38,21 +40,6 @@ LOSSES = (0.005, 0.01, 0.02, 0.05)
 RATIOS = (0.5, 0.6, 0.7, 0.8)
 BANDWIDTHS = (0.25, 0.5, 1, 2, 4)
 STOCHASTIC = {"optcoinfer", "tpe", "gp", "random"}
-
-
-class Replay:
-    """The table: evaluator: every first look-up is one evaluation."""
-
-    name = "table"
-
-    def __init__(self, table: dict) -> None:
-        self.table = table
-
-    def known(self) -> dict:
-        return {}
-
-    def evaluate(self, scheme):
-        return self.table[scheme]
 
 
 @dataclass
@@ -76,15 +63,13 @@ def _run(task: tuple[str, str, int, Query, float, int, int]) -> Run:
     suite, sampler, seed, query, tol, budget, restarts = task
     model, table, base = _SUITES[suite]
     problem = Problem(query, model, base)
-    space = problem.space
-    flat = {space.index(s): a for s, a in table.items()}
-    best, best_value = problem.exhaustive(flat)
-    options = {"n_restarts": restarts} if sampler == "optcoinfer" else {}
+    best, best_value = problem.exhaustive(table)
     start = time.perf_counter()
-    res = run_search(problem, Replay(table), sampler, tolerance=tol if sampler == "coinfer" else 0.0, seed=seed,
-                     max_evaluations=budget if sampler in ("tpe", "gp", "random") else None, **options)
+    res = run_search(problem, TableEvaluator(table), sampler, tolerance=tol if sampler == "coinfer" else 0.0,
+                     seed=seed, max_evaluations=budget if sampler in ("tpe", "gp", "random") else None,
+                     n_restarts=restarts)
     wall = time.perf_counter() - start
-    if query.kind == "latency":
+    if isinstance(query, LatencyQuery):
         optimal = abs(res.breakdown.total - best_value) < 1e-12
     else:
         optimal = res.feasible and res.accuracy is not None and abs(res.accuracy - best_value) < 1e-12
@@ -95,8 +80,8 @@ def _run(task: tuple[str, str, int, Query, float, int, int]) -> Run:
 
 
 def queries() -> list[Query]:
-    return ([Query("latency", bw, accuracy_loss=e) for e in LOSSES for bw in BANDWIDTHS]
-            + [Query("accuracy", bw, latency_ratio=r) for r in RATIOS for bw in BANDWIDTHS])
+    return ([LatencyQuery(e, bw) for e in LOSSES for bw in BANDWIDTHS]
+            + [AccuracyQuery(r, bw) for r in RATIOS for bw in BANDWIDTHS])
 
 
 def summarise(runs: list[Run], space_size: int) -> list[str]:

@@ -127,9 +127,10 @@ class Frontier:
 def search_scheme(model: LatencyModel, evaluator, base_accuracy: float, mbps: float, accuracy_loss: float,
                   offline: bool = True):
     """One latency query at `mbps` (CoInfer's sampler); returns the SearchResult."""
-    from search.problem import Problem, Query
+    from search.problem import Problem
+    from search.query import LatencyQuery
     from search.runner import run_search
-    problem = Problem(Query("latency", mbps, accuracy_loss=accuracy_loss), model, base_accuracy)
+    problem = Problem(LatencyQuery(accuracy_loss, mbps), model, base_accuracy)
     return run_search(problem, evaluator, "coinfer", offline=offline)
 
 

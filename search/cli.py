@@ -2,15 +2,24 @@
 
 Flags follow the paper (`-accuracy_loss 0.01 -latency 0.6 -bandwidth 1 -gpu 0`) and GNU
 style (`--accuracy-loss`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--offline`,
-`--json`, `--seed`, `--rtt`, `--latency-profile EDGE,CLOUD`, `--base-accuracy`, `--tolerance`).
+`--json`, `--seed`, `--rtt`, `--latency-profile EDGE,CLOUD`, `--base-accuracy`, `--tolerance`,
+`--study-storage`, `--study-name`). Exit status: 0 with an answer, 1 when no scheme meets the
+bound, 2 on bad input.
+
+The search is an Optuna study, kept by default in a journal file beside a SQLite database
+(`<database>.studies.journal`; elsewhere in memory), named after the app, evaluator, query and
+devices: re-running a query resumes its study (`optuna.load_study` reads it, optuna-dashboard
+shows it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
-from apps import DEFAULT_APP, load_app
+from apps import DEFAULT_APP, DEFAULT_STORAGE, load_app
 from apps.errors import ArgParser, CoInferError
 from apps.units import bytes_per_second
 from database.store import Store
@@ -18,7 +27,8 @@ from models.build import app_points
 from search.bounds import DEFAULT_TOLERANCE
 from search.evaluators import make_evaluator
 from search.latency import LatencyModel
-from search.problem import Problem, Query
+from search.problem import Problem
+from search.query import AccuracyQuery, LatencyQuery, _ms
 from search.runner import SearchResult, run_search
 from search.samplers import SAMPLERS
 
@@ -53,20 +63,34 @@ def build_parser(kind: str) -> ArgParser:
     ap.add_argument("--seed", type=int, default=0, help="seed of stochastic samplers")
     ap.add_argument("--offline", action="store_true",
                     help="never evaluate: answer from the database and bounds, with the gap and what to evaluate next")
+    ap.add_argument("--study-storage", default=None, metavar="URL",
+                    help="where the Optuna study lives: memory, FILE.journal or a SQLAlchemy URL "
+                         "(default: a journal file beside a SQLite database, else memory)")
+    ap.add_argument("--study-name", default=None, help="study name (default: from app, evaluator, query, devices)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
+
+
+def default_study_storage(storage: str | None) -> str:
+    """A journal file beside a SQLite database file; in memory for any other database."""
+    url = storage or DEFAULT_STORAGE
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return str(Path(url.removeprefix("sqlite:///")).with_suffix(".studies.journal"))
+    return "memory"
 
 
 def run(kind: str, argv: list[str] | None = None) -> int:
     args = build_parser(kind).parse_args(argv)
     if kind == "latency":
-        query = Query("latency", args.bandwidth, accuracy_loss=args.accuracy_loss)
+        query = LatencyQuery(args.accuracy_loss, args.bandwidth)
     else:
-        query = Query("accuracy", args.bandwidth, latency_ratio=args.latency)
+        query = AccuracyQuery(args.latency, args.bandwidth)
     if args.sampler not in SAMPLERS:
         raise CoInferError(f"unknown sampler {args.sampler!r} (known: {', '.join(SAMPLERS)})")
     if args.rtt is not None and not (args.rtt >= 0 and math.isfinite(args.rtt)):
         raise CoInferError(f"--rtt must be >= 0 seconds, got {args.rtt}")
+    if args.tolerance is not None and not (args.tolerance >= 0 and math.isfinite(args.tolerance)):
+        raise CoInferError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.max_evaluations is not None and args.max_evaluations < 0:
         raise CoInferError("--max-evaluations must be >= 0")
     device = "cpu"
@@ -92,33 +116,32 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     if base is None:
         raise CoInferError(f"base accuracy of {app.name} unknown: pass --base-accuracy or evaluate the base model "
                            f"(python -m database.evaluate --app {app.name} --schemes none)")
-    if not 0 < base <= 1:
+    if not 0 < base <= 1:  # also refuses nan
         raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    study_storage = args.study_storage or default_study_storage(args.storage)
+    study_name = args.study_name or (f"{app.name}/{evaluator.name}/{query}/base{base:.6g}/"
+                                     f"{model.devices[0]}->{model.devices[1]}")
     result = run_search(Problem(query, model, base), evaluator, args.sampler, tolerance, args.seed,
-                        args.offline, args.max_evaluations)
+                        args.offline, args.max_evaluations, study_name=study_name, study_storage=study_storage)
     if args.json:
-        print(json.dumps(dict(result.to_json(), app=app.name, devices=list(model.devices)), indent=1))
-    else:
+        print(json.dumps(dict(result.to_json(), app=app.name, devices=list(model.devices),
+                              study_storage=study_storage), indent=1))
+    elif result.feasible:
         print(format_result(result, app.name, model))
+    if not result.feasible:
+        fastest = result.breakdown.total
+        print(f"no scheme meets the bound: {result.query.describe(result.problem.reference)} at "
+              f"{query.bandwidth:g} Mbps; the fastest scheme, {result.scheme}, takes {_ms(fastest)}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms" if seconds < 10 else f"{seconds:.2f} s"
-
-
 def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
-    bps = bytes_per_second(r.bandwidth)
-    ref = min(r.reference.values())
-    if r.kind == "latency":
-        head = f"fastest scheme with accuracy loss <= {100 * r.bound:g} %"
-    else:
-        head = f"most accurate scheme within {r.bound:g} x {_ms(ref)} = {_ms(r.bound * ref)}"
-    head += f" at {r.bandwidth:g} Mbps ({bps:,.0f} B/s)"
+    q = r.query
+    ref = r.problem.reference
+    head = f"{q.describe(ref)} at {q.bandwidth:g} Mbps ({bytes_per_second(q.bandwidth):,.0f} B/s)"
     lines = [f"{app} [{model.devices[0]} -> {model.devices[1]}]: {head}"]
-    if not r.feasible:
-        lines.append("NO SCHEME meets the bound; the closest (fastest) scheme:")
     if r.scheme.is_split:
         p, c, b = r.scheme
         cp = model.points[p].channels
@@ -140,24 +163,20 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
         lines.append("  accuracy    not evaluated")
     lines.append(f"  evaluations {r.new_evaluations} new, {r.reused_evaluations} reused from the database "
                  f"(sampler {r.sampler}, evaluator {r.evaluator})")
-    if r.certified and any(n.startswith("exact") for n in r.notes):
-        lines.append("  certified   yes, exactly: every scheme that could beat it has been evaluated")
-    elif r.certified:
-        lines.append(f"  certified   yes: {len(r.certificate)} evaluated schemes prove nothing better exists, "
-                     f"if accuracy is monotone in channels and bits within {100 * r.tolerance:.2f} %")
-    else:
-        lines.append("  certified   no")
+    cert = r.certificate
+    verdict = "yes, exactly" if cert.exact else "yes" if cert.certified else "no"
+    lines.append(f"  certified   {verdict}: {cert.reason}")
     if r.offline:
-        unit = "s faster" if r.kind == "latency" else "accuracy higher"
-        gap = f"{r.gap * 1e3:.2f} ms" if r.kind == "latency" else f"{100 * r.gap:.2f} %"
-        lines.append(f"  gap         an unevaluated scheme could be up to {gap} better ({unit})" if r.gap else
+        gap = f"{_ms(cert.gap)} faster" if q.name == "latency" else f"{100 * cert.gap:.2f} % more accurate"
+        lines.append(f"  gap         an unevaluated scheme could be up to {gap}" if cert.gap else
                      "  gap         none: the answer is optimal given the database")
         if r.next_to_evaluate:
             lines.append("  next        " + "  ".join(map(str, r.next_to_evaluate)))
     for note in r.notes:
-        if note.startswith("exact"):
-            continue
-        lines.append(f"  note        {note}")
+        if note != cert.reason:
+            lines.append(f"  note        {note}")
+    if r.study is not None:
+        lines.append(f"  study       {r.study.study_name} ({len(r.study.trials)} trials)")
     lines.append(f"  wall time   {r.wall_s:.2f} s (sampler {1e3 * r.sampler_s:.1f} ms)")
     return "\n".join(lines)
 

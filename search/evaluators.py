@@ -1,32 +1,58 @@
-"""Where a trial's accuracy comes from.
+"""Where a scheme's accuracy comes from: the `Evaluator` interface and its two implementations.
 
-- `finetune`: the accuracy database of the app; a scheme not in it is evaluated with the
-  app's protocol (prune + quantise + fine-tune + test) and stored before it is used, so an
-  interrupted search loses nothing and a rerun resumes from the database.
-- `table:PATH`: replays a complete table (CSV `p,c,b,top1` or Opt-CoInfer text); each first
-  look-up of a scheme counts as one evaluation. A scheme the table lacks is an error naming it.
+- `DatabaseEvaluator` (`--evaluator finetune`): the app's accuracy database; a scheme not in it
+  is evaluated with the app's protocol (prune + quantise + fine-tune + test, by a fine-tuner
+  that is made on first need or injected) and stored before it is used, so an interrupted
+  search loses nothing and a rerun resumes from the database.
+- `TableEvaluator` (`--evaluator table:PATH`, benchmarks, tests): a dict {Scheme: top-1}; each
+  first look-up of a scheme counts as one evaluation. A scheme the table lacks is an error
+  naming it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from apps import App
 from apps.errors import CoInferError
 from compress.scheme import Scheme
 from database.formats import check_table, read_table
-from database.store import Store
+from database.store import AccuracyRow, Store
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """What a search needs to know a scheme's accuracy."""
+
+    name: str
+
+    def known(self) -> dict[Scheme, float]:
+        """Accuracies available without evaluating anything (the stored database)."""
+
+    def base_accuracy(self) -> float | None:
+        """Top-1 of the unmodified model, if this evaluator knows it."""
+
+    def evaluate(self, scheme: Scheme) -> float:
+        """Top-1 of a split scheme (may take minutes: a fine-tune)."""
+
+
+class Finetuner(Protocol):
+    """Evaluates one scheme with the app's protocol (database.evaluate.FinetuneEvaluator)."""
+
+    def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow: ...
 
 
 class DatabaseEvaluator:
     name = "finetune"
 
-    def __init__(self, app: App, store: Store, seed: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, app: App, store: Store, seed: int | None = None, device: str = "cpu",
+                 finetuner: Finetuner | None = None) -> None:
         self.app = app
         self.store = store
         self.device = device
         self.seed = app.protocol.seed if seed is None else seed
-        self._finetune = None
+        self.finetuner = finetuner
 
     def known(self) -> dict[Scheme, float]:
         return self.store.accuracy_table(self.app.name, self.app.protocol.name, self.seed)
@@ -35,43 +61,54 @@ class DatabaseEvaluator:
         return self.store.base(self.app.name, self.app.protocol.name)
 
     def evaluate(self, scheme: Scheme) -> float:
-        stored = self.store.accuracy_table(self.app.name, self.app.protocol.name, self.seed).get(scheme)
+        stored = self.known().get(scheme)
         if stored is not None:
             return stored
-        if self._finetune is None:
+        if self.finetuner is None:
             from database.evaluate import FinetuneEvaluator
-            self._finetune = FinetuneEvaluator(self.app, self.device)
-        row = self._finetune.evaluate(scheme, seed=self.seed)
+            self.finetuner = FinetuneEvaluator(self.app, self.device)
+        row = self.finetuner.evaluate(scheme, seed=self.seed)
         self.store.put_accuracy([row])
         return row.top1
 
 
 class TableEvaluator:
-    def __init__(self, path: str, widths: list[int]) -> None:
-        self.path = Path(path)
-        self.name = f"table:{path}"
-        self.table = read_table(self.path)
-        if not self.table:
+    """Replays a table of measured accuracies; `calls` lists every look-up in order."""
+
+    def __init__(self, table: dict[Scheme, float], name: str = "table", known: dict[Scheme, float] | None = None,
+                 base: float | None = None) -> None:
+        self.table = table
+        self.name = name
+        self._known = dict(known or {})
+        self._base = base
+        self.calls: list[Scheme] = []
+
+    @classmethod
+    def from_file(cls, path: str, widths: list[int]) -> TableEvaluator:
+        table = read_table(Path(path))
+        if not table:
             raise CoInferError(f"table {path} holds no schemes")
-        check_table(self.table, widths, str(path))
+        check_table(table, widths, str(path))
+        return cls(table, name=f"table:{path}")
 
     def known(self) -> dict[Scheme, float]:
-        return {}
+        return dict(self._known)
 
     def base_accuracy(self) -> float | None:
-        return None
+        return self._base
 
     def evaluate(self, scheme: Scheme) -> float:
+        self.calls.append(scheme)
         try:
             return self.table[scheme]
         except KeyError:
-            raise CoInferError(f"table {self.path} lacks scheme {scheme} that the search asked for") from None
+            raise CoInferError(f"{self.name} lacks scheme {scheme} that the search asked for") from None
 
 
 def make_evaluator(spec: str, app: App, store: Store, widths: list[int], seed: int | None = None,
-                   device: str = "cpu"):
+                   device: str = "cpu") -> Evaluator:
     if spec == "finetune":
         return DatabaseEvaluator(app, store, seed, device)
     if spec.startswith("table:") and len(spec) > 6:
-        return TableEvaluator(spec[6:], widths)
+        return TableEvaluator.from_file(spec[6:], widths)
     raise CoInferError(f"unknown evaluator {spec!r} (use finetune or table:PATH)")

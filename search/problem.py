@@ -1,10 +1,9 @@
 """A query made concrete: every scheme's latency at the bandwidth, the single-end references,
-the accuracy threshold or latency budget, and what the evaluated schemes prove.
+the query's accuracy threshold and latency budget, and what the known accuracies prove.
 
-- latency query (`-accuracy_loss e`): minimise L(s) subject to A(s) >= base - e. The
-  single-end schemes run the unmodified model (loss 0), so the best of them is always a
-  feasible answer and only split schemes faster than it matter.
-- accuracy query (`-latency r`): maximise A(s) subject to L(s) <= r * min(all-edge, all-cloud).
+The query (search/query.py) decides direction, feasibility and status; the problem holds the
+numbers they are computed on. Split schemes are flat indices of `space` (search/space.py);
+the two single ends are `Scheme.ALL_EDGE` / `Scheme.ALL_CLOUD`.
 """
 
 from __future__ import annotations
@@ -13,32 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apps.errors import CoInferError
 from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.latency import LatencyModel
-
-FLOAT_SLACK = 1e-9
-
-
-@dataclass(frozen=True)
-class Query:
-    kind: str  # "latency" (min latency s.t. loss) or "accuracy" (max accuracy s.t. latency)
-    bandwidth: float  # Mbps
-    accuracy_loss: float | None = None
-    latency_ratio: float | None = None
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.bandwidth, (int, float)) and self.bandwidth > 0 and np.isfinite(self.bandwidth)):
-            raise CoInferError(f"bandwidth must be a positive number of Mbps, got {self.bandwidth}")
-        if self.kind == "latency":
-            if self.accuracy_loss is None or not 0 <= self.accuracy_loss < 1:
-                raise CoInferError(f"accuracy_loss must be in [0, 1), got {self.accuracy_loss}")
-        elif self.kind == "accuracy":
-            if self.latency_ratio is None or not self.latency_ratio > 0 or not np.isfinite(self.latency_ratio):
-                raise CoInferError(f"latency ratio must be > 0, got {self.latency_ratio}")
-        else:
-            raise CoInferError(f"unknown query kind {self.kind!r}")
+from search.query import Query
 
 
 @dataclass
@@ -68,51 +45,34 @@ class Problem:
         self.all_cloud = model.all_cloud(query.bandwidth)
         self.reference = model.reference(query.bandwidth)
         self.single_end = Scheme.ALL_EDGE if self.all_edge <= self.all_cloud else Scheme.ALL_CLOUD
-        if query.kind == "latency":
-            self.threshold = base_accuracy - query.accuracy_loss - FLOAT_SLACK
-            self.budget = None
-        else:
-            self.threshold = None
-            self.budget = query.latency_ratio * self.reference * (1 + FLOAT_SLACK)
+        self.threshold = query.threshold(base_accuracy)
+        self.budget = query.budget(self.reference)
+
+    @property
+    def direction(self) -> str:
+        return self.query.direction
 
     def status(self, kn: Knowledge) -> Status:
-        lower, upper = kn.bounds()
-        ev = kn.evaluated
-        if self.query.kind == "latency":
-            feasible = ev & (kn.acc >= self.threshold)
-            inc, inc_l = self.single_end, self.reference
-            if feasible.any():
-                i = int(np.flatnonzero(feasible)[np.argmin(self.latency[feasible])])
-                if self.latency[i] < inc_l:
-                    inc, inc_l = i, float(self.latency[i])
-            cand = ~ev & (self.latency < inc_l) & (upper >= self.threshold)
-            gap = float(inc_l - self.latency[cand].min()) if cand.any() else 0.0
-            return Status(inc, inc_l, cand, lower, upper, gap)
-        within = self.latency <= self.budget
-        inc, inc_a = None, -np.inf
-        if self.reference <= self.budget:
-            inc, inc_a = self.single_end, self.base
-        known = ev & within
-        if known.any():
-            idx = np.flatnonzero(known)
-            best = idx[np.lexsort((self.latency[idx], -kn.acc[idx]))[0]]
-            if kn.acc[best] > inc_a:
-                inc, inc_a = int(best), float(kn.acc[best])
-        # an unevaluated scheme whose lower bound already beats the incumbent raises the bar
-        proven = ~ev & within & (lower > inc_a)
-        bar = max(inc_a, float(lower[proven].max())) if proven.any() else inc_a
-        cand = ~ev & within & (upper > bar)
-        cand |= proven & (lower >= bar)  # the proven-best itself must be measured
-        gap = float(np.clip(upper[cand], None, 1.0).max() - max(inc_a, 0.0)) if cand.any() else 0.0
-        return Status(inc, inc_a, cand, lower, upper, gap)
+        return self.query.status(self, kn)
 
-    def objective(self, i: int, accuracy: float) -> float:
-        return float(self.latency[i]) if self.query.kind == "latency" else accuracy
+    def scheme(self, i: int | Scheme) -> Scheme:
+        return i if isinstance(i, Scheme) else self.space.scheme(i)
 
-    def exhaustive(self, table: dict[int, float]) -> tuple[int | Scheme | None, float]:
-        """The oracle's answer over a complete table {flat index: accuracy}."""
-        kn = Knowledge(self.space)
-        for i, a in table.items():
-            kn.add(i, a)
-        st = self.status(kn)
-        return st.incumbent, st.incumbent_value
+    def latency_of(self, scheme: Scheme) -> float:
+        if scheme.is_split:
+            return float(self.latency[self.space.index(scheme)])
+        return self.all_edge if scheme.is_all_edge else self.all_cloud
+
+    def knowledge(self, table: dict[Scheme, float], tolerance: float = 0.0) -> Knowledge:
+        """A Knowledge of the split schemes of `table` that are in this space (others ignored)."""
+        kn = Knowledge(self.space, tolerance)
+        widths = [pt.channels for pt in self.space.points]
+        for s, a in table.items():
+            if s.is_split and s.p < len(widths) and s.c <= widths[s.p]:
+                kn.add(self.space.index(s), a)
+        return kn
+
+    def exhaustive(self, table: dict[Scheme, float]) -> tuple[Scheme | None, float]:
+        """The oracle's answer over a complete table: (scheme or None, its latency / accuracy)."""
+        st = self.status(self.knowledge(table))
+        return (None if st.incumbent is None else self.scheme(st.incumbent)), st.incumbent_value

@@ -1,4 +1,4 @@
-"""The `optcoinfer` planner (the Opt-CoInfer paper's search): its interpolation / extrapolation
+"""The `optcoinfer` sampler (the Opt-CoInfer paper's search): its interpolation / extrapolation
 bounds on hand-made cases, and whole queries on small noise-free synthetic tables against the
 exhaustive oracle."""
 
@@ -10,29 +10,17 @@ from sklearn.gaussian_process.kernels import Matern
 
 from compress.scheme import Scheme
 from search.bounds import Knowledge
-from search.problem import Problem, Query
+from search.evaluators import TableEvaluator
+from search.problem import Problem
+from search.query import AccuracyQuery, LatencyQuery
 from search.runner import run_search
-from search.samplers.optcoinfer import OptCoInferPlanner, _Matern, loss_bounds
+from search.samplers.optcoinfer import OptCoInferSampler, _Matern, loss_bounds
 from search.space import Space
 from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
 
 POINTS = synthetic_points([4, 4, 8, 8, 8])  # 256 schemes
 MODEL = synthetic_latency(POINTS)
 BASE = 0.9
-
-
-class TableEval:
-    name = "table:test"
-
-    def __init__(self, t, known=None):
-        self.t = t
-        self._known = known or {}
-
-    def known(self):
-        return dict(self._known)
-
-    def evaluate(self, s):
-        return self.t[s]
 
 
 # --- bounds on one point of 6 channels ---------------------------------------------------------
@@ -118,8 +106,8 @@ def test_matern_analytic_gradient_matches_sklearn():
 
 def test_constraints_follow_the_evaluated_schemes():
     table = synthetic_table(POINTS, base=BASE)
-    pr = Problem(Query("latency", 1.0, accuracy_loss=0.05), MODEL, BASE)
-    planner = OptCoInferPlanner(pr, n_restarts=0)
+    pr = Problem(LatencyQuery(0.05, 1.0), MODEL, BASE)
+    planner = OptCoInferSampler(pr, n_restarts=0)
     kn = Knowledge(pr.space)
     within, e = planner.constraints(kn)
     assert e == 0.05 and np.array_equal(within, pr.latency < pr.reference)
@@ -129,8 +117,8 @@ def test_constraints_follow_the_evaluated_schemes():
     within, _ = planner.constraints(kn)
     assert np.array_equal(within, pr.latency < pr.latency[i])
 
-    pr = Problem(Query("accuracy", 1.0, latency_ratio=0.8), MODEL, BASE)
-    planner = OptCoInferPlanner(pr, n_restarts=0)
+    pr = Problem(AccuracyQuery(0.8, 1.0), MODEL, BASE)
+    planner = OptCoInferSampler(pr, n_restarts=0)
     kn = Knowledge(pr.space)
     within, e = planner.constraints(kn)
     assert e == pytest.approx(0.1) and np.array_equal(within, pr.latency <= pr.budget)
@@ -142,11 +130,10 @@ def test_constraints_follow_the_evaluated_schemes():
 
 def test_stops_at_once_when_everything_is_known():
     table = synthetic_table(POINTS, base=BASE)
-    pr = Problem(Query("latency", 1.0, accuracy_loss=0.05), MODEL, BASE)
-    r = run_search(pr, TableEval(table, known=table), "optcoinfer", n_restarts=0)
-    inc, _ = pr.exhaustive({pr.space.index(s): a for s, a in table.items()})
-    assert r.new_evaluations == 0
-    assert r.scheme == (inc if isinstance(inc, str) else pr.space.scheme(inc))
+    pr = Problem(LatencyQuery(0.05, 1.0), MODEL, BASE)
+    r = run_search(pr, TableEvaluator(table, known=table), "optcoinfer", n_restarts=0)
+    inc, _ = pr.exhaustive(table)
+    assert r.new_evaluations == 0 and r.scheme == inc
 
 
 # --- whole queries against the oracle ------------------------------------------------------------
@@ -155,15 +142,15 @@ def test_stops_at_once_when_everything_is_known():
 # bounds hold; an accuracy query whose optimum loses much more than the paper's starting loss
 # constraint 0.1 can still be missed (the shrink discards it), e.g. ("linear", 1, ratio 0.8).
 CASES = [
-    ("saturating", 0, Query("latency", 1.0, accuracy_loss=0.01)),
-    ("saturating", 0, Query("latency", 1.0, accuracy_loss=0.05)),
-    ("saturating", 0, Query("latency", 2.0, accuracy_loss=0.1)),
-    ("saturating", 0, Query("accuracy", 1.0, latency_ratio=0.8)),
-    ("saturating", 0, Query("accuracy", 2.0, latency_ratio=0.7)),
-    ("saturating", 1, Query("latency", 1.0, accuracy_loss=0.05)),
-    ("saturating", 1, Query("accuracy", 1.0, latency_ratio=0.8)),
-    ("linear", 0, Query("latency", 1.0, accuracy_loss=0.01)),  # only the single end meets it
-    ("linear", 0, Query("accuracy", 1.0, latency_ratio=0.8)),
+    ("saturating", 0, LatencyQuery(0.01, 1.0)),
+    ("saturating", 0, LatencyQuery(0.05, 1.0)),
+    ("saturating", 0, LatencyQuery(0.1, 2.0)),
+    ("saturating", 0, AccuracyQuery(0.8, 1.0)),
+    ("saturating", 0, AccuracyQuery(0.7, 2.0)),
+    ("saturating", 1, LatencyQuery(0.05, 1.0)),
+    ("saturating", 1, AccuracyQuery(0.8, 1.0)),
+    ("linear", 0, LatencyQuery(0.01, 1.0)),  # only the single end meets it
+    ("linear", 0, AccuracyQuery(0.8, 1.0)),
 ]
 
 
@@ -172,8 +159,8 @@ CASES = [
 def test_matches_exhaustive_with_fewer_evaluations(shape, table_seed, query, seed):
     table = synthetic_table(POINTS, base=BASE, seed=table_seed, shape=shape)
     pr = Problem(query, MODEL, BASE)
-    oracle = run_search(pr, TableEval(table), "exhaustive")
-    r = run_search(pr, TableEval(table), "optcoinfer", seed=seed, n_restarts=1)
+    oracle = run_search(pr, TableEvaluator(table), "exhaustive")
+    r = run_search(pr, TableEvaluator(table), "optcoinfer", seed=seed, n_restarts=1)
     assert r.scheme == oracle.scheme
     assert r.accuracy == oracle.accuracy
     assert r.new_evaluations < oracle.new_evaluations
@@ -181,20 +168,21 @@ def test_matches_exhaustive_with_fewer_evaluations(shape, table_seed, query, see
 
 def test_deterministic_for_a_fixed_seed():
     table = synthetic_table(POINTS, base=BASE, seed=1)
-    pr = Problem(Query("latency", 1.0, accuracy_loss=0.01), MODEL, BASE)
-    a = run_search(pr, TableEval(table), "optcoinfer", seed=3, n_restarts=1)
-    b = run_search(pr, TableEval(table), "optcoinfer", seed=3, n_restarts=1)
-    assert a.trials == b.trials and len(a.trials) > 1
+    pr = Problem(LatencyQuery(0.01, 1.0), MODEL, BASE)
+    a = run_search(pr, TableEvaluator(table), "optcoinfer", seed=3, n_restarts=1)
+    b = run_search(pr, TableEvaluator(table), "optcoinfer", seed=3, n_restarts=1)
+    assert a.evaluated() == b.evaluated() and len(a.evaluated()) > 1
 
 
-def test_planner_restarts_for_a_new_knowledge():
+def test_a_new_sampler_repeats_the_same_picks():
     table = synthetic_table(POINTS, base=BASE, seed=1)
-    pr = Problem(Query("accuracy", 1.0, latency_ratio=0.8), MODEL, BASE)
-    planner = OptCoInferPlanner(pr, seed=5, n_restarts=0)
+    pr = Problem(AccuracyQuery(0.8, 1.0), MODEL, BASE)
 
     def run() -> list[int]:
-        kn, picks = Knowledge(pr.space), []
-        while (i := planner.next(kn, pr.status(kn))) is not None:
+        sampler, kn, picks = OptCoInferSampler(pr, seed=5, n_restarts=0), Knowledge(pr.space), []
+        held = np.zeros(pr.space.size, dtype=bool)
+        while not sampler.finished(kn, pr.status(kn)):
+            i = sampler.pick(kn, pr.status(kn), held)
             assert np.isnan(kn.acc[i]) and pr.latency[i] <= pr.budget
             kn.add(i, table[pr.space.scheme(i)])
             picks.append(i)

@@ -17,35 +17,20 @@ from models.build import app_points
 from search.bounds import Knowledge
 from search.evaluators import TableEvaluator
 from search.latency import LatencyModel
-from search.problem import Problem, Query
+from search.problem import Problem
+from search.query import AccuracyQuery, LatencyQuery
 from search.runner import run_search
 from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
 
-
-class TableEval:
-    name = "table:test"
-
-    def __init__(self, table):
-        self.table = table
-        self.calls = []
-
-    def known(self):
-        return {}
-
-    def evaluate(self, scheme):
-        self.calls.append(scheme)
-        return self.table[scheme]
-
-
 SMALL = synthetic_points([4, 4, 8, 8, 8, 16, 16])
-QUERIES = ([Query("latency", bw, accuracy_loss=e) for bw in (0.25, 1, 4) for e in (0.005, 0.02, 0.08)]
-           + [Query("accuracy", bw, latency_ratio=r) for bw in (0.25, 1, 4) for r in (0.5, 0.8, 1.2)])
+QUERIES = ([LatencyQuery(e, bw) for bw in (0.25, 1, 4) for e in (0.005, 0.02, 0.08)]
+           + [AccuracyQuery(r, bw) for bw in (0.25, 1, 4) for r in (0.5, 0.8, 1.2, 0.01)])
 
 
-def brute_force(problem: Problem, table: dict) -> tuple:
-    """Independent oracle: plain Python over every scheme."""
+def brute_force(problem: Problem, table: dict) -> Scheme | None:
+    """Independent oracle: plain Python over every scheme (None: no scheme meets the bound)."""
     space = problem.space
-    if problem.query.kind == "latency":
+    if isinstance(problem.query, LatencyQuery):
         best = (problem.reference, problem.single_end)
         for i in range(space.size):
             if table[space.scheme(i)] >= problem.threshold and problem.latency[i] < best[0]:
@@ -67,10 +52,13 @@ def test_planners_find_the_brute_force_optimum(sampler, shape):
         table = synthetic_table(SMALL, noise=0.0, seed=seed, shape=shape)
         for q in QUERIES:
             problem = Problem(q, model, 0.9)
-            result = run_search(problem, TableEval(table), sampler)
-            assert result.scheme == brute_force(problem, table) or (result.scheme is None), (q, seed)
-            if result.feasible:
-                assert result.certified
+            result = run_search(problem, TableEvaluator(table), sampler)
+            expected = brute_force(problem, table)
+            if expected is None:  # the 0.01 ratio: no scheme is that fast
+                assert not result.feasible and result.certificate.exact, q
+            else:
+                assert result.feasible and result.scheme == expected, (q, seed)
+            assert result.certified, q
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "gp"])
@@ -78,10 +66,10 @@ def test_optuna_samplers_find_the_optimum_on_a_tiny_space(sampler):
     points = synthetic_points([2, 3])
     model = synthetic_latency(points)
     table = synthetic_table(points, seed=3)
-    queries = [Query("latency", 1, accuracy_loss=0.05), Query("accuracy", 1, latency_ratio=0.9)]
+    queries = [LatencyQuery(0.05, 1), AccuracyQuery(0.9, 1)]
     for q in queries[:1] if sampler == "gp" else queries:  # GP proposes ~1 trial/s here: one query
         problem = Problem(q, model, 0.9)
-        result = run_search(problem, TableEval(table), sampler, seed=0, max_evaluations=problem.space.size)
+        result = run_search(problem, TableEvaluator(table), sampler, seed=0, max_evaluations=problem.space.size)
         assert result.scheme == brute_force(problem, table), (sampler, q)
         assert result.new_evaluations <= problem.space.size
 
@@ -90,15 +78,14 @@ def test_coinfer_evaluates_a_small_part_and_its_certificate_proves_the_answer():
     points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
     model = synthetic_latency(points)
     table = synthetic_table(points, seed=1)
-    q = Query("latency", 1, accuracy_loss=0.01)
-    problem = Problem(q, model, 0.9)
-    result = run_search(problem, TableEval(table), "coinfer")
+    problem = Problem(LatencyQuery(0.01, 1), model, 0.9)
+    result = run_search(problem, TableEvaluator(table), "coinfer")
     assert result.certified and result.scheme == brute_force(problem, table)
     assert result.new_evaluations < 0.1 * problem.space.size
     # the certificate alone (answer + failed schemes) must rule out every faster scheme
     space = problem.space
     kn = Knowledge(space)
-    for s in result.certificate:
+    for s in result.certificate.proof:
         kn.add(space.index(s), table[s])
     st = problem.status(kn)
     assert st.done and st.incumbent == space.index(result.scheme)
@@ -108,28 +95,31 @@ def test_noisy_table_gives_an_honest_report():
     table = synthetic_table(SMALL, seed=0)
     # one scheme far better than a scheme that dominates it, both already in the database
     table[Scheme(5, 1, 1)], table[Scheme(5, 16, 8)] = 0.95, 0.5
-    problem = Problem(Query("accuracy", 1, latency_ratio=0.8), synthetic_latency(SMALL), 0.9)
+    problem = Problem(AccuracyQuery(0.8, 1), synthetic_latency(SMALL), 0.9)
     assert problem.latency[problem.space.index(Scheme(5, 1, 1))] <= problem.budget
-    ev = TableEval(table)
-    ev.known = lambda: {Scheme(5, 1, 1): 0.95, Scheme(5, 16, 8): 0.5}
+    ev = TableEvaluator(table, known={Scheme(5, 1, 1): 0.95, Scheme(5, 16, 8): 0.5})
     result = run_search(problem, ev, "coinfer", tolerance=0.0)
     assert result.scheme == brute_force(problem, table) == Scheme(5, 1, 1)
-    assert not result.certified and any("monotonicity" in n for n in result.notes)
+    cert = result.certificate
+    assert not cert.certified and "monotonicity" in cert.reason
+    assert [(v.high, v.low) for v in cert.violations] == [(Scheme(5, 1, 1), Scheme(5, 16, 8))]
+    assert cert.violations[0].drop == pytest.approx(0.45)
     # the exhaustive sampler evaluates everything that could matter: exact, so certified
-    assert run_search(problem, TableEval(table), "exhaustive").certified
+    exact = run_search(problem, TableEvaluator(table), "exhaustive").certificate
+    assert exact.certified and exact.exact
 
 
 def test_table_evaluator_counts_first_lookups_and_names_missing_schemes(tmp_path):
     table = synthetic_table(SMALL, seed=0)
     path = tmp_path / "t.csv"
     write_csv(table, path)
-    ev = TableEvaluator(str(path), [p.channels for p in SMALL])
-    problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
+    ev = TableEvaluator.from_file(str(path), [p.channels for p in SMALL])
+    problem = Problem(LatencyQuery(0.02, 1), synthetic_latency(SMALL), 0.9)
     result = run_search(problem, ev, "exhaustive")
     assert result.new_evaluations == int((problem.latency < problem.reference).sum())
     del table[Scheme(0, 1, 1)]
     write_optcoinfer(table, tmp_path / "t.txt")
-    ev = TableEvaluator(str(tmp_path / "t.txt"), [p.channels for p in SMALL])
+    ev = TableEvaluator.from_file(str(tmp_path / "t.txt"), [p.channels for p in SMALL])
     with pytest.raises(CoInferError, match="lacks scheme 0,1,1"):
         run_search(problem, ev, "exhaustive")
 
@@ -215,14 +205,19 @@ def test_cli_offline_reports_gap_and_next(tiny_app_path, tiny_db, tmp_path, caps
     store.put_base("tiny_digits", table[0]["protocol"], 0.9)
     out = json.loads(run_cli("latency", ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--offline", "--json",
                                          "--app", tiny_app_path, "--storage", partial], capsys))
-    assert out["new_evaluations"] == 0 and "gap" in out and "next_to_evaluate" in out
-    assert out["gap"] > 0 and len(out["next_to_evaluate"]) > 0 and not out["certified"]
+    assert out["new_evaluations"] == 0 and "next_to_evaluate" in out
+    assert out["certificate"]["gap"] > 0 and len(out["next_to_evaluate"]) > 0 and not out["certified"]
 
 
-def test_infeasible_accuracy_query_says_so(tiny_app_path, tiny_db, capsys):
-    out = json.loads(run_cli("accuracy", ["-latency", "0.01", "-bandwidth", "0.5", "--json", "--app",
-                                          tiny_app_path, "--storage", tiny_db], capsys))
-    assert out["feasible"] is False and out["notes"] and "no scheme meets" in out["notes"][0]
+def test_infeasible_accuracy_query_exits_1_with_one_line(tiny_app_path, tiny_db, capsys):
+    from search.cli import run
+    args = ["-latency", "0.01", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage", tiny_db]
+    assert run("accuracy", args) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("no scheme meets the bound")
+    assert run("accuracy", [*args, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] is False and out["certificate"]["exact"] and "no scheme meets" in out["notes"][0]
 
 
 @pytest.mark.parametrize("kind,args,match", [
@@ -236,6 +231,10 @@ def test_infeasible_accuracy_query_says_so(tiny_app_path, tiny_db, capsys):
     ("latency", ["-accuracy_loss", "0.01", "--evaluator", "oracle"], "unknown evaluator"),
     ("latency", ["-accuracy_loss", "0.01", "--evaluator", "table:/nonexistent.csv"], "cannot read"),
     ("latency", ["-accuracy_loss", "0.01", "--latency-profile", "nope,tiny-cloud"], "no edge latency profile"),
+    ("latency", ["-accuracy_loss", "0.01", "--tolerance", "nan"], "tolerance"),
+    ("latency", ["-accuracy_loss", "nan"], "accuracy_loss"),
+    ("accuracy", ["-latency", "nan"], "latency ratio"),
+    ("latency", ["-accuracy_loss", "0.01", "--study-storage", "nowhere"], "study storage"),
 ])
 def test_cli_bad_input(kind, args, match, tiny_app_path, tiny_db):
     from search.cli import run
@@ -270,7 +269,7 @@ def test_cli_exit_code_2_and_one_line(tmp_path):
 
 def test_status_bounds_are_valid_on_monotone_tables():
     table = synthetic_table(SMALL, seed=2)
-    problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
+    problem = Problem(LatencyQuery(0.02, 1), synthetic_latency(SMALL), 0.9)
     kn = Knowledge(problem.space)
     rng = np.random.default_rng(0)
     for i in rng.choice(problem.space.size, 40, replace=False):
@@ -282,46 +281,54 @@ def test_status_bounds_are_valid_on_monotone_tables():
 
 def test_failed_evaluation_mid_search_leaves_a_resumable_database(tiny_app, tiny_db, tmp_path):
     """The finetune evaluator stores each result before the next: a search that dies on its
-    third new evaluation keeps the two before, and the rerun reuses them."""
+    third new evaluation keeps the two before, and the rerun reuses them and ends where an
+    uninterrupted search ends."""
     from search.evaluators import DatabaseEvaluator
-    db = str(tmp_path / "resume.sqlite")
-    store, full = Store(db), Store(tiny_db)
-    store.put_latency(full.latency_rows(tiny_app.name))
-    for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
-    store.put_base(tiny_app.name, tiny_app.protocol.name, 0.9)
     table = synthetic_table(app_points(tiny_app), base=0.9, seed=5)
 
-    class ScriptedFinetune:  # stands in for the fine-tune; fails on its third call
-        calls = 0
+    class ScriptedFinetune:  # stands in for the fine-tune (injected); fails on its third call
+        def __init__(self, fail_at: int | None) -> None:
+            self.calls, self.fail_at = 0, fail_at
 
         def evaluate(self, scheme, seed=None):
-            ScriptedFinetune.calls += 1
-            if ScriptedFinetune.calls == 3:
+            self.calls += 1
+            if self.calls == self.fail_at:
                 raise CoInferError("evaluation crashed")
             return AccuracyRow(tiny_app.name, tiny_app.protocol.name, *scheme, seed, table[scheme])
 
-    model = LatencyModel.from_store(store, tiny_app)
-    problem = Problem(Query("latency", 0.5, accuracy_loss=0.02), model, 0.9)
-    ev = DatabaseEvaluator(tiny_app, store)
-    ev._finetune = ScriptedFinetune()
+    def fresh_store(name: str) -> Store:
+        store, full = Store(str(tmp_path / name)), Store(tiny_db)
+        store.put_latency(full.latency_rows(tiny_app.name))
+        for device in ("tiny-edge", "tiny-cloud"):
+            store.put_device(device, {"cpu_model": "test"})
+        store.put_base(tiny_app.name, tiny_app.protocol.name, 0.9)
+        return store
+
+    store = fresh_store("resume.sqlite")
+    problem = Problem(LatencyQuery(0.02, 0.5), LatencyModel.from_store(store, tiny_app), 0.9)
     with pytest.raises(CoInferError, match="crashed"):
-        run_search(problem, ev, "coinfer")
-    assert len(store.accuracy_table(tiny_app.name)) == 2
-    ev = DatabaseEvaluator(tiny_app, store)
-    ev._finetune = ScriptedFinetune()
-    result = run_search(problem, ev, "coinfer")
-    assert result.certified and result.scheme == brute_force(problem, table)
-    stored = store.accuracy_table(tiny_app.name)
-    assert len(stored) == 2 + result.new_evaluations and result.reused_evaluations >= 0
+        run_search(problem, DatabaseEvaluator(tiny_app, store, finetuner=ScriptedFinetune(3)), "coinfer")
+    first_two = set(store.accuracy_table(tiny_app.name))
+    assert len(first_two) == 2
+    resumed = run_search(problem, DatabaseEvaluator(tiny_app, store, finetuner=ScriptedFinetune(None)), "coinfer")
+    whole = run_search(problem, DatabaseEvaluator(tiny_app, fresh_store("whole.sqlite"),
+                                                  finetuner=ScriptedFinetune(None)), "coinfer")
+    assert resumed.certified and resumed.scheme == whole.scheme == brute_force(problem, table)
+    assert resumed.new_evaluations == whole.new_evaluations - 2
+    assert resumed.reused_evaluations == len(first_two & set(whole.certificate.proof))
+    assert len(store.accuracy_table(tiny_app.name)) == whole.new_evaluations
 
 
-def test_every_new_evaluation_is_an_optuna_trial_and_zero_budget_evaluates_nothing():
+def test_the_study_tells_the_story_and_zero_budget_evaluates_nothing():
     table = synthetic_table(SMALL, seed=1)
-    problem = Problem(Query("latency", 1, accuracy_loss=0.02), synthetic_latency(SMALL), 0.9)
-    result = run_search(problem, TableEval(table), "coinfer")
+    problem = Problem(LatencyQuery(0.02, 1), synthetic_latency(SMALL), 0.9)
+    ev = TableEvaluator(table)
+    result = run_search(problem, ev, "coinfer")
     trials = result.study.trials
-    assert len(trials) == result.new_evaluations > 0
-    assert all(table[Scheme(t.params["p"], t.params["c"], t.params["b"])] == t.user_attrs["accuracy"] for t in trials)
+    evaluated = [t for t in trials if t.user_attrs["source"] == "evaluated"]
+    assert [Scheme.parse(t.user_attrs["scheme"]) for t in evaluated] == ev.calls
+    assert len(evaluated) == result.new_evaluations > 0
+    assert all(table[Scheme(t.params["p"], t.params["c"], t.params["b"])] == t.user_attrs["accuracy"]
+               for t in evaluated)
     for sampler in ("coinfer", "tpe"):
-        assert run_search(problem, TableEval(table), sampler, max_evaluations=0).new_evaluations == 0
+        assert run_search(problem, TableEvaluator(table), sampler, max_evaluations=0).new_evaluations == 0

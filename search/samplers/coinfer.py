@@ -1,7 +1,12 @@
-"""`coinfer`: our sampler. Latency is known for every scheme; accuracy is bounded by monotone
-bounds from what has been evaluated (search/bounds.py), so a scheme is either proven feasible,
-proven infeasible, or open. It evaluates the open scheme that most shrinks the set of schemes
-that could still be optimal, and the runner stops when that set is empty: a certificate.
+"""`CoInferSampler`: our sampler, an Optuna sampler (search/samplers/base.py).
+
+Latency is known for every scheme; accuracy is bounded by monotone bounds from what has been
+evaluated (search/bounds.py), so a scheme is either proven feasible, proven infeasible, or open.
+It evaluates the open scheme that most shrinks the set of schemes that could still be optimal,
+and stops the study when that set is empty: the answer is then certified (search/certificate.py).
+
+    study = optuna.create_study(direction=problem.direction, sampler=CoInferSampler(problem, known))
+    study.optimize(Objective(problem, evaluator))          # stops by itself
 
 Latency query (min L s.t. A >= t). An evaluation of x either succeeds (A(x) >= t: every
 candidate at least as slow as x is out) or fails (every candidate x dominates is out, as far
@@ -20,31 +25,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.problem import Problem, Status
+from search.query import LatencyQuery
+from search.samplers.base import PlannerSampler
 
 KERNEL_WIDTH = 0.15  # in normalised (log c, b) units
 PRIOR_WEIGHT = 0.5
 
 
-class CoInferPlanner:
+class CoInferSampler(PlannerSampler):
     name = "coinfer"
 
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
+    def __init__(self, problem: Problem, known: dict[Scheme, float] | None = None, tolerance: float = 0.0,
+                 wait_s: float = 600.0) -> None:
+        super().__init__(problem, known, tolerance, wait_s)
         s = problem.space
         cp = np.array([pt.channels for pt in s.points])[s.p]
         self._u = np.log(s.c) / np.log(cp + 1)  # position of each scheme in its point's grid
         self._v = s.b / 8
 
-    def next(self, kn: Knowledge, st: Status) -> int | None:
+    def pick(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
         if st.done:
             return None
-        if self.problem.query.kind == "latency":
-            return self._next_latency(kn, st)
-        return self._next_accuracy(kn, st)
+        if isinstance(self.problem.query, LatencyQuery):
+            return self._pick_latency(kn, st, held)
+        return self._pick_accuracy(kn, st, held)
 
-    def _next_latency(self, kn: Knowledge, st: Status) -> int:
+    def _pick_latency(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
         pr = self.problem
         cand = st.candidates
         lat = pr.latency
@@ -55,8 +64,10 @@ class CoInferPlanner:
         slower = len(cand_lat) - np.searchsorted(cand_lat, lat, side="left")
         gain_feasible = np.where(lat < st.incumbent_value, slower, 0)
         gain_infeasible = kn.dominated_counts(cand)
-        score = np.where(open_, q * gain_feasible + (1 - q) * gain_infeasible, -1.0)
+        score = np.where(open_ & ~held, q * gain_feasible + (1 - q) * gain_infeasible, -1.0)
         best = score.max()
+        if best < 0:
+            return None
         ties = np.flatnonzero(score >= best - 1e-9)
         return int(ties[np.argmin(lat[ties])])
 
@@ -81,8 +92,10 @@ class CoInferPlanner:
             q[sl][o] = (w @ ok[sl][e] + PRIOR_WEIGHT * prior) / (w.sum(1) + PRIOR_WEIGHT)
         return q
 
-    def _next_accuracy(self, kn: Knowledge, st: Status) -> int:
-        cand = np.flatnonzero(st.candidates)
+    def _pick_accuracy(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
+        cand = np.flatnonzero(st.candidates & ~held)
+        if not len(cand):
+            return None
         up = np.clip(st.upper[cand], None, 2.0)
         dominated = kn.dominated_counts(st.candidates)[cand]
         order = np.lexsort((-self.problem.model.bytes[cand], -dominated, -up))

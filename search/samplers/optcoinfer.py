@@ -1,5 +1,5 @@
-"""`optcoinfer`: the Opt-CoInfer paper's search (its `latency_search.py`), re-implemented as a
-planner, with numpy-vectorised bounds. A baseline for `coinfer`.
+"""`OptCoInferSampler`: the Opt-CoInfer paper's search (its `latency_search.py`), re-implemented as
+an Optuna sampler (search/samplers/base.py) with numpy-vectorised bounds. A baseline for `coinfer`.
 
 Everything is in loss terms: loss = base accuracy - accuracy. The paper keeps two constraints:
 
@@ -36,9 +36,9 @@ too; the answer is then the best scheme the search happened to evaluate.
 
 Where this differs from the paper's code:
 
-- State is derived from `kn` on every call (constraints from the evaluated schemes, so schemes
-  already in the database count as evaluated); only the space-shrink removals and the random
-  generator are kept between calls (reset when a new `Knowledge` is passed). The constraints
+- State is derived from what the study knows on every call (constraints from the evaluated
+  schemes, so schemes already in the database count as evaluated); only the space-shrink
+  removals and the random generator are kept between calls (one sampler, one search). The constraints
   equal the paper's sequential updates, except that the paper accepts a loss up to 1e-5 above
   the constraint and we use the problem's own feasibility test (`Problem.threshold`, slack
   1e-9) for the latency query and a plain minimum for the accuracy query.
@@ -88,8 +88,11 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import Matern
 
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.problem import Problem, Status
+from search.query import LatencyQuery
+from search.samplers.base import PlannerSampler
 from search.space import Space
 
 INITIAL_LOSS_CONSTRAINT = 0.1  # accuracy query: the paper's starting loss constraint
@@ -198,13 +201,14 @@ def loss_bounds(space: Space, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return lower, upper
 
 
-class OptCoInferPlanner:
+class OptCoInferSampler(PlannerSampler):
     name = "optcoinfer"
 
-    def __init__(self, problem: Problem, seed: int = 0, n_restarts: int = 100) -> None:
+    def __init__(self, problem: Problem, known: dict[Scheme, float] | None = None, seed: int = 0,
+                 n_restarts: int = 100, wait_s: float = 600.0) -> None:
         if n_restarts < 0:
             raise CoInferError(f"n_restarts must be >= 0, got {n_restarts}")
-        self.problem = problem
+        super().__init__(problem, known, 0.0, wait_s)
         self.seed = seed
         self.n_restarts = n_restarts
         s = problem.space
@@ -212,7 +216,8 @@ class OptCoInferPlanner:
         self._widths = widths
         self._x = np.column_stack([s.p / len(s.points), s.c / widths[s.p], s.b / 8.0])
         self._anchors_x, self._anchors_y = self._anchors()
-        self._kn: Knowledge | None = None
+        self.rng = np.random.default_rng(seed)
+        self.removed = np.zeros(s.size, dtype=bool)
 
     def _anchors(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._widths)
@@ -222,16 +227,11 @@ class OptCoInferPlanner:
         x = np.column_stack([p / n, c / self._widths[p], b / 8.0])
         return x, np.tile([1.0, 1.0, 0.0], n)
 
-    def _reset(self, kn: Knowledge) -> None:
-        self._kn = kn
-        self.rng = np.random.default_rng(self.seed)
-        self.removed = np.zeros(self.problem.space.size, dtype=bool)
-
     def constraints(self, kn: Knowledge) -> tuple[np.ndarray, float]:
         """(schemes within the latency constraint, loss constraint) as the paper would hold them."""
         pr = self.problem
         ev = kn.evaluated
-        if pr.query.kind == "latency":
+        if isinstance(pr.query, LatencyQuery):
             met = ev & (kn.acc >= pr.threshold)
             limit = min(pr.reference, float(pr.latency[met].min())) if met.any() else pr.reference
             return pr.latency < limit, float(pr.query.accuracy_loss)
@@ -242,18 +242,26 @@ class OptCoInferPlanner:
             loss_con = min(loss_con, float(pr.base - kn.acc[done].max()))
         return within, loss_con
 
-    def next(self, kn: Knowledge, st: Status) -> int | None:
-        if kn is not self._kn:
-            self._reset(kn)
+    def _filter_and_shrink(self, kn: Knowledge, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Steps 1 and 2: (filtered set, available set after the shrink, losses, loss constraint)."""
         within, loss_con = self.constraints(kn)
         loss = self.problem.base - kn.acc
-        available = ~kn.evaluated & within & ~self.removed
+        available = ~kn.evaluated & within & ~self.removed & ~held
         lower, upper = loss_bounds(self.problem.space, loss)
-        chosen = np.flatnonzero(available & (upper <= loss_con))
-        if len(chosen):
-            return int(self.rng.choice(chosen))
-        self.removed |= available & (lower >= loss_con)
-        available &= ~self.removed
+        chosen = available & (upper <= loss_con)
+        if not chosen.any():
+            self.removed |= available & (lower >= loss_con)
+            available &= ~self.removed
+        return chosen, available, loss, loss_con
+
+    def finished(self, kn: Knowledge, st: Status) -> bool:
+        chosen, available, _, _ = self._filter_and_shrink(kn, np.zeros_like(self.removed))
+        return not chosen.any() and not available.any()
+
+    def pick(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
+        chosen, available, loss, loss_con = self._filter_and_shrink(kn, held)
+        if chosen.any():
+            return int(self.rng.choice(np.flatnonzero(chosen)))
         if not available.any():
             return None
         return self._gp_pick(kn, loss, np.flatnonzero(available), loss_con)
@@ -273,7 +281,7 @@ class OptCoInferPlanner:
             mu, std = gp.predict(self._x[avail], return_std=True)
         lat = self.problem.latency[avail]
         if np.std(mu) < FLAT_MEAN:
-            pick = np.argmin(lat) if self.problem.query.kind == "latency" else np.argmax(lat)
+            pick = np.argmin(lat) if isinstance(self.problem.query, LatencyQuery) else np.argmax(lat)
             return int(avail[pick])
         pi = norm.cdf((loss_con - mu) / (std + 1e-9))
         return int(avail[np.argmax(pi)])

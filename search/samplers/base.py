@@ -1,0 +1,148 @@
+"""`PlannerSampler`: an Optuna sampler that chooses a whole scheme per trial from what is known.
+
+The CoInfer, Opt-CoInfer and exhaustive samplers are `optuna.samplers.BaseSampler`s, so any
+study drives them (`study.optimize`), with any storage, with the dashboard and the
+visualisations. They work as Optuna's `GridSampler` does: `before_trial` picks the trial's
+scheme and writes it to the trial's system attribute `coinfer:scheme`; `sample_independent`
+answers the define-by-run parameters p, c, b from it (search/study.py); `after_trial` stops the
+study when nothing is left to evaluate (for CoInfer: when the certificate holds).
+
+What a sampler knows is the stored accuracy database it was given plus the study's completed
+trials. Several processes may optimise one study: a scheme held by another running trial is
+never proposed. Trials claim in trial-number order: trial n waits (briefly) until every running
+trial numbered below n has written its claim, then excludes those claims. Since numbers are
+unique and claims are written once, no two running trials hold one scheme. When every scheme
+still worth evaluating is held, the trial waits for one of them to finish; when nothing is left,
+it re-runs the answer (a repeat: no evaluation; Optuna's GridSampler does the same) and the
+study stops.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from compress.scheme import Scheme
+from search.bounds import Knowledge
+from search.problem import Problem, Status
+from search.study import SOURCE_REPEAT, params_of, scheme_of
+
+CLAIM = "coinfer:scheme"
+POLL_S = 0.02
+
+
+class PlannerSampler(BaseSampler):
+    """Subclasses implement `pick` (and `finished` when it is not the status's `done`)."""
+
+    name = "planner"
+
+    def __init__(self, problem: Problem, known: dict[Scheme, float] | None = None, tolerance: float = 0.0,
+                 wait_s: float = 600.0) -> None:
+        """`known`: accuracies stored before the search (the accuracy database); `tolerance`: the
+        accepted non-monotonicity of measured accuracy (search/bounds.py); `wait_s`: how long a
+        trial waits for other workers' trials before it gives up on their claims."""
+        self.problem = problem
+        self.known = dict(known or {})
+        self.tolerance = tolerance
+        self.wait_s = wait_s
+        self.decision_s = 0.0  # own time spent choosing schemes (waits excluded)
+        self.decisions = 0
+        self._state: tuple[int, Knowledge, set[int], Status | None] | None = None
+
+    # -- what subclasses decide ------------------------------------------------------------
+    def pick(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
+        """The flat index of the split scheme to evaluate next, never one of `held`; None when
+        nothing that is not held is worth evaluating."""
+        raise NotImplementedError
+
+    def finished(self, kn: Knowledge, st: Status) -> bool:
+        """Nothing is left to evaluate."""
+        return st.done
+
+    # -- what the study knows --------------------------------------------------------------
+    def state(self, study: optuna.Study, told: FrozenTrial | None = None) -> tuple[Knowledge, Status]:
+        """What `known`, the study's completed trials and `told` (a trial being completed) say, and
+        the status it implies. Trials are absorbed once; the status is recomputed only when
+        something new was absorbed."""
+        if self._state is None or self._state[0] != study._study_id:
+            self._state = (study._study_id, self.problem.knowledge(self.known, self.tolerance), set(), None)
+        _, kn, absorbed, st = self._state
+        new = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number not in absorbed]
+        if told is not None and told.number not in absorbed:
+            new.append(told)
+        for t in new:
+            absorbed.add(t.number)
+            scheme, acc = scheme_of(t, self.problem), t.user_attrs.get("accuracy")
+            if acc is not None and scheme is not None and scheme.is_split:
+                kn.add(self.problem.space.index(scheme), float(acc))
+        if st is None or new:
+            st = self.problem.status(kn)
+            self._state = (study._study_id, kn, absorbed, st)
+        return kn, st
+
+    def done(self, study: optuna.Study) -> bool:
+        return self.finished(*self.state(study))
+
+    # -- optuna.samplers.BaseSampler -------------------------------------------------------
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        if CLAIM not in trial.system_attrs:
+            raise RuntimeError(f"{type(self).__name__}: trial {trial.number} has no scheme (was before_trial run?)")
+        params, _ = params_of(Scheme.parse(trial.system_attrs[CLAIM]), self.problem)
+        return params[param_name]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if CLAIM in trial.system_attrs:
+            return
+        scheme, repeat = self._choose(study, trial)
+        if repeat:
+            study._storage.set_trial_user_attr(trial._trial_id, "source", SOURCE_REPEAT)
+        study._storage.set_trial_system_attr(trial._trial_id, CLAIM, str(scheme))
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: list[float] | None) -> None:
+        told = trial if state == TrialState.COMPLETE else None
+        if trial.user_attrs.get("source") == SOURCE_REPEAT or self.finished(*self.state(study, told)):
+            study.stop()
+
+    # -- choosing --------------------------------------------------------------------------
+    def _choose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[Scheme, bool]:
+        deadline = time.monotonic() + self.wait_s
+        space = self.problem.space
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            earlier = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
+            unclaimed = [t for t in earlier if CLAIM not in t.system_attrs]
+            if unclaimed and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+                continue
+            held = np.zeros(space.size, dtype=bool)
+            for t in earlier:
+                s = Scheme.parse(t.system_attrs[CLAIM]) if CLAIM in t.system_attrs else None
+                if s is not None and s.is_split:
+                    held[space.index(s)] = True
+            t0 = time.perf_counter()
+            kn, st = self.state(study)
+            finished = self.finished(kn, st)
+            i = None if finished else self.pick(kn, st, held)
+            self.decision_s += time.perf_counter() - t0
+            self.decisions += 1
+            if i is not None:
+                return space.scheme(i), False
+            if finished or not held.any() or time.monotonic() >= deadline:
+                answer = st.incumbent if st.incumbent is not None else self.problem.single_end
+                return self.problem.scheme(answer), True
+            time.sleep(POLL_S)  # everything still open is held by other workers: wait for one

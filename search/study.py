@@ -1,0 +1,198 @@
+"""A query as an Optuna study: one trial is one scheme.
+
+Parameters are suggested define-by-run: p in -1..P (P = number of partition points; -1 is
+all-cloud, P is all-edge), then for a split c in 1..C_p and b in 1..8. Optuna's own samplers get
+p in 0..P-1 (`single_ends=False`): the single ends' latency and accuracy are known, and a
+sampler that can propose them keeps re-proposing the feasible one. Every trial records
+
+    value        latency (latency query) or accuracy (accuracy query)
+    constraint   Optuna's `constraints` system attribute (feasible when <= 0): threshold - A(s),
+                 or L(s) - budget; `study.best_trial`, the visualisations and optuna-dashboard
+                 read it
+    user attrs   scheme, accuracy (None when over the latency budget: never evaluated),
+                 latency_s, source: "evaluated" (new), "database" (stored before the search),
+                 "reference" (a single end: the unmodified model), "over-budget", "repeat"
+
+so the study alone tells the story of a search. Storages: in memory, a journal file (Optuna's
+JournalStorage: a few ms a trial), or any SQLAlchemy URL (Optuna's RDB storage: tens of ms a
+trial on SQLite); `open_study` resumes a study of the same name.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+from optuna.distributions import IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from apps.errors import CoInferError
+from compress.scheme import Scheme
+from search.bounds import Knowledge
+from search.evaluators import Evaluator
+from search.problem import Problem
+
+SOURCE_EVALUATED, SOURCE_DATABASE, SOURCE_REFERENCE = "evaluated", "database", "reference"
+SOURCE_OVER_BUDGET, SOURCE_REPEAT = "over-budget", "repeat"
+JOURNAL_SUFFIXES = (".journal", ".log")
+
+
+def suggest_scheme(trial: optuna.Trial, problem: Problem, single_ends: bool = True) -> Scheme:
+    """The trial's scheme, suggested define-by-run (c within C_p)."""
+    points = problem.space.points
+    p = trial.suggest_int("p", -1, len(points)) if single_ends else trial.suggest_int("p", 0, len(points) - 1)
+    if p == -1:
+        return Scheme.ALL_CLOUD
+    if p == len(points):
+        return Scheme.ALL_EDGE
+    return Scheme(p, trial.suggest_int("c", 1, points[p].channels), trial.suggest_int("b", 1, 8))
+
+
+def params_of(scheme: Scheme, problem: Problem) -> tuple[dict[str, int], dict[str, IntDistribution]]:
+    """The trial parameters of a scheme and their distributions (inverse of `suggest_scheme`)."""
+    points = problem.space.points
+    p = -1 if scheme.is_all_cloud else len(points) if scheme.is_all_edge else scheme.p
+    params, dists = {"p": p}, {"p": IntDistribution(-1, len(points))}
+    if scheme.is_split:
+        params |= {"c": scheme.c, "b": scheme.b}
+        dists |= {"c": IntDistribution(1, points[p].channels), "b": IntDistribution(1, 8)}
+    return params, dists
+
+
+def scheme_of(trial: FrozenTrial, problem: Problem) -> Scheme | None:
+    """The scheme of a trial of this problem's study (None when its params name none)."""
+    params, n = trial.params, len(problem.space.points)
+    p = params.get("p")
+    if p == -1:
+        return Scheme.ALL_CLOUD
+    if p == n:
+        return Scheme.ALL_EDGE
+    if isinstance(p, int) and 0 <= p < n and "c" in params and "b" in params:
+        return Scheme(p, params["c"], params["b"])
+    return None
+
+
+def _attrs(problem: Problem, scheme: Scheme, accuracy: float | None, source: str) -> tuple[dict, float, float]:
+    """(user attrs, constraint value, objective value) of a scheme."""
+    latency = problem.latency_of(scheme)
+    q = problem.query
+    constraint = q.constraint(problem, latency, accuracy if accuracy is not None else problem.base)
+    attrs = {"scheme": str(scheme), "accuracy": accuracy, "latency_s": latency, "source": source}
+    return attrs, float(constraint), q.objective(latency, accuracy)
+
+
+def frozen_trial(problem: Problem, scheme: Scheme, accuracy: float | None, source: str) -> FrozenTrial:
+    """A completed trial for a scheme whose accuracy is already known (`study.add_trial`)."""
+    params, dists = params_of(scheme, problem)
+    attrs, constraint, value = _attrs(problem, scheme, accuracy, source)
+    return optuna.trial.create_trial(params=params, distributions=dists, value=value, user_attrs=attrs,
+                                     system_attrs={f"constraints:{problem.query.constraint_name}": constraint})
+
+
+class Objective:
+    """`study.optimize(Objective(problem, evaluator))`: a trial's value is its scheme's latency
+    or accuracy. A scheme over the latency budget is never evaluated; the single ends run the
+    unmodified model (the base accuracy); every other accuracy comes from the evaluator once
+    (then from memory). `new` lists the schemes this objective evaluated. `single_ends`: whether
+    trials may be the single ends (False for Optuna's own samplers)."""
+
+    def __init__(self, problem: Problem, evaluator: Evaluator, single_ends: bool = True) -> None:
+        self.problem = problem
+        self.evaluator = evaluator
+        self.single_ends = single_ends
+        self.known = dict(evaluator.known())
+        self.new: list[Scheme] = []
+        self.evaluate_s = 0.0
+
+    def accuracy(self, scheme: Scheme) -> tuple[float | None, str]:
+        if not scheme.is_split:
+            return self.problem.base, SOURCE_REFERENCE
+        if self.problem.latency_of(scheme) > self.problem.budget:
+            return None, SOURCE_OVER_BUDGET
+        if scheme in self.known:
+            return self.known[scheme], SOURCE_REPEAT if scheme in self.new else SOURCE_DATABASE
+        t0 = time.perf_counter()
+        acc = float(self.evaluator.evaluate(scheme))
+        self.evaluate_s += time.perf_counter() - t0
+        self.known[scheme] = acc
+        self.new.append(scheme)
+        return acc, SOURCE_EVALUATED
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        scheme = suggest_scheme(trial, self.problem, self.single_ends)
+        accuracy, source = self.accuracy(scheme)
+        if trial.user_attrs.get("source") == SOURCE_REPEAT:  # set by our samplers: a re-run of the answer
+            source = SOURCE_REPEAT
+        attrs, constraint, value = _attrs(self.problem, scheme, accuracy, source)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint(self.problem.query.constraint_name, constraint)
+        return value
+
+
+def knowledge(study: optuna.Study, problem: Problem, known: dict[Scheme, float] | None = None,
+              tolerance: float = 0.0) -> Knowledge:
+    """What `known` and the study's completed trials say about the split schemes' accuracy."""
+    table = dict(known or {})
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        acc = t.user_attrs.get("accuracy")
+        scheme = scheme_of(t, problem)
+        if acc is not None and scheme is not None and scheme.is_split:
+            table[scheme] = float(acc)
+    return problem.knowledge(table, tolerance)
+
+
+def add_known(study: optuna.Study, problem: Problem, schemes: list[Scheme], table: dict[Scheme, float]) -> int:
+    """Add, as completed trials, the schemes of `schemes` the study does not hold yet (their
+    accuracy from `table`; single ends are the reference). Returns how many were added."""
+    have = {scheme_of(t, problem) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    add = []
+    for s in dict.fromkeys(schemes):
+        if s in have:
+            continue
+        if s.is_split:
+            add.append(frozen_trial(problem, s, table[s], SOURCE_DATABASE))
+        else:
+            add.append(frozen_trial(problem, s, problem.base, SOURCE_REFERENCE))
+    study.add_trials(add)
+    return len(add)
+
+
+def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """None or "memory": in memory; a path ending in .journal / .log (or "journal:PATH"): Optuna's
+    JournalStorage in that file; anything else: a SQLAlchemy URL for Optuna's RDB storage."""
+    if url is None or url == "memory":
+        return None
+    if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
+        path = Path(url.removeprefix("journal:"))
+        if not path.parent.is_dir():
+            raise CoInferError(f"study storage {path}: no such folder {path.parent}")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}
+                                          if url.startswith("sqlite") else None)
+    except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
+        raise CoInferError(f"cannot open study storage {_masked(url)}: {type(exc).__name__}") from None
+
+
+def _masked(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+def open_study(name: str, storage: str | None, problem: Problem,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the study, or resume it when one of that name exists in the storage."""
+    try:
+        return optuna.create_study(study_name=name, storage=make_storage(storage), sampler=sampler,
+                                   direction=problem.direction, load_if_exists=True)
+    except ValueError as exc:  # e.g. an existing study of that name with the other direction
+        raise CoInferError(f"study {name!r}: {exc}") from None
