@@ -46,6 +46,36 @@ def tiny_app(tiny_app_path):
     return load_app(tiny_app_path)
 
 
+@pytest.fixture(scope="session")
+def tiny_db(tiny_app, tmp_path_factory):
+    """A database for the tiny app: latency from formulas, a complete synthetic accuracy table."""
+    from compress.scheme import Scheme
+    from database.store import AccuracyRow, LatencyRow, Store
+    from models.build import app_points
+    from search.synthetic import synthetic_latency, synthetic_table
+    db = str(tmp_path_factory.mktemp("db") / "tiny.sqlite")
+    store = Store(db)
+    # a slow edge and a fast cloud (as the default app's devices), from formulas so the test does
+    # not depend on this machine's load; test_profile_rows checks the real profiler
+    syn = synthetic_latency(app_points(tiny_app), edge_per_point=2e-3, cloud_per_point=1e-4)
+    rows = []
+    for side, name, values, single in (("edge", "tiny-edge", syn.edge_s, syn.edge_all),
+                                       ("cloud", "tiny-cloud", syn.cloud_s, syn.cloud_all)):
+        for pt in app_points(tiny_app):
+            for c in (1, pt.channels):
+                t = float(values[syn.space.index(Scheme(pt.index, c, 1))])
+                rows.append(LatencyRow(tiny_app.name, name, pt.index, c, side, t))
+        rows.append(LatencyRow(tiny_app.name, name, 13 if side == "edge" else -1, 0, side, single))
+    store.put_latency(rows)
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    table = synthetic_table(app_points(tiny_app), base=0.9, seed=5)
+    proto = tiny_app.protocol.name
+    store.put_accuracy([AccuracyRow(tiny_app.name, proto, p, c, b, 0, t) for (p, c, b), t in table.items()])
+    store.put_base(tiny_app.name, proto, 0.9)
+    return db
+
+
 def start_cloud_server(*args: str):
     """`python -m runtime.cloud` on 127.0.0.1 at a port the OS picks: (process, port) once it serves.
     The caller stops it (SIGTERM)."""

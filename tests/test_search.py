@@ -12,7 +12,7 @@ from compress.scheme import Scheme
 from database.formats import write_csv, write_optcoinfer
 from database.paper import DEFAULT_JSON, import_paper_profile
 from database.profile import profile_app
-from database.store import AccuracyRow, LatencyRow, Store
+from database.store import AccuracyRow, Store
 from models.build import app_points
 from search.bounds import Knowledge
 from search.evaluators import TableEvaluator
@@ -21,27 +21,11 @@ from search.problem import Problem
 from search.query import AccuracyQuery, LatencyQuery
 from search.runner import run_search
 from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+from tests.oracles import brute_force
 
 SMALL = synthetic_points([4, 4, 8, 8, 8, 16, 16])
 QUERIES = ([LatencyQuery(e, bw) for bw in (0.25, 1, 4) for e in (0.005, 0.02, 0.08)]
            + [AccuracyQuery(r, bw) for bw in (0.25, 1, 4) for r in (0.5, 0.8, 1.2, 0.01)])
-
-
-def brute_force(problem: Problem, table: dict) -> Scheme | None:
-    """Independent oracle: plain Python over every scheme (None: no scheme meets the bound)."""
-    space = problem.space
-    if isinstance(problem.query, LatencyQuery):
-        best = (problem.reference, problem.single_end)
-        for i in range(space.size):
-            if table[space.scheme(i)] >= problem.threshold and problem.latency[i] < best[0]:
-                best = (float(problem.latency[i]), space.scheme(i))
-        return best[1]
-    best = (problem.base, 0.0, problem.single_end) if problem.reference <= problem.budget else (-1.0, 0.0, None)
-    for i in range(space.size):
-        acc = table[space.scheme(i)]
-        if problem.latency[i] <= problem.budget and (acc, -problem.latency[i]) > (best[0], -best[1]):
-            best = (acc, float(problem.latency[i]), space.scheme(i))
-    return best[2]
 
 
 @pytest.mark.parametrize("shape", ["saturating", "linear", "cliff"])
@@ -136,31 +120,6 @@ def test_paper_latency_model_reproduces_the_worked_figures(tmp_path):
 
 
 # -- CLIs on a tiny app with a real (tiny) latency profile and a synthetic accuracy table --
-
-@pytest.fixture(scope="module")
-def tiny_db(tiny_app, tmp_path_factory):
-    db = str(tmp_path_factory.mktemp("db") / "tiny.sqlite")
-    store = Store(db)
-    # a slow edge and a fast cloud (as the default app's devices), from formulas so the test does
-    # not depend on this machine's load; test_profile_rows checks the real profiler
-    syn = synthetic_latency(app_points(tiny_app), edge_per_point=2e-3, cloud_per_point=1e-4)
-    rows = []
-    for side, name, values, single in (("edge", "tiny-edge", syn.edge_s, syn.edge_all),
-                                       ("cloud", "tiny-cloud", syn.cloud_s, syn.cloud_all)):
-        for pt in app_points(tiny_app):
-            for c in (1, pt.channels):
-                t = float(values[syn.space.index(Scheme(pt.index, c, 1))])
-                rows.append(LatencyRow(tiny_app.name, name, pt.index, c, side, t))
-        rows.append(LatencyRow(tiny_app.name, name, 13 if side == "edge" else -1, 0, side, single))
-    store.put_latency(rows)
-    for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
-    table = synthetic_table(app_points(tiny_app), base=0.9, seed=5)
-    proto = tiny_app.protocol.name
-    store.put_accuracy([AccuracyRow(tiny_app.name, proto, p, c, b, 0, t) for (p, c, b), t in table.items()])
-    store.put_base(tiny_app.name, proto, 0.9)
-    return db
-
 
 def run_cli(kind, args, capsys):
     from search.cli import run

@@ -14,7 +14,8 @@ trial numbered below n has written its claim, then excludes those claims. Since 
 unique and claims are written once, no two running trials hold one scheme. When every scheme
 still worth evaluating is held, the trial waits for one of them to finish; when nothing is left,
 it re-runs the answer (a repeat: no evaluation; Optuna's GridSampler does the same) and the
-study stops.
+study stops. The first trial is the better single end (the unmodified model: no evaluation), so
+the study always holds the reference the answer is measured against.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class PlannerSampler(BaseSampler):
             if unclaimed and time.monotonic() < deadline:
                 time.sleep(POLL_S)
                 continue
+            ref = self.problem.single_end  # first the reference: no evaluation, and best_trial is then right
+            if not any(t.system_attrs.get(CLAIM) == str(ref) or scheme_of(t, self.problem) == ref for t in trials
+                       if t.state == TrialState.COMPLETE or t in earlier):
+                return ref, False
             held = np.zeros(space.size, dtype=bool)
             for t in earlier:
                 s = Scheme.parse(t.system_attrs[CLAIM]) if CLAIM in t.system_attrs else None
