@@ -10,8 +10,9 @@ from conftest import start_cloud_server
 
 from apps import load_app
 from apps.errors import CoInferError
+from compress.scheme import Scheme
 from runtime import edge
-from runtime.monitor import throughput_scheme
+from runtime.advisor import SchemeAdvisor, throughput_scheme
 
 APP = load_app("vgg16_digits")
 pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
@@ -27,8 +28,8 @@ def server() -> str:
 
 
 @pytest.fixture(scope="module")
-def planner() -> edge.Planner:
-    return edge.Planner(APP)
+def planner() -> SchemeAdvisor:
+    return SchemeAdvisor(APP)
 
 
 def run_cli(capsys, *argv: str) -> dict:
@@ -51,7 +52,7 @@ def test_auto_probes_when_no_bandwidth_is_given(server, capsys) -> None:
 
 def test_auto_adapt_runs_frontier_schemes(server, planner, capsys) -> None:
     report = run_cli(capsys, "--server", server, "--auto", "--adapt", "--bandwidth", "1", "--n", "5")
-    frontier = {s if isinstance(s, str) else ",".join(map(str, s)) for _, s in report["frontier"]}
+    frontier = {str(Scheme.from_json(s)) for _, s in report["frontier"]}
     assert len(report["schemes"]) == 5 and set(report["schemes"]) <= frontier
     assert report["frontier"][0][0] == pytest.approx(0.125) and report["frontier"][-1][0] == pytest.approx(8.0)
 

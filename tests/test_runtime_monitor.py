@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from apps import load_app
+from apps.units import BYTES_PER_MBPS
 from compress.scheme import Scheme
 from database.store import LatencyRow
 from models.build import app_points
-from runtime.monitor import (
-    BYTES_PER_MBPS,
-    Adapter,
-    BandwidthEstimator,
-    Frontier,
-    TokenBucket,
-    log_grid,
-    throughput_scheme,
-)
+from runtime.advisor import Adapter, Frontier, log_grid, throughput_scheme
+from runtime.monitor import BandwidthEstimator, TokenBucket
 from search.latency import LatencyModel
 
 APP = load_app("vgg16_digits")
@@ -144,8 +138,8 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
     switches is a timing target for bench.adaptivity, not for a test on a shared CI machine.)"""
     from compress.scheme import ALL_CLOUD
     from models.build import load_base_model
+    from runtime.client import ClientConfig, EdgeClient
     from runtime.cloud import CloudServer
-    from runtime.edge import EdgeClient
 
     model = synthetic_model()
     candidates = [Scheme.ALL_CLOUD, Scheme(4, 16, 2)]  # the model's crossover is at 1 Mbps
@@ -157,7 +151,7 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
         server = CloudServer(APP, base)
         await server.start("127.0.0.1", 0)
         shaper = TokenBucket(2.0, burst=0)
-        client = EdgeClient(APP, ALL_CLOUD, base, port=server.port, k=1, shaper=shaper,
+        client = EdgeClient(APP, ALL_CLOUD, ClientConfig(port=server.port, k=1), base=base, shaper=shaper,
                             monitor=BandwidthEstimator())
         adapter = Adapter(model, Frontier(0.01, [0.5, 2.0], candidates))
         used = []
