@@ -162,8 +162,8 @@ class EdgeClient:
         """Open the connection (and authenticate when a token is set); no-op for all-edge unless `force`."""
         if (self.scheme.is_all_edge and not force) or self._writer is not None:
             return
+        cfg = self.config
         try:
-            cfg = self.config
             async with asyncio.timeout(cfg.timeout):
                 self._reader, self._writer = await asyncio.open_connection(
                     cfg.host, cfg.port, ssl=cfg.ssl_ctx, server_hostname=cfg.server_hostname if cfg.ssl_ctx else None)

@@ -113,6 +113,8 @@ def test_emulated_edge_speed_is_reported(server, capsys) -> None:
     (["--scheme", "all-edge", "--edge-speed", "2"], "--edge-speed"),
     (["--scheme", "all-edge", "--edge-speed", "0.5", "--threads", "2"], "--threads must be 1"),
     (["--auto", "-accuracy_loss", "1.5", "--server", "127.0.0.1:1"], "-accuracy_loss"),
+    (["--scheme", "all-edge", "--k", "0"], "top-k 0 outside"),
+    (["--scheme", "4,12,3", "--server", "127.0.0.1"], "expected HOST:PORT"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message) -> None:
     with pytest.raises(CoInferError, match=message):
