@@ -185,11 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.freshprofile import reprofile, snapshot
     from bench.runtime import calibration_scheme, measured_rtt
     from database.store import Store
-    from runtime.edge import Planner
-    from runtime.monitor import Adapter
+    from runtime.advisor import Adapter, SchemeAdvisor
     from runtime.testbed import Testbed
     from search.latency import LatencyModel
-    stored = Planner(app, args.storage)
+    stored = SchemeAdvisor(app, args.storage)
     points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
     quota = app.edge_cpu_quota or 0.125
     calib = calibration_scheme(app)
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             store = snapshot(Store(args.storage, create=False), Path(tmp.name) / "profile.sqlite")
             reprofile(store, app, quota if tb.edge_emulation == "dilate" else None, tb)
             storage = store.url
-        planner = Planner(app, storage)
+        planner = SchemeAdvisor(app, storage)
         rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, args.step[0])
         model = LatencyModel.from_store(planner.store, app, rtt_s=rtt)
         frontier = planner.frontier(args.accuracy_loss)

@@ -41,7 +41,8 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     from apps import load_app
     from data import load_splits
     from database.slowdown import SlowCPU
-    from runtime.edge import EdgeClient, parse_server
+    from runtime.client import ClientConfig, EdgeClient
+    from runtime.edge import parse_server
     from runtime.monitor import BandwidthEstimator, TokenBucket
 
     app = load_app(app_name)
@@ -49,7 +50,7 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     images = torch.stack([test[i][0] for i in range(64)])
     host, port = parse_server(server)
     rate = os.environ.get("COINFER_RATE_LIMIT")
-    client = EdgeClient(app, Scheme.ALL_CLOUD, host=host, port=port, k=1, finetuned=finetuned,
+    client = EdgeClient(app, Scheme.ALL_CLOUD, ClientConfig(host, port, k=1, finetuned=finetuned),
                         shaper=TokenBucket(float(rate)) if rate else None, monitor=BandwidthEstimator())
     for s in schemes:  # build every model now (fine-tuned weights are loaded here, unthrottled)
         client.model_for(Scheme.parse(s))
@@ -90,7 +91,8 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
 
 async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
     from database.store import Store
-    from runtime.monitor import Adapter, BandwidthEstimator, Frontier
+    from runtime.advisor import Adapter, Frontier
+    from runtime.monitor import BandwidthEstimator
     from search.latency import LatencyModel
     model = LatencyModel.from_store(Store(cmd.get("storage"), create=False), client.app, rtt_s=cmd.get("rtt_s"))
     schemes = [Scheme.from_json(s) for s in cmd["frontier"]]

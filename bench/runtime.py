@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or any(r <= 0 for r in args.rates) or not 1 <= args.rounds <= args.n:
         raise CoInferError("--n must be >= 1, rates positive, --rounds in 1..n")
     app = load_app(args.app)
-    from runtime.edge import Planner
-    planner = Planner(app, args.storage)
+    from runtime.advisor import SchemeAdvisor
+    planner = SchemeAdvisor(app, args.storage)
     optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
     prepare_weights(app, [*schemes, calibration_scheme(app)])

@@ -25,8 +25,8 @@ from compress.scheme import ALL_CLOUD, ALL_EDGE, Scheme
 from data import load_splits
 from models.build import load_base_model
 from runtime import edge
+from runtime.client import ClientConfig, EdgeClient, RemoteError
 from runtime.cloud import CloudServer, serve
-from runtime.edge import EdgeClient, RemoteError
 from runtime.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -160,7 +160,7 @@ async def attackers(port: int) -> None:
 
 async def good_client(base, images: torch.Tensor, port: int, until: asyncio.Future, expected: dict) -> int:
     """Valid requests over every scheme until the attackers are done; every answer checked."""
-    clients = [EdgeClient(APP, s, base, port=port, k=3, timeout=10) for s in SCHEMES]
+    clients = [EdgeClient(APP, s, ClientConfig(port=port, k=3, timeout=10), base=base) for s in SCHEMES]
     answered = 0
     for client in clients:
         await client.connect()
@@ -200,7 +200,7 @@ def test_serves_correctly_under_attack(base, images) -> None:
             assert isinstance(idle, Error) and idle.code == ErrorCode.TIMEOUT and idle_t < 2.0
             assert answered >= 2 * len(SCHEMES) * len(images)
             # still serving at the end, on a fresh connection
-            async with EdgeClient(APP, SCHEMES[1], base, port=port, k=3) as client:
+            async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, k=3), base=base) as client:
                 pred = await client.infer(images[:1])
             assert pred.classes[0][0] == expected[SCHEMES[1]][0][0][0]
             stats = server.stats
@@ -221,12 +221,12 @@ def test_batch_request_and_all_edge(base, images) -> None:
         server = CloudServer(APP, base)
         await server.start("127.0.0.1", 0)
         try:
-            async with EdgeClient(APP, SCHEMES[0], base, port=server.port, k=3) as client:
+            async with EdgeClient(APP, SCHEMES[0], ClientConfig(port=server.port, k=3), base=base) as client:
                 pred = await client.infer(images)
         finally:
             await server.close()
         assert [row[0] for row in pred.classes] == [row[0] for row in reference(base, SCHEMES[0], images)[0]]
-        async with EdgeClient(APP, ALL_EDGE, base, k=3) as local:  # no server, no network
+        async with EdgeClient(APP, ALL_EDGE, ClientConfig(k=3), base=base) as local:  # no server, no network
             here = await local.infer(images)
         with torch.inference_mode():
             assert [row[0] for row in here.classes] == base(images).argmax(1).tolist()
@@ -242,15 +242,15 @@ def test_token(base, images, caplog) -> None:
         port = server.port
         try:
             with pytest.raises(RemoteError) as info:
-                async with EdgeClient(APP, SCHEMES[1], base, port=port) as client:
+                async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port), base=base) as client:
                     await client.infer(images[:1])
             assert info.value.code == ErrorCode.AUTH_REQUIRED
             with pytest.raises(RemoteError) as info:
-                async with EdgeClient(APP, SCHEMES[1], base, port=port, token="s3cret!"):
+                async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, token="s3cret!"), base=base):
                     pass
             assert info.value.code == ErrorCode.AUTH_FAILED
             await expect_error(port, encode(Hello("vgg16_digits", b"")), ErrorCode.AUTH_FAILED)
-            async with EdgeClient(APP, SCHEMES[1], base, port=port, token="s3cret") as client:
+            async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, token="s3cret"), base=base) as client:
                 pred = await client.infer(images[:1])
             assert pred.classes[0][0] == reference(base, SCHEMES[1], images[:1])[0][0][0]
             assert server.stats["auth_failed"] == 3
@@ -266,7 +266,7 @@ def test_max_clients(base, images) -> None:
         server = CloudServer(APP, base, max_clients=1)
         await server.start("127.0.0.1", 0)
         try:
-            async with EdgeClient(APP, SCHEMES[1], base, port=server.port) as first:
+            async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base) as first:
                 await first.infer(images[:1])
                 await expect_error(server.port, valid_request(), ErrorCode.BUSY)
                 await first.infer(images[:1])
@@ -291,11 +291,13 @@ def test_tls(base, images, tmp_path) -> None:
         server = CloudServer(APP, base, ssl_ctx=server_ctx, token="t")
         await server.start("127.0.0.1", 0)
         try:
-            async with EdgeClient(APP, SCHEMES[1], base, port=server.port, ssl_ctx=client_ctx, token="t") as client:
+            config = ClientConfig(port=server.port, token="t", ssl_ctx=client_ctx)
+            async with EdgeClient(APP, SCHEMES[1], config, base=base) as client:
                 pred = await client.infer(images[:2])
             assert [r[0] for r in pred.classes] == [r[0] for r in reference(base, SCHEMES[1], images[:2])[0]]
             with pytest.raises(CoInferError):  # a client that does not trust the certificate
-                async with EdgeClient(APP, SCHEMES[1], base, port=server.port, ssl_ctx=ssl.create_default_context()):
+                untrusting = ClientConfig(port=server.port, ssl_ctx=ssl.create_default_context())
+                async with EdgeClient(APP, SCHEMES[1], untrusting, base=base):
                     pass
         finally:
             await server.close()
@@ -321,8 +323,8 @@ def test_shutdown_finishes_requests_in_flight(base, images) -> None:
         compute = server._compute
         server._compute = lambda req: (time.sleep(0.3), compute(req))[1]  # a slow tail
         await server.start("127.0.0.1", 0)
-        idle = EdgeClient(APP, SCHEMES[1], base, port=server.port)
-        busy = EdgeClient(APP, SCHEMES[1], base, port=server.port)
+        idle = EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base)
+        busy = EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base)
         await idle.connect()
         await busy.connect()
         infer = asyncio.ensure_future(busy.infer(images[:1]))

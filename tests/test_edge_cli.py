@@ -1,4 +1,9 @@
-"""The edge CLI's --auto, --adapt and --queue modes against a real cloud server (loopback, subprocess)."""
+"""The edge CLI's --auto, --adapt and --queue modes against a real cloud server (loopback, subprocess).
+
+The schemes --auto should pick come from an oracle written here: brute force over every stored
+scheme within the accuracy loss (and the two single ends) with the latency model's breakdown,
+without the search or `runtime.advisor`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from conftest import start_cloud_server
 from apps import load_app
 from apps.errors import CoInferError
 from compress.scheme import Scheme
+from database.store import Store
 from runtime import edge
-from runtime.monitor import throughput_scheme
+from search.latency import Breakdown, LatencyModel
 
 APP = load_app("vgg16_digits")
 pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
@@ -27,9 +33,31 @@ def server() -> str:
     proc.communicate(timeout=20)
 
 
+class Oracle:
+    """The stored database read directly: the feasible schemes at accuracy loss 0.01 and their latency."""
+
+    def __init__(self) -> None:
+        store = Store(None, create=False)
+        self.model = LatencyModel.from_store(store, APP)
+        base = store.base(APP.name, APP.protocol.name)
+        table = store.accuracy_table(APP.name, APP.protocol.name, APP.protocol.seed)
+        self.feasible = [s for s, a in table.items() if a >= base - 0.01] + [Scheme.ALL_EDGE, Scheme.ALL_CLOUD]
+
+    def breakdowns(self, mbps: float) -> list[tuple[Breakdown, Scheme]]:
+        return [(self.model.breakdown(s, mbps), s) for s in self.feasible]
+
+    def fastest(self, mbps: float) -> str:
+        """The lowest total latency (sum of the stages)."""
+        return str(min(self.breakdowns(mbps), key=lambda bs: bs[0].edge + bs[0].transfer + bs[0].cloud)[1])
+
+    def best_pipelined(self, mbps: float) -> str:
+        """The lowest slowest stage (queue mode)."""
+        return str(min(self.breakdowns(mbps), key=lambda bs: max(bs[0].edge, bs[0].transfer, bs[0].cloud))[1])
+
+
 @pytest.fixture(scope="module")
-def planner() -> edge.Planner:
-    return edge.Planner(APP)
+def oracle() -> Oracle:
+    return Oracle()
 
 
 def run_cli(capsys, *argv: str) -> dict:
@@ -37,9 +65,9 @@ def run_cli(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_auto_runs_the_search_answer_at_the_given_bandwidth(server, planner, capsys) -> None:
+def test_auto_runs_the_fastest_feasible_scheme_at_the_given_bandwidth(server, oracle, capsys) -> None:
     report = run_cli(capsys, "--server", server, "--auto", "--bandwidth", "1", "-accuracy_loss", "0.01", "--n", "4")
-    expected = str(planner.best(1.0, 0.01))
+    expected = oracle.fastest(1.0)
     assert report["scheme"] == expected and report["schemes"] == [expected] * 4
     assert report["requests"] == 4 and report["estimates"][0] == pytest.approx(1.0, rel=0.5)
 
@@ -50,17 +78,18 @@ def test_auto_probes_when_no_bandwidth_is_given(server, capsys) -> None:
     assert report["requests"] == 2
 
 
-def test_auto_adapt_runs_frontier_schemes(server, planner, capsys) -> None:
+def test_auto_adapt_runs_frontier_schemes(server, oracle, capsys) -> None:
     report = run_cli(capsys, "--server", server, "--auto", "--adapt", "--bandwidth", "1", "--n", "5")
-    frontier = {str(Scheme.from_json(s)) for _, s in report["frontier"]}
-    assert len(report["schemes"]) == 5 and set(report["schemes"]) <= frontier
-    assert report["frontier"][0][0] == pytest.approx(0.125) and report["frontier"][-1][0] == pytest.approx(8.0)
+    grid = [g for g, _ in report["frontier"]]
+    frontier = [str(Scheme.from_json(s)) for _, s in report["frontier"]]
+    assert grid == pytest.approx([0.125 * 2 ** (i / 2) for i in range(13)])  # 0.125 .. 8 Mbps, 2 per octave
+    assert frontier == [oracle.fastest(g) for g in grid]
+    assert len(report["schemes"]) == 5 and set(report["schemes"]) <= set(frontier)
 
 
-def test_auto_queue_minimises_the_slowest_stage(server, planner, capsys) -> None:
+def test_auto_queue_minimises_the_slowest_stage(server, oracle, capsys) -> None:
     report = run_cli(capsys, "--server", server, "--auto", "--queue", "--bandwidth", "1", "--n", "6", "--depth", "3")
-    expected = throughput_scheme(planner.model, planner.feasible(0.01), 1.0)
-    assert report["scheme"] == str(expected) and report["requests"] == 6
+    assert report["scheme"] == oracle.best_pipelined(1.0) and report["requests"] == 6
     assert any("queue mode: up to 3 requests in flight" in n for n in report["notes"])
 
 
@@ -84,6 +113,8 @@ def test_emulated_edge_speed_is_reported(server, capsys) -> None:
     (["--scheme", "all-edge", "--edge-speed", "2"], "--edge-speed"),
     (["--scheme", "all-edge", "--edge-speed", "0.5", "--threads", "2"], "--threads must be 1"),
     (["--auto", "-accuracy_loss", "1.5", "--server", "127.0.0.1:1"], "-accuracy_loss"),
+    (["--scheme", "all-edge", "--k", "0"], "top-k 0 outside"),
+    (["--scheme", "4,12,3", "--server", "127.0.0.1"], "expected HOST:PORT"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message) -> None:
     with pytest.raises(CoInferError, match=message):

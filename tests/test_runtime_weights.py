@@ -67,8 +67,8 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     """(4, 12, 3): the pruned base gets ~40 % of the test set right, the fine-tuned scheme ~94 %."""
     from data import load_splits
     from models.build import load_base_model
+    from runtime.client import ClientConfig, EdgeClient
     from runtime.cloud import CloudServer
-    from runtime.edge import EdgeClient
 
     weights.clear_cache()
     scheme = Scheme(4, 12, 3)
@@ -81,8 +81,8 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
         server = CloudServer(APP, base, finetuned=finetuned, weights_root=str(tmp_path))
         await server.start("127.0.0.1", 0)
         try:
-            async with EdgeClient(APP, scheme, base, port=server.port, k=1, finetuned=finetuned,
-                                  weights_root=str(tmp_path)) as client:
+            config = ClientConfig(port=server.port, k=1, finetuned=finetuned, weights_root=str(tmp_path))
+            async with EdgeClient(APP, scheme, config, base=base) as client:
                 preds = [c[0] for i in range(0, len(x), 64) for c in (await client.infer(x[i:i + 64])).classes]
         finally:
             await server.close()
