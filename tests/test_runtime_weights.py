@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import sqlite3
 
 import pytest
@@ -12,29 +13,56 @@ import torch
 
 from apps import DEFAULT_STORAGE, load_app
 from compress.scheme import Scheme
+from data import load_splits
+from database.evaluate import FinetuneEvaluator
+from models.train import test_accuracy as top1_top5  # (not collected as a test)
 from runtime import weights
 from runtime.weights import scheme_accuracy, scheme_model, scheme_path
 
 torch.set_num_threads(1)
 
 
-def test_finetuned_once_then_loaded(tiny_app, tmp_path, monkeypatch) -> None:
+class CountingFinetuner:
+    """The app's protocol (FinetuneEvaluator), counting the schemes it fine-tunes."""
+
+    def __init__(self, app) -> None:
+        self.inner, self.tuned = FinetuneEvaluator(app), []
+
+    def finetune(self, scheme: Scheme, seed: int | None = None):
+        self.tuned.append(scheme)
+        return self.inner.finetune(scheme, seed)
+
+    def evaluate(self, scheme: Scheme, seed: int | None = None):
+        self.tuned.append(scheme)
+        return self.inner.evaluate(scheme, seed)
+
+
+class RefusingFinetuner:
+    def finetune(self, scheme: Scheme, seed: int | None = None):
+        pytest.fail(f"fine-tuned {scheme} again")
+
+    def evaluate(self, scheme: Scheme, seed: int | None = None):
+        pytest.fail(f"evaluated {scheme} again")
+
+
+def test_finetuned_once_then_loaded(tiny_app, tmp_path) -> None:
     weights.clear_cache()
-    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path)
+    finetuner = CountingFinetuner(tiny_app)
+    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=finetuner)
+    assert finetuner.tuned == [Scheme(2, 3, 4)]
     path = scheme_path(tiny_app, Scheme(2, 3, 4), tmp_path)
     assert path == tmp_path / tiny_app.name / "2-3-4.pt" and path.is_file()
     assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
-    acc = scheme_accuracy(tiny_app, Scheme(2, 3, 4), tmp_path)
-    assert acc is not None and 0 <= acc <= 1
+    # the recorded accuracy is that of the saved weights on the app's test split
+    assert scheme_accuracy(tiny_app, Scheme(2, 3, 4), tmp_path) == top1_top5(model, load_splits(tiny_app)[1])[0]
     state = torch.load(path, weights_only=True)  # a plain state_dict of tensors
     assert set(state) == set(model.state_dict())
     # a second process (empty memory cache) loads the file and never fine-tunes again
     weights.clear_cache()
-    monkeypatch.setattr(weights, "finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
-    again = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path)
+    again = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=RefusingFinetuner())
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no fine-tuned weights for scheme 2,3,5 of tiny_digits"):
         scheme_model(tiny_app, Scheme(2, 3, 5), root=tmp_path, train=False)
 
 
@@ -42,9 +70,12 @@ def test_refuses_pickled_objects(tiny_app, tmp_path) -> None:
     weights.clear_cache()
     path = scheme_path(tiny_app, Scheme(1, 2, 3), tmp_path)
     path.parent.mkdir(parents=True)
-    torch.save({"evil": os.system}, path)  # anything but tensors needs full unpickling
-    with pytest.raises(Exception):  # noqa: B017 - torch raises UnpicklingError (or ValueError on ours)
-        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path)
+    torch.save({"evil": os.system}, path)  # anything but tensors and plain values needs full unpickling
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path, finetuner=RefusingFinetuner())
+    torch.save({"step": 3}, path)  # loads with weights_only, but is no state_dict of tensors
+    with pytest.raises(ValueError, match="1-2-3.pt is not a state_dict of tensors"):
+        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path, finetuner=RefusingFinetuner())
 
 
 APP = load_app("vgg16_digits")
