@@ -53,16 +53,16 @@ def reprofile(store: Store, app: App, edge_speed: float | None, tb, points: set[
               runs: int = 30, idle_s=0.005) -> None:
     """Profile the edge device (slowed to `edge_speed` by `dilate`) and the cloud device again into
     `store`, each on the CPU the testbed `tb` gives it: the rows of `points` (all when None) and the
-    whole-model rows. `idle_s`: as `database.profile.profile_app`'s."""
-    from database.profile import profile_app
-    from database.slowdown import SlowCPU
+    whole-model rows. `idle_s`: as `database.profile.ProfileConfig`'s."""
+    from database.profile import ProfileConfig, profile_app
+    only = frozenset(points) if points is not None else None
     with pinned(tb.edge_cpu):
-        store.put_latency(profile_app(app, app.edge_device, runs, 2, ["edge"], progress=False,
-                                      device=SlowCPU(edge_speed) if edge_speed else None, only_points=points,
-                                      idle_s=idle_s))
+        store.put_latency(profile_app(app, ProfileConfig(app.edge_device, ("edge",), runs=runs, warmup=2,
+                                                         idle_s=idle_s, speed=edge_speed or None,
+                                                         only_points=only, progress=False)))
     with pinned(tb.cloud_cpu):
-        store.put_latency(profile_app(app, app.cloud_device, runs, 2, ["cloud"], progress=False,
-                                      only_points=points, idle_s=idle_s))
+        store.put_latency(profile_app(app, ProfileConfig(app.cloud_device, ("cloud",), runs=runs, warmup=2,
+                                                         idle_s=idle_s, only_points=only, progress=False)))
 
 
 def idle_before(model, schemes: list, mbps: float):

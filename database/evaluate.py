@@ -29,7 +29,8 @@ from models.train import test_accuracy, train_epochs
 
 
 class FinetuneEvaluator:
-    """The app's evaluation protocol for one scheme. Data and base model load once."""
+    """The app's evaluation protocol for one scheme (a `database.finetuner.Finetuner`). Data and base
+    model load once."""
 
     def __init__(self, app: App, device: str = "cpu") -> None:
         self.app = app

@@ -34,6 +34,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ from database.fingerprint import fingerprint
 from database.slowdown import KeepWarm, SlowCPU
 from database.store import LatencyRow, Store
 from models.build import app_points, load_base_model
+
+IdleFn = Callable[[str, int, int], float]  # (side, point, channels) -> seconds idle before that row
 
 
 def channel_grid(cp: int) -> list[int]:
@@ -116,32 +119,57 @@ def one_request(fn: Callable[[], object], sync: Callable[[], None], device: Slow
     return time.perf_counter() - start
 
 
-def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[str],
-                use_cuda: bool = False, progress: bool = True, window_s: float = 0.0,
-                device: SlowCPU | None = None, passes: int = 5,
-                idle_s: float | Callable[[str, int, int], float] = 0.005,
-                only_points: set[int] | None = None) -> list[LatencyRow]:
-    """Every row's samples. With `window_s` (a CPU quota): `time_fn`'s back-to-back windows, row by row.
-    Otherwise one request after `idle_s` idle per sample, interleaved over `passes` rounds of every row
-    (runs / passes samples a row each round), so a slow minute of a shared machine spreads over all rows
-    instead of biasing a few. `only_points` limits the split rows to those points (the whole-model rows
-    are always measured). `idle_s` may be a function of the row (side, point, channels): how long that
-    stage idles before it in the runtime (work after a longer idle takes longer here)."""
-    torch_device = torch.device("cuda" if use_cuda else "cpu")
-    sync = torch.cuda.synchronize if use_cuda else (lambda: None)
+@dataclass(frozen=True)
+class ProfileConfig:
+    """How `profile_app` measures one device, built once (by `main` from its flags, or by a benchmark).
+
+    With `speed` each sample is one call on a device that fast (`SlowCPU`, the `dilate` emulation);
+    with `window_s` > 0 (a cgroup CPU quota) each sample is the mean of back-to-back calls over that
+    window (`time_fn`); with neither, one call at this machine's speed."""
+    device: str                                # name the rows are stored under (e.g. cpu-edge)
+    sides: tuple[str, ...] = ("edge", "cloud")
+    runs: int = 30                             # samples per row (median and p90 stored)
+    warmup: int = 5                            # untimed calls before a row's samples, each round
+    passes: int = 5                            # rounds over all rows the samples are spread over
+    idle_s: float | IdleFn = 0.005             # idle before each sample, or a function of the row
+    speed: float | None = None                 # dilate: the emulated device's speed (0, 1]
+    window_s: float = 0.0                      # quota: seconds of back-to-back calls per sample
+    cuda: bool = False
+    only_points: frozenset[int] | None = None  # split rows of these points only (None: all)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.speed is not None and self.window_s > 0:
+            raise ValueError("a profile emulates the edge by dilation (speed) or a quota window, not both")
+
+
+def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
+    """Every row's samples. With `config.window_s` (a CPU quota): `time_fn`'s back-to-back windows, row by
+    row. Otherwise one request after `config.idle_s` idle per sample, interleaved over `config.passes`
+    rounds of every row (runs / passes samples a row each round), so a slow minute of a shared machine
+    spreads over all rows instead of biasing a few. `config.only_points` limits the split rows to those
+    points (the whole-model rows are always measured). `config.idle_s` may be a function of the row
+    (side, point, channels): how long that stage idles before it in the runtime (work after a longer
+    idle takes longer here)."""
+    runs, warmup, window_s, idle_s = config.runs, config.warmup, config.window_s, config.idle_s
+    device = SlowCPU(config.speed) if config.speed is not None else None
+    torch_device = torch.device("cuda" if config.cuda else "cpu")
+    sync = torch.cuda.synchronize if config.cuda else (lambda: None)
     base = load_base_model(app).to(torch_device)
     points = base.partition_points()
     x = torch.randn(1, app.in_channels, app.input_size, app.input_size, device=torch_device)
+    sides = config.sides
     jobs = [(side, pt.index, c) for side in sides for pt in points for c in channel_grid(pt.channels)
-            if only_points is None or pt.index in only_points]
+            if config.only_points is None or pt.index in config.only_points]
     if "edge" in sides:
         jobs += [("edge", len(points), app.num_classes), ("edge", -1, app.in_channels)]
     if "cloud" in sides:
         jobs.append(("cloud", -1, app.in_channels))
-    rounds = 1 if window_s > 0 else max(1, min(passes, runs))
+    rounds = 1 if window_s > 0 else max(1, min(config.passes, runs))
     per_round = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
     samples: dict[tuple[str, int, int], list[float]] = {job: [] for job in jobs}
-    bar = tqdm(total=len(jobs) * rounds, desc=f"profile {app.name} on {device_name}", disable=not progress)
+    bar = tqdm(total=len(jobs) * rounds, desc=f"profile {app.name} on {config.device}",
+               disable=not config.progress)
     with torch.no_grad():
         for n in per_round:
             for job in jobs:
@@ -159,7 +187,7 @@ def profile_app(app: App, device_name: str, runs: int, warmup: int, sides: list[
     rows = []
     for (side, p, c), xs in samples.items():
         median, p90 = (xs[0], xs[1]) if window_s > 0 else (statistics.median(xs), float(np.percentile(xs, 90)))
-        rows.append(LatencyRow(app.name, device_name, p, c, side, median, p90, runs))
+        rows.append(LatencyRow(app.name, config.device, p, c, side, median, p90, runs))
     return rows
 
 
@@ -192,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.storage)
     quota = args.cpu_quota if args.cpu_quota is not None else (
         app.edge_cpu_quota if args.device == app.edge_device else None)
-    note, window_s, device = "", 0.0, None
+    note, window_s, speed = "", 0.0, None
     emulation = args.emulation or app.edge_emulation
     if quota is not None and quota <= 0:
         raise CoInferError("--cpu-quota must be > 0")
@@ -203,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CoInferError(f"a dilated device runs at most at this CPU's speed: --cpu-quota {quota} > 1")
         if args.threads != 1:
             raise CoInferError("a dilated device is timed by thread CPU time: --threads must be 1")
-        device = SlowCPU(quota)
+        speed = quota
         note = f"emulated: this CPU's thread time / {quota:g} (database.slowdown)"
     elif quota is not None:
         reason = quota_support()
@@ -214,12 +242,13 @@ def main(argv: list[str] | None = None) -> int:
             apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
             window_s = 10 * quota_period_us(quota) / 1e6
     torch.set_num_threads(args.threads)
-    sides = ["edge", "cloud"] if args.side == "both" else [args.side]
+    config = ProfileConfig(args.device, ("edge", "cloud") if args.side == "both" else (args.side,),
+                           runs=args.runs, warmup=args.warmup, passes=args.passes, idle_s=args.idle_ms / 1e3,
+                           speed=speed, window_s=window_s, cuda=args.cuda)
     with KeepWarm() if args.keep_warm else contextlib.nullcontext():
-        rows = profile_app(app, args.device, args.runs, args.warmup, sides, args.cuda, window_s=window_s,
-                           device=device, passes=args.passes, idle_s=args.idle_ms / 1e3)
+        rows = profile_app(app, config)
     info = fingerprint(args.cuda)
-    if device is not None:
+    if speed is not None:
         info.update(cpu_quota=quota, emulation="dilate")
     store.put_device(args.device, info, note)
     points = app_points(app)

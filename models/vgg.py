@@ -100,10 +100,6 @@ class VGG(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
-    def config(self) -> dict:
-        return dict(widths=self.widths, num_classes=self.num_classes, in_channels=self.in_channels,
-                    input_size=self.input_size, hidden=self.hidden)
-
     def partition_points(self) -> list[PartitionPoint]:
         return partition_points(self.widths, self.input_size)
 

@@ -7,10 +7,11 @@ protocol (database.evaluate); running the pruned base weights instead loses most
 fine-tuned state_dict of scheme (p, c, b) lives in `checkpoints/schemes/<app>/<p>-<c>-<b>.pt`
 (tensors only, loaded with `torch.load(weights_only=True)`), with a small JSON sidecar holding
 the test accuracy measured right after the fine-tune. When the file is missing the scheme is
-fine-tuned here with the app's protocol (same seed, data and loop as the accuracy database) and
-saved atomically (temporary file + os.replace) under an exclusive file lock, so an edge process
-and a cloud process asking for the same scheme at once fine-tune it once and load the same file:
-head and tail always come from one state_dict.
+fine-tuned here with the app's protocol (same seed, data and loop as the accuracy database), or by
+the `database.finetuner.Finetuner` the caller passes, and saved atomically (temporary file +
+os.replace) under an exclusive file lock, so an edge process and a cloud process asking for the
+same scheme at once fine-tune it once and load the same file: head and tail always come from one
+state_dict.
 
 `COINFER_SCHEMES_DIR` overrides the folder (tests use a temporary one).
 """
@@ -32,6 +33,7 @@ import torch
 from apps import REPO_ROOT, App
 from compress.model import SchemeModel
 from compress.scheme import Scheme
+from database.finetuner import Finetuner
 from models.vgg import VGG
 
 log = logging.getLogger("coinfer.weights")
@@ -53,14 +55,14 @@ def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Pat
     return schemes_dir(root) / app.name / f"{p}-{c}-{b}.pt"
 
 
-def finetune(app: App, scheme: Scheme, evaluator=None) -> tuple[SchemeModel, float]:
-    """(model, test top-1) of a split scheme fine-tuned with the app's protocol, exactly as the
-    accuracy database evaluates it (database.evaluate.FinetuneEvaluator)."""
+def finetune(app: App, scheme: Scheme, finetuner: Finetuner | None = None) -> tuple[SchemeModel, float]:
+    """(model, top-1 on the app's test split) of a split scheme fine-tuned by `finetuner`, by default
+    with the app's protocol exactly as the accuracy database evaluates it (FinetuneEvaluator)."""
+    from data import load_splits
     from database.evaluate import FinetuneEvaluator
     from models.train import test_accuracy
-    ev = evaluator if evaluator is not None else FinetuneEvaluator(app)
-    model = ev.finetune(scheme)
-    return model, test_accuracy(model, ev.test)[0]
+    model = (finetuner if finetuner is not None else FinetuneEvaluator(app)).finetune(scheme)
+    return model, test_accuracy(model, load_splits(app)[1])[0]
 
 
 def _save_atomic(state: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
@@ -102,7 +104,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None,
-                 train: bool = True, evaluator=None) -> dict[str, torch.Tensor]:
+                 train: bool = True, finetuner: Finetuner | None = None) -> dict[str, torch.Tensor]:
     """The fine-tuned state_dict of a split scheme: memory, then disk, then a fine-tune (saved)."""
     path = scheme_path(app, scheme, root)
     key = (app.name, str(path.parent), scheme)
@@ -116,7 +118,7 @@ def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None,
             if not path.is_file():  # another process may have made it while we waited
                 start = time.perf_counter()
                 log.info("fine-tuning scheme %s of %s (protocol %s)", scheme, app.name, app.protocol.name)
-                model, top1 = finetune(app, scheme, evaluator)
+                model, top1 = finetune(app, scheme, finetuner)
                 meta = {"app": app.name, "scheme": scheme.to_json(), "protocol": app.protocol.name,
                         "seed": app.protocol.seed, "top1": top1, "seconds": time.perf_counter() - start}
                 _save_atomic(model.state_dict(), meta, path)
@@ -135,9 +137,10 @@ def scheme_accuracy(app: App, scheme: Scheme, root: str | Path | None = None) ->
 
 
 def scheme_model(app: App, scheme: Scheme, *, base: VGG | None = None, root: str | Path | None = None,
-                 train: bool = True, evaluator=None) -> SchemeModel:
-    """The SchemeModel of a split scheme with its fine-tuned weights (fine-tuned and saved first when missing)."""
-    state = scheme_state(app, scheme, root=root, train=train, evaluator=evaluator)
+                 train: bool = True, finetuner: Finetuner | None = None) -> SchemeModel:
+    """The SchemeModel of a split scheme with its fine-tuned weights (fine-tuned by `finetuner` and saved
+    first when missing)."""
+    state = scheme_state(app, scheme, root=root, train=train, finetuner=finetuner)
     if base is None:
         from models.build import load_base_model
         base = load_base_model(app)

@@ -17,8 +17,9 @@ from typing import Protocol, runtime_checkable
 from apps import App
 from apps.errors import CoInferError
 from compress.scheme import Scheme
+from database.finetuner import Finetuner
 from database.formats import check_table, read_table
-from database.store import AccuracyRow, Store
+from database.store import Store
 
 
 @runtime_checkable
@@ -35,12 +36,6 @@ class Evaluator(Protocol):
 
     def evaluate(self, scheme: Scheme) -> float:
         """Top-1 of a split scheme (may take minutes: a fine-tune)."""
-
-
-class Finetuner(Protocol):
-    """Evaluates one scheme with the app's protocol (database.evaluate.FinetuneEvaluator)."""
-
-    def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow: ...
 
 
 class DatabaseEvaluator:

@@ -113,13 +113,13 @@ def test_codec_bit_order_and_errors():
     assert pack(np.array([1, 0, 1, 1, 0, 0, 0, 1], np.uint8), 1) == bytes([0b10110001])
     assert pack(np.array([0xA, 0x5, 0x3], np.uint8), 4) == bytes([0xA5, 0x30])
     assert pack(np.array([5, 2, 7], np.uint8), 3) == bytes([0b10101011, 0b10000000])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a code does not fit in 2 bits"):
         pack(np.array([4], np.uint8), 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="payload has 3 bytes, 3 codes of 3 bits need 2"):
         unpack(b"\x00\x00\x00", 3, 3)  # 3 codes of 3 bits are 9 bits: 2 bytes, not 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="payload has 1 bytes, 2 codes of 8 bits need 2"):
         unpack(b"\x00", 8, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"bits must be an integer in 1\.\.8, got 9"):
         pack(np.zeros(3, np.uint8), 9)
 
 

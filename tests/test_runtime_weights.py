@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import sqlite3
 
 import pytest
@@ -12,29 +13,56 @@ import torch
 
 from apps import DEFAULT_STORAGE, load_app
 from compress.scheme import Scheme
+from data import load_splits
+from database.evaluate import FinetuneEvaluator
+from models.train import test_accuracy as top1_top5  # (not collected as a test)
 from runtime import weights
 from runtime.weights import scheme_accuracy, scheme_model, scheme_path
 
 torch.set_num_threads(1)
 
 
-def test_finetuned_once_then_loaded(tiny_app, tmp_path, monkeypatch) -> None:
+class CountingFinetuner:
+    """The app's protocol (FinetuneEvaluator), counting the schemes it fine-tunes."""
+
+    def __init__(self, app) -> None:
+        self.inner, self.tuned = FinetuneEvaluator(app), []
+
+    def finetune(self, scheme: Scheme, seed: int | None = None):
+        self.tuned.append(scheme)
+        return self.inner.finetune(scheme, seed)
+
+    def evaluate(self, scheme: Scheme, seed: int | None = None):
+        self.tuned.append(scheme)
+        return self.inner.evaluate(scheme, seed)
+
+
+class RefusingFinetuner:
+    def finetune(self, scheme: Scheme, seed: int | None = None):
+        pytest.fail(f"fine-tuned {scheme} again")
+
+    def evaluate(self, scheme: Scheme, seed: int | None = None):
+        pytest.fail(f"evaluated {scheme} again")
+
+
+def test_finetuned_once_then_loaded(tiny_app, tmp_path) -> None:
     weights.clear_cache()
-    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path)
+    finetuner = CountingFinetuner(tiny_app)
+    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=finetuner)
+    assert finetuner.tuned == [Scheme(2, 3, 4)]
     path = scheme_path(tiny_app, Scheme(2, 3, 4), tmp_path)
     assert path == tmp_path / tiny_app.name / "2-3-4.pt" and path.is_file()
     assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
-    acc = scheme_accuracy(tiny_app, Scheme(2, 3, 4), tmp_path)
-    assert acc is not None and 0 <= acc <= 1
+    # the recorded accuracy is that of the saved weights on the app's test split
+    assert scheme_accuracy(tiny_app, Scheme(2, 3, 4), tmp_path) == top1_top5(model, load_splits(tiny_app)[1])[0]
     state = torch.load(path, weights_only=True)  # a plain state_dict of tensors
     assert set(state) == set(model.state_dict())
     # a second process (empty memory cache) loads the file and never fine-tunes again
     weights.clear_cache()
-    monkeypatch.setattr(weights, "finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
-    again = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path)
+    again = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=RefusingFinetuner())
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no fine-tuned weights for scheme 2,3,5 of tiny_digits"):
         scheme_model(tiny_app, Scheme(2, 3, 5), root=tmp_path, train=False)
 
 
@@ -42,23 +70,28 @@ def test_refuses_pickled_objects(tiny_app, tmp_path) -> None:
     weights.clear_cache()
     path = scheme_path(tiny_app, Scheme(1, 2, 3), tmp_path)
     path.parent.mkdir(parents=True)
-    torch.save({"evil": os.system}, path)  # anything but tensors needs full unpickling
-    with pytest.raises(Exception):  # noqa: B017 - torch raises UnpicklingError (or ValueError on ours)
-        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path)
+    torch.save({"evil": os.system}, path)  # anything but tensors and plain values needs full unpickling
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path, finetuner=RefusingFinetuner())
+    torch.save({"step": 3}, path)  # loads with weights_only, but is no state_dict of tensors
+    with pytest.raises(ValueError, match="1-2-3.pt is not a state_dict of tensors"):
+        scheme_model(tiny_app, Scheme(1, 2, 3), root=tmp_path, finetuner=RefusingFinetuner())
 
 
 APP = load_app("vgg16_digits")
 
 
-def database_accuracy(scheme: Scheme) -> float | None:
+def database_accuracy(scheme: Scheme) -> float:
+    """The scheme's top-1 in the shipped accuracy database (opened read-only; every scheme is in it)."""
     path = DEFAULT_STORAGE.removeprefix("sqlite:///")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         row = con.execute("SELECT top1 FROM accuracy WHERE app=? AND protocol=? AND p=? AND c=? AND b=? AND seed=?",
                           (APP.name, APP.protocol.name, *scheme, APP.protocol.seed)).fetchone()
-    except sqlite3.Error:
-        return None
-    return None if row is None else float(row[0])
+    finally:
+        con.close()
+    assert row is not None, f"the shipped database has no accuracy of {scheme}"
+    return float(row[0])
 
 
 @pytest.mark.slow
@@ -91,7 +124,5 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     tuned = asyncio.run(accuracy(True))
     recorded = scheme_accuracy(APP, scheme, tmp_path)
     assert recorded is not None and tuned == pytest.approx(recorded, abs=0.01)
-    db = database_accuracy(scheme)
-    if db is not None:
-        assert tuned == pytest.approx(db, abs=0.015)
+    assert tuned == pytest.approx(database_accuracy(scheme), abs=0.015)  # 0.94 in the shipped database
     assert tuned > asyncio.run(accuracy(False)) + 0.2  # the old behaviour: pruned base weights

@@ -11,7 +11,7 @@ from apps.errors import CoInferError
 from compress.scheme import Scheme
 from database.formats import write_csv, write_optcoinfer
 from database.paper import DEFAULT_JSON, import_paper_profile
-from database.profile import profile_app
+from database.profile import ProfileConfig, profile_app
 from database.store import AccuracyRow, Store
 from models.build import app_points
 from search.bounds import Knowledge
@@ -128,7 +128,7 @@ def run_cli(kind, args, capsys):
 
 
 def test_profile_rows(tiny_app):
-    rows = profile_app(tiny_app, "tiny-cloud", runs=2, warmup=1, sides=["edge", "cloud"], progress=False)
+    rows = profile_app(tiny_app, ProfileConfig("tiny-cloud", runs=2, warmup=1, progress=False))
     keys = {(r.side, r.point, r.channels) for r in rows}
     assert ("edge", 13, 10) in keys and ("cloud", -1, 1) in keys
     assert {("edge", 12, 1), ("edge", 12, 16), ("cloud", 0, 1), ("cloud", 0, 2)} <= keys
