@@ -67,7 +67,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     """(4, 12, 3): the pruned base gets ~40 % of the test set right, the fine-tuned scheme ~94 %."""
     from data import load_splits
     from models.build import load_base_model
-    from runtime.cloud import CloudServer
+    from runtime.cloud import CloudServer, ServerConfig
     from runtime.edge import EdgeClient
 
     weights.clear_cache()
@@ -78,7 +78,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     y = [int(test[i][1]) for i in range(len(test))]
 
     async def accuracy(finetuned: bool) -> float:
-        server = CloudServer(APP, base, finetuned=finetuned, weights_root=str(tmp_path))
+        server = CloudServer(APP, ServerConfig(finetuned=finetuned, weights_root=str(tmp_path)), base)
         await server.start("127.0.0.1", 0)
         try:
             async with EdgeClient(APP, scheme, base, port=server.port, k=1, finetuned=finetuned,
