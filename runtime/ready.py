@@ -10,9 +10,10 @@ sleeping. Extra keys (like `app`) are allowed; `ready`, `host` and `port` are al
 from __future__ import annotations
 
 import json
-import queue
+import os
+import selectors
 import subprocess
-import threading
+import time
 from typing import Any
 
 from apps.errors import CoInferError
@@ -40,31 +41,34 @@ def parse_ready(line: str) -> dict[str, Any] | None:
 
 
 def wait_ready(proc: subprocess.Popen, timeout: float = 60.0, what: str = "the server") -> dict[str, Any]:
-    """Read `proc`'s stdout (a text pipe) up to its readiness line and return it.
+    """Read `proc`'s stdout pipe up to its readiness line and return it.
 
     Lines before it are skipped. CoInferError when the process exits first or says nothing for
-    `timeout` seconds (the caller stops it); the rest of stdout stays readable afterwards.
+    `timeout` seconds (the caller stops it). The pipe is read byte by byte, so whatever follows the
+    line stays in the pipe for the caller (`communicate()` included).
     """
     if proc.stdout is None:
-        raise ValueError("wait_ready needs the process started with stdout=subprocess.PIPE, text=True")
-    found: queue.Queue[dict[str, Any] | None] = queue.Queue()
-
-    def read() -> None:
-        got = None
-        try:
-            for line in proc.stdout:
-                got = parse_ready(line)
-                if got is not None:
-                    break
-        except (ValueError, OSError):  # the pipe was closed under us
-            pass
-        found.put(got)
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        msg = found.get(timeout=timeout)
-    except queue.Empty:
-        raise CoInferError(f"{what} did not say it was ready within {timeout:g} s") from None
-    if msg is None:
-        raise CoInferError(f"{what} exited before it was ready (exit status {proc.wait()})")
-    return msg
+        raise ValueError("wait_ready needs the process started with stdout=subprocess.PIPE")
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise CoInferError(f"{what} did not say it was ready within {timeout:g} s")
+            byte = os.read(fd, 1)
+            if not byte:
+                try:
+                    status = proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    status = "none yet"
+                raise CoInferError(f"{what} closed its output before it was ready (exit status {status})")
+            if byte != b"\n":
+                line += byte
+                continue
+            msg = parse_ready(line.decode(errors="replace"))
+            if msg is not None:
+                return msg
+            line.clear()
