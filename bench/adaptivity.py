@@ -186,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.runtime import calibration_scheme, measured_rtt
     from database.store import Store
     from runtime.advisor import Adapter, SchemeAdvisor
-    from runtime.testbed import Testbed
+    from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
     stored = SchemeAdvisor(app, args.storage)
     points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
     quota = app.edge_cpu_quota or 0.125
     calib = calibration_scheme(app)
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
-    with Testbed(args.step[0], quota, app=app.name, cloud_args=["--no-finetuned"], link=args.link) as tb, \
+    with Testbed(app.name, TestbedConfig(args.step[0], quota, cloud_args=["--no-finetuned"], link=args.link)) as tb, \
             EdgeWorker(tb, [calib, *points, "all-edge", "all-cloud"], app.name, finetuned=False) as worker:
         storage = args.storage
         if args.profile == "fresh":  # every row again now, next to the runs (see bench.freshprofile)

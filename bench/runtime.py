@@ -86,7 +86,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
             rounds: int = 3) -> list[dict]:
     from bench.edgeworker import EdgeWorker
     from database.store import Store
-    from runtime.testbed import Testbed
+    from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
     stored = Store(storage, create=False)
     fresh = fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
@@ -95,7 +95,8 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     points = {k.p for k in map(Scheme.parse, [calib, *schemes]) if k.is_split}
     rows = []
     for rate in rates:
-        with Testbed(rate, quota, app=app.name, link=link, edge_emulation=emulation, keep_warm=keep_warm) as tb, \
+        with Testbed(app.name, TestbedConfig(rate, quota, link=link, edge_emulation=emulation,
+                                               keep_warm=keep_warm)) as tb, \
                 EdgeWorker(tb, [calib, *schemes], app.name) as worker:
             store = snapshot(stored, Path(tmp.name) / f"profile-{rate:g}.sqlite") if fresh else stored
             # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side

@@ -3,6 +3,10 @@
     python -m runtime.cloud --app vgg16_digits --host 127.0.0.1 --port 5000 [--token T]
                             [--tls-cert F --tls-key F] [--read-timeout S] [--no-finetuned] [--json]
 
+Once it listens it prints ONE JSON line on stdout, `{"ready": true, "host": ..., "port": ..., "app": ...}`
+(`runtime.ready`; `--port 0` picks a free port, announced there); logs go to stderr, and the final
+stats to stdout when it stops.
+
 The base checkpoint is loaded once; the tail for a scheme is built on first use and kept in a
 bounded LRU. By default it carries the scheme's fine-tuned weights (`runtime.weights`: loaded from
 checkpoints/schemes/, fine-tuned and saved there first when missing), so a split scheme is as
@@ -17,6 +21,10 @@ scheme, or with the wrong shape, gets an ERROR reply and the connection stays op
 the first frame must be a HELLO carrying the token (compared in constant time) and must start within
 `--read-timeout`, otherwise ERROR, close and a log line. SIGTERM / SIGINT stop accepting, let
 requests in flight finish, then exit.
+
+In Python: `CloudServer(app, ServerConfig(token=..., workers=2))`, `await server.start(host, port)`;
+or `await serve(app, config, host, port)` until a signal. `ServerConfig` holds every setting and
+checks them once (a bad value is one CoInferError line); the CLI builds it from its arguments.
 """
 
 from __future__ import annotations
@@ -35,13 +43,12 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from apps import DEFAULT_APP, App, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.quant import dequantize
@@ -62,6 +69,7 @@ from runtime.protocol import (
     encode,
     read_frame,
 )
+from runtime.ready import announce
 
 log = logging.getLogger("coinfer.cloud")
 # Errors about a well-formed frame's content: reply and keep the connection. Every other error closes it.
@@ -142,6 +150,47 @@ class TailCache:
         return model.tail
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """How a CloudServer serves (see the module doc); checked once here.
+
+    `token`: the shared secret a client's first frame (HELLO) must carry; `tls_cert` / `tls_key`:
+    PEM files for TLS (both or neither). `read_timeout`: seconds to receive one frame once started;
+    `idle_timeout`: seconds a connection may wait between frames; `write_timeout`: seconds to hand
+    one reply to the socket. `max_clients` connections at once, `max_batch` images per request,
+    `cache_size` tails kept (LRU), `workers` requests computed at the same time. `finetuned`: tails
+    with each scheme's fine-tuned weights (`runtime.weights`, under `weights_root` when given)
+    rather than the pruned base (the CLI's default is fine-tuned).
+    """
+
+    token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    read_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    write_timeout: float = 10.0
+    max_clients: int = 64
+    max_batch: int = 64
+    cache_size: int = 16
+    workers: int = 1
+    finetuned: bool = False
+    weights_root: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("read_timeout", "idle_timeout", "write_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise CoInferError(f"{name} must be a positive number of seconds, got {value!r}")
+        for name in ("max_clients", "max_batch", "cache_size", "workers"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise CoInferError(f"{name} must be an integer of at least 1, got {value!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise CoInferError("tls_cert and tls_key go together")
+        if self.token == "":
+            raise CoInferError("token must not be empty")
+
+
 @dataclass
 class _Conn:
     peer: str
@@ -149,30 +198,37 @@ class _Conn:
 
 
 class CloudServer:
-    """The server as an object: `await start(host, port)`, `.port`, `await close()`. See the module doc."""
+    """The server as an object: `await start(host, port)`, `.port`, `await close()`. See the module doc.
 
-    def __init__(self, app: App, base: VGG | None = None, *, token: str | None = None,
-                 ssl_ctx: ssl.SSLContext | None = None, read_timeout: float = 10.0, idle_timeout: float = 300.0,
-                 write_timeout: float = 10.0, max_clients: int = 64, max_batch: int = 64, cache_size: int = 16,
-                 workers: int = 1, finetuned: bool = False, weights_root: str | None = None) -> None:
-        self.app = app
+    `base` is the app's base model when already loaded (else loaded here); the TLS certificate, when
+    configured, is loaded here (CoInferError when it cannot be).
+    """
+
+    def __init__(self, app: App, config: ServerConfig = ServerConfig(), base: VGG | None = None) -> None:
+        self.app, self.config = app, config
         self.base = base if base is not None else load_base_model(app)
-        self.tails = TailCache(self.base, cache_size, app=app, finetuned=finetuned, weights_root=weights_root)
-        self.limits = limits_for(self.base, max_batch)
-        self.token = token.encode() if token is not None else None
-        self.ssl_ctx = ssl_ctx
-        self.read_timeout, self.idle_timeout, self.write_timeout = read_timeout, idle_timeout, write_timeout
-        self.max_clients = max_clients
+        self.tails = TailCache(self.base, config.cache_size, app=app, finetuned=config.finetuned,
+                               weights_root=config.weights_root)
+        self.limits = limits_for(self.base, config.max_batch)
+        self.token = config.token.encode() if config.token is not None else None
+        self.ssl_ctx = tls_context(config.tls_cert, config.tls_key)
+        self.read_timeout, self.idle_timeout = config.read_timeout, config.idle_timeout
+        self.write_timeout, self.max_clients = config.write_timeout, config.max_clients
         self.stats: Counter[str] = Counter()
-        self._workers = asyncio.Semaphore(workers)
+        self._workers = asyncio.Semaphore(config.workers)
         self._conns: dict[asyncio.Task, _Conn] = {}
         self._server: asyncio.Server | None = None
         self._closing = False
 
     @property
-    def port(self) -> int:
+    def address(self) -> tuple[str, int]:
+        """(host, port) the server listens on (the port the OS picked, for port 0)."""
         assert self._server is not None, "server not started"
-        return self._server.sockets[0].getsockname()[1]
+        return self._server.sockets[0].getsockname()[:2]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx,
@@ -321,10 +377,11 @@ class CloudServer:
 
 # ------------------------------------------------------------------------------------------ CLI
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, None without them; CoInferError when they cannot be loaded."""
     if cert is None and key is None:
         return None
     if cert is None or key is None:
-        raise CoInferError("--tls-cert and --tls-key go together")
+        raise CoInferError("tls_cert and tls_key go together")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_cert_chain(cert, key)
@@ -333,15 +390,14 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(app: App, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                ssl_ctx: ssl.SSLContext | None = None, stop: asyncio.Event | None = None,
-                **options: Any) -> CloudServer:
+async def serve(app: App, config: ServerConfig = ServerConfig(), host: str = "127.0.0.1", port: int = 0, *,
+                base: VGG | None = None, stop: asyncio.Event | None = None,
+                on_ready: Callable[[CloudServer], None] | None = None) -> CloudServer:
     """Run a CloudServer until SIGTERM / SIGINT or `stop` is set; returns it (with its stats) once closed.
 
-    `options` go to CloudServer (read_timeout, idle_timeout, max_clients, max_batch, cache_size, workers,
-    finetuned, weights_root).
+    `on_ready(server)` is called once it listens (the CLI prints the readiness line there).
     """
-    server = CloudServer(app, token=token, ssl_ctx=ssl_ctx, **options)
+    server = CloudServer(app, config, base)
     await server.start(host, port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -349,8 +405,10 @@ async def serve(app: App, host: str = "127.0.0.1", port: int = 0, token: str | N
     for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / not on this OS
             loop.add_signal_handler(sig, stop.set)
-    log.info("serving app %s on %s:%d%s%s", app.name, host, server.port, " with TLS" if ssl_ctx else "",
-             " with token" if token else "")
+    log.info("serving app %s on %s:%d%s%s", app.name, host, server.port, " with TLS" if server.ssl_ctx else "",
+             " with token" if config.token else "")
+    if on_ready is not None:
+        on_ready(server)
     try:
         await stop.wait()
         log.info("shutting down")
@@ -371,10 +429,10 @@ class _JsonFormatter(logging.Formatter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.cloud", description=__doc__.splitlines()[0])
+    ap = ArgParser(prog="python -m runtime.cloud", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=5000, help="0 picks a free port (logged)")
+    ap.add_argument("--port", type=int, default=5000, help="0 picks a free port (announced on stdout)")
     ap.add_argument("--token", help="shared secret the client must send first (HELLO)")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
@@ -389,12 +447,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="tails with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
     ap.add_argument("--json", action="store_true", help="log lines as JSON objects; final stats as JSON")
     args = ap.parse_args(argv)
-    for name in ("read_timeout", "idle_timeout"):
-        if getattr(args, name) <= 0:
-            raise CoInferError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_clients", "max_batch", "cache_size", "workers", "threads"):
-        if getattr(args, name) < 1:
-            raise CoInferError(f"--{name.replace('_', '-')} must be at least 1")
+    config = ServerConfig(token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          read_timeout=args.read_timeout, idle_timeout=args.idle_timeout, max_clients=args.max_clients,
+                          max_batch=args.max_batch, cache_size=args.cache_size, workers=args.workers,
+                          finetuned=args.finetuned)
+    if args.threads < 1:
+        raise CoInferError("--threads must be at least 1")
     if not 0 <= args.port <= 65535:
         raise CoInferError(f"--port {args.port} outside 0..65535")
     handler = logging.StreamHandler(sys.stderr)
@@ -402,12 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     torch.set_num_threads(args.threads)
     app = load_app(args.app)
-    ssl_ctx = tls_context(args.tls_cert, args.tls_key)
+    ready = lambda server: announce(*server.address, app=app.name)
     try:
-        server = asyncio.run(serve(app, args.host, args.port, args.token, ssl_ctx, read_timeout=args.read_timeout,
-                                   idle_timeout=args.idle_timeout, max_clients=args.max_clients,
-                                   max_batch=args.max_batch, cache_size=args.cache_size, workers=args.workers,
-                                   finetuned=args.finetuned))
+        server = asyncio.run(serve(app, config, args.host, args.port, on_ready=ready))
     except OSError as exc:
         raise CoInferError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     stats = dict(sorted(server.stats.items()))

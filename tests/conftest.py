@@ -77,19 +77,19 @@ def tiny_db(tiny_app, tmp_path_factory):
 
 
 def start_cloud_server(*args: str):
-    """`python -m runtime.cloud` on 127.0.0.1 at a port the OS picks: (process, port) once it serves.
-    The caller stops it (SIGTERM)."""
-    import json
+    """`python -m runtime.cloud` on 127.0.0.1 at a port the OS picks: (process, port) once it says it is
+    ready (its readiness line on stdout; its log goes to this process's stderr). The caller stops it (SIGTERM)."""
     import os
     import subprocess
     import sys
+
+    from runtime.ready import wait_ready
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1", *args],
-                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        msg = json.loads(line)["msg"]
-        if msg.startswith("serving app"):
-            return proc, int(msg.split(":")[-1].split()[0])
-    proc.kill()
-    raise RuntimeError(f"the cloud server did not start (exit status {proc.wait()})")
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, text=True)
+    try:
+        return proc, wait_ready(proc, 120, "the cloud server")["port"]
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
 import ssl
 import struct
 import subprocess
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +29,7 @@ from data import load_splits
 from models.build import load_base_model
 from runtime import edge
 from runtime.client import ClientConfig, EdgeClient, RemoteError
-from runtime.cloud import CloudServer, serve
+from runtime.cloud import CloudServer, ServerConfig, serve
 from runtime.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -188,7 +191,7 @@ def test_serves_correctly_under_attack(base, images) -> None:
         expected[s] = (classes, scores)
 
     async def main() -> None:
-        server = CloudServer(APP, base, read_timeout=0.4, idle_timeout=5.0)
+        server = CloudServer(APP, ServerConfig(read_timeout=0.4, idle_timeout=5.0), base)
         await server.start("127.0.0.1", 0)
         port = server.port
         try:
@@ -218,7 +221,7 @@ def test_serves_correctly_under_attack(base, images) -> None:
 
 def test_batch_request_and_all_edge(base, images) -> None:
     async def main() -> None:
-        server = CloudServer(APP, base)
+        server = CloudServer(APP, base=base)
         await server.start("127.0.0.1", 0)
         try:
             async with EdgeClient(APP, SCHEMES[0], ClientConfig(port=server.port, k=3), base=base) as client:
@@ -237,7 +240,7 @@ def test_batch_request_and_all_edge(base, images) -> None:
 
 def test_token(base, images, caplog) -> None:
     async def main() -> None:
-        server = CloudServer(APP, base, token="s3cret")
+        server = CloudServer(APP, ServerConfig(token="s3cret"), base)
         await server.start("127.0.0.1", 0)
         port = server.port
         try:
@@ -263,7 +266,7 @@ def test_token(base, images, caplog) -> None:
 
 def test_max_clients(base, images) -> None:
     async def main() -> None:
-        server = CloudServer(APP, base, max_clients=1)
+        server = CloudServer(APP, ServerConfig(max_clients=1), base)
         await server.start("127.0.0.1", 0)
         try:
             async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base) as first:
@@ -283,12 +286,10 @@ def test_tls(base, images, tmp_path) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
 
     async def main() -> None:
-        server = CloudServer(APP, base, ssl_ctx=server_ctx, token="t")
+        server = CloudServer(APP, ServerConfig(token="t", tls_cert=str(cert), tls_key=str(key)), base)
         await server.start("127.0.0.1", 0)
         try:
             config = ClientConfig(port=server.port, token="t", ssl_ctx=client_ctx)
@@ -308,7 +309,7 @@ def test_tls(base, images, tmp_path) -> None:
 def test_serve_stops_on_event(base, images) -> None:
     async def main() -> None:
         stop = asyncio.Event()
-        task = asyncio.ensure_future(serve(APP, "127.0.0.1", 0, stop=stop, base=base))
+        task = asyncio.ensure_future(serve(APP, ServerConfig(), "127.0.0.1", 0, stop=stop, base=base))
         await asyncio.sleep(0.2)
         stop.set()
         server = await asyncio.wait_for(task, 10)
@@ -319,7 +320,7 @@ def test_serve_stops_on_event(base, images) -> None:
 
 def test_shutdown_finishes_requests_in_flight(base, images) -> None:
     async def main() -> None:
-        server = CloudServer(APP, base)
+        server = CloudServer(APP, base=base)
         compute = server._compute
         server._compute = lambda req: (time.sleep(0.3), compute(req))[1]  # a slow tail
         await server.start("127.0.0.1", 0)
@@ -357,6 +358,37 @@ def test_cli_end_to_end(capsys) -> None:
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0
         assert json.loads(out)["replies"] == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_announces_ready_on_stdout_and_logs_on_stderr() -> None:
+    """The first stdout line of `python -m runtime.cloud --port 0` is the readiness JSON, and its port answers."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--threads", "1", "--no-finetuned"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready == {"ready": True, "host": "127.0.0.1", "port": ready["port"], "app": "vgg16_digits"}
+        assert ready["port"] > 0
+
+        async def hello() -> object:
+            reader, writer = await asyncio.open_connection(ready["host"], ready["port"])
+            writer.write(encode(Hello("vgg16_digits", request_id=3)))
+            await writer.drain()
+            answer = await read_frame(reader, timeout=5, idle_timeout=5)
+            writer.close()
+            return answer
+
+        answer = asyncio.run(hello())
+        assert isinstance(answer, Hello) and answer.request_id == 3
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "serving app vgg16_digits" in err and "ready" not in err
+        assert out.strip() == "connections=1"  # the final stats, after the readiness line
     finally:
         if proc.poll() is None:
             proc.kill()

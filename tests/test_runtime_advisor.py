@@ -122,7 +122,7 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
     x = torch.rand(1, 1, 32, 32)
 
     async def run() -> list[str]:
-        server = CloudServer(APP, base)
+        server = CloudServer(APP, base=base)
         await server.start("127.0.0.1", 0)
         shaper = TokenBucket(2.0, burst=0)
         client = EdgeClient(APP, ALL_CLOUD, ClientConfig(port=server.port, k=1), base=base, shaper=shaper,

@@ -101,7 +101,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     from data import load_splits
     from models.build import load_base_model
     from runtime.client import ClientConfig, EdgeClient
-    from runtime.cloud import CloudServer
+    from runtime.cloud import CloudServer, ServerConfig
 
     weights.clear_cache()
     scheme = Scheme(4, 12, 3)
@@ -111,7 +111,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     y = [int(test[i][1]) for i in range(len(test))]
 
     async def accuracy(finetuned: bool) -> float:
-        server = CloudServer(APP, base, finetuned=finetuned, weights_root=str(tmp_path))
+        server = CloudServer(APP, ServerConfig(finetuned=finetuned, weights_root=str(tmp_path)), base)
         await server.start("127.0.0.1", 0)
         try:
             config = ClientConfig(port=server.port, k=1, finetuned=finetuned, weights_root=str(tmp_path))

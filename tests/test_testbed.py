@@ -13,9 +13,11 @@ import pytest
 
 from apps.errors import CoInferError
 from database.cpuquota import CPU_ROOT, quota_support
-from runtime.testbed import PREFIX, Testbed, cleanup_leftovers, netns_support, parse_rate, tbf_args
+from runtime.netns import PREFIX, netns_support, parse_rate, tbf_args
+from runtime.testbed import Testbed, TestbedConfig, cleanup_leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
+APP = "vgg16_digits"
 REASON = netns_support() or quota_support()
 needs_root = pytest.mark.skipif(REASON is not None, reason=f"testbed needs root, ip, tc and cgroup v1: {REASON}")
 
@@ -40,8 +42,9 @@ def test_parse_rate_and_tbf_args() -> None:
 @needs_root
 @pytest.mark.root
 def test_setup_shaping_and_teardown() -> None:
-    with Testbed(8.0, 0.125, start_cloud=False, edge_emulation="quota") as tb:
-        assert tb.mode == "netns" and {tb.ns_edge, tb.ns_cloud} <= namespaces()
+    with Testbed(APP, TestbedConfig(8.0, 0.125, start_cloud=False, edge_emulation="quota")) as tb:
+        net = tb.net
+        assert tb.mode == "netns" and {net.ns_edge, net.ns_cloud} <= namespaces()
         assert "tbf" in tb.qdisc() and (CPU_ROOT / tb.group).is_dir()
         tb.setup()  # idempotent
         v = tb.verify(1 << 19)  # 512 KiB at 8 Mbps: 0.5 s (+ ~5 % TCP/IP/Ethernet headers)
@@ -53,9 +56,9 @@ def test_setup_shaping_and_teardown() -> None:
         # an edge command runs in the edge namespace, inside the cgroup
         out = tb.run_edge(["sh", "-c", "cat /proc/self/cgroup; ip -o addr show"], capture_output=True, text=True)
         assert f"cpu:/{tb.group}" in out.stdout.replace(",cpuacct", "") or tb.group in out.stdout
-        assert tb.edge_ip in out.stdout and tb.cloud_ip not in out.stdout
-    assert not {tb.ns_edge, tb.ns_cloud} & namespaces()
-    assert tb.link_edge not in links() and not (CPU_ROOT / tb.group).exists()
+        assert net.edge_ip in out.stdout and net.cloud_ip not in out.stdout
+    assert not {net.ns_edge, net.ns_cloud} & namespaces()
+    assert net.link_edge not in links() and not (CPU_ROOT / tb.group).exists()
     tb.teardown()  # idempotent
 
 
@@ -64,12 +67,12 @@ def test_setup_shaping_and_teardown() -> None:
 def test_paced_link_serialises_small_messages() -> None:
     """A bare tbf lets the first 1600 bytes through at once; with the filler keeping the bucket empty,
     4 KiB waits ~ its bytes / rate (+ TCP/IP headers), also after a rate change."""
-    with Testbed(1.0, None, start_cloud=False, link="paced") as tb:
+    with Testbed(APP, TestbedConfig(1.0, None, start_cloud=False, link="paced")) as tb:
         assert "pfifo_fast" in tb.qdisc()
         v = tb.verify(4096)  # 31 ms at 1 Mbps; a full 1600-byte bucket would make it ~20 ms
         assert 0.85 < v["seconds"] / v["expected_s"] < 1.6, v
         tb.set_rate(2.0)
-        assert all(p.poll() is None for p in tb._fillers)  # the filler keeps running across the change
+        assert all(p.poll() is None for p in tb.net.fillers)  # the filler keeps running across the change
         v = tb.verify(4096)
         assert 0.85 < v["seconds"] / v["expected_s"] < 1.6, v
 
@@ -77,8 +80,8 @@ def test_paced_link_serialises_small_messages() -> None:
 @needs_root
 @pytest.mark.root
 def test_cloud_server_and_edge_cli_in_namespaces() -> None:
-    with Testbed(4.0, 0.5, cloud_args=["--no-finetuned"]) as tb:
-        assert tb.server.startswith(tb.cloud_ip)
+    with Testbed(APP, TestbedConfig(4.0, 0.5, cloud_args=["--no-finetuned"])) as tb:
+        assert tb.server.startswith(tb.net.cloud_ip)
         out = tb.run_edge([sys.executable, "-m", "runtime.edge", "--server", "{server}", "--scheme", "all-cloud",
                            "--n", "3", "--json", "--no-finetuned"], capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr
@@ -89,9 +92,9 @@ def test_cloud_server_and_edge_cli_in_namespaces() -> None:
 @needs_root
 @pytest.mark.root
 def test_leftovers_of_a_killed_testbed_are_removed() -> None:
-    script = ("from runtime.testbed import Testbed; import time, sys; tb = Testbed(1.0, 0.125, start_cloud=False, "
-              "edge_emulation='quota'); "
-              "tb.setup(); print(tb.ns_edge, tb.group, flush=True); time.sleep(60)")
+    script = ("from runtime.testbed import Testbed, TestbedConfig; import time; tb = Testbed('vgg16_digits', "
+              "TestbedConfig(1.0, 0.125, start_cloud=False, edge_emulation='quota')); "
+              "tb.setup(); print(tb.net.ns_edge, tb.group, flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for sig, cleans_itself in ((signal.SIGTERM, True), (signal.SIGKILL, False)):
         proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -110,7 +113,7 @@ def test_leftovers_of_a_killed_testbed_are_removed() -> None:
 
 
 def test_loopback_fallback_says_so() -> None:
-    with Testbed(2.0, None, force_loopback=True, start_cloud=False) as tb:
+    with Testbed(APP, TestbedConfig(2.0, None, force_loopback=True, start_cloud=False)) as tb:
         assert tb.mode == "loopback" and tb.host == "127.0.0.1"
         assert tb.edge_env()["COINFER_RATE_LIMIT"] == "2.0"
         assert any("token bucket" in n for n in tb.notes)
@@ -119,7 +122,7 @@ def test_loopback_fallback_says_so() -> None:
 
 
 def test_dilated_edge_gets_its_speed_not_a_cgroup() -> None:
-    with Testbed(2.0, 0.25, force_loopback=True, start_cloud=False) as tb:
+    with Testbed(APP, TestbedConfig(2.0, 0.25, force_loopback=True, start_cloud=False)) as tb:
         assert tb.edge_emulation == "dilate" and not tb.uses_cgroup
         assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.25"
         assert tb.edge_command(["x"])[-1] == "x" and tb.throttle(os.getpid()) is False
@@ -128,9 +131,9 @@ def test_dilated_edge_gets_its_speed_not_a_cgroup() -> None:
         with pytest.raises(CoInferError, match="speed"):
             tb.set_edge_cpu(2.0)
     with pytest.raises(CoInferError, match="speed"):
-        Testbed(2.0, 1.5, force_loopback=True, start_cloud=False)
+        TestbedConfig(2.0, 1.5, force_loopback=True, start_cloud=False)
     with pytest.raises(CoInferError, match="emulation"):
-        Testbed(2.0, 0.5, force_loopback=True, start_cloud=False, edge_emulation="nice")
+        TestbedConfig(2.0, 0.5, force_loopback=True, start_cloud=False, edge_emulation="nice")
 
 
 def test_cli_needs_something_to_run() -> None:
