@@ -31,8 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from compress.scheme import Scheme
 from search.bounds import Knowledge
+from search.certificate import Certificate, certify
 from search.problem import Problem, Status
-from search.study import SOURCE_REPEAT, params_of, scheme_of
+from search.study import SOURCE_REPEAT, add_known, params_of, scheme_of
 
 CLAIM = "coinfer:scheme"
 POLL_S = 0.02
@@ -90,6 +91,22 @@ class PlannerSampler(BaseSampler):
     def done(self, study: optuna.Study) -> bool:
         return self.finished(*self.state(study))
 
+    def certificate(self, study: optuna.Study) -> Certificate:
+        """The certificate of the study's current answer (the status's incumbent)."""
+        kn, st = self.state(study)
+        return certify(self.problem, kn, st, st.incumbent)
+
+    def conclude(self, study: optuna.Study, told: FrozenTrial | None = None) -> None:
+        """Add to the study, as completed trials (source "database"), the stored evaluations the
+        answer and its certificate rely on, so the study alone tells the story."""
+        kn, st = self.state(study, told)
+        if st.incumbent is None:
+            return
+        proof = certify(self.problem, kn, st, st.incumbent).proof or (self.problem.scheme(st.incumbent),)
+        told_scheme = scheme_of(told, self.problem) if told is not None else None
+        stored = [s for s in proof if s != told_scheme and (not s.is_split or s in self.known)]
+        add_known(study, self.problem, stored, self.known)
+
     # -- optuna.samplers.BaseSampler -------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
@@ -117,6 +134,7 @@ class PlannerSampler(BaseSampler):
                     values: list[float] | None) -> None:
         told = trial if state == TrialState.COMPLETE else None
         if trial.user_attrs.get("source") == SOURCE_REPEAT or self.finished(*self.state(study, told)):
+            self.conclude(study, told)
             study.stop()
 
     # -- choosing --------------------------------------------------------------------------

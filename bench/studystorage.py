@@ -1,0 +1,78 @@
+"""What a trial costs in each Optuna study storage, next to the CoInfer sampler's own decision time.
+
+    python -m bench.studystorage [--repeats 3] [--postgres URL]
+
+One CoInfer search (a latency query on a synthetic 13-point table whose search takes 104
+trials, evaluations replayed from the table: no fine-tune) runs as `study.optimize` in each
+storage: in memory, a journal file, SQLite and PostgreSQL through Optuna's RDB storage. Per
+trial it reports the wall time, the sampler's decision time (choosing the scheme from what the
+study holds) and the rest: the storage's bookkeeping (creating the trial, parameters, user
+attributes, constraint, state) plus Optuna's own loop. Storages run in turns, `--repeats`
+times; medians over the repeats. PostgreSQL runs when `--postgres` or $COINFER_TEST_POSTGRES
+gives a URL.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import optuna
+
+from apps.errors import ArgParser, run_cli
+from search.evaluators import TableEvaluator
+from search.problem import Problem
+from search.query import LatencyQuery
+from search.samplers.coinfer import CoInferSampler
+from search.study import Objective, open_study
+from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+
+POINTS = [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
+
+
+def one_search(storage: str | None, name: str) -> dict[str, float]:
+    points = synthetic_points(POINTS)
+    problem = Problem(LatencyQuery(0.01, 0.5), synthetic_latency(points), 0.9)
+    sampler = CoInferSampler(problem)
+    study = open_study(name, storage, problem, sampler)
+    objective = Objective(problem, TableEvaluator(synthetic_table(points, 0.9, 0.0, 7, "saturating")))
+    t0 = time.perf_counter()
+    study.optimize(objective)
+    wall = time.perf_counter() - t0
+    n = len(study.trials)
+    return {"trials": n, "wall_ms": 1e3 * wall / n, "decision_ms": 1e3 * sampler.decision_s / n,
+            "evaluate_ms": 1e3 * objective.evaluate_s / n,
+            "bookkeeping_ms": 1e3 * (wall - sampler.decision_s - objective.evaluate_s) / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgParser(prog="python -m bench.studystorage", description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--postgres", default=os.environ.get("COINFER_TEST_POSTGRES"),
+                    help="SQLAlchemy URL of a PostgreSQL database to use (default: $COINFER_TEST_POSTGRES)")
+    args = ap.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = tempfile.mkdtemp(prefix="coinfer-studystorage-")
+    storages = {"memory": None, "journal": f"{folder}/studies.journal", "sqlite": f"sqlite:///{folder}/studies.db"}
+    if args.postgres:
+        storages["postgresql"] = args.postgres
+    print(f"bench.studystorage: one CoInfer search ({len(POINTS)} points, saturating table, latency query 1 % at "
+          f"0.5 Mbps) as study.optimize per storage, {args.repeats} rounds with the storages in turn; "
+          f"per-trial medians over rounds; temp folder {folder}", flush=True)
+    rows: dict[str, list[dict]] = {k: [] for k in storages}
+    stamp = int(time.time())
+    for r in range(args.repeats):
+        for kind, url in storages.items():
+            rows[kind].append(one_search(url, f"bench-{stamp}-{r}"))
+    print(f"{'storage':<11} {'trials':>6} {'wall ms/trial':>13} {'decision ms':>11} {'bookkeeping ms':>14}")
+    for kind, rs in rows.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+        print(f"{kind:<11} {med['trials']:>6.0f} {med['wall_ms']:>13.2f} {med['decision_ms']:>11.2f} "
+              f"{med['bookkeeping_ms']:>14.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
