@@ -8,7 +8,8 @@ import torch
 
 from apps import App
 from apps.errors import CoInferError
-from models.vgg import VGG, PartitionPoint, partition_points, vgg16_bn, vgg16_widths
+from models.points import PartitionPoint
+from models.vgg import VGG, partition_points, vgg16_bn, vgg16_widths
 
 
 def build_model(app: App) -> VGG:

@@ -10,10 +10,11 @@ the cut is again a plain `VGG` with a smaller width at one block.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from models.points import PartitionPoint
 
 # VGG-16 configuration: conv widths; "M" = 2x2 max-pool.
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -44,19 +45,6 @@ def point_names() -> list[str]:
         pooled = i + 1 < len(VGG16) and VGG16[i + 1] == "M"
         names.append(f"conv{stage}_{idx}" + ("+pool" if pooled else ""))
     return names
-
-
-@dataclass(frozen=True)
-class PartitionPoint:
-    index: int
-    name: str
-    channels: int
-    height: int
-    width: int
-
-    @property
-    def elements_per_channel(self) -> int:
-        return self.height * self.width
 
 
 def partition_points(widths: list[int], input_size: int) -> list[PartitionPoint]:

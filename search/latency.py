@@ -34,7 +34,7 @@ from compress.quant import HEADER_BYTES_PER_CHANNEL
 from compress.scheme import Scheme
 from database.store import LatencyRow, Store
 from models.build import app_points
-from models.vgg import PartitionPoint
+from models.points import PartitionPoint
 from search.space import Space
 
 PAPER_FORMULA = "optcoinfer-paper"

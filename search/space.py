@@ -12,7 +12,7 @@ import numpy as np
 
 from compress.prune import check_in_space
 from compress.scheme import Scheme
-from models.vgg import PartitionPoint
+from models.points import PartitionPoint
 
 
 @dataclass

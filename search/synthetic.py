@@ -7,7 +7,7 @@ import numpy as np
 
 from compress.scheme import Scheme
 from database.store import LatencyRow
-from models.vgg import PartitionPoint
+from models.points import PartitionPoint
 from search.latency import LatencyModel
 
 
