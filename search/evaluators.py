@@ -5,8 +5,11 @@
   that is made on first need or injected) and stored before it is used, so an interrupted
   search loses nothing and a rerun resumes from the database.
 - `TableEvaluator` (`--evaluator table:PATH`, benchmarks, tests): a dict {Scheme: top-1}; each
-  first look-up of a scheme counts as one evaluation. A scheme the table lacks is an error
-  naming it.
+  first look-up of a scheme counts as one evaluation.
+
+A scheme an evaluator cannot evaluate (a table lacks it; fine-tuning is impossible because the
+dataset or the checkpoint is missing) raises `NotEvaluable`: the search goes on without that
+scheme (or, when nothing can be evaluated, stops) and reports what that leaves open.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from database.formats import check_table, read_table
 from database.store import Store
 
 
+class NotEvaluable(CoInferError):
+    """This scheme (`everything=False`) or any scheme (`everything=True`) cannot be evaluated here."""
+
+    def __init__(self, message: str, everything: bool = False) -> None:
+        super().__init__(message)
+        self.everything = everything
+
+
 @runtime_checkable
 class Evaluator(Protocol):
     """What a search needs to know a scheme's accuracy."""
@@ -35,7 +46,7 @@ class Evaluator(Protocol):
         """Top-1 of the unmodified model, if this evaluator knows it."""
 
     def evaluate(self, scheme: Scheme) -> float:
-        """Top-1 of a split scheme (may take minutes: a fine-tune)."""
+        """Top-1 of a split scheme (may take minutes: a fine-tune); NotEvaluable when it cannot."""
 
 
 class DatabaseEvaluator:
@@ -48,6 +59,7 @@ class DatabaseEvaluator:
         self.device = device
         self.seed = app.protocol.seed if seed is None else seed
         self.finetuner = finetuner
+        self._impossible: str | None = None
 
     def known(self) -> dict[Scheme, float]:
         return self.store.accuracy_table(self.app.name, self.app.protocol.name, self.seed)
@@ -59,9 +71,15 @@ class DatabaseEvaluator:
         stored = self.known().get(scheme)
         if stored is not None:
             return stored
+        if self._impossible is not None:
+            raise NotEvaluable(self._impossible, everything=True)
         if self.finetuner is None:
             from database.evaluate import FinetuneEvaluator
-            self.finetuner = FinetuneEvaluator(self.app, self.device)
+            try:
+                self.finetuner = FinetuneEvaluator(self.app, self.device)
+            except CoInferError as exc:  # no dataset, no checkpoint, ...: nothing can be fine-tuned here
+                self._impossible = f"cannot fine-tune schemes of {self.app.name}: {exc}"
+                raise NotEvaluable(self._impossible, everything=True) from None
         row = self.finetuner.evaluate(scheme, seed=self.seed)
         self.store.put_accuracy([row])
         return row.top1
@@ -97,7 +115,7 @@ class TableEvaluator:
         try:
             return self.table[scheme]
         except KeyError:
-            raise CoInferError(f"{self.name} lacks scheme {scheme} that the search asked for") from None
+            raise NotEvaluable(f"{self.name} lacks scheme {scheme}") from None
 
 
 def make_evaluator(spec: str, app: App, store: Store, widths: list[int], seed: int | None = None,

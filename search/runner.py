@@ -20,7 +20,7 @@ import optuna
 from apps.errors import CoInferError
 from compress.scheme import Scheme
 from search.certificate import Certificate, certify
-from search.evaluators import Evaluator
+from search.evaluators import Evaluator, NotEvaluable
 from search.latency import Breakdown
 from search.problem import Problem
 from search.samplers import OPTUNA_SAMPLERS, SAMPLERS, make_sampler
@@ -45,6 +45,7 @@ class SearchResult:
     sampler: str
     evaluator: str
     new_evaluations: int
+    not_evaluable: list[Scheme]  # schemes the evaluator could not evaluate (see notes for why)
     reused_evaluations: int  # stored before the search, and part of the proof
     sampler_s: float  # the sampler's own decision time (evaluations excluded)
     wall_s: float
@@ -95,6 +96,7 @@ class SearchResult:
             "accuracy_loss": self.accuracy_loss, "base_accuracy": self.base_accuracy,
             "certified": self.certified, "certificate": self.certificate.to_json(),
             "new_evaluations": self.new_evaluations, "reused_evaluations": self.reused_evaluations,
+            "not_evaluable": len(self.not_evaluable),
             "sampler": self.sampler, "evaluator": self.evaluator, "wall_s": self.wall_s, "sampler_s": self.sampler_s,
             "notes": self.notes,
         }
@@ -157,12 +159,15 @@ def run_search(problem: Problem, evaluator: Evaluator, sampler: str = "coinfer",
     add_known(study, problem, [s for s in (scheme, *cert.proof) if not s.is_split or s in table], table)
     if budget is not None and len(objective.new) >= budget and not st.done:
         notes.append(f"stopped at the evaluation budget ({budget})")
+    if objective.not_evaluable:
+        first = next(iter(objective.not_evaluable.values()))
+        notes.append(f"{len(objective.not_evaluable)} schemes could not be evaluated (e.g. {first})")
     if not cert.certified:
         notes.append(cert.reason)
     return SearchResult(
         problem=problem, scheme=scheme, feasible=feasible, accuracy=accuracy, accuracy_is_bound=bounded,
         breakdown=problem.model.breakdown(scheme, problem.query.bandwidth), certificate=cert, sampler=sampler,
-        evaluator=evaluator.name, new_evaluations=len(objective.new),
+        evaluator=evaluator.name, new_evaluations=len(objective.new), not_evaluable=list(objective.not_evaluable),
         reused_evaluations=sum(1 for s in cert.proof if s in stored), sampler_s=sampler_s,
         wall_s=time.perf_counter() - start, offline=offline,
         next_to_evaluate=_next(problem, kn, st, planner) if offline else [], notes=notes, study=study)
@@ -182,10 +187,11 @@ def _optimize(study: optuna.Study, objective: Objective, planner, problem: Probl
 
     if ours:
         if not planner.done(study):
-            study.optimize(objective, callbacks=[stop])
+            study.optimize(objective, callbacks=[stop], catch=(NotEvaluable,))
         return planner.decision_s
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=5 * budget + 10, callbacks=[stop])  # repeats and single ends cost nothing
+    study.optimize(objective, n_trials=5 * budget + 10, callbacks=[stop],  # repeats and single ends cost nothing
+                   catch=(NotEvaluable,))
     return time.perf_counter() - t0 - objective.evaluate_s
 
 

@@ -11,7 +11,9 @@ sampler that can propose them keeps re-proposing the feasible one. Every trial r
                  read it
     user attrs   scheme, accuracy (None when over the latency budget: never evaluated),
                  latency_s, source: "evaluated" (new), "database" (stored before the search),
-                 "reference" (a single end: the unmodified model), "over-budget", "repeat"
+                 "reference" (a single end: the unmodified model), "over-budget", "repeat";
+                 a scheme the evaluator cannot evaluate is a FAILed trial with source
+                 "not-evaluable" and the reason
 
 so the study alone tells the story of a search. Storages: in memory, a journal file (Optuna's
 JournalStorage: a few ms a trial), or any SQLAlchemy URL (Optuna's RDB storage: tens of ms a
@@ -30,11 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 from apps.errors import CoInferError
 from compress.scheme import Scheme
 from search.bounds import Knowledge
-from search.evaluators import Evaluator
+from search.evaluators import Evaluator, NotEvaluable
 from search.problem import Problem
 
 SOURCE_EVALUATED, SOURCE_DATABASE, SOURCE_REFERENCE = "evaluated", "database", "reference"
-SOURCE_OVER_BUDGET, SOURCE_REPEAT = "over-budget", "repeat"
+SOURCE_OVER_BUDGET, SOURCE_REPEAT, SOURCE_NOT_EVALUABLE = "over-budget", "repeat", "not-evaluable"
 JOURNAL_SUFFIXES = (".journal", ".log")
 
 
@@ -103,6 +105,7 @@ class Objective:
         self.single_ends = single_ends
         self.known = dict(evaluator.known())
         self.new: list[Scheme] = []
+        self.not_evaluable: dict[Scheme, str] = {}  # scheme -> why
         self.evaluate_s = 0.0
 
     def accuracy(self, scheme: Scheme) -> tuple[float | None, str]:
@@ -113,17 +116,26 @@ class Objective:
         if scheme in self.known:
             return self.known[scheme], SOURCE_REPEAT if scheme in self.new else SOURCE_DATABASE
         t0 = time.perf_counter()
-        acc = float(self.evaluator.evaluate(scheme))
-        self.evaluate_s += time.perf_counter() - t0
+        try:
+            acc = float(self.evaluator.evaluate(scheme))
+        finally:
+            self.evaluate_s += time.perf_counter() - t0
         self.known[scheme] = acc
         self.new.append(scheme)
         return acc, SOURCE_EVALUATED
 
     def __call__(self, trial: optuna.Trial) -> float:
         scheme = suggest_scheme(trial, self.problem, self.single_ends)
-        accuracy, source = self.accuracy(scheme)
-        if trial.user_attrs.get("source") == SOURCE_REPEAT:  # set by our samplers: a re-run of the answer
-            source = SOURCE_REPEAT
+        try:
+            accuracy, source = self.accuracy(scheme)
+        except NotEvaluable as exc:  # the trial FAILs (optimize with catch=(NotEvaluable,)); the search goes on
+            self.not_evaluable[scheme] = str(exc)
+            trial.set_user_attr("scheme", str(scheme))
+            trial.set_user_attr("source", SOURCE_NOT_EVALUABLE)
+            trial.set_user_attr("reason", str(exc))
+            if exc.everything:
+                trial.study.stop()
+            raise
         attrs, constraint, value = _attrs(self.problem, scheme, accuracy, source)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)

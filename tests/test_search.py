@@ -93,19 +93,31 @@ def test_noisy_table_gives_an_honest_report():
     assert exact.certified and exact.exact
 
 
-def test_table_evaluator_counts_first_lookups_and_names_missing_schemes(tmp_path):
+def test_table_evaluator_counts_first_lookups(tmp_path):
     table = synthetic_table(SMALL, seed=0)
     path = tmp_path / "t.csv"
     write_csv(table, path)
     ev = TableEvaluator.from_file(str(path), [p.channels for p in SMALL])
     problem = Problem(LatencyQuery(0.02, 1), synthetic_latency(SMALL), 0.9)
     result = run_search(problem, ev, "exhaustive")
-    assert result.new_evaluations == int((problem.latency < problem.reference).sum())
-    del table[Scheme(0, 1, 1)]
-    write_optcoinfer(table, tmp_path / "t.txt")
+    assert result.new_evaluations == len(ev.calls) == int((problem.latency < problem.reference).sum())
+
+
+@pytest.mark.parametrize("sampler", ["coinfer", "exhaustive"])
+def test_a_table_that_lacks_schemes_answers_without_them(tmp_path, sampler):
+    """Every scheme at point 1 is missing from the file: the search goes on without them, says how
+    many it could not evaluate, and answers as brute force over the schemes the table has."""
+    table = synthetic_table(SMALL, seed=0, shape="linear")
+    problem = Problem(LatencyQuery(0.05, 1), synthetic_latency(SMALL), 0.9)
+    partial = {s: a for s, a in table.items() if s.p != 1}
+    write_optcoinfer(partial, tmp_path / "t.txt")
     ev = TableEvaluator.from_file(str(tmp_path / "t.txt"), [p.channels for p in SMALL])
-    with pytest.raises(CoInferError, match="lacks scheme 0,1,1"):
-        run_search(problem, ev, "exhaustive")
+    result = run_search(problem, ev, sampler)
+    assert result.not_evaluable and all(s.p == 1 for s in result.not_evaluable)
+    assert any(f"{len(result.not_evaluable)} schemes could not be evaluated" in n for n in result.notes)
+    masked = {s: (a if s.p != 1 else -1.0) for s, a in table.items()}  # point 1 can never be chosen
+    assert result.scheme == brute_force(problem, masked)
+    assert result.certified == (brute_force(problem, table) == result.scheme) or not result.certified
 
 
 def test_paper_latency_model_reproduces_the_worked_figures(tmp_path):
@@ -291,3 +303,30 @@ def test_the_study_tells_the_story_and_zero_budget_evaluates_nothing():
                for t in evaluated)
     for sampler in ("coinfer", "tpe"):
         assert run_search(problem, TableEvaluator(table), sampler, max_evaluations=0).new_evaluations == 0
+
+
+def test_when_nothing_can_be_fine_tuned_the_stored_values_answer(tmp_path, tiny_db, capsys):
+    """An app whose checkpoint is missing: one line says why, and the answer is the best the
+    stored (partial) database proves, not certified, after one attempted evaluation."""
+    from conftest import write_tiny_app
+
+    from search.cli import run
+    app_path = write_tiny_app(tmp_path, checkpoint=str(tmp_path / "missing.pt"))
+    partial = str(tmp_path / "partial.sqlite")
+    full, store = Store(tiny_db), Store(partial)
+    store.put_latency(full.latency_rows("tiny_digits"))
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    rows = [r for r in full.accuracy_rows("tiny_digits") if r["p"] == 3 and r["b"] >= 6]
+    store.put_accuracy([AccuracyRow(r["app"], r["protocol"], r["p"], r["c"], r["b"], r["seed"], r["top1"])
+                        for r in rows])
+    store.put_base("tiny_digits", rows[0]["protocol"], 0.9)
+    assert run("latency", ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--app", str(app_path),
+                           "--storage", partial, "--study-storage", "memory", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["new_evaluations"] == 0 and out["not_evaluable"] == 1 and not out["certified"]
+    assert any("cannot fine-tune schemes of tiny_digits" in n and "checkpoint" in n for n in out["notes"])
+    # the answer is what --offline gives from the same database
+    assert run("latency", ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--app", str(app_path), "--storage",
+                           partial, "--study-storage", "memory", "--json", "--offline"]) == 0
+    assert json.loads(capsys.readouterr().out)["scheme"] == out["scheme"]

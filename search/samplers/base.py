@@ -33,9 +33,10 @@ from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.certificate import Certificate, certify
 from search.problem import Problem, Status
-from search.study import SOURCE_REPEAT, add_known, params_of, scheme_of
+from search.study import add_known, params_of, scheme_of
 
 CLAIM = "coinfer:scheme"
+REPEAT = "coinfer:repeat"  # the trial re-runs the answer: nothing was left to evaluate
 POLL_S = 0.02
 
 
@@ -127,13 +128,13 @@ class PlannerSampler(BaseSampler):
             return
         scheme, repeat = self._choose(study, trial)
         if repeat:
-            study._storage.set_trial_user_attr(trial._trial_id, "source", SOURCE_REPEAT)
+            study._storage.set_trial_system_attr(trial._trial_id, REPEAT, True)
         study._storage.set_trial_system_attr(trial._trial_id, CLAIM, str(scheme))
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: list[float] | None) -> None:
         told = trial if state == TrialState.COMPLETE else None
-        if trial.user_attrs.get("source") == SOURCE_REPEAT or self.finished(*self.state(study, told)):
+        if trial.system_attrs.get(REPEAT) or self.finished(*self.state(study, told)):
             self.conclude(study, told)
             study.stop()
 
@@ -152,15 +153,21 @@ class PlannerSampler(BaseSampler):
             if not any(t.system_attrs.get(CLAIM) == str(ref) or scheme_of(t, self.problem) == ref for t in trials
                        if t.state == TrialState.COMPLETE or t in earlier):
                 return ref, False
-            held = np.zeros(space.size, dtype=bool)
+            held = np.zeros(space.size, dtype=bool)  # claimed by running trials
             for t in earlier:
                 s = Scheme.parse(t.system_attrs[CLAIM]) if CLAIM in t.system_attrs else None
                 if s is not None and s.is_split:
                     held[space.index(s)] = True
+            failed = np.zeros(space.size, dtype=bool)  # schemes the evaluator could not evaluate
+            for t in trials:
+                s = Scheme.parse(t.system_attrs[CLAIM]) if t.state == TrialState.FAIL and CLAIM in t.system_attrs \
+                    else None
+                if s is not None and s.is_split:
+                    failed[space.index(s)] = True
             t0 = time.perf_counter()
             kn, st = self.state(study)
             finished = self.finished(kn, st)
-            i = None if finished else self.pick(kn, st, held)
+            i = None if finished else self.pick(kn, st, held | failed)
             self.decision_s += time.perf_counter() - t0
             self.decisions += 1
             if i is not None:
