@@ -50,6 +50,9 @@ def build_parser(kind: str) -> ArgParser:
     ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path (default: %(default)s)")
     ap.add_argument("--sampler", default="coinfer", help=f"one of {', '.join(SAMPLERS)} (default: %(default)s)")
     ap.add_argument("--evaluator", default="finetune", help="finetune (the app's protocol) or table:PATH")
+    ap.add_argument("--protocol", default=None,
+                    help="answer from the accuracy table stored under this protocol, e.g. an imported one "
+                         "(default: the app's own; see python -m database.show)")
     ap.add_argument("--storage", default=None,
                     help="SQLAlchemy URL of the databases (default: database/coinfer.sqlite)")
     ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
@@ -109,7 +112,17 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         edge, cloud = parts
     model = LatencyModel.from_store(store, app, edge, cloud, args.rtt)
     widths = [p.channels for p in app_points(app)]
-    evaluator = make_evaluator(args.evaluator, app, store, widths, device=device)
+    protocols = dict(store.protocols(app.name))
+    if args.protocol is not None and args.protocol not in protocols | {app.protocol.name: 0}:
+        known = ", ".join(f"{p} ({n} schemes)" for p, n in protocols.items()) or "none"
+        raise CoInferError(f"unknown protocol {args.protocol!r} for {app.name} (stored: {known})")
+    evaluator = make_evaluator(args.evaluator, app, store, widths, device=device, protocol=args.protocol)
+    if args.offline and not evaluator.known():
+        others = [f"{p} ({n} schemes)" for p, n in protocols.items() if p != getattr(evaluator, "protocol", None)]
+        raise CoInferError(f"the accuracy database holds nothing for {app.name} under protocol "
+                           f"{getattr(evaluator, 'protocol', args.evaluator)}: --offline cannot answer"
+                           + (f"; stored: {', '.join(others)} (pass --protocol NAME)" if others else
+                              f" (fill it with python -m database.evaluate --app {app.name})"))
     base = args.base_accuracy if args.base_accuracy is not None else evaluator.base_accuracy()
     if base is None:
         base = store.base(app.name)

@@ -50,22 +50,29 @@ class Evaluator(Protocol):
 
 
 class DatabaseEvaluator:
-    name = "finetune"
+    """The accuracy database of `app` under `protocol` (default: the app's own, whose missing
+    schemes are fine-tuned here; another one, e.g. an imported table, is read only)."""
 
     def __init__(self, app: App, store: Store, seed: int | None = None, device: str = "cpu",
-                 finetuner: Finetuner | None = None) -> None:
+                 finetuner: Finetuner | None = None, protocol: str | None = None) -> None:
         self.app = app
         self.store = store
         self.device = device
         self.seed = app.protocol.seed if seed is None else seed
         self.finetuner = finetuner
-        self._impossible: str | None = None
+        self.protocol = protocol or app.protocol.name
+        own = self.protocol == app.protocol.name
+        self.name = "finetune" if own else f"protocol:{self.protocol}"
+        self._impossible: str | None = None if own else (
+            f"protocol {self.protocol} is a stored table, not the app's own protocol: its missing schemes "
+            "cannot be fine-tuned here")
 
     def known(self) -> dict[Scheme, float]:
-        return self.store.accuracy_table(self.app.name, self.app.protocol.name, self.seed)
+        own = self.protocol == self.app.protocol.name
+        return self.store.accuracy_table(self.app.name, self.protocol, self.seed if own else None)
 
     def base_accuracy(self) -> float | None:
-        return self.store.base(self.app.name, self.app.protocol.name)
+        return self.store.base(self.app.name, self.protocol)
 
     def evaluate(self, scheme: Scheme) -> float:
         stored = self.known().get(scheme)
@@ -119,9 +126,9 @@ class TableEvaluator:
 
 
 def make_evaluator(spec: str, app: App, store: Store, widths: list[int], seed: int | None = None,
-                   device: str = "cpu") -> Evaluator:
+                   device: str = "cpu", protocol: str | None = None) -> Evaluator:
     if spec == "finetune":
-        return DatabaseEvaluator(app, store, seed, device)
+        return DatabaseEvaluator(app, store, seed, device, protocol=protocol)
     if spec.startswith("table:") and len(spec) > 6:
         return TableEvaluator.from_file(spec[6:], widths)
     raise CoInferError(f"unknown evaluator {spec!r} (use finetune or table:PATH)")

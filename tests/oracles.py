@@ -22,3 +22,25 @@ def brute_force(problem: Problem, table: dict) -> Scheme | None:
         if problem.latency[i] <= problem.budget and (acc, -problem.latency[i]) > (best[0], -best[1]):
             best = (acc, float(problem.latency[i]), space.scheme(i))
     return best[2]
+
+
+def offline_oracle(problem: Problem, stored: dict[Scheme, float], tol: float) -> Scheme | None:
+    """The best answer `stored` alone proves: a latency query's fastest scheme that is stored and
+    meets the threshold, or that dominates (same point, c and b at least as large) a stored scheme
+    meeting it by `tol`; an accuracy query's most accurate stored scheme within the budget (ties:
+    the faster); the single end when nothing split does better."""
+    space = problem.space
+    latency = {space.scheme(i): float(problem.latency[i]) for i in range(space.size)}
+    if isinstance(problem.query, LatencyQuery):
+        best = (problem.reference, problem.single_end)
+        for s, lat in latency.items():
+            ok = stored.get(s, -1.0) >= problem.threshold or any(
+                e.p == s.p and e.c <= s.c and e.b <= s.b and a - tol >= problem.threshold for e, a in stored.items())
+            if ok and lat < best[0]:
+                best = (lat, s)
+        return best[1]
+    best = (problem.base, 0.0, problem.single_end) if problem.reference <= problem.budget else (-1.0, 0.0, None)
+    for s, a in stored.items():
+        if latency[s] <= problem.budget and (a, -latency[s]) > (best[0], -best[1]):
+            best = (a, latency[s], s)
+    return best[2]

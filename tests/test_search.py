@@ -330,3 +330,51 @@ def test_when_nothing_can_be_fine_tuned_the_stored_values_answer(tmp_path, tiny_
     assert run("latency", ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--app", str(app_path), "--storage",
                            partial, "--study-storage", "memory", "--json", "--offline"]) == 0
     assert json.loads(capsys.readouterr().out)["scheme"] == out["scheme"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_offline_answers_on_random_partial_tables_match_the_oracle(seed):
+    from tests.oracles import offline_oracle
+    rng = np.random.default_rng(seed)
+    table = synthetic_table(SMALL, seed=seed)
+    stored = {s: a for s, a in table.items() if rng.random() < 0.15}
+    model = synthetic_latency(SMALL)
+    for q in QUERIES:
+        problem = Problem(q, model, 0.9)
+        for tol in (0.0, 0.005):
+            result = run_search(problem, TableEvaluator(table, known=stored), "coinfer", tolerance=tol, offline=True)
+            expected = offline_oracle(problem, stored, tol)
+            assert result.new_evaluations == 0
+            if expected is None:
+                assert not result.feasible, q
+            else:
+                assert result.scheme == expected, (q, tol)
+            if not result.certified:
+                assert result.next_to_evaluate and result.certificate.gap > 0, q
+
+
+def test_protocol_selects_an_imported_partial_table(tiny_app_path, tiny_db, tmp_path, capsys):
+    from database.formats import main as formats_main
+    from search.cli import run
+    db = str(tmp_path / "imported.sqlite")
+    full, store = Store(tiny_db), Store(db)
+    store.put_latency(full.latency_rows("tiny_digits"))
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    table = {s: a for s, a in full.accuracy_table("tiny_digits").items() if s.b >= 4 and s.c % 2 == 0}
+    write_optcoinfer(table, tmp_path / "t.txt")
+    assert formats_main(["import-optcoinfer", str(tmp_path / "t.txt"), "--app", tiny_app_path,
+                         "--base-error", "0.1", "--storage", db]) == 0
+    capsys.readouterr()
+    common = ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage", db,
+              "--study-storage", "memory", "--json"]
+    with pytest.raises(CoInferError, match="optcoinfer-paper .* schemes.*--protocol"):
+        run("latency", [*common, "--offline"])
+    with pytest.raises(CoInferError, match="unknown protocol 'nope'.*optcoinfer-paper"):
+        run("latency", [*common, "--protocol", "nope"])
+    assert run("latency", [*common, "--protocol", "optcoinfer-paper"]) == 0
+    online = json.loads(capsys.readouterr().out)
+    assert run("latency", [*common, "--protocol", "optcoinfer-paper", "--offline"]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    assert online["scheme"] == offline["scheme"] and online["new_evaluations"] == 0
+    assert online["base_accuracy"] == pytest.approx(0.9)
