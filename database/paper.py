@@ -1,6 +1,6 @@
 """Import the Opt-CoInfer paper's published latency profile as two devices of `vgg16_cars`.
 
-    python -m database.paper            # reads ../shared/reference/optcoinfer_paper_latency.json
+    python -m database.paper            # reads database/reference/optcoinfer_paper_latency.json
 
 The JSON holds cumulative per-module latencies (45 modules of VGG-16-BN) on a Raspberry Pi
 (edge) and a GPU server (cloud), and the 1-based module index of each of the 13 partition
@@ -25,7 +25,7 @@ from apps.errors import CoInferError, run_cli
 from database.store import LatencyRow, Store
 from models.build import app_points
 
-DEFAULT_JSON = REPO_ROOT.parent / "shared" / "reference" / "optcoinfer_paper_latency.json"
+DEFAULT_JSON = REPO_ROOT / "database" / "reference" / "optcoinfer_paper_latency.json"  # source: its README.md
 PAPER_FORMULA = "optcoinfer-paper"
 
 
