@@ -87,3 +87,17 @@ def test_bad_profile_files_are_one_line_errors(tmp_path):
         read_profile(path)
     with pytest.raises(CoInferError, match="no latency profile of device 'nope'"):
         export_profile(Store(str(tmp_path / "d.sqlite")), "app", "nope")
+
+
+def test_devices_file_defines_side_and_speed(tmp_path):
+    from database.devices import DEFAULT_DEVICES, DeviceSpec, load_devices
+    path = tmp_path / "devices.yml"
+    path.write_text("devices:\n  pi-like: {side: edge, speed: 0.25}\n  server: {side: cloud}\n")
+    assert load_devices(path) == {"pi-like": DeviceSpec("pi-like", "edge", 0.25),
+                                  "server": DeviceSpec("server", "cloud")}
+    assert load_devices(DEFAULT_DEVICES)["quarter-edge"].speed == 0.25  # the shipped example
+    path.write_text("devices:\n  fast: {side: edge, speed: 2}\n")
+    with pytest.raises(CoInferError, match="speed must be in"):
+        load_devices(path)
+    with pytest.raises(CoInferError, match="devices file not found"):
+        load_devices(tmp_path / "none.yml")
