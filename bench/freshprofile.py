@@ -14,14 +14,18 @@ import contextlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apps import App
 from apps.errors import CoInferError
-from database.store import Store
+
+if TYPE_CHECKING:
+    from database.store import Store
 
 
 def snapshot(stored: Store, path: Path) -> Store:
     """A consistent copy of an SQLite database (WAL included) at `path`, opened."""
+    from database.store import Store
     if stored.engine.dialect.name != "sqlite":
         raise CoInferError("a fresh profile works on a copy of an SQLite database; with "
                            f"{stored.engine.dialect.name} use --profile stored")

@@ -29,7 +29,6 @@ import zlib
 import numpy as np
 
 from apps.errors import CoInferError, run_cli
-from compress.quant import quantize
 from runtime.protocol import (
     HEADER_SIZE,
     MAGIC,
@@ -53,6 +52,8 @@ EDGE_VALUES = [0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]
 
 def corpus() -> list[bytes]:
     import torch
+
+    from compress.quant import quantize  # torch: only when fuzzing, not for --help
     frames = []
     for b in range(1, 9):
         shape = (1 + b % 2, 1 + b, 3, 2 + b)

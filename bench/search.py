@@ -21,20 +21,17 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
 from bench.plots import OUT, save_figure
-from database.store import Store
-from search.bounds import DEFAULT_TOLERANCE
-from search.evaluators import TableEvaluator
-from search.latency import LatencyModel
-from search.problem import Problem
-from search.query import AccuracyQuery, LatencyQuery, Query
-from search.runner import run_search
-from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+
+if TYPE_CHECKING:  # the search (torch, optuna) loads after parsing, so --help answers at once
+    from search.latency import LatencyModel
+    from search.query import Query
 
 LOSSES = (0.005, 0.01, 0.02, 0.05)
 RATIOS = (0.5, 0.6, 0.7, 0.8)
@@ -60,6 +57,10 @@ _SUITES: dict[str, tuple[LatencyModel, dict, float]] = {}
 
 
 def _run(task: tuple[str, str, int, Query, float, int, int]) -> Run:
+    from search.evaluators import TableEvaluator
+    from search.problem import Problem
+    from search.query import LatencyQuery
+    from search.runner import run_search
     suite, sampler, seed, query, tol, budget, restarts = task
     model, table, base = _SUITES[suite]
     problem = Problem(query, model, base)
@@ -80,6 +81,7 @@ def _run(task: tuple[str, str, int, Query, float, int, int]) -> Run:
 
 
 def queries() -> list[Query]:
+    from search.query import AccuracyQuery, LatencyQuery
     return ([LatencyQuery(e, bw) for e in LOSSES for bw in BANDWIDTHS]
             + [AccuracyQuery(r, bw) for r in RATIOS for bw in BANDWIDTHS])
 
@@ -128,11 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-samplers", default="coinfer,exhaustive,tpe,random")
     ap.add_argument("--budget", type=int, default=100, help="evaluation budget of tpe / gp / random")
     ap.add_argument("--n-restarts", type=int, default=1, help="GP optimiser restarts of optcoinfer (paper: 100)")
-    ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="coinfer's tolerance")
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help="coinfer's tolerance (default: search.bounds.DEFAULT_TOLERANCE)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 seed, bandwidths 0.5 and 2 only")
     args = ap.parse_args(argv)
+    from database.store import Store
+    from search.bounds import DEFAULT_TOLERANCE
+    from search.latency import LatencyModel
+    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+    if args.tolerance is None:
+        args.tolerance = DEFAULT_TOLERANCE
     app = load_app(args.app)
     store = Store(args.storage)
     model = LatencyModel.from_store(store, app)

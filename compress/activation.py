@@ -9,11 +9,14 @@ REQUEST frames (`runtime.protocol`) and the latency profiler times exactly these
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from compress.codec import pack, packed_size, unpack
-from compress.quant import dequantize, quantize
+
+if TYPE_CHECKING:  # torch loads with the first tensor call: the wire format (runtime.protocol) needs none
+    import torch
 
 Shape = tuple[int, int, int, int]
 
@@ -21,7 +24,7 @@ Shape = tuple[int, int, int, int]
 def encode(codes: np.ndarray | torch.Tensor, lo: np.ndarray | torch.Tensor, scale: np.ndarray | torch.Tensor,
            bits: int) -> bytes:
     """codes (N, C, H, W) uint8 < 2^bits, lo / scale (N, C) -> bytes."""
-    codes, lo, scale = (np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t) for t in (codes, lo, scale))
+    codes, lo, scale = (np.asarray(t.detach().cpu() if hasattr(t, "detach") else t) for t in (codes, lo, scale))
     if codes.ndim != 4 or lo.shape != codes.shape[:2] or scale.shape != codes.shape[:2]:
         raise ValueError(f"codes {codes.shape} need lo/scale of shape {codes.shape[:2]}, got {lo.shape}/{scale.shape}")
     return lo.astype("<f4").tobytes() + scale.astype("<f4").tobytes() + pack(codes, bits)
@@ -49,10 +52,14 @@ def decode(body: bytes | memoryview, shape: Shape, bits: int) -> tuple[np.ndarra
 
 def to_bytes(a: torch.Tensor, bits: int) -> bytes:
     """The edge's quantise + pack of an activation (N, C, H, W)."""
+    from compress.quant import quantize
     return encode(*quantize(a, bits), bits)
 
 
 def from_bytes(body: bytes | memoryview, shape: Shape, bits: int) -> torch.Tensor:
     """The cloud's unpack + dequantise: the float activation the tail takes."""
+    import torch
+
+    from compress.quant import dequantize
     codes, lo, scale = decode(body, shape, bits)
     return dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))

@@ -13,19 +13,15 @@ import argparse
 import multiprocessing as mp
 import socket
 import time
-
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
-from compress.model import SchemeModel
-from compress.prune import check_scheme
 from compress.scheme import Scheme, all_schemes
-from data import load_splits
-from database.store import AccuracyRow, Store
-from models.build import load_base_model
-from models.train import test_accuracy, train_epochs
+
+if TYPE_CHECKING:  # torch, the data and the database load on first use (--help stays fast)
+    from compress.model import SchemeModel
+    from database.store import AccuracyRow, Store
 
 
 class FinetuneEvaluator:
@@ -33,16 +29,25 @@ class FinetuneEvaluator:
     model load once."""
 
     def __init__(self, app: App, device: str = "cpu") -> None:
+        import torch
+
+        from data import load_splits
+        from models.build import load_base_model
         self.app = app
         self.device = torch.device(device)
         self.train, self.test = load_splits(app)
         self.base = load_base_model(app).to(self.device)
 
     def base_accuracy(self) -> tuple[float, float]:
+        from models.train import test_accuracy
         return test_accuracy(self.base, self.test)
 
     def finetune(self, scheme: Scheme, seed: int | None = None) -> SchemeModel:
         """A split scheme of the base model, fine-tuned with the app's protocol (eval mode)."""
+        import torch
+
+        from compress.model import SchemeModel
+        from models.train import train_epochs
         proto = self.app.protocol
         seed = proto.seed if seed is None else seed
         torch.manual_seed(seed)
@@ -52,6 +57,8 @@ class FinetuneEvaluator:
         return model.eval()
 
     def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
+        from database.store import AccuracyRow
+        from models.train import test_accuracy
         proto = self.app.protocol
         seed = proto.seed if seed is None else seed
         start = time.perf_counter()
@@ -66,6 +73,7 @@ _worker: FinetuneEvaluator | None = None
 
 def _init_worker(app_ref: str, threads: int) -> None:
     global _worker
+    import torch
     torch.set_num_threads(threads)
     _worker = FinetuneEvaluator(load_app(app_ref))
 
@@ -100,6 +108,8 @@ def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[Scheme]
 def run_evaluations(app: App, store: Store, schemes: list[Scheme], seed: int,
                     workers: int = 1, app_ref: str | None = None, progress: bool = True) -> int:
     """Evaluate the schemes not yet stored; returns how many were newly stored."""
+    import torch
+    from tqdm import tqdm
     proto = app.protocol.name
     done = store.accuracy_table(app.name, proto, seed)
     todo = [(s, seed) for s in schemes if s not in done]
@@ -135,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         raise CoInferError("--workers must be at least 1")
     app = load_app(args.app)
+    from compress.prune import check_scheme
+    from database.store import Store
     from models.build import build_model
     widths = build_model(app).widths
     schemes = select_schemes(app, widths, args.schemes)

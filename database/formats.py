@@ -21,8 +21,6 @@ from pathlib import Path
 from apps import DEFAULT_APP, load_app
 from apps.errors import CoInferError, run_cli
 from compress.scheme import Scheme
-from database.store import AccuracyRow, Store
-from models.build import app_points
 
 Table = dict[Scheme, float]
 _LINE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*-\s*(\d+)\s*\*\s*([0-9.eE+-]+)\s*$")
@@ -124,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-error", type=float, default=None, help="base model top-1 error (imports)")
     ap.add_argument("--storage", default=None)
     args = ap.parse_args(argv)
+    from database.store import AccuracyRow, Store  # after parsing: --help needs neither SQLAlchemy nor torch
+    from models.build import app_points
     app = load_app(args.app)
     store = Store(args.storage)
     if args.action.startswith("import"):

@@ -1,6 +1,6 @@
 """Import the Opt-CoInfer paper's published latency profile as two devices of `vgg16_cars`.
 
-    python -m database.paper            # reads ../shared/reference/optcoinfer_paper_latency.json
+    python -m database.paper            # reads database/reference/optcoinfer_paper_latency.json
 
 The JSON holds cumulative per-module latencies (45 modules of VGG-16-BN) on a Raspberry Pi
 (edge) and a GPU server (cloud), and the 1-based module index of each of the 13 partition
@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apps import REPO_ROOT, load_app
 from apps.errors import CoInferError, run_cli
-from database.store import LatencyRow, Store
-from models.build import app_points
 
-DEFAULT_JSON = REPO_ROOT.parent / "shared" / "reference" / "optcoinfer_paper_latency.json"
+if TYPE_CHECKING:
+    from database.store import LatencyRow, Store
+
+DEFAULT_JSON = REPO_ROOT / "database" / "reference" / "optcoinfer_paper_latency.json"  # source: its README.md
 PAPER_FORMULA = "optcoinfer-paper"
 
 
@@ -47,6 +49,7 @@ def read_paper_profile(path: Path) -> dict:
 
 
 def paper_rows(data: dict, app: str, edge: str, cloud: str, channels: list[int]) -> list[LatencyRow]:
+    from database.store import LatencyRow
     e, g, idx = data["edge_cumulative_s"], data["cloud_cumulative_s"], data["conv_point_index_1based"]
     last = g[idx[-1] - 1]
     rows = []
@@ -60,6 +63,7 @@ def paper_rows(data: dict, app: str, edge: str, cloud: str, channels: list[int])
 
 def import_paper_profile(store: Store, path: Path = DEFAULT_JSON, app_name: str = "vgg16_cars",
                          edge: str = "pi-paper", cloud: str = "gpu-paper") -> int:
+    from models.build import app_points
     data = read_paper_profile(path)
     app = load_app(app_name)
     points = app_points(app)
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cloud", default="gpu-paper")
     ap.add_argument("--storage", default=None)
     args = ap.parse_args(argv)
+    from database.store import Store
     n = import_paper_profile(Store(args.storage), args.json, args.app, args.edge, args.cloud)
     print(f"imported {n} latency rows for {args.app}: devices {args.edge} (edge), {args.cloud} (cloud)")
     return 0

@@ -32,23 +32,21 @@ import argparse
 import contextlib
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, App, load_app
 from apps.errors import CoInferError, run_cli
-from compress import activation
-from compress.prune import prune_at
 from database.cpuquota import apply_cpu_quota, quota_period_us, quota_support
-from database.fingerprint import fingerprint
 from database.slowdown import KeepWarm, SlowCPU
-from database.store import LatencyRow, Store
-from models.build import app_points, load_base_model
+
+if TYPE_CHECKING:  # torch and the database load on first use, so --help answers at once
+    import torch
+
+    from database.store import LatencyRow
 
 IdleFn = Callable[[str, int, int], float]  # (side, point, channels) -> seconds idle before that row
 
@@ -78,17 +76,28 @@ def time_fn(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[],
             fn()
         sync()
         samples.append((time.perf_counter() - start) / k)
-    return statistics.median(samples), float(np.percentile(samples, 90))
+    return statistics.median(samples), percentile90(samples)
+
+
+def percentile90(samples: list[float]) -> float:
+    """The 90th percentile, linearly interpolated (numpy.percentile's default)."""
+    xs = sorted(samples)
+    pos = 0.9 * (len(xs) - 1)
+    lo = int(pos)
+    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
 
 
 def top_k(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
     """The prediction the runtime returns: softmax probabilities of the k best classes."""
+    import torch
     return torch.softmax(logits.float(), dim=1).topk(min(k, logits.shape[1]), dim=1).values
 
 
 def job_fn(base, x: torch.Tensor, points: int, side: str, p: int, c: int,
            torch_device: torch.device) -> Callable[[], object]:
     """What one profile row times, built fresh (the runtime's exact calls, see the module doc)."""
+    from compress import activation
+    from compress.prune import prune_at
     if p == points:  # all-edge: the whole model and its top-k, as the runtime's edge does
         return lambda: top_k(base(x))
     if p == -1 and side == "edge":  # all-cloud's edge share: the raw input, quantised and packed
@@ -151,6 +160,11 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     points (the whole-model rows are always measured). `config.idle_s` may be a function of the row
     (side, point, channels): how long that stage idles before it in the runtime (work after a longer
     idle takes longer here)."""
+    import torch
+    from tqdm import tqdm
+
+    from database.store import LatencyRow
+    from models.build import load_base_model
     runs, warmup, window_s, idle_s = config.runs, config.warmup, config.window_s, config.idle_s
     device = SlowCPU(config.speed) if config.speed is not None else None
     torch_device = torch.device("cuda" if config.cuda else "cpu")
@@ -186,21 +200,32 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     bar.close()
     rows = []
     for (side, p, c), xs in samples.items():
-        median, p90 = (xs[0], xs[1]) if window_s > 0 else (statistics.median(xs), float(np.percentile(xs, 90)))
-        rows.append(LatencyRow(app.name, config.device, p, c, side, median, p90, runs))
+        median, tail = (xs[0], xs[1]) if window_s > 0 else (statistics.median(xs), percentile90(xs))
+        rows.append(LatencyRow(app.name, config.device, p, c, side, median, tail, runs))
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Profile per-point edge/cloud latency of an app on this machine.")
     ap.add_argument("--app", default=DEFAULT_APP)
-    ap.add_argument("--device", required=True, help="name to store the profile under (e.g. cpu-edge)")
-    ap.add_argument("--side", choices=["edge", "cloud", "both"], default="both")
+    ap.add_argument("--device", required=True,
+                    help="name to store the profile under (e.g. cpu-edge); a device of the devices file "
+                         "(database/devices.py) brings its side and speed")
+    ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml, if any)")
+    ap.add_argument("--side", choices=["edge", "cloud", "both"], default=None,
+                    help="which side to profile (default: the device's, else both)")
+    ap.add_argument("--speed", type=float, default=None,
+                    help="emulate a device this fraction of this CPU's speed (dilation, database.slowdown); "
+                         "the same as --cpu-quota S --emulation dilate")
     ap.add_argument("--cpu-quota", type=float, default=None,
                     help="CPUs allowed (cgroup quota); default: the app's edge quota when --device is its edge")
     ap.add_argument("--emulation", choices=EDGE_EMULATIONS, default=None,
                     help="how --cpu-quota slows this CPU: dilate (stretched time) or quota (cgroup); "
                          "default: the app's devices.edge.emulation")
+    ap.add_argument("--replace", action="store_true",
+                    help="overwrite the device's earlier profile of these sides (default: refuse)")
+    ap.add_argument("--points", default=None, metavar="P,P,...",
+                    help="split rows of these partition points only (a quick partial profile)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
                     help="keep every CPU out of idle while profiling, as the testbed does (database.slowdown)")
@@ -211,17 +236,62 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cuda", action="store_true", help="profile on the GPU")
     ap.add_argument("--storage", default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _points(text: str | None, count: int) -> frozenset[int] | None:
+    if text is None:
+        return None
+    try:
+        points = frozenset(int(p) for p in text.split(","))
+    except ValueError:
+        raise CoInferError(f"--points takes partition points P,P,..., got {text!r}") from None
+    if not points or not all(0 <= p < count for p in points):
+        raise CoInferError(f"--points must lie in 0..{count - 1}, got {text!r}")
+    return points
+
+
+def check_not_profiled(store, app: str, device: str, sides: tuple[str, ...], replace: bool) -> None:
+    """Re-profiling keeps the earlier profile: refuse, naming --replace, unless it is given (then
+    the old rows of those sides go, so no stale row survives a partial re-profile)."""
+    done = sorted(set(sides) & store.profiled_devices(app).get(device, set()))
+    if done and not replace:
+        raise CoInferError(f"device {device} already has a {'+'.join(done)} profile of {app}: pass --replace to "
+                           "overwrite it, or profile under another --device name")
+    if done:
+        store.delete_latency(app, device, tuple(done))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    from database.devices import DeviceSpec, load_devices
+    from database.fingerprint import fingerprint
+    from database.noise import drift, noise_of, reference_workload
+    from database.store import Store
+    from models.build import app_points
     app = load_app(args.app)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.passes < 1 or args.idle_ms < 0:
         raise CoInferError("--runs, --passes and --threads must be >= 1, --warmup and --idle-ms >= 0")
     if args.cuda and not torch.cuda.is_available():
         raise CoInferError("--cuda given but no CUDA device is available")
+    if args.speed is not None and (args.cpu_quota is not None or args.emulation == "quota"):
+        raise CoInferError("--speed is a dilated device: drop --cpu-quota / --emulation quota")
+    spec = load_devices(args.devices).get(args.device, DeviceSpec(args.device))
+    side = args.side or spec.side
+    speed_flag = args.speed if args.speed is not None else spec.speed
+    if speed_flag is not None:
+        DeviceSpec(args.device, side, speed_flag)  # checks the range
+    sides = ("edge", "cloud") if side == "both" else (side,)
+    points = app_points(app)
+    only = _points(args.points, len(points))
     store = Store(args.storage)
-    quota = args.cpu_quota if args.cpu_quota is not None else (
+    check_not_profiled(store, app.name, args.device, sides, args.replace)
+    quota = speed_flag if speed_flag is not None else args.cpu_quota if args.cpu_quota is not None else (
         app.edge_cpu_quota if args.device == app.edge_device else None)
     note, window_s, speed = "", 0.0, None
-    emulation = args.emulation or app.edge_emulation
+    emulation = "dilate" if speed_flag is not None else args.emulation or app.edge_emulation
     if quota is not None and quota <= 0:
         raise CoInferError("--cpu-quota must be > 0")
     if quota is not None and emulation == "dilate":
@@ -242,16 +312,18 @@ def main(argv: list[str] | None = None) -> int:
             apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
             window_s = 10 * quota_period_us(quota) / 1e6
     torch.set_num_threads(args.threads)
-    config = ProfileConfig(args.device, ("edge", "cloud") if args.side == "both" else (args.side,),
-                           runs=args.runs, warmup=args.warmup, passes=args.passes, idle_s=args.idle_ms / 1e3,
-                           speed=speed, window_s=window_s, cuda=args.cuda)
+    config = ProfileConfig(args.device, sides, runs=args.runs, warmup=args.warmup, passes=args.passes,
+                           idle_s=args.idle_ms / 1e3, speed=speed, window_s=window_s, cuda=args.cuda,
+                           only_points=only)
     with KeepWarm() if args.keep_warm else contextlib.nullcontext():
+        before = reference_workload()
         rows = profile_app(app, config)
+        noise = noise_of(rows, drift(before, reference_workload()))
     info = fingerprint(args.cuda)
     if speed is not None:
         info.update(cpu_quota=quota, emulation="dilate")
+    info["noise"] = noise.to_json()
     store.put_device(args.device, info, note)
-    points = app_points(app)
     store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in points])
     store.put_latency(rows)
     print(f"{app.name} on {args.device}: {len(rows)} measurements stored"
@@ -261,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if (r.side, r.point) in (("edge", whole), ("cloud", -1)):
             label = "whole model, edge side (all-edge)" if r.side == "edge" else "whole model, cloud side (all-cloud)"
             print(f"  {label}: median {r.median_s * 1e3:.2f} ms, p90 {r.p90_s * 1e3:.2f} ms")
+    print(f"  {noise.describe()}")
+    for warning in noise.warnings:
+        print(f"warning: {warning}; profile again on a quieter machine (--replace) before trusting it", file=sys.stderr)
     return 0
 
 

@@ -1,20 +1,29 @@
 """What the databases hold: per app, schemes evaluated / space size, base accuracy, devices.
 
     python -m database.show [--app A] [--json]
+    python -m database.show --app A --plot FILE.png --bandwidth B [--accuracy-loss E | --latency R]
+
+A device profiled on one side only (an edge machine, a cloud server, an imported paper profile)
+is listed with the role it can play in `--latency-profile EDGE,CLOUD`. Devices imported with the
+paper's formula (`optcoinfer-paper`) count no compute for all-cloud: the paper's all-cloud is the
+transfer only, and that is what is said instead of a 0 ms figure. `--plot` draws the scheme space
+(database/plot.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from apps import available_apps, load_app
-from apps.errors import run_cli
-from database.store import Store
-from models.build import app_points
+from apps import DEFAULT_APP, available_apps, load_app
+from apps.errors import CoInferError, run_cli
+
+PAPER_FORMULA = "optcoinfer-paper"  # search.latency.PAPER_FORMULA (not imported: it loads torch)
 
 
-def summary(store: Store, app_name: str) -> dict:
+def summary(store, app_name: str) -> dict:
+    from models.build import app_points
     app = load_app(app_name)
     points = app_points(app)
     space = sum(p.channels for p in points) * 8
@@ -26,20 +35,57 @@ def summary(store: Store, app_name: str) -> dict:
         devices[name] = {"sides": sorted(sides), "rows": len(rows), "cpu_quota": info.get("cpu_quota"),
                          "emulation": info.get("emulation", "quota") if info.get("cpu_quota") else None,
                          "cpu_model": info.get("cpu_model"), "gpu": info.get("gpu"),
-                         "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", "")}
+                         "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", ""),
+                         "role": role(sorted(sides))}
     protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
                  for proto, n in store.protocols(app.name)]
     return {"app": app.name, "space": space, "points": len(points), "protocols": protocols,
             "devices": devices}
 
 
+def role(sides: list[str]) -> str:
+    """What a device can be in `--latency-profile EDGE,CLOUD`, from the sides it was profiled on."""
+    if sides == ["edge"]:
+        return "edge only: use it as EDGE in --latency-profile EDGE,CLOUD"
+    if sides == ["cloud"]:
+        return "cloud only: use it as CLOUD in --latency-profile EDGE,CLOUD"
+    return "edge or cloud"
+
+
+def whole_model(d: dict) -> str:
+    parts = []
+    for side, seconds in sorted(d["whole_model_s"].items()):
+        if side == "cloud" and d["formula"] == PAPER_FORMULA:
+            parts.append("all-cloud compute not counted (the paper's formula: transfer only)")
+        else:
+            parts.append(f"whole model on {side} side {seconds * 1e3:.2f} ms")
+    return ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Show what the accuracy and latency databases hold.")
-    ap.add_argument("--app", default=None, help="one app (default: all)")
+    ap = argparse.ArgumentParser(description="Show what the accuracy and latency databases hold, or plot the "
+                                             "scheme space of an app.")
+    ap.add_argument("--app", default=None, help=f"one app (default: all; with --plot: {DEFAULT_APP})")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                    help="draw latency against accuracy of every stored scheme at --bandwidth")
+    ap.add_argument("-bandwidth", "--bandwidth", dest="bandwidth", type=float, default=None,
+                    help="--plot: Mbps (1 Mbps = 2^20 bit/s)")
+    bound = ap.add_mutually_exclusive_group()
+    bound.add_argument("-accuracy_loss", "--accuracy-loss", dest="accuracy_loss", type=float, default=None,
+                       help="--plot: mark the fastest scheme within this top-1 loss (fraction)")
+    bound.add_argument("-latency", "--latency", dest="latency", type=float, default=None,
+                       help="--plot: mark the most accurate scheme within this ratio of the best single end")
+    ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
+                    help="--plot: the devices (default: the app's)")
     args = ap.parse_args(argv)
+    from database.store import Store
     store = Store(args.storage, create=False)
+    if args.plot is not None:
+        return plot(store, args)
+    if args.bandwidth is not None or args.accuracy_loss is not None or args.latency is not None:
+        raise CoInferError("--bandwidth, --accuracy-loss and --latency go with --plot")
     apps = [args.app] if args.app else available_apps()
     result = [summary(store, a) for a in apps]
     if args.json:
@@ -59,9 +105,36 @@ def main(argv: list[str] | None = None) -> int:
         for name, d in s["devices"].items():
             slowed = {"dilate": "slowed to", "quota": "CPU quota"}.get(d["emulation"])
             what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['cpu_quota']:g}" if slowed else "")
-            whole = ", ".join(f"whole model on {k} side {v * 1e3:.2f} ms"
-                              for k, v in sorted(d["whole_model_s"].items()))
-            print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}); {whole}")
+            print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}); {whole_model(d)}")
+            if len(d["sides"]) == 1:
+                print(f"    {d['role']}")
+    return 0
+
+
+def plot(store, args: argparse.Namespace) -> int:
+    """`--plot`: the app's stored schemes under its (or the given) latency model."""
+    from database.plot import PlotQuery, plot_space
+    from search.bounds import DEFAULT_TOLERANCE
+    from search.evaluators import DatabaseEvaluator
+    from search.latency import LatencyModel
+    if args.bandwidth is None or not args.bandwidth > 0:
+        raise CoInferError("--plot needs --bandwidth B > 0 (Mbps)")
+    app = load_app(args.app or DEFAULT_APP)
+    edge = cloud = None
+    if args.latency_profile:
+        parts = args.latency_profile.split(",")
+        if len(parts) != 2 or not all(parts):
+            raise CoInferError(f"--latency-profile takes EDGE,CLOUD, got {args.latency_profile!r}")
+        edge, cloud = parts
+    model = LatencyModel.from_store(store, app, edge, cloud)
+    evaluator = DatabaseEvaluator(app, store)
+    table, base = evaluator.known(), evaluator.base_accuracy()
+    if not table or base is None:
+        raise CoInferError(f"the accuracy database holds no schemes (or no base accuracy) of {app.name} for protocol "
+                           f"{app.protocol.name}: nothing to plot")
+    path = plot_space(app, model, table, base, PlotQuery(args.bandwidth, args.accuracy_loss, args.latency),
+                      args.plot, DEFAULT_TOLERANCE)
+    print(f"{len(table)} schemes of {app.name} at {args.bandwidth:g} Mbps -> {path}")
     return 0
 
 

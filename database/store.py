@@ -258,6 +258,12 @@ class Store:
         payload = [dict(r.__dict__, created=_now()) for r in rows]
         self._upsert(layer_latency, payload, ["app", "device", "point", "channels", "side"])
 
+    def delete_latency(self, app: str, device_name: str, sides: tuple[str, ...]) -> int:
+        """Remove a device's rows of these sides for `app` (a replaced profile); returns how many."""
+        stmt = layer_latency.delete().where(layer_latency.c.app == app, layer_latency.c.device == device_name,
+                                            layer_latency.c.side.in_(sides))
+        return self._run(lambda conn: conn.execute(stmt).rowcount)
+
     def latency_rows(self, app: str, device_name: str | None = None) -> list[LatencyRow]:
         q = sa.select(layer_latency).where(layer_latency.c.app == app)
         if device_name is not None:

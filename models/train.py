@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import argparse
 import time
-
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, load_app
 from apps.errors import run_cli
-from data import load_splits
-from models.build import build_model
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
 
 
 def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int,
                  momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "linear",
                  seed: int = 0, progress: bool = False) -> None:
     """SGD over `data` for `epochs`; lr decays linearly to 0 (or stays constant)."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
     steps = max(1, epochs * len(loader))
@@ -47,20 +49,22 @@ def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_
     model.eval()
 
 
-@torch.no_grad()
 def test_accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[float, float]:
-    """(top-1, top-5) accuracy as fractions."""
+    """(top-1, top-5) accuracy as fractions (no gradients)."""
+    import torch
+    from torch.utils.data import DataLoader
     model.eval()
     device = next(model.parameters()).device
     top1 = top5 = total = 0
-    for x, y in DataLoader(data, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        k = min(5, logits.shape[1])
-        best = logits.topk(k, dim=1).indices
-        top1 += (best[:, 0] == y).sum().item()
-        top5 += (best == y[:, None]).any(1).sum().item()
-        total += len(y)
+    with torch.no_grad():
+        for x, y in DataLoader(data, batch_size=batch_size):
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            k = min(5, logits.shape[1])
+            best = logits.topk(k, dim=1).indices
+            top1 += (best[:, 0] == y).sum().item()
+            top5 += (best == y[:, None]).any(1).sum().item()
+            total += len(y)
     return top1 / total, top5 / total
 
 
@@ -69,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--out", default=None, help="checkpoint path (default: the app's)")
     args = ap.parse_args(argv)
+    import torch
+
+    from data import load_splits
+    from models.build import build_model
     app = load_app(args.app)
     train, test = load_splits(app)
     cfg = app.train

@@ -110,14 +110,16 @@ class SchemeAdvisor:
     """One app's latency model (`.model`) and accuracy database (`.store`, `.evaluator`), read only,
     and the scheme to run at a bandwidth under an accuracy-loss bound (fraction of top-1).
     `evaluate_missing`: let the search fine-tune schemes missing from the database (default: answer
-    from it)."""
+    from it). `edge` / `cloud`: the profiled devices of the latency model (default: the app's own,
+    `devices.edge.name` / `devices.cloud.name`), as `--latency-profile EDGE,CLOUD` of the searches."""
 
-    def __init__(self, app: App, storage: str | None = None, evaluate_missing: bool = False) -> None:
+    def __init__(self, app: App, storage: str | None = None, evaluate_missing: bool = False,
+                 edge: str | None = None, cloud: str | None = None) -> None:
         from database.store import Store
         from search.evaluators import DatabaseEvaluator
         from search.latency import LatencyModel
         self.store = Store(storage, create=False)
-        self.model = LatencyModel.from_store(self.store, app)
+        self.model = LatencyModel.from_store(self.store, app, edge, cloud)
         self.evaluator = DatabaseEvaluator(app, self.store)
         base = self.evaluator.base_accuracy()
         if base is None:

@@ -29,16 +29,19 @@ import os
 import ssl
 import statistics
 from dataclasses import asdict, dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
 from compress.scheme import Scheme
 from database.slowdown import SlowCPU
 from runtime.advisor import Adapter, SchemeAdvisor
-from runtime.client import ClientConfig, EdgeClient, Prediction
 from runtime.monitor import BandwidthEstimator, TokenBucket
+
+if TYPE_CHECKING:  # torch loads on first use, so --help answers at once
+    import torch
+
+    from runtime.client import ClientConfig, EdgeClient, Prediction
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ def parse_server(text: str) -> tuple[str, int]:
 
 def load_images(app: App, n: int) -> tuple[torch.Tensor, list[int]]:
     """The first n test images of the app and their labels."""
+    import torch
+
     from data import load_splits
     test = load_splits(app)[1]
     if n > len(test):
@@ -191,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="shape the uplink in this process to this many Mbps (token bucket; for loopback without "
                          "tc; default $COINFER_RATE_LIMIT, set by the loopback testbed)")
     ap.add_argument("--storage", default=None, help="database URL for --auto (default: database/coinfer.sqlite)")
+    ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
+                    help="--auto: the profiled devices whose latency the choice uses (default: the app's; "
+                         "python -m database.show lists them)")
     ap.add_argument("--evaluate-missing", action="store_true",
                     help="--auto: let the search fine-tune schemes missing from the database (default: answer from it)")
     ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
@@ -213,6 +221,8 @@ def _check(args: argparse.Namespace) -> None:
         raise CoInferError("give exactly one of --scheme and --auto")
     if (args.adapt or args.bandwidth is not None) and not args.auto:
         raise CoInferError("--adapt and --bandwidth go with --auto")
+    if args.latency_profile and not args.auto:
+        raise CoInferError("--latency-profile goes with --auto (the devices the choice is made for)")
     if not 0 <= args.accuracy_loss < 1:
         raise CoInferError("-accuracy_loss must be in [0, 1)")
     if args.bandwidth is not None and not args.bandwidth > 0 or args.rate_limit is not None and not args.rate_limit > 0:
@@ -223,8 +233,19 @@ def _check(args: argparse.Namespace) -> None:
         raise CoInferError("--n and --threads must be at least 1, --timeout positive")
 
 
+def _latency_profile(text: str | None) -> tuple[str | None, str | None]:
+    """'EDGE,CLOUD' -> the two device names; None -> the app's own (None, None)."""
+    if text is None:
+        return None, None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise CoInferError(f"--latency-profile takes EDGE,CLOUD, got {text!r}")
+    return parts[0].strip(), parts[1].strip()
+
+
 def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientConfig:
     """The connection's settings; `scheme` None: --auto."""
+    from runtime.client import ClientConfig
     if scheme is not None and scheme.is_all_edge:
         host, port = "", 0
     elif not args.server:
@@ -259,8 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     scheme = None if args.auto else Scheme.parse(args.scheme)
     config = _client_config(args, scheme)
     device = _edge_device(args.edge_speed, args.threads)
+    import torch
+
+    from runtime.client import EdgeClient
     torch.set_num_threads(args.threads)
-    advisor = SchemeAdvisor(app, args.storage, args.evaluate_missing) if args.auto else None
+    edge_name, cloud_name = _latency_profile(args.latency_profile)
+    advisor = SchemeAdvisor(app, args.storage, args.evaluate_missing, edge_name, cloud_name) if args.auto else None
     images, labels = load_images(app, args.n)
     depth = args.depth if args.queue else None
     client = EdgeClient(app, scheme or Scheme.ALL_CLOUD, config, device=device,

@@ -12,9 +12,12 @@ these are 2-D prefix maxima / suffix minima: two numpy accumulates per point.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from search.space import Space
+if TYPE_CHECKING:
+    from search.space import Space
 
 # Default accepted non-monotonicity of measured accuracy: 0.5 % (3 test images of the default
 # app). Calibrated on the complete default table (1-epoch fine-tunes are noisy): with 1 image

@@ -191,3 +191,10 @@ def test_evaluate_cli_bad_input_exit_2(tmp_path, args, match):
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM accuracy")).scalar() == 0
+
+
+def test_paper_profile_ships_inside_the_repository():
+    """The repository stands alone: the paper profile and its source note live under it."""
+    from apps import REPO_ROOT
+    assert DEFAULT_JSON.is_file() and DEFAULT_JSON.resolve().is_relative_to(REPO_ROOT)
+    assert "Opt-CoInfer" in (DEFAULT_JSON.parent / "README.md").read_text()

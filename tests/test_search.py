@@ -378,3 +378,52 @@ def test_protocol_selects_an_imported_partial_table(tiny_app_path, tiny_db, tmp_
     offline = json.loads(capsys.readouterr().out)
     assert online["scheme"] == offline["scheme"] and online["new_evaluations"] == 0
     assert online["base_accuracy"] == pytest.approx(0.9)
+
+
+def test_cli_compact_json_counts_the_proof_and_keeps_wire_bytes(tiny_app_path, tiny_db, capsys):
+    common = ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage", tiny_db]
+    line = run_cli("latency", [*common, "--json"], capsys)
+    assert line.count("\n") == 1
+    short, full = json.loads(line), json.loads(run_cli("latency", [*common, "--json-full"], capsys))
+    assert short["wire_bytes"] == full["wire_bytes"] > 0
+    assert short["certificate"]["proof_count"] == len(full["certificate"]["proof"])
+    assert "proof" not in short["certificate"] and short["scheme"] == full["scheme"]
+
+
+def test_cli_restarts_reach_optcoinfer_and_progress_ticks_per_evaluation(tiny_app_path, tiny_db, monkeypatch, capsys):
+    import search.runner
+    from search.cli import run
+    from search.progress import ProgressEvaluator
+    seen = {}
+    real = search.runner.run_search
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs, evaluator=args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search.runner, "run_search", spy)
+    args = ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage", tiny_db,
+            "--sampler", "optcoinfer", "--restarts", "0", "--study-storage", "memory"]
+    assert run("latency", [*args, "--progress"]) == 0
+    assert seen["n_restarts"] == 0 and isinstance(seen["evaluator"], ProgressEvaluator)
+    with pytest.raises(CoInferError, match="--restarts"):
+        run("latency", [*args, "--restarts", "-1"])
+
+
+def test_progress_evaluator_counts_new_evaluations_only():
+    import io
+
+    from search.progress import ProgressEvaluator
+    table = {Scheme(0, 1, 1): 0.5, Scheme(0, 1, 2): 0.6}
+    out = io.StringIO()
+    ev = ProgressEvaluator(TableEvaluator(table, known={Scheme(0, 1, 1): 0.5}), total=2, file=out)
+    assert ev.known() == {Scheme(0, 1, 1): 0.5} and ev.bar is None and out.getvalue() == ""
+    assert ev.evaluate(Scheme(0, 1, 2)) == 0.6 and ev.bar.n == 1
+    ev.close()
+    assert "1/2" in out.getvalue()
+
+
+def test_help_states_the_default_tolerance():
+    from search.bounds import DEFAULT_TOLERANCE
+    from search.cli import HELP_TOLERANCE
+    assert float(HELP_TOLERANCE) == DEFAULT_TOLERANCE

@@ -1,0 +1,116 @@
+"""Carry a latency profile between machines as a JSON file, with the device's fingerprint.
+
+    python -m database.profiles export-profile --device pi-like --app vgg16_digits pi-like.json   # on the edge
+    python -m database.profiles import-profile pi-like.json [--replace]                          # on the server
+
+The file holds the app, the device name, its fingerprint (database/fingerprint.py, with the
+profile's noise), the activation shapes and every row (side, point, channels, median, p90, n).
+Import merges: rows of a side the database lacks for that device are added; a side it already
+has is refused with one line naming `--replace` (then that side's old rows are replaced), unless
+the file's rows equal the stored ones (importing twice is a no-op). A device profiled on two
+machines (edge here, cloud there) keeps the first fingerprint and records the other under
+`other_fingerprints`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from apps import DEFAULT_APP
+from apps.errors import CoInferError, run_cli
+
+FORMAT = "coinfer-latency-profile/1"
+ROW_KEYS = ("side", "point", "channels", "median_s", "p90_s", "n")
+
+
+def export_profile(store, app: str, device: str) -> dict:
+    """The device's profile of `app` as a JSON-able dict."""
+    rows = store.latency_rows(app, device)
+    if not rows:
+        known = ", ".join(sorted(store.profiled_devices(app))) or "none"
+        raise CoInferError(f"no latency profile of device '{device}' for app {app} (profiled: {known})")
+    info = store.device(device) or {}
+    notes = info.pop("notes", "")
+    return {"format": FORMAT, "app": app, "device": device, "fingerprint": info, "notes": notes,
+            "shapes": [list(s) for s in store.shapes(app)],
+            "rows": [{k: getattr(r, k) for k in ROW_KEYS} for r in rows]}
+
+
+def read_profile(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise CoInferError(f"cannot read profile {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CoInferError(f"profile {path} is not valid JSON (line {exc.lineno})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CoInferError(f"{path} is not a latency profile ({FORMAT}); write one with export-profile")
+    for key in ("app", "device", "fingerprint", "rows"):
+        if key not in data:
+            raise CoInferError(f"profile {path} lacks '{key}'")
+    for i, row in enumerate(data["rows"]):
+        if not isinstance(row, dict) or set(ROW_KEYS) - set(row) or row["side"] not in ("edge", "cloud"):
+            raise CoInferError(f"profile {path}: row {i} must hold {', '.join(ROW_KEYS)} with side edge or cloud")
+    return data
+
+
+def import_profile(store, data: dict, replace: bool = False) -> int:
+    """Merge a profile (see the module doc); returns the number of rows written."""
+    from database.store import LatencyRow
+    app, device = data["app"], data["device"]
+    new = [LatencyRow(app, device, int(r["point"]), int(r["channels"]), r["side"], float(r["median_s"]),
+                      None if r["p90_s"] is None else float(r["p90_s"]), r["n"]) for r in data["rows"]]
+    stored = store.latency_rows(app, device)
+    sides = sorted({r.side for r in new})
+    clash = [s for s in sides if {r for r in stored if r.side == s} not in (set(), {r for r in new if r.side == s})]
+    if clash and not replace:
+        raise CoInferError(f"device {device} already has a different {'+'.join(clash)} profile of {app}: "
+                           "pass --replace to overwrite it, or import under another device name")
+    if clash:
+        store.delete_latency(app, device, tuple(clash))
+    existing = store.device(device)
+    fingerprint = dict(data["fingerprint"])
+    if existing is not None:
+        notes = existing.pop("notes", "")
+        others = existing.pop("other_fingerprints", [])
+        if existing != fingerprint and fingerprint not in others:
+            others.append(fingerprint)
+        fingerprint = dict(existing, **({"other_fingerprints": others} if others else {}))
+    else:
+        notes = data.get("notes", "")
+    store.put_device(device, fingerprint, notes)
+    if data.get("shapes"):
+        store.put_shapes(app, [tuple(s) for s in data["shapes"]])
+    store.put_latency(new)
+    return len(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m database.profiles",
+                                 description="Export / import a device's latency profile as a JSON file.")
+    ap.add_argument("action", choices=["export-profile", "import-profile"])
+    ap.add_argument("path", type=Path, help="the profile file (written by export-profile, read by import-profile)")
+    ap.add_argument("--device", default=None, help="export-profile: the device to export")
+    ap.add_argument("--app", default=DEFAULT_APP, help="export-profile: app name or YAML (default: %(default)s)")
+    ap.add_argument("--replace", action="store_true", help="import-profile: overwrite a different stored profile")
+    ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
+    args = ap.parse_args(argv)
+    from database.store import Store
+    if args.action == "export-profile":
+        if not args.device:
+            raise CoInferError("export-profile needs --device NAME")
+        from apps import load_app
+        data = export_profile(Store(args.storage, create=False), load_app(args.app).name, args.device)
+        args.path.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}")
+    else:
+        data = read_profile(args.path)
+        n = import_profile(Store(args.storage), data, args.replace)
+        print(f"{n} rows of {data['device']} ({data['app']}) imported from {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
