@@ -9,6 +9,7 @@ infinities are refused, and every size is bounded so a typo cannot ask for terab
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -131,3 +132,12 @@ def validate_app(data: Any, where: str) -> AppSpec:
         errors = exc.errors(include_url=False)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CoInferError(f"{where}: {_describe(errors[0])}{more}".replace("\n", " ")) from None
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` when it is a safe identifier (NAME_PATTERN: letters, digits, _ . -, at most 64); else one
+    CoInferError line."""
+    if not re.fullmatch(NAME_PATTERN, name or ""):
+        raise CoInferError(f"{what} must be 1..64 letters, digits, '_', '.' or '-', starting with a letter "
+                           f"or digit, got {name!r}")
+    return name

@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from apps import available_apps, load_app
-from apps.errors import run_cli
+from apps.errors import ArgParser, mask_url, run_cli
 from database.store import Store
 from models.build import app_points
 
@@ -34,18 +33,18 @@ def summary(store: Store, app_name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Show what the accuracy and latency databases hold.")
+    ap = ArgParser(description="Show what the accuracy and latency databases hold.")
     ap.add_argument("--app", default=None, help="one app (default: all)")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    store = Store(args.storage, create=False)
+    store = Store(args.storage, create=False, readonly=True)
     apps = [args.app] if args.app else available_apps()
     result = [summary(store, a) for a in apps]
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"database: {store.url}")
+    print(f"database: {mask_url(store.url)}")
     for s in result:
         print(f"\napp {s['app']}: {s['points']} partition points, {s['space']} split schemes")
         if not s["protocols"]:

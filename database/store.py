@@ -10,6 +10,13 @@ Tables
   input (all-cloud); point = P on the edge side is the whole model on the edge (all-edge).
 - point_shape(app, point, name, channels, height, width): the activation at each point.
 - device(name, fingerprint JSON, notes).
+
+Opening: `Store(url)` creates a missing database and its tables; `create=False` refuses a missing
+SQLite file (and creates nothing); `readonly=True` opens an existing SQLite file read-only
+(`mode=ro`), so a look that only reads never writes, never leaves -wal/-shm files beside it and
+works on a read-only file. A writer runs in WAL mode and, when it closes as the last connection,
+puts the file back in rollback mode, so readers find no WAL to keep. Error lines never show a
+URL's password (`apps.errors.mask_url`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from apps import DEFAULT_STORAGE
-from apps.errors import CoInferError
+from apps.errors import CoInferError, mask_url
 from compress.scheme import Scheme
 
 meta = sa.MetaData()
@@ -144,33 +152,68 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _db_error(url: str, exc: Exception) -> CoInferError:
-    text = str(getattr(exc, "orig", exc)).splitlines()[0]
+    """One line for a database failure, the URL's password masked."""
+    text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(getattr(exc, "orig", exc)) else type(exc).__name__
+    url = mask_url(url)
     if "locked" in text:
         return CoInferError(f"database {url} is locked by another process: {text}")
     if "not a database" in text or "malformed" in text:
         return CoInferError(f"database {url} is corrupt: {text}")
-    return CoInferError(f"database {url}: {text}")
+    if "readonly" in text or "read-only" in text or "permission denied" in text.lower():
+        return CoInferError(f"database {url} is read-only: {text}")
+    return CoInferError(f"database {url}: {mask_url(text)}")
+
+
+def _rollback_mode(engine: sa.Engine, path: str) -> None:
+    """Close the engine's connections; then, when no other process has the SQLite file open, put it
+    back in rollback-journal mode (WAL checkpointed, -wal/-shm removed). Never waits, never creates."""
+    engine.dispose()
+    if not Path(path).is_file():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=rw", uri=True, timeout=0)
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error:  # another process holds the file (it does this when it closes) or it is read-only
+        pass
 
 
 class Store:
     """The accuracy + latency databases behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0,
+                 readonly: bool = False) -> None:
         self.url = url or DEFAULT_STORAGE
         if "://" not in self.url:  # a plain path means an SQLite file
             self.url = f"sqlite:///{Path(self.url).resolve()}"
-        is_sqlite = self.url.startswith("sqlite")
+        self.readonly = readonly
+        engine_url = self.url
         try:
-            self.engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_s} if is_sqlite else {})
+            parsed = sa.engine.make_url(self.url)
+        except ArgumentError as exc:
+            raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
+        path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and not path.startswith("file:"):
+            if (not create or readonly) and not Path(path).is_file():
+                raise CoInferError(f"database file not found: {path}")
+            if readonly:
+                engine_url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
+        try:
+            self.engine = sa.create_engine(engine_url, connect_args={"timeout": busy_timeout_s} if path else {})
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise CoInferError(f"bad storage URL {self.url!r}: {exc}") from None
-        if self.engine.dialect.name == "sqlite":
-            path = self.engine.url.database
+            raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
+        if self.engine.dialect.name == "sqlite" and not readonly:
             if path and path != ":memory:":
-                if not create and not Path(path).exists():
-                    raise CoInferError(f"database file not found: {path}")
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if path and path != ":memory:" and not readonly:
+            self._closer = weakref.finalize(self, _rollback_mode, self.engine, path)
+        else:
+            self._closer = weakref.finalize(self, self.engine.dispose)
+        if readonly:
+            return
         try:
             if self.engine.dialect.name == "postgresql":
                 # several evaluators may open a new database at once: CREATE TABLE of two of them would
@@ -182,6 +225,16 @@ class Store:
                 meta.create_all(self.engine)
         except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
+
+    def close(self) -> None:
+        """Close the connections (a writer leaves its SQLite file in rollback mode, see the module doc)."""
+        self._closer()
+
+    def check_writable(self) -> None:
+        """Raise a one-line CoInferError now when this database cannot be written (before hours of work)."""
+        if self.readonly:
+            raise CoInferError(f"database {mask_url(self.url)} is opened read-only")
+        self._run(lambda conn: conn.execute(sa.update(device).where(sa.false()).values(name=device.c.name)))
 
     # -- plumbing ------------------------------------------------------------------------
     def _run(self, fn):
