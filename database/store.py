@@ -146,7 +146,6 @@ def _now() -> dt.datetime:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode = WAL")
     cur.execute("PRAGMA synchronous = NORMAL")
     cur.close()
 
@@ -164,11 +163,11 @@ def _db_error(url: str, exc: Exception) -> CoInferError:
     return CoInferError(f"database {url}: {mask_url(text)}")
 
 
-def _rollback_mode(engine: sa.Engine, path: str) -> None:
+def _rollback_mode(engine: sa.Engine, path: str, wrote: list[bool]) -> None:
     """Close the engine's connections; then, when no other process has the SQLite file open, put it
     back in rollback-journal mode (WAL checkpointed, -wal/-shm removed). Never waits, never creates."""
     engine.dispose()
-    if not Path(path).is_file():
+    if not wrote or not Path(path).is_file():  # an engine that only read never switched to WAL
         return
     try:
         conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=rw", uri=True, timeout=0)
@@ -189,6 +188,7 @@ class Store:
         if "://" not in self.url:  # a plain path means an SQLite file
             self.url = f"sqlite:///{Path(self.url).resolve()}"
         self.readonly = readonly
+        self._wrote: list[bool] = []  # non-empty once this store wrote a row (and put an SQLite file in WAL mode)
         engine_url = self.url
         try:
             parsed = sa.engine.make_url(self.url)
@@ -209,7 +209,7 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if path and path != ":memory:" and not readonly:
-            self._closer = weakref.finalize(self, _rollback_mode, self.engine, path)
+            self._closer = weakref.finalize(self, _rollback_mode, self.engine, path, self._wrote)
         else:
             self._closer = weakref.finalize(self, self.engine.dispose)
         if readonly:
@@ -245,6 +245,12 @@ class Store:
         except (OperationalError, DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
 
+    def _wal(self) -> None:
+        """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once)."""
+        if not self._wrote and self.engine.dialect.name == "sqlite":
+            self._run(lambda conn: conn.exec_driver_sql("PRAGMA journal_mode = WAL"))
+        self._wrote.append(True)
+
     def _insert(self, table: sa.Table):
         name = self.engine.dialect.name
         if name == "sqlite":
@@ -256,12 +262,14 @@ class Store:
     def _insert_ignore(self, table: sa.Table, rows: list[dict]) -> int:
         if not rows:
             return 0
+        self._wal()
         stmt = self._insert(table).on_conflict_do_nothing().returning(table.c.id)
         return self._run(lambda conn: len(conn.execute(stmt, rows).all()))
 
     def _upsert(self, table: sa.Table, rows: list[dict], key: list[str]) -> None:
         if not rows:
             return
+        self._wal()
         stmt = self._insert(table)
         update = {c: stmt.excluded[c] for c in rows[0] if c not in key}
         self._run(lambda conn: conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=update), rows))
