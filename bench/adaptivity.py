@@ -27,7 +27,6 @@ Writes bench/out/adaptivity.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from bench.plots import OUT, save_figure
 from compress.scheme import Scheme
 
@@ -153,7 +152,7 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.adaptivity", description=__doc__.splitlines()[0])
+    ap = ArgParser(prog="python -m bench.adaptivity", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--quotas", type=float, nargs="+", default=[0.0625, 0.125, 0.5])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0])

@@ -14,7 +14,6 @@ copy's throughput, copy_s / t >= 0.25, on every shape), and writes bench/out/cod
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from bench.plots import OUT, save_figure
 from compress.codec import BACKEND, pack, unpack
 
@@ -133,7 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.codec", description=__doc__.splitlines()[0])
+    ap = ArgParser(prog="python -m bench.codec", description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15, help="timings per measurement (median reported)")
     ap.add_argument("--out", type=Path, default=OUT / "codec.png")
     ap.add_argument("--json", action="store_true")

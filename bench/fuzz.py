@@ -16,7 +16,6 @@ slowest call; exit status 1 on any crash, hang or over-allocation.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
@@ -28,7 +27,7 @@ import zlib
 
 import numpy as np
 
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from runtime.protocol import (
     HEADER_SIZE,
     MAGIC,
@@ -155,7 +154,7 @@ def run(n: int, seed: int, hang_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.splitlines()[0])
+    ap = ArgParser(prog="python -m bench.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hang-ms", type=float, default=1000.0, help="a call longer than this is a hang")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from bench.freshprofile import idle_before, reprofile, snapshot
 from bench.plots import OUT, save_figure
 from compress.scheme import Scheme
@@ -180,7 +180,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.runtime", description=__doc__.splitlines()[0])
+    ap = ArgParser(prog="python -m bench.runtime", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="link rates (Mbps)")
     ap.add_argument("--accuracy-loss", type=float, default=0.01)

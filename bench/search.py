@@ -15,7 +15,6 @@ loaded machine. Writes bench/out/search.png (evaluations vs optimality per sampl
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import statistics
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from bench.plots import OUT, save_figure
 
 if TYPE_CHECKING:  # the search (torch, optuna) loads after parsing, so --help answers at once
@@ -119,7 +118,7 @@ def plot(runs: list[Run], path, title: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Benchmark the samplers against the exhaustive optimum.")
+    ap = ArgParser(description="Benchmark the samplers against the exhaustive optimum.")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--storage", default=None)
     ap.add_argument("--samplers", default="coinfer,optcoinfer,tpe,gp,random,exhaustive")

@@ -9,14 +9,13 @@ so Ctrl-C or kill -9 and a rerun lose nothing and duplicate nothing.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import socket
 import time
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from compress.scheme import Scheme, all_schemes
 
 if TYPE_CHECKING:  # torch, the data and the database load on first use (--help stays fast)
@@ -69,17 +68,24 @@ class FinetuneEvaluator:
 
 
 _worker: FinetuneEvaluator | None = None
+_worker_error: str | None = None
 
 
 def _init_worker(app_ref: str, threads: int) -> None:
-    global _worker
+    """Load the app's evaluator in a pool worker. It never raises: a pool restarts a worker whose
+    initializer raises, forever, so the failure is kept and raised by the worker's first task."""
+    global _worker, _worker_error
     import torch
     torch.set_num_threads(threads)
-    _worker = FinetuneEvaluator(load_app(app_ref))
+    try:
+        _worker = FinetuneEvaluator(load_app(app_ref))
+    except Exception as exc:  # CoInferError, or anything else: one line either way
+        _worker_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _eval_task(task: tuple[Scheme, int]) -> AccuracyRow:
-    assert _worker is not None
+    if _worker is None:
+        raise CoInferError(f"evaluation worker failed to start: {_worker_error}")
     return _worker.evaluate(*task)
 
 
@@ -123,6 +129,7 @@ def run_evaluations(app: App, store: Store, schemes: list[Scheme], seed: int,
             stored += store.put_accuracy([evaluator.evaluate(*task)])
             bar.update(1)
     else:
+        import torch
         ctx = mp.get_context("spawn")
         threads = max(1, torch.get_num_threads() // workers)
         with ctx.Pool(workers, initializer=_init_worker, initargs=(app_ref or app.name, threads)) as pool:
@@ -134,7 +141,7 @@ def run_evaluations(app: App, store: Store, schemes: list[Scheme], seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Fill the accuracy database of an app (resumable).")
+    ap = ArgParser(description="Fill the accuracy database of an app (resumable).")
     ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path")
     ap.add_argument("--schemes", nargs="+", default=["all"],
                     help="'all', 'point:P', 'none' (base model only), or schemes 'p,c,b' (several allowed)")
@@ -144,16 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.workers < 1:
         raise CoInferError("--workers must be at least 1")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise CoInferError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     app = load_app(args.app)
     from compress.prune import check_scheme
     from database.store import Store
-    from models.build import build_model
+    from models.build import build_model, load_base_model
     widths = build_model(app).widths
     schemes = select_schemes(app, widths, args.schemes)
     probe = build_model(app)
     for p, c, b in schemes:
         check_scheme(probe, p, c, b)
+    load_base_model(app)  # the checkpoint exists and fits the app, before any database or worker
     store = Store(args.storage)
+    store.check_writable()  # before minutes of fine-tuning whose results could not be stored
     seed = app.protocol.seed if args.seed is None else args.seed
     if store.base(app.name, app.protocol.name) is None:
         evaluator = FinetuneEvaluator(app)

@@ -13,13 +13,13 @@ transaction (idempotent: schemes already stored are kept).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from pathlib import Path
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
+from apps.outpath import check_output_path
 from compress.scheme import Scheme
 
 Table = dict[Scheme, float]
@@ -36,7 +36,10 @@ def read_optcoinfer(path: Path) -> Table:
         m = _LINE.match(line)
         if not m:
             raise CoInferError(f"{path}:{n}: not an Opt-CoInfer line 'p+c-b*top1_error': {line.strip()[:60]!r}")
-        error = float(m.group(4))
+        try:
+            error = float(m.group(4))
+        except ValueError:
+            raise CoInferError(f"{path}:{n}: bad top-1 error {m.group(4)!r}") from None
         if not 0 <= error <= 1:
             raise CoInferError(f"{path}:{n}: top-1 error {error} outside [0, 1]")
         _put(table, lines, _scheme(path, n, m.group(1), m.group(2), m.group(3)), 1 - error, path, n)
@@ -113,7 +116,7 @@ def _read_text(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Import/export accuracy tables (Opt-CoInfer text, CSV).")
+    ap = ArgParser(description="Import/export accuracy tables (Opt-CoInfer text, CSV).")
     ap.add_argument("action", choices=["import-optcoinfer", "import-csv", "export-optcoinfer", "export-csv"])
     ap.add_argument("path", type=Path)
     ap.add_argument("--app", default=DEFAULT_APP)
@@ -125,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     from database.store import AccuracyRow, Store  # after parsing: --help needs neither SQLAlchemy nor torch
     from models.build import app_points
     app = load_app(args.app)
-    store = Store(args.storage)
+    if args.protocol is not None and not 0 < len(args.protocol) <= 128:
+        raise CoInferError("--protocol must be 1..128 characters")
+    if not 0 <= args.seed < 2**32:
+        raise CoInferError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     if args.action.startswith("import"):
         protocol = args.protocol or ("optcoinfer-paper" if args.action == "import-optcoinfer" else app.protocol.name)
-        table = read_optcoinfer(args.path) if args.action == "import-optcoinfer" else read_csv(args.path)
-        check_table(table, [p.channels for p in app_points(app)], str(args.path))
         if args.base_error is not None and not 0 <= args.base_error < 1:
             raise CoInferError("--base-error must be in [0, 1)")
+        table = read_optcoinfer(args.path) if args.action == "import-optcoinfer" else read_csv(args.path)
+        check_table(table, [p.channels for p in app_points(app)], str(args.path))
+        store = Store(args.storage)
         new = store.put_accuracy([AccuracyRow(app.name, protocol, p, c, b, args.seed, t, host="import")
                                   for (p, c, b), t in table.items()])
         if args.base_error is not None:
@@ -139,10 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imported {len(table)} schemes ({new} new) into {app.name} / {protocol}")
     else:
         protocol = args.protocol or app.protocol.name
-        table = store.accuracy_table(app.name, protocol, args.seed)
+        check_output_path(args.path, "export")
+        table = Store(args.storage, create=False, readonly=True).accuracy_table(app.name, protocol, args.seed)
         if not table:
             raise CoInferError(f"no accuracy entries for {app.name} / {protocol} / seed {args.seed}")
-        (write_optcoinfer if args.action == "export-optcoinfer" else write_csv)(table, args.path)
+        try:
+            (write_optcoinfer if args.action == "export-optcoinfer" else write_csv)(table, args.path)
+        except OSError as exc:
+            raise CoInferError(f"cannot write {args.path}: {exc.strerror or exc}") from None
         print(f"exported {len(table)} schemes of {app.name} / {protocol} to {args.path}")
     return 0
 

@@ -16,13 +16,14 @@ header as the paper does, so the paper's worked figures are reproduced exactly.
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps import REPO_ROOT, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
+from apps.schema import check_name
 
 if TYPE_CHECKING:
     from database.store import LatencyRow, Store
@@ -36,16 +37,30 @@ def read_paper_profile(path: Path) -> dict:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise CoInferError(f"cannot read paper profile {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CoInferError(f"paper profile {path} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise CoInferError(f"paper profile {path} is not valid JSON (line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise CoInferError(f"paper profile {path} is not a JSON object")
     for key in ("edge_cumulative_s", "cloud_cumulative_s", "conv_point_index_1based", "edge_all_s"):
         if key not in data:
             raise CoInferError(f"paper profile {path} lacks '{key}'")
+    def seconds(xs: object) -> bool:
+        return isinstance(xs, list) and all(_number(x) and 0 <= x < 1e6 for x in xs)
+    if not (seconds(data["edge_cumulative_s"]) and seconds(data["cloud_cumulative_s"]) and seconds([data["edge_all_s"]])
+            and isinstance(data["conv_point_index_1based"], list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in data["conv_point_index_1based"])):
+        raise CoInferError(f"paper profile {path}: latencies must be finite seconds >= 0 and point indices integers")
     n = len(data["edge_cumulative_s"])
     idx = data["conv_point_index_1based"]
     if len(data["cloud_cumulative_s"]) != n or len(idx) != 13 or not all(1 <= i <= n for i in idx):
         raise CoInferError(f"paper profile {path}: inconsistent lengths or point indices")
     return data
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def paper_rows(data: dict, app: str, edge: str, cloud: str, channels: list[int]) -> list[LatencyRow]:
@@ -78,13 +93,17 @@ def import_paper_profile(store: Store, path: Path = DEFAULT_JSON, app_name: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Import the Opt-CoInfer paper's latency profile.")
+    ap = ArgParser(description="Import the Opt-CoInfer paper's latency profile.")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--app", default="vgg16_cars")
     ap.add_argument("--edge", default="pi-paper")
     ap.add_argument("--cloud", default="gpu-paper")
     ap.add_argument("--storage", default=None)
     args = ap.parse_args(argv)
+    check_name(args.edge, "--edge")
+    check_name(args.cloud, "--cloud")
+    read_paper_profile(args.json)  # a bad file or app fails before the database is opened
+    load_app(args.app)
     from database.store import Store
     n = import_paper_profile(Store(args.storage), args.json, args.app, args.edge, args.cloud)
     print(f"imported {n} latency rows for {args.app}: devices {args.edge} (edge), {args.cloud} (cloud)")

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, App, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
+from apps.schema import check_name
 from database.cpuquota import apply_cpu_quota, quota_period_us, quota_support
 from database.slowdown import KeepWarm, SlowCPU
 
@@ -205,8 +206,8 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     return rows
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Profile per-point edge/cloud latency of an app on this machine.")
+def _parser() -> ArgParser:
+    ap = ArgParser(description="Profile per-point edge/cloud latency of an app on this machine.")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--device", required=True,
                     help="name to store the profile under (e.g. cpu-edge); a device of the devices file "
@@ -264,6 +265,11 @@ def check_not_profiled(store, app: str, device: str, sides: tuple[str, ...], rep
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    check_name(args.device, "--device")  # stored, and part of a cgroup's name under quota emulation
+    if not (1 <= args.runs <= 100_000 and 0 <= args.warmup <= 10_000 and 1 <= args.threads <= 1024
+            and 1 <= args.passes <= 10_000 and 0 <= args.idle_ms <= 60_000):
+        raise CoInferError("--runs must be in 1..100000, --passes 1..10000, --threads 1..1024, --warmup 0..10000 "
+                           "and --idle-ms 0..60000")
     import torch
 
     from database.devices import DeviceSpec, load_devices
@@ -272,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     from database.store import Store
     from models.build import app_points
     app = load_app(args.app)
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.passes < 1 or args.idle_ms < 0:
-        raise CoInferError("--runs, --passes and --threads must be >= 1, --warmup and --idle-ms >= 0")
     if args.cuda and not torch.cuda.is_available():
         raise CoInferError("--cuda given but no CUDA device is available")
     if args.speed is not None and (args.cpu_quota is not None or args.emulation == "quota"):
@@ -287,13 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     points = app_points(app)
     only = _points(args.points, len(points))
     store = Store(args.storage)
+    store.check_writable()  # before minutes of profiling whose rows could not be stored
     check_not_profiled(store, app.name, args.device, sides, args.replace)
     quota = speed_flag if speed_flag is not None else args.cpu_quota if args.cpu_quota is not None else (
         app.edge_cpu_quota if args.device == app.edge_device else None)
     note, window_s, speed = "", 0.0, None
     emulation = "dilate" if speed_flag is not None else args.emulation or app.edge_emulation
-    if quota is not None and quota <= 0:
-        raise CoInferError("--cpu-quota must be > 0")
+    if quota is not None and not 0 < quota <= 64:
+        raise CoInferError(f"--cpu-quota must be a number of CPUs in (0, 64], got {quota:g}")
     if quota is not None and emulation == "dilate":
         if args.cuda:
             raise CoInferError("a dilated (slowed) device is emulated on the CPU only: drop --cuda or --cpu-quota")
@@ -309,8 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             note = f"CPU quota {quota} requested but not applied ({reason}): profiled unthrottled"
             print(f"warning: {note}")
         else:
-            apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
+            store = Store(args.storage)
+            store.check_writable()  # before the process moves into a cgroup
+            try:
+                apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
+            except (OSError, ValueError) as exc:
+                raise CoInferError(f"cannot apply a CPU quota of {quota:g}: {exc}") from None
             window_s = 10 * quota_period_us(quota) / 1e6
+    if store is None:
+        store = Store(args.storage)
+        store.check_writable()  # before minutes of profiling whose rows could not be stored
     torch.set_num_threads(args.threads)
     config = ProfileConfig(args.device, sides, runs=args.runs, warmup=args.warmup, passes=args.passes,
                            idle_s=args.idle_ms / 1e3, speed=speed, window_s=window_s, cuda=args.cuda,

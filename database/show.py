@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from apps import DEFAULT_APP, available_apps, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, mask_url, run_cli
 
 PAPER_FORMULA = "optcoinfer-paper"  # search.latency.PAPER_FORMULA (not imported: it loads torch)
 
@@ -63,8 +63,8 @@ def whole_model(d: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Show what the accuracy and latency databases hold, or plot the "
-                                             "scheme space of an app.")
+    ap = ArgParser(description="Show what the accuracy and latency databases hold, or plot the "
+                                 "scheme space of an app.")
     ap.add_argument("--app", default=None, help=f"one app (default: all; with --plot: {DEFAULT_APP})")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--json", action="store_true")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="--plot: the devices (default: the app's)")
     args = ap.parse_args(argv)
     from database.store import Store
-    store = Store(args.storage, create=False)
+    store = Store(args.storage, create=False, readonly=True)
     if args.plot is not None:
         return plot(store, args)
     if args.bandwidth is not None or args.accuracy_loss is not None or args.latency is not None:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"database: {store.url}")
+    print(f"database: {mask_url(store.url)}")
     for s in result:
         print(f"\napp {s['app']}: {s['points']} partition points, {s['space']} split schemes")
         if not s["protocols"]:

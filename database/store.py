@@ -10,6 +10,13 @@ Tables
   input (all-cloud); point = P on the edge side is the whole model on the edge (all-edge).
 - point_shape(app, point, name, channels, height, width): the activation at each point.
 - device(name, fingerprint JSON, notes).
+
+Opening: `Store(url)` creates a missing database and its tables; `create=False` refuses a missing
+SQLite file (and creates nothing); `readonly=True` opens an existing SQLite file read-only
+(`mode=ro`), so a look that only reads never writes, never leaves -wal/-shm files beside it and
+works on a read-only file. A writer runs in WAL mode and, when it closes as the last connection,
+puts the file back in rollback mode, so readers find no WAL to keep. Error lines never show a
+URL's password (`apps.errors.mask_url`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from apps import DEFAULT_STORAGE
-from apps.errors import CoInferError
+from apps.errors import CoInferError, mask_url
 from compress.scheme import Scheme
 
 meta = sa.MetaData()
@@ -138,39 +146,74 @@ def _now() -> dt.datetime:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode = WAL")
     cur.execute("PRAGMA synchronous = NORMAL")
     cur.close()
 
 
 def _db_error(url: str, exc: Exception) -> CoInferError:
-    text = str(getattr(exc, "orig", exc)).splitlines()[0]
+    """One line for a database failure, the URL's password masked."""
+    text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(getattr(exc, "orig", exc)) else type(exc).__name__
+    url = mask_url(url)
     if "locked" in text:
         return CoInferError(f"database {url} is locked by another process: {text}")
     if "not a database" in text or "malformed" in text:
         return CoInferError(f"database {url} is corrupt: {text}")
-    return CoInferError(f"database {url}: {text}")
+    if "readonly" in text or "read-only" in text or "permission denied" in text.lower():
+        return CoInferError(f"database {url} is read-only: {text}")
+    return CoInferError(f"database {url}: {mask_url(text)}")
+
+
+def _rollback_mode(engine: sa.Engine, path: str, wrote: list[bool]) -> None:
+    """Close the engine's connections; then, when no other process has the SQLite file open, put it
+    back in rollback-journal mode (WAL checkpointed, -wal/-shm removed). Never waits, never creates."""
+    engine.dispose()
+    if not wrote or not Path(path).is_file():  # an engine that only read never switched to WAL
+        return
+    try:
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=rw", uri=True, timeout=0)
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error:  # another process holds the file (it does this when it closes) or it is read-only
+        pass
 
 
 class Store:
     """The accuracy + latency databases behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0,
+                 readonly: bool = False) -> None:
         self.url = url or DEFAULT_STORAGE
         if "://" not in self.url:  # a plain path means an SQLite file
             self.url = f"sqlite:///{Path(self.url).resolve()}"
-        is_sqlite = self.url.startswith("sqlite")
+        self.readonly = readonly
+        self._wrote: list[bool] = []  # non-empty once this store wrote a row (and put an SQLite file in WAL mode)
+        engine_url = self.url
         try:
-            self.engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_s} if is_sqlite else {})
+            parsed = sa.engine.make_url(self.url)
+        except ArgumentError as exc:
+            raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
+        path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        if path and path != ":memory:" and not path.startswith("file:"):
+            if (not create or readonly) and not Path(path).is_file():
+                raise CoInferError(f"database file not found: {path}")
+            if readonly:
+                engine_url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
+        try:
+            self.engine = sa.create_engine(engine_url, connect_args={"timeout": busy_timeout_s} if path else {})
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise CoInferError(f"bad storage URL {self.url!r}: {exc}") from None
-        if self.engine.dialect.name == "sqlite":
-            path = self.engine.url.database
+            raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
+        if self.engine.dialect.name == "sqlite" and not readonly:
             if path and path != ":memory:":
-                if not create and not Path(path).exists():
-                    raise CoInferError(f"database file not found: {path}")
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if path and path != ":memory:" and not readonly:
+            self._closer = weakref.finalize(self, _rollback_mode, self.engine, path, self._wrote)
+        else:
+            self._closer = weakref.finalize(self, self.engine.dispose)
+        if readonly:
+            return
         try:
             if self.engine.dialect.name == "postgresql":
                 # several evaluators may open a new database at once: CREATE TABLE of two of them would
@@ -183,6 +226,16 @@ class Store:
         except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
 
+    def close(self) -> None:
+        """Close the connections (a writer leaves its SQLite file in rollback mode, see the module doc)."""
+        self._closer()
+
+    def check_writable(self) -> None:
+        """Raise a one-line CoInferError now when this database cannot be written (before hours of work)."""
+        if self.readonly:
+            raise CoInferError(f"database {mask_url(self.url)} is opened read-only")
+        self._run(lambda conn: conn.execute(sa.update(device).where(sa.false()).values(name=device.c.name)))
+
     # -- plumbing ------------------------------------------------------------------------
     def _run(self, fn):
         """Run fn(conn) in one transaction; database failures become one-line CoInferErrors."""
@@ -191,6 +244,12 @@ class Store:
                 return fn(conn)
         except (OperationalError, DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
+
+    def _wal(self) -> None:
+        """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once)."""
+        if not self._wrote and self.engine.dialect.name == "sqlite":
+            self._run(lambda conn: conn.exec_driver_sql("PRAGMA journal_mode = WAL"))
+        self._wrote.append(True)
 
     def _insert(self, table: sa.Table):
         name = self.engine.dialect.name
@@ -203,12 +262,14 @@ class Store:
     def _insert_ignore(self, table: sa.Table, rows: list[dict]) -> int:
         if not rows:
             return 0
+        self._wal()
         stmt = self._insert(table).on_conflict_do_nothing().returning(table.c.id)
         return self._run(lambda conn: len(conn.execute(stmt, rows).all()))
 
     def _upsert(self, table: sa.Table, rows: list[dict], key: list[str]) -> None:
         if not rows:
             return
+        self._wal()
         stmt = self._insert(table)
         update = {c: stmt.excluded[c] for c in rows[0] if c not in key}
         self._run(lambda conn: conn.execute(stmt.on_conflict_do_update(index_elements=key, set_=update), rows))

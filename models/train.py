@@ -7,12 +7,12 @@ The checkpoint is a plain state_dict (tensors only) so it loads with weights_onl
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
+from apps.outpath import check_output_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,7 +69,7 @@ def test_accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train an app's base model and write its checkpoint.")
+    ap = ArgParser(description="Train an app's base model and write its checkpoint.")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--out", default=None, help="checkpoint path (default: the app's)")
     args = ap.parse_args(argv)
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from data import load_splits
     from models.build import build_model
     app = load_app(args.app)
+    out = check_output_path(args.out or app.checkpoint, "checkpoint")  # before minutes of training
     train, test = load_splits(app)
     cfg = app.train
     torch.manual_seed(int(cfg.get("seed", 0)))
@@ -87,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                  int(cfg.get("batch_size", 64)), schedule="linear", seed=int(cfg.get("seed", 0)),
                  progress=True)
     top1, top5 = test_accuracy(model, test)
-    out = args.out or app.checkpoint
-    torch.save(model.state_dict(), out)
+    try:
+        torch.save(model.state_dict(), out)
+    except OSError as exc:
+        raise CoInferError(f"cannot write checkpoint {out}: {exc.strerror or exc}") from None
     print(f"{app.name}: base top-1 {top1:.4f} top-5 {top5:.4f} on {len(test)} test images, "
           f"trained in {time.perf_counter() - start:.1f} s -> {out}")
     return 0

@@ -126,7 +126,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
             raise CoInferError(f"-gpu {args.gpu}: no such CUDA device on this machine")
         device = f"cuda:{args.gpu}"
     app = load_app(args.app)
-    store = Store(args.storage, create=args.storage is None or not args.offline)
+    store = Store(args.storage, create=False, readonly=args.offline)
     edge = cloud = None
     if args.latency_profile:
         parts = args.latency_profile.split(",")

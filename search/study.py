@@ -29,7 +29,7 @@ import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from apps.errors import CoInferError
+from apps.errors import CoInferError, mask_url
 from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.evaluators import Evaluator, NotEvaluable
@@ -188,16 +188,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}
                                           if url.startswith("sqlite") else None)
     except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
-        raise CoInferError(f"cannot open study storage {_masked(url)}: {type(exc).__name__}") from None
-
-
-def _masked(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at or "://" not in head:
-        return url
-    scheme, _, cred = head.partition("://")
-    user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"
+        raise CoInferError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}") from None
 
 
 def open_study(name: str, storage: str | None, problem: Problem,

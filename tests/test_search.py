@@ -202,15 +202,25 @@ def test_infeasible_accuracy_query_exits_1_with_one_line(tiny_app_path, tiny_db,
     ("latency", ["-accuracy_loss", "0.01", "--evaluator", "oracle"], "unknown evaluator"),
     ("latency", ["-accuracy_loss", "0.01", "--evaluator", "table:/nonexistent.csv"], "cannot read"),
     ("latency", ["-accuracy_loss", "0.01", "--latency-profile", "nope,tiny-cloud"], "no edge latency profile"),
-    ("latency", ["-accuracy_loss", "0.01", "--tolerance", "nan"], "tolerance"),
-    ("latency", ["-accuracy_loss", "nan"], "accuracy_loss"),
-    ("accuracy", ["-latency", "nan"], "latency ratio"),
+    ("latency", ["-accuracy_loss", "0.01", "--tolerance", "-1"], "tolerance"),
     ("latency", ["-accuracy_loss", "0.01", "--study-storage", "nowhere"], "study storage"),
 ])
 def test_cli_bad_input(kind, args, match, tiny_app_path, tiny_db):
     from search.cli import run
     with pytest.raises(CoInferError, match=match):
         run(kind, [*args, "--app", tiny_app_path, "--storage", tiny_db])
+
+
+@pytest.mark.parametrize("kind,args", [
+    ("latency", ["-accuracy_loss", "0.01", "--tolerance", "nan"]), ("latency", ["-accuracy_loss", "nan"]),
+    ("accuracy", ["-latency", "nan"]), ("accuracy", ["-latency", "0.5", "-bandwidth", "inf"]),
+])
+def test_cli_non_finite_option_is_one_line(kind, args, capsys):
+    from search.cli import run
+    with pytest.raises(SystemExit) as exc:
+        run(kind, args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "not a finite number" in err, err
 
 
 def test_cli_unknown_app_and_empty_offline_database(tmp_path, tiny_app_path, tiny_db):

@@ -1,0 +1,143 @@
+"""The app YAML's schema (pydantic): every key's type, range and finiteness, checked before anything runs.
+
+`validate_app(data, where)` checks the mapping read from an app YAML and returns an `AppSpec`; the
+first problem becomes one `CoInferError` line naming the key (`protocol.batch_size: must be >= 1,
+got 0`). `apps.load_app` turns the spec into the frozen `apps.App` the rest of the code uses.
+Numbers are strict: a string is never read as a number, a bool never as an int, NaN and
+infinities are refused, and every size is bounded so a typo cannot ask for terabytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from apps.errors import CoInferError
+
+# a name stored in the database and used in file and cgroup names: no path separators, no dots first
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+MAX_INPUT_SIZE = 1024  # pixels a side: 224 is the paper's; 1024 x 1024 x 3 floats is 12 MB an image
+SEED_MAX = 2**32 - 1
+
+
+class _Spec(BaseModel):
+    """Strict (no string-to-number coercion), unknown keys refused, frozen."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ModelSpec(_Spec):
+    arch: Literal["vgg16_bn"]
+    width: Annotated[Finite, Field(gt=0, le=1)]
+    input_size: Annotated[int, Field(ge=32, le=MAX_INPUT_SIZE, multiple_of=32)]  # 5 pools of 2
+    in_channels: Annotated[int, Field(ge=1, le=64)]
+    num_classes: Annotated[int, Field(ge=2, le=100_000)]
+    classifier_hidden: Annotated[int, Field(ge=1, le=65_536)]
+
+
+class DatasetSpec(_Spec):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)  # a dataset may take its own keys
+    name: Literal["digits", "stanford_cars"]
+    root: str | None = None
+    test_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    split_seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    limit_train: Annotated[int, Field(ge=1)] | None = None
+
+
+class TrainSpec(_Spec):
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
+    lr: Annotated[Finite, Field(gt=0, le=10)] = 0.05
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+
+
+class ProtocolSpec(_Spec):
+    epochs: Annotated[int, Field(ge=0, le=10_000)]  # 0: the pruned, quantised model without fine-tuning
+    lr: Annotated[Finite, Field(gt=0, le=10)]
+    batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    momentum: Annotated[Finite, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[Finite, Field(ge=0, le=1)] = 5e-4
+    schedule: Literal["linear", "constant"] = "linear"
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+
+
+class EdgeSpec(_Spec):
+    name: Name
+    cpu_quota: Annotated[Finite, Field(gt=0, le=64)] | None = None
+    emulation: Literal["dilate", "quota"] = "dilate"
+
+
+class CloudSpec(_Spec):
+    name: Name
+
+
+class DevicesSpec(_Spec):
+    edge: EdgeSpec
+    cloud: CloudSpec
+
+
+class LinkSpec(_Spec):
+    message_bytes: Annotated[int, Field(ge=0, le=1 << 20)] = 0
+    packet_bytes: Annotated[int, Field(ge=0, le=1 << 16)] = 0
+    mss: Annotated[int, Field(ge=1, le=1 << 16)] = 1448
+
+
+class AppSpec(BaseModel):
+    """A whole app YAML; unknown top-level keys are kept (`App.extra`)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    name: Name
+    model: ModelSpec
+    dataset: DatasetSpec
+    train: TrainSpec = TrainSpec()
+    protocol: ProtocolSpec
+    devices: DevicesSpec
+    raw_input_bytes: Annotated[int, Field(ge=1, le=1 << 31)]
+    rtt_s: Annotated[Finite, Field(ge=0, le=60)] = 0.0
+    checkpoint: Annotated[str, Field(min_length=1)]
+    notes: str = ""
+    link: LinkSpec = LinkSpec()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as `key.path: problem, got VALUE`."""
+    loc = ".".join(str(part) for part in err["loc"])
+    kind = err["type"]
+    if kind == "missing":
+        head, _, key = loc.rpartition(".")
+        return f"{head + ': ' if head else ''}missing key '{key}'"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    value = err.get("input")
+    got = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if len(got) > 60:
+        got = got[:57] + "..."
+    msg = err["msg"].replace("Input should be", "must be").replace("Input ", "value ")
+    return f"{loc}: {msg[0].lower()}{msg[1:]}, got {got}"
+
+
+def validate_app(data: Any, where: str) -> AppSpec:
+    """Check an app YAML's mapping against the schema; the first problem is one CoInferError line."""
+    if not isinstance(data, dict):
+        raise CoInferError(f"malformed app {where}: expected a mapping at top level")
+    # YAML null for an optional section means "the defaults", as an absent key does
+    data = {k: v for k, v in data.items() if not (k in ("train", "link", "notes") and v is None)}
+    try:
+        return AppSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise CoInferError(f"{where}: {_describe(errors[0])}{more}".replace("\n", " ")) from None
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` when it is a safe identifier (NAME_PATTERN: letters, digits, _ . -, at most 64); else one
+    CoInferError line."""
+    if not re.fullmatch(NAME_PATTERN, name or ""):
+        raise CoInferError(f"{what} must be 1..64 letters, digits, '_', '.' or '-', starting with a letter "
+                           f"or digit, got {name!r}")
+    return name

@@ -1,0 +1,243 @@
+"""The generated bad inputs of bench.badinput: argument errors of every CLI, bad values that parse, bad
+files, bad storage URLs, and mutated app YAMLs (every key of the schema with wrong types, out-of-range,
+non-finite and oversized values, missing keys, malformed files)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SECRET = "s3cret"  # the password in every URL case: it must never be printed
+NAN, INF = float("nan"), float("inf")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: a CLI (module or script) and its argv, with {db} (the case's database copy), {tmp} (its
+    folder), {app} (its app YAML) and {repo} placeholders; `app` mutates the default app's YAML (a function
+    of the parsed mapping) or is the file's raw text; `fast` puts it in the test suite's subset."""
+    cli: str
+    argv: tuple[str, ...]
+    label: str
+    app: Callable[[dict], None] | str | bytes | None = None
+    fast: bool = False
+
+
+def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False) -> Case:
+    return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast)
+
+
+STORAGE_URLS = [
+    "sqlite:///typo.sqlite", "sqlite:///{tmp}/no/such/dir/x.sqlite", "nosuchdialect://x/y", "",
+    f"postgresql://user:{SECRET}@127.0.0.1:1/db", f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db",
+    "{tmp}/corrupt.sqlite", "{tmp}",
+]
+
+
+def search_cases() -> list[Case]:
+    out = []
+    for script, head in (("latency_search.py", ("-accuracy_loss", "0.01")),
+                         ("accuracy_search.py", ("-latency", "0.6"))):
+        base = (*head, "--offline", "--storage", "{db}")
+        flag = head[0]
+        for bad in ("nan", "inf", "-1", "1.5", "abc", ""):
+            out.append(_c(script, flag, bad, "--offline", "--storage", "{db}", fast=bad == "nan"))
+        out.append(_c(script, "--offline", "--storage", "{db}", label="required option missing"))
+        for opt, values in (("-bandwidth", ("0", "-1", "nan", "inf", "x")), ("-gpu", ("99", "-1", "x")),
+                            ("--sampler", ("magic",)), ("--evaluator", ("oracle", "table:/nonexistent.csv")),
+                            ("--latency-profile", ("nope,cpu-cloud", "a", ",")),
+                            ("--base-accuracy", ("nan", "0", "2")), ("--rtt", ("-1", "nan")),
+                            ("--tolerance", ("nan", "-1")), ("--max-evaluations", ("-1", "x")), ("--seed", ("x",)),
+                            ("--study-storage", ("nowhere", f"postgresql://u:{SECRET}@127.0.0.1:1/db")),
+                            ("--app", ("nope", "{tmp}/missing.yml"))):
+            for v in values:
+                out.append(_c(script, *base, opt, v, fast=(opt, v) in (("--tolerance", "nan"), ("-gpu", "99"))))
+        for url in STORAGE_URLS:
+            out.append(_c(script, *head, "--offline", "--storage", url,
+                          fast=url in ("sqlite:///typo.sqlite", STORAGE_URLS[4])))
+        out.append(_c(script, *head, "--storage", "sqlite:///typo.sqlite", label="online, storage typo", fast=True))
+        out.append(_c(script, *base, "--bogus", fast=script.startswith("latency")))
+    return out
+
+
+def database_cases() -> list[Case]:
+    ev = "database.evaluate"
+    out = [_c(ev, "--schemes", s, "--storage", "{db}", fast=s == "-1,1,1")
+           for s in ("-1,1,1", "99,1,1", "0,999,1", "0,1,9", "0,1,0", "point:x", "point:99", "abc", "1,2")]
+    out += [_c(ev, "--schemes", "0,1,1", "--workers", w, "--storage", "{db}") for w in ("0", "-1", "x")]
+    out += [_c(ev, "--schemes", "0,1,1", "--seed", s, "--storage", "{db}") for s in ("-1", "x", str(2**40))]
+    out += [_c(ev, "--schemes", "0,1,1", "--storage", url) for url in STORAGE_URLS[2:]]
+    out.append(_c(ev, "--schemes", "0,1,1", "--storage", "sqlite:///file:{db}?mode=ro&uri=true",
+                  label="read-only database", fast=True))
+    out.append(_c(ev, "--schemes", "0,1,1", "--workers", "2", "--app", "{app}", "--storage", "{db}",
+                  label="checkpoint does not fit, 2 workers", app=lambda d: d["model"].update(width=0.25), fast=True))
+    out.append(_c(ev, "--bogus"))
+    fm = "database.formats"
+    out += [_c(fm, "explode", "x.csv", label="unknown action", fast=True), _c(fm, label="no action"),
+            _c(fm, "export-csv", label="no path"),
+            _c(fm, "export-csv", "/nonexistent/dir/out.csv", "--storage", "{db}", fast=True),
+            _c(fm, "export-optcoinfer", "{tmp}", "--storage", "{db}", label="export onto a folder"),
+            _c(fm, "export-csv", "{tmp}/o.csv", "--protocol", "nope", "--storage", "{db}"),
+            _c(fm, "export-csv", "{tmp}/o.csv", "--storage", "sqlite:///typo.sqlite"),
+            _c(fm, "import-csv", "/nonexistent.csv", "--storage", "{db}"),
+            _c(fm, "import-optcoinfer", "/nonexistent.txt", "--storage", "{db}"),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: binary file", app=b"\xff\xfe\x00\x81" * 50),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: bad header", app="a,b\n1,2\n"),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: top1 nan", app="p,c,b,top1\n0,1,1,nan\n"),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: percent", app="p,c,b,top1\n0,1,1,95\n"),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: conflicting duplicate",
+               app="p,c,b,top1\n1,5,1,0.9\n1,5,1,0.8\n", fast=True),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: outside space",
+               app="p,c,b,top1\n0,999,1,0.5\n"),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: bad scheme", app="p,c,b,top1\nx,1,1,0.5\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: bad line", app="3+12-4\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: bad number", app="3+2-4*1.2.3\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: error > 1", app="3+2-4*1.5\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: conflicting duplicate",
+               app="1+5-1*0.1\n1+5-1*0.2\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--base-error", "nan", "--storage", "{db}", app="1+5-1*0.1\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--base-error", "1", "--storage", "{db}", app="1+5-1*0.1\n"),
+            _c(fm, "export-csv", "{tmp}/o.csv", "--seed", "-1", "--storage", "{db}"),
+            _c(fm, "export-csv", "{tmp}/o.csv", "--seed", "x", "--storage", "{db}")]
+    pr = "database.profile"
+    out += [_c(pr, "--storage", "{db}", label="no --device", fast=True),
+            _c(pr, "--device", "../../x", "--emulation", "quota", "--storage", "{db}", fast=True)]
+    out += [_c(pr, "--device", d, "--storage", "{db}", label=f"device {d!r}")
+            for d in ("", "a b", "x/y", ".hidden", "é")]
+    for opt, values in (("--cpu-quota", ("nan", "0", "-1", "100", "inf", "x")), ("--runs", ("0", "x", "10000000")),
+                        ("--passes", ("0",)), ("--threads", ("0",)), ("--idle-ms", ("-1", "nan")),
+                        ("--warmup", ("-1",)), ("--side", ("middle",)), ("--emulation", ("fast",))):
+        out += [_c(pr, "--device", "dev1", opt, v, "--storage", "{db}", fast=(opt, v) == ("--cpu-quota", "nan"))
+                for v in values]
+    out += [_c(pr, "--device", "dev1", "--cpu-quota", "2", "--emulation", "dilate", "--storage", "{db}"),
+            _c(pr, "--device", "dev1", "--cpu-quota", "0.5", "--emulation", "dilate", "--threads", "2",
+               "--storage", "{db}"),
+            _c(pr, "--device", "dev1", "--storage", "sqlite:///typo.sqlite", "--app", "nope")]
+    sh = "database.show"
+    out += [_c(sh, "--app", "nope", "--storage", "{db}", fast=True), _c(sh, "--bogus"),
+_c(sh, "--app", "{app}", "--storage", "{db}", label="bad app yaml", app="name: [x\n")]
+    out += [_c(sh, "--storage", url) for url in STORAGE_URLS]
+    pa = "database.paper"
+    out += [_c(pa, "--json", "/nonexistent.json", "--storage", "{db}"),
+            _c(pa, "--json", "{app}", "--storage", "{db}", label="json: garbage", app="{not json"),
+            _c(pa, "--json", "{app}", "--storage", "{db}", label="json: a list", app="[1, 2]"),
+            _c(pa, "--json", "{app}", "--storage", "{db}", label="json: strings",
+               app='{"edge_cumulative_s": ["a"], "cloud_cumulative_s": ["b"], "conv_point_index_1based": [1], '
+                   '"edge_all_s": "x"}'),
+            _c(pa, "--json", "{app}", "--storage", "{db}", label="json: binary", app=b"\xff\xfe\x00"),
+            _c(pa, "--edge", "../x", "--storage", "{db}", fast=True), _c(pa, "--cloud", "", "--storage", "{db}"),
+            _c(pa, "--app", "nope", "--storage", "{db}"), _c(pa, "--bogus")]
+    tr = "models.train"
+    out += [_c(tr, "--out", "/nonexistent/dir/x.pt", fast=True), _c(tr, "--out", "{tmp}", label="out is a folder"),
+            _c(tr, "--app", "nope"), _c(tr, "--bogus")]
+    return out
+
+
+def runtime_cases() -> list[Case]:
+    out = []
+    for cli, bads in (
+        ("runtime.edge", [("--bogus",), ("--timeout", "nan"), ("--timeout", "x"), ("--n", "x"), ("--scheme",),
+                          ("--scheme", "0,1,1", "--server", "x", "--timeout", "-1")]),
+        ("runtime.cloud", [("--bogus",), ("--port", "x"), ("--workers", "0"), ("--read-timeout", "nan"),
+                           ("--idle-timeout", "nan"), ("--max-clients", "0"), ("--tls-key", "k.pem"),
+                           ("--app", "nope")]),
+        ("runtime.testbed", [("--bogus",), ("--rate", "fast", "--verify"), ("--link", "x", "--verify"),
+                             ("--edge-cpu", "nan", "--verify")]),
+        ("runtime.linkprobe", [("--bogus",), ("nosuchcommand",)]),
+    ):
+        out += [_c(cli, *b, fast=b in (("--workers", "0"), ("--bogus",)) and cli == "runtime.cloud") for b in bads]
+    for cli, bads in (("bench.codec", [("--bogus",)]), ("bench.fuzz", [("--bogus",), ("--hang-ms", "nan"),
+                                                                        ("--inputs", "x")]),
+                      ("bench.search", [("--bogus",), ("--tolerance", "nan"), ("--seeds", "x")]),
+                      ("bench.runtime", [("--bogus",), ("--rates", "nan"), ("--link", "x")]),
+                      ("bench.adaptivity", [("--bogus",), ("--quotas", "inf"), ("--n", "x")]),
+                      ("bench.badinput", [("--bogus",), ("--jobs", "0"), ("--timeout", "nan")])):
+        out += [_c(cli, *b, fast=cli == "bench.fuzz" and b == ("--hang-ms", "nan")) for b in bads]
+    return out
+
+
+def _set(section: str | None, key: str, value) -> Callable[[dict], None]:
+    def mutate(data: dict) -> None:
+        target = data
+        for part in (section.split(".") if section else []):
+            target = target.setdefault(part, {})
+        target[key] = value
+    return mutate
+
+
+def _drop(section: str | None, key: str) -> Callable[[dict], None]:
+    def mutate(data: dict) -> None:
+        (data if section is None else data[section]).pop(key, None)
+    return mutate
+
+
+SCHEMA_VALUES = {
+    ("model", "width"): [0, -0.5, 1.5, NAN, INF, "abc", True, None, [1]],
+    ("model", "input_size"): [0, 31, 48, 3_200_000, -32, "32", 32.5, None],
+    ("model", "in_channels"): [0, -1, 1000, "1"],
+    ("model", "num_classes"): [0, 1, -5, 10**9, "ten"],
+    ("model", "classifier_hidden"): [0, -1, 10**9],
+    ("model", "arch"): ["resnet", 5, None],
+    ("protocol", "epochs"): [-3, "1", 1.5, 10**9],
+    ("protocol", "lr"): [NAN, INF, 0, -0.1, "fast", 100],
+    ("protocol", "batch_size"): [0, -1, 1.5, 10**9],
+    ("protocol", "momentum"): ["fast", 1, -0.1, NAN],
+    ("protocol", "weight_decay"): [-1, NAN, "x"],
+    ("protocol", "seed"): ["abc", -1, 2**40, 1.5],
+    ("protocol", "schedule"): ["cosine", 1],
+    ("protocol", "epochz"): [1],
+    ("train", "epochs"): [0, -1, "x"],
+    ("train", "lr"): [NAN],
+    ("train", "batch_size"): [0],
+    ("devices.edge", "name"): ["../../x", "", "a b", 5],
+    ("devices.edge", "cpu_quota"): [0, -1, NAN, 100, "half"],
+    ("devices.edge", "emulation"): ["fast"],
+    ("devices.cloud", "name"): ["../y"],
+    ("dataset", "name"): ["mnist", None],
+    ("dataset", "test_size"): [0, -1, "x"],
+    ("dataset", "limit_train"): [0],
+    (None, "raw_input_bytes"): [0, -1, 2**40, "x"],
+    (None, "rtt_s"): ["abc", -1, NAN, INF, 1000],
+    ("link", "mss"): [0, -1],
+    ("link", "message_bytes"): [-1],
+    (None, "link"): ["x", [1]],
+    (None, "checkpoint"): ["", 5, None],
+    (None, "name"): ["../x", "", 5, "a" * 100],
+    (None, "devices"): ["cpu"],
+}
+SCHEMA_FAST = {(("protocol", "batch_size"), 0), (("protocol", "epochs"), -3), (("model", "num_classes"), 0),
+               ((None, "rtt_s"), "abc"), (("protocol", "momentum"), "fast"), (("protocol", "seed"), "abc"),
+               (("model", "input_size"), 3_200_000)}
+RAW_APPS = {"not a mapping": "[1, 2]\n", "empty": "", "unclosed": "name: [x\n", "binary": b"\xff\xfe\x00\x81",
+            "tabs": "name:\tx\n\tmodel: 1\n"}
+# CLIs that load the app before anything else: the schema cases rotate over them
+APP_CLIS = [("latency_search.py", ("-accuracy_loss", "0.01", "--offline", "--storage", "{db}")),
+            ("database.evaluate", ("--schemes", "0,1,1", "--storage", "{db}")),
+            ("models.train", ()),
+            ("database.profile", ("--device", "dev1", "--storage", "{db}")),
+            ("accuracy_search.py", ("-latency", "0.6", "--storage", "{db}")),
+            ("database.show", ("--storage", "{db}"))]
+
+
+def schema_cases() -> list[Case]:
+    out = []
+    i = 0
+    items = [((sec, key), v, _set(sec, key, v)) for (sec, key), values in SCHEMA_VALUES.items() for v in values]
+    items += [((None, key), "missing", _drop(None, key))
+              for key in ("name", "model", "dataset", "protocol", "devices", "raw_input_bytes", "checkpoint")]
+    items += [((sec, key), "missing", _drop(sec, key)) for sec, key in (("model", "width"), ("protocol", "lr"))]
+    for where, value, mutate in items:
+        cli, argv = APP_CLIS[i % len(APP_CLIS)]
+        i += 1
+        label = f"app {'.'.join(p for p in where if p)} = {value!r}"[:80]
+        fast = any(where == w and value == v for w, v in SCHEMA_FAST)
+        out.append(_c(cli, *argv, "--app", "{app}", label=label, app=mutate, fast=fast))
+    for name, text in RAW_APPS.items():
+        cli, argv = APP_CLIS[i % len(APP_CLIS)]
+        i += 1
+        out.append(_c(cli, *argv, "--app", "{app}", label=f"app file {name}", app=text, fast=name == "binary"))
+    return out
+
+
+def all_cases() -> list[Case]:
+    return search_cases() + database_cases() + runtime_cases() + schema_cases()

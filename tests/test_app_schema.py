@@ -1,0 +1,68 @@
+"""The app schema (apps.schema): every bad type, range or non-finite value is one CoInferError line naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from apps import APPS_DIR, load_app
+from apps.errors import CoInferError
+
+BASE = yaml.safe_load((APPS_DIR / "vgg16_digits.yml").read_text())
+
+
+def write(tmp_path, section: str | None, key: str, value) -> str:
+    data = copy.deepcopy(BASE)
+    (data if section is None else data[section])[key] = value
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(("section", "key", "value", "says"), [
+    (None, "rtt_s", "abc", "rtt_s: must be a valid number"),
+    (None, "rtt_s", float("inf"), "rtt_s: must be a finite number"),
+    ("protocol", "momentum", "fast", "protocol.momentum"),
+    ("protocol", "seed", "abc", "protocol.seed"),
+    ("protocol", "batch_size", 0, "protocol.batch_size"),
+    ("protocol", "epochs", -3, "protocol.epochs"),
+    ("protocol", "lr", float("nan"), "protocol.lr: must be a finite number"),
+    ("protocol", "schedule", "cosine", "protocol.schedule"),
+    ("protocol", "epochz", 1, "protocol.epochz: unknown key"),
+    ("model", "num_classes", 0, "model.num_classes"),
+    ("model", "input_size", 3_200_000, "model.input_size"),
+    ("model", "input_size", 48, "model.input_size"),
+    ("model", "width", True, "model.width"),
+    ("model", "arch", "resnet", "model.arch"),
+    ("train", "epochs", "10", "train.epochs"),
+    (None, "name", "../x", "name"),
+    (None, "raw_input_bytes", -1, "raw_input_bytes"),
+    (None, "link", {"mss": 0}, "link.mss"),
+])
+def test_bad_app_values_are_one_line(tmp_path, section, key, value, says) -> None:
+    with pytest.raises(CoInferError) as exc:
+        load_app(write(tmp_path, section, key, value))
+    text = str(exc.value)
+    assert says in text and "\n" not in text, text
+
+
+def test_bad_device_name_and_missing_key(tmp_path) -> None:
+    data = copy.deepcopy(BASE)
+    data["devices"]["edge"]["name"] = "../../x"
+    path = tmp_path / "dev.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CoInferError, match="devices.edge.name"):
+        load_app(str(path))
+    del data["protocol"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CoInferError, match="missing key 'protocol'"):
+        load_app(str(path))
+
+
+def test_shipped_apps_load_unchanged() -> None:
+    app = load_app("vgg16_digits")
+    assert (app.protocol.epochs, app.protocol.batch_size, app.edge_cpu_quota, app.link.mss) == (1, 64, 0.125, 1448)
+    assert app.dataset == {"name": "digits", "test_size": 600, "split_seed": 0} and app.extra == {}
+    assert load_app("vgg16_cars").num_classes == 196
