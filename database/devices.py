@@ -62,3 +62,13 @@ def load_devices(path: Path | str | None = None) -> dict[str, DeviceSpec]:
             raise CoInferError(f"devices file {file}: device {name} takes side, speed and notes only")
         out[str(name)] = DeviceSpec(str(name), spec.get("side", "both"), spec.get("speed"), str(spec.get("notes", "")))
     return out
+
+
+def parse_device_pair(text: str | None, flag: str = "--latency-profile") -> tuple[str | None, str | None]:
+    """'EDGE,CLOUD' -> (edge, cloud); None -> (None, None), the app's own devices."""
+    if not text:
+        return None, None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise CoInferError(f"{flag} takes EDGE,CLOUD, got {text!r}")
+    return parts[0], parts[1]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from apps import DEFAULT_APP, available_apps, load_app
 from apps.errors import ArgParser, CoInferError, mask_url, run_cli
+from database.devices import parse_device_pair
 
 PAPER_FORMULA = "optcoinfer-paper"  # search.latency.PAPER_FORMULA (not imported: it loads torch)
 
@@ -120,12 +121,7 @@ def plot(store, args: argparse.Namespace) -> int:
     if args.bandwidth is None or not args.bandwidth > 0:
         raise CoInferError("--plot needs --bandwidth B > 0 (Mbps)")
     app = load_app(args.app or DEFAULT_APP)
-    edge = cloud = None
-    if args.latency_profile:
-        parts = args.latency_profile.split(",")
-        if len(parts) != 2 or not all(parts):
-            raise CoInferError(f"--latency-profile takes EDGE,CLOUD, got {args.latency_profile!r}")
-        edge, cloud = parts
+    edge, cloud = parse_device_pair(args.latency_profile)
     model = LatencyModel.from_store(store, app, edge, cloud)
     evaluator = DatabaseEvaluator(app, store)
     table, base = evaluator.known(), evaluator.base_accuracy()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import CoInferError, run_cli
 from compress.scheme import Scheme
+from database.devices import parse_device_pair
 from database.slowdown import SlowCPU
 from runtime.advisor import Adapter, SchemeAdvisor
 from runtime.monitor import BandwidthEstimator, TokenBucket
@@ -233,16 +234,6 @@ def _check(args: argparse.Namespace) -> None:
         raise CoInferError("--n and --threads must be at least 1, --timeout positive")
 
 
-def _latency_profile(text: str | None) -> tuple[str | None, str | None]:
-    """'EDGE,CLOUD' -> the two device names; None -> the app's own (None, None)."""
-    if text is None:
-        return None, None
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise CoInferError(f"--latency-profile takes EDGE,CLOUD, got {text!r}")
-    return parts[0].strip(), parts[1].strip()
-
-
 def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientConfig:
     """The connection's settings; `scheme` None: --auto."""
     from runtime.client import ClientConfig
@@ -284,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from runtime.client import EdgeClient
     torch.set_num_threads(args.threads)
-    edge_name, cloud_name = _latency_profile(args.latency_profile)
+    edge_name, cloud_name = parse_device_pair(args.latency_profile)
     advisor = SchemeAdvisor(app, args.storage, args.evaluate_missing, edge_name, cloud_name) if args.auto else None
     images, labels = load_images(app, args.n)
     depth = args.depth if args.queue else None

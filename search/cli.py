@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from apps import DEFAULT_APP, DEFAULT_STORAGE, load_app
 from apps.errors import ArgParser, CoInferError
 from apps.units import bytes_per_second
+from database.devices import parse_device_pair
 from search.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -127,12 +128,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         device = f"cuda:{args.gpu}"
     app = load_app(args.app)
     store = Store(args.storage, create=False, readonly=args.offline)
-    edge = cloud = None
-    if args.latency_profile:
-        parts = args.latency_profile.split(",")
-        if len(parts) != 2 or not all(parts):
-            raise CoInferError(f"--latency-profile takes EDGE,CLOUD, got {args.latency_profile!r}")
-        edge, cloud = parts
+    edge, cloud = parse_device_pair(args.latency_profile)
     model = LatencyModel.from_store(store, app, edge, cloud, args.rtt)
     widths = [p.channels for p in app_points(app)]
     protocols = dict(store.protocols(app.name))

@@ -27,7 +27,7 @@ from search.samplers import OPTUNA_SAMPLERS, SAMPLERS, make_sampler
 from search.samplers.base import PlannerSampler
 from search.study import Objective, add_known, knowledge, open_study
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # our output says what failed (e.g. not evaluable)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 OPTUNA_BUDGET = 200  # default evaluation budget of Optuna's own samplers

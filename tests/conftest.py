@@ -76,6 +76,17 @@ def tiny_db(tiny_app, tmp_path_factory):
     return db
 
 
+def latency_only_copy(tiny_db: str, path) -> tuple:
+    """(full store, new store at `path`) where the new one holds tiny_db's latency rows and devices,
+    and no accuracy yet: the start of a partial database."""
+    from database.store import Store
+    full, store = Store(tiny_db), Store(str(path))
+    store.put_latency(full.latency_rows("tiny_digits"))
+    for name in ("tiny-edge", "tiny-cloud"):
+        store.put_device(name, {"cpu_model": "test"})
+    return full, store
+
+
 def start_cloud_server(*args: str):
     """`python -m runtime.cloud` on 127.0.0.1 at a port the OS picks: (process, port) once it says it is
     ready (its readiness line on stdout; its log goes to this process's stderr). The caller stops it (SIGTERM)."""

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import latency_only_copy
 
 from apps.errors import CoInferError
 from compress.scheme import Scheme
@@ -166,10 +167,7 @@ def test_cli_flag_styles_agree_and_json_keys(tiny_app_path, tiny_db, capsys):
 
 def test_cli_offline_reports_gap_and_next(tiny_app_path, tiny_db, tmp_path, capsys):
     partial = str(tmp_path / "partial.sqlite")
-    full, store = Store(tiny_db), Store(partial)
-    store.put_latency(full.latency_rows("tiny_digits"))
-    for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
+    full, store = latency_only_copy(tiny_db, partial)
     table = full.accuracy_rows("tiny_digits")
     store.put_accuracy([AccuracyRow(r["app"], r["protocol"], r["p"], r["c"], r["b"], r["seed"], r["top1"])
                         for r in table if r["p"] == 3 and r["b"] >= 6])
@@ -323,10 +321,7 @@ def test_when_nothing_can_be_fine_tuned_the_stored_values_answer(tmp_path, tiny_
     from search.cli import run
     app_path = write_tiny_app(tmp_path, checkpoint=str(tmp_path / "missing.pt"))
     partial = str(tmp_path / "partial.sqlite")
-    full, store = Store(tiny_db), Store(partial)
-    store.put_latency(full.latency_rows("tiny_digits"))
-    for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
+    full, store = latency_only_copy(tiny_db, partial)
     rows = [r for r in full.accuracy_rows("tiny_digits") if r["p"] == 3 and r["b"] >= 6]
     store.put_accuracy([AccuracyRow(r["app"], r["protocol"], r["p"], r["c"], r["b"], r["seed"], r["top1"])
                         for r in rows])
@@ -367,10 +362,7 @@ def test_protocol_selects_an_imported_partial_table(tiny_app_path, tiny_db, tmp_
     from database.formats import main as formats_main
     from search.cli import run
     db = str(tmp_path / "imported.sqlite")
-    full, store = Store(tiny_db), Store(db)
-    store.put_latency(full.latency_rows("tiny_digits"))
-    for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
+    full, _ = latency_only_copy(tiny_db, db)
     table = {s: a for s, a in full.accuracy_table("tiny_digits").items() if s.b >= 4 and s.c % 2 == 0}
     write_optcoinfer(table, tmp_path / "t.txt")
     assert formats_main(["import-optcoinfer", str(tmp_path / "t.txt"), "--app", tiny_app_path,
