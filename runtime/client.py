@@ -15,6 +15,7 @@ whole base model here and uses no network.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -91,8 +92,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_TOPK:
             raise CoInferError(f"top-k {self.k} outside 1..{MAX_TOPK}")
-        if not self.timeout > 0:
-            raise CoInferError(f"timeout {self.timeout} must be positive")
+        if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
+            raise CoInferError(f"timeout must be a positive finite number of seconds, got {self.timeout!r}")
 
     @property
     def address(self) -> str:
