@@ -16,10 +16,11 @@ The rules, and why these and not others:
   accept) bounds how long a pending connection lives, instead of the 300 s idle timeout.
 - **A per-peer cap on pending connections** (`max_pending_per_peer`, by IP address): one host
   cannot fill the pending pool; the newcomer beyond the cap is refused at once.
-- **The pending pool is bounded** (`max_pending`) and, when full, the *oldest* pending connection
-  is dropped to admit the new one: it has had the longest to authenticate, and a flood from many
-  addresses then only shortens every pending connection's life instead of locking new clients
-  out (a real client authenticates within a round trip).
+- **The pending pool is bounded** (`max_pending`) and, when full, a pending connection is dropped
+  to admit the new one: the oldest one of the address holding the most pending connections. A
+  flood from many addresses then shortens the life of *its own* pending connections instead of
+  locking new clients out, and a real client (one pending connection, authenticated within a
+  round trip) is only ever dropped once more than `max_pending` addresses hold one each.
 - **Without a token**, "established" only means "spoke the protocol", so established connections
   are also capped per peer (`max_clients_per_peer`). With a token they are trusted and not capped
   per peer (many edge devices may share one NAT address).
@@ -78,7 +79,7 @@ class Admission:
         self.limits = limits
         self.pending: OrderedDict[Slot, None] = OrderedDict()  # oldest first
         self.established: set[Slot] = set()
-        self._pending_by_host: Counter[str] = Counter()
+        self._pending_by_host: dict[str, OrderedDict[Slot, None]] = {}  # per address, oldest first
         self._established_by_host: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -88,17 +89,19 @@ class Admission:
         return [*self.pending, *self.established]
 
     def admit(self, host: str, label: str, task: asyncio.Task | None = None) -> tuple[Slot | None, str, Slot | None]:
-        """(slot, "", evicted) for a new pending connection, `evicted` the oldest pending one dropped to
-        make room (the caller cancels it), or (None, why, None) when this peer has too many pending."""
-        if self._pending_by_host[host] >= self.limits.max_pending_per_peer:
-            return None, f"{self._pending_by_host[host]} unauthenticated connections from {host}", None
+        """(slot, "", evicted) for a new pending connection, `evicted` the pending one dropped to make
+        room (the caller cancels it), or (None, why, None) when this peer has too many pending."""
+        mine = self._pending_by_host.get(host)
+        if mine is not None and len(mine) >= self.limits.max_pending_per_peer:
+            return None, f"{len(mine)} unauthenticated connections from {host}", None
         evicted = None
         if len(self.pending) >= self.limits.max_pending:
-            evicted = next(iter(self.pending))
+            heaviest = max(self._pending_by_host.values(), key=lambda q: (len(q), -next(iter(q)).since))
+            evicted = next(iter(heaviest))
             self._drop(evicted)
         slot = Slot(host, label, task)
         self.pending[slot] = None
-        self._pending_by_host[host] += 1
+        self._pending_by_host.setdefault(host, OrderedDict())[slot] = None
         return slot, "", evicted
 
     def establish(self, slot: Slot) -> str:
@@ -128,6 +131,7 @@ class Admission:
     def _drop(self, slot: Slot) -> None:
         if slot in self.pending:
             del self.pending[slot]
-            self._pending_by_host[slot.host] -= 1
-            if not self._pending_by_host[slot.host]:
+            mine = self._pending_by_host[slot.host]
+            del mine[slot]
+            if not mine:
                 del self._pending_by_host[slot.host]

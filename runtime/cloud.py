@@ -25,7 +25,8 @@ time) so the event loop keeps serving other clients.
 Connection rules (`runtime.admission` says why these): a new connection is *pending* until it has
 authenticated (with a token: a HELLO carrying it, compared in constant time; without: any valid
 first frame), which must happen within `--handshake-timeout` seconds (2) of the accept. Pending
-connections have their own pool (`--max-pending`, the oldest dropped for a newcomer when full;
+connections have their own pool (`--max-pending`; when full, the oldest of the address holding the
+most is dropped for a newcomer;
 `--max-pending-per-peer` per IP address) and never take one of the `--max-clients` slots, which
 are reserved for authenticated clients. Without a token an address may hold at most
 `--max-clients-per-peer` established connections. A frame must arrive within `--read-timeout`
@@ -114,7 +115,8 @@ class ServerConfig:
     seconds to hand one reply to the socket; `handshake_timeout`: seconds from the accept until a
     connection must have authenticated (its first frame, a HELLO with the token; without a token any
     valid frame). Admission (`runtime.admission`): `max_clients` established connections,
-    `max_pending` not yet authenticated ones (the oldest dropped for a newcomer when full),
+    `max_pending` not yet authenticated ones (when full, one of the address holding the most is dropped
+    for a newcomer),
     `max_pending_per_peer` of those per IP address, and without a token `max_clients_per_peer`
     established ones per IP address. `max_batch` images per request, `workers` requests computed at
     the same time. Tails (`runtime.tails`): `cache_size` kept and `cache_bytes` of their tensors at
@@ -219,6 +221,7 @@ class CloudServer:
         self.write_timeout, self.max_clients = config.write_timeout, config.max_clients
         self.stats: Counter[str] = Counter()
         self.admission = Admission(config.admission)
+        self._log_quiet: dict[ErrorCode, tuple[float, int]] = {}  # code -> (quiet until, lines left out)
         self._workers = asyncio.Semaphore(config.workers)
         self._server: asyncio.Server | None = None
         self._closing = False
@@ -242,6 +245,7 @@ class CloudServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on host:port (CoInferError for a non-loopback host without a token, see `check_bind`)."""
         check_bind(host, self.config)
+        # a deep accept queue: under a connection flood a client's SYN is not dropped (a 1 s retransmit)
         self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx, backlog=1024,
                                                   ssl_handshake_timeout=self.read_timeout if self.ssl_ctx else None)
 
@@ -271,7 +275,7 @@ class CloudServer:
         label = f"{host}:{port}"
         self.stats["connections"] += 1
         if self._closing:
-            await self._close(writer)
+            writer.transport.abort()
             return
         slot, why, evicted = self.admission.admit(str(host), label, task)
         if evicted is not None and evicted.task is not None:
@@ -281,7 +285,7 @@ class CloudServer:
             self.stats["refused_peer"] += 1
             log.debug("refused %s: %s", label, why)
             await self._send(writer, Error(0, ErrorCode.BUSY, "too many connections from this address", self.app.name))
-            await self._close(writer)
+            writer.close()  # no wait: a flood's refusals must stay cheap
             return
         try:
             await self._serve_connection(slot, reader, writer)
@@ -289,7 +293,10 @@ class CloudServer:
             log.debug("connection %s ended: %s", label, type(exc).__name__)
         finally:
             self.admission.release(slot)
-            await self._close(writer)
+            if slot.established:
+                await self._close(writer)
+            else:  # never authenticated (dropped, timed out, refused): close without waiting for the peer
+                writer.close()
 
     async def _first_frame(self, reader: asyncio.StreamReader, slot: Slot) -> Message | None:
         """The first frame, complete within `handshake_timeout` of the accept; with a token only a HELLO
@@ -356,23 +363,34 @@ class CloudServer:
         assert self.token is not None and isinstance(msg, Hello)
         if not hmac.compare_digest(msg.token, self.token):
             self.stats["auth_failed"] += 1
-            await self._refuse(writer, slot, msg.request_id, ProtocolError(ErrorCode.AUTH_FAILED, "wrong token"))
+            await self._refuse(writer, slot, msg.request_id, ProtocolError(ErrorCode.AUTH_FAILED, "wrong token"),
+                               quiet=True)
             return False
         return True
 
     async def _refuse(self, writer: asyncio.StreamWriter, slot: Slot, request_id: int, exc: ProtocolError,
                       quiet: bool = False) -> None:
-        """Count, log (at DEBUG for a connection that never authenticated: a flood must not flood the log)
-        and send the ERROR."""
+        """Count, log and send the ERROR. `quiet` (a connection that never authenticated): at most one
+        log line per second per error code, saying how many it left out (a flood must not flood the log)."""
         self.stats[f"error_{exc.code.name.lower()}"] += 1
-        log.log(logging.DEBUG if quiet and exc.code is ErrorCode.TIMEOUT else logging.WARNING,
-                "%s from %s: %s", exc.code.name, slot.label, exc.message)
+        if quiet:
+            now = time.monotonic()
+            until, left_out = self._log_quiet.get(exc.code, (0.0, 0))
+            if now < until:
+                self._log_quiet[exc.code] = (until, left_out + 1)
+            else:
+                self._log_quiet[exc.code] = (now + 1.0, 0)
+                more = f" (and {left_out} more not logged)" if left_out else ""
+                log.warning("%s from %s: %s%s", exc.code.name, slot.label, exc.message, more)
+        else:
+            log.warning("%s from %s: %s", exc.code.name, slot.label, exc.message)
         await self._send(writer, Error(request_id, exc.code, exc.message, self.app.name))
 
     async def _send(self, writer: asyncio.StreamWriter, msg: Message) -> None:
         with contextlib.suppress(OSError, TimeoutError):  # the peer may be gone; the caller closes
             writer.write(encode(msg))
-            await asyncio.wait_for(writer.drain(), self.write_timeout)
+            if writer.transport.get_write_buffer_size():  # the socket did not take it all at once
+                await asyncio.wait_for(writer.drain(), self.write_timeout)
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
