@@ -110,10 +110,8 @@ def raise_fd_limit(needed: int) -> int:
 
 
 # ------------------------------------------------------------------------------------- attackers
-async def _attack(port: int, cfg: FloodConfig, started: multiprocessing.Queue | None = None,
+async def _attack(port: int, cfg: FloodConfig, wrong_hello: bytes, started: multiprocessing.Queue | None = None,
                   roles: tuple[str, ...] = ("idle", "flood")) -> AttackCounts:
-    from runtime.protocol import Hello, encode  # imports torch: before the clock starts
-    wrong_hello = encode(Hello("vgg16_digits", b"not-the-token"))
     counts = AttackCounts()
     end = time.monotonic() + cfg.flood_s
     open_now = 0
@@ -172,11 +170,11 @@ async def _attack(port: int, cfg: FloodConfig, started: multiprocessing.Queue | 
     return counts
 
 
-def attack_process(port: int, cfg: FloodConfig, out: multiprocessing.Queue, role: str) -> None:
+def attack_process(port: int, cfg: FloodConfig, wrong_hello: bytes, out: multiprocessing.Queue, role: str) -> None:
     """An attackers' process ("idle" or "flood"): puts "started", then its AttackCounts (as a dict) on `out`."""
     raise_fd_limit(cfg.idle + cfg.flooders + 256)
     os.nice(cfg.attacker_nice)  # remote attackers would not take the server's CPU: here they get what is left
-    out.put(asdict(asyncio.run(_attack(port, cfg, out, (role,)))))
+    out.put(asdict(asyncio.run(_attack(port, cfg, wrong_hello, out, (role,)))))
 
 
 # ---------------------------------------------------------------------------------- edge client
@@ -220,6 +218,7 @@ async def _run(port: int, pid: int, cfg: FloodConfig) -> dict:
     from compress.scheme import Scheme
     from data import load_splits
     from runtime.client import ClientConfig, EdgeClient
+    from runtime.protocol import Hello, encode
     torch.set_num_threads(1)
     app = load_app("vgg16_digits")
     image = load_splits(app)[1][0][0].unsqueeze(0)
@@ -234,7 +233,8 @@ async def _run(port: int, pid: int, cfg: FloodConfig) -> dict:
     rss_before = psutil.Process(pid).memory_info().rss
     ctx = multiprocessing.get_context("spawn")
     queues = {role: ctx.Queue() for role in ("idle", "flood")}  # one process each: neither starves the other
-    attackers = [ctx.Process(target=attack_process, args=(port, cfg, q, role), daemon=True)
+    wrong_hello = encode(Hello("vgg16_digits", b"not-the-token"))  # built here: the attackers never import torch
+    attackers = [ctx.Process(target=attack_process, args=(port, cfg, wrong_hello, q, role), daemon=True)
                  for role, q in queues.items()]
     for attacker in attackers:
         attacker.start()
