@@ -407,7 +407,7 @@ class CloudServer:
                 raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {self.app.name!r}, not {req.app!r}")
             self.tails.check(req.scheme, req.shape)
             # the tail first, outside the workers: a load (or a fine-tune on request) does not hold up others
-            tail = await asyncio.to_thread(self.tails.get, req.scheme)
+            tail = self.tails.cached(req.scheme) or await asyncio.to_thread(self.tails.get, req.scheme)
             t1 = time.perf_counter()
             async with self._workers:
                 waited = time.perf_counter() - t1

@@ -121,6 +121,19 @@ class TailCache:
         if tuple(shape[1:]) != expected:
             raise ProtocolError(ErrorCode.BAD_SHAPE, f"shape {shape[1:]} for scheme {scheme} should be {expected}")
 
+    def cached(self, scheme: Scheme) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The tail when it is ready to use now (all-cloud, or kept and not due for a recheck), else None:
+        then `get` builds or reloads it (call that off the event loop)."""
+        if scheme.is_all_cloud:
+            return self.base.forward
+        key = scheme if self.policy.finetuned else Scheme(scheme.p, scheme.c, 8)
+        with self._lock:
+            entry = self._tails.get(key)
+            if entry is None or (entry.fallback and time.monotonic() - entry.built > RECHECK_S):
+                return None
+            self._tails.move_to_end(key)
+            return entry.model.tail
+
     def get(self, scheme: Scheme) -> Callable[[torch.Tensor], torch.Tensor]:
         """The tail of a scheme: activation -> logits (all-cloud: the whole base model)."""
         if scheme.is_all_cloud:
