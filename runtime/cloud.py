@@ -359,8 +359,15 @@ class CloudServer:
                 return
 
     async def _authenticate(self, writer: asyncio.StreamWriter, slot: Slot, msg: Message) -> bool:
-        """Whether `msg` is a HELLO with the token (compared in constant time); else ERROR AUTH_FAILED."""
+        """Whether `msg` is a HELLO with the token (compared in constant time); else ERROR AUTH_REQUIRED
+        (an empty token) or AUTH_FAILED."""
         assert self.token is not None and isinstance(msg, Hello)
+        if not msg.token:  # a client configured without a token
+            self.stats["auth_failed"] += 1
+            await self._refuse(writer, slot, msg.request_id,
+                               ProtocolError(ErrorCode.AUTH_REQUIRED, "authentication required: no token given"),
+                               quiet=True)
+            return False
         if not hmac.compare_digest(msg.token, self.token):
             self.stats["auth_failed"] += 1
             await self._refuse(writer, slot, msg.request_id, ProtocolError(ErrorCode.AUTH_FAILED, "wrong token"),

@@ -184,6 +184,7 @@ def test_finetune_on_request_is_off_by_default(base, tmp_path, caplog, monkeypat
 def test_existing_finetuned_weights_are_served(base, tmp_path) -> None:
     """A scheme whose fine-tuned file exists is served with it (loaded, not trained), also after a fallback."""
     import runtime.weights
+    runtime.weights.clear_cache()
     scheme = Scheme(4, 12, 3)
     tails = TailCache(base, TailPolicy(finetuned=True, weights_root=str(tmp_path)), app=APP)
     tails.get(scheme)  # no file yet: base fallback

@@ -252,7 +252,7 @@ def test_token(base, images, caplog) -> None:
                 async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, token="s3cret!"), base=base):
                     pass
             assert info.value.code == ErrorCode.AUTH_FAILED
-            await expect_error(port, encode(Hello("vgg16_digits", b"")), ErrorCode.AUTH_FAILED)
+            await expect_error(port, encode(Hello("vgg16_digits", b"")), ErrorCode.AUTH_REQUIRED)  # no token given
             async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, token="s3cret"), base=base) as client:
                 pred = await client.infer(images[:1])
             assert pred.classes[0][0] == reference(base, SCHEMES[1], images[:1])[0][0][0]
