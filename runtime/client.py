@@ -15,6 +15,7 @@ whole base model here and uses no network.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class Prediction:
 class ClientConfig:
     """How the edge talks to the cloud; built once (the CLI builds it from its flags).
 
-    `host`, `port`: the cloud server. `token`: sent in a HELLO after connecting (None: no HELLO).
+    `host`, `port`: the cloud server. `token`: sent in the HELLO after connecting (None: an empty one).
     `ssl_ctx`: use TLS with this context, checking the certificate against `server_hostname` (None:
     `host`). `timeout`: seconds for connecting and for each reply. `k`: classes per prediction
     (1..MAX_TOPK). `finetuned`: each split scheme's head runs with its fine-tuned weights
@@ -91,8 +92,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_TOPK:
             raise CoInferError(f"top-k {self.k} outside 1..{MAX_TOPK}")
-        if not self.timeout > 0:
-            raise CoInferError(f"timeout {self.timeout} must be positive")
+        if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
+            raise CoInferError(f"timeout must be a positive finite number of seconds, got {self.timeout!r}")
 
     @property
     def address(self) -> str:
@@ -159,7 +160,7 @@ class EdgeClient:
         await self.close()
 
     async def connect(self, force: bool = False) -> None:
-        """Open the connection (and authenticate when a token is set); no-op for all-edge unless `force`."""
+        """Open the connection and say HELLO (with the token when set); no-op for all-edge unless `force`."""
         if (self.scheme.is_all_edge and not force) or self._writer is not None:
             return
         cfg = self.config
@@ -169,10 +170,12 @@ class EdgeClient:
                     cfg.host, cfg.port, ssl=cfg.ssl_ctx, server_hostname=cfg.server_hostname if cfg.ssl_ctx else None)
         except (OSError, TimeoutError) as exc:
             raise CoInferError(f"cannot connect to {cfg.address}: {exc}") from None
-        if cfg.token is not None:
-            answer = await self._roundtrip(encode(Hello(self.app.name, cfg.token.encode(), self._take_id())))
-            if not isinstance(answer, Hello):
-                raise CoInferError(f"expected a HELLO acknowledgement, got {type(answer).__name__}")
+        # always a HELLO first (empty without a token): the server admits a connection only once it has
+        # spoken, within its pre-auth deadline, however long this side waits before its first request
+        token = cfg.token.encode() if cfg.token is not None else b""
+        answer = await self._roundtrip(encode(Hello(self.app.name, token, self._take_id())))
+        if not isinstance(answer, Hello):
+            raise CoInferError(f"expected a HELLO acknowledgement, got {type(answer).__name__}")
 
     async def close(self) -> None:
         if self._writer is not None:

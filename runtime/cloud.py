@@ -1,26 +1,40 @@
 """Cloud side: an asyncio TCP server that hosts the tail of every scheme of one app.
 
-    python -m runtime.cloud --app vgg16_digits --host 127.0.0.1 --port 5000 [--token T]
-                            [--tls-cert F --tls-key F] [--read-timeout S] [--no-finetuned] [--json]
+    python -m runtime.cloud --app vgg16_digits --host 127.0.0.1 --port 5000
+                            [--token-file F | --token T | $COINFER_TOKEN] [--insecure]
+                            [--tls-cert F --tls-key F] [--no-finetuned | --finetune-on-request] [--json]
 
 Once it listens it prints ONE JSON line on stdout, `{"ready": true, "host": ..., "port": ..., "app": ...}`
 (`runtime.ready`; `--port 0` picks a free port, announced there); logs go to stderr, and the final
-stats to stdout when it stops.
+stats (the counters that moved) to stdout when it stops.
 
-The base checkpoint is loaded once; the tail for a scheme is built on first use and kept in a
-bounded LRU. By default it carries the scheme's fine-tuned weights (`runtime.weights`: loaded from
-checkpoints/schemes/, fine-tuned and saved there first when missing), so a split scheme is as
-accurate as the accuracy database says; `--no-finetuned` serves the pruned base weights instead. Requests are decoded
-and computed in a worker thread (`asyncio.to_thread`, at most `--workers` at a time) so the event
-loop keeps serving other clients.
+Access: it binds loopback by default. A non-loopback `--host` without a token is refused (one
+line, exit 2) unless `--insecure`. The token comes from `--token`, `--token-file` or
+$COINFER_TOKEN (`runtime.secret`) and is never printed.
 
-Connection rules: a frame must arrive within `--read-timeout` seconds of its first byte (a client
-dripping bytes is dropped) and a connection idle for `--idle-timeout` seconds is closed. A malformed
-frame gets an ERROR reply and the connection is closed; a well-formed request for an unknown app or
-scheme, or with the wrong shape, gets an ERROR reply and the connection stays open. With `--token`
-the first frame must be a HELLO carrying the token (compared in constant time) and must start within
-`--read-timeout`, otherwise ERROR, close and a log line. SIGTERM / SIGINT stop accepting, let
-requests in flight finish, then exit.
+Tails (`runtime.tails`): the base checkpoint is loaded once; the tail for a scheme is built on first
+use and kept in an LRU bounded in count (`--cache-size`) and bytes (`--cache-mb`). By default it
+carries the scheme's fine-tuned weights when `runtime.weights` has them on disk; nothing is
+fine-tuned on request: a scheme without them gets the pruned base weights, with a WARNING log line
+and the `tails_base_fallback` counter in the stats (`--strict-weights`: ERROR UNKNOWN_SCHEME
+instead). `--finetune-on-request` (token required) fine-tunes a missing scheme, one at a time, at
+most `--finetune-queue` waiting (then ERROR BUSY). `--no-finetuned` serves the pruned base weights.
+Requests are decoded and computed in a worker thread (`asyncio.to_thread`, at most `--workers` at a
+time) so the event loop keeps serving other clients.
+
+Connection rules (`runtime.admission` says why these): a new connection is *pending* until it has
+authenticated (with a token: a HELLO carrying it, compared in constant time; without: any valid
+first frame), which must happen within `--handshake-timeout` seconds (2) of the accept. Pending
+connections have their own pool (`--max-pending`; when full, the oldest of the address holding the
+most is dropped for a newcomer;
+`--max-pending-per-peer` per IP address) and never take one of the `--max-clients` slots, which
+are reserved for authenticated clients. Without a token an address may hold at most
+`--max-clients-per-peer` established connections. A frame must arrive within `--read-timeout`
+seconds of its first byte (a client dripping bytes is dropped) and an established connection idle
+for `--idle-timeout` seconds is closed. A malformed frame gets an ERROR reply and the connection is
+closed; a well-formed request for an unknown app or scheme, or with the wrong shape, gets an ERROR
+reply and the connection stays open. SIGTERM / SIGINT stop accepting, let requests in flight
+finish, then exit.
 
 In Python: `CloudServer(app, ServerConfig(token=..., workers=2))`, `await server.start(host, port)`;
 or `await serve(app, config, host, port)` until a signal. `ServerConfig` holds every setting and
@@ -33,28 +47,27 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
+import math
 import signal
+import socket
 import ssl
 import sys
-import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import ArgParser, CoInferError, run_cli
-from compress.model import SchemeModel
-from compress.prune import check_scheme
 from compress.quant import dequantize
-from compress.scheme import Scheme
 from models.build import load_base_model
 from models.vgg import VGG
+from runtime.admission import Admission, AdmissionLimits, Slot
 from runtime.protocol import (
     DEFAULT_LIMITS,
     Error,
@@ -62,6 +75,7 @@ from runtime.protocol import (
     Hello,
     Limits,
     Message,
+    MsgType,
     ProtocolError,
     Reply,
     Request,
@@ -70,10 +84,13 @@ from runtime.protocol import (
     read_frame,
 )
 from runtime.ready import announce
+from runtime.secret import resolve_token
+from runtime.tails import TailCache, TailPolicy
 
 log = logging.getLogger("coinfer.cloud")
 # Errors about a well-formed frame's content: reply and keep the connection. Every other error closes it.
-RECOVERABLE = frozenset({ErrorCode.UNKNOWN_APP, ErrorCode.UNKNOWN_SCHEME, ErrorCode.BAD_SHAPE})
+# BUSY here is a full fine-tune queue (a refused connection never gets this far).
+RECOVERABLE = frozenset({ErrorCode.UNKNOWN_APP, ErrorCode.UNKNOWN_SCHEME, ErrorCode.BAD_SHAPE, ErrorCode.BUSY})
 
 
 def limits_for(model: VGG, max_batch: int) -> Limits:
@@ -88,79 +105,26 @@ def limits_for(model: VGG, max_batch: int) -> Limits:
                   max_batch=max_batch, max_channels=max_channels)
 
 
-class TailCache:
-    """Tails per scheme, built on first use; at most `size` kept (LRU). Thread-safe.
-
-    With `finetuned` (the CLI default) the tail of a scheme carries its fine-tuned weights
-    (`runtime.weights.scheme_model`, the same file the edge loads its head from) and is keyed by
-    the scheme; otherwise it is the pruned base model, keyed by the scheme at 8 bits (b only
-    affects the edge's quantiser). `weights_root` overrides where fine-tuned weights live.
-    """
-
-    def __init__(self, base: VGG, size: int = 16, *, app: App | None = None, finetuned: bool = False,
-                 weights_root: str | None = None) -> None:
-        if finetuned and app is None:
-            raise ValueError("finetuned tails need the app")
-        self.base, self.size, self.app, self.finetuned, self.weights_root = base, size, app, finetuned, weights_root
-        self._tails: OrderedDict[Scheme, nn.Module] = OrderedDict()
-        self._lock = threading.Lock()
-        self._build_lock = threading.Lock()
-
-    def check(self, scheme: Scheme, shape: tuple[int, int, int, int]) -> None:
-        """Raise ProtocolError (UNKNOWN_SCHEME / BAD_SHAPE) unless the base model has this scheme and shape."""
-        if scheme.is_all_cloud:
-            expected = (self.base.in_channels, self.base.input_size, self.base.input_size)
-        else:
-            try:
-                check_scheme(self.base, *scheme)
-            except CoInferError as exc:
-                raise ProtocolError(ErrorCode.UNKNOWN_SCHEME, str(exc)) from None
-            point = self.base.partition_points()[scheme.p]
-            expected = (scheme.c, point.height, point.width)
-        if tuple(shape[1:]) != expected:
-            raise ProtocolError(ErrorCode.BAD_SHAPE, f"shape {shape[1:]} for scheme {scheme} should be {expected}")
-
-    def _build(self, scheme: Scheme) -> nn.Module:
-        if not self.finetuned:
-            return SchemeModel(self.base, scheme).eval()
-        from runtime.weights import scheme_model
-        assert self.app is not None
-        return scheme_model(self.app, scheme, base=self.base, root=self.weights_root)
-
-    def get(self, scheme: Scheme) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The tail of a scheme: activation -> logits (all-cloud: the whole base model)."""
-        if scheme.is_all_cloud:
-            return self.base.forward
-        key = scheme if self.finetuned else Scheme(scheme.p, scheme.c, 8)
-        with self._lock:
-            model = self._tails.pop(key, None)
-            if model is not None:
-                self._tails[key] = model
-        if model is None:
-            with self._build_lock:  # a fine-tune can take seconds: build outside the LRU lock, once
-                with self._lock:
-                    model = self._tails.get(key)
-                if model is None:
-                    model = self._build(key)
-            with self._lock:
-                self._tails[key] = model
-                self._tails.move_to_end(key)
-                while len(self._tails) > self.size:
-                    self._tails.popitem(last=False)
-        return model.tail
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """How a CloudServer serves (see the module doc); checked once here.
 
     `token`: the shared secret a client's first frame (HELLO) must carry; `tls_cert` / `tls_key`:
     PEM files for TLS (both or neither). `read_timeout`: seconds to receive one frame once started;
-    `idle_timeout`: seconds a connection may wait between frames; `write_timeout`: seconds to hand
-    one reply to the socket. `max_clients` connections at once, `max_batch` images per request,
-    `cache_size` tails kept (LRU), `workers` requests computed at the same time. `finetuned`: tails
-    with each scheme's fine-tuned weights (`runtime.weights`, under `weights_root` when given)
-    rather than the pruned base (the CLI's default is fine-tuned).
+    `idle_timeout`: seconds an established connection may wait between frames; `write_timeout`:
+    seconds to hand one reply to the socket; `handshake_timeout`: seconds from the accept until a
+    connection must have authenticated (its first frame, a HELLO with the token; without a token any
+    valid frame). Admission (`runtime.admission`): `max_clients` established connections,
+    `max_pending` not yet authenticated ones (when full, one of the address holding the most is dropped
+    for a newcomer),
+    `max_pending_per_peer` of those per IP address, and without a token `max_clients_per_peer`
+    established ones per IP address. `max_batch` images per request, `workers` requests computed at
+    the same time. Tails (`runtime.tails`): `cache_size` kept and `cache_bytes` of their tensors at
+    most; `finetuned` carries each scheme's fine-tuned weights when they exist (`runtime.weights`,
+    under `weights_root`), else the pruned base, logged and counted (`strict_weights`: ERROR
+    UNKNOWN_SCHEME instead); `finetune_on_request` fine-tunes a missing scheme (needs a token; at
+    most `finetune_queue` waiting or running). `insecure`: allow a non-loopback address without a
+    token (`check_bind`).
     """
 
     token: str | None = None
@@ -169,54 +133,96 @@ class ServerConfig:
     read_timeout: float = 10.0
     idle_timeout: float = 300.0
     write_timeout: float = 10.0
+    handshake_timeout: float = 2.0
     max_clients: int = 64
+    max_pending: int = 128
+    max_pending_per_peer: int = 8
+    max_clients_per_peer: int = 16
     max_batch: int = 64
     cache_size: int = 16
+    cache_bytes: int = 256 << 20
     workers: int = 1
     finetuned: bool = False
+    strict_weights: bool = False
+    finetune_on_request: bool = False
+    finetune_queue: int = 2
     weights_root: str | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("read_timeout", "idle_timeout", "write_timeout"):
+        for name in ("read_timeout", "idle_timeout", "write_timeout", "handshake_timeout"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise CoInferError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name in ("max_clients", "max_batch", "cache_size", "workers"):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and value > 0):
+                raise CoInferError(f"{name} must be a positive finite number of seconds, got {value!r}")
+        for name in ("max_clients", "max_pending", "max_pending_per_peer", "max_clients_per_peer", "max_batch",
+                     "cache_size", "cache_bytes", "workers", "finetune_queue"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise CoInferError(f"{name} must be an integer of at least 1, got {value!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise CoInferError("tls_cert and tls_key go together")
         if self.token == "":
             raise CoInferError("token must not be empty")
+        if self.finetune_on_request and self.token is None:
+            raise CoInferError("fine-tuning on request needs a token: only authenticated clients may ask for it")
+        if (self.finetune_on_request or self.strict_weights) and not self.finetuned:
+            raise CoInferError("fine-tuning on request and strict weights need fine-tuned tails")
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(self.max_clients, self.max_pending, self.max_pending_per_peer,
+                               None if self.token is not None else self.max_clients_per_peer)
+
+    @property
+    def tail_policy(self) -> TailPolicy:
+        return TailPolicy(self.finetuned, self.finetune_on_request, self.strict_weights, self.cache_size,
+                          self.cache_bytes, self.finetune_queue, self.weights_root)
 
 
-@dataclass
-class _Conn:
-    peer: str
-    busy: bool = False
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback one ("" and 0.0.0.0 / :: are every interface)."""
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def check_bind(host: str, config: ServerConfig) -> None:
+    """CoInferError unless `host` is loopback, or the server has a token, or `config.insecure`."""
+    if config.token is None and not config.insecure and not is_loopback(host):
+        raise CoInferError(f"refusing to serve on non-loopback {host or 'every interface'} without a token "
+                           "(give --token / --token-file / $COINFER_TOKEN, or --insecure)")
 
 
 class CloudServer:
     """The server as an object: `await start(host, port)`, `.port`, `await close()`. See the module doc.
 
     `base` is the app's base model when already loaded (else loaded here); the TLS certificate, when
-    configured, is loaded here (CoInferError when it cannot be).
+    configured, is loaded here (CoInferError when it cannot be). `stats` counts connections, refusals,
+    requests, replies and errors by code; `snapshot()` adds the pools' and the tail cache's state.
     """
 
     def __init__(self, app: App, config: ServerConfig = ServerConfig(), base: VGG | None = None) -> None:
         self.app, self.config = app, config
         self.base = base if base is not None else load_base_model(app)
-        self.tails = TailCache(self.base, config.cache_size, app=app, finetuned=config.finetuned,
-                               weights_root=config.weights_root)
+        self.tails = TailCache(self.base, config.tail_policy, app=app)
         self.limits = limits_for(self.base, config.max_batch)
         self.token = config.token.encode() if config.token is not None else None
         self.ssl_ctx = tls_context(config.tls_cert, config.tls_key)
         self.read_timeout, self.idle_timeout = config.read_timeout, config.idle_timeout
         self.write_timeout, self.max_clients = config.write_timeout, config.max_clients
         self.stats: Counter[str] = Counter()
+        self.admission = Admission(config.admission)
+        self._log_quiet: dict[ErrorCode, tuple[float, int]] = {}  # code -> (quiet until, lines left out)
         self._workers = asyncio.Semaphore(config.workers)
-        self._conns: dict[asyncio.Task, _Conn] = {}
         self._server: asyncio.Server | None = None
         self._closing = False
 
@@ -230,8 +236,17 @@ class CloudServer:
     def port(self) -> int:
         return self.address[1]
 
+    def snapshot(self) -> dict[str, int]:
+        """`stats` plus the pools now and the tail cache (tails, bytes, fallbacks, fine-tunes)."""
+        return {**self.stats, **self.tails.stats, "pending_now": len(self.admission.pending),
+                "established_now": len(self.admission.established), "tails_cached": len(self.tails),
+                "tails_bytes": self.tails.nbytes}
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx,
+        """Listen on host:port (CoInferError for a non-loopback host without a token, see `check_bind`)."""
+        check_bind(host, self.config)
+        # a deep accept queue: under a connection flood a client's SYN is not dropped (a 1 s retransmit)
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx, backlog=1024,
                                                   ssl_handshake_timeout=self.read_timeout if self.ssl_ctx else None)
 
     async def close(self, grace: float = 5.0) -> None:
@@ -239,10 +254,11 @@ class CloudServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for task, conn in list(self._conns.items()):
-            if not conn.busy:
-                task.cancel()
-        tasks = list(self._conns)
+        slots = self.admission.slots()
+        for slot in slots:
+            if not slot.busy and slot.task is not None:
+                slot.task.cancel()
+        tasks = [slot.task for slot in slots if slot.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
@@ -256,77 +272,132 @@ class CloudServer:
         task = asyncio.current_task()
         assert task is not None
         host, port = writer.get_extra_info("peername", ("?", "?"))[:2]
-        peer = f"{host}:{port}"
+        label = f"{host}:{port}"
         self.stats["connections"] += 1
-        if len(self._conns) >= self.max_clients or self._closing:
-            self.stats["refused_busy"] += 1
-            log.warning("refused %s: %d clients connected", peer, len(self._conns))
-            await self._send(writer, Error(0, ErrorCode.BUSY, "server busy", self.app.name))
-            await self._close(writer)
+        if self._closing:
+            writer.transport.abort()
             return
-        conn = self._conns[task] = _Conn(peer)
+        slot, why, evicted = self.admission.admit(str(host), label, task)
+        if evicted is not None and evicted.task is not None:
+            self.stats["evicted_pending"] += 1
+            evicted.task.cancel()
+        if slot is None:
+            self.stats["refused_peer"] += 1
+            log.debug("refused %s: %s", label, why)
+            await self._send(writer, Error(0, ErrorCode.BUSY, "too many connections from this address", self.app.name))
+            writer.close()  # no wait: a flood's refusals must stay cheap
+            return
         try:
-            await self._serve_connection(conn, reader, writer)
-        except (OSError, asyncio.CancelledError) as exc:  # abrupt disconnect, or shutdown while idle
-            log.info("connection %s ended: %s", peer, type(exc).__name__)
+            await self._serve_connection(slot, reader, writer)
+        except (OSError, asyncio.CancelledError) as exc:  # abrupt disconnect, eviction, or shutdown while idle
+            log.debug("connection %s ended: %s", label, type(exc).__name__)
         finally:
-            del self._conns[task]
-            await self._close(writer)
+            self.admission.release(slot)
+            if slot.established:
+                await self._close(writer)
+            else:  # never authenticated (dropped, timed out, refused): close without waiting for the peer
+                writer.close()
 
-    async def _serve_connection(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        authed = self.token is None
+    async def _first_frame(self, reader: asyncio.StreamReader, slot: Slot) -> Message | None:
+        """The first frame, complete within `handshake_timeout` of the accept; with a token only a HELLO
+        is read (another type: AUTH_REQUIRED, its body unread when large)."""
+        deadline = slot.since + self.config.handshake_timeout
+        remaining = max(0.0, deadline - time.monotonic())
+        expect = MsgType.HELLO if self.token is not None else None
+        try:
+            async with asyncio.timeout(remaining):
+                return await read_frame(reader, self.limits, timeout=self.read_timeout, idle_timeout=None,
+                                        expect=expect, refuse=ErrorCode.AUTH_REQUIRED)
+        except TimeoutError:
+            raise ProtocolError(ErrorCode.TIMEOUT, "not authenticated within "
+                                f"{self.config.handshake_timeout:g} s of connecting") from None
+
+    async def _serve_connection(self, slot: Slot, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while not self._closing:
             try:
-                idle = self.idle_timeout if authed else self.read_timeout  # unauthenticated: no idling
-                msg = await read_frame(reader, self.limits, timeout=self.read_timeout, idle_timeout=idle)
+                if slot.established:
+                    msg = await read_frame(reader, self.limits, timeout=self.read_timeout,
+                                           idle_timeout=self.idle_timeout)
+                else:
+                    msg = await self._first_frame(reader, slot)
             except ProtocolError as exc:
-                await self._refuse(writer, conn, 0, exc)
+                if exc.code is ErrorCode.AUTH_REQUIRED:
+                    self.stats["auth_failed"] += 1
+                if exc.code is ErrorCode.TIMEOUT and not slot.established:
+                    self.stats["handshake_timeout"] += 1
+                await self._refuse(writer, slot, 0, exc, quiet=not slot.established)
                 return
             if msg is None:
                 return
-            if not authed:
-                authed = await self._authenticate(writer, conn, msg)
-                if not authed:
+            if not slot.established:
+                if self.token is not None and not await self._authenticate(writer, slot, msg):
                     return
-                continue
+                why = self.admission.establish(slot)
+                if why:
+                    self.stats["refused_busy"] += 1
+                    log.warning("refused %s: %s", slot.label, why)
+                    await self._send(writer, Error(getattr(msg, "request_id", 0), ErrorCode.BUSY, "server busy",
+                                                   self.app.name))
+                    return
+                if self.token is not None:
+                    await self._send(writer, Hello(self.app.name, request_id=msg.request_id))
+                    continue
             if isinstance(msg, Hello):  # no token configured, or a repeated HELLO: acknowledge
                 await self._send(writer, Hello(self.app.name, request_id=msg.request_id))
                 continue
             if not isinstance(msg, Request):
                 unexpected = ProtocolError(ErrorCode.UNEXPECTED, f"unexpected {type(msg).__name__} from a client")
-                await self._refuse(writer, conn, 0, unexpected)
+                await self._refuse(writer, slot, 0, unexpected)
                 return
-            conn.busy = True
+            slot.busy = True
             try:
-                answer = await self._answer(msg, conn)
+                answer = await self._answer(msg, slot)
                 await self._send(writer, answer)
             finally:
-                conn.busy = False
+                slot.busy = False
             if isinstance(answer, Error) and answer.code not in RECOVERABLE:
                 return
 
-    async def _authenticate(self, writer: asyncio.StreamWriter, conn: _Conn, msg: Message) -> bool:
-        assert self.token is not None
-        if not isinstance(msg, Hello):
+    async def _authenticate(self, writer: asyncio.StreamWriter, slot: Slot, msg: Message) -> bool:
+        """Whether `msg` is a HELLO with the token (compared in constant time); else ERROR AUTH_REQUIRED
+        (an empty token) or AUTH_FAILED."""
+        assert self.token is not None and isinstance(msg, Hello)
+        if not msg.token:  # a client configured without a token
             self.stats["auth_failed"] += 1
-            await self._refuse(writer, conn, 0, ProtocolError(ErrorCode.AUTH_REQUIRED, "authentication required"))
+            await self._refuse(writer, slot, msg.request_id,
+                               ProtocolError(ErrorCode.AUTH_REQUIRED, "authentication required: no token given"),
+                               quiet=True)
             return False
         if not hmac.compare_digest(msg.token, self.token):
             self.stats["auth_failed"] += 1
-            await self._refuse(writer, conn, msg.request_id, ProtocolError(ErrorCode.AUTH_FAILED, "wrong token"))
+            await self._refuse(writer, slot, msg.request_id, ProtocolError(ErrorCode.AUTH_FAILED, "wrong token"),
+                               quiet=True)
             return False
-        await self._send(writer, Hello(self.app.name, request_id=msg.request_id))
         return True
 
-    async def _refuse(self, writer: asyncio.StreamWriter, conn: _Conn, request_id: int, exc: ProtocolError) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, slot: Slot, request_id: int, exc: ProtocolError,
+                      quiet: bool = False) -> None:
+        """Count, log and send the ERROR. `quiet` (a connection that never authenticated): at most one
+        log line per second per error code, saying how many it left out (a flood must not flood the log)."""
         self.stats[f"error_{exc.code.name.lower()}"] += 1
-        log.warning("%s from %s: %s", exc.code.name, conn.peer, exc.message)
+        if quiet:
+            now = time.monotonic()
+            until, left_out = self._log_quiet.get(exc.code, (0.0, 0))
+            if now < until:
+                self._log_quiet[exc.code] = (until, left_out + 1)
+            else:
+                self._log_quiet[exc.code] = (now + 1.0, 0)
+                more = f" (and {left_out} more not logged)" if left_out else ""
+                log.warning("%s from %s: %s%s", exc.code.name, slot.label, exc.message, more)
+        else:
+            log.warning("%s from %s: %s", exc.code.name, slot.label, exc.message)
         await self._send(writer, Error(request_id, exc.code, exc.message, self.app.name))
 
     async def _send(self, writer: asyncio.StreamWriter, msg: Message) -> None:
         with contextlib.suppress(OSError, TimeoutError):  # the peer may be gone; the caller closes
             writer.write(encode(msg))
-            await asyncio.wait_for(writer.drain(), self.write_timeout)
+            if writer.transport.get_write_buffer_size():  # the socket did not take it all at once
+                await asyncio.wait_for(writer.drain(), self.write_timeout)
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
@@ -335,33 +406,35 @@ class CloudServer:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     # ------------------------------------------------------------------------------- requests
-    async def _answer(self, req: Request, conn: _Conn) -> Reply | Error:
+    async def _answer(self, req: Request, slot: Slot) -> Reply | Error:
         self.stats["requests"] += 1
         t0 = time.perf_counter()
         try:
             if req.app != self.app.name:
                 raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {self.app.name!r}, not {req.app!r}")
             self.tails.check(req.scheme, req.shape)
+            # the tail first, outside the workers: a load (or a fine-tune on request) does not hold up others
+            tail = self.tails.cached(req.scheme) or await asyncio.to_thread(self.tails.get, req.scheme)
+            t1 = time.perf_counter()
             async with self._workers:
-                waited = time.perf_counter() - t0
-                reply = await asyncio.to_thread(self._compute, req)
+                waited = time.perf_counter() - t1
+                reply = await asyncio.to_thread(self._compute, req, tail)
         except ProtocolError as exc:
             self.stats[f"error_{exc.code.name.lower()}"] += 1
-            log.warning("%s from %s, request %d: %s", exc.code.name, conn.peer, req.request_id, exc.message)
+            log.warning("%s from %s, request %d: %s", exc.code.name, slot.label, req.request_id, exc.message)
             return Error(req.request_id, exc.code, exc.message, self.app.name)
         except Exception:  # a bug on this side: tell the client, keep the server up
             self.stats["error_internal"] += 1
-            log.exception("request %d from %s failed", req.request_id, conn.peer)
+            log.exception("request %d from %s failed", req.request_id, slot.label)
             return Error(req.request_id, ErrorCode.INTERNAL, "internal error", self.app.name)
         self.stats["replies"] += 1
-        log.info("request %d from %s scheme=%s n=%d body=%dB queue=%.2fms unpack=%.2fms compute=%.2fms",
-                 req.request_id, conn.peer, req.scheme, req.shape[0], len(req.body), waited * 1e3,
+        log.info("request %d from %s scheme=%s n=%d body=%dB tail=%.2fms queue=%.2fms unpack=%.2fms compute=%.2fms",
+                 req.request_id, slot.label, req.scheme, req.shape[0], len(req.body), (t1 - t0) * 1e3, waited * 1e3,
                  reply.unpack_s * 1e3, reply.compute_s * 1e3)
         return reply
 
-    def _compute(self, req: Request) -> Reply:
-        """Runs in a worker thread: decode, dequantise, tail forward, top-k (a tail built now is not timed)."""
-        tail = self.tails.get(req.scheme)
+    def _compute(self, req: Request, tail: Callable[[torch.Tensor], torch.Tensor]) -> Reply:
+        """Runs in a worker thread: decode, dequantise, tail forward, top-k."""
         t0 = time.perf_counter()
         codes, lo, scale = decode_activation(req.body, req.shape, req.bits)  # the checks of activation.from_bytes
         a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
@@ -390,6 +463,14 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
+def _tails_mode(config: ServerConfig) -> str:
+    if not config.finetuned:
+        return "pruned base weights"
+    missing = (f"fine-tuned on request (queue {config.finetune_queue})" if config.finetune_on_request
+               else "refused (UNKNOWN_SCHEME)" if config.strict_weights else "pruned base weights, logged")
+    return f"fine-tuned weights where they exist, else {missing}"
+
+
 async def serve(app: App, config: ServerConfig = ServerConfig(), host: str = "127.0.0.1", port: int = 0, *,
                 base: VGG | None = None, stop: asyncio.Event | None = None,
                 on_ready: Callable[[CloudServer], None] | None = None) -> CloudServer:
@@ -405,8 +486,8 @@ async def serve(app: App, config: ServerConfig = ServerConfig(), host: str = "12
     for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / not on this OS
             loop.add_signal_handler(sig, stop.set)
-    log.info("serving app %s on %s:%d%s%s", app.name, host, server.port, " with TLS" if server.ssl_ctx else "",
-             " with token" if config.token else "")
+    log.info("serving app %s on %s:%d%s%s; tails: %s", app.name, host, server.port,
+             " with TLS" if server.ssl_ctx else "", " with token" if config.token else "", _tails_mode(config))
     if on_ready is not None:
         on_ready(server)
     try:
@@ -431,30 +512,55 @@ class _JsonFormatter(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(prog="python -m runtime.cloud", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; another needs a token "
+                                                        "or --insecure)")
     ap.add_argument("--port", type=int, default=5000, help="0 picks a free port (announced on stdout)")
-    ap.add_argument("--token", help="shared secret the client must send first (HELLO)")
+    ap.add_argument("--token", help="shared secret the client must send first (HELLO); visible in ps: prefer "
+                                    "--token-file or $COINFER_TOKEN")
+    ap.add_argument("--token-file", help="read the token from the first line of this file")
+    ap.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--read-timeout", type=float, default=10.0, help="seconds to receive one frame once started")
     ap.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a connection may wait between frames")
-    ap.add_argument("--max-clients", type=int, default=64)
+    ap.add_argument("--handshake-timeout", type=float, default=2.0,
+                    help="seconds from connecting until a client must have authenticated (its first frame)")
+    ap.add_argument("--max-clients", type=int, default=64, help="authenticated connections at once")
+    ap.add_argument("--max-pending", type=int, default=128, help="unauthenticated connections at once")
+    ap.add_argument("--max-pending-per-peer", type=int, default=8, help="unauthenticated connections per address")
+    ap.add_argument("--max-clients-per-peer", type=int, default=16,
+                    help="connections per address once they have spoken (only without a token)")
     ap.add_argument("--max-batch", type=int, default=64, help="largest N accepted in one request")
     ap.add_argument("--cache-size", type=int, default=16, help="tails kept in memory (LRU)")
+    ap.add_argument("--cache-mb", type=float, default=256.0, help="megabytes of tail tensors kept in memory (LRU)")
     ap.add_argument("--workers", type=int, default=1, help="requests computed at the same time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per computation")
     ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
-                    help="tails with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
+                    help="tails with each scheme's fine-tuned weights when they exist (runtime.weights; default; "
+                         "else the pruned base, logged) or always the pruned base")
+    ap.add_argument("--strict-weights", action="store_true",
+                    help="a scheme without fine-tuned weights gets ERROR UNKNOWN_SCHEME instead of base weights")
+    ap.add_argument("--finetune-on-request", action="store_true",
+                    help="fine-tune a scheme whose weights are missing when a client asks (needs a token; bounded)")
+    ap.add_argument("--finetune-queue", type=int, default=2, help="fine-tunes on request waiting or running at most")
     ap.add_argument("--json", action="store_true", help="log lines as JSON objects; final stats as JSON")
     args = ap.parse_args(argv)
-    config = ServerConfig(token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                          read_timeout=args.read_timeout, idle_timeout=args.idle_timeout, max_clients=args.max_clients,
-                          max_batch=args.max_batch, cache_size=args.cache_size, workers=args.workers,
-                          finetuned=args.finetuned)
+    if not (math.isfinite(args.cache_mb) and args.cache_mb > 0):
+        raise CoInferError(f"--cache-mb must be a positive number, got {args.cache_mb}")
+    config = ServerConfig(token=resolve_token(args.token, args.token_file), tls_cert=args.tls_cert,
+                          tls_key=args.tls_key, read_timeout=args.read_timeout, idle_timeout=args.idle_timeout,
+                          handshake_timeout=args.handshake_timeout, max_clients=args.max_clients,
+                          max_pending=args.max_pending, max_pending_per_peer=args.max_pending_per_peer,
+                          max_clients_per_peer=args.max_clients_per_peer, max_batch=args.max_batch,
+                          cache_size=args.cache_size, cache_bytes=max(1, int(args.cache_mb * (1 << 20))),
+                          workers=args.workers, finetuned=args.finetuned, strict_weights=args.strict_weights,
+                          finetune_on_request=args.finetune_on_request, finetune_queue=args.finetune_queue,
+                          insecure=args.insecure)
     if args.threads < 1:
         raise CoInferError("--threads must be at least 1")
     if not 0 <= args.port <= 65535:
         raise CoInferError(f"--port {args.port} outside 0..65535")
+    check_bind(args.host, config)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if args.json else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -465,10 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         server = asyncio.run(serve(app, config, args.host, args.port, on_ready=ready))
     except OSError as exc:
         raise CoInferError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    stats = dict(sorted(server.stats.items()))
+    stats = {k: v for k, v in sorted(server.snapshot().items()) if v}  # the counters that moved
     print(json.dumps(stats) if args.json else " ".join(f"{k}={v}" for k, v in stats.items()))
     return 0
-
 
 if __name__ == "__main__":
     run_cli(main)

@@ -1,6 +1,7 @@
 """Edge CLI: run the first n test images through a cloud server, one request each, and report.
 
-    python -m runtime.edge --app vgg16_digits --server 127.0.0.1:5000 --scheme 4,12,3 [--n 50] [--token T] [--json]
+    python -m runtime.edge --app vgg16_digits --server 127.0.0.1:5000 --scheme 4,12,3 [--n 50] [--json]
+                           [--token-file F | --token T | $COINFER_TOKEN]
     python -m runtime.edge --server HOST:PORT --auto -accuracy_loss 0.01 [--adapt] [--queue] [--rate-limit MBPS]
 
 `--scheme p,c,b` splits at point p with c channels at b bits; `all-cloud` sends the raw input
@@ -9,7 +10,8 @@ quantised to 8 bits per channel (p = -1 on the wire, the cloud runs the whole ba
 fine-tuned weights (`runtime.weights`; `--no-finetuned`: pruned base weights, and the cloud must
 match). Each of the first n test images is one request; the report gives the median time of each
 stage (edge compute, quantise + pack, transfer + wait, cloud unpack, cloud compute), the bytes on
-the wire and the accuracy of the predictions that came back. The connection is
+the wire and the accuracy of the predictions that came back. The server's token, when it has one,
+comes from `--token-file`, `--token` or $COINFER_TOKEN (`runtime.secret`) and is never printed. The connection is
 `runtime.client.EdgeClient`, which tests and benchmarks use directly.
 
 `--auto` probes the uplink (or starts from `--bandwidth`), then picks the scheme with the search
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import ssl
 import statistics
@@ -38,6 +41,7 @@ from database.devices import parse_device_pair
 from database.slowdown import SlowCPU
 from runtime.advisor import Adapter, SchemeAdvisor
 from runtime.monitor import BandwidthEstimator, TokenBucket
+from runtime.secret import resolve_token
 
 if TYPE_CHECKING:  # torch loads on first use, so --help answers at once
     import torch
@@ -206,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="heads with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
     ap.add_argument("--n", type=int, default=50, help="requests: the first n test images")
     ap.add_argument("--k", type=int, default=5, help="top-k classes returned")
-    ap.add_argument("--token")
+    ap.add_argument("--token", help="the server's token (visible in ps: prefer --token-file or $COINFER_TOKEN)")
+    ap.add_argument("--token-file", help="read the server's token from the first line of this file")
     ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
@@ -230,8 +235,10 @@ def _check(args: argparse.Namespace) -> None:
         raise CoInferError("--bandwidth and --rate-limit must be positive (Mbps)")
     if args.depth < 1:
         raise CoInferError("--depth must be at least 1")
-    if args.n < 1 or args.threads < 1 or args.timeout <= 0:
-        raise CoInferError("--n and --threads must be at least 1, --timeout positive")
+    if args.n < 1 or args.threads < 1:
+        raise CoInferError("--n and --threads must be at least 1")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise CoInferError(f"--timeout must be a positive finite number of seconds, got {args.timeout}")
 
 
 def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientConfig:
@@ -249,7 +256,8 @@ def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientCon
             ssl_ctx = ssl.create_default_context(cafile=args.tls_ca)
         except (OSError, ssl.SSLError) as exc:
             raise CoInferError(f"cannot load --tls-ca {args.tls_ca}: {exc}") from None
-    return ClientConfig(host, port, args.token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx)
+    token = resolve_token(args.token, args.token_file)
+    return ClientConfig(host, port, token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx)
 
 
 def _edge_device(speed: float | None, threads: int) -> SlowCPU | None:

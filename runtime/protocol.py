@@ -304,12 +304,19 @@ async def _read_exactly(reader: asyncio.StreamReader, n: int, part: str) -> byte
                             f"{exc.expected - len(exc.partial)} of {exc.expected} bytes") from None
 
 
+# a refused frame's body is read (and dropped) up to this size, so the peer reads the refusal, not a reset
+DRAIN_MAX = 64 << 10
+
+
 async def read_frame(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMITS, *,
-                     timeout: float | None = None, idle_timeout: float | None = None) -> Message | None:
+                     timeout: float | None = None, idle_timeout: float | None = None,
+                     expect: MsgType | None = None, refuse: ErrorCode = ErrorCode.UNEXPECTED) -> Message | None:
     """Read and validate one frame. None on a clean EOF before its first byte.
 
     `idle_timeout` bounds the wait for the first byte, `timeout` the rest of the frame once it has
-    started (a client dripping bytes is cut off); both raise ProtocolError(TIMEOUT).
+    started (a client dripping bytes is cut off); both raise ProtocolError(TIMEOUT). With `expect`,
+    a frame of another type raises ProtocolError(`refuse`) once its header is read: a body larger
+    than DRAIN_MAX is then never read (the server's pre-auth reads only accept a HELLO).
     """
     try:
         async with asyncio.timeout(idle_timeout):
@@ -321,6 +328,10 @@ async def read_frame(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMI
     try:
         async with asyncio.timeout(timeout):
             header = parse_header(first + await _read_exactly(reader, HEADER_SIZE - 1, "header"), limits)
+            if expect is not None and header.type is not expect:
+                if header.body_len <= DRAIN_MAX:
+                    await _read_exactly(reader, header.body_len, "body")
+                raise ProtocolError(refuse, f"expected {expect.name}, got {header.type.name}")
             body = await _read_exactly(reader, header.body_len, "body")
     except TimeoutError:
         raise ProtocolError(ErrorCode.TIMEOUT, f"frame not complete within {timeout} s") from None

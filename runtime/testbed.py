@@ -179,8 +179,8 @@ class Testbed:
                str(self.port), "--json", *self.config.cloud_args]
         if self.cloud_cpu is not None:  # edge and cloud are two machines: they do not share a core's caches
             cmd = ["taskset", "-c", str(self.cloud_cpu), *cmd]
-        if self.net is not None:
-            cmd = self.net.in_cloud(cmd)
+        if self.net is not None:  # the veth address is reachable only from the edge's namespace
+            cmd = self.net.in_cloud([*cmd, "--insecure"])
         self.cloud = subprocess.Popen(cmd, cwd=REPO_ROOT, env=netns.helper_env(), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, start_new_session=True)
         # keep draining its log so the pipe never fills up

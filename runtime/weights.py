@@ -103,9 +103,11 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None,
-                 train: bool = True, finetuner: Finetuner | None = None) -> dict[str, torch.Tensor]:
-    """The fine-tuned state_dict of a split scheme: memory, then disk, then a fine-tune (saved)."""
+def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None, train: bool = True,
+                 finetuner: Finetuner | None = None, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The fine-tuned state_dict of a split scheme: memory, then disk, then a fine-tune (saved; with
+    `train=False` a missing file is FileNotFoundError). `keep=False`: not kept in this module's
+    process-wide cache (the cloud's TailCache bounds its own memory)."""
     path = scheme_path(app, scheme, root)
     key = (app.name, str(path.parent), scheme)
     with _cache_lock:
@@ -123,8 +125,9 @@ def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None,
                         "seed": app.protocol.seed, "top1": top1, "seconds": time.perf_counter() - start}
                 _save_atomic(model.state_dict(), meta, path)
     state = load_state(path)
-    with _cache_lock:
-        _cache[key] = state
+    if keep:
+        with _cache_lock:
+            _cache[key] = state
     return state
 
 
@@ -137,10 +140,10 @@ def scheme_accuracy(app: App, scheme: Scheme, root: str | Path | None = None) ->
 
 
 def scheme_model(app: App, scheme: Scheme, *, base: VGG | None = None, root: str | Path | None = None,
-                 train: bool = True, finetuner: Finetuner | None = None) -> SchemeModel:
+                 train: bool = True, finetuner: Finetuner | None = None, keep: bool = True) -> SchemeModel:
     """The SchemeModel of a split scheme with its fine-tuned weights (fine-tuned by `finetuner` and saved
-    first when missing)."""
-    state = scheme_state(app, scheme, root=root, train=train, finetuner=finetuner)
+    first when missing, unless `train=False`; `keep` as for scheme_state)."""
+    state = scheme_state(app, scheme, root=root, train=train, finetuner=finetuner, keep=keep)
     if base is None:
         from models.build import load_base_model
         base = load_base_model(app)

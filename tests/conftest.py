@@ -87,9 +87,10 @@ def latency_only_copy(tiny_db: str, path) -> tuple:
     return full, store
 
 
-def start_cloud_server(*args: str):
+def start_cloud_server(*args: str, env: dict[str, str] | None = None, stderr=None):
     """`python -m runtime.cloud` on 127.0.0.1 at a port the OS picks: (process, port) once it says it is
-    ready (its readiness line on stdout; its log goes to this process's stderr). The caller stops it (SIGTERM)."""
+    ready (its readiness line on stdout; its log goes to this process's stderr, or to `stderr`, e.g.
+    subprocess.PIPE). `env` is added to this process's environment. The caller stops it (SIGTERM)."""
     import os
     import subprocess
     import sys
@@ -97,7 +98,8 @@ def start_cloud_server(*args: str):
     from runtime.ready import wait_ready
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--port", "0", "--json", "--threads", "1", *args],
-                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, text=True)
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         return proc, wait_ready(proc, 120, "the cloud server")["port"]
     except BaseException:

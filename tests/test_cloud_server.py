@@ -252,7 +252,7 @@ def test_token(base, images, caplog) -> None:
                 async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, token="s3cret!"), base=base):
                     pass
             assert info.value.code == ErrorCode.AUTH_FAILED
-            await expect_error(port, encode(Hello("vgg16_digits", b"")), ErrorCode.AUTH_FAILED)
+            await expect_error(port, encode(Hello("vgg16_digits", b"")), ErrorCode.AUTH_REQUIRED)  # no token given
             async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port, token="s3cret"), base=base) as client:
                 pred = await client.infer(images[:1])
             assert pred.classes[0][0] == reference(base, SCHEMES[1], images[:1])[0][0][0]
@@ -322,7 +322,7 @@ def test_shutdown_finishes_requests_in_flight(base, images) -> None:
     async def main() -> None:
         server = CloudServer(APP, base=base)
         compute = server._compute
-        server._compute = lambda req: (time.sleep(0.3), compute(req))[1]  # a slow tail
+        server._compute = lambda req, tail: (time.sleep(0.3), compute(req, tail))[1]  # a slow tail
         await server.start("127.0.0.1", 0)
         idle = EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base)
         busy = EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base)
