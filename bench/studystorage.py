@@ -19,20 +19,18 @@ import statistics
 import tempfile
 import time
 
-import optuna
-
 from apps.errors import ArgParser, run_cli
-from search.evaluators import TableEvaluator
-from search.problem import Problem
-from search.query import LatencyQuery
-from search.samplers.coinfer import CoInferSampler
-from search.study import Objective, open_study
-from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
 
 POINTS = [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
 
 
 def one_search(storage: str | None, name: str) -> dict[str, float]:
+    from search.evaluators import TableEvaluator
+    from search.problem import Problem
+    from search.query import LatencyQuery
+    from search.samplers.coinfer import CoInferSampler
+    from search.study import Objective, open_study
+    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
     points = synthetic_points(POINTS)
     problem = Problem(LatencyQuery(0.01, 0.5), synthetic_latency(points), 0.9)
     sampler = CoInferSampler(problem)
@@ -53,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", default=os.environ.get("COINFER_TEST_POSTGRES"),
                     help="SQLAlchemy URL of a PostgreSQL database to use (default: $COINFER_TEST_POSTGRES)")
     args = ap.parse_args(argv)
+    import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = tempfile.mkdtemp(prefix="coinfer-studystorage-")
     storages = {"memory": None, "journal": f"{folder}/studies.journal", "sqlite": f"sqlite:///{folder}/studies.db"}

@@ -59,14 +59,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import ArgParser, CoInferError, run_cli
-from compress.quant import dequantize
-from models.build import load_base_model
-from models.vgg import VGG
 from runtime.admission import Admission, AdmissionLimits, Slot
 from runtime.protocol import (
     DEFAULT_LIMITS,
@@ -85,7 +81,12 @@ from runtime.protocol import (
 )
 from runtime.ready import announce
 from runtime.secret import resolve_token
-from runtime.tails import TailCache, TailPolicy
+
+if TYPE_CHECKING:  # torch and the models load when a server is built (the CLI's --help stays fast)
+    import torch
+
+    from models.vgg import VGG
+    from runtime.tails import TailPolicy
 
 log = logging.getLogger("coinfer.cloud")
 # Errors about a well-formed frame's content: reply and keep the connection. Every other error closes it.
@@ -176,6 +177,7 @@ class ServerConfig:
 
     @property
     def tail_policy(self) -> TailPolicy:
+        from runtime.tails import TailPolicy
         return TailPolicy(self.finetuned, self.finetune_on_request, self.strict_weights, self.cache_size,
                           self.cache_bytes, self.finetune_queue, self.weights_root)
 
@@ -212,6 +214,8 @@ class CloudServer:
 
     def __init__(self, app: App, config: ServerConfig = ServerConfig(), base: VGG | None = None) -> None:
         self.app, self.config = app, config
+        from models.build import load_base_model
+        from runtime.tails import TailCache
         self.base = base if base is not None else load_base_model(app)
         self.tails = TailCache(self.base, config.tail_policy, app=app)
         self.limits = limits_for(self.base, config.max_batch)
@@ -435,6 +439,9 @@ class CloudServer:
 
     def _compute(self, req: Request, tail: Callable[[torch.Tensor], torch.Tensor]) -> Reply:
         """Runs in a worker thread: decode, dequantise, tail forward, top-k."""
+        import torch  # loaded by the server's constructor already: a dictionary look-up
+
+        from compress.quant import dequantize
         t0 = time.perf_counter()
         codes, lo, scale = decode_activation(req.body, req.shape, req.bits)  # the checks of activation.from_bytes
         a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
@@ -564,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if args.json else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    import torch
     torch.set_num_threads(args.threads)
     app = load_app(args.app)
     ready = lambda server: announce(*server.address, app=app.name)

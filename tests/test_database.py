@@ -198,3 +198,18 @@ def test_paper_profile_ships_inside_the_repository():
     from apps import REPO_ROOT
     assert DEFAULT_JSON.is_file() and DEFAULT_JSON.resolve().is_relative_to(REPO_ROOT)
     assert "Opt-CoInfer" in (DEFAULT_JSON.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name,text", [
+    ("t.txt", "0+1-1*0.5\n1+2-3*0.25\n0+1-1*0.4\n"),
+    ("t.csv", "p,c,b,top1\n0,1,1,0.5\n1,2,3,0.75\n0,1,1,0.6\n"),
+])
+def test_a_conflicting_duplicate_row_is_an_error_naming_both_lines(tmp_path, name, text):
+    from database.formats import read_table
+    path = tmp_path / name
+    path.write_text(text)
+    first, second = (1, 3) if name.endswith(".txt") else (2, 4)  # a CSV's line 1 is its header
+    with pytest.raises(CoInferError, match=f"scheme 0,1,1 has conflicting values on lines {first} .* and {second}"):
+        read_table(path)
+    path.write_text(text.replace("0.4", "0.5").replace("0.6", "0.5"))  # a repeat of the same value is fine
+    assert read_table(path) == {Scheme(0, 1, 1): 0.5, Scheme(1, 2, 3): 0.75}
