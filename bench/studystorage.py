@@ -66,11 +66,33 @@ def main(argv: list[str] | None = None) -> int:
         for kind, url in storages.items():
             rows[kind].append(one_search(url, f"bench-{stamp}-{r}"))
     print(f"{'storage':<11} {'trials':>6} {'wall ms/trial':>13} {'decision ms':>11} {'bookkeeping ms':>14}")
+    medians = {}
     for kind, rs in rows.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+        med = medians[kind] = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
         print(f"{kind:<11} {med['trials']:>6.0f} {med['wall_ms']:>13.2f} {med['decision_ms']:>11.2f} "
               f"{med['bookkeeping_ms']:>14.2f}")
+    print(f"plot: {plot(medians)}")
     return 0
+
+
+def plot(medians: dict[str, dict[str, float]]):
+    """Stacked bars per storage: the sampler's decision and the storage's bookkeeping, ms per trial."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots import OUT, save_figure
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    kinds = list(medians)
+    decision = [medians[k]["decision_ms"] for k in kinds]
+    ax.bar(kinds, decision, label="sampler decision")
+    ax.bar(kinds, [medians[k]["bookkeeping_ms"] for k in kinds], bottom=decision, label="storage bookkeeping")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=min(decision) / 3)  # every bar starts inside the axes
+    ax.set_ylabel("ms per trial (median over rounds)")
+    ax.set_title("One CoInfer search as study.optimize, per Optuna storage")
+    ax.legend(fontsize=8)
+    return save_figure(fig, OUT / "studystorage.png")
 
 
 if __name__ == "__main__":
