@@ -40,7 +40,7 @@ def search_cases() -> list[Case]:
                          ("accuracy_search.py", ("-latency", "0.6"))):
         base = (*head, "--offline", "--storage", "{db}")
         flag = head[0]
-        for bad in ("nan", "inf", "-1", "1.5", "abc", ""):
+        for bad in ("nan", "inf", "-1", "1.5" if flag == "-accuracy_loss" else "0", "abc", ""):
             out.append(_c(script, flag, bad, "--offline", "--storage", "{db}", fast=bad == "nan"))
         out.append(_c(script, "--offline", "--storage", "{db}", label="required option missing"))
         for opt, values in (("-bandwidth", ("0", "-1", "nan", "inf", "x")), ("-gpu", ("99", "-1", "x")),

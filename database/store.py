@@ -184,6 +184,8 @@ class Store:
 
     def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0,
                  readonly: bool = False) -> None:
+        if url is not None and not url.strip():
+            raise CoInferError("empty storage URL: give a SQLAlchemy URL or a file path, or leave --storage out")
         self.url = url or DEFAULT_STORAGE
         if "://" not in self.url:  # a plain path means an SQLite file
             self.url = f"sqlite:///{Path(self.url).resolve()}"

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 from compress.scheme import Scheme
 from database.devices import parse_device_pair
 from database.slowdown import SlowCPU
@@ -182,8 +182,8 @@ def notes(rate_limit: float | None, edge_speed: float | None, depth: int | None)
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m runtime.edge", description=__doc__.splitlines()[0])
+def _parser() -> ArgParser:
+    ap = ArgParser(prog="python -m runtime.edge", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--server", default=os.environ.get("COINFER_SERVER"),
                     help="HOST:PORT of the cloud (not needed for all-edge; default $COINFER_SERVER)")
