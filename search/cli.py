@@ -98,7 +98,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     """Parse, search, print; heavy modules (torch, optuna, SQLAlchemy) are imported after parsing,
     so `--help` and bad flags answer at once."""
     args = build_parser(kind).parse_args(argv)
-    from search.query import AccuracyQuery, LatencyQuery, _ms
+    from search.query import AccuracyQuery, LatencyQuery, format_seconds
     if kind == "latency":
         query = LatencyQuery(args.accuracy_loss, args.bandwidth)
     else:
@@ -176,7 +176,8 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     if not result.feasible:
         fastest = result.breakdown.total
         print(f"no scheme meets the bound: {result.query.describe(result.problem.reference)} at "
-              f"{query.bandwidth:g} Mbps; the fastest scheme, {result.scheme}, takes {_ms(fastest)}", file=sys.stderr)
+              f"{query.bandwidth:g} Mbps; the fastest scheme, {result.scheme}, takes {format_seconds(fastest)}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -191,7 +192,7 @@ def compact(out: dict) -> dict:
 
 
 def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
-    from search.query import _ms
+    from search.query import format_seconds as ms
     q = r.query
     ref = r.problem.reference
     head = f"{q.describe(ref)} at {q.bandwidth:g} Mbps ({bytes_per_second(q.bandwidth):,.0f} B/s)"
@@ -204,10 +205,10 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
         where = "whole model on the edge" if r.scheme.is_all_edge else "raw input sent, whole model in the cloud"
         lines.append(f"  scheme      {r.scheme} ({where})")
     bd = r.breakdown
-    lines.append(f"  latency     {_ms(bd.total)} = edge {_ms(bd.edge)} + transfer {_ms(bd.transfer)} "
+    lines.append(f"  latency     {ms(bd.total)} = edge {ms(bd.edge)} + transfer {ms(bd.transfer)} "
                  f"({bd.bytes:,.0f} B" + (f", {bd.wire:,.0f} B on the wire" if bd.wire > bd.bytes else "")
-                 + f") + cloud {_ms(bd.cloud)}")
-    lines.append(f"  references  all-edge {_ms(r.reference['all_edge'])}, all-cloud {_ms(r.reference['all_cloud'])}"
+                 + f") + cloud {ms(bd.cloud)}")
+    lines.append(f"  references  all-edge {ms(r.reference['all_edge'])}, all-cloud {ms(r.reference['all_cloud'])}"
                  f" -> this is {bd.total / ref:.3f} x the best single-end")
     if r.accuracy is not None:
         bound = ">= " if r.accuracy_is_bound else ""
@@ -221,7 +222,7 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
     verdict = "yes, exactly" if cert.exact else "yes" if cert.certified else "no"
     lines.append(f"  certified   {verdict}: {cert.reason}")
     if r.offline:
-        gap = f"{_ms(cert.gap)} faster" if q.name == "latency" else f"{100 * cert.gap:.2f} % more accurate"
+        gap = f"{ms(cert.gap)} faster" if q.name == "latency" else f"{100 * cert.gap:.2f} % more accurate"
         lines.append(f"  gap         an unevaluated scheme could be up to {gap}" if cert.gap else
                      "  gap         none: the answer is optimal given the database")
         if r.next_to_evaluate:

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 FLOAT_SLACK = 1e-9  # accepted rounding in the threshold and the budget
 
 
-def _ms(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """12.34 ms below 10 s, 12.34 s above."""
     return f"{seconds * 1e3:.2f} ms" if seconds < 10 else f"{seconds:.2f} s"
 
 
@@ -147,8 +148,8 @@ class AccuracyQuery:
         return f"accuracy-ratio{self.latency_ratio:g}-{self.bandwidth:g}Mbps"
 
     def describe(self, reference: float) -> str:
-        return f"most accurate scheme within {self.latency_ratio:g} x {_ms(reference)} = " \
-               f"{_ms(self.latency_ratio * reference)}"
+        return f"most accurate scheme within {self.latency_ratio:g} x {format_seconds(reference)} = " \
+               f"{format_seconds(self.latency_ratio * reference)}"
 
     # -- the constraint set ----------------------------------------------------------------
     def threshold(self, base: float) -> float:
