@@ -143,16 +143,21 @@ class Objective:
         return value
 
 
+def measured(trials: list[FrozenTrial], problem: Problem) -> dict[Scheme, float]:
+    """The split schemes whose accuracy these (completed) trials recorded."""
+    out = {}
+    for t in trials:
+        acc, scheme = t.user_attrs.get("accuracy"), scheme_of(t, problem)
+        if acc is not None and scheme is not None and scheme.is_split:
+            out[scheme] = float(acc)
+    return out
+
+
 def knowledge(study: optuna.Study, problem: Problem, known: dict[Scheme, float] | None = None,
               tolerance: float = 0.0) -> Knowledge:
     """What `known` and the study's completed trials say about the split schemes' accuracy."""
-    table = dict(known or {})
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        acc = t.user_attrs.get("accuracy")
-        scheme = scheme_of(t, problem)
-        if acc is not None and scheme is not None and scheme.is_split:
-            table[scheme] = float(acc)
-    return problem.knowledge(table, tolerance)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return problem.knowledge(dict(known or {}) | measured(completed, problem), tolerance)
 
 
 def add_known(study: optuna.Study, problem: Problem, schemes: list[Scheme], table: dict[Scheme, float]) -> int:

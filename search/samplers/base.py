@@ -33,7 +33,7 @@ from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.certificate import Certificate, certify
 from search.problem import Problem, Status
-from search.study import add_known, params_of, scheme_of
+from search.study import add_known, measured, params_of, scheme_of
 
 CLAIM = "coinfer:scheme"
 REPEAT = "coinfer:repeat"  # the trial re-runs the answer: nothing was left to evaluate
@@ -55,7 +55,6 @@ class PlannerSampler(BaseSampler):
         self.tolerance = tolerance
         self.wait_s = wait_s
         self.decision_s = 0.0  # own time spent choosing schemes (waits excluded)
-        self.decisions = 0
         self._state: tuple[int, Knowledge, set[int], Status | None] | None = None
 
     # -- what subclasses decide ------------------------------------------------------------
@@ -79,11 +78,9 @@ class PlannerSampler(BaseSampler):
         new = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number not in absorbed]
         if told is not None and told.number not in absorbed:
             new.append(told)
-        for t in new:
-            absorbed.add(t.number)
-            scheme, acc = scheme_of(t, self.problem), t.user_attrs.get("accuracy")
-            if acc is not None and scheme is not None and scheme.is_split:
-                kn.add(self.problem.space.index(scheme), float(acc))
+        absorbed.update(t.number for t in new)
+        for scheme, acc in measured(new, self.problem).items():
+            kn.add(self.problem.space.index(scheme), acc)
         if st is None or new:
             st = self.problem.status(kn)
             self._state = (study._study_id, kn, absorbed, st)
@@ -169,7 +166,6 @@ class PlannerSampler(BaseSampler):
             finished = self.finished(kn, st)
             i = None if finished else self.pick(kn, st, held | failed)
             self.decision_s += time.perf_counter() - t0
-            self.decisions += 1
             if i is not None:
                 return space.scheme(i), False
             if finished or not held.any() or time.monotonic() >= deadline:
