@@ -22,6 +22,10 @@ request the app can make (the deepest point, 1 channel, 1 bit) less its serialis
 head + quantise/pack, transfer = round trip minus the cloud's own unpack + compute, cloud) next to
 the model's, so a miss can be traced to its stage. Wire bytes: the request frame (48-byte header +
 body) against the model's bytes. Target: error <= 10 % per scheme, frame <= model bytes + 64.
+Drift: a fixed workload (`database.noise.reference_workload`) is timed on the cloud CPU before each
+round and at the end; drift = max / min - 1 of those times. Band: the lowest and highest of the
+rounds' predictions widened by that drift, the confidence a profile can give on a machine whose
+speed moved that much; the table counts the measured medians inside it.
 Writes bench/out/runtime.png.
 """
 
@@ -37,7 +41,7 @@ import numpy as np
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
 from apps.errors import ArgParser, CoInferError, run_cli
-from bench.freshprofile import idle_before, reprofile, snapshot
+from bench.freshprofile import idle_before, pinned, reprofile, snapshot
 from bench.plots import OUT, save_figure
 from compress.scheme import Scheme
 
@@ -85,6 +89,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
             quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True,
             rounds: int = 3) -> list[dict]:
     from bench.edgeworker import EdgeWorker
+    from database.noise import reference_workload
     from database.store import Store
     from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
@@ -94,6 +99,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     calib = calibration_scheme(app)
     points = {k.p for k in map(Scheme.parse, [calib, *schemes]) if k.is_split}
     rows = []
+    reference = []  # a fixed workload's seconds on the cloud CPU, before each round and at the end
     for rate in rates:
         with Testbed(app.name, TestbedConfig(rate, quota, link=link, edge_emulation=emulation,
                                                keep_warm=keep_warm)) as tb, \
@@ -104,25 +110,31 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
             models, runs = [], {s: [] for s in [calib, *schemes]}
             idle = idle_before(LatencyModel.from_store(stored, app), [Scheme.parse(s) for s in [calib, *schemes]], rate)
             for k in range(rounds):
+                with pinned(tb.cloud_cpu):
+                    reference.append(reference_workload())
                 if fresh:
                     reprofile(store, app, quota, tb, points, runs=max(5, 30 // rounds), idle_s=idle)
                 models.append(LatencyModel.from_store(store, app))
                 part = worker.run([calib, *schemes], n // rounds + (k < n % rounds), warmup if k == 0 else 1)
                 for s, r in part.items():
                     runs[s] += r
+            with pinned(tb.cloud_cpu):
+                reference.append(reference_workload())
             rtt = measured_rtt(runs[calib], models[0], rate)
             for m in models:
                 m.rtt_s = rtt
             for s in schemes:
                 r = runs[s]
-                bd = mean_breakdown([m.breakdown(Scheme.parse(s), rate) for m in models])
+                per_round = [m.breakdown(Scheme.parse(s), rate) for m in models]
+                bd = mean_breakdown(per_round)
                 total = [x["total_s"] for x in r]
                 med = statistics.median(total)
                 frame = statistics.median(x["bytes_up"] for x in r) if s != "all-edge" else 0
                 rows.append({
                     "rate_mbps": rate, "scheme": s, "mode": tb.mode, "link": link, "notes": tb.notes,
                     "rtt_s": rtt, "fresh_profile": fresh,
-                    "predicted_s": bd.total, "median_s": med, "p90_s": p90(total),
+                    "predicted_s": bd.total, "round_predicted_s": [b.total for b in per_round],
+                    "median_s": med, "p90_s": p90(total),
                     "mean_s": statistics.fmean(total), "error": abs(med - bd.total) / med,
                     "error_mean": abs(statistics.fmean(total) - bd.total) / statistics.fmean(total),
                     "stage_median_s": {
@@ -133,7 +145,19 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
                     "frame_bytes": frame, "model_bytes": bd.bytes, "wire_bytes": bd.wire,
                     "wire_ok": s == "all-edge" or frame <= bd.bytes + WIRE_SLACK,
                 })
+    drift = max(reference) / min(reference) - 1
+    for r in rows:
+        r["reference_s"], r["drift"] = reference, drift
+        r["band_s"] = band(r["round_predicted_s"], drift)
+        r["in_band"] = r["band_s"][0] <= r["median_s"] <= r["band_s"][1]
     return rows
+
+
+def band(totals: list[float], drift: float) -> tuple[float, float]:
+    """The prediction's confidence band: the lowest and highest of the rounds' predicted totals, widened by the
+    machine's drift over the run (max / min of a fixed workload's time, less 1) in either direction: a profile
+    measured at one end of that drift predicts a runtime met at the other end only to within it."""
+    return min(totals) / (1 + drift), max(totals) * (1 + drift)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -152,6 +176,11 @@ def format_table(rows: list[dict]) -> str:
     ok = sum(r["error"] <= TARGET_ERROR for r in rows)
     wire = all(r["wire_ok"] for r in rows)
     ok_mean = sum(r["error_mean"] <= TARGET_ERROR for r in rows)
+    ref = rows[0]["reference_s"]
+    lines.append("fixed workload (database.noise.reference_workload, cloud CPU) before each round and at the end: "
+                 + ", ".join(f"{x * 1e3:.2f}" for x in ref) + f" ms -> drift {rows[0]['drift']:.0%} (max/min - 1); "
+                 f"measured median inside the drift-widened band of the rounds' predictions: "
+                 f"{sum(r['in_band'] for r in rows)}/{len(rows)}")
     lines.append(f"median: {ok}/{len(rows)} within {TARGET_ERROR:.0%} (* = missed); mean: {ok_mean}/{len(rows)}; "
                  f"frames <= model bytes + {WIRE_SLACK}: "
                  f"{'yes' if wire else 'NO'}")

@@ -11,10 +11,11 @@ at batch size 1 after warm-up:
   conv has c input channels and the top-5 softmax the runtime's cloud replies with;
 plus the whole model on the edge (point P, all-edge), the edge's share of all-cloud (point -1:
 quantise + pack the raw input) and the whole model in the cloud from the raw input (point -1).
-Median and p90 of N runs are stored with the device's fingerprint. Each sample is one call after
-5 ms idle (`--idle-ms`), as a request's stage finds the machine in the runtime, and the samples
-are spread over `--passes` rounds of all rows. Every CPU is kept out of idle while it runs
-(`database.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
+Median and p90 of N runs are stored with the device's fingerprint. Every call runs under
+`torch.inference_mode()`, as the runtime's (no_grad was 0.5-4 % slower on the default tails).
+Each sample is one call after 5 ms idle (`--idle-ms`), as a request's stage finds the machine
+in the runtime, and the samples are spread over `--passes` rounds of all rows. Every CPU is kept
+out of idle while it runs (`database.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
 
 When the device is the app's edge device and the app gives it a speed (`cpu_quota`), the edge is
 emulated as the runtime emulates it (`devices.edge.emulation`):
@@ -185,7 +186,7 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     samples: dict[tuple[str, int, int], list[float]] = {job: [] for job in jobs}
     bar = tqdm(total=len(jobs) * rounds, desc=f"profile {app.name} on {config.device}",
                disable=not config.progress)
-    with torch.no_grad():
+    with torch.inference_mode():  # as the runtime's edge and cloud compute (runtime.client, runtime.cloud)
         for n in per_round:
             for job in jobs:
                 fn = job_fn(base, x, len(points), *job, torch_device)
