@@ -207,7 +207,7 @@ class Store:
         except (ArgumentError, NoSuchModuleError) as exc:
             raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
         if self.engine.dialect.name == "sqlite" and not readonly:
-            if path and path != ":memory:":
+            if path and path != ":memory:" and not path.startswith("file:"):  # a URI names an existing file
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if path and path != ":memory:" and not readonly:
