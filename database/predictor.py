@@ -6,7 +6,7 @@
 `fit` times, on this CPU as the device (`database.layerprof`: thread CPU time / the device's
 speed), a synthetic sweep of layer configurations of every kind plus every layer and the whole
 forward of a set of models (the digits-scale apps' and, with `--reference`, torchvision's
-ResNet-18/34/50 and MobileNet-V2 at 32x32), stores them as the device's samples, and reports the
+ResNet-18/34/50 and MobileNet-V2 at full width, 3x32x32), stores them as the device's samples, and reports the
 leave-one-model-out error: for each model, a predictor fitted on everything but that model's
 samples predicts its whole-model latency, compared with its measured one.
 
@@ -22,7 +22,8 @@ shape propagation, so any traceable `nn.Module` works.
 `predict` splits the app's traced layers at each partition point (the point's graph node, or for
 VGG the last node of block p): T_edge(p, c) = T(layers up to the point) + pack, T_cloud(p, c) =
 unpack + T(the rest) + top-k, as `database.profile` measures them; channels c < C_p are predicted
-on the model pruned at p (`compress.prune`, VGG), else only c = C_p is stored. The rows go into
+on the model pruned at p (`compress.prune`, VGG); a traced model's layers do not change with c
+(`models.graph` prunes by scattering into zeros), only pack / unpack do. The rows go into
 layer_latency under the device's name, marked predicted (`Store.put_predicted`), so
 `--latency-profile` in the searches uses them like a measured profile.
 """
@@ -56,7 +57,7 @@ REFERENCE_MODELS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 class PredictorConfig:
     """How a predictor is fitted from a device's samples."""
 
-    regressor: str = "linear"
+    regressor: str = "gbr"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -202,11 +203,11 @@ def default_models(apps: list[str] | None, reference: bool) -> list[NamedModel]:
     """The models whose layers join a device's samples: these apps' (default: every app at <= 64 pixels)
     and, with `reference`, torchvision's REFERENCE_MODELS at 3x32x32 with 10 classes (random weights)."""
     from apps import available_apps, load_app
-    from database.layerprof import NamedModel
+    from database.layerprof import NamedModel, graph_of
     from models.build import build_model
     chosen = [load_app(a) for a in apps] if apps else [a for a in map(load_app, available_apps())
                                                        if a.input_size <= 64]
-    out = [NamedModel(app.name, build_model(app).eval(), app_example_shape(app)) for app in chosen]
+    out = [NamedModel(app.name, graph_of(build_model(app)).eval(), app_example_shape(app)) for app in chosen]
     if reference:
         import torchvision
         out += [NamedModel(f"tv_{name}", getattr(torchvision.models, name)(num_classes=10).eval(), (1, 3, 32, 32))
@@ -214,21 +215,22 @@ def default_models(apps: list[str] | None, reference: bool) -> list[NamedModel]:
     return out
 
 
-def resolve_device(name: str, devices_file: str | None = None) -> DeviceSpec:
-    """A device by name: the devices file's, else an app's edge device (its speed when dilated) or cloud
-    device; anything else is an unknown device (CoInferError)."""
+def resolve_device(name: str, devices_file: str | None = None, apps: tuple[App, ...] = ()) -> DeviceSpec:
+    """A device by name: the devices file's, else the edge device of `apps` or of a shipped app (its speed when
+    dilated) or their cloud device; anything else is an unknown device (CoInferError)."""
     from apps import available_apps, load_app
     from database.devices import DeviceSpec, load_devices
     devices = load_devices(devices_file)
     if name in devices:
         return devices[name]
-    for app in map(load_app, available_apps()):
+    every = [*apps, *map(load_app, available_apps())]
+    for app in every:
         if name == app.edge_device:
             dilated = app.edge_cpu_quota is not None and app.edge_emulation == "dilate" and app.edge_cpu_quota <= 1
             return DeviceSpec(name, "edge", app.edge_cpu_quota if dilated else None)
         if name == app.cloud_device:
             return DeviceSpec(name, "cloud")
-    known = sorted(set(devices) | {d for a in map(load_app, available_apps()) for d in (a.edge_device, a.cloud_device)})
+    known = sorted(set(devices) | {d for a in every for d in (a.edge_device, a.cloud_device)})
     raise CoInferError(f"unknown device '{name}' (known: {', '.join(known)}; define one in devices.yml)")
 
 
@@ -261,7 +263,10 @@ def _point_positions(gm, layers: list[Layer], points) -> list[int]:
 
 
 def _pruned(model, p: int, c: int):
-    """The model pruned to c channels at point p, when it can be (VGG); else None."""
+    """The model pruned to c channels at point p when pruning changes its layers (VGG: conv p keeps c
+    filters, conv p + 1 reads c channels); else None: a traced model (`models.graph`) computes all C_p
+    channels on the edge and scatters the c it receives back into C_p in the cloud, so its layers stay
+    and only pack / unpack see c."""
     from models.vgg import VGG
     if not isinstance(model, VGG) or c == model.widths[p]:
         return None
@@ -292,11 +297,10 @@ def predicted_rows(app: App, device: str, sides: tuple[str, ...], predictor: Lat
     base_layers = model_layers(model, x)
     whole = predictor.seconds(base_layers)
     for pt in points:
+        full = split(model, pt)
         for c in channel_grid(pt.channels):
             pruned = _pruned(model, pt.index, c)
-            if pruned is None and c != pt.channels:
-                continue  # this model cannot be pruned here: c = C_p only
-            head, tail = split(pruned if pruned is not None else model, pt)
+            head, tail = full if pruned is None else split(pruned, pt)
             pack, unpack = runtime_layers((1, c, pt.height, pt.width))
             if "edge" in sides:
                 rows.append(LatencyRow(app.name, device, pt.index, c, "edge",
@@ -345,7 +349,7 @@ def _parser() -> ArgParser:
                     help="fit: also torchvision's ResNet-18/34/50 and MobileNet-V2 at 32x32 (default: on)")
     ap.add_argument("--side", choices=["edge", "cloud", "both"], default=None,
                     help="predict: which side(s) (default: the device's)")
-    ap.add_argument("--regressor", choices=REGRESSORS, default="linear", help="per-kind regressor (default: linear)")
+    ap.add_argument("--regressor", choices=REGRESSORS, default="gbr", help="per-kind regressor (default: gbr)")
     ap.add_argument("--sweep", type=int, default=60, help="fit: synthetic configurations per layer kind (default 60)")
     ap.add_argument("--runs", type=int, default=7, help="fit: timed samples per layer (median kept)")
     ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml)")
@@ -377,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError("--sweep must be in 1..10000 and --runs in 1..1000")
     from apps import load_app
     from database.store import Store
-    spec = resolve_device(args.device, args.devices)
+    app = load_app(args.app) if args.action == "predict" else None
+    spec = resolve_device(args.device, args.devices, (app,) if app else ())
     config = PredictorConfig(args.regressor)
     progress = not (args.no_progress or args.json) and sys.stderr.isatty()
     if args.action == "fit":
@@ -407,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         if med is not None:
             print(f"  median error {med:.1%} (target <= {TARGET:.0%}): {'PASS' if med <= TARGET else 'FAIL'}")
         return 0
-    app = load_app(args.app)
     side = args.side or spec.side
     sides = ("edge", "cloud") if side == "both" else (side,)
     store = Store(args.storage)

@@ -410,9 +410,15 @@ class Store:
                      layer=json.dumps(s.layer.to_json()), seconds=s.seconds, created=_now()) for s in samples]
         self._upsert(layer_sample, rows, ["device", "source", "name"])
 
+    def _has(self, table: sa.Table) -> bool:
+        """Whether the database has `table` (one opened read-only may predate it)."""
+        return self._run(lambda conn: sa.inspect(conn).has_table(table.name))
+
     def layer_samples(self, device_name: str) -> list:
         """A device's LayerSamples in the order they were stored (a model's layers in execution order)."""
         from database.layerprof import Layer, LayerSample
+        if not self._has(layer_sample):
+            return []
         q = sa.select(layer_sample.c.source, layer_sample.c.layer, layer_sample.c.seconds).where(
             layer_sample.c.device == device_name).order_by(layer_sample.c.id)
         return self._run(lambda conn: [LayerSample(device_name, src, Layer.from_json(json.loads(text)), float(t))
@@ -429,6 +435,8 @@ class Store:
 
     def predicted(self, app: str) -> dict[str, set[str]]:
         """{device: {'edge', 'cloud'}}: the sides of `app`'s profiles that are predicted, not measured."""
+        if not self._has(predicted_profile):
+            return {}
         q = sa.select(predicted_profile.c.device, predicted_profile.c.side).where(predicted_profile.c.app == app)
         out: dict[str, set[str]] = {}
         for name, side in self._run(lambda conn: list(conn.execute(q))):
