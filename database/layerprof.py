@@ -156,10 +156,19 @@ def _shape(node) -> tuple[int, ...] | None:
     return tuple(int(s) for s in meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+def graph_of(model: nn.Module) -> nn.Module:
+    """What to trace: a split model's own traced graph (`models.graph.GraphModel.net`, whose node names its
+    partition points name), else the model itself."""
+    import torch
+    net = getattr(model, "net", None)
+    return net if isinstance(net, torch.fx.GraphModule) else model
+
+
 def traced(model: nn.Module, example: torch.Tensor):
     """The model's torch.fx GraphModule with every node's output shape (`tensor_meta`) for `example`."""
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
+    model = graph_of(model)
     gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
@@ -192,7 +201,7 @@ def graph_layers(gm) -> list[Layer]:
 
 def model_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     """Every operation of `model` on an input like `example`, in execution order (see the module doc)."""
-    return graph_layers(traced(model.eval(), example))
+    return graph_layers(traced(graph_of(model).eval(), example))
 
 
 def runtime_layers(cut: tuple[int, ...], name: str = "cut") -> tuple[Layer, Layer]:

@@ -176,6 +176,7 @@ def measure(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], config: 
 
     from data import load_splits
     from database.slowdown import KeepWarm
+    torch.set_num_threads(1)  # as profiled: the edge's dilation counts this thread's CPU time only
     runs, tests = [], []
     for app, scheme in (baseline, advanced):
         runs.append(runner(app, scheme, config))
