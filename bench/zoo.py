@@ -51,18 +51,6 @@ class ZooRow:
         return dict(self.__dict__, predicted_sides=list(self.predicted_sides))
 
 
-def _base(store, app) -> tuple[float | None, str]:
-    stored = store.base(app.name, app.protocol.name)
-    if stored is not None:
-        return stored, "stored"
-    if not Path(app.checkpoint).is_file():
-        return None, "-"
-    from data import load_splits
-    from models.build import load_base_model
-    from models.train import test_accuracy
-    return test_accuracy(load_base_model(app), load_splits(app)[1])[0], "measured"
-
-
 def _optimum(store, app, model, base: float | None, mbps: float, loss: float):
     if base is None or not store.accuracy_table(app.name, app.protocol.name):
         return None, None, None
@@ -86,6 +74,7 @@ def zoo_rows(store, apps: list, mbps: float, loss: float, fit: bool, progress: b
     )
     from models.build import app_points
     from search.latency import LatencyModel
+    from search.select import base_accuracy
     errors: dict[str, dict[str, float]] = {}
     predictors = {}
     for name in sorted({d for a in apps for d in (a.edge_device, a.cloud_device)}):
@@ -109,7 +98,7 @@ def zoo_rows(store, apps: list, mbps: float, loss: float, fit: bool, progress: b
                 store_predicted(store, app, name, (side,), predictors[name], replace=True)
                 predicted.append(side)
         model = LatencyModel.from_store(store, app)
-        base, source = _base(store, app)
+        base, source = base_accuracy(store, app)
         optimum, optimum_s, optimum_acc = _optimum(store, app, model, base, mbps, loss)
         rows.append(ZooRow(app.name, len(app_points(app)), base, source, model.all_edge(mbps), model.all_cloud(mbps),
                            tuple(predicted), optimum, optimum_s, optimum_acc,

@@ -1,8 +1,9 @@
 """Model selection (KETI's VnV): the greedy model against the fastest scheme within an accuracy budget.
 
 Candidates are every model (app) of a list, each as all-edge, all-cloud and every split scheme whose
-accuracy is stored, with its accuracy (the base model's for the single ends, the accuracy database's
-for a split) and its latency from the latency model on one (edge, cloud) device pair at one bandwidth.
+accuracy is stored, with its accuracy (the base model's for the single ends: stored, else its
+checkpoint's measured on the test split; the accuracy database's for a split) and its latency from
+the latency model on one (edge, cloud) device pair at one bandwidth.
 
 - Greedy (KETI's baseline, "Greedy AI Model Selection"): the most accurate model, run on the edge
   device (all-edge). Ties go to the faster, then to the app named first.
@@ -82,15 +83,29 @@ def select(candidates: list[Candidate], accuracy_budget: float) -> Selection:
     return Selection(greedy, budgeted, accuracy_budget, len(candidates))
 
 
+def base_accuracy(store, app) -> tuple[float | None, str]:
+    """(top-1, where from): the stored base accuracy ("stored"), else the checkpoint's measured on the app's
+    test split here ("measured"), else (None, "-")."""
+    stored = store.base(app.name, app.protocol.name)
+    if stored is not None:
+        return stored, "stored"
+    if not app.checkpoint.is_file():
+        return None, "-"
+    from data import load_splits
+    from models.build import load_base_model
+    from models.train import test_accuracy
+    return test_accuracy(load_base_model(app), load_splits(app)[1])[0], "measured"
+
+
 def candidates(store, apps: list, edge: str, cloud: str, bandwidth: float) -> list[Candidate]:
     """Every app's single ends and stored split schemes on (edge, cloud) at `bandwidth` Mbps."""
     from search.latency import LatencyModel
     out = []
     for app in apps:
-        base = store.base(app.name, app.protocol.name)
+        base = base_accuracy(store, app)[0]
         if base is None:
-            raise CoInferError(f"no base accuracy of app {app.name} (protocol {app.protocol.name}): "
-                               f"python -m database.evaluate --app {app.name}")
+            raise CoInferError(f"no base accuracy of app {app.name} (protocol {app.protocol.name}) and no checkpoint: "
+                               f"python -m models.train --app {app.name}")
         try:
             model = LatencyModel.from_store(store, app, edge, cloud)
         except CoInferError as exc:

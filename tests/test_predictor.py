@@ -89,7 +89,7 @@ def test_leave_one_model_out_never_sees_the_held_out_model():
     assert left.seconds(models["b"]) == pytest.approx(free.seconds(models["b"]))
 
 
-def test_store_keeps_samples_in_order_and_marks_a_predicted_profile(tiny_app, tmp_path):
+def test_store_keeps_samples_in_order_and_marks_a_predicted_profile(tiny_app, tiny_app_path, tmp_path):
     store = Store(str(tmp_path / "p.sqlite"))
     samples = _samples(_models())
     store.put_layer_samples(samples)
@@ -97,6 +97,8 @@ def test_store_keeps_samples_in_order_and_marks_a_predicted_profile(tiny_app, tm
     predictor = LatencyPredictor.fit(samples, PredictorConfig())
     rows = store_predicted(store, tiny_app, "dev", ("edge", "cloud"), predictor)
     assert store.predicted(tiny_app.name) == {"dev": {"edge", "cloud"}}
+    from database.show import summary
+    assert summary(store, tiny_app_path)["devices"]["dev"]["predicted"] == ["cloud", "edge"]
     from models.build import app_points
     points = app_points(tiny_app)
     keys = {(r.side, r.point) for r in rows}
