@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from apps.errors import CoInferError
-from apps.schema import validate_app
+from apps.schema import check_arch, validate_app
 
 APPS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APPS_DIR.parent
@@ -61,7 +61,7 @@ class App:
     input_size: int
     in_channels: int
     num_classes: int
-    classifier_hidden: int
+    classifier_hidden: int | None  # vgg16_bn's hidden width (None: 4096 x width)
     dataset: dict[str, Any]
     train: dict[str, Any]
     protocol: Protocol
@@ -75,6 +75,8 @@ class App:
     link: Link = field(default_factory=Link)
     edge_emulation: str = "dilate"  # how the testbed and profiler make this CPU the edge device (EDGE_EMULATIONS)
     extra: dict[str, Any] = field(default_factory=dict)
+    stem: str = "imagenet"  # "small": 3x3 stride-1 first conv of a zoo model (models/zoo.py)
+    points: tuple[str, ...] | None = None  # partition points as graph node names (None: models/graph.py)
 
 
 def available_apps() -> list[str]:
@@ -111,7 +113,7 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         checkpoint = REPO_ROOT / checkpoint
     return App(
         name=spec.name,
-        arch=model.arch,
+        arch=check_arch(model.arch),
         width=float(model.width),
         input_size=model.input_size,
         in_channels=model.in_channels,
@@ -132,4 +134,6 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         checkpoint=checkpoint,
         notes=spec.notes,
         extra=dict(spec.model_extra or {}),
+        stem=model.stem,
+        points=None if model.points is None else tuple(model.points),
     )

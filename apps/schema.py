@@ -30,13 +30,21 @@ class _Spec(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+# the zoo (models/zoo.py): scaled builders; any other torchvision classification model is built as is
+ZOO_ARCHS = ("vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
+NODE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # a torch.fx node name
+
+
 class ModelSpec(_Spec):
-    arch: Literal["vgg16_bn"]
+    arch: Annotated[str, Field(pattern=NAME_PATTERN)]  # ZOO_ARCHS or a torchvision model (apps.load_app checks)
     width: Annotated[Finite, Field(gt=0, le=1)]
     input_size: Annotated[int, Field(ge=32, le=MAX_INPUT_SIZE, multiple_of=32)]  # 5 pools of 2
     in_channels: Annotated[int, Field(ge=1, le=64)]
     num_classes: Annotated[int, Field(ge=2, le=100_000)]
-    classifier_hidden: Annotated[int, Field(ge=1, le=65_536)]
+    classifier_hidden: Annotated[int, Field(ge=1, le=65_536)] | None = None  # vgg16_bn (default 4096 x width)
+    stem: Literal["imagenet", "small"] = "imagenet"  # small: a 3x3 stride-1 first conv (models/zoo.py)
+    points: Annotated[list[Annotated[str, Field(pattern=NODE_PATTERN)]], Field(min_length=1, max_length=4096)] \
+        | None = None  # partition points as graph node names (default: models/graph.py's rules)
 
 
 class DatasetSpec(_Spec):
@@ -132,6 +140,17 @@ def validate_app(data: Any, where: str) -> AppSpec:
         errors = exc.errors(include_url=False)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CoInferError(f"{where}: {_describe(errors[0])}{more}".replace("\n", " ")) from None
+
+
+def check_arch(arch: str) -> str:
+    """`arch` when it is a zoo model or a torchvision classification model (torchvision is imported only
+    for names outside the zoo); else one CoInferError line."""
+    if arch not in ZOO_ARCHS:
+        import torchvision
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            raise CoInferError(f"model.arch: torchvision has no classification model '{arch}' "
+                               f"(zoo: {', '.join(ZOO_ARCHS)})")
+    return arch
 
 
 def check_name(name: str, what: str) -> str:

@@ -1,7 +1,8 @@
 """A split scheme (p, c, b) applied to a base model: pruned at p, quantised at the cut.
 
 `SchemeModel` is what gets fine-tuned and tested for the accuracy database, and whose
-`head` / `tail` the runtime executes on the edge and in the cloud.
+`head` / `tail` the runtime executes on the edge and in the cloud. The base is any
+`models.splittable.Splittable` (VGG or a traced graph); pruning is `compress.prune.prune_at`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from torch import nn
 from compress.prune import check_scheme, prune_at
 from compress.quant import FakeQuant
 from compress.scheme import Scheme
-from models.vgg import VGG
+from models.splittable import Splittable
 
 
 class SchemeModel(nn.Module):
-    def __init__(self, base: VGG, scheme: Scheme) -> None:
+    def __init__(self, base: Splittable, scheme: Scheme) -> None:
         super().__init__()
         p, c, b = scheme
         check_scheme(base, p, c, b)

@@ -1,20 +1,24 @@
-"""Filter pruning at the partition point by L1 norm.
+"""Filter pruning at the partition point by L1 norm, for any `models.splittable.Splittable`.
 
-`prune_at(model, p, c)` returns a new, physically smaller VGG: conv p keeps the c filters
-with the largest L1 norm (in their original order) with their BN entries, and the consumer
-of point p (conv p+1, or the first classifier layer after the last conv) loses the matching
-input channels.
+`prune_at(model, p, c)` ranks the filters of the conv that produces point p's tensor
+(`model.producer_weight(p)`) by L1 norm, keeps the c largest (in their original order) and
+returns `model.keep_channels(p, keep)`: a copy whose point p carries those c channels only.
+How a model drops the others is its own business: VGG removes them physically (conv p and its
+consumer shrink, `models/vgg.py`); a traced graph sends only the kept channels and scatters them
+back into zeros before the tail, which is the same as pruning every consumer's input channels,
+residual shortcuts included (`models/graph.py`).
 """
 
 from __future__ import annotations
 
-import copy
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from apps.errors import CoInferError
-from models.vgg import VGG
+
+if TYPE_CHECKING:
+    from models.splittable import Splittable
 
 
 def keep_filters(conv_weight: torch.Tensor, c: int) -> torch.Tensor:
@@ -25,7 +29,7 @@ def keep_filters(conv_weight: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def check_in_space(widths: list[int], p: int, c: int, b: int | None = None) -> None:
-    """One-line error unless (p, c, b) is a split scheme of a model with these conv widths."""
+    """One-line error unless (p, c, b) is a split scheme of a model with these point widths."""
     if not 0 <= p < len(widths):
         raise CoInferError(f"partition point {p} outside 0..{len(widths) - 1}")
     if not 1 <= c <= widths[p]:
@@ -34,40 +38,11 @@ def check_in_space(widths: list[int], p: int, c: int, b: int | None = None) -> N
         raise CoInferError(f"bits {b} outside 1..8")
 
 
-def check_scheme(model: VGG, p: int, c: int, b: int | None = None) -> None:
-    check_in_space(model.widths, p, c, b)
+def check_scheme(model: Splittable, p: int, c: int, b: int | None = None) -> None:
+    check_in_space([pt.channels for pt in model.partition_points()], p, c, b)
 
 
-def prune_at(model: VGG, p: int, c: int) -> VGG:
-    """A copy of `model` with conv p pruned to c filters and its consumer's inputs to match."""
+def prune_at(model: Splittable, p: int, c: int) -> Splittable:
+    """A copy of `model` whose point p keeps its c channels of largest producer-filter L1 norm."""
     check_scheme(model, p, c)
-    pruned = copy.deepcopy(model)
-    keep = keep_filters(model.blocks[p].conv.weight, c)
-    block = pruned.blocks[p]
-    conv, bn = block.conv, block.bn
-    new_conv = nn.Conv2d(conv.in_channels, c, conv.kernel_size, conv.stride, conv.padding)
-    new_conv.weight.data = conv.weight.data[keep].clone()
-    new_conv.bias.data = conv.bias.data[keep].clone()
-    new_bn = nn.BatchNorm2d(c, eps=bn.eps, momentum=bn.momentum)
-    for name in ("weight", "bias"):
-        getattr(new_bn, name).data = getattr(bn, name).data[keep].clone()
-    for name in ("running_mean", "running_var"):
-        setattr(new_bn, name, getattr(bn, name)[keep].clone())
-    new_bn.num_batches_tracked = bn.num_batches_tracked.clone()
-    block.conv, block.bn = new_conv, new_bn
-    if p + 1 < len(pruned.blocks):
-        nxt = pruned.blocks[p + 1].conv
-        consumer = nn.Conv2d(c, nxt.out_channels, nxt.kernel_size, nxt.stride, nxt.padding)
-        consumer.weight.data = nxt.weight.data[:, keep].clone()
-        consumer.bias.data = nxt.bias.data.clone()
-        pruned.blocks[p + 1].conv = consumer
-    else:
-        fc = pruned.classifier[1]
-        area = pruned.final_size ** 2
-        cols = (keep[:, None] * area + torch.arange(area)[None, :]).flatten()
-        consumer = nn.Linear(c * area, fc.out_features)
-        consumer.weight.data = fc.weight.data[:, cols].clone()
-        consumer.bias.data = fc.bias.data.clone()
-        pruned.classifier[1] = consumer
-    pruned.widths[p] = c
-    return pruned
+    return model.keep_channels(p, keep_filters(model.producer_weight(p), c))

@@ -154,14 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise CoInferError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     app = load_app(args.app)
-    from compress.prune import check_scheme
+    from compress.prune import check_in_space
     from database.store import Store
-    from models.build import build_model, load_base_model
-    widths = build_model(app).widths
+    from models.build import app_points, load_base_model
+    widths = [pt.channels for pt in app_points(app)]
     schemes = select_schemes(app, widths, args.schemes)
-    probe = build_model(app)
     for p, c, b in schemes:
-        check_scheme(probe, p, c, b)
+        check_in_space(widths, p, c, b)
     load_base_model(app)  # the checkpoint exists and fits the app, before any database or worker
     store = Store(args.storage)
     store.check_writable()  # before minutes of fine-tuning whose results could not be stored

@@ -29,6 +29,7 @@ def summary(store, app_name: str) -> dict:
     points = app_points(app)
     space = sum(p.channels for p in points) * 8
     devices = {}
+    predicted = store.predicted(app.name)
     for name, sides in sorted(store.profiled_devices(app.name).items()):
         info = store.device(name) or {}
         rows = store.latency_rows(app.name, name)
@@ -37,7 +38,7 @@ def summary(store, app_name: str) -> dict:
                          "emulation": info.get("emulation", "quota") if info.get("cpu_quota") else None,
                          "cpu_model": info.get("cpu_model"), "gpu": info.get("gpu"),
                          "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", ""),
-                         "role": role(sorted(sides))}
+                         "role": role(sorted(sides)), "predicted": sorted(predicted.get(name, set()) & sides)}
     protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
                  for proto, n in store.protocols(app.name)]
     return {"app": app.name, "space": space, "points": len(points), "protocols": protocols,
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, d in s["devices"].items():
             slowed = {"dilate": "slowed to", "quota": "CPU quota"}.get(d["emulation"])
             what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['cpu_quota']:g}" if slowed else "")
-            print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}); {whole_model(d)}")
+            pred = f", predicted: {'+'.join(d['predicted'])} (database.predictor)" if d["predicted"] else ""
+            print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}{pred}); {whole_model(d)}")
             if len(d["sides"]) == 1:
                 print(f"    {d['role']}")
     return 0

@@ -10,6 +10,12 @@ Tables
   input (all-cloud); point = P on the edge side is the whole model on the edge (all-edge).
 - point_shape(app, point, name, channels, height, width): the activation at each point.
 - device(name, fingerprint JSON, notes).
+- layer_sample(device, source, name, kind, layer JSON, seconds, created): one layer configuration
+  timed on a device (`database.layerprof`), unique on (device, source, name); the latency
+  predictor's training data.
+- predicted_profile(app, device, side, predictor JSON, created): marks the layer_latency rows of
+  (app, device, side) as predicted by `database.predictor` rather than measured; a measured
+  profile that replaces them removes the mark.
 
 Opening: `Store(url)` creates a missing database and its tables; `create=False` refuses a missing
 SQLite file (and creates nothing); `readonly=True` opens an existing SQLite file read-only
@@ -103,6 +109,30 @@ device = sa.Table(
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     sa.Column("fingerprint", sa.Text, nullable=False),
     sa.Column("notes", sa.Text),
+)
+
+layer_sample = sa.Table(
+    "layer_sample", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("layer", sa.Text, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("device", "source", "name", name="uq_layer_sample_key"),
+)
+
+predicted_profile = sa.Table(
+    "predicted_profile", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("predictor", sa.Text),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("app", "device", "side", name="uq_predicted_key"),
 )
 
 
@@ -325,7 +355,9 @@ class Store:
         """Remove a device's rows of these sides for `app` (a replaced profile); returns how many."""
         stmt = layer_latency.delete().where(layer_latency.c.app == app, layer_latency.c.device == device_name,
                                             layer_latency.c.side.in_(sides))
-        return self._run(lambda conn: conn.execute(stmt).rowcount)
+        pp = predicted_profile.c
+        mark = predicted_profile.delete().where(pp.app == app, pp.device == device_name, pp.side.in_(sides))
+        return self._run(lambda conn: (conn.execute(mark), conn.execute(stmt).rowcount)[1])
 
     def latency_rows(self, app: str, device_name: str | None = None) -> list[LatencyRow]:
         q = sa.select(layer_latency).where(layer_latency.c.app == app)
@@ -370,3 +402,43 @@ class Store:
 
     def devices(self) -> list[str]:
         return self._run(lambda conn: [r[0] for r in conn.execute(sa.select(device.c.name).order_by(device.c.name))])
+
+    # -- layer samples and predicted profiles (database.layerprof, database.predictor) ----------
+    def put_layer_samples(self, samples: Iterable) -> None:
+        """Store `database.layerprof.LayerSample`s (a sample of the same device, source and name is replaced)."""
+        rows = [dict(device=s.device, source=s.source, name=s.layer.name, kind=s.layer.kind,
+                     layer=json.dumps(s.layer.to_json()), seconds=s.seconds, created=_now()) for s in samples]
+        self._upsert(layer_sample, rows, ["device", "source", "name"])
+
+    def _has(self, table: sa.Table) -> bool:
+        """Whether the database has `table` (one opened read-only may predate it)."""
+        return self._run(lambda conn: sa.inspect(conn).has_table(table.name))
+
+    def layer_samples(self, device_name: str) -> list:
+        """A device's LayerSamples in the order they were stored (a model's layers in execution order)."""
+        from database.layerprof import Layer, LayerSample
+        if not self._has(layer_sample):
+            return []
+        q = sa.select(layer_sample.c.source, layer_sample.c.layer, layer_sample.c.seconds).where(
+            layer_sample.c.device == device_name).order_by(layer_sample.c.id)
+        return self._run(lambda conn: [LayerSample(device_name, src, Layer.from_json(json.loads(text)), float(t))
+                                       for src, text, t in conn.execute(q)])
+
+    def delete_layer_samples(self, device_name: str) -> int:
+        stmt = layer_sample.delete().where(layer_sample.c.device == device_name)
+        return self._run(lambda conn: conn.execute(stmt).rowcount)
+
+    def put_predicted(self, app: str, device_name: str, sides: tuple[str, ...], predictor: dict) -> None:
+        """Mark (app, device, side)'s latency rows as predicted, with what predicted them."""
+        self._upsert(predicted_profile, [dict(app=app, device=device_name, side=side, predictor=json.dumps(predictor),
+                                              created=_now()) for side in sides], ["app", "device", "side"])
+
+    def predicted(self, app: str) -> dict[str, set[str]]:
+        """{device: {'edge', 'cloud'}}: the sides of `app`'s profiles that are predicted, not measured."""
+        if not self._has(predicted_profile):
+            return {}
+        q = sa.select(predicted_profile.c.device, predicted_profile.c.side).where(predicted_profile.c.app == app)
+        out: dict[str, set[str]] = {}
+        for name, side in self._run(lambda conn: list(conn.execute(q))):
+            out.setdefault(name, set()).add(side)
+        return out

@@ -1,4 +1,8 @@
-"""Build an app's base model and load its checkpoint (weights only, `weights_only=True`)."""
+"""Build an app's base model and load its checkpoint (weights only, `weights_only=True`).
+
+Every model is a `models.splittable.Splittable`: `models.vgg.VGG` for `vgg16_bn`, a
+`models.graph.GraphModel` over the torchvision model `models.zoo` builds for any other arch.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,25 @@ import torch
 from apps import App
 from apps.errors import CoInferError
 from models.points import PartitionPoint
-from models.vgg import VGG, partition_points, vgg16_bn, vgg16_widths
+from models.splittable import Splittable
+from models.vgg import partition_points, vgg16_bn, vgg16_widths
 
 
-def build_model(app: App) -> VGG:
-    return vgg16_bn(app.width, app.num_classes, app.in_channels, app.input_size, app.classifier_hidden)
+def build_model(app: App) -> Splittable:
+    """The app's model, untrained (`model.arch`: models.zoo)."""
+    if app.arch == "vgg16_bn":
+        if app.points is not None:
+            raise CoInferError("model.points: vgg16_bn's points are its 13 conv blocks; points name nodes of "
+                               "traced models only")
+        return vgg16_bn(app.width, app.num_classes, app.in_channels, app.input_size, app.classifier_hidden)
+    from models.graph import GraphModel
+    from models.zoo import BUILDERS, torchvision_model
+    module = BUILDERS.get(app.arch, torchvision_model)(app)
+    return GraphModel(module, app.in_channels, app.input_size, app.num_classes,
+                      None if app.points is None else list(app.points), app.arch)
 
 
-def load_base_model(app: App, checkpoint: Path | None = None) -> VGG:
+def load_base_model(app: App, checkpoint: Path | None = None) -> Splittable:
     """The app's base model with its trained weights, in eval mode."""
     path = Path(checkpoint or app.checkpoint)
     if not path.is_file():
@@ -42,5 +57,14 @@ def load_base_model(app: App, checkpoint: Path | None = None) -> VGG:
 
 
 def app_points(app: App) -> list[PartitionPoint]:
-    """Partition points of an app's model, without building it (VGG-16 at width 1 is 138 M params)."""
-    return partition_points(vgg16_widths(app.width), app.input_size)
+    """Partition points of an app's model: VGG's without building it (at width 1 it is 138 M params),
+    a traced model's from its graph (built and traced once per process)."""
+    if app.arch == "vgg16_bn":
+        return partition_points(vgg16_widths(app.width), app.input_size)
+    key = (app.arch, app.width, app.in_channels, app.input_size, app.num_classes, app.stem, app.points)
+    if key not in _POINTS:
+        _POINTS[key] = build_model(app).partition_points()
+    return _POINTS[key]
+
+
+_POINTS: dict[tuple, list[PartitionPoint]] = {}

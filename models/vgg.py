@@ -3,12 +3,15 @@
 Block p is conv -> BN -> ReLU, followed by max-pool when the VGG-16 configuration has one
 after it. Partition point p is the output of block p (pooled when a pool follows, as the
 paper transmits the pooled map). `forward_head(x, p)` runs blocks 0..p on the edge,
-`forward_tail(a, p)` runs the rest in the cloud. Widths are explicit so a model pruned at
-the cut is again a plain `VGG` with a smaller width at one block.
+`forward_tail(a, p)` runs the rest in the cloud (the `models.splittable.Splittable` interface).
+Widths are explicit so a model pruned at the cut is again a plain `VGG` with a smaller width at
+one block: `keep_channels(p, keep)` keeps those filters of conv p (with their BN entries) and the
+matching input channels of its consumer (conv p+1, or the first classifier layer after the last).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -105,6 +108,44 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_tail(x, -1)
+
+    def producer_weight(self, p: int) -> torch.Tensor:
+        """Conv p's weight: its filters' L1 norms rank the channels of point p."""
+        return self.blocks[p].conv.weight
+
+    def keep_channels(self, p: int, keep: torch.Tensor) -> VGG:
+        """A physically smaller copy: conv p keeps filters `keep` (ascending) with their BN entries, and
+        its consumer (conv p+1, or the first classifier layer) keeps the matching input channels."""
+        c = len(keep)
+        pruned = copy.deepcopy(self)
+        block = pruned.blocks[p]
+        conv, bn = block.conv, block.bn
+        new_conv = nn.Conv2d(conv.in_channels, c, conv.kernel_size, conv.stride, conv.padding)
+        new_conv.weight.data = conv.weight.data[keep].clone()
+        new_conv.bias.data = conv.bias.data[keep].clone()
+        new_bn = nn.BatchNorm2d(c, eps=bn.eps, momentum=bn.momentum)
+        for name in ("weight", "bias"):
+            getattr(new_bn, name).data = getattr(bn, name).data[keep].clone()
+        for name in ("running_mean", "running_var"):
+            setattr(new_bn, name, getattr(bn, name)[keep].clone())
+        new_bn.num_batches_tracked = bn.num_batches_tracked.clone()
+        block.conv, block.bn = new_conv, new_bn
+        if p + 1 < len(pruned.blocks):
+            nxt = pruned.blocks[p + 1].conv
+            consumer = nn.Conv2d(c, nxt.out_channels, nxt.kernel_size, nxt.stride, nxt.padding)
+            consumer.weight.data = nxt.weight.data[:, keep].clone()
+            consumer.bias.data = nxt.bias.data.clone()
+            pruned.blocks[p + 1].conv = consumer
+        else:
+            fc = pruned.classifier[1]
+            area = pruned.final_size ** 2
+            cols = (keep[:, None] * area + torch.arange(area)[None, :]).flatten()
+            consumer = nn.Linear(c * area, fc.out_features)
+            consumer.weight.data = fc.weight.data[:, cols].clone()
+            consumer.bias.data = fc.bias.data.clone()
+            pruned.classifier[1] = consumer
+        pruned.widths[p] = c
+        return pruned
 
 
 def vgg16_bn(width: float = 1.0, num_classes: int = 1000, in_channels: int = 3,

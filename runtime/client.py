@@ -31,7 +31,7 @@ from compress.prune import check_scheme
 from compress.scheme import ALL_CLOUD, Scheme
 from database.slowdown import SlowCPU
 from models.build import load_base_model
-from models.vgg import VGG
+from models.splittable import Splittable
 from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.protocol import MAX_TOPK, Error, Hello, Reply, Request, encode, read_frame
 
@@ -112,9 +112,9 @@ class EdgeClient:
     replaced between requests.
     """
 
-    def __init__(self, app: App, scheme: Scheme, config: ClientConfig = ClientConfig(), *, base: VGG | None = None,
-                 shaper: TokenBucket | None = None, monitor: BandwidthEstimator | None = None,
-                 device: SlowCPU | None = None) -> None:
+    def __init__(self, app: App, scheme: Scheme, config: ClientConfig = ClientConfig(), *,
+                 base: Splittable | None = None, shaper: TokenBucket | None = None,
+                 monitor: BandwidthEstimator | None = None, device: SlowCPU | None = None) -> None:
         self.app, self.config = app, config
         self._base = base
         self._models: dict[Scheme, nn.Module | None] = {}
@@ -125,7 +125,7 @@ class EdgeClient:
         self._next_id = 1
 
     @property
-    def base(self) -> VGG:
+    def base(self) -> Splittable:
         if self._base is None:
             self._base = load_base_model(self.app)
         return self._base

@@ -85,7 +85,7 @@ from runtime.secret import resolve_token
 if TYPE_CHECKING:  # torch and the models load when a server is built (the CLI's --help stays fast)
     import torch
 
-    from models.vgg import VGG
+    from models.splittable import Splittable
     from runtime.tails import TailPolicy
 
 log = logging.getLogger("coinfer.cloud")
@@ -94,7 +94,7 @@ log = logging.getLogger("coinfer.cloud")
 RECOVERABLE = frozenset({ErrorCode.UNKNOWN_APP, ErrorCode.UNKNOWN_SCHEME, ErrorCode.BAD_SHAPE, ErrorCode.BUSY})
 
 
-def limits_for(model: VGG, max_batch: int) -> Limits:
+def limits_for(model: Splittable, max_batch: int) -> Limits:
     """Protocol limits tightened to the largest tensor this model can legitimately receive."""
     points = model.partition_points()
     max_channels = max([model.in_channels] + [pt.channels for pt in points])
@@ -212,7 +212,7 @@ class CloudServer:
     requests, replies and errors by code; `snapshot()` adds the pools' and the tail cache's state.
     """
 
-    def __init__(self, app: App, config: ServerConfig = ServerConfig(), base: VGG | None = None) -> None:
+    def __init__(self, app: App, config: ServerConfig = ServerConfig(), base: Splittable | None = None) -> None:
         self.app, self.config = app, config
         from models.build import load_base_model
         from runtime.tails import TailCache
@@ -479,7 +479,7 @@ def _tails_mode(config: ServerConfig) -> str:
 
 
 async def serve(app: App, config: ServerConfig = ServerConfig(), host: str = "127.0.0.1", port: int = 0, *,
-                base: VGG | None = None, stop: asyncio.Event | None = None,
+                base: Splittable | None = None, stop: asyncio.Event | None = None,
                 on_ready: Callable[[CloudServer], None] | None = None) -> CloudServer:
     """Run a CloudServer until SIGTERM / SIGINT or `stop` is set; returns it (with its stats) once closed.
 

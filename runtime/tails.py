@@ -39,7 +39,7 @@ from apps.errors import CoInferError
 from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.scheme import Scheme
-from models.vgg import VGG
+from models.splittable import Splittable
 from runtime.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("coinfer.cloud")
@@ -88,7 +88,7 @@ def model_bytes(model: nn.Module) -> int:
 class TailCache:
     """Tails per scheme (see the module doc). `stats` counts builds, fallbacks and fine-tunes."""
 
-    def __init__(self, base: VGG, policy: TailPolicy = TailPolicy(), *, app: App | None = None) -> None:
+    def __init__(self, base: Splittable, policy: TailPolicy = TailPolicy(), *, app: App | None = None) -> None:
         if policy.finetuned and app is None:
             raise ValueError("finetuned tails need the app")
         self.base, self.policy, self.app = base, policy, app

@@ -34,7 +34,7 @@ from apps import REPO_ROOT, App
 from compress.model import SchemeModel
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
-from models.vgg import VGG
+from models.splittable import Splittable
 
 log = logging.getLogger("coinfer.weights")
 ENV_DIR = "COINFER_SCHEMES_DIR"
@@ -139,7 +139,7 @@ def scheme_accuracy(app: App, scheme: Scheme, root: str | Path | None = None) ->
         return None
 
 
-def scheme_model(app: App, scheme: Scheme, *, base: VGG | None = None, root: str | Path | None = None,
+def scheme_model(app: App, scheme: Scheme, *, base: Splittable | None = None, root: str | Path | None = None,
                  train: bool = True, finetuner: Finetuner | None = None, keep: bool = True) -> SchemeModel:
     """The SchemeModel of a split scheme with its fine-tuned weights (fine-tuned by `finetuner` and saved
     first when missing, unless `train=False`; `keep` as for scheme_state)."""

@@ -127,10 +127,10 @@ def run(kind: str, argv: list[str] | None = None) -> int:
             raise CoInferError(f"-gpu {args.gpu}: no such CUDA device on this machine")
         device = f"cuda:{args.gpu}"
     app = load_app(args.app)
+    widths = [p.channels for p in app_points(app)]  # the model builds (and traces) before the database opens
     store = Store(args.storage, create=False, readonly=args.offline)
     edge, cloud = parse_device_pair(args.latency_profile)
     model = LatencyModel.from_store(store, app, edge, cloud, args.rtt)
-    widths = [p.channels for p in app_points(app)]
     protocols = dict(store.protocols(app.name))
     if args.protocol is not None and args.protocol not in protocols | {app.protocol.name: 0}:
         known = ", ".join(f"{p} ({n} schemes)" for p, n in protocols.items()) or "none"

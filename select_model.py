@@ -1,0 +1,112 @@
+"""Model selection, KETI's VnV: the greedy model vs the fastest scheme within an accuracy budget, both run.
+
+    python select_model.py --apps resnet18_digits,resnet34_digits,resnet50_digits --bandwidth 1 --accuracy-budget 0.10
+
+Selection: search/select.py. Measurement: runtime/vnv.py. Exit status: 0 when both VnV criteria pass
+(or with --select-only), 1 when one fails, 2 on bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from apps.errors import ArgParser, CoInferError, run_cli
+
+
+def _parser() -> ArgParser:
+    ap = ArgParser(prog="python select_model.py",
+                   description="Greedy vs budgeted model selection (KETI VnV), both run over n test images.")
+    ap.add_argument("--apps", default=None, metavar="A,B,...",
+                    help="the models to choose from (default: every app on the digits dataset)")
+    ap.add_argument("--edge", default=None, help="edge device (default: the apps' edge device)")
+    ap.add_argument("--cloud", default=None, help="cloud device (default: the apps' cloud device)")
+    ap.add_argument("--bandwidth", "-bandwidth", type=float, required=True,
+                    help="edge -> cloud link, Mbps (2^20 bit/s)")
+    ap.add_argument("--accuracy-budget", type=float, default=0.10,
+                    help="accuracy the budgeted choice may lose against the greedy model's, in (0, 1) (default 0.10)")
+    ap.add_argument("--images", "-n", type=int, default=100, help="test images both choices run over (default 100)")
+    ap.add_argument("--select-only", action="store_true", help="choose, do not run")
+    ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml)")
+    ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def _one(values: set[str], what: str, flag: str) -> str:
+    if len(values) != 1:
+        raise CoInferError(f"the apps have different {what}s ({', '.join(sorted(values))}): give {flag}")
+    return next(iter(values))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from search.select import check_budget
+    check_budget(args.accuracy_budget)
+    if not 0 < args.bandwidth <= 1e6:
+        raise CoInferError(f"--bandwidth must be in (0, 1e6] Mbps, got {args.bandwidth:g}")
+    if not 1 <= args.images <= 1_000_000:
+        raise CoInferError("--images must be in 1..1000000")
+    from apps import available_apps, load_app
+    names = [a.strip() for a in args.apps.split(",")] if args.apps else [
+        a for a in available_apps() if load_app(a).dataset.get("name") == "digits"]
+    if not names or not all(names):
+        raise CoInferError(f"--apps takes A,B,..., got {args.apps!r}")
+    apps = [load_app(name) for name in names]
+    edge = args.edge or _one({a.edge_device for a in apps}, "edge device", "--edge")
+    cloud = args.cloud or _one({a.cloud_device for a in apps}, "cloud device", "--cloud")
+    from database.predictor import resolve_device
+    spec = resolve_device(edge, args.devices, tuple(apps))
+    resolve_device(cloud, args.devices, tuple(apps))
+    from database.store import Store
+    from search.select import candidates, select
+    store = Store(args.storage, readonly=True)
+    cands = candidates(store, apps, edge, cloud, args.bandwidth)
+    selection = select(cands, args.accuracy_budget)
+    predicted = sorted({f"{a.name}@{d}" for a in apps for d, sides in store.predicted(a.name).items()
+                        if d in (edge, cloud)})
+    out = {"edge": edge, "cloud": cloud, "bandwidth_mbps": args.bandwidth, "selection": selection.to_json(),
+           "predicted_profiles": predicted}
+    report = None
+    if not args.select_only:
+        from runtime.vnv import RunConfig, measure
+        by_name = {a.name: a for a in apps}
+        config = RunConfig(spec.speed, args.bandwidth, args.images,
+                           progress=not (args.no_progress or args.json) and sys.stderr.isatty())
+        report = measure((by_name[selection.greedy.app], selection.greedy.scheme),
+                         (by_name[selection.budgeted.app], selection.budgeted.scheme), config)
+        out["vnv"] = report.to_json()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        _print(selection, report, edge, cloud, spec.speed, args.bandwidth, predicted)
+    return 0 if report is None or report.to_json()["pass"] else 1
+
+
+def _print(selection, report, edge: str, cloud: str, speed: float | None, mbps: float, predicted: list[str]) -> None:
+    def line(label: str, c) -> str:
+        return (f"{label}: {c.app} {c.scheme}  top-1 {c.accuracy:.2%}  latency model {c.latency_s * 1e3:.2f} ms")
+    print(f"{selection.considered} candidates on {edge} / {cloud} at {mbps:g} Mbps"
+          + (f" (predicted profiles: {', '.join(predicted)})" if predicted else ""))
+    print(line("greedy   (baseline t_b)", selection.greedy))
+    print(line("budgeted (advanced t_a)", selection.budgeted)
+          + f"  (top-1 >= {selection.threshold:.2%}: greedy's - {selection.accuracy_budget:g})")
+    if report is None:
+        return
+    n = len(report.baseline.seconds)
+    print(f"measured over {n} test images, alternating (edge emulated at {speed or 1:g} of this CPU by dilation; "
+          f"link: the bytes sent / {mbps:g} Mbps; cloud: this CPU):")
+    for label, m in (("t_b", report.baseline), ("t_a", report.advanced)):
+        print(f"  {label}  median {m.median_s * 1e3:8.2f} ms  (edge {m.edge_s * 1e3:.2f} + link {m.link_s * 1e3:.2f} "
+              f"+ cloud {m.cloud_s * 1e3:.2f}, {m.wire_bytes} B)  top-1 {m.accuracy:.2%}")
+    from runtime.vnv import ACCURACY_TARGET, SAVING_TARGET
+    print(f"  latency saving  Δt = (1/n) Σ (t_b - t_a)/t_b = {report.saving:.1%}  (>= {SAVING_TARGET:.0%}): "
+          f"{'PASS' if report.saving_pass else 'FAIL'}")
+    print(f"  accuracy difference = {report.accuracy_diff:+.2%}  (<= {ACCURACY_TARGET:.0%}): "
+          f"{'PASS' if report.accuracy_pass else 'FAIL'}")
+    print(f"VnV: {'PASS' if report.saving_pass and report.accuracy_pass else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
