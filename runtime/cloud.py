@@ -1,8 +1,9 @@
-"""Cloud side: an asyncio TCP server that hosts the tail of every scheme of one app.
+"""Cloud side: an asyncio TCP server that hosts the tail of every scheme of one app or several.
 
-    python -m runtime.cloud --app vgg16_digits --host 127.0.0.1 --port 5000
+    python -m runtime.cloud --app vgg16_digits[,APP2...] --host 127.0.0.1 --port 5000
                             [--token-file F | --token T | $COINFER_TOKEN] [--insecure]
                             [--tls-cert F --tls-key F] [--no-finetuned | --finetune-on-request] [--json]
+                            [--batch-images N [--batch-wait-ms MS]] [--train APP [--train-nice 19] [--train-threads 1]]
 
 Once it listens it prints ONE JSON line on stdout, `{"ready": true, "host": ..., "port": ..., "app": ...}`
 (`runtime.ready`; `--port 0` picks a free port, announced there); logs go to stderr, and the final
@@ -19,8 +20,14 @@ fine-tuned on request: a scheme without them gets the pruned base weights, with 
 and the `tails_base_fallback` counter in the stats (`--strict-weights`: ERROR UNKNOWN_SCHEME
 instead). `--finetune-on-request` (token required) fine-tunes a missing scheme, one at a time, at
 most `--finetune-queue` waiting (then ERROR BUSY). `--no-finetuned` serves the pruned base weights.
-Requests are decoded and computed in a worker thread (`asyncio.to_thread`, at most `--workers` at a
-time) so the event loop keeps serving other clients.
+Several apps (`--app A1,A2`): one process, one queue per app (`runtime.batching.AppQueue`), each
+with `--workers` compute threads (`asyncio.to_thread`) so the event loop keeps serving other clients;
+a request names its app, an app this server does not host is ERROR UNKNOWN_APP. `bench.corun`
+measured one process for all apps against one process per app and kept this (README "Co-running").
+Dynamic batching (`--batch-images N`, off by default) merges requests of one app and scheme for at most
+`--batch-wait-ms` into one forward (`runtime.batching`). `--train APP` runs the accuracy database's
+fine-tune loop beside serving, in a child process at `--train-nice` with `--train-threads` torch
+threads so it takes only the CPU inference leaves (`runtime.training`).
 
 Connection rules (`runtime.admission` says why these): a new connection is *pending* until it has
 authenticated (with a token: a HELLO carrying it, compared in constant time; without: any valid
@@ -64,6 +71,7 @@ from typing import TYPE_CHECKING
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import ArgParser, CoInferError, run_cli
 from runtime.admission import Admission, AdmissionLimits, Slot
+from runtime.batching import AppQueue, BatchPolicy
 from runtime.protocol import (
     DEFAULT_LIMITS,
     Error,
@@ -75,18 +83,17 @@ from runtime.protocol import (
     ProtocolError,
     Reply,
     Request,
-    decode_activation,
     encode,
     read_frame,
 )
 from runtime.ready import announce
 from runtime.secret import resolve_token
+from runtime.training import TrainConfig, TrainingCorun
 
 if TYPE_CHECKING:  # torch and the models load when a server is built (the CLI's --help stays fast)
-    import torch
 
     from models.splittable import Splittable
-    from runtime.tails import TailPolicy
+    from runtime.tails import TailCache, TailPolicy
 
 log = logging.getLogger("coinfer.cloud")
 # Errors about a well-formed frame's content: reply and keep the connection. Every other error closes it.
@@ -106,26 +113,41 @@ def limits_for(model: Splittable, max_batch: int) -> Limits:
                   max_batch=max_batch, max_channels=max_channels)
 
 
+def widest(limits: list[Limits]) -> Limits:
+    """The limits a frame of any of several apps' models fits (its app's own shape is checked after)."""
+    return Limits(max_body=max(x.max_body for x in limits), max_elements=max(x.max_elements for x in limits),
+                  max_batch=max(x.max_batch for x in limits), max_channels=max(x.max_channels for x in limits))
+
+
+@dataclass
+class Hosted:
+    """One app a server hosts: its base model, its tails and its queue."""
+
+    app: App
+    base: Splittable
+    tails: TailCache
+    queue: AppQueue
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """How a CloudServer serves (see the module doc); checked once here.
 
-    `token`: the shared secret a client's first frame (HELLO) must carry; `tls_cert` / `tls_key`:
-    PEM files for TLS (both or neither). `read_timeout`: seconds to receive one frame once started;
-    `idle_timeout`: seconds an established connection may wait between frames; `write_timeout`:
-    seconds to hand one reply to the socket; `handshake_timeout`: seconds from the accept until a
-    connection must have authenticated (its first frame, a HELLO with the token; without a token any
-    valid frame). Admission (`runtime.admission`): `max_clients` established connections,
-    `max_pending` not yet authenticated ones (when full, one of the address holding the most is dropped
-    for a newcomer),
-    `max_pending_per_peer` of those per IP address, and without a token `max_clients_per_peer`
-    established ones per IP address. `max_batch` images per request, `workers` requests computed at
-    the same time. Tails (`runtime.tails`): `cache_size` kept and `cache_bytes` of their tensors at
-    most; `finetuned` carries each scheme's fine-tuned weights when they exist (`runtime.weights`,
-    under `weights_root`), else the pruned base, logged and counted (`strict_weights`: ERROR
-    UNKNOWN_SCHEME instead); `finetune_on_request` fine-tunes a missing scheme (needs a token; at
-    most `finetune_queue` waiting or running). `insecure`: allow a non-loopback address without a
-    token (`check_bind`).
+    `token`: the shared secret a client's first frame (HELLO) must carry; `tls_cert` / `tls_key`: PEM files for
+    TLS (both or neither). `read_timeout`: seconds to receive one frame once started; `idle_timeout`: seconds an
+    established connection may wait between frames; `write_timeout`: seconds to hand one reply to the socket;
+    `handshake_timeout`: seconds from the accept until a connection must have authenticated (its first frame, a
+    HELLO with the token; without a token any valid frame). Admission (`runtime.admission`): `max_clients`
+    established connections, `max_pending` not yet authenticated ones (when full, one of the address holding the
+    most is dropped for a newcomer), `max_pending_per_peer` of those per IP address, and without a token
+    `max_clients_per_peer` established ones per IP address. `max_batch` images per request, `workers` batches
+    computed at the same time per app; `batch`: dynamic batching (`runtime.batching`, off by default); `train`:
+    a fine-tune loop beside serving (`runtime.training`, None: none). Tails (`runtime.tails`): `cache_size` kept
+    and `cache_bytes` of their tensors at most; `finetuned` carries each scheme's fine-tuned weights when they
+    exist (`runtime.weights`, under `weights_root`), else the pruned base, logged and counted (`strict_weights`:
+    ERROR UNKNOWN_SCHEME instead); `finetune_on_request` fine-tunes a missing scheme (needs a token; at most
+    `finetune_queue` waiting or running). `insecure`: allow a non-loopback address without a token
+    (`check_bind`).
     """
 
     token: str | None = None
@@ -140,6 +162,8 @@ class ServerConfig:
     max_pending_per_peer: int = 8
     max_clients_per_peer: int = 16
     max_batch: int = 64
+    batch: BatchPolicy = BatchPolicy()
+    train: TrainConfig | None = None
     cache_size: int = 16
     cache_bytes: int = 256 << 20
     workers: int = 1
@@ -207,18 +231,32 @@ def check_bind(host: str, config: ServerConfig) -> None:
 class CloudServer:
     """The server as an object: `await start(host, port)`, `.port`, `await close()`. See the module doc.
 
-    `base` is the app's base model when already loaded (else loaded here); the TLS certificate, when
-    configured, is loaded here (CoInferError when it cannot be). `stats` counts connections, refusals,
-    requests, replies and errors by code; `snapshot()` adds the pools' and the tail cache's state.
+    `app`: the app it hosts, or several (distinct names; `app` is then the first, named in replies to
+    frames that name none). `base` is the (first) app's base model when already loaded (else loaded
+    here); the TLS certificate, when configured, is loaded here (CoInferError when it cannot be).
+    `stats` counts connections, refusals, requests, replies and errors by code; `snapshot()` adds the
+    pools', the queues' and the tail caches' state.
     """
 
-    def __init__(self, app: App, config: ServerConfig = ServerConfig(), base: Splittable | None = None) -> None:
-        self.app, self.config = app, config
+    def __init__(self, app: App | tuple[App, ...] | list[App], config: ServerConfig = ServerConfig(),
+                 base: Splittable | None = None) -> None:
+        apps = tuple(app) if isinstance(app, (tuple, list)) else (app,)
+        if not apps:
+            raise CoInferError("a server hosts at least one app")
+        names = [a.name for a in apps]
+        if len(set(names)) != len(names):
+            raise CoInferError(f"apps hosted twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        self.app, self.config = apps[0], config
         from models.build import load_base_model
         from runtime.tails import TailCache
-        self.base = base if base is not None else load_base_model(app)
-        self.tails = TailCache(self.base, config.tail_policy, app=app)
-        self.limits = limits_for(self.base, config.max_batch)
+        self.hosted: dict[str, Hosted] = {}
+        for i, a in enumerate(apps):
+            model = base if base is not None and i == 0 else load_base_model(a)
+            self.hosted[a.name] = Hosted(a, model, TailCache(model, config.tail_policy, app=a),
+                                         AppQueue(a.name, config.batch, config.workers))
+        first = self.hosted[self.app.name]
+        self.base, self.tails = first.base, first.tails
+        self.limits = widest([limits_for(h.base, config.max_batch) for h in self.hosted.values()])
         self.token = config.token.encode() if config.token is not None else None
         self.ssl_ctx = tls_context(config.tls_cert, config.tls_key)
         self.read_timeout, self.idle_timeout = config.read_timeout, config.idle_timeout
@@ -226,7 +264,6 @@ class CloudServer:
         self.stats: Counter[str] = Counter()
         self.admission = Admission(config.admission)
         self._log_quiet: dict[ErrorCode, tuple[float, int]] = {}  # code -> (quiet until, lines left out)
-        self._workers = asyncio.Semaphore(config.workers)
         self._server: asyncio.Server | None = None
         self._closing = False
 
@@ -241,10 +278,16 @@ class CloudServer:
         return self.address[1]
 
     def snapshot(self) -> dict[str, int]:
-        """`stats` plus the pools now and the tail cache (tails, bytes, fallbacks, fine-tunes)."""
-        return {**self.stats, **self.tails.stats, "pending_now": len(self.admission.pending),
-                "established_now": len(self.admission.established), "tails_cached": len(self.tails),
-                "tails_bytes": self.tails.nbytes}
+        """`stats` plus the pools now, the queues (batches computed) and the tail caches (tails, bytes,
+        fallbacks, fine-tunes; summed over the apps)."""
+        tails: Counter[str] = Counter()
+        for h in self.hosted.values():
+            tails.update(h.tails.stats)
+        hosted = self.hosted.values()
+        return {**self.stats, **tails, "pending_now": len(self.admission.pending),
+                "established_now": len(self.admission.established),
+                "tails_cached": sum(len(h.tails) for h in hosted), "tails_bytes": sum(h.tails.nbytes for h in hosted),
+                "batches": sum(h.queue.batches for h in hosted), "batched_images": sum(h.queue.images for h in hosted)}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on host:port (CoInferError for a non-loopback host without a token, see `check_bind`)."""
@@ -268,6 +311,8 @@ class CloudServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        for h in self.hosted.values():
+            await h.queue.close()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -413,46 +458,30 @@ class CloudServer:
     async def _answer(self, req: Request, slot: Slot) -> Reply | Error:
         self.stats["requests"] += 1
         t0 = time.perf_counter()
+        hosted = self.hosted.get(req.app)
+        app_name = hosted.app.name if hosted is not None else self.app.name
         try:
-            if req.app != self.app.name:
-                raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {self.app.name!r}, not {req.app!r}")
-            self.tails.check(req.scheme, req.shape)
-            # the tail first, outside the workers: a load (or a fine-tune on request) does not hold up others
-            tail = self.tails.cached(req.scheme) or await asyncio.to_thread(self.tails.get, req.scheme)
+            if hosted is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {', '.join(map(repr, self.hosted))}, "
+                                    f"not {req.app!r}")
+            hosted.tails.check(req.scheme, req.shape)
+            # the tail first, outside the queue: a load (or a fine-tune on request) does not hold up others
+            tail = hosted.tails.cached(req.scheme) or await asyncio.to_thread(hosted.tails.get, req.scheme)
             t1 = time.perf_counter()
-            async with self._workers:
-                waited = time.perf_counter() - t1
-                reply = await asyncio.to_thread(self._compute, req, tail)
+            reply, waited = await hosted.queue.submit(req, tail)
         except ProtocolError as exc:
             self.stats[f"error_{exc.code.name.lower()}"] += 1
             log.warning("%s from %s, request %d: %s", exc.code.name, slot.label, req.request_id, exc.message)
-            return Error(req.request_id, exc.code, exc.message, self.app.name)
+            return Error(req.request_id, exc.code, exc.message, app_name)
         except Exception:  # a bug on this side: tell the client, keep the server up
             self.stats["error_internal"] += 1
             log.exception("request %d from %s failed", req.request_id, slot.label)
-            return Error(req.request_id, ErrorCode.INTERNAL, "internal error", self.app.name)
+            return Error(req.request_id, ErrorCode.INTERNAL, "internal error", app_name)
         self.stats["replies"] += 1
         log.info("request %d from %s scheme=%s n=%d body=%dB tail=%.2fms queue=%.2fms unpack=%.2fms compute=%.2fms",
                  req.request_id, slot.label, req.scheme, req.shape[0], len(req.body), (t1 - t0) * 1e3, waited * 1e3,
                  reply.unpack_s * 1e3, reply.compute_s * 1e3)
         return reply
-
-    def _compute(self, req: Request, tail: Callable[[torch.Tensor], torch.Tensor]) -> Reply:
-        """Runs in a worker thread: decode, dequantise, tail forward, top-k."""
-        import torch  # loaded by the server's constructor already: a dictionary look-up
-
-        from compress.quant import dequantize
-        t0 = time.perf_counter()
-        codes, lo, scale = decode_activation(req.body, req.shape, req.bits)  # the checks of activation.from_bytes
-        a = dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            probs = torch.softmax(tail(a).float(), dim=1)
-            scores, classes = probs.topk(min(req.k, probs.shape[1]), dim=1)
-        t2 = time.perf_counter()
-        return Reply(req.request_id, self.app.name, req.p, req.c, req.bits,
-                     tuple(tuple(row) for row in classes.tolist()), tuple(tuple(row) for row in scores.tolist()),
-                     t1 - t0, t2 - t1)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -478,23 +507,36 @@ def _tails_mode(config: ServerConfig) -> str:
     return f"fine-tuned weights where they exist, else {missing}"
 
 
-async def serve(app: App, config: ServerConfig = ServerConfig(), host: str = "127.0.0.1", port: int = 0, *,
-                base: Splittable | None = None, stop: asyncio.Event | None = None,
+async def serve(app: App | tuple[App, ...], config: ServerConfig = ServerConfig(), host: str = "127.0.0.1",
+                port: int = 0, *, base: Splittable | None = None, stop: asyncio.Event | None = None,
                 on_ready: Callable[[CloudServer], None] | None = None) -> CloudServer:
     """Run a CloudServer until SIGTERM / SIGINT or `stop` is set; returns it (with its stats) once closed.
 
-    `on_ready(server)` is called once it listens (the CLI prints the readiness line there).
+    With `config.train` the training co-run starts before the server listens and stops after it has
+    closed; its samples and fine-tunes join the stats (`train_samples`, `train_finetunes`,
+    `train_samples_per_s`). `on_ready(server)` is called once it listens (the CLI prints the
+    readiness line there).
     """
     server = CloudServer(app, config, base)
-    await server.start(host, port)
+    training = TrainingCorun(config.train) if config.train is not None else None
+    try:
+        await server.start(host, port)
+    except BaseException:
+        await server.close()
+        raise
+    if training is not None:
+        training.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / not on this OS
             loop.add_signal_handler(sig, stop.set)
-    log.info("serving app %s on %s:%d%s%s; tails: %s", app.name, host, server.port,
-             " with TLS" if server.ssl_ctx else "", " with token" if config.token else "", _tails_mode(config))
+    log.info("serving app %s on %s:%d%s%s; tails: %s; batching: %s; training: %s", ", ".join(server.hosted), host,
+             server.port, " with TLS" if server.ssl_ctx else "", " with token" if config.token else "",
+             _tails_mode(config), f"up to {config.batch.max_images} images, {config.batch.max_wait_s * 1e3:g} ms"
+             if config.batch.enabled else "off", f"{config.train.app} at nice {config.train.nice}, "
+             f"{config.train.threads} thread(s)" if config.train else "none")
     if on_ready is not None:
         on_ready(server)
     try:
@@ -502,6 +544,10 @@ async def serve(app: App, config: ServerConfig = ServerConfig(), host: str = "12
         log.info("shutting down")
     finally:
         await server.close()
+        if training is not None:
+            done = training.stop()
+            server.stats.update(train_samples=done.samples, train_finetunes=done.finetunes,
+                                train_samples_per_s=round(done.rate))
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
@@ -518,7 +564,8 @@ class _JsonFormatter(logging.Formatter):
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(prog="python -m runtime.cloud", description=__doc__.splitlines()[0])
-    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path; several, comma-separated, share "
+                                                      "this process (a queue each)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; another needs a token "
                                                         "or --insecure)")
     ap.add_argument("--port", type=int, default=5000, help="0 picks a free port (announced on stdout)")
@@ -538,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-clients-per-peer", type=int, default=16,
                     help="connections per address once they have spoken (only without a token)")
     ap.add_argument("--max-batch", type=int, default=64, help="largest N accepted in one request")
+    ap.add_argument("--batch-images", type=int, default=1,
+                    help="dynamic batching: merge up to this many images of one app and scheme (1: off, the default)")
+    ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="longest a batch waits to fill, ms")
+    ap.add_argument("--train", metavar="APP", help="run the accuracy database's fine-tune loop on APP beside serving")
+    ap.add_argument("--train-nice", type=int, default=19, help="the training's nice value (0..19; 19 protects "
+                                                               "inference latency)")
+    ap.add_argument("--train-threads", type=int, default=1, help="torch threads of the training")
+    ap.add_argument("--train-progress", help="CSV the training appends time,samples,finetunes to")
     ap.add_argument("--cache-size", type=int, default=16, help="tails kept in memory (LRU)")
     ap.add_argument("--cache-mb", type=float, default=256.0, help="megabytes of tail tensors kept in memory (LRU)")
     ap.add_argument("--workers", type=int, default=1, help="requests computed at the same time")
@@ -554,12 +609,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (math.isfinite(args.cache_mb) and args.cache_mb > 0):
         raise CoInferError(f"--cache-mb must be a positive number, got {args.cache_mb}")
+    app_refs = [a.strip() for a in args.app.split(",")]
+    if not all(app_refs):
+        raise CoInferError(f"--app {args.app!r}: an empty app name")
+    if args.train_progress is not None:
+        from apps.outpath import check_output_path
+        check_output_path(args.train_progress)
+    batch = BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3)
+    train = (TrainConfig(args.train, args.train_nice, args.train_threads, args.train_progress)
+             if args.train is not None else None)
     config = ServerConfig(token=resolve_token(args.token, args.token_file), tls_cert=args.tls_cert,
                           tls_key=args.tls_key, read_timeout=args.read_timeout, idle_timeout=args.idle_timeout,
                           handshake_timeout=args.handshake_timeout, max_clients=args.max_clients,
                           max_pending=args.max_pending, max_pending_per_peer=args.max_pending_per_peer,
                           max_clients_per_peer=args.max_clients_per_peer, max_batch=args.max_batch,
-                          cache_size=args.cache_size, cache_bytes=max(1, int(args.cache_mb * (1 << 20))),
+                          batch=batch, train=train, cache_size=args.cache_size,
+                          cache_bytes=max(1, int(args.cache_mb * (1 << 20))),
                           workers=args.workers, finetuned=args.finetuned, strict_weights=args.strict_weights,
                           finetune_on_request=args.finetune_on_request, finetune_queue=args.finetune_queue,
                           insecure=args.insecure)
@@ -573,10 +638,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     import torch
     torch.set_num_threads(args.threads)
-    app = load_app(args.app)
-    ready = lambda server: announce(*server.address, app=app.name)
+    apps = tuple(load_app(ref) for ref in app_refs)
+    if train is not None:
+        load_app(train.app)  # a bad name is one line now, not a dead child later
+    ready = lambda server: announce(*server.address, app=",".join(server.hosted))
     try:
-        server = asyncio.run(serve(app, config, args.host, args.port, on_ready=ready))
+        server = asyncio.run(serve(apps, config, args.host, args.port, on_ready=ready))
     except OSError as exc:
         raise CoInferError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     stats = {k: v for k, v in sorted(server.snapshot().items()) if v}  # the counters that moved

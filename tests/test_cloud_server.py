@@ -318,11 +318,13 @@ def test_serve_stops_on_event(base, images) -> None:
     asyncio.run(main())
 
 
-def test_shutdown_finishes_requests_in_flight(base, images) -> None:
+def test_shutdown_finishes_requests_in_flight(base, images, monkeypatch) -> None:
+    import runtime.batching
+    compute = runtime.batching.compute
+    monkeypatch.setattr(runtime.batching, "compute", lambda *args: (time.sleep(0.3), compute(*args))[1])  # slow
+
     async def main() -> None:
         server = CloudServer(APP, base=base)
-        compute = server._compute
-        server._compute = lambda req, tail: (time.sleep(0.3), compute(req, tail))[1]  # a slow tail
         await server.start("127.0.0.1", 0)
         idle = EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base)
         busy = EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base)

@@ -1,0 +1,221 @@
+"""Co-running benchmark: many clients, several apps, a fine-tune beside serving; throughput and tail latency.
+
+    python -m bench.corun client --server H:P --apps A1,A2 --clients 1,2,4,8 --mode closed|poisson
+                                 [--rate R] [--duration S] [--seed N] [--scheme [APP=]SCHEME ...] [--out RUN]
+    python -m bench.corun run    [--out RUN] [--duration 5] [--clients 1,2,4,8] [--cells base,train,...]
+    python -m bench.corun report RUN
+
+`client` is the load generator (`bench.corun.load`): client processes against running servers,
+every request in RUN/requests/. `run` starts everything itself (`bench.corun.run`): profiler,
+servers per cell, in-process baseline, both sweeps. `report` prints the tables and writes the plots
+(`bench.corun.report`). Exit status: 0; 1 when requests failed (the logs are kept and named);
+2 on bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from apps.errors import ArgParser, CoInferError, run_cli
+
+OUT = Path(__file__).resolve().parents[1] / "out" / "corun"
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise CoInferError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise CoInferError(f"{what} must be at least 1, got {text!r}")
+    return values
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CoInferError(f"server address must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _servers(values: list[str], names: list[str]) -> dict[str, tuple[str, int]]:
+    """--server H:P (every app) or APP=H:P (one app; repeatable) -> app name -> address."""
+    out: dict[str, tuple[str, int]] = {}
+    default = None
+    for value in values:
+        if "=" in value:
+            app, _, addr = value.partition("=")
+            if app not in names:
+                raise CoInferError(f"--server {value!r}: {app!r} is not one of --apps")
+            out[app] = _address(addr)
+        else:
+            default = _address(value)
+    for name in names:
+        if name not in out:
+            if default is None:
+                raise CoInferError(f"no --server for app {name!r}")
+            out[name] = default
+    return out
+
+
+def _schemes(values: list[str], names: list[str]) -> list[str]:
+    """--scheme SCHEME (every app) or APP=SCHEME (one app by name; repeatable); default all-cloud."""
+    from compress.scheme import Scheme
+    chosen = dict.fromkeys(names, "all-cloud")
+    for value in values:
+        app, sep, scheme = value.rpartition("=")
+        if sep and app not in chosen:
+            raise CoInferError(f"--scheme {value!r}: {app!r} is not one of --apps ({', '.join(names)})")
+        Scheme.parse(scheme)
+        for name in [app] if sep else names:
+            chosen[name] = scheme
+    return [chosen[name] for name in names]
+
+
+def _new_run(out: str | None) -> Path:
+    path = Path(out) if out else OUT / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    if (path / "cells.jsonl").exists():
+        raise CoInferError(f"{path} already holds a run (cells.jsonl): give a new --out")
+    if path.exists() and not path.is_dir():
+        raise CoInferError(f"--out {path} is a file, not a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    import os
+    if not os.access(parent, os.W_OK):
+        raise CoInferError(f"cannot write --out {path}: permission denied")
+    return path
+
+
+def client(args) -> int:
+    from bench.corun.load import MODES, LoadConfig, Target, preflight, run_load
+    from runtime.secret import resolve_token
+    if args.mode not in MODES:
+        raise CoInferError(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
+    if not args.rate > 0:
+        raise CoInferError(f"--rate must be a positive number of requests per second per client, got {args.rate:g}")
+    if not args.duration > 0:
+        raise CoInferError(f"--duration must be positive, got {args.duration:g}")
+    clients = _ints(args.clients, "--clients")
+    if args.images < 1:
+        raise CoInferError(f"--images must be at least 1, got {args.images}")
+    refs = [a.strip() for a in args.apps.split(",")]
+    if not all(refs):
+        raise CoInferError(f"--apps {args.apps!r}: an empty app name")
+    token = resolve_token(args.token, args.token_file)
+    from apps import load_app
+    apps = [load_app(ref) for ref in refs]  # an unknown app: one line, before anything is written
+    names = [a.name for a in apps]
+    if len(set(names)) != len(names):
+        raise CoInferError(f"--apps {args.apps!r} names an app twice")
+    schemes = _schemes(args.scheme or [], names)
+    servers = _servers(args.server, names)
+    out = _new_run(args.out)
+    from bench.corun.payloads import make_payload
+    from compress.scheme import Scheme
+    targets = []
+    for app, scheme in zip(apps, schemes):
+        host, port = servers[app.name]
+        targets.append(Target(app.name, scheme, host, port, make_payload(app, Scheme.parse(scheme), args.images)))
+    for target in targets:
+        preflight(target, token, args.timeout)  # the server is there and hosts the app, before any log
+    out.mkdir(parents=True, exist_ok=True)
+    config = LoadConfig(tuple(targets), clients, args.mode, args.rate, args.duration, args.seed, args.tag, token,
+                        args.timeout, str(out))
+    from tqdm import tqdm
+    bar = tqdm(total=len(clients), desc="corun cells", unit="cell", disable=not sys.stderr.isatty())
+    failed = total = 0
+    for result in run_load(config, progress=lambda r: bar.update(1)):
+        total += result.requests
+        failed += result.failed
+        print(f"{args.mode} {result.clients} client(s) per app: {result.requests} requests, {result.failed} failed "
+              f"-> {out / result.folder}")
+    bar.close()
+    if failed:
+        print(f"error: {failed} of {total} requests failed (the server went away or refused them); "
+              f"the logs are kept in {out}", file=sys.stderr)
+        return 1
+    print(f"run folder: {out} (python -m bench.corun report {out})")
+    return 0
+
+
+def run(args) -> int:
+    from bench.corun.run import RunConfig, run_corun
+    from runtime.batching import BatchPolicy
+    if not args.duration > 0:
+        raise CoInferError(f"--duration must be positive, got {args.duration:g}")
+    apps = tuple(a.strip() for a in args.apps.split(","))
+    schemes = tuple(s.strip() for s in args.schemes.split(";"))
+    cells = tuple(c.strip() for c in args.cells.split(","))
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    if bad := [m for m in modes if m not in ("closed", "poisson")]:
+        raise CoInferError(f"--modes: unknown mode {bad[0]!r} (closed, poisson)")
+    cfg = RunConfig(str(_new_run(args.out)), apps, schemes, not args.no_twin, args.twin_scheme,
+                    _ints(args.clients, "--clients"), args.duration, args.load, modes, cells, args.train,
+                    BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3), args.layout, not args.no_layouts,
+                    args.seed)
+    from apps import load_app
+    for ref in apps + ((args.train,) if args.train else ()):
+        load_app(ref)
+    started = time.perf_counter()
+    out = run_corun(cfg, progress=lambda line: print(line, flush=True))
+    print(f"done in {time.perf_counter() - started:.0f} s: python -m bench.corun report {out}")
+    return 0
+
+
+def report(args) -> int:
+    from bench.corun.report import report as make_report
+    run = Path(args.run)
+    if not run.is_dir():
+        raise CoInferError(f"{run} is not a folder")
+    lines, _ = make_report(run)
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgParser(prog="python -m bench.corun", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("client", help="the load generator against running servers")
+    c.add_argument("--server", action="append", required=True, help="HOST:PORT, or APP=HOST:PORT (repeatable)")
+    c.add_argument("--apps", required=True, help="comma-separated app names or YAML paths")
+    c.add_argument("--scheme", action="append", help="SCHEME for every app or APP=SCHEME (default all-cloud)")
+    c.add_argument("--clients", default="1,2,4,8", help="client processes per app, one cell per count")
+    c.add_argument("--mode", default="closed", help="closed (next request when the last returns) or poisson")
+    c.add_argument("--rate", type=float, default=10.0, help="poisson: requests per second per client")
+    c.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tag", default="base", help="how the server runs, for the report: base, train, batch, "
+                                                 "batch+train")
+    c.add_argument("--images", type=int, default=32, help="test images per app, sent in turn")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    c.add_argument("--token")
+    c.add_argument("--token-file")
+    c.add_argument("--out", help="run folder (default bench/out/corun/UTC-TIME)")
+    r = sub.add_parser("run", help="servers, profiler and every cell into one folder")
+    r.add_argument("--out", help="run folder (default bench/out/corun/UTC-TIME)")
+    r.add_argument("--apps", default="vgg16_digits")
+    r.add_argument("--schemes", default="4,16,4", help="one per app, ';'-separated")
+    r.add_argument("--no-twin", action="store_true", help="no second app (the first under another name)")
+    r.add_argument("--twin-scheme", default="all-cloud")
+    r.add_argument("--clients", default="1,2,4,8")
+    r.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    r.add_argument("--load", type=float, default=0.5, help="open loop at this fraction of saturation")
+    r.add_argument("--modes", default="closed,poisson")
+    r.add_argument("--cells", default="base,train,batch,batch+train")
+    r.add_argument("--train", help="app the training co-run fine-tunes (default: the first)")
+    r.add_argument("--batch-images", type=int, default=16)
+    r.add_argument("--batch-wait-ms", type=float, default=2.0)
+    r.add_argument("--layout", default="shared", help="shared (one server for all apps) or per-app")
+    r.add_argument("--no-layouts", action="store_true", help="skip the shared vs per-app comparison")
+    r.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("report", help="tables and plots of a run folder")
+    p.add_argument("run")
+    args = ap.parse_args(argv)
+    return {"client": client, "run": run, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,40 @@
+"""What the load generator's clients send: real test images, through the edge's head when the scheme splits.
+
+    payload = make_payload(app, Scheme.parse("4,12,3"), images=32)
+
+The first `images` images of the app's test split, one per request: a split scheme's body is the
+edge head's output (`compress.model.SchemeModel` over the pruned base weights, as `runtime.edge`
+without `--finetuned`), quantised and packed at the scheme's bits (`compress.activation`); all-cloud
+sends the image itself at 8 bits. All-edge sends nothing and is refused.
+"""
+
+from __future__ import annotations
+
+from apps import App
+from apps.errors import CoInferError
+from bench.corun.load import Payload
+from compress.scheme import Scheme
+
+
+def make_payload(app: App, scheme: Scheme, images: int = 32, base=None) -> Payload:
+    """The request bodies of `images` test images of `app` under `scheme` (see the module doc)."""
+    import torch
+
+    from compress import activation
+    from compress.model import SchemeModel
+    from compress.prune import check_scheme
+    from data import load_splits
+    from models.build import load_base_model
+    if scheme.is_all_edge:
+        raise CoInferError("all-edge sends nothing to the cloud: give a split scheme or all-cloud")
+    base = base if base is not None else load_base_model(app)
+    if scheme.is_split:
+        check_scheme(base, *scheme)
+    _, test = load_splits(app)
+    n = min(images, len(test))
+    x = torch.stack([test[i][0] for i in range(n)])
+    with torch.inference_mode():
+        a = x if scheme.is_all_cloud else SchemeModel(base, scheme).eval().head(x)
+    p, c, bits = scheme.wire(a.shape[1])
+    bodies = tuple(activation.to_bytes(a[i:i + 1].contiguous(), bits) for i in range(n))
+    return Payload(p, c, bits, (1, *a.shape[1:]), bodies)

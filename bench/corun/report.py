@@ -1,0 +1,262 @@
+"""The co-run report: tables and plots from a run folder's raw logs.
+
+    lines, figures = report(Path("bench/out/corun/RUN"))
+
+Reads RUN/cells.jsonl (one line per cell, `bench.corun.load`), every request CSV it names, the
+training progress CSVs RUN/train-TAG.csv (`runtime.training`), RUN/profile.csv (`bench.profiler`),
+and when present RUN/inprocess.json and RUN/layout.json (`bench.corun.run`). A cell's tag says how
+the server ran: `base`, `train` (training co-run), `batch` (dynamic batching), `batch+train`.
+
+Per target (app@scheme), tag, mode and client count:
+- requests, ok, failed (any status but ok);
+- throughput: ok replies / the cell's duration (req/s);
+- p50 / p95 / p99 latency of the ok requests (numpy's linear percentile), ms;
+- training rate: training samples per second over the cell's [start, end] (interpolated in the
+  progress CSV), for tags with training.
+
+Plots (PNG in RUN): latency CDFs (a panel per tag and mode, a line per target and client count),
+throughput against client count (closed loop; a line per target and tag), and the profiler's CPU
+utilisation over time (per process kind, plus the machine) with GPU utilisation when sampled.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apps.errors import CoInferError
+from bench.corun.load import OK
+from runtime.training import read_progress
+
+
+@dataclass(frozen=True)
+class CellStats:
+    target: str
+    tag: str
+    mode: str
+    clients: int
+    rate: float  # per client, open loop (0: closed)
+    requests: int
+    ok: int
+    failed: int
+    throughput: float  # ok replies per second
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    train_rate: float | None  # training samples per second during the cell
+
+
+def percentiles(latencies: list[float]) -> tuple[float | None, float | None, float | None]:
+    """p50, p95, p99 in ms (numpy's linear method); None without samples."""
+    if not latencies:
+        return None, None, None
+    p = np.percentile(np.asarray(latencies) * 1e3, [50, 95, 99])
+    return float(p[0]), float(p[1]), float(p[2])
+
+
+def train_rate(rows: list[tuple[float, int, int]], start: float, end: float) -> float | None:
+    """Samples per second between `start` and `end`, interpolated in the progress rows."""
+    if len(rows) < 2 or end <= start:
+        return None
+    t = np.array([r[0] for r in rows])
+    s = np.array([r[1] for r in rows], dtype=float)
+    if start < t[0] or end > t[-1] + 1.0:
+        start, end = max(start, t[0]), min(end, t[-1])
+        if end <= start:
+            return None
+    return float((np.interp(end, t, s) - np.interp(start, t, s)) / (end - start))
+
+
+def read_cells(run: Path) -> list[dict]:
+    path = run / "cells.jsonl"
+    if not path.is_file():
+        raise CoInferError(f"{run} is not a co-run folder: no cells.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_rows(folder: Path) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def cell_stats(run: Path) -> list[CellStats]:
+    """Every cell's figures per target (see the module doc), in the order the cells ran."""
+    out = []
+    progress = {p.stem.removeprefix("train-"): read_progress(p) for p in run.glob("train-*.csv")}
+    for cell in read_cells(run):
+        by_target: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for row in read_rows(run / cell["folder"]):
+            by_target[f"{row['app']}@{row['scheme']}"].append(row)
+        rate = train_rate(progress[cell["tag"]], cell["start"], cell["end"]) if cell["tag"] in progress else None
+        for target, rows in by_target.items():
+            lat = [float(r["latency_s"]) for r in rows if r["status"] == OK]
+            failed = sum(r["status"] != OK for r in rows)
+            out.append(CellStats(target, cell["tag"], cell["mode"], cell["clients"], cell["rate"], len(rows), len(lat),
+                                 failed, len(lat) / cell["duration"], *percentiles(lat), rate))
+    return out
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def table(stats: list[CellStats]) -> list[str]:
+    head = ("| target | tag | batching | training | mode | clients | rate/client | requests | failed | req/s | "
+            "p50 ms | p95 ms | p99 ms | train samples/s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for s in stats:
+        parts = s.tag.split("+")
+        lines.append(f"| {s.target} | {s.tag} | {'on' if 'batch' in parts else 'off'} | "
+                     f"{'on' if 'train' in parts else 'off'} | {s.mode} | {s.clients} | "
+                     f"{s.rate:.1f} | {s.requests} | {s.failed} | {s.throughput:.1f} | {_ms(s.p50_ms)} | "
+                     f"{_ms(s.p95_ms)} | {_ms(s.p99_ms)} | "
+                     f"{'-' if s.train_rate is None else f'{s.train_rate:.0f}'} |")
+    return lines
+
+
+def targets_check(stats: list[CellStats], inprocess: dict | None) -> list[str]:
+    """The issue's targets, each with its numbers (those the run has cells for)."""
+    lines = []
+    for target in sorted({s.target for s in stats}):
+        mine = [s for s in stats if s.target == target]
+        for tag in ("base", "batch"):
+            closed = [s for s in mine if s.tag == tag and s.mode == "closed"]
+            if closed and inprocess and target in inprocess:
+                sat = max(closed, key=lambda s: s.throughput)
+                key = "batch1" if tag == "base" else "batchN"
+                ref = inprocess[target].get(key)
+                if ref:
+                    ok = sat.throughput >= 0.9 * ref
+                    lines.append(f"{target} {tag}: saturation {sat.throughput:.1f} req/s ({sat.clients} clients) = "
+                                 f"{sat.throughput / ref:.0%} of in-process {ref:.1f} images/s at batch "
+                                 f"{inprocess[target].get(key + '_size', 1)}: {'MET' if ok else 'NOT MET'} (>= 90 %)")
+            train_tag = "train" if tag == "base" else "batch+train"
+            for n in sorted({s.clients for s in mine if s.mode == "poisson"}):
+                quiet = [s for s in mine if s.tag == tag and s.mode == "poisson" and s.clients == n]
+                busy = [s for s in mine if s.tag == train_tag and s.mode == "poisson" and s.clients == n]
+                if quiet and busy and quiet[0].p99_ms and busy[0].p99_ms:
+                    ratio = busy[0].p99_ms / quiet[0].p99_ms
+                    rate = f"{busy[0].train_rate:.0f}" if busy[0].train_rate is not None else "-"
+                    lines.append(f"{target} {tag} poisson {n} clients: p99 {busy[0].p99_ms:.2f} ms with training vs "
+                                 f"{quiet[0].p99_ms:.2f} ms without = {ratio:.2f}x: "
+                                 f"{'MET' if ratio <= 2 else 'NOT MET'} (<= 2x); training {rate} samples/s")
+    failed = sum(s.failed for s in stats)
+    lines.append(f"failed requests over all cells: {failed} of {sum(s.requests for s in stats)}")
+    return lines
+
+
+def layout_lines(layout: dict) -> list[str]:
+    lines = ["| layout | clients per app | req/s (all apps) | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
+    for name, r in layout.items():
+        lines.append(f"| {name} | {r['clients']} | {r['throughput']:.1f} | {_ms(r.get('p50_ms'))} | "
+                     f"{_ms(r.get('p99_ms'))} | {r['failed']} |")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ plots
+def plot_cdfs(run: Path, out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots import save_figure
+    cells = read_cells(run)
+    panels = sorted({(c["tag"], c["mode"]) for c in cells})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (tag, mode) in zip(axes[0], panels):
+        for cell in [c for c in cells if c["tag"] == tag and c["mode"] == mode]:
+            by: dict[str, list[float]] = defaultdict(list)
+            for row in read_rows(run / cell["folder"]):
+                if row["status"] == OK:
+                    by[f"{row['app']}@{row['scheme']}"].append(float(row["latency_s"]) * 1e3)
+            for target, lat in sorted(by.items()):
+                lat.sort()
+                ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{target} n={cell['clients']}")
+        ax.set(title=f"{tag}, {mode}", xlabel="latency (ms)", ylabel="CDF", xscale="log")
+        ax.legend(fontsize=6)
+    return save_figure(fig, out)
+
+
+def plot_throughput(stats: list[CellStats], out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots import save_figure
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    closed = [s for s in stats if s.mode == "closed"]
+    for target, tag in sorted({(s.target, s.tag) for s in closed}):
+        pts = sorted((s.clients, s.throughput) for s in closed if s.target == target and s.tag == tag)
+        ax.plot(*zip(*pts), marker="o", label=f"{target} {tag}")
+    ax.set(xlabel="clients per target", ylabel="throughput (req/s)", xscale="log", title="closed loop")
+    if closed:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no closed-loop cell", ha="center", transform=ax.transAxes)
+    return save_figure(fig, out)
+
+
+def plot_profile(profile: Path, out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots import save_figure
+    from bench.profiler import read_samples
+    rows = read_samples(profile)
+    if not rows:
+        raise CoInferError(f"{profile} has no samples")
+    t0 = float(rows[0]["time"])
+    cpu: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    gpu: dict[str, dict[float, float]] = defaultdict(dict)
+    for r in rows:
+        t = float(r["time"]) - t0
+        if r["kind"] == "gpu":
+            gpu[r["name"]][t] = float(r["gpu_util"])
+        elif r["kind"] == "machine":
+            cpu["machine (% of all cores)"][t] = float(r["cpu_percent"])
+        else:
+            cpu[r["name"]][t] += float(r["cpu_percent"])
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, series in sorted(cpu.items()):
+        ts = sorted(series)
+        ax.plot(ts, [series[t] for t in ts], label=name, lw=1)
+    for name, series in sorted(gpu.items()):
+        ts = sorted(series)
+        ax.plot(ts, [series[t] for t in ts], label=f"{name} util %", lw=1, ls="--")
+    ax.set(xlabel="seconds", ylabel="CPU % (100 = one core)", title="utilisation (bench.profiler)")
+    ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, out)
+
+
+# ----------------------------------------------------------------------------------------- report
+def report(run: Path) -> tuple[list[str], list[Path]]:
+    """(the report's lines, the PNGs written); also writes RUN/report.md and RUN/report.json."""
+    run = Path(run)
+    stats = cell_stats(run)
+    inprocess = json.loads((run / "inprocess.json").read_text()) if (run / "inprocess.json").is_file() else None
+    lines = [f"# Co-run report: {run}", "", "## Cells", "", *table(stats)]
+    if inprocess:
+        lines += ["", "## In-process baseline (runtime.batching.compute, 1 torch thread)", ""]
+        for target, r in inprocess.items():
+            lines.append(f"- {target}: {r['batch1']:.1f} images/s at batch 1"
+                         + (f", {r['batchN']:.1f} at batch {r['batchN_size']}" if r.get("batchN") else ""))
+    if (run / "layout.json").is_file():
+        lines += ["", "## One process for all apps vs one process per app (closed loop)", "",
+                  *layout_lines(json.loads((run / "layout.json").read_text()))]
+    lines += ["", "## Targets", "", *[f"- {line}" for line in targets_check(stats, inprocess)]]
+    figures = [plot_cdfs(run, run / "latency_cdf.png"), plot_throughput(stats, run / "throughput.png")]
+    if (run / "profile.csv").is_file():
+        figures.append(plot_profile(run / "profile.csv", run / "utilisation.png"))
+    lines += ["", "## Figures", "", *[f"- {p}" for p in figures]]
+    (run / "report.md").write_text("\n".join(lines) + "\n")
+    (run / "report.json").write_text(json.dumps([asdict(s) for s in stats], indent=1))
+    return lines, figures
