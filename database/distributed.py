@@ -103,16 +103,19 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def is_db_error(exc: BaseException) -> bool:
-    """A lost or refused database connection (worth retrying), as opposed to bad input."""
-    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError)):
-        return True
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    text = str(exc)
-    return isinstance(exc, CoInferError) and text.startswith("database ") and any(
-        w in text for w in ("connection", "server closed", "terminating", "shutting down", "Connection refused",
-                            "starting up", "locked"))
+def is_db_error(exc: BaseException | None) -> bool:
+    """A lost or refused database connection (worth retrying), as opposed to bad input. The chain
+    is followed: Optuna's own handling of a failed `tell` can raise another error on top of it
+    (its `_run_trial` then reads an unbound local), and the store's one-line errors keep the
+    driver's error as their context."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError)):
+            return True
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def with_retry(fn: Callable[[], Any], config: QueueConfig, what: str) -> Any:
@@ -127,6 +130,21 @@ def with_retry(fn: Callable[[], Any], config: QueueConfig, what: str) -> Any:
                 raise
             time.sleep(delay)
             delay = min(8.0, 2 * delay)
+
+
+def create_tables_once(make: Callable[[], RDBStorage], attempts: int = 20) -> RDBStorage:
+    """make() — an Optuna RDBStorage — retried while other processes create the same tables: two
+    workers that open a new database at once collide on the schema or on Optuna's version row
+    (IntegrityError, "already exists"); the second attempt finds the tables made."""
+    for i in range(attempts):
+        try:
+            return make()
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
+            if i == attempts - 1 or not any(w in str(exc) for w in ("already exists", "UNIQUE", "duplicate key",
+                                                                     "locked", "version_info")):
+                raise
+            time.sleep(0.05 * (i + 1))
+    raise AssertionError("unreachable")
 
 
 def _sqlite_queue_pragmas(dbapi_conn, _record) -> None:
@@ -159,9 +177,10 @@ class BuildStorage(RDBStorage):
         try:
             with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" since 2.8
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                super().__init__(config.url, engine_kwargs=kwargs, heartbeat_interval=config.heartbeat_s,  # type: ignore[arg-type]
-                                 grace_period=config.grace_s,  # type: ignore[arg-type]
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(config.max_retry))
+                create_tables_once(lambda: super(BuildStorage, self).__init__(  # type: ignore[func-returns-value]
+                    config.url, engine_kwargs=kwargs, heartbeat_interval=config.heartbeat_s,  # type: ignore[arg-type]
+                    grace_period=config.grace_s,  # type: ignore[arg-type]
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(config.max_retry)))
             if sqlite:  # WAL, no fsync per commit (as above: the queue is recoverable, the accuracy table is not)
                 self.engine.dispose()
                 sa.event.listen(self.engine, "connect", _sqlite_queue_pragmas)

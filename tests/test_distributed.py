@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 
@@ -235,25 +236,49 @@ def test_postgres_restart_mid_build_loses_nothing(private_postgres):
 
 
 # -- parallel searches on one study in RDB storage ---------------------------------------------
+SEARCH = textwrap.dedent("""
+    import json, sys, time
+    from search.evaluators import TableEvaluator
+    from search.problem import Problem
+    from search.query import LatencyQuery
+    from search.runner import run_search
+    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+
+    class Slow(TableEvaluator):  # a fine-tune takes a while: the two workers overlap
+        def evaluate(self, scheme):
+            time.sleep(0.05)
+            return super().evaluate(scheme)
+
+    points = synthetic_points(%s)
+    problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(points), 0.9)
+    ev = Slow(synthetic_table(points, seed=4))
+    r = run_search(problem, ev, "coinfer", study_name="shared", study_storage=sys.argv[1])
+    print(json.dumps({"evaluated": [str(s) for s in ev.calls], "scheme": str(r.scheme), "certified": r.certified}))
+""")
+SEARCH_POINTS = [4, 4, 8, 8]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
 def test_two_searches_on_one_rdb_study_give_the_single_certified_answer(kind, tmp_path, request):
     from search.evaluators import TableEvaluator
     from search.problem import Problem
     from search.query import LatencyQuery
     from search.runner import run_search
-    from search.synthetic import synthetic_latency, synthetic_table
-    from tests.test_study import POINTS, WORKER
+    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
     url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'studies.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-             for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", SEARCH % SEARCH_POINTS, url], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO_ROOT))) for _ in range(2)]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
         outs.append(json.loads(out))
-    problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(POINTS), 0.9)
-    single = run_search(problem, TableEvaluator(synthetic_table(POINTS, seed=4)), "coinfer")
+    points = synthetic_points(SEARCH_POINTS)
+    problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(points), 0.9)
+    single = run_search(problem, TableEvaluator(synthetic_table(points, seed=4)), "coinfer")
     evaluated = [s for o in outs for s in o["evaluated"]]
     assert len(evaluated) == len(set(evaluated))  # no scheme twice across the two workers
+    assert all(o["evaluated"] for o in outs)  # both did work
     assert all(o["scheme"] == str(single.scheme) and o["certified"] for o in outs)
