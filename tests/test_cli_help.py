@@ -12,7 +12,7 @@ from apps import REPO_ROOT
 CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "database.profile", "database.profiles",
         "database.formats", "database.show", "database.paper", "models.train", "runtime.edge", "runtime.cloud",
         "runtime.testbed", "bench.search", "bench.runtime", "bench.adaptivity", "bench.codec", "bench.fuzz",
-        "bench.studystorage", "bench.flood", "bench.badinput"]
+        "bench.studystorage", "bench.flood", "bench.badinput", "database.status", "bench.scale"]
 HEAVY = ("torch", "optuna", "sklearn", "sqlalchemy", "matplotlib")
 
 WRAPPER = """

@@ -94,7 +94,8 @@ def check_table(job: BuildJob) -> dict:
 def chaos(job: BuildJob, kills: int = 5, seed: int = 13) -> dict:
     """3 workers; worker 0 is killed with SIGKILL `kills` times while it holds a scheme, and restarted."""
     name = study_name(APP.name, synthetic_protocol(APP), 0)
-    study = open_build(job.queue, name)  # created once, before the workers race to create it
+    Store(job.storage).close()  # tables and study created once, before the workers race to create them
+    study = open_build(job.queue, name)
     storage, study_id = study._storage._backend, study._study_id
     storage.engine.dispose()
     rng = random.Random(seed)
@@ -217,6 +218,7 @@ def test_postgres_restart_mid_build_loses_nothing(private_postgres):
     url, restart = private_postgres
     schemes = [s for s in all_schemes(list(WIDTHS)) if s.p == 2]  # 16 x 8 = 128
     job = job_for(url, url, schemes, 0.03, grace_s=3.0, retry_db_s=120.0)
+    Store(url).close()
     open_build(job.queue, study_name(APP.name, synthetic_protocol(APP), 0))._storage._backend.engine.dispose()
     procs = [FORK.Process(target=build_worker, args=(job,)) for _ in range(2)]
     for p in procs:
