@@ -284,3 +284,27 @@ def test_two_searches_on_one_rdb_study_give_the_single_certified_answer(kind, tm
     assert len(evaluated) == len(set(evaluated))  # no scheme twice across the two workers
     assert all(o["evaluated"] for o in outs)  # both did work
     assert all(o["scheme"] == str(single.scheme) and o["certified"] for o in outs)
+
+
+@pytest.mark.slow
+def test_search_cli_with_two_workers_answers_as_one(tiny_app_path, tiny_db, tmp_path, capsys):
+    """latency_search.py --workers 2 on an RDB study: the single worker's certified answer, no scheme twice."""
+    import optuna
+
+    from database.formats import write_csv
+    from search.cli import run
+    from tests.conftest import latency_only_copy
+    full, _ = latency_only_copy(tiny_db, tmp_path / "part.sqlite")
+    table = tmp_path / "table.csv"
+    write_csv(full.accuracy_table("tiny_digits"), table)
+    study = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage",
+            str(tmp_path / "part.sqlite"), "--evaluator", f"table:{table}", "--base-accuracy", "0.9", "--json"]
+    assert run("latency", [*args, "--study-storage", study, "--study-name", "two", "--workers", "2"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert run("latency", [*args, "--study-storage", "memory"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert two["scheme"] == one["scheme"] and two["certified"] and one["certified"]
+    trials = optuna.load_study(study_name="two", storage=study).trials
+    evaluated = [t.user_attrs["scheme"] for t in trials if t.user_attrs.get("source") == "evaluated"]
+    assert evaluated and len(evaluated) == len(set(evaluated))
