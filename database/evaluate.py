@@ -1,39 +1,57 @@
 """Accuracy database builder: prune + quantise + fine-tune each scheme, test, store.
 
     python -m database.evaluate --app vgg16_digits --schemes all --workers 2
+    python -m database.evaluate --app vgg16_digits --schemes all --storage postgresql://u@db/coinfer  # every host
 
-Resumable: schemes already in the database (same app, protocol, seed) are skipped; each
-result is written in its own transaction as soon as it is done, and writes are idempotent,
-so Ctrl-C or kill -9 and a rerun lose nothing and duplicate nothing.
+Workers on any number of hosts share one build (database/distributed.py: an Optuna study in RDB
+storage, heartbeats, retries of dead workers' schemes): each scheme is fine-tuned once across all
+of them and stored once. `--workers N` runs N of them here. Resumable: schemes already stored
+(same app, protocol, seed) are skipped; each result is written in its own transaction as soon as
+it is done, and writes are idempotent, so Ctrl-C or kill -9 and a rerun lose nothing and
+duplicate nothing (a killed worker's scheme is retried once its heartbeat is `--grace` old).
+`--evaluator synthetic:SECONDS` replaces fine-tuning by a formula and a sleep
+(database/synthetic.py) to try the coordination; `--device cuda` fine-tunes on a GPU
+(models/accel.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing as mp
+import os
 import socket
+import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
 from apps.errors import ArgParser, CoInferError, run_cli
 from compress.scheme import Scheme, all_schemes
+from models.accel import AMP_CHOICES, COMPILE_CHOICES, Accel
 
 if TYPE_CHECKING:  # torch, the data and the database load on first use (--help stays fast)
     from compress.model import SchemeModel
-    from database.store import AccuracyRow, Store
+    from database.distributed import QueueConfig, WorkerReport
+    from database.finetuner import Finetuner
+    from database.store import AccuracyRow
 
 
 class FinetuneEvaluator:
     """The app's evaluation protocol for one scheme (a `database.finetuner.Finetuner`). Data and base
     model load once."""
 
-    def __init__(self, app: App, device: str = "cpu") -> None:
+    def __init__(self, app: App, device: str = "cpu", accel: Accel | None = None) -> None:
         import torch
 
         from data import load_splits
         from models.build import load_base_model
         self.app = app
-        self.device = torch.device(device)
+        self.accel = accel or Accel.for_device(device)
+        self.device = torch.device(self.accel.device)
+        if self.accel.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
         self.train, self.test = load_splits(app)
         self.base = load_base_model(app).to(self.device)
 
@@ -52,7 +70,7 @@ class FinetuneEvaluator:
         torch.manual_seed(seed)
         model = SchemeModel(self.base, scheme)
         train_epochs(model, self.train, proto.epochs, proto.lr, proto.batch_size, proto.momentum,
-                     proto.weight_decay, proto.schedule, seed)
+                     proto.weight_decay, proto.schedule, seed, accel=self.accel)
         return model.eval()
 
     def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
@@ -65,28 +83,6 @@ class FinetuneEvaluator:
         top1, top5 = test_accuracy(model, self.test)
         return AccuracyRow(self.app.name, proto.name, *scheme, seed, top1, top5, len(self.test),
                            time.perf_counter() - start, socket.gethostname())
-
-
-_worker: FinetuneEvaluator | None = None
-_worker_error: str | None = None
-
-
-def _init_worker(app_ref: str, threads: int) -> None:
-    """Load the app's evaluator in a pool worker. It never raises: a pool restarts a worker whose
-    initializer raises, forever, so the failure is kept and raised by the worker's first task."""
-    global _worker, _worker_error
-    import torch
-    torch.set_num_threads(threads)
-    try:
-        _worker = FinetuneEvaluator(load_app(app_ref))
-    except Exception as exc:  # CoInferError, or anything else: one line either way
-        _worker_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _eval_task(task: tuple[Scheme, int]) -> AccuracyRow:
-    if _worker is None:
-        raise CoInferError(f"evaluation worker failed to start: {_worker_error}")
-    return _worker.evaluate(*task)
 
 
 def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[Scheme]:
@@ -111,71 +107,190 @@ def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[Scheme]
     return list(dict.fromkeys(out))
 
 
-def run_evaluations(app: App, store: Store, schemes: list[Scheme], seed: int,
-                    workers: int = 1, app_ref: str | None = None, progress: bool = True) -> int:
-    """Evaluate the schemes not yet stored; returns how many were newly stored."""
-    import torch
-    from tqdm import tqdm
-    proto = app.protocol.name
-    done = store.accuracy_table(app.name, proto, seed)
-    todo = [(s, seed) for s in schemes if s not in done]
-    if not todo:
-        return 0
-    stored = 0
-    bar = tqdm(total=len(todo), desc=f"evaluate {app.name}", unit="scheme", disable=not progress)
-    if workers <= 1:
-        evaluator = FinetuneEvaluator(app)
-        for task in todo:
-            stored += store.put_accuracy([evaluator.evaluate(*task)])
-            bar.update(1)
-    else:
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything a build worker needs, on any host (picklable: `--workers N` sends it to each)."""
+
+    app_ref: str  # app name or YAML path
+    storage: str  # SQLAlchemy URL of the accuracy database
+    queue: QueueConfig  # the build study (database/distributed.py)
+    schemes: tuple[Scheme, ...]
+    seed: int
+    widths: tuple[int, ...]  # C_p of the app's points
+    evaluator: str = "finetune"  # or "synthetic[:SECONDS]" (database/synthetic.py)
+    accel: Accel = Accel()
+    threads: int | None = None  # torch threads of a worker (None: torch's default)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.evaluator.startswith("synthetic")
+
+    def protocol(self, app: App) -> str:
+        from database.synthetic import synthetic_protocol
+        return synthetic_protocol(app) if self.synthetic else app.protocol.name
+
+
+def make_finetuner(job: BuildJob, app: App) -> Finetuner:
+    if job.synthetic:
+        from database.synthetic import SyntheticFinetuner, parse_delay
+        return SyntheticFinetuner(app, job.widths, parse_delay(job.evaluator))
+    if job.threads is not None:
         import torch
-        ctx = mp.get_context("spawn")
-        threads = max(1, torch.get_num_threads() // workers)
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(app_ref or app.name, threads)) as pool:
-            for row in pool.imap_unordered(_eval_task, todo):
-                stored += store.put_accuracy([row])
-                bar.update(1)
-    bar.close()
-    return stored
+        torch.set_num_threads(job.threads)
+    return FinetuneEvaluator(app, accel=job.accel)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = ArgParser(description="Fill the accuracy database of an app (resumable).")
+def build_worker(job: BuildJob, progress: bool = False) -> WorkerReport:
+    """One worker of the build: works until every scheme of the job is stored (or failed for good)
+    and nothing is left running anywhere. The same on every host and in every `--workers` process."""
+    from database.distributed import run_worker, study_name
+    from database.store import Store
+    app = load_app(job.app_ref)
+    store = Store(job.storage)
+    try:
+        finetuner = make_finetuner(job, app)
+        protocol = job.protocol(app)
+        return run_worker(job.queue, study_name(app.name, protocol, job.seed), list(job.schemes), store,
+                          finetuner, app.name, protocol, job.seed, progress=progress)
+    finally:
+        store.close()
+
+
+def _pool_worker(job: BuildJob) -> WorkerReport:
+    try:
+        return build_worker(job)
+    except CoInferError as exc:  # a pool re-raises it in the parent: keep it one line
+        raise CoInferError(f"build worker: {exc}") from None
+
+
+def build(job: BuildJob, workers: int = 1, progress: bool = True) -> list[WorkerReport]:
+    """Run `workers` build workers here (1: in this process); with several, a bar in this process
+    follows the accuracy table."""
+    if workers <= 1:
+        return [build_worker(job, progress)]
+    from tqdm import tqdm
+
+    from database.store import Store
+    app = load_app(job.app_ref)
+    store, protocol, wanted = Store(job.storage), job.protocol(app), set(job.schemes)
+    ctx = mp.get_context("spawn")
+    bar = tqdm(total=len(wanted), desc=f"build {app.name} ({workers} workers)", unit="scheme",
+               disable=not progress)
+    try:
+        with ctx.Pool(workers) as pool:
+            result = pool.map_async(_pool_worker, [job] * workers, chunksize=1)
+            while not result.ready():
+                result.wait(1.0)
+                bar.n = len(wanted & set(store.accuracy_table(app.name, protocol, job.seed)))
+                bar.refresh()
+            return result.get()
+    finally:
+        bar.close()
+        store.close()
+
+
+def _parser() -> ArgParser:
+    ap = ArgParser(description="Fill the accuracy database of an app: one worker here, or one per host "
+                               "against a shared --storage (resumable, each scheme once).")
     ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path")
     ap.add_argument("--schemes", nargs="+", default=["all"],
                     help="'all', 'point:P', 'none' (base model only), or schemes 'p,c,b' (several allowed)")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="build workers on this host (processes)")
     ap.add_argument("--seed", type=int, default=None, help="fine-tune seed (default: the protocol's)")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--queue", default=None, metavar="URL",
+                    help="the build study's Optuna RDB storage (default: the --storage database; "
+                         "X.queue.sqlite beside an SQLite file X.sqlite)")
+    ap.add_argument("--evaluator", default="finetune",
+                    help="finetune (the app's protocol) or synthetic[:SECONDS] (a formula after a sleep: "
+                         "tries the coordination without fine-tuning; rows under protocol synthetic-...)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fine-tune on that GPU)")
+    ap.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                    help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a scaler)")
+    ap.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
+                    help="torch.compile on CUDA (auto: for fine-tunes of at least 2000 steps)")
+    ap.add_argument("--loader-workers", type=int, default=None,
+                    help="DataLoader workers on CUDA (default: min(8, CPUs))")
+    ap.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="heartbeat interval (default: 10 s)")
+    ap.add_argument("--grace", type=float, default=60.0, metavar="S",
+                    help="a scheme whose worker has not beaten for this long is retried elsewhere (default: 60 s)")
+    ap.add_argument("--max-retry", type=int, default=3, help="retries of a scheme whose worker died (default: 3)")
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="a progress bar on stderr (default: when stderr is a terminal)")
+    ap.add_argument("--json", action="store_true", help="print one JSON line: counts, time, per-worker reports")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.workers < 1:
         raise CoInferError("--workers must be at least 1")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise CoInferError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
+    if args.loader_workers is not None and args.loader_workers < 0:
+        raise CoInferError("--loader-workers must be >= 0")
+    if not (args.evaluator == "finetune" or args.evaluator == "synthetic" or args.evaluator.startswith("synthetic:")):
+        raise CoInferError(f"unknown evaluator {args.evaluator!r} (use finetune or synthetic[:SECONDS])")
     app = load_app(args.app)
     from compress.prune import check_in_space
+    from database.distributed import QueueConfig, queue_url, study_name
     from database.store import Store
-    from models.build import app_points, load_base_model
+    from database.synthetic import parse_delay
+    from models.build import app_points
+    synthetic = args.evaluator != "finetune"
+    if synthetic:
+        parse_delay(args.evaluator)
+        if args.device != "cpu":
+            raise CoInferError("--evaluator synthetic does not fine-tune: drop --device")
+    accel = Accel.for_device(args.device, args.amp, args.compile, args.loader_workers) if \
+        args.device.startswith("cuda") else Accel.for_device(args.device, args.amp, args.compile)
+    if accel.is_cuda:
+        import torch
+        index = int(args.device.split(":", 1)[1]) if ":" in args.device else 0
+        if not torch.cuda.is_available() or not 0 <= index < torch.cuda.device_count():
+            raise CoInferError(f"--device {args.device}: no such CUDA device on this machine")
+    elif args.device != "cpu":
+        raise CoInferError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
     widths = [pt.channels for pt in app_points(app)]
     schemes = select_schemes(app, widths, args.schemes)
     for p, c, b in schemes:
         check_in_space(widths, p, c, b)
-    load_base_model(app)  # the checkpoint exists and fits the app, before any database or worker
+    if not synthetic:
+        from models.build import load_base_model
+        load_base_model(app)  # the checkpoint exists and fits the app, before any database or worker
     store = Store(args.storage)
     store.check_writable()  # before minutes of fine-tuning whose results could not be stored
+    queue = QueueConfig(args.queue or queue_url(store.url), args.heartbeat, args.grace, args.max_retry)
     seed = app.protocol.seed if args.seed is None else args.seed
-    if store.base(app.name, app.protocol.name) is None:
-        evaluator = FinetuneEvaluator(app)
+    threads = None
+    if args.workers > 1 and not synthetic:
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+    job = BuildJob(args.app, store.url, queue, tuple(schemes), seed, tuple(widths), args.evaluator, accel, threads)
+    protocol = job.protocol(app)
+    if not synthetic and store.base(app.name, protocol) is None:
+        evaluator = FinetuneEvaluator(app, accel=accel)
         top1, top5 = evaluator.base_accuracy()
-        store.put_base(app.name, app.protocol.name, top1, top5, len(evaluator.test),
-                       f"checkpoint {app.checkpoint.name}")
+        store.put_base(app.name, protocol, top1, top5, len(evaluator.test), f"checkpoint {app.checkpoint.name}")
+    before = set(store.accuracy_table(app.name, protocol, seed))
     start = time.perf_counter()
-    new = run_evaluations(app, store, schemes, seed, args.workers, args.app)
-    total = len(store.accuracy_table(app.name, app.protocol.name, seed))
-    print(f"{app.name}: {new} new evaluations in {time.perf_counter() - start:.1f} s; "
-          f"{total} schemes stored for protocol {app.protocol.name} seed {seed}")
-    return 0
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    reports = build(job, args.workers, progress) if schemes else []
+    after = set(store.accuracy_table(app.name, protocol, seed))
+    wall = time.perf_counter() - start
+    new, missing = len(after - before), len(set(schemes) - after)
+    if args.json:
+        print(json.dumps({"app": app.name, "protocol": protocol, "seed": seed,
+                          "study": study_name(app.name, protocol, seed), "new": new, "stored": len(after),
+                          "missing": missing, "wall_s": wall,
+                          "workers": [{k: v for k, v in r.to_json().items() if not isinstance(v, list)}
+                                      for r in reports]}, separators=(",", ":")))
+    else:
+        print(f"{app.name}: {new} new evaluations in {wall:.1f} s; {len(after)} schemes stored for protocol "
+              f"{protocol} seed {seed}" + (f"; {missing} could not be evaluated (see python -m database.status)"
+                                           if missing else ""))
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

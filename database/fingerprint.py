@@ -1,4 +1,5 @@
-"""What a latency profile was measured on: CPU model, threads, CPU quota, GPU, torch version."""
+"""What a latency profile was measured on: CPU model, threads, CPU quota, GPU (name, capability, memory,
+CUDA and cuDNN), torch version."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def gpu_fingerprint(index: int = 0) -> dict:
+    """What a GPU is: name, compute capability, memory, multiprocessors, CUDA and cuDNN versions."""
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "bf16": torch.cuda.is_bf16_supported(),
+    }
+
+
 def fingerprint(use_cuda: bool = False) -> dict:
     return {
         "cpu_model": cpu_model(),
@@ -29,6 +44,7 @@ def fingerprint(use_cuda: bool = False) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_quota": current_quota(),
         "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
+        "gpu_detail": gpu_fingerprint(0) if use_cuda else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host": socket.gethostname(),

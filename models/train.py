@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from apps import DEFAULT_APP, load_app
 from apps.errors import ArgParser, CoInferError, run_cli
 from apps.outpath import check_output_path
+from models.accel import Accel
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,14 +22,16 @@ if TYPE_CHECKING:
 
 def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int,
                  momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "linear",
-                 seed: int = 0, progress: bool = False) -> None:
-    """SGD over `data` for `epochs`; lr decays linearly to 0 (or stays constant)."""
+                 seed: int = 0, progress: bool = False, accel: Accel | None = None) -> None:
+    """SGD over `data` for `epochs`; lr decays linearly to 0 (or stays constant). `accel`: how to
+    use a GPU (models/accel.py: AMP, channels_last, data on the device, compile); None: plain fp32.
+    The batches are the same for any `accel` (one seeded generator shuffles)."""
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
+    accel = accel or Accel()
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+    loader = _loader(data, batch_size, generator, accel)
     steps = max(1, epochs * len(loader))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     decay = (lambda s: 1 - s / steps) if schedule == "linear" else (lambda s: 1.0)
@@ -36,17 +39,61 @@ def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     device = next(model.parameters()).device
+    memory = torch.channels_last if accel.channels_last else torch.contiguous_format
+    if accel.channels_last:
+        model.to(memory_format=memory)
+    forward = torch.compile(model) if accel.compiles(steps) else model
+    dtype = accel.dtype()
+    scaler = torch.amp.GradScaler("cuda") if accel.amp == "fp16" else None
     bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
     for _ in range(epochs):
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x = x.to(device, non_blocking=True, memory_format=memory)
+            y = y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(forward(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
             bar.update(1)
     bar.close()
     model.eval()
+
+
+def _loader(data: Dataset, batch_size: int, generator, accel: Accel):
+    """Shuffled batches: a tensor dataset already on the device (accel.data_on_device), or a
+    DataLoader with worker processes and pinned memory."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    if accel.data_on_device and isinstance(data, TensorDataset):
+        return _DeviceBatches(data, batch_size, generator, torch.device(accel.device))
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator,
+                      num_workers=accel.loader_workers, pin_memory=accel.pin_memory,
+                      persistent_workers=accel.loader_workers > 0)
+
+
+class _DeviceBatches:
+    """A TensorDataset copied to the device once and batched there, shuffled by the seeded generator."""
+
+    def __init__(self, data, batch_size: int, generator, device) -> None:
+        self.tensors = [t.to(device) for t in data.tensors]
+        self.n, self.batch_size, self.generator = len(data), batch_size, generator
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        import torch
+        order = torch.randperm(self.n, generator=self.generator).to(self.tensors[0].device)
+        for i in range(0, self.n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
 
 
 def test_accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 Flags follow the paper (`-accuracy_loss 0.01 -latency 0.6 -bandwidth 1 -gpu 0`) and GNU
 style (`--accuracy-loss`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--offline`,
 `--json`, `--seed`, `--rtt`, `--latency-profile EDGE,CLOUD`, `--base-accuracy`, `--tolerance`,
-`--study-storage`, `--study-name`). Exit status: 0 with an answer, 1 when no scheme meets the
+`--study-storage`, `--study-name`, `--workers`). Exit status: 0 with an answer, 1 when no scheme meets the
 bound, 2 on bad input.
 
 The search is an Optuna study, kept by default in a journal file beside a SQLite database
@@ -74,6 +74,9 @@ def build_parser(kind: str) -> ArgParser:
                     help="where the Optuna study lives: memory, FILE.journal or a SQLAlchemy URL "
                          "(default: a journal file beside a SQLite database, else memory)")
     ap.add_argument("--study-name", default=None, help="study name (default: from app, evaluator, query, devices)")
+    ap.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="N processes optimise the study together (its storage must be a file or a URL); "
+                         "no scheme is evaluated twice, the answer is the single worker's")
     ap.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS, metavar="N",
                     help="--sampler optcoinfer: GP optimizer restarts per proposal (default: %(default)s, "
                          "under 1 s a proposal here; the paper used 100)")
@@ -113,6 +116,8 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         raise CoInferError("--max-evaluations must be >= 0")
     if args.restarts < 0:
         raise CoInferError(f"--restarts must be >= 0, got {args.restarts}")
+    if args.workers < 1:
+        raise CoInferError(f"--workers must be at least 1, got {args.workers}")
     from database.store import Store
     from models.build import app_points
     from search.evaluators import make_evaluator
@@ -161,6 +166,8 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         total = args.max_evaluations if args.max_evaluations is not None else (
             OPTUNA_BUDGET if args.sampler in ("tpe", "gp", "random") else None)
         evaluator = ProgressEvaluator(evaluator, total, desc=f"{args.sampler} search")
+    helpers = start_helpers(kind, argv if argv is not None else sys.argv[1:], args.workers, study_storage,
+                            args.offline)
     try:
         result = run_search(Problem(query, model, base), evaluator, args.sampler, tolerance, args.seed,
                             args.offline, args.max_evaluations, study_name=study_name, study_storage=study_storage,
@@ -168,6 +175,9 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     finally:
         if isinstance(evaluator, ProgressEvaluator):
             evaluator.close()
+        for proc in helpers:
+            if proc.wait() not in (0, 1):  # 1: no scheme meets the bound, as here
+                raise CoInferError(f"a --workers helper process failed (exit {proc.returncode})")
     if as_json:
         out = dict(result.to_json(), app=app.name, devices=list(model.devices), study_storage=study_storage)
         print(json.dumps(out, indent=1) if args.json_full else json.dumps(compact(out), separators=(",", ":")))
@@ -180,6 +190,29 @@ def run(kind: str, argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def start_helpers(kind: str, argv: list[str], workers: int, study_storage: str, offline: bool) -> list:
+    """`--workers N`: N - 1 more processes run the same search on the same study (their output is
+    discarded; this process prints the answer). The study must be shared: a file or a URL."""
+    if workers <= 1 or offline:
+        return []
+    if study_storage == "memory":
+        raise CoInferError("--workers needs a study storage the processes share: --study-storage FILE.journal or URL")
+    import subprocess
+    script = str(Path(__file__).resolve().parents[1] / f"{kind}_search.py")
+    rest, skip = [], False
+    for a in argv:  # the helpers run one worker each, quietly
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if not a.startswith("--workers=") and a not in ("--progress", "--json", "--json-full"):
+            rest.append(a)
+    cmd = [sys.executable, script, *rest, "--study-storage", study_storage, "--no-progress", "--json"]
+    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers - 1)]
 
 
 def compact(out: dict) -> dict:

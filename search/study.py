@@ -189,9 +189,10 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}
-                                          if url.startswith("sqlite") else None)
+    from database.distributed import create_tables_once
+    try:  # several searches may open a new database at once
+        return create_tables_once(lambda: optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None))
     except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
         raise CoInferError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}") from None
 

@@ -13,7 +13,7 @@ CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "databas
         "database.formats", "database.show", "database.paper", "database.predictor", "models.train", "runtime.edge",
         "runtime.cloud", "runtime.testbed", "bench.search", "bench.runtime", "bench.adaptivity", "bench.codec",
         "bench.fuzz", "bench.studystorage", "bench.flood", "bench.badinput", "select_model.py", "bench.zoo",
-        "bench.corun", "bench.profiler", "runtime.training"]
+        "bench.corun", "bench.profiler", "runtime.training", "database.status", "bench.scale"]
 HEAVY = ("torch", "optuna", "sklearn", "sqlalchemy", "matplotlib")
 
 WRAPPER = """

@@ -57,7 +57,7 @@ def _count(db: Path) -> tuple[int, int]:
 def test_resume_after_kill_9_loses_and_duplicates_nothing(tiny_app_path, tmp_path):
     db = tmp_path / "acc.sqlite"
     cmd = [sys.executable, "-m", "database.evaluate", "--app", tiny_app_path, "--schemes", "point:1",
-           "--storage", str(db)]
+           "--storage", str(db), "--heartbeat", "0.5", "--grace", "2"]  # the killed worker's scheme: retried after 2 s
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -70,12 +70,12 @@ def test_output_path_checked_before_work(tmp_path) -> None:
     assert check_output_path(tmp_path / "x.pt") == tmp_path / "x.pt" and not (tmp_path / "x.pt").exists()
 
 
-def test_pool_worker_that_cannot_start_fails_its_first_task() -> None:
+def test_a_build_worker_that_cannot_start_fails_with_one_line(tmp_path) -> None:
     from compress.scheme import Scheme
-    from database import evaluate
-    evaluate._init_worker("no_such_app", 1)
-    try:
-        with pytest.raises(CoInferError, match="failed to start: unknown app"):
-            evaluate._eval_task((Scheme(0, 1, 1), 0))
-    finally:
-        evaluate._worker_error = None
+    from database.distributed import QueueConfig
+    from database.evaluate import BuildJob, _pool_worker
+    job = BuildJob("no_such_app", f"sqlite:///{tmp_path / 'a.sqlite'}",
+                   QueueConfig(f"sqlite:///{tmp_path / 'a.queue.sqlite'}"), (Scheme(0, 1, 1),), 0, (8,))
+    with pytest.raises(CoInferError, match="build worker: unknown app"):
+        _pool_worker(job)
+    assert list(tmp_path.iterdir()) == []

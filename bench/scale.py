@@ -1,0 +1,204 @@
+"""How the distributed build's coordination scales, and what it costs per scheme, on SQLite and PostgreSQL.
+
+    python -m bench.scale [--workers 1,2,4,8] [--per-worker 8] [--delay 1.0] [--postgres URL] [--json]
+
+For each storage and each worker count N, a fresh build of N x `--per-worker` schemes of the
+default app runs with N worker processes (forked here, as `--workers N` would spawn them) and the
+synthetic evaluator sleeping `--delay` seconds per scheme (database/synthetic.py): all of the time
+that is not the sleep is coordination. Throughput is completed schemes over the span from the first
+trial's start to the last trial's completion (the study's own timestamps: process start-up and
+storage opening are excluded); the target is >= 0.9 x N x the 1-worker throughput.
+
+Overhead per scheme, from each worker's own clock: a trial's wall time (from one objective call
+to the next) minus the evaluator's time, split into the claim (`BuildSampler.before_trial`: one
+read of the unfinished trials, the claim write), the accuracy-table write, and the rest, Optuna's
+own bookkeeping (fail_stale_trials, ask: popping the retry queue, creating the trial, reading it
+back; tell: value and state, reading it back). Heartbeats run on Optuna's heartbeat thread, beside
+the trial; their time is reported per scheme but is not part of the trial's wall time. Medians and
+p95 over all schemes at N = 1 (uncontended) and at the largest N. The target is <= 60 ms (5 % of
+the default app's fine-tune, about 1.2 s). PostgreSQL runs when `--postgres` or
+$COINFER_TEST_POSTGRES gives a server URL: a fresh database is created (and dropped) per run.
+Writes bench/out/scale.png.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import uuid
+
+from apps.errors import ArgParser, CoInferError, run_cli
+
+HEARTBEAT_S, GRACE_S = 5.0, 30.0
+
+
+def p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def fresh_postgres(server: str) -> tuple[str, callable]:
+    """A new database on the server: (its URL, a function that drops it)."""
+    import sqlalchemy as sa
+    name = f"coinfer_scale_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+    return sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False), drop
+
+
+def one_run(kind: str, workers: int, per_worker: int, delay: float, server: str | None) -> dict:
+    """A fresh build with `workers` processes; returns throughput and the per-scheme costs."""
+    from apps import load_app
+    from compress.scheme import all_schemes
+    from database.distributed import QueueConfig, open_build, study_name
+    from database.evaluate import BuildJob, build_worker
+    from database.store import Store
+    from database.synthetic import synthetic_protocol
+    from models.build import app_points
+    app = load_app("vgg16_digits")
+    widths = tuple(pt.channels for pt in app_points(app))
+    schemes = tuple(all_schemes(list(widths))[:workers * per_worker])
+    drop = None
+    if kind == "sqlite":
+        folder = tempfile.mkdtemp(prefix="coinfer-scale-")
+        storage, queue = f"sqlite:///{folder}/acc.sqlite", f"sqlite:///{folder}/acc.queue.sqlite"
+    else:
+        storage, drop = fresh_postgres(server)
+        queue = storage
+    try:
+        config = QueueConfig(queue, HEARTBEAT_S, GRACE_S, poll_s=0.2)
+        job = BuildJob("vgg16_digits", storage, config, schemes, 0, widths, f"synthetic:{delay}")
+        name = study_name(app.name, synthetic_protocol(app), 0)
+        Store(storage).close()  # the tables, before the workers race to create them
+        study = open_build(config, name)
+        study._storage._backend.engine.dispose()  # the forked workers inherit no connection
+        with mp.get_context("fork").Pool(workers) as pool:
+            reports = pool.map(build_worker, [job] * workers, chunksize=1)
+        from optuna.trial import TrialState
+        trials = [t for t in open_build(config, name).get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    finally:
+        if drop is not None:
+            drop()
+    overhead, claim, write, evaluate = [], [], [], []
+    heartbeat_total = 0.0
+    for r in reports:
+        for j, trial in enumerate(r.trial_s[:len(r.evaluate_s)]):
+            overhead.append(trial - r.evaluate_s[j])
+        claim += r.claim_s[:len(r.evaluate_s)]
+        write += r.write_s
+        evaluate += r.evaluate_s
+        heartbeat_total += sum(r.heartbeat_s)
+    n = sum(r.evaluated for r in reports)
+    return {"storage": kind, "workers": workers, "schemes": n, "span_s": span, "per_s": len(trials) / span,
+            "overhead_ms": [1e3 * x for x in overhead], "claim_ms": [1e3 * x for x in claim],
+            "write_ms": [1e3 * x for x in write], "heartbeat_ms_per_scheme": 1e3 * heartbeat_total / max(1, n)}
+
+
+def summary(run: dict) -> dict:
+    o, c, w = run["overhead_ms"], run["claim_ms"], run["write_ms"]
+    med = statistics.median
+    return {"overhead_median_ms": med(o), "overhead_p95_ms": p95(o), "claim_median_ms": med(c),
+            "claim_p95_ms": p95(c), "write_median_ms": med(w), "write_p95_ms": p95(w),
+            "optuna_median_ms": med(o) - med(c) - med(w), "heartbeat_ms_per_scheme": run["heartbeat_ms_per_scheme"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="1,2,4,8", help="worker counts (default: 1,2,4,8)")
+    ap.add_argument("--per-worker", type=int, default=8, help="schemes per worker in each run (default: 8)")
+    ap.add_argument("--delay", type=float, default=1.0, help="seconds the synthetic evaluator sleeps per scheme")
+    ap.add_argument("--postgres", default=os.environ.get("COINFER_TEST_POSTGRES"),
+                    help="SQLAlchemy URL of a PostgreSQL server to create databases on (default: "
+                         "$COINFER_TEST_POSTGRES)")
+    ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    ap.add_argument("--json", action="store_true", help="one JSON line with every run")
+    args = ap.parse_args(argv)
+    try:
+        counts = sorted({int(x) for x in args.workers.split(",")})
+    except ValueError:
+        raise CoInferError(f"--workers {args.workers!r}: expected counts like 1,2,4,8") from None
+    if not counts or counts[0] < 1 or args.per_worker < 1 or args.delay < 0:
+        raise CoInferError("worker counts and --per-worker must be >= 1, --delay >= 0")
+    kinds = ([] if args.no_sqlite else ["sqlite"]) + (["postgresql"] if args.postgres else [])
+    if not kinds:
+        raise CoInferError("nothing to measure: --no-sqlite without --postgres")
+    if not args.json:
+        print(f"bench.scale: builds of N x {args.per_worker} schemes with N in {counts} forked workers, the synthetic "
+              f"evaluator sleeping {args.delay:g} s a scheme, heartbeat {HEARTBEAT_S:g} s; storages {kinds} "
+              f"(a fresh database per run); {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f} at the start", flush=True)
+    runs = []
+    for kind in kinds:
+        for n in counts:
+            run = one_run(kind, n, args.per_worker, args.delay, args.postgres)
+            runs.append(run)
+            if not args.json:
+                print(f"  {kind:<10} N={n}: {run['schemes']} schemes in {run['span_s']:.2f} s", flush=True)
+    table = []
+    for kind in kinds:
+        base = next(r for r in runs if r["storage"] == kind and r["workers"] == counts[0])
+        one = base["per_s"] / base["workers"]
+        for r in (r for r in runs if r["storage"] == kind):
+            table.append({"storage": kind, "workers": r["workers"], "per_s": r["per_s"],
+                          "ratio": r["per_s"] / (r["workers"] * one), **summary(r)})
+    if args.json:
+        print(json.dumps({"table": table, "load_average": os.getloadavg()[0]}, separators=(",", ":")))
+        return 0
+    print(f"{'storage':<11}{'N':>3} {'schemes/s':>9} {'/(N x 1-worker)':>15} {'overhead med':>12} {'p95':>7} "
+          f"{'claim':>6} {'write':>6} {'optuna':>7} {'heartbeat':>9}   (ms per scheme)")
+    for t in table:
+        print(f"{t['storage']:<11}{t['workers']:>3} {t['per_s']:>9.2f} {t['ratio']:>15.2f} "
+              f"{t['overhead_median_ms']:>12.1f} {t['overhead_p95_ms']:>7.1f} {t['claim_median_ms']:>6.1f} "
+              f"{t['write_median_ms']:>6.1f} {t['optuna_median_ms']:>7.1f} {t['heartbeat_ms_per_scheme']:>9.1f}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}; targets: ratio >= 0.9, overhead <= 60 ms")
+    print(f"plot: {plot(table)}")
+    return 0
+
+
+def plot(table: list[dict]):
+    """Throughput against N (with N x and 0.9 N x the 1-worker rate), and the overhead split per storage."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots import OUT, save_figure
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for kind in dict.fromkeys(t["storage"] for t in table):
+        rows = [t for t in table if t["storage"] == kind]
+        ns = [t["workers"] for t in rows]
+        one = rows[0]["per_s"] / rows[0]["workers"]
+        line, = ax.plot(ns, [t["per_s"] for t in rows], "o-", label=f"{kind}")
+        ax.plot(ns, [0.9 * n * one for n in ns], ":", color=line.get_color(), label=f"{kind} 0.9 N x 1-worker")
+    ax.set_xlabel("workers")
+    ax.set_ylabel("schemes per second")
+    ax.set_title("Build throughput, 1 s per scheme")
+    ax.legend(fontsize=7)
+    labels, bottom = [], []
+    for t in table:
+        labels.append(f"{t['storage'][:6]} N={t['workers']}")
+    parts = [("claim", "claim_median_ms"), ("accuracy write", "write_median_ms"), ("Optuna", "optuna_median_ms")]
+    bottom = [0.0] * len(table)
+    for label, key in parts:
+        vals = [max(0.0, t[key]) for t in table]
+        bx.bar(labels, vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    bx.axhline(60, color="k", ls="--", lw=0.8, label="target 60 ms")
+    bx.set_ylabel("ms per scheme (median)")
+    bx.set_title("Coordination overhead per scheme")
+    bx.tick_params(axis="x", rotation=60, labelsize=7)
+    bx.legend(fontsize=7)
+    return save_figure(fig, OUT / "scale.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,172 @@
+"""Progress of distributed builds: what is done, running (by worker and host), failed, retried and left.
+
+    python -m database.status --storage postgresql://u@db/coinfer [--app A] [--json]
+
+Reads the build studies (database/distributed.py) in the queue storage of `--storage` (or
+`--queue`) and the accuracy table they fill; writes nothing. Per build:
+
+    done        requested schemes stored in the accuracy table (by the build or before it)
+    running     trials holding a scheme now, by worker (host:pid) and by host
+    failed      schemes whose every attempt failed, with no retry left or pending
+    retried     attempts started again after their worker died (Optuna's retry callback)
+    remaining   requested schemes neither stored, running nor failed
+    throughput  completions per minute over the last 10 minutes of completions (or since the first)
+    eta         remaining / throughput
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from apps.errors import ArgParser, CoInferError, mask_url, run_cli
+
+WINDOW_S = 600.0
+
+
+@dataclass(frozen=True)
+class BuildStatus:
+    study: str
+    app: str
+    protocol: str
+    seed: int
+    requested: int
+    done: int
+    running: int
+    failed: int
+    retried: int
+    remaining: int
+    attempts: int
+    per_minute: float | None
+    eta_s: float | None
+    workers: dict[str, int] = field(default_factory=dict)  # host:pid -> running trials
+    hosts: dict[str, int] = field(default_factory=dict)  # host -> running trials
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_name(name: str) -> tuple[str, str, int] | None:
+    """(app, protocol, seed) of a build study name `build/<app>/<protocol>/seed<seed>`."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "build" or not parts[3].startswith("seed") or not parts[3][4:].isdigit():
+        return None
+    return parts[1], parts[2], int(parts[3][4:])
+
+
+def build_status(queue: str, storage: str, app: str | None = None) -> list[BuildStatus]:
+    """The status of every build (of `app`) in the queue storage `queue`, against the accuracy
+    database `storage`."""
+    import warnings
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from compress.scheme import Scheme
+    from database.distributed import CLAIM, RETRY_OF, SCHEMES, scheme_of_claim
+    from database.store import Store
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if queue.startswith("sqlite:///") and not Path(queue.removeprefix("sqlite:///")).is_file():
+        raise CoInferError(f"no build queue at {queue.removeprefix('sqlite:///')} (no build has run there)")
+    try:
+        rdb = optuna.storages.RDBStorage(queue, skip_table_creation=True)
+        studies = rdb.get_all_studies()
+    except Exception as exc:
+        raise CoInferError(f"cannot read build queue {mask_url(queue)}: {type(exc).__name__}") from None
+    store = Store(storage, create=False, readonly=storage.startswith("sqlite"))
+    out = []
+    try:
+        for st in studies:
+            key = parse_name(st.study_name)
+            if key is None or (app is not None and key[0] != app):
+                continue
+            a, protocol, seed = key
+            requested: set[Scheme] = set()
+            for k, v in st.system_attrs.items():
+                if k.startswith(SCHEMES):
+                    requested |= {Scheme.parse(x) for x in v.split()}
+            stored = set(store.accuracy_table(a, protocol, seed)) & requested
+            trials = rdb.get_all_trials(st._study_id, deepcopy=False)
+            running_by: Counter[str] = Counter()
+            live, failed_tries, completions = set(), Counter(), []
+            for t in trials:
+                claim = t.system_attrs.get(CLAIM)
+                scheme = scheme_of_claim(claim)
+                if t.state in (TrialState.RUNNING, TrialState.WAITING) and scheme is not None:
+                    live.add(scheme)
+                    if t.state == TrialState.RUNNING:
+                        running_by[claim.split(" ", 1)[1] if " " in claim else "?"] += 1
+                elif t.state == TrialState.FAIL and scheme is not None:
+                    failed_tries[scheme] += 1
+                elif t.state == TrialState.COMPLETE and t.datetime_complete is not None:
+                    completions.append(t.datetime_complete.timestamp())
+            failed = {s for s in failed_tries if s not in stored and s not in live}
+            retried = sum(1 for t in trials if RETRY_OF in t.system_attrs)
+            running = sum(running_by.values())
+            remaining = max(0, len(requested - stored - live - failed))
+            per_minute = eta = None
+            if len(completions) >= 2:
+                completions.sort()
+                last = completions[-1]
+                recent = [c for c in completions if c >= last - WINDOW_S]
+                span = last - recent[0]
+                if span > 0:
+                    per_minute = 60 * (len(recent) - 1) / span
+                    eta = 60 * (remaining + running) / per_minute if per_minute else None
+            hosts: Counter[str] = Counter()
+            for w, n in running_by.items():
+                hosts[w.rsplit(":", 1)[0]] += n
+            out.append(BuildStatus(st.study_name, a, protocol, seed, len(requested), len(stored), running,
+                                   len(failed), retried, remaining, len(trials), per_minute, eta, dict(running_by),
+                                   dict(hosts)))
+    finally:
+        store.close()
+        rdb.engine.dispose()
+    return out
+
+
+def format_status(rows: list[BuildStatus]) -> str:
+    from search.query import format_seconds
+    lines = []
+    for r in rows:
+        rate = f"{r.per_minute:.1f}/min" if r.per_minute is not None else "-"
+        eta = format_seconds(r.eta_s) if r.eta_s is not None else "-"
+        lines.append(f"{r.study}")
+        lines.append(f"  done {r.done}/{r.requested}  running {r.running}  failed {r.failed}  retried {r.retried}  "
+                     f"remaining {r.remaining}  throughput {rate}  eta {eta}")
+        for host, n in sorted(r.hosts.items()):
+            workers = ", ".join(f"{w.rsplit(':', 1)[1]}" for w in sorted(r.workers) if w.rsplit(":", 1)[0] == host)
+            lines.append(f"  host {host}: {n} running (pids {workers})")
+    return "\n".join(lines) if lines else "no builds"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgParser(prog="python -m database.status", description="Progress of the distributed accuracy-database "
+                                                                  "builds.")
+    ap.add_argument("--storage", default=None,
+                    help="SQLAlchemy URL of the accuracy database (default: database/coinfer.sqlite)")
+    ap.add_argument("--queue", default=None, metavar="URL",
+                    help="the builds' Optuna storage (default: derived from --storage)")
+    ap.add_argument("--app", default=None, help="only this app's builds")
+    ap.add_argument("--json", action="store_true", help="one JSON line: a list of builds")
+    args = ap.parse_args(argv)
+    from apps import DEFAULT_STORAGE
+    from database.distributed import queue_url
+    storage = args.storage or DEFAULT_STORAGE
+    if not storage.strip():
+        raise CoInferError("empty storage URL")
+    if "://" not in storage:
+        storage = f"sqlite:///{Path(storage).resolve()}"
+    rows = build_status(args.queue or queue_url(storage), storage, args.app)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], separators=(",", ":")))
+    else:
+        print(format_status(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,65 @@
+"""The GPU path (models/accel.py): its configuration on any machine; a fine-tune on a GPU when one is present."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apps.errors import CoInferError
+from compress.scheme import Scheme
+from models.accel import COMPILE_MIN_STEPS, Accel
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+def test_cpu_keeps_the_plain_fp32_loop():
+    a = Accel.for_device("cpu")
+    assert (a.amp, a.channels_last, a.pin_memory, a.loader_workers, a.data_on_device) == ("off", False, False, 0, False)
+    assert not a.compiles(10**6) and a.dtype() is None
+
+
+def test_cuda_defaults_pick_bf16_where_supported_else_fp16_with_a_scaler():
+    bf = Accel.for_device("cuda", bf16_supported=True, loader_workers=4)
+    fp = Accel.for_device("cuda:1", bf16_supported=False)
+    assert bf.amp == "bf16" and bf.dtype() == torch.bfloat16 and fp.amp == "fp16" and fp.dtype() == torch.float16
+    assert bf.channels_last and bf.cudnn_benchmark and bf.pin_memory and bf.data_on_device and bf.loader_workers == 4
+    assert bf.compiles(COMPILE_MIN_STEPS) and not bf.compiles(12)  # a 25-epoch fine-tune compiles, 12 steps do not
+    assert Accel.for_device("cuda", amp="off", compile="off", bf16_supported=True).dtype() is None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(device="cpu", amp="bf16"), "need a CUDA device"),
+    (dict(device="cpu", channels_last=True), "need a CUDA device"),
+    (dict(device="cuda", amp="int8"), "amp"),
+    (dict(device="cuda", compile="maybe"), "compile"),
+])
+def test_bad_settings_are_one_line_errors(kwargs, match):
+    with pytest.raises(CoInferError, match=match):
+        Accel(**kwargs)
+
+
+def test_cli_refuses_a_gpu_that_is_not_there(tiny_app_path, tmp_path, capsys):
+    from apps.errors import run_cli
+    from database.evaluate import main
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", "--device", "cuda", "--storage",
+                       str(tmp_path / "x.sqlite")])
+    assert exc.value.code == 2 and "no such CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+@needs_gpu
+def test_a_gpu_fine_tune_matches_the_cpu_within_a_few_test_images(tiny_app):
+    from database.evaluate import FinetuneEvaluator
+    cpu = FinetuneEvaluator(tiny_app).evaluate(Scheme(6, 4, 4))
+    gpu = FinetuneEvaluator(tiny_app, accel=Accel.for_device("cuda")).evaluate(Scheme(6, 4, 4))
+    assert abs(gpu.top1 - cpu.top1) <= 0.05  # reduced precision and another shuffle order: close, not equal
+
+
+@needs_gpu
+def test_a_gpu_profile_records_the_device_fingerprint():
+    from database.fingerprint import fingerprint
+    fp = fingerprint(use_cuda=True)
+    assert fp["gpu"] and fp["gpu_detail"]["capability"] and fp["gpu_detail"]["memory_gib"] > 0
