@@ -60,7 +60,7 @@ def process_name(proc) -> str:
         rest = cmd[cmd.index("-m") + 2:]
         return f"{module} {rest[0]}" if rest and not rest[0].startswith("-") else module
     if len(cmd) > 1 and "multiprocessing" in " ".join(cmd):
-        return "python worker"
+        return "spawned worker"  # bench.corun's client processes
     return Path(cmd[0]).name if cmd else "?"
 
 

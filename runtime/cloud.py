@@ -26,8 +26,9 @@ a request names its app, an app this server does not host is ERROR UNKNOWN_APP. 
 measured one process for all apps against one process per app and kept this (README "Co-running").
 Dynamic batching (`--batch-images N`, off by default) merges requests of one app and scheme for at most
 `--batch-wait-ms` into one forward (`runtime.batching`). `--train APP` runs the accuracy database's
-fine-tune loop beside serving, in a child process at `--train-nice` with `--train-threads` torch
-threads so it takes only the CPU inference leaves (`runtime.training`).
+fine-tune loop beside serving, in a child process in the SCHED_IDLE class (`--train-sched idle`, the
+default; `normal` at `--train-nice`) with `--train-threads` torch threads, so it takes only the CPU
+inference leaves (`runtime.training`).
 
 Connection rules (`runtime.admission` says why these): a new connection is *pending* until it has
 authenticated (with a token: a HELLO carrying it, compared in constant time; without: any valid
@@ -535,8 +536,8 @@ async def serve(app: App | tuple[App, ...], config: ServerConfig = ServerConfig(
     log.info("serving app %s on %s:%d%s%s; tails: %s; batching: %s; training: %s", ", ".join(server.hosted), host,
              server.port, " with TLS" if server.ssl_ctx else "", " with token" if config.token else "",
              _tails_mode(config), f"up to {config.batch.max_images} images, {config.batch.max_wait_s * 1e3:g} ms"
-             if config.batch.enabled else "off", f"{config.train.app} at nice {config.train.nice}, "
-             f"{config.train.threads} thread(s)" if config.train else "none")
+             if config.batch.enabled else "off", f"{config.train.app} ({config.train.sched}) at nice "
+             f"{config.train.nice}, {config.train.threads} thread(s)" if config.train else "none")
     if on_ready is not None:
         on_ready(server)
     try:
@@ -592,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-nice", type=int, default=19, help="the training's nice value (0..19; 19 protects "
                                                                "inference latency)")
     ap.add_argument("--train-threads", type=int, default=1, help="torch threads of the training")
+    ap.add_argument("--train-sched", default="idle", help="idle (SCHED_IDLE, the default: the training gets only "
+                                                          "CPU time serving leaves) or normal (at --train-nice)")
     ap.add_argument("--train-progress", help="CSV the training appends time,samples,finetunes to")
     ap.add_argument("--cache-size", type=int, default=16, help="tails kept in memory (LRU)")
     ap.add_argument("--cache-mb", type=float, default=256.0, help="megabytes of tail tensors kept in memory (LRU)")
@@ -616,8 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         from apps.outpath import check_output_path
         check_output_path(args.train_progress)
     batch = BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3)
-    train = (TrainConfig(args.train, args.train_nice, args.train_threads, args.train_progress)
-             if args.train is not None else None)
+    train = (TrainConfig(args.train, args.train_nice, args.train_threads, args.train_progress,
+                         sched=args.train_sched) if args.train is not None else None)
     config = ServerConfig(token=resolve_token(args.token, args.token_file), tls_cert=args.tls_cert,
                           tls_key=args.tls_key, read_timeout=args.read_timeout, idle_timeout=args.idle_timeout,
                           handshake_timeout=args.handshake_timeout, max_clients=args.max_clients,

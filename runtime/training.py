@@ -6,10 +6,12 @@
 The loop is `database.evaluate.FinetuneEvaluator.finetune` (the app's protocol: prune + quantise,
 SGD for the protocol's epochs) over the app's split schemes (each point, all its channels, 8 bits),
 round and round, its models thrown away. It runs in a child process
-(`python -m runtime.training`), so its CPU share is the kernel's to arbitrate: the child lowers its
-own priority to `nice` (19 by default: under contention it gets about 1/70 of a nice-0 thread's
-CPU; idle CPU it takes whole) and uses `threads` torch threads (1). Those two are the setting that
-protects inference latency; `--train-nice 0` competes evenly.
+(`python -m runtime.training`), so its CPU share is the kernel's to arbitrate. The setting that
+protects inference latency, the default: `sched="idle"` puts the child in Linux's SCHED_IDLE class
+(it runs only on CPU time no normal thread wants, whatever their nice values), at `nice` 19, with
+`threads` torch threads (1). `sched="normal"` keeps the ordinary class at `nice` (19: about 1/70 of
+a nice-0 thread's CPU under contention, but only 1/7 of a nice-10 one's; `nice` 0 competes
+evenly).
 
 Progress: the child counts the training samples its data loader hands out (no hook in the loop)
 and appends `time,samples,finetunes` (Unix seconds; cumulative) to the `progress` CSV every
@@ -34,6 +36,7 @@ from apps.errors import ArgParser, CoInferError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "time,samples,finetunes"
+SCHEDS = ("idle", "normal")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class TrainConfig:
     threads: int = 1
     progress: str | None = None
     interval: float = 0.5
+    sched: str = "idle"
 
     def __post_init__(self) -> None:
         if not self.app:
@@ -54,6 +58,8 @@ class TrainConfig:
             raise CoInferError(f"training nice must be an integer in 0..19, got {self.nice!r}")
         if not (isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 1):
             raise CoInferError(f"training threads must be an integer of at least 1, got {self.threads!r}")
+        if self.sched not in SCHEDS:
+            raise CoInferError(f"training sched must be one of {', '.join(SCHEDS)}, got {self.sched!r}")
         if not (isinstance(self.interval, (int, float)) and math.isfinite(self.interval) and self.interval > 0):
             raise CoInferError(f"training progress interval must be positive, got {self.interval!r}")
 
@@ -112,7 +118,8 @@ class TrainingCorun:
         cfg = self.config
         self.proc = subprocess.Popen([sys.executable, "-m", "runtime.training", "--app", cfg.app, "--nice",
                                       str(cfg.nice), "--threads", str(cfg.threads), "--progress", self.path,
-                                      "--interval", str(cfg.interval), "--parent", str(os.getpid())],
+                                      "--interval", str(cfg.interval), "--sched", cfg.sched,
+                                      "--parent", str(os.getpid())],
                                      cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
@@ -154,6 +161,8 @@ def run_loop(config: TrainConfig, parent: int | None = None) -> None:
     current = os.nice(0)
     if config.nice > current:
         os.nice(config.nice - current)
+    if config.sched == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     import torch
     torch.set_num_threads(config.threads)
     from apps import load_app
@@ -196,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--progress", required=True, help="CSV of time,samples,finetunes")
     ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--sched", default="idle", help="idle (SCHED_IDLE: only CPU time nothing else wants) or normal")
     ap.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     args = ap.parse_args(argv)
-    run_loop(TrainConfig(args.app, args.nice, args.threads, args.progress, args.interval), args.parent)
+    run_loop(TrainConfig(args.app, args.nice, args.threads, args.progress, args.interval, args.sched), args.parent)
     return 0
 
 

@@ -247,6 +247,8 @@ def test_training_corun_reports_progress(tiny_app_path, tmp_path) -> None:
         while corun.progress().samples == 0:
             assert time.monotonic() < deadline and corun.proc.poll() is None
             time.sleep(0.2)
+        assert os.sched_getscheduler(corun.proc.pid) == os.SCHED_IDLE  # the default protects inference
+        assert os.getpriority(os.PRIO_PROCESS, corun.proc.pid) == 19
         time.sleep(1.0)
     finally:
         done = corun.stop()

@@ -148,14 +148,16 @@ def run(args) -> int:
         raise CoInferError(f"--duration must be positive, got {args.duration:g}")
     apps = tuple(a.strip() for a in args.apps.split(","))
     schemes = tuple(s.strip() for s in args.schemes.split(";"))
-    cells = tuple(c.strip() for c in args.cells.split(","))
+    cells = () if args.cells == "none" else tuple(c.strip() for c in args.cells.split(","))
+    if args.layout_rounds < 1:
+        raise CoInferError(f"--layout-rounds must be at least 1, got {args.layout_rounds}")
     modes = tuple(m.strip() for m in args.modes.split(","))
     if bad := [m for m in modes if m not in ("closed", "poisson")]:
         raise CoInferError(f"--modes: unknown mode {bad[0]!r} (closed, poisson)")
     cfg = RunConfig(str(_new_run(args.out)), apps, schemes, not args.no_twin, args.twin_scheme,
                     _ints(args.clients, "--clients"), args.duration, args.load, modes, cells, args.train,
                     BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3), args.layout, not args.no_layouts,
-                    args.seed)
+                    args.layout_rounds, args.seed)
     from apps import load_app
     for ref in apps + ((args.train,) if args.train else ()):
         load_app(ref)
@@ -204,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     r.add_argument("--load", type=float, default=0.5, help="open loop at this fraction of saturation")
     r.add_argument("--modes", default="closed,poisson")
-    r.add_argument("--cells", default="base,train,batch,batch+train")
+    r.add_argument("--cells", default="base,train,batch,batch+train", help="which cells ('none': only the "
+                                                                          "layout comparison)")
     r.add_argument("--train", help="app the training co-run fine-tunes (default: the first)")
     r.add_argument("--batch-images", type=int, default=16)
     r.add_argument("--batch-wait-ms", type=float, default=2.0)
     r.add_argument("--layout", default="shared", help="shared (one server for all apps) or per-app")
     r.add_argument("--no-layouts", action="store_true", help="skip the shared vs per-app comparison")
+    r.add_argument("--layout-rounds", type=int, default=1, help="rounds of the layout comparison (alternating)")
     r.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("report", help="tables and plots of a run folder")
     p.add_argument("run")

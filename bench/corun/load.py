@@ -32,6 +32,7 @@ import csv
 import json
 import math
 import multiprocessing as mp
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,7 +310,10 @@ async def _client(spec: ClientSpec, ready, go) -> None:
             ready.put(f"client {spec.client} of {spec.target.label}: {exc}")
             return
         ready.put("")
+        parent = os.getppid()
         while not go.value:  # the parent sets the common start time once every client is connected
+            if os.getppid() != parent:  # the parent is gone: nothing will start this client
+                return
             await asyncio.sleep(0.005)
         start = go.value
         await asyncio.sleep(max(0.0, start - time.time()))

@@ -10,10 +10,12 @@ Steps (all on loopback):
    another name (its YAML copied into RUN/apps/, the same checkpoint), so two apps with their own
    queues share the server: the multi-app case with only the shipped app.
 3. The in-process baseline per target (`bench.corun.inprocess`) at batch 1 and at the batching
-   size: RUN/inprocess.json.
+   size, and at batch 1 again right before and right after the `base` cell's closed sweep (side by
+   side with it, the server idle; the machine is shared): RUN/inprocess.json.
 4. With `compare_layouts` and two apps or more: a closed-loop cell at the largest client count
    against one server for all apps (`shared`) and against one server per app (`per-app`), nothing
-   else running: RUN/layout.json (cells under RUN/layout/).
+   else running, `layout_rounds` times in alternating order: RUN/layout.json (medians, and each
+   round; cells under RUN/layout/).
 5. Each of `cells` in turn: `base`, `train`, `batch`, `batch+train`. A fresh server (or one per
    app under `per-app`) with dynamic batching for `batch*` (`batch` policy) and the training co-run
    for `*train` (`train_app` at the server's default setting: nice 19, 1 thread; progress in
@@ -68,6 +70,7 @@ class RunConfig:
     batch: BatchPolicy = field(default_factory=lambda: BatchPolicy(16, 0.002))
     layout: str = "shared"
     compare_layouts: bool = True
+    layout_rounds: int = 1
     seed: int = 0
     images: int = 32
     inprocess_s: float = 3.0
@@ -159,14 +162,20 @@ def twin_app(ref: str, run: Path) -> Path:
 
 
 def _sweep(cfg: RunConfig, out: Path, tag: str, targets: tuple[Target, ...], modes: tuple[str, ...],
-           saturation: dict[str, float], progress: Callable[[str], None]) -> dict[str, float]:
-    """The closed then open sweeps of one cell; returns the saturation (req/s) per target of the closed one."""
+           saturation: dict[str, float], progress: Callable[[str], None],
+           around: Callable[[], None] | None = None) -> dict[str, float]:
+    """The closed then open sweeps of one cell; returns the saturation (req/s) per target of the closed one.
+    `around` runs right before and right after the closed sweep (the side-by-side in-process baseline)."""
     from bench.corun.report import cell_stats
     sat: dict[str, float] = {}
     if "closed" in modes:
+        if around is not None:
+            around()
         run_load(LoadConfig(targets, cfg.clients, "closed", 1.0, cfg.duration, cfg.seed, tag, None, cfg.timeout,
                             str(out)), progress=lambda r: progress(f"  {tag} closed n={r.clients}: {r.requests} "
                                                                    f"requests, {r.failed} failed"))
+        if around is not None:
+            around()
         for s in cell_stats(out):
             if s.tag == tag and s.mode == "closed":
                 sat[s.target] = max(sat.get(s.target, 0.0), s.throughput)
@@ -180,6 +189,40 @@ def _sweep(cfg: RunConfig, out: Path, tag: str, targets: tuple[Target, ...], mod
                      progress=lambda r: progress(f"  {tag} poisson n={r.clients} at {r.rate:.1f}/s per client: "
                                                  f"{r.requests} requests, {r.failed} failed"))
     return sat
+
+
+def compare_layouts(cfg: RunConfig, out: Path, refs: list[str], names: dict[str, str], targets_for,
+                    progress: Callable[[str], None]) -> dict:
+    """`layout_rounds` rounds of a closed-loop cell at the largest client count per layout, the
+    layouts' order alternating; per layout the medians over rounds (and every round)."""
+    import statistics
+
+    from bench.corun.report import cell_stats, percentiles, read_rows
+    n = max(cfg.clients)
+    rounds: dict[str, list[dict]] = {name: [] for name in LAYOUTS}
+    for i in range(cfg.layout_rounds):
+        for name in LAYOUTS if i % 2 == 0 else LAYOUTS[::-1]:
+            servers = Servers(out, f"layout-{name}-{i}", refs, name, None, None)
+            folder = out / "layout" / f"{name}-{i}"
+            try:
+                placed = targets_for(servers.wait(names))
+                folder.mkdir(parents=True, exist_ok=True)
+                cell = run_load(LoadConfig(placed, (n,), "closed", 1.0, cfg.duration, cfg.seed, "base", None,
+                                           cfg.timeout, str(folder)))[0]
+            finally:
+                servers.stop()
+            stats = cell_stats(folder)
+            lat = [float(r["latency_s"]) for r in read_rows(folder / cell.folder) if r["status"] == "ok"]
+            p50, _, p99 = percentiles(lat)
+            rounds[name].append({"throughput": sum(s.throughput for s in stats), "p50_ms": p50, "p99_ms": p99,
+                                 "failed": cell.failed, "per_target": {s.target: s.throughput for s in stats}})
+            progress(f"layout {name} round {i + 1}: {rounds[name][-1]['throughput']:.1f} req/s, "
+                     f"p99 {p99 or 0:.2f} ms")
+    return {name: {"clients": n, "rounds": len(rs),
+                   "throughput": statistics.median(r["throughput"] for r in rs),
+                   "p50_ms": statistics.median(r["p50_ms"] or 0 for r in rs),
+                   "p99_ms": statistics.median(r["p99_ms"] or 0 for r in rs),
+                   "failed": sum(r["failed"] for r in rs), "each": rs} for name, rs in rounds.items()}
 
 
 def run_corun(cfg: RunConfig, progress: Callable[[str], None] = print) -> Path:
@@ -208,18 +251,27 @@ def run_corun(cfg: RunConfig, progress: Callable[[str], None] = print) -> Path:
         from bench.corun.payloads import make_payload
         from models.build import load_base_model
         targets = []
-        inprocess = {}
+        inprocess: dict[str, dict] = {}
+        bases = {}
         for app, scheme in zip(apps, schemes):
-            base = load_base_model(app)
+            base = bases[app.name] = load_base_model(app)
             payload = make_payload(app, scheme, cfg.images, base)
             target = Target(app.name, str(scheme), "127.0.0.1", 0, payload)
             targets.append(target)
             one = inprocess_throughput(app, scheme, payload, 1, cfg.inprocess_s, base)
             many = inprocess_throughput(app, scheme, payload, cfg.batch.max_images, cfg.inprocess_s, base)
-            inprocess[target.label] = {"batch1": one, "batchN": many, "batchN_size": cfg.batch.max_images}
+            inprocess[target.label] = {"batch1": one, "batchN": many, "batchN_size": cfg.batch.max_images,
+                                       "base_around": []}
             progress(f"in-process {target.label}: {one:.1f} images/s at batch 1, {many:.1f} at batch "
                      f"{cfg.batch.max_images}")
         (out / "inprocess.json").write_text(json.dumps(inprocess, indent=1))
+
+        def around_base() -> None:
+            """Batch 1 in-process again, right beside the base cell's closed sweep (the server idle)."""
+            for app, scheme, target in zip(apps, schemes, targets):
+                rate = inprocess_throughput(app, scheme, target.payload, 1, cfg.inprocess_s, bases[app.name])
+                inprocess[target.label]["base_around"].append(rate)
+            (out / "inprocess.json").write_text(json.dumps(inprocess, indent=1))
 
         def targets_for(ports: dict[str, int]) -> tuple[Target, ...]:
             placed = tuple(replace(t, port=ports[t.app]) for t in targets)
@@ -228,27 +280,8 @@ def run_corun(cfg: RunConfig, progress: Callable[[str], None] = print) -> Path:
             return placed
 
         if cfg.compare_layouts and len(apps) > 1:
-            layout = {}
-            for name in LAYOUTS:
-                servers = Servers(out, f"layout-{name}", refs, name, None, None)
-                try:
-                    placed = targets_for(servers.wait(names))
-                    folder = out / "layout" / name
-                    folder.mkdir(parents=True, exist_ok=True)
-                    n = max(cfg.clients)
-                    cell = run_load(LoadConfig(placed, (n,), "closed", 1.0, cfg.duration, cfg.seed, "base", None,
-                                               cfg.timeout, str(folder)))[0]
-                finally:
-                    servers.stop()
-                from bench.corun.report import cell_stats, percentiles, read_rows
-                stats = cell_stats(folder)
-                lat = [float(r["latency_s"]) for r in read_rows(folder / cell.folder) if r["status"] == "ok"]
-                p50, _, p99 = percentiles(lat)
-                layout[name] = {"clients": n, "throughput": sum(s.throughput for s in stats), "p50_ms": p50,
-                                "p99_ms": p99, "failed": cell.failed,
-                                "per_target": {s.target: s.throughput for s in stats}}
-                progress(f"layout {name}: {layout[name]['throughput']:.1f} req/s, p99 {p99 or 0:.2f} ms")
-            (out / "layout.json").write_text(json.dumps(layout, indent=1))
+            (out / "layout.json").write_text(json.dumps(compare_layouts(cfg, out, refs, names, targets_for,
+                                                                        progress), indent=1))
 
         saturation: dict[str, dict[str, float]] = {}
         for tag in cfg.cells:
@@ -259,7 +292,8 @@ def run_corun(cfg: RunConfig, progress: Callable[[str], None] = print) -> Path:
             try:
                 placed = targets_for(servers.wait(names))
                 progress(f"cell {tag}: servers ready")
-                sat = _sweep(cfg, out, tag, placed, cfg.modes, saturation.get(str(batching), {}), progress)
+                sat = _sweep(cfg, out, tag, placed, cfg.modes, saturation.get(str(batching), {}), progress,
+                             around_base if tag == "base" else None)
                 if "train" not in parts and sat:
                     saturation[str(batching)] = sat
             finally:
