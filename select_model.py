@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.images <= 1_000_000:
         raise CoInferError("--images must be in 1..1000000")
     from apps import available_apps, load_app
-    names = [a.strip() for a in args.apps.split(",")] if args.apps else [
+    names = [a.strip() for a in args.apps.split(",")] if args.apps is not None else [
         a for a in available_apps() if load_app(a).dataset.get("name") == "digits"]
     if not names or not all(names):
         raise CoInferError(f"--apps takes A,B,..., got {args.apps!r}")

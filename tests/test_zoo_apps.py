@@ -1,0 +1,66 @@
+"""The shipped zoo apps: their checkpoints load and fit, and their default queries answer certified from
+the shipped database with no new evaluation (a copy of it; the study kept in memory)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from apps import REPO_ROOT, load_app
+from models.build import load_base_model
+
+SHIPPED = REPO_ROOT / "database" / "coinfer.sqlite"
+ZOO_APPS = ["resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_v2_digits"]
+QUERIES = [("latency", ["-accuracy_loss", "0.01", "-bandwidth", "1"]),
+           ("accuracy", ["-latency", "0.6", "-bandwidth", "1"])]
+
+
+@pytest.fixture(scope="module")
+def shipped_copy(tmp_path_factory) -> str:
+    db = tmp_path_factory.mktemp("shipped") / "coinfer.sqlite"
+    shutil.copyfile(SHIPPED, db)
+    return str(db)
+
+
+@pytest.mark.parametrize("name", ZOO_APPS)
+def test_shipped_checkpoint_is_small_and_fits(name) -> None:
+    app = load_app(name)
+    assert app.checkpoint.stat().st_size < 1.5e6
+    assert len(load_base_model(app).partition_points()) >= 9
+
+
+@pytest.mark.parametrize("name", ZOO_APPS)
+@pytest.mark.parametrize(("kind", "args"), QUERIES)
+def test_default_queries_answer_certified_from_the_shipped_database(shipped_copy, capsys, name, kind, args) -> None:
+    from search.cli import run
+    code = run(kind, [*args, "--app", name, "--storage", shipped_copy, "--study-storage", "memory", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    # an infeasible query (no scheme fits the latency budget) is an answer too: certified exactly, exit 1
+    assert out["certified"] and out["new_evaluations"] == 0 and code == (0 if out["feasible"] else 1), out
+
+
+def test_profile_and_cloud_tail_of_a_zoo_app() -> None:
+    """The profiler's per-point rows and the cloud's tail work through the same interface as VGG's."""
+    import torch
+
+    from compress import activation
+    from compress.model import SchemeModel
+    from compress.scheme import Scheme
+    from database.profile import ProfileConfig, profile_app
+    from runtime.tails import TailCache
+    app = load_app("resnet18_digits")
+    rows = profile_app(app, ProfileConfig("t", sides=("edge", "cloud"), runs=1, warmup=0, passes=1, idle_s=0.0,
+                                          only_points=frozenset({1}), progress=False))
+    assert {(r.side, r.point, r.channels) for r in rows} >= {("edge", 1, 1), ("edge", 1, 8), ("cloud", 1, 4)}
+    base = load_base_model(app)
+    scheme = Scheme(1, 3, 4)
+    x = torch.randn(2, 1, 32, 32)
+    tails = TailCache(base)
+    tails.check(scheme, (2, 3, 16, 16))
+    with torch.no_grad():
+        model = SchemeModel(base, scheme).eval()
+        a = model.head(x)
+        wire = activation.from_bytes(activation.to_bytes(a, 4), tuple(a.shape), 4)
+        assert torch.allclose(tails.get(scheme)(wire), model(x), atol=1e-4)
