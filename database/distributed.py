@@ -62,6 +62,7 @@ CLAIM = "coinfer:claim"  # "p,c,b host:pid": the trial's scheme and its worker (
 RETRY_OF = "failed_trial"  # set by Optuna's retry callback on a retried trial
 SCHEMES = "coinfer:schemes:"  # study system attr prefix: the scheme lists workers were given
 POLL_S = 0.02  # wait for an earlier trial's claim
+NUMBER_LOCK = 0x436F4E  # PostgreSQL advisory lock class: numbering a build's trials ("CoN")
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,24 @@ class BuildStorage(RDBStorage):
             cache[trial_id] = Attempt(e["number"], state, e.get(CLAIM), RETRY_OF in e)
         return list(cache.values())
 
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        """Optuna's, one process at a time on PostgreSQL. Optuna numbers a trial by counting the
+        trials before it in the same transaction; under PostgreSQL's read-committed isolation two
+        concurrent creations may not see each other's rows and count alike: one number for two
+        trials would break the claim order and Optuna's own cache (keyed by number). A session
+        advisory lock per study makes numbers unique and ordered as the trials become visible.
+        (SQLite serialises writers itself.)"""
+        if self.engine.dialect.name != "postgresql":
+            return super().create_new_trial(study_id, template_trial)
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(NUMBER_LOCK, study_id)))
+            conn.commit()
+            try:
+                return super().create_new_trial(study_id, template_trial)
+            finally:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(NUMBER_LOCK, study_id)))
+                conn.commit()
+
     # -- reading trials: two statements instead of Optuna's six or seven -------------------
     def get_trial(self, trial_id: int) -> FrozenTrial:
         trials = self._frozen(lambda t: t.c.trial_id == trial_id)
@@ -383,14 +402,14 @@ def claimed(t: FrozenTrial) -> Scheme | None:
     return scheme_of_claim(t.system_attrs.get(CLAIM))
 
 
-def view(trials: Iterable[Attempt], number: int | None = None, since: int = 0) -> View:
-    """The view from trial `number` (None: from outside any trial). Completed and failed trials
-    numbered below `since` (finished before this worker started) are history: what they stored is
-    in the accuracy table this worker read, and a row deleted since is evaluated again."""
+def view(trials: Iterable[Attempt], number: int | None = None, history: frozenset[int] = frozenset()) -> View:
+    """The view from trial `number` (None: from outside any trial). `history`: the numbers of the
+    trials already finished when this worker started; what they stored is in the accuracy table it
+    read then, and a row deleted since is evaluated again."""
     v = View()
     for t in trials:
         scheme = scheme_of_claim(t.claim)
-        if t.state.is_finished() and t.number < since:
+        if t.number in history and t.state.is_finished():
             continue
         if t.state == TrialState.COMPLETE and scheme is not None:
             v.done.add(scheme)
@@ -424,8 +443,8 @@ class BuildSampler(BaseSampler):
     nothing open gets no scheme: the objective ends it (PRUNED) and the study stops."""
 
     def __init__(self, schemes: list[Scheme], stored: set[Scheme], max_retry: int, worker: str,
-                 wait_s: float = 60.0, since: int = 0) -> None:
-        self.since = since  # trials numbered below: history (see `view`)
+                 wait_s: float = 60.0, history: frozenset[int] = frozenset()) -> None:
+        self.history = history  # trials finished before this worker read the accuracy table (see `view`)
         self.schemes = schemes
         self.stored = set(stored)
         self.max_retry = max_retry
@@ -448,7 +467,7 @@ class BuildSampler(BaseSampler):
 
     def has_work(self, study: optuna.Study) -> tuple[bool, View]:
         """(whether a trial would get a scheme now, or a retried trial waits), and the view."""
-        v = view(attempts(study), since=self.since)
+        v = view(attempts(study), history=self.history)
         return v.waiting > 0 or next(iter(self.open_schemes(v)), None) is not None, v
 
     # -- optuna.samplers.BaseSampler -------------------------------------------------------
@@ -468,7 +487,7 @@ class BuildSampler(BaseSampler):
         storage = study._storage
         scheme = claimed(trial)
         if scheme is not None:  # a retry popped from Optuna's queue: same scheme, unless done meanwhile
-            v = view(attempts(study), trial.number, self.since)
+            v = view(attempts(study), trial.number, self.history)
             if scheme in v.done or v.held.get(scheme, trial.number) < trial.number:
                 scheme = None
         elif RETRY_OF in trial.system_attrs:  # a retry of a trial that died before it claimed: it held nothing
@@ -476,7 +495,7 @@ class BuildSampler(BaseSampler):
         else:
             deadline, beat = time.monotonic() + self.wait_s, None
             while True:
-                v = view(attempts(study), trial.number, self.since)
+                v = view(attempts(study), trial.number, self.history)
                 if not v.unclaimed_before or time.monotonic() > deadline:
                     break
                 if beat is None or time.monotonic() - beat > storage.get_heartbeat_interval() / 2:
@@ -582,10 +601,10 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
     start = time.perf_counter()
     study = open_build(config, name)
     with_retry(lambda: record_schemes(study, schemes), config, "open")
-    # the trials before the rows: a trial finished before `since` wrote its row before it finished
-    since = 1 + max((a.number for a in with_retry(lambda: attempts(study), config, "read")), default=-1)
+    # the trials before the rows: a trial finished by now wrote its row before it finished
+    history = frozenset(a.number for a in with_retry(lambda: attempts(study), config, "read") if a.state.is_finished())
     stored = set(with_retry(lambda: store.accuracy_table(app, protocol, seed), config, "read"))
-    sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker, since=since)
+    sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker, history=history)
     study.sampler = sampler
     total = len(set(schemes))
     bar = tqdm(total=total, initial=len(sampler.stored), desc=f"build {app}", unit="scheme", disable=not progress)
