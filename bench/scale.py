@@ -99,7 +99,8 @@ def one_run(kind: str, workers: int, per_worker: int, delay: float, server: str 
         evaluate += r.evaluate_s
         heartbeat_total += sum(r.heartbeat_s)
     n = sum(r.evaluated for r in reports)
-    return {"storage": kind, "workers": workers, "schemes": n, "span_s": span, "per_s": len(trials) / span,
+    return {"storage": kind, "workers": workers, "schemes": len(schemes), "evaluations": n, "span_s": span,
+            "per_s": len(trials) / span,
             "overhead_ms": [1e3 * x for x in overhead], "claim_ms": [1e3 * x for x in claim],
             "write_ms": [1e3 * x for x in write], "heartbeat_ms_per_scheme": 1e3 * heartbeat_total / max(1, n)}
 
@@ -143,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             run = one_run(kind, n, args.per_worker, args.delay, args.postgres)
             runs.append(run)
             if not args.json:
-                print(f"  {kind:<10} N={n}: {run['schemes']} schemes in {run['span_s']:.2f} s", flush=True)
+                print(f"  {kind:<10} N={n}: {run['schemes']} schemes ({run['evaluations']} evaluations) in "
+                      f"{run['span_s']:.2f} s", flush=True)
     table = []
     for kind in kinds:
         base = next(r for r in runs if r["storage"] == kind and r["workers"] == counts[0])
         one = base["per_s"] / base["workers"]
         for r in (r for r in runs if r["storage"] == kind):
             table.append({"storage": kind, "workers": r["workers"], "per_s": r["per_s"],
+                          "evaluations": r["evaluations"], "schemes": r["schemes"],
                           "ratio": r["per_s"] / (r["workers"] * one), **summary(r)})
     if args.json:
         print(json.dumps({"table": table, "load_average": os.getloadavg()[0]}, separators=(",", ":")))

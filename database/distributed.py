@@ -62,6 +62,7 @@ CLAIM = "coinfer:claim"  # "p,c,b host:pid": the trial's scheme and its worker (
 RETRY_OF = "failed_trial"  # set by Optuna's retry callback on a retried trial
 SCHEMES = "coinfer:schemes:"  # study system attr prefix: the scheme lists workers were given
 POLL_S = 0.02  # wait for an earlier trial's claim
+NUMBER_LOCK = 0x436F4E  # PostgreSQL advisory lock class: numbering a build's trials ("CoN")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,18 @@ def is_db_error(exc: BaseException | None) -> bool:
         if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def lost_trial(exc: BaseException | None) -> bool:
+    """Optuna refused to finish this worker's trial: another worker had failed it as stale."""
+    for _ in range(10):
+        if exc is None:
+            return False
+        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or (
+                isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")):
+            return True
+        exc = exc.__cause__ or exc.__context__
     return False
 
 
@@ -218,6 +231,109 @@ class BuildStorage(RDBStorage):
             cache[trial_id] = Attempt(e["number"], state, e.get(CLAIM), RETRY_OF in e)
         return list(cache.values())
 
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        """Optuna's, one process at a time on PostgreSQL. Optuna numbers a trial by counting the
+        trials before it in the same transaction; under PostgreSQL's read-committed isolation two
+        concurrent creations may not see each other's rows and count alike: one number for two
+        trials would break the claim order and Optuna's own cache (keyed by number). A session
+        advisory lock per study makes numbers unique and ordered as the trials become visible.
+        (SQLite serialises writers itself.)"""
+        if self.engine.dialect.name != "postgresql":
+            return super().create_new_trial(study_id, template_trial)
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(NUMBER_LOCK, study_id)))
+            conn.commit()
+            try:
+                return super().create_new_trial(study_id, template_trial)
+            finally:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(NUMBER_LOCK, study_id)))
+                conn.commit()
+
+    # -- reading trials: two statements instead of Optuna's six or seven -------------------
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        trials = self._frozen(lambda t: t.c.trial_id == trial_id)
+        if not trials:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        return trials[0]
+
+    def _get_trials(self, study_id: int, states, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[FrozenTrial]:
+        """What Optuna's cached storage asks for (`_read_trials_from_remote_storage`): the study's
+        trials in `included_trial_ids` or numbered above `trial_id_greater_than` (all when -1)."""
+        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
+
+        def where(t):
+            cond = t.c.study_id == study_id
+            if states is not None:
+                cond = sa.and_(cond, t.c.state.in_(list(states)))
+            if trial_id_greater_than > -1:
+                newer = t.c.trial_id > trial_id_greater_than
+                cond = sa.and_(cond, sa.or_(newer, t.c.trial_id.in_(included)) if included else newer)
+            return cond
+        return self._frozen(where)
+
+    def _frozen(self, where: Callable) -> list[FrozenTrial]:
+        """Frozen trials: one statement for the trials, one UNION ALL for their values, attributes,
+        parameters and intermediate values (Optuna's ORM loads each relation on its own)."""
+        from optuna.distributions import json_to_distribution
+        from optuna.storages._rdb import models as m
+        t = m.TrialModel.__table__
+        rows = self._read(sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
+                          .where(where(t)).order_by(t.c.trial_id))
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        text, num = sa.Text, sa.Float
+
+        def part(kind: str, table: sa.Table, key, txt, value, order):
+            return sa.select(table.c.trial_id, sa.literal(kind).label("kind"), sa.cast(key, text).label("key"),
+                             sa.cast(txt, text).label("txt"), sa.cast(value, num).label("num"),
+                             sa.cast(order, sa.Integer).label("ord")).where(table.c.trial_id.in_(ids))
+        v, sy = m.TrialValueModel.__table__, m.TrialSystemAttributeModel.__table__
+        u = m.TrialUserAttributeModel.__table__
+        pa, iv = m.TrialParamModel.__table__, m.TrialIntermediateValueModel.__table__
+        union = sa.union_all(
+            part("v", v, v.c.objective, v.c.value_type, v.c.value, v.c.trial_value_id),
+            part("s", sy, sy.c.key, sy.c.value_json, sa.null(), sy.c.trial_system_attribute_id),
+            part("u", u, u.c.key, u.c.value_json, sa.null(), u.c.trial_user_attribute_id),
+            part("p", pa, pa.c.param_name, pa.c.distribution_json, pa.c.param_value, pa.c.param_id),
+            part("i", iv, iv.c.step, iv.c.intermediate_value_type, iv.c.intermediate_value,
+                 iv.c.trial_intermediate_value_id))
+        related: dict[int, list] = {i: [] for i in ids}
+        for trial_id, kind, key, txt, value, order in self._read(union):
+            related[trial_id].append((kind, key, txt, value, order))
+        out = []
+        for trial_id, number, state, start, complete in rows:
+            values: dict[int, float] = {}
+            params, dists, user, system, inter = {}, {}, {}, {}, {}
+            for kind, key, txt, value, _order in sorted(related[trial_id], key=lambda x: (x[0], x[4])):
+                if kind == "v":
+                    values[int(key)] = m.TrialValueModel.stored_repr_to_value(
+                        value, m.TrialValueModel.TrialValueType[txt.rsplit(".", 1)[-1]])
+                elif kind == "s":
+                    system[key] = json.loads(txt)
+                elif kind == "u":
+                    user[key] = json.loads(txt)
+                elif kind == "p":
+                    dist = json_to_distribution(txt)
+                    params[key], dists[key] = dist.to_external_repr(value), dist
+                else:
+                    inter[int(key)] = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+                        value, m.TrialIntermediateValueModel.TrialIntermediateValueType[txt.rsplit(".", 1)[-1]])
+            out.append(FrozenTrial(
+                number=number, state=state if isinstance(state, TrialState) else TrialState[state], value=None,
+                values=[values[k] for k in sorted(values)] if values else None, datetime_start=start,
+                datetime_complete=complete, params=params, distributions=dists, user_attrs=user,
+                system_attrs=system, intermediate_values=inter, trial_id=trial_id))
+        return out
+
+    def _read(self, query) -> list:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).all()
+        except sa.exc.SQLAlchemyError as exc:  # as Optuna's own reads fail
+            raise optuna.exceptions.StorageInternalError(str(exc).splitlines()[0]) from exc
+
     def record_heartbeat(self, trial_id: int) -> None:
         t0 = time.perf_counter()
         try:
@@ -286,10 +402,15 @@ def claimed(t: FrozenTrial) -> Scheme | None:
     return scheme_of_claim(t.system_attrs.get(CLAIM))
 
 
-def view(trials: Iterable[Attempt], number: int | None = None) -> View:
+def view(trials: Iterable[Attempt], number: int | None = None, history: frozenset[int] = frozenset()) -> View:
+    """The view from trial `number` (None: from outside any trial). `history`: the numbers of the
+    trials already finished when this worker started; what they stored is in the accuracy table it
+    read then, and a row deleted since is evaluated again."""
     v = View()
     for t in trials:
         scheme = scheme_of_claim(t.claim)
+        if t.number in history and t.state.is_finished():
+            continue
         if t.state == TrialState.COMPLETE and scheme is not None:
             v.done.add(scheme)
         elif t.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -322,7 +443,8 @@ class BuildSampler(BaseSampler):
     nothing open gets no scheme: the objective ends it (PRUNED) and the study stops."""
 
     def __init__(self, schemes: list[Scheme], stored: set[Scheme], max_retry: int, worker: str,
-                 wait_s: float = 60.0) -> None:
+                 wait_s: float = 60.0, history: frozenset[int] = frozenset()) -> None:
+        self.history = history  # trials finished before this worker read the accuracy table (see `view`)
         self.schemes = schemes
         self.stored = set(stored)
         self.max_retry = max_retry
@@ -345,7 +467,7 @@ class BuildSampler(BaseSampler):
 
     def has_work(self, study: optuna.Study) -> tuple[bool, View]:
         """(whether a trial would get a scheme now, or a retried trial waits), and the view."""
-        v = view(attempts(study))
+        v = view(attempts(study), history=self.history)
         return v.waiting > 0 or next(iter(self.open_schemes(v)), None) is not None, v
 
     # -- optuna.samplers.BaseSampler -------------------------------------------------------
@@ -365,17 +487,20 @@ class BuildSampler(BaseSampler):
         storage = study._storage
         scheme = claimed(trial)
         if scheme is not None:  # a retry popped from Optuna's queue: same scheme, unless done meanwhile
-            v = view(attempts(study), trial.number)
+            v = view(attempts(study), trial.number, self.history)
             if scheme in v.done or v.held.get(scheme, trial.number) < trial.number:
                 scheme = None
         elif RETRY_OF in trial.system_attrs:  # a retry of a trial that died before it claimed: it held nothing
             scheme = None
         else:
-            deadline = time.monotonic() + self.wait_s
+            deadline, beat = time.monotonic() + self.wait_s, None
             while True:
-                v = view(attempts(study), trial.number)
+                v = view(attempts(study), trial.number, self.history)
                 if not v.unclaimed_before or time.monotonic() > deadline:
                     break
+                if beat is None or time.monotonic() - beat > storage.get_heartbeat_interval() / 2:
+                    storage.record_heartbeat(trial._trial_id)  # alive while it waits (Optuna's thread starts later)
+                    beat = time.monotonic()
                 fail_stale(study)  # an earlier trial whose worker died before it claimed: failed after the grace
                 time.sleep(POLL_S)
             scheme = next(iter(self.open_schemes(v)), None)
@@ -393,6 +518,7 @@ class WorkerReport:
     found_stored: int = 0  # retried schemes whose row a dead worker had already written
     idle_trials: int = 0
     db_retries: int = 0
+    lost_trials: int = 0  # trials another worker failed as stale while this one still ran them
     wall_s: float = 0.0
     trial_s: list[float] = field(default_factory=list)  # one trial's wall time, from ask to the next ask
     evaluate_s: list[float] = field(default_factory=list)
@@ -475,8 +601,10 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
     start = time.perf_counter()
     study = open_build(config, name)
     with_retry(lambda: record_schemes(study, schemes), config, "open")
+    # the trials before the rows: a trial finished by now wrote its row before it finished
+    history = frozenset(a.number for a in with_retry(lambda: attempts(study), config, "read") if a.state.is_finished())
     stored = set(with_retry(lambda: store.accuracy_table(app, protocol, seed), config, "read"))
-    sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker)
+    sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker, history=history)
     study.sampler = sampler
     total = len(set(schemes))
     bar = tqdm(total=total, initial=len(sampler.stored), desc=f"build {app}", unit="scheme", disable=not progress)
@@ -494,6 +622,9 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
                     break
                 time.sleep(config.poll_s)  # others are running: one may die and its scheme come back
             except Exception as exc:
+                if lost_trial(exc):  # failed by another worker while this one was stalled (> grace): retried there
+                    report.lost_trials += 1
+                    continue
                 if not is_db_error(exc):
                     raise
                 report.db_retries += 1

@@ -106,6 +106,7 @@ class Objective:
         self.known = dict(evaluator.known())
         self.new: list[Scheme] = []
         self.not_evaluable: dict[Scheme, str] = {}  # scheme -> why
+        self.shared: set[Scheme] = set()  # evaluated by another worker of the study
         self.evaluate_s = 0.0
 
     def accuracy(self, scheme: Scheme) -> tuple[float | None, str]:
@@ -114,7 +115,8 @@ class Objective:
         if self.problem.latency_of(scheme) > self.problem.budget:
             return None, SOURCE_OVER_BUDGET
         if scheme in self.known:
-            return self.known[scheme], SOURCE_REPEAT if scheme in self.new else SOURCE_DATABASE
+            repeat = scheme in self.new or scheme in self.shared
+            return self.known[scheme], SOURCE_REPEAT if repeat else SOURCE_DATABASE
         t0 = time.perf_counter()
         try:
             acc = float(self.evaluator.evaluate(scheme))
@@ -126,6 +128,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         scheme = suggest_scheme(trial, self.problem, self.single_ends)
+        if scheme.is_split and scheme not in self.known:  # another worker of the study may have measured it
+            done = measured(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), self.problem)
+            if scheme in done:
+                self.known[scheme] = done[scheme]
+                self.shared.add(scheme)
         try:
             accuracy, source = self.accuracy(scheme)
         except NotEvaluable as exc:  # the trial FAILs (optimize with catch=(NotEvaluable,)); the search goes on

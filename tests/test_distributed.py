@@ -167,6 +167,36 @@ def test_workers_on_one_host_share_the_default_sqlite_file(tmp_path):
     assert (tmp_path / "coinfer.queue.sqlite").is_file()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_build_storage_reads_trials_as_optuna_does(kind, tmp_path, request):
+    """BuildStorage's two-statement trial reads against Optuna's own, on trials with everything."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import TrialState, create_trial
+    url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'q.sqlite'}"
+    ours = BuildStorage(QueueConfig(url))
+    study = optuna.create_study(storage=ours, study_name="s")
+    study.add_trial(create_trial(params={"x": 0.5, "n": 3, "k": "b"}, distributions={
+        "x": FloatDistribution(0, 1), "n": IntDistribution(1, 8), "k": CategoricalDistribution(["a", "b"])},
+        value=float("inf"), user_attrs={"u": [1, 2]}, system_attrs={"s": {"a": 1}, "t": "x"},
+        intermediate_values={0: 1.5, 3: float("-inf")}))
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"coinfer:claim": "1,2,3 h:1"}))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    trial = study.ask()
+    trial.set_user_attr("r", None)
+    theirs = optuna.storages.RDBStorage(url)
+    sid = study._study_id
+    for t in theirs.get_all_trials(sid):
+        assert ours.get_trial(t._trial_id) == t and ours.get_trial(t._trial_id).system_attrs == t.system_attrs
+    assert ours._get_trials(sid, None, set(), -1) == theirs._get_trials(sid, None, set(), -1)
+    first = theirs.get_all_trials(sid)[0]._trial_id
+    assert ours._get_trials(sid, None, {first}, first) == theirs._get_trials(sid, None, {first}, first)
+    assert ours._get_trials(sid, (TrialState.WAITING,), set(), -1) == theirs._get_trials(sid, (TrialState.WAITING,),
+                                                                                          set(), -1)
+    with pytest.raises(KeyError):
+        ours.get_trial(10**6)
+
+
 def test_synthetic_evaluator_is_deterministic_and_monotone_before_noise():
     ft = SyntheticFinetuner(APP, WIDTHS, noise=0.0)
     assert ft.evaluate(Scheme(3, 4, 2)).top1 == ft.evaluate(Scheme(3, 4, 2)).top1

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(not URL, reason="COINFER_TEST_POSTGRES not set (
 def pg_url():
     engine = sa.create_engine(URL)
     meta.drop_all(engine)
+    everything = sa.MetaData()  # Optuna's tables too (a build's queue lives beside the accuracy table)
+    everything.reflect(engine)
+    everything.drop_all(engine)
     engine.dispose()
     return URL
 
