@@ -23,9 +23,9 @@ head + quantise/pack, transfer = round trip minus the cloud's own unpack + compu
 the model's, so a miss can be traced to its stage. Wire bytes: the request frame (48-byte header +
 body) against the model's bytes. Target: error <= 10 % per scheme, frame <= model bytes + 64.
 Drift: a fixed workload (`database.noise.reference_workload`) is timed on the cloud CPU before each
-round and at the end; drift = max / min - 1 of those times. Band: the lowest and highest of the
-rounds' predictions widened by that drift, the confidence a profile can give on a machine whose
-speed moved that much; the table counts the measured medians inside it.
+round and at the end; drift = upper / lower quartile - 1 of those times. Band: the lowest and
+highest of the rounds' predictions widened by that drift, the confidence a profile can give on a
+machine whose speed moved that much; the table counts the measured medians inside it.
 Writes bench/out/runtime.png.
 """
 
@@ -145,7 +145,8 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
                     "frame_bytes": frame, "model_bytes": bd.bytes, "wire_bytes": bd.wire,
                     "wire_ok": s == "all-edge" or frame <= bd.bytes + WIRE_SLACK,
                 })
-    drift = max(reference) / min(reference) - 1
+    q1, _, q3 = statistics.quantiles(reference, n=4)
+    drift = q3 / q1 - 1  # interquartile: one preempted probe does not make the band
     for r in rows:
         r["reference_s"], r["drift"] = reference, drift
         r["band_s"] = band(r["round_predicted_s"], drift)
@@ -155,8 +156,8 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
 
 def band(totals: list[float], drift: float) -> tuple[float, float]:
     """The prediction's confidence band: the lowest and highest of the rounds' predicted totals, widened by the
-    machine's drift over the run (max / min of a fixed workload's time, less 1) in either direction: a profile
-    measured at one end of that drift predicts a runtime met at the other end only to within it."""
+    machine's drift over the run (upper / lower quartile of a fixed workload's time, less 1) in either direction:
+    a profile measured at one end of that drift predicts a runtime met at the other end only to within it."""
     return min(totals) / (1 + drift), max(totals) * (1 + drift)
 
 
@@ -178,7 +179,7 @@ def format_table(rows: list[dict]) -> str:
     ok_mean = sum(r["error_mean"] <= TARGET_ERROR for r in rows)
     ref = rows[0]["reference_s"]
     lines.append("fixed workload (database.noise.reference_workload, cloud CPU) before each round and at the end: "
-                 + ", ".join(f"{x * 1e3:.2f}" for x in ref) + f" ms -> drift {rows[0]['drift']:.0%} (max/min - 1); "
+                 + ", ".join(f"{x * 1e3:.2f}" for x in ref) + f" ms -> drift {rows[0]['drift']:.0%} (q3/q1 - 1); "
                  f"measured median inside the drift-widened band of the rounds' predictions: "
                  f"{sum(r['in_band'] for r in rows)}/{len(rows)}")
     lines.append(f"median: {ok}/{len(rows)} within {TARGET_ERROR:.0%} (* = missed); mean: {ok_mean}/{len(rows)}; "
