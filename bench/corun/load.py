@@ -33,6 +33,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import queue
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -345,7 +346,7 @@ def run_cell(config: LoadConfig, clients: int, progress=None) -> CellResult:
             procs.append(proc)
     try:
         problems = [ready.get(timeout=60 + config.timeout) for _ in procs]
-    except Exception:
+    except queue.Empty:  # a client that never reported; any other error is a bug and propagates
         for proc in procs:
             proc.kill()
         raise CoInferError("client processes did not start within a minute") from None
