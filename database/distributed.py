@@ -7,7 +7,7 @@ default database on one host), named `build/<app>/<protocol>/seed<seed>`. One tr
 at one scheme. Workers join by pointing at the same URL and run `study.optimize` with
 `BuildSampler`, which hands each trial the next scheme that is neither stored nor held:
 
-- Claims. A trial's scheme is its system attribute `coinfer:scheme` (with the worker's host:pid),
+- Claims. A trial's scheme is its system attribute `coinfer:claim` (with the worker's host:pid),
   written in `before_trial`. Trials claim in trial-number order (as the search samplers do,
   search/samplers/base.py): trial n waits until every running trial numbered below n has claimed,
   then excludes the claims of every running and waiting trial. Numbers are unique and claims are
@@ -16,9 +16,9 @@ at one scheme. Workers join by pointing at the same URL and run `study.optimize`
   every worker before each trial and while idle, fails a trial whose heartbeat is older than
   `grace_s`, and Optuna's `RetryHeartbeatStaleTrialCallback` (formerly RetryFailedTrialCallback)
   enqueues a copy, claim included, with `enqueue_trial`'s WAITING state: the next `ask` of any
-  worker pops it. `BuildStorage` adds what Optuna leaves out: a running trial that never beat (its
-  worker died between `ask` and the first heartbeat) is stale after `grace_s` of being seen so, and
-  a lost connection does not kill the heartbeat thread.
+  worker pops it. `BuildStorage` (database/rdb.py) adds what Optuna leaves out: a running trial
+  that never beat (its worker died between `ask` and the first heartbeat) is stale after `grace_s`
+  of being seen so, and a lost connection does not kill the heartbeat thread.
 - Exactly once. The accuracy table is unique on (app, protocol, p, c, b, seed) and its writes are
   idempotent; a retried scheme is looked up before it is fine-tuned (its worker may have died after
   the write), so a scheme is stored once and, barring a death, fine-tuned once.
@@ -34,53 +34,30 @@ finished ones), so a trial costs the same at any queue length; Optuna's queue ca
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import optuna
-import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from apps.errors import CoInferError, mask_url
+from apps.errors import CoInferError
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
+from database.rdb import CLAIM, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
 from database.store import Store
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-CLAIM = "coinfer:claim"  # "p,c,b host:pid": the trial's scheme and its worker ("- host:pid": nothing to claim)
-RETRY_OF = "failed_trial"  # set by Optuna's retry callback on a retried trial
 SCHEMES = "coinfer:schemes:"  # study system attr prefix: the scheme lists workers were given
 POLL_S = 0.02  # wait for an earlier trial's claim
-NUMBER_LOCK = 0x436F4E  # PostgreSQL advisory lock class: numbering a build's trials ("CoN")
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    """Where the build study lives and how dead workers are found."""
-
-    url: str  # SQLAlchemy URL of Optuna's RDB storage
-    heartbeat_s: float = 10.0  # a running trial records a heartbeat this often
-    grace_s: float = 60.0  # ... and is failed and retried when its heartbeat is older than this
-    max_retry: int = 3  # retries of one scheme after its worker died
-    poll_s: float = 1.0  # how often an idle worker looks for retried work
-    retry_db_s: float = 300.0  # how long a worker keeps retrying a lost database
-
-    def __post_init__(self) -> None:
-        if not self.heartbeat_s > 0 or not self.grace_s > self.heartbeat_s:
-            raise CoInferError(f"heartbeat {self.heartbeat_s} s and grace {self.grace_s} s: need 0 < heartbeat < grace")
-        if self.max_retry < 0 or self.poll_s <= 0 or self.retry_db_s < 0:
-            raise CoInferError("--max-retry and --retry-db must be >= 0, the poll interval > 0")
 
 
 def queue_url(storage_url: str) -> str:
@@ -104,21 +81,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def is_db_error(exc: BaseException | None) -> bool:
-    """A lost or refused database connection (worth retrying), as opposed to bad input. The chain
-    is followed: Optuna's own handling of a failed `tell` can raise another error on top of it
-    (its `_run_trial` then reads an unbound local), and the store's one-line errors keep the
-    driver's error as their context."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError)):
-            return True
-        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
 def lost_trial(exc: BaseException | None) -> bool:
     """Optuna refused to finish this worker's trial: another worker had failed it as stale."""
     for _ in range(10):
@@ -129,254 +91,6 @@ def lost_trial(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-def with_retry(fn: Callable[[], Any], config: QueueConfig, what: str) -> Any:
-    """fn(), retried with backoff (0.5 s doubling to 8 s) for up to `retry_db_s` while the
-    database is unreachable."""
-    deadline, delay = time.monotonic() + config.retry_db_s, 0.5
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_db_error(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(8.0, 2 * delay)
-
-
-def create_tables_once(make: Callable[[], RDBStorage], attempts: int = 20) -> RDBStorage:
-    """make() — an Optuna RDBStorage — retried while other processes create the same tables: two
-    workers that open a new database at once collide on the schema or on Optuna's version row
-    (IntegrityError, "already exists"); the second attempt finds the tables made."""
-    for i in range(attempts):
-        try:
-            return make()
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
-            if i == attempts - 1 or not any(w in str(exc) for w in ("already exists", "UNIQUE", "duplicate key",
-                                                                     "locked", "version_info")):
-                raise
-            time.sleep(0.05 * (i + 1))
-    raise AssertionError("unreachable")
-
-
-def _sqlite_queue_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode = WAL")
-    cur.execute("PRAGMA synchronous = OFF")
-    cur.close()
-
-
-class BuildStorage(RDBStorage):
-    """Optuna's RDB storage with heartbeats, the retry callback, pinged connections, and two
-    additions (see the module doc): never-beating running trials become stale, and a heartbeat
-    that cannot reach the database is skipped instead of ending the heartbeat thread.
-    `heartbeat_s` (the time spent recording heartbeats) is kept for the benchmark."""
-
-    def __init__(self, config: QueueConfig) -> None:
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        sqlite = config.url.startswith("sqlite")
-        if sqlite:
-            kwargs["connect_args"] = {"timeout": 60}
-        elif config.url.startswith("postgresql"):
-            # the queue's commits need not wait for the disk: a claim or a state lost to a server crash
-            # (not a restart) is a trial retried after the grace period, and the accuracy row is its truth
-            kwargs["connect_args"] = {"options": "-c synchronous_commit=off"}
-        self.config = config
-        self.heartbeat_times: list[float] = []
-        self._unbeaten: dict[int, float] = {}
-        self._last_check = 0.0
-        self._claims: dict[int, dict[int, Attempt]] = {}  # study id -> trial id -> attempt
-        try:
-            with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" since 2.8
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                create_tables_once(lambda: super(BuildStorage, self).__init__(  # type: ignore[func-returns-value]
-                    config.url, engine_kwargs=kwargs, heartbeat_interval=config.heartbeat_s,  # type: ignore[arg-type]
-                    grace_period=config.grace_s,  # type: ignore[arg-type]
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(config.max_retry)))
-            if sqlite:  # WAL, no fsync per commit (as above: the queue is recoverable, the accuracy table is not)
-                self.engine.dispose()
-                sa.event.listen(self.engine, "connect", _sqlite_queue_pragmas)
-        except Exception as exc:  # driver / connection errors: one line, the password masked
-            if is_db_error(exc):
-                raise
-            raise CoInferError(f"cannot open build queue {mask_url(config.url)}: "
-                               f"{mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}") from None
-
-    def claims(self, study_id: int) -> list[Attempt]:
-        """Every trial of the study as an `Attempt`, in one statement: the trials that were
-        unfinished at the last read and the ones added since (finished ones are kept here, as
-        Optuna's cached storage keeps them, but without its six statements per read)."""
-        from optuna.storages._rdb.models import TrialModel, TrialSystemAttributeModel
-        trials, attrs = TrialModel.__table__, TrialSystemAttributeModel.__table__
-        cache = self._claims.setdefault(study_id, {})
-        open_ids = [i for i, a in cache.items() if not a.state.is_finished()]
-        newest = max(cache, default=-1)
-        where = trials.c.trial_id > newest
-        if open_ids:
-            where = sa.or_(where, trials.c.trial_id.in_(open_ids))
-        q = (sa.select(trials.c.trial_id, trials.c.number, trials.c.state, attrs.c.key, attrs.c.value_json)
-             .select_from(trials.outerjoin(attrs, sa.and_(attrs.c.trial_id == trials.c.trial_id,
-                                                          attrs.c.key.in_((CLAIM, RETRY_OF)))))
-             .where(trials.c.study_id == study_id, where))
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        fresh: dict[int, dict] = {}
-        for trial_id, number, state, key, value in rows:
-            entry = fresh.setdefault(trial_id, {"number": number, "state": state})
-            if key is not None:
-                entry[key] = json.loads(value)
-        for trial_id, e in fresh.items():
-            state = e["state"] if isinstance(e["state"], TrialState) else TrialState[e["state"]]
-            cache[trial_id] = Attempt(e["number"], state, e.get(CLAIM), RETRY_OF in e)
-        return list(cache.values())
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        """Optuna's, one process at a time on PostgreSQL. Optuna numbers a trial by counting the
-        trials before it in the same transaction; under PostgreSQL's read-committed isolation two
-        concurrent creations may not see each other's rows and count alike: one number for two
-        trials would break the claim order and Optuna's own cache (keyed by number). A session
-        advisory lock per study makes numbers unique and ordered as the trials become visible.
-        (SQLite serialises writers itself.)"""
-        if self.engine.dialect.name != "postgresql":
-            return super().create_new_trial(study_id, template_trial)
-        with self.engine.connect() as conn:
-            conn.execute(sa.select(sa.func.pg_advisory_lock(NUMBER_LOCK, study_id)))
-            conn.commit()
-            try:
-                return super().create_new_trial(study_id, template_trial)
-            finally:
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(NUMBER_LOCK, study_id)))
-                conn.commit()
-
-    # -- reading trials: two statements instead of Optuna's six or seven -------------------
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        trials = self._frozen(lambda t: t.c.trial_id == trial_id)
-        if not trials:
-            raise KeyError(f"No trial with trial_id {trial_id} exists.")
-        return trials[0]
-
-    def _get_trials(self, study_id: int, states, included_trial_ids: set[int],
-                    trial_id_greater_than: int) -> list[FrozenTrial]:
-        """What Optuna's cached storage asks for (`_read_trials_from_remote_storage`): the study's
-        trials in `included_trial_ids` or numbered above `trial_id_greater_than` (all when -1)."""
-        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
-
-        def where(t):
-            cond = t.c.study_id == study_id
-            if states is not None:
-                cond = sa.and_(cond, t.c.state.in_(list(states)))
-            if trial_id_greater_than > -1:
-                newer = t.c.trial_id > trial_id_greater_than
-                cond = sa.and_(cond, sa.or_(newer, t.c.trial_id.in_(included)) if included else newer)
-            return cond
-        return self._frozen(where)
-
-    def _frozen(self, where: Callable) -> list[FrozenTrial]:
-        """Frozen trials: one statement for the trials, one UNION ALL for their values, attributes,
-        parameters and intermediate values (Optuna's ORM loads each relation on its own)."""
-        from optuna.distributions import json_to_distribution
-        from optuna.storages._rdb import models as m
-        t = m.TrialModel.__table__
-        rows = self._read(sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
-                          .where(where(t)).order_by(t.c.trial_id))
-        if not rows:
-            return []
-        ids = [r[0] for r in rows]
-        text, num = sa.Text, sa.Float
-
-        def part(kind: str, table: sa.Table, key, txt, value, order):
-            return sa.select(table.c.trial_id, sa.literal(kind).label("kind"), sa.cast(key, text).label("key"),
-                             sa.cast(txt, text).label("txt"), sa.cast(value, num).label("num"),
-                             sa.cast(order, sa.Integer).label("ord")).where(table.c.trial_id.in_(ids))
-        v, sy = m.TrialValueModel.__table__, m.TrialSystemAttributeModel.__table__
-        u = m.TrialUserAttributeModel.__table__
-        pa, iv = m.TrialParamModel.__table__, m.TrialIntermediateValueModel.__table__
-        union = sa.union_all(
-            part("v", v, v.c.objective, v.c.value_type, v.c.value, v.c.trial_value_id),
-            part("s", sy, sy.c.key, sy.c.value_json, sa.null(), sy.c.trial_system_attribute_id),
-            part("u", u, u.c.key, u.c.value_json, sa.null(), u.c.trial_user_attribute_id),
-            part("p", pa, pa.c.param_name, pa.c.distribution_json, pa.c.param_value, pa.c.param_id),
-            part("i", iv, iv.c.step, iv.c.intermediate_value_type, iv.c.intermediate_value,
-                 iv.c.trial_intermediate_value_id))
-        related: dict[int, list] = {i: [] for i in ids}
-        for trial_id, kind, key, txt, value, order in self._read(union):
-            related[trial_id].append((kind, key, txt, value, order))
-        out = []
-        for trial_id, number, state, start, complete in rows:
-            values: dict[int, float] = {}
-            params, dists, user, system, inter = {}, {}, {}, {}, {}
-            for kind, key, txt, value, _order in sorted(related[trial_id], key=lambda x: (x[0], x[4])):
-                if kind == "v":
-                    values[int(key)] = m.TrialValueModel.stored_repr_to_value(
-                        value, m.TrialValueModel.TrialValueType[txt.rsplit(".", 1)[-1]])
-                elif kind == "s":
-                    system[key] = json.loads(txt)
-                elif kind == "u":
-                    user[key] = json.loads(txt)
-                elif kind == "p":
-                    dist = json_to_distribution(txt)
-                    params[key], dists[key] = dist.to_external_repr(value), dist
-                else:
-                    inter[int(key)] = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                        value, m.TrialIntermediateValueModel.TrialIntermediateValueType[txt.rsplit(".", 1)[-1]])
-            out.append(FrozenTrial(
-                number=number, state=state if isinstance(state, TrialState) else TrialState[state], value=None,
-                values=[values[k] for k in sorted(values)] if values else None, datetime_start=start,
-                datetime_complete=complete, params=params, distributions=dists, user_attrs=user,
-                system_attrs=system, intermediate_values=inter, trial_id=trial_id))
-        return out
-
-    def _read(self, query) -> list:
-        try:
-            with self.engine.connect() as conn:
-                return conn.execute(query).all()
-        except sa.exc.SQLAlchemyError as exc:  # as Optuna's own reads fail
-            raise optuna.exceptions.StorageInternalError(str(exc).splitlines()[0]) from exc
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        t0 = time.perf_counter()
-        try:
-            super().record_heartbeat(trial_id)
-        except Exception as exc:
-            if not is_db_error(exc):
-                raise
-        self.heartbeat_times.append(time.perf_counter() - t0)
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Running trials whose heartbeat is older than the grace period, or that never beat and
-        were seen so for the grace period. Checked at most once a heartbeat interval."""
-        now = time.monotonic()
-        if now - self._last_check < self.config.heartbeat_s:
-            return []
-        self._last_check = now
-        from optuna.storages._rdb.models import TrialHeartbeatModel, TrialModel
-        trials, beats = TrialModel.__table__, TrialHeartbeatModel.__table__
-        q = (sa.select(trials.c.trial_id, beats.c.heartbeat, sa.func.current_timestamp())
-             .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
-             .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING.name))
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        stale, running = [], set()
-        for trial_id, beat, db_now in rows:
-            running.add(trial_id)
-            if beat is None:
-                first = self._unbeaten.setdefault(trial_id, now)
-                if now - first > self.config.grace_s:
-                    stale.append(trial_id)
-            elif (db_now.replace(tzinfo=None) - beat).total_seconds() > self.config.grace_s:
-                stale.append(trial_id)
-        self._unbeaten = {k: v for k, v in self._unbeaten.items() if k in running}
-        return stale
-
-
-class Attempt(NamedTuple):
-    """What the build needs of one trial."""
-
-    number: int
-    state: TrialState
-    claim: str | None  # "p,c,b host:pid", "- host:pid", or None before before_trial wrote it
-    retry: bool  # a copy enqueued by the retry callback
 
 
 @dataclass

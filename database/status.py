@@ -65,7 +65,8 @@ def build_status(queue: str, storage: str, app: str | None = None) -> list[Build
     from optuna.trial import TrialState
 
     from compress.scheme import Scheme
-    from database.distributed import CLAIM, RETRY_OF, SCHEMES, scheme_of_claim
+    from database.distributed import SCHEMES, scheme_of_claim
+    from database.rdb import CLAIM, RETRY_OF
     from database.store import Store
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -196,7 +196,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
-    from database.distributed import create_tables_once
+    from database.rdb import create_tables_once
     try:  # several searches may open a new database at once
         return create_tables_once(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None))

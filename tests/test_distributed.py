@@ -197,6 +197,30 @@ def test_build_storage_reads_trials_as_optuna_does(kind, tmp_path, request):
         ours.get_trial(10**6)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_own_running_trial_is_served_from_memory_until_another_worker_fails_it(kind, tmp_path, request):
+    """A worker reads its running trial from memory (claim written through); once another worker
+    has failed it as stale, its `tell` is refused, as `run_worker` expects (`lost_trial`)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from database.distributed import lost_trial
+    from database.rdb import CLAIM
+    url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'q.sqlite'}"
+    mine, other = BuildStorage(QueueConfig(url)), BuildStorage(QueueConfig(url))
+    study = optuna.create_study(storage=mine, study_name="s")
+    trial = study.ask()
+    mine.set_trial_system_attr(trial._trial_id, CLAIM, "1,2,3 h:1")
+    theirs = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
+    assert trial._trial_id in mine._mine and mine.get_trial(trial._trial_id) == theirs
+    assert mine.get_trial(trial._trial_id).system_attrs == {CLAIM: "1,2,3 h:1"}
+    other.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # failed as stale elsewhere
+    with pytest.raises(Exception) as info:
+        study.tell(trial, 0.5)
+    assert lost_trial(info.value)
+    assert mine.get_trial(trial._trial_id).state == TrialState.FAIL and trial._trial_id not in mine._mine
+
+
 def test_synthetic_evaluator_is_deterministic_and_monotone_before_noise():
     ft = SyntheticFinetuner(APP, WIDTHS, noise=0.0)
     assert ft.evaluate(Scheme(3, 4, 2)).top1 == ft.evaluate(Scheme(3, 4, 2)).top1
@@ -338,3 +362,18 @@ def test_search_cli_with_two_workers_answers_as_one(tiny_app_path, tiny_db, tmp_
     trials = optuna.load_study(study_name="two", storage=study).trials
     evaluated = [t.user_attrs["scheme"] for t in trials if t.user_attrs.get("source") == "evaluated"]
     assert evaluated and len(evaluated) == len(set(evaluated))
+
+
+def test_bench_scale_measures_every_scheme_once_on_sqlite(capsys, tmp_path, monkeypatch):
+    """bench.scale with 1 and 2 workers and no sleep: each run evaluates each of its schemes once,
+    and reports both throughput ratios and the overhead split."""
+    from bench import scale
+    monkeypatch.setattr("bench.plots.OUT", tmp_path)
+    assert scale.main(["--workers", "1,2", "--per-worker", "3", "--delay", "0.05", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {(r["storage"], r["workers"]): r for r in out["table"]}
+    assert {k[1] for k in rows if k[0] == "sqlite"} == {1, 2}
+    for (_, n), r in rows.items():
+        assert r["schemes"] == r["evaluations"] == 3 * n
+        assert r["ratio"] > 0 and r["sustained_ratio"] > 0 and r["overhead_median_ms"] > 0
+    assert rows[("sqlite", 1)]["ratio"] == rows[("sqlite", 1)]["sustained_ratio"] == 1.0
