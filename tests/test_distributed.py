@@ -221,6 +221,30 @@ def test_own_running_trial_is_served_from_memory_until_another_worker_fails_it(k
     assert mine.get_trial(trial._trial_id).state == TrialState.FAIL and trial._trial_id not in mine._mine
 
 
+@needs_pg
+def test_concurrent_asks_on_postgres_number_trials_uniquely(pg_database):
+    """Searches and builds rely on unique, gap-free trial numbers: Optuna numbers a new trial under
+    a row lock on its study, so 8 clients asking at once on PostgreSQL never count alike."""
+    import threading
+
+    import optuna
+    optuna.create_study(storage=optuna.storages.RDBStorage(pg_database), study_name="n")
+    numbers: list[int] = []
+    start = threading.Barrier(8)
+
+    def client() -> None:
+        study = optuna.load_study(study_name="n", storage=optuna.storages.RDBStorage(pg_database))
+        start.wait()
+        for _ in range(15):
+            numbers.append(study.ask().number)
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(numbers) == list(range(120))
+
+
 def test_synthetic_evaluator_is_deterministic_and_monotone_before_noise():
     ft = SyntheticFinetuner(APP, WIDTHS, noise=0.0)
     assert ft.evaluate(Scheme(3, 4, 2)).top1 == ft.evaluate(Scheme(3, 4, 2)).top1
