@@ -8,10 +8,11 @@ at one scheme. Workers join by pointing at the same URL and run `study.optimize`
 `BuildSampler`, which hands each trial the next scheme that is neither stored nor held:
 
 - Claims. A trial's scheme is its system attribute `coinfer:claim` (with the worker's host:pid),
-  written in `before_trial`. Trials claim in trial-number order (as the search samplers do,
-  search/samplers/base.py): trial n waits until every running trial numbered below n has claimed,
-  then excludes the claims of every running and waiting trial. Numbers are unique and claims are
-  written once, so no two live trials hold one scheme.
+  written in `before_trial` in the transaction that read every trial's claim, under a write lock
+  on the study's row (`BuildStorage.claim`): the trial takes the first scheme no running or
+  waiting trial holds, so no two live trials hold one scheme, and no trial waits on another that
+  has not claimed yet (the searches claim in trial-number order instead, search/samplers/base.py,
+  which keeps their answer the single-worker one; a build's schemes are independent).
 - Dead workers. Optuna's heartbeat (`heartbeat_s`) marks a live trial; `fail_stale_trials`, run by
   every worker before each trial and while idle, fails a trial whose heartbeat is older than
   `grace_s`, and Optuna's `RetryHeartbeatStaleTrialCallback` (formerly RetryFailedTrialCallback)
@@ -57,7 +58,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SCHEMES = "coinfer:schemes:"  # study system attr prefix: the scheme lists workers were given
-POLL_S = 0.02  # wait for an earlier trial's claim
 
 
 def queue_url(storage_url: str) -> str:
@@ -100,7 +100,6 @@ class View:
     done: set[Scheme] = field(default_factory=set)  # completed trials
     held: dict[Scheme, int] = field(default_factory=dict)  # scheme -> number of the running/waiting trial
     failures: dict[Scheme, int] = field(default_factory=dict)  # scheme -> failed trials
-    unclaimed_before: int = 0  # running trials numbered below the asking one without a claim
     waiting: int = 0
     running: int = 0
 
@@ -136,18 +135,20 @@ def view(trials: Iterable[Attempt], number: int | None = None, history: frozense
                 continue
             if scheme is not None:
                 v.held[scheme] = t.number
-            elif t.state == TrialState.RUNNING and number is not None and t.number < number and t.claim is None:
-                v.unclaimed_before += 1
         elif t.state == TrialState.FAIL and scheme is not None:
             v.failures[scheme] = v.failures.get(scheme, 0) + 1
     return v
 
 
-def attempts(study: optuna.Study) -> list[Attempt]:
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, BuildStorage):
+def backend(study: optuna.Study) -> BuildStorage:
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, BuildStorage):
         raise TypeError("a build study lives in a BuildStorage")
-    return backend.claims(study._study_id)
+    return storage
+
+
+def attempts(study: optuna.Study) -> list[Attempt]:
+    return backend(study).claims(study._study_id)
 
 
 class BuildSampler(BaseSampler):
@@ -157,13 +158,12 @@ class BuildSampler(BaseSampler):
     nothing open gets no scheme: the objective ends it (PRUNED) and the study stops."""
 
     def __init__(self, schemes: list[Scheme], stored: set[Scheme], max_retry: int, worker: str,
-                 wait_s: float = 60.0, history: frozenset[int] = frozenset()) -> None:
+                 history: frozenset[int] = frozenset()) -> None:
         self.history = history  # trials finished before this worker read the accuracy table (see `view`)
         self.schemes = schemes
         self.stored = set(stored)
         self.max_retry = max_retry
         self.worker = worker
-        self.wait_s = wait_s
         self.claims: dict[int, tuple[Scheme | None, bool]] = {}  # trial id -> (scheme or None: nothing open, retry)
         self.claim_times: list[float] = []
         self._next = 0  # schemes before this index are done or stored (a hint, re-checked)
@@ -197,29 +197,22 @@ class BuildSampler(BaseSampler):
         raise RuntimeError("a build trial's scheme is its claim (coinfer:scheme), not a parameter")
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Claim, under the study's lock (`BuildStorage.claim`): a fresh trial the first open
+        scheme; a retry popped from Optuna's queue the scheme it inherited, unless done or held
+        by an earlier trial meanwhile (nothing when its worker died before claiming)."""
         t0 = time.perf_counter()
-        storage = study._storage
-        scheme = claimed(trial)
-        if scheme is not None:  # a retry popped from Optuna's queue: same scheme, unless done meanwhile
-            v = view(attempts(study), trial.number, self.history)
-            if scheme in v.done or v.held.get(scheme, trial.number) < trial.number:
-                scheme = None
-        elif RETRY_OF in trial.system_attrs:  # a retry of a trial that died before it claimed: it held nothing
-            scheme = None
-        else:
-            deadline, beat = time.monotonic() + self.wait_s, None
-            while True:
-                v = view(attempts(study), trial.number, self.history)
-                if not v.unclaimed_before or time.monotonic() > deadline:
-                    break
-                if beat is None or time.monotonic() - beat > storage.get_heartbeat_interval() / 2:
-                    storage.record_heartbeat(trial._trial_id)  # alive while it waits (Optuna's thread starts later)
-                    beat = time.monotonic()
-                fail_stale(study)  # an earlier trial whose worker died before it claimed: failed after the grace
-                time.sleep(POLL_S)
-            scheme = next(iter(self.open_schemes(v)), None)
-        self.claims[trial._trial_id] = (scheme, RETRY_OF in trial.system_attrs)
-        storage.set_trial_system_attr(trial._trial_id, CLAIM, f"{scheme or '-'} {self.worker}")
+        inherited, retry = claimed(trial), RETRY_OF in trial.system_attrs
+
+        def choose(trials: list[Attempt]) -> str:
+            v = view(trials, trial.number, self.history)
+            if retry:
+                keep = inherited is not None and inherited not in v.done
+                scheme = inherited if keep and v.held.get(inherited, trial.number) >= trial.number else None
+            else:
+                scheme = next(iter(self.open_schemes(v)), None)
+            self.claims[trial._trial_id] = (scheme, retry)
+            return f"{scheme or '-'} {self.worker}"
+        backend(study).claim(study._study_id, trial._trial_id, choose)
         self.claim_times.append(time.perf_counter() - t0)
 
 

@@ -165,32 +165,60 @@ class BuildStorage(RDBStorage):
         return self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def claims(self, study_id: int) -> list[Attempt]:
-        """Every trial of the study as an `Attempt`, in one statement: the trials that were
-        unfinished at the last read and the ones added since (finished ones are kept here, as
+        """Every trial of the study as an `Attempt`, in one statement (see `_read_claims`)."""
+        with self._reader.connect() as conn:
+            return list(self._read_claims(conn, study_id).values())
+
+    def claim(self, study_id: int, trial_id: int, choose: Callable[[list[Attempt]], str]) -> str:
+        """Write the running trial `trial_id`'s claim, `choose(every trial's attempt)`, in the
+        transaction that read them, under a write lock on the study's row (PostgreSQL: a row lock,
+        as Optuna takes to create a trial; SQLite: the database's write lock): no two trials
+        choose from the same claims, and nobody waits on a trial that has not claimed yet (its
+        worker may be dead). Raises Optuna's `UpdateFinishedTrialError` when another worker
+        failed the trial meanwhile (as stale)."""
+        from optuna.storages._rdb.models import StudyModel, TrialSystemAttributeModel
+        studies, attrs = StudyModel.__table__, TrialSystemAttributeModel.__table__
+        with self.engine.begin() as conn:
+            conn.execute(studies.update().where(studies.c.study_id == study_id)
+                         .values(study_name=studies.c.study_name))  # the lock: a no-op write
+            trials = self._read_claims(conn, study_id)
+            if trials[trial_id].state != TrialState.RUNNING:
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {trial_id} is {trials[trial_id].state.name}: it cannot claim")
+            value = choose(list(trials.values()))
+            if trials[trial_id].claim is None:
+                conn.execute(attrs.insert().values(trial_id=trial_id, key=CLAIM, value_json=json.dumps(value)))
+            else:  # a retry: its claim came with the failed trial's attributes
+                conn.execute(attrs.update().where(attrs.c.trial_id == trial_id, attrs.c.key == CLAIM)
+                             .values(value_json=json.dumps(value)))
+        if trial_id in self._mine:
+            self._mine[trial_id].system_attrs[CLAIM] = value
+        return value
+
+    def _read_claims(self, conn: sa.Connection, study_id: int) -> dict[int, Attempt]:
+        """trial id -> `Attempt` for every trial of the study, in one statement: the trials that
+        were unfinished at the last read and the ones added since (finished ones are kept here, as
         Optuna's cached storage keeps them, but without its statements per relation)."""
         from optuna.storages._rdb.models import TrialModel, TrialSystemAttributeModel
         trials, attrs = TrialModel.__table__, TrialSystemAttributeModel.__table__
         cache = self._claims.setdefault(study_id, {})
         open_ids = [i for i, a in cache.items() if not a.state.is_finished()]
-        newest = max(cache, default=-1)
-        where = trials.c.trial_id > newest
+        where = trials.c.trial_id > max(cache, default=-1)
         if open_ids:
             where = sa.or_(where, trials.c.trial_id.in_(open_ids))
         q = (sa.select(trials.c.trial_id, trials.c.number, trials.c.state, attrs.c.key, attrs.c.value_json)
              .select_from(trials.outerjoin(attrs, sa.and_(attrs.c.trial_id == trials.c.trial_id,
                                                           attrs.c.key.in_((CLAIM, RETRY_OF)))))
              .where(trials.c.study_id == study_id, where))
-        with self._reader.connect() as conn:
-            rows = conn.execute(q).all()
         fresh: dict[int, dict] = {}
-        for trial_id, number, state, key, value in rows:
+        for trial_id, number, state, key, value in conn.execute(q):
             entry = fresh.setdefault(trial_id, {"number": number, "state": state})
             if key is not None:
                 entry[key] = json.loads(value)
         for trial_id, e in fresh.items():
             state = e["state"] if isinstance(e["state"], TrialState) else TrialState[e["state"]]
             cache[trial_id] = Attempt(e["number"], state, e.get(CLAIM), RETRY_OF in e)
-        return list(cache.values())
+        return cache
 
     # -- this process's running trials, from memory ------------------------------------------
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:

@@ -221,6 +221,34 @@ def test_own_running_trial_is_served_from_memory_until_another_worker_fails_it(k
     assert mine.get_trial(trial._trial_id).state == TrialState.FAIL and trial._trial_id not in mine._mine
 
 
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_a_claim_excludes_held_schemes_and_waits_on_no_unclaimed_trial(kind, tmp_path, request):
+    """A worker that died between `ask` and its claim holds nothing and delays nobody: the next
+    trials claim at once, each a scheme no live trial holds; a trial failed meanwhile cannot claim."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from database.distributed import BuildSampler, backend
+    url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'q.sqlite'}"
+    config = QueueConfig(url, heartbeat_s=10, grace_s=60)
+    open_build(config, "b").ask()  # trial 0: its worker dies before claiming
+    schemes = [Scheme(0, 1, 1), Scheme(0, 2, 1), Scheme(0, 3, 1)]
+    got = []
+    for worker in ("h:2", "h:3"):
+        study = open_build(config, "b")
+        study.sampler = sampler = BuildSampler(schemes, set(), 3, worker)
+        t0 = time.monotonic()
+        trial = study.ask()
+        assert time.monotonic() - t0 < 5  # not the 60 s grace of trial 0
+        got.append(sampler.claims[trial._trial_id][0])
+    assert got == schemes[:2]
+    study = open_build(config, "b")
+    trial = study.ask()
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        backend(study).claim(study._study_id, trial._trial_id, lambda _: "- h:4")
+
+
 @needs_pg
 def test_concurrent_asks_on_postgres_number_trials_uniquely(pg_database):
     """Searches and builds rely on unique, gap-free trial numbers: Optuna numbers a new trial under
