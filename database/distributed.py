@@ -194,7 +194,7 @@ class BuildSampler(BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        raise RuntimeError("a build trial's scheme is its claim (coinfer:scheme), not a parameter")
+        raise RuntimeError("a build trial's scheme is its claim (coinfer:claim), not a parameter")
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Claim, under the study's lock (`BuildStorage.claim`): a fresh trial the first open
