@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from compress.quant import quantize
 from runtime.protocol import (
     DEFAULT_LIMITS,
-    HEADER,
     HEADER_SIZE,
     Error,
     ErrorCode,
@@ -31,19 +30,7 @@ from runtime.protocol import (
     encode_activation,
     read_frame,
 )
-
-FIELDS = ["magic", "version", "type", "flags", "bits", "request_id", "app", "p", "k", "c", "n", "ch", "h", "w",
-          "body_len", "crc"]
-
-
-def with_header(frame: bytes, fix_crc: bool = False, **changes: object) -> bytes:
-    """The frame with some header fields replaced (by name, see FIELDS); body unchanged."""
-    values = dict(zip(FIELDS, HEADER.unpack(frame[:HEADER_SIZE])))
-    values.update(changes)
-    body = frame[HEADER_SIZE:]
-    if fix_crc:
-        values["crc"] = zlib.crc32(body)
-    return HEADER.pack(*(values[f] for f in FIELDS)) + body
+from tests.wire import with_header
 
 
 def request(bits: int = 3, shape: tuple[int, int, int, int] = (2, 3, 5, 7), p: int = 4, seed: int = 0) -> Request:
