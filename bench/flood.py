@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import psutil
@@ -344,15 +344,16 @@ def report(result: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(prog="python -m bench.flood", description=__doc__.splitlines()[0])
-    ap.add_argument("--idle", type=int, default=1000, help="idle connections held open")
-    ap.add_argument("--idle-peers", type=int, default=50, help="source addresses they come from (127.0.0.2..)")
-    ap.add_argument("--flooders", type=int, default=16, help="reconnect loops")
-    ap.add_argument("--flood-s", type=float, default=20.0, help="seconds of attack")
-    ap.add_argument("--flood-rate", type=float, default=200.0,
+    ap.add_argument("--idle", type=int, help="idle connections held open")
+    ap.add_argument("--idle-peers", type=int, help="source addresses they come from (127.0.0.2..)")
+    ap.add_argument("--flooders", type=int, help="reconnect loops")
+    ap.add_argument("--flood-s", type=float, help="seconds of attack")
+    ap.add_argument("--flood-rate", type=float,
                     help="reconnects per second, all loops together (0: as fast as they can)")
-    ap.add_argument("--quiet-s", type=float, default=5.0, help="seconds of the quiet phase")
-    ap.add_argument("--interval", type=float, default=0.02, help="seconds between the edge client's requests")
+    ap.add_argument("--quiet-s", type=float, help="seconds of the quiet phase")
+    ap.add_argument("--interval", type=float, help="seconds between the edge client's requests")
     ap.add_argument("--json", action="store_true")
+    ap.set_defaults(**asdict(FloodConfig()))  # one place for the defaults: FloodConfig's
     args = ap.parse_args(argv)
     if not (1 <= args.idle <= 20000 and 1 <= args.idle_peers <= 250 and 0 <= args.flooders <= 1000):
         raise CoInferError("--idle 1..20000, --idle-peers 1..250, --flooders 0..1000")
@@ -360,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError("--flood-s and --quiet-s in (0, 600], --interval in (0, 10]")
     if not (math.isfinite(args.flood_rate) and 0 <= args.flood_rate <= 1e6):
         raise CoInferError("--flood-rate in [0, 1e6] connections per second")
-    cfg = FloodConfig(args.idle, args.idle_peers, args.flooders, args.flood_s, args.flood_rate, args.quiet_s,
-                      interval=args.interval)
+    cfg = FloodConfig(**{f.name: getattr(args, f.name) for f in fields(FloodConfig)})
     result = run_flood(cfg)
     print(json.dumps(result) if args.json else "\n".join(report(result)))
     return 0 if all(verdicts(result).values()) else 1

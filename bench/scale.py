@@ -176,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'storage':<11}{'N':>3} {'schemes/s':>9} {'/(N x 1-worker)':>15} {'sustained':>9} {'overhead med':>12} "
           f"{'p95':>7} {'claim':>6} {'write':>6} {'optuna':>7} {'heartbeat':>9}   (ms per scheme)")
     for t in table:
-        print(f"{t['storage']:<11}{t['workers']:>3} {t['per_s']:>9.2f} {t['ratio']:>15.2f} {t['sustained_ratio']:>9.2f} "
-              f"{t['overhead_median_ms']:>12.1f} {t['overhead_p95_ms']:>7.1f} {t['claim_median_ms']:>6.1f} "
-              f"{t['write_median_ms']:>6.1f} {t['optuna_median_ms']:>7.1f} {t['heartbeat_ms_per_scheme']:>9.1f}")
+        print(f"{t['storage']:<11}{t['workers']:>3} {t['per_s']:>9.2f} {t['ratio']:>15.2f} "
+              f"{t['sustained_ratio']:>9.2f} {t['overhead_median_ms']:>12.1f} {t['overhead_p95_ms']:>7.1f} "
+              f"{t['claim_median_ms']:>6.1f} {t['write_median_ms']:>6.1f} {t['optuna_median_ms']:>7.1f} "
+              f"{t['heartbeat_ms_per_scheme']:>9.1f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; targets: ratio >= 0.9, overhead <= 60 ms "
           f"(sustained: each worker's schemes over its own span, summed; without the start-up skew)")
     print(f"plot: {plot(table)}")

@@ -234,7 +234,8 @@ class CloudServer:
 
     `app`: the app it hosts, or several (distinct names; `app` is then the first, named in replies to
     frames that name none). `base` is the (first) app's base model when already loaded (else loaded
-    here); the TLS certificate, when configured, is loaded here (CoInferError when it cannot be).
+    here). `hosted` maps each app's name to its `Hosted` record, the one place its base model, tails
+    and queue live. The TLS certificate, when configured, is loaded here (CoInferError when it cannot be).
     `stats` counts connections, refusals, requests, replies and errors by code; `snapshot()` adds the
     pools', the queues' and the tail caches' state.
     """
@@ -255,8 +256,6 @@ class CloudServer:
             model = base if base is not None and i == 0 else load_base_model(a)
             self.hosted[a.name] = Hosted(a, model, TailCache(model, config.tail_policy, app=a),
                                          AppQueue(a.name, config.batch, config.workers))
-        first = self.hosted[self.app.name]
-        self.base, self.tails = first.base, first.tails
         self.limits = widest([limits_for(h.base, config.max_batch) for h in self.hosted.values()])
         self.token = config.token.encode() if config.token is not None else None
         self.ssl_ctx = tls_context(config.tls_cert, config.tls_key)

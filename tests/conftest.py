@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny digits app (VGG-16 topology at width 1/32) with a trained checkpoint."""
+"""Shared fixtures: a tiny digits app (VGG-16 topology at width 1/32) with a trained checkpoint; the cloud
+server in a subprocess (`start_cloud_server`) or in this process (`serving`)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,16 @@ def start_cloud_server(*args: str, env: dict[str, str] | None = None, stderr=Non
         proc.kill()
         proc.wait()
         raise
+
+
+@contextlib.asynccontextmanager
+async def serving(app, config=None, base=None):
+    """`async with serving(app, ServerConfig(...), base) as server:` a CloudServer listening on 127.0.0.1 at
+    a port the OS picks (`server.port`), closed on the way out."""
+    from runtime.cloud import CloudServer, ServerConfig
+    server = CloudServer(app, config or ServerConfig(), base)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.close()

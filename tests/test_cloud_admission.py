@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from conftest import serving
 
 from apps import load_app
 from compress.scheme import Scheme
@@ -21,8 +22,9 @@ from data import load_splits
 from models.build import load_base_model
 from runtime.admission import Admission, AdmissionLimits
 from runtime.client import ClientConfig, EdgeClient, RemoteError
-from runtime.cloud import CloudServer, ServerConfig
-from runtime.protocol import HEADER_SIZE, Error, ErrorCode, Hello, encode, read_frame
+from runtime.cloud import ServerConfig
+from runtime.protocol import HEADER_SIZE, Error, ErrorCode, Hello, encode
+from tests.wire import answer_and_closed, connect_from, drip
 
 torch.set_num_threads(1)
 APP = load_app("vgg16_digits")
@@ -94,65 +96,26 @@ def image() -> torch.Tensor:
     return load_splits(APP)[1][0][0].unsqueeze(0)
 
 
-async def connect_from(port: int, ip: str = "127.0.0.1"):
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(ip, 0))
-
-
-async def answer_and_closed(reader: asyncio.StreamReader, wait: float = 5.0) -> tuple[object, bool]:
-    """The server's next frame (None on EOF), and whether it then closed the connection."""
-    try:
-        answer = await read_frame(reader, timeout=wait, idle_timeout=wait)
-    except OSError:
-        return None, True
-    try:
-        closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
-    except (TimeoutError, OSError):
-        closed = False
-    return answer, closed
-
-
-async def started(base, **config) -> CloudServer:
-    server = CloudServer(APP, ServerConfig(**config), base)
-    await server.start("127.0.0.1", 0)
-    return server
-
-
 @needs_checkpoint
 @pytest.mark.parametrize("token", [None, "t0k"])
 def test_pre_auth_deadline(base, token) -> None:
     """A connection that has not authenticated within handshake_timeout of its accept is dropped with
     ERROR TIMEOUT, whether it sends nothing or drips a HELLO; not after read_timeout or idle_timeout."""
     async def main() -> None:
-        server = await started(base, token=token, handshake_timeout=0.4, read_timeout=10, idle_timeout=60)
-        try:
+        config = ServerConfig(token=token, handshake_timeout=0.4, read_timeout=10, idle_timeout=60)
+        async with serving(APP, config, base) as server:
             reader, writer = await connect_from(server.port)
             t0 = time.perf_counter()
             answer, closed = await answer_and_closed(reader)
             assert isinstance(answer, Error) and answer.code == ErrorCode.TIMEOUT, answer
             assert closed and 0.3 < time.perf_counter() - t0 < 2.0
             writer.close()
-            reader, writer = await connect_from(server.port)  # a slow HELLO: one byte every 0.1 s
-            hello, t0 = encode(Hello("vgg16_digits", b"t0k")), time.perf_counter()
-            read = asyncio.ensure_future(read_frame(reader, timeout=5, idle_timeout=5))
-            for byte in hello[:HEADER_SIZE - 1]:
-                if read.done() or time.perf_counter() - t0 > 3:
-                    break
-                try:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                except OSError:
-                    break
-                await asyncio.sleep(0.1)
-            try:
-                answer = await read
-            except OSError:  # the refusal lost to a reset: the time still says when it was cut off
-                answer = Error(0, ErrorCode.TIMEOUT, "reset", "")
-            assert isinstance(answer, Error) and answer.code == ErrorCode.TIMEOUT
-            assert time.perf_counter() - t0 < 2.0
-            writer.close()
+            hello = encode(Hello("vgg16_digits", b"t0k"))  # a slow HELLO: one byte every 0.1 s
+            answer, seconds = await drip(server.port, hello[:HEADER_SIZE - 1], 0.1, wait=3.0)
+            # None: the refusal lost to a reset, the time still says when it was cut off
+            assert answer is None or (isinstance(answer, Error) and answer.code == ErrorCode.TIMEOUT), answer
+            assert seconds < 2.0
             assert server.stats["handshake_timeout"] == 2 and len(server.admission) == 0
-        finally:
-            await server.close()
 
     asyncio.run(main())
 
@@ -162,8 +125,7 @@ def test_per_peer_cap(base, image) -> None:
     """One address holds at most max_pending_per_peer unauthenticated connections; the next is refused
     at once (ERROR BUSY) while another address is served."""
     async def main() -> None:
-        server = await started(base, token="t0k", max_pending_per_peer=3, handshake_timeout=5)
-        try:
+        async with serving(APP, ServerConfig(token="t0k", max_pending_per_peer=3, handshake_timeout=5), base) as server:
             idle = [await connect_from(server.port, "127.0.0.2") for _ in range(3)]
             await asyncio.sleep(0.1)
             reader, writer = await connect_from(server.port, "127.0.0.2")
@@ -176,8 +138,6 @@ def test_per_peer_cap(base, image) -> None:
             assert server.stats["refused_peer"] == 1 and len(server.admission.pending) == 3
             for _, w in idle:
                 w.close()
-        finally:
-            await server.close()
 
     asyncio.run(main())
 
@@ -188,9 +148,8 @@ def test_reserved_slots_for_authenticated_clients(base, image) -> None:
     addresses, an authenticated client still connects and is served; the next authenticated one is
     refused (the slots are for authenticated clients, and they are full)."""
     async def main() -> None:
-        server = await started(base, token="t0k", max_clients=1, max_pending=8, max_pending_per_peer=2,
-                               handshake_timeout=10)
-        try:
+        config = ServerConfig(token="t0k", max_clients=1, max_pending=8, max_pending_per_peer=2, handshake_timeout=10)
+        async with serving(APP, config, base) as server:
             idle = [await connect_from(server.port, f"127.0.0.{2 + i}") for i in range(24)]
             await asyncio.sleep(0.2)
             assert len(server.admission.pending) == 8 and server.stats["evicted_pending"] == 16
@@ -205,8 +164,6 @@ def test_reserved_slots_for_authenticated_clients(base, image) -> None:
             assert server.stats["refused_busy"] == 1
             for _, w in idle:
                 w.close()
-        finally:
-            await server.close()
 
     asyncio.run(main())
 
@@ -217,8 +174,7 @@ def test_idle_without_token_cannot_hold_slots(base, image) -> None:
     slots for the idle timeout: 32 are refused at once, the rest dropped after the pre-auth deadline,
     and the edge client is served all along."""
     async def main() -> None:
-        server = await started(base, max_clients=4, handshake_timeout=0.5, idle_timeout=300)
-        try:
+        async with serving(APP, ServerConfig(max_clients=4, handshake_timeout=0.5, idle_timeout=300), base) as server:
             idle = await asyncio.gather(*(connect_from(server.port, "127.0.0.9") for _ in range(40)))
             async with EdgeClient(APP, SCHEME, ClientConfig(port=server.port, k=1), base=base) as client:
                 for _ in range(3):
@@ -228,7 +184,5 @@ def test_idle_without_token_cannot_hold_slots(base, image) -> None:
             assert len(server.admission) == 0
             for _, w in idle:
                 w.close()
-        finally:
-            await server.close()
 
     asyncio.run(main())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_cloud_server
+from conftest import serving, start_cloud_server
 
 from apps import load_app
 from apps.errors import CoInferError
@@ -31,7 +31,6 @@ from runtime import edge
 from runtime.client import ClientConfig, EdgeClient, RemoteError
 from runtime.cloud import CloudServer, ServerConfig, serve
 from runtime.protocol import (
-    HEADER,
     HEADER_SIZE,
     Error,
     ErrorCode,
@@ -42,12 +41,11 @@ from runtime.protocol import (
     encode_activation,
     read_frame,
 )
+from tests.wire import answer_and_closed, connect_from, drip, with_header
 
 torch.set_num_threads(1)
 APP = load_app("vgg16_digits")
 pytestmark = pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")
-FIELDS = ["magic", "version", "type", "flags", "bits", "request_id", "app", "p", "k", "c", "n", "ch", "h", "w",
-          "body_len", "crc"]
 SCHEMES = [Scheme(2, 10, 4), Scheme(4, 12, 3), Scheme(12, 64, 1), ALL_CLOUD]
 
 
@@ -79,24 +77,14 @@ def valid_request(p: int = 4, c: int = 12, bits: int = 3, rid: int = 1, app: str
     return encode(Request(rid, app, p, c, bits, 3, (1, c, side, side), encode_activation(codes, lo, scale, bits)))
 
 
-def with_header(frame: bytes, **changes: object) -> bytes:
-    values = dict(zip(FIELDS, HEADER.unpack(frame[:HEADER_SIZE])))
-    values.update(changes)
-    return HEADER.pack(*(values[f] for f in FIELDS)) + frame[HEADER_SIZE:]
-
-
 async def exchange(port: int, data: bytes, half_close: bool = False) -> tuple[object, bool]:
     """Send raw bytes; return (the server's answer, whether the server then closed the connection)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await connect_from(port)
     writer.write(data)
     await writer.drain()
     if half_close:
         writer.write_eof()
-    answer = await read_frame(reader, timeout=5, idle_timeout=5)
-    try:
-        closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
-    except TimeoutError:
-        closed = False
+    answer, closed = await answer_and_closed(reader)
     writer.close()
     return answer, closed
 
@@ -105,25 +93,6 @@ async def expect_error(port: int, data: bytes, code: ErrorCode, closes: bool = T
     answer, closed = await exchange(port, data, half_close)
     assert isinstance(answer, Error) and answer.code == code, answer
     assert closed == closes
-
-
-async def drip(port: int, data: bytes, delay: float) -> tuple[object, float]:
-    """Slowloris: one byte every `delay` seconds; returns the server's answer and when it came."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    t0 = time.perf_counter()
-    read = asyncio.ensure_future(read_frame(reader, timeout=10, idle_timeout=10))
-    for byte in data:
-        if read.done():
-            break
-        try:
-            writer.write(bytes([byte]))
-            await writer.drain()
-        except OSError:
-            break
-        await asyncio.sleep(delay)
-    answer = await read
-    writer.close()
-    return answer, time.perf_counter() - t0
 
 
 async def abrupt(port: int, data: bytes) -> None:
@@ -149,7 +118,7 @@ async def attackers(port: int) -> None:
     await expect_error(port, encode(Reply(1, "vgg16_digits", 0, 1, 1, ((1,),), ((1.0,),), 0, 0)), ErrorCode.UNEXPECTED)
     body = bytearray(req[HEADER_SIZE:])
     struct.pack_into("<f", body, 12 * 4, float("nan"))  # first scale
-    await expect_error(port, with_header(req[:HEADER_SIZE] + bytes(body), crc=zlib.crc32(body)), ErrorCode.BAD_FIELD)
+    await expect_error(port, with_header(req[:HEADER_SIZE] + bytes(body), fix_crc=True), ErrorCode.BAD_FIELD)
     # well-formed but unanswerable: ERROR, and the connection stays open for the next request
     await expect_error(port, valid_request(p=4, c=40), ErrorCode.UNKNOWN_SCHEME, closes=False)
     await expect_error(port, valid_request(app="resnet_cars"), ErrorCode.UNKNOWN_APP, closes=False)
@@ -191,10 +160,8 @@ def test_serves_correctly_under_attack(base, images) -> None:
         expected[s] = (classes, scores)
 
     async def main() -> None:
-        server = CloudServer(APP, ServerConfig(read_timeout=0.4, idle_timeout=5.0), base)
-        await server.start("127.0.0.1", 0)
-        port = server.port
-        try:
+        async with serving(APP, ServerConfig(read_timeout=0.4, idle_timeout=5.0), base) as server:
+            port = server.port
             attack = asyncio.ensure_future(asyncio.gather(
                 attackers(port), drip(port, valid_request(), 0.05), drip(port, b"COIN\x01", 0.3)))
             answered = await good_client(base, images, port, attack, expected)
@@ -212,8 +179,6 @@ def test_serves_correctly_under_attack(base, images) -> None:
                          "unexpected", "unknown_scheme", "unknown_app", "bad_shape"):
                 assert stats[f"error_{code}"] >= 1, code
             assert stats["error_internal"] == 0
-        finally:
-            await server.close()
         assert server.stats["requests"] >= answered
 
     asyncio.run(main())
@@ -221,13 +186,9 @@ def test_serves_correctly_under_attack(base, images) -> None:
 
 def test_batch_request_and_all_edge(base, images) -> None:
     async def main() -> None:
-        server = CloudServer(APP, base=base)
-        await server.start("127.0.0.1", 0)
-        try:
+        async with serving(APP, base=base) as server:
             async with EdgeClient(APP, SCHEMES[0], ClientConfig(port=server.port, k=3), base=base) as client:
                 pred = await client.infer(images)
-        finally:
-            await server.close()
         assert [row[0] for row in pred.classes] == [row[0] for row in reference(base, SCHEMES[0], images)[0]]
         async with EdgeClient(APP, ALL_EDGE, ClientConfig(k=3), base=base) as local:  # no server, no network
             here = await local.infer(images)
@@ -240,10 +201,8 @@ def test_batch_request_and_all_edge(base, images) -> None:
 
 def test_token(base, images, caplog) -> None:
     async def main() -> None:
-        server = CloudServer(APP, ServerConfig(token="s3cret"), base)
-        await server.start("127.0.0.1", 0)
-        port = server.port
-        try:
+        async with serving(APP, ServerConfig(token="s3cret"), base) as server:
+            port = server.port
             with pytest.raises(RemoteError) as info:
                 async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=port), base=base) as client:
                     await client.infer(images[:1])
@@ -257,8 +216,6 @@ def test_token(base, images, caplog) -> None:
                 pred = await client.infer(images[:1])
             assert pred.classes[0][0] == reference(base, SCHEMES[1], images[:1])[0][0][0]
             assert server.stats["auth_failed"] == 3
-        finally:
-            await server.close()
 
     asyncio.run(main())
     assert "AUTH_FAILED" in caplog.text and "AUTH_REQUIRED" in caplog.text
@@ -266,16 +223,12 @@ def test_token(base, images, caplog) -> None:
 
 def test_max_clients(base, images) -> None:
     async def main() -> None:
-        server = CloudServer(APP, ServerConfig(max_clients=1), base)
-        await server.start("127.0.0.1", 0)
-        try:
+        async with serving(APP, ServerConfig(max_clients=1), base) as server:
             async with EdgeClient(APP, SCHEMES[1], ClientConfig(port=server.port), base=base) as first:
                 await first.infer(images[:1])
                 await expect_error(server.port, valid_request(), ErrorCode.BUSY)
                 await first.infer(images[:1])
             assert server.stats["refused_busy"] == 1 and server.stats["replies"] == 2
-        finally:
-            await server.close()
 
     asyncio.run(main())
 
@@ -289,9 +242,7 @@ def test_tls(base, images, tmp_path) -> None:
     client_ctx = ssl.create_default_context(cafile=str(cert))
 
     async def main() -> None:
-        server = CloudServer(APP, ServerConfig(token="t", tls_cert=str(cert), tls_key=str(key)), base)
-        await server.start("127.0.0.1", 0)
-        try:
+        async with serving(APP, ServerConfig(token="t", tls_cert=str(cert), tls_key=str(key)), base) as server:
             config = ClientConfig(port=server.port, token="t", ssl_ctx=client_ctx)
             async with EdgeClient(APP, SCHEMES[1], config, base=base) as client:
                 pred = await client.infer(images[:2])
@@ -300,8 +251,6 @@ def test_tls(base, images, tmp_path) -> None:
                 untrusting = ClientConfig(port=server.port, ssl_ctx=ssl.create_default_context())
                 async with EdgeClient(APP, SCHEMES[1], untrusting, base=base):
                     pass
-        finally:
-            await server.close()
 
     asyncio.run(main())
 

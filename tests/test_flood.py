@@ -1,14 +1,29 @@
 """A short bench.flood: 100 idle connections and a reconnect flood for a few seconds; the authenticated
-edge client's every request succeeds and the server's memory stays bounded."""
+edge client's every request succeeds and the server's memory stays bounded; and its CLI flags build
+the FloodConfig."""
 
 from __future__ import annotations
 
 import pytest
 
+import bench.flood
 from apps import load_app
 from bench.flood import FloodConfig, report, run_flood, verdicts
 
 APP = load_app("vgg16_digits")
+
+
+def test_cli_flags_build_the_config(monkeypatch) -> None:
+    """No flag: FloodConfig's defaults; each flag sets its own field."""
+    runs = []
+    monkeypatch.setattr(bench.flood, "run_flood", lambda cfg: runs.append(cfg) or {})
+    monkeypatch.setattr(bench.flood, "report", lambda result: [])
+    monkeypatch.setattr(bench.flood, "verdicts", lambda result: {})
+    bench.flood.main([])
+    bench.flood.main(["--idle", "7", "--idle-peers", "3", "--flooders", "0", "--flood-s", "1.5", "--flood-rate", "0",
+                      "--quiet-s", "2", "--interval", "0.5"])
+    assert runs == [FloodConfig(), FloodConfig(idle=7, idle_peers=3, flooders=0, flood_s=1.5, flood_rate=0.0,
+                                               quiet_s=2.0, interval=0.5)]
 
 
 @pytest.mark.skipif(not APP.checkpoint.is_file(), reason="vgg16_digits checkpoint not trained")

@@ -13,10 +13,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.fuzz import EDGE_VALUES, corpus
+from bench.fuzz import LIMITS as FUZZ_LIMITS
 from compress.quant import quantize
 from runtime.protocol import (
     DEFAULT_LIMITS,
-    HEADER,
     HEADER_SIZE,
     Error,
     ErrorCode,
@@ -31,19 +32,7 @@ from runtime.protocol import (
     encode_activation,
     read_frame,
 )
-
-FIELDS = ["magic", "version", "type", "flags", "bits", "request_id", "app", "p", "k", "c", "n", "ch", "h", "w",
-          "body_len", "crc"]
-
-
-def with_header(frame: bytes, fix_crc: bool = False, **changes: object) -> bytes:
-    """The frame with some header fields replaced (by name, see FIELDS); body unchanged."""
-    values = dict(zip(FIELDS, HEADER.unpack(frame[:HEADER_SIZE])))
-    values.update(changes)
-    body = frame[HEADER_SIZE:]
-    if fix_crc:
-        values["crc"] = zlib.crc32(body)
-    return HEADER.pack(*(values[f] for f in FIELDS)) + body
+from tests.wire import with_header
 
 
 def request(bits: int = 3, shape: tuple[int, int, int, int] = (2, 3, 5, 7), p: int = 4, seed: int = 0) -> Request:
@@ -244,9 +233,7 @@ def test_huge_claimed_body_allocates_nothing() -> None:
 
 
 # ------------------------------------------------------------------------------------- fuzz
-VALID = [encode(request(b, (1 + b % 2, 1 + b, 3, 2 + b), seed=b)) for b in range(1, 9)] + [
-    encode(reply()), encode(Error(5, ErrorCode.BAD_CRC, "crc")), encode(Hello("vgg16_digits", b"tok", 2))]
-FUZZ_LIMITS = Limits(max_body=1 << 20, max_elements=1 << 20)
+VALID = corpus()  # bench.fuzz's valid frames of every message type, mutated here by hypothesis
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +288,7 @@ def mutated(draw: st.DrawFn) -> bytes:
             frame[pos] = draw(st.integers(0, 255))
         elif op == "header" and len(frame) >= HEADER_SIZE:
             at = draw(st.integers(4, HEADER_SIZE - 4))
-            frame[at:at + 4] = struct.pack("<I", draw(st.sampled_from([0, 1, 0xFF, 0xFFFF, 0xFFFFFFFF])
+            frame[at:at + 4] = struct.pack("<I", draw(st.sampled_from(EDGE_VALUES)
                                                      | st.integers(0, 0xFFFFFFFF)))
         elif op == "truncate":
             del frame[pos:]

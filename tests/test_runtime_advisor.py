@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 import torch
+from conftest import serving
 
 from apps import load_app
 from apps.units import BYTES_PER_MBPS
@@ -114,7 +115,6 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
     from compress.scheme import ALL_CLOUD
     from models.build import load_base_model
     from runtime.client import ClientConfig, EdgeClient
-    from runtime.cloud import CloudServer
 
     model = synthetic_model()
     candidates = [Scheme.ALL_CLOUD, Scheme(4, 16, 2)]  # the model's crossover is at 0.977 Mbps (table above)
@@ -122,26 +122,24 @@ def test_adaptation_over_loopback_with_a_rate_step() -> None:
     x = torch.rand(1, 1, 32, 32)
 
     async def run() -> list[str]:
-        server = CloudServer(APP, base=base)
-        await server.start("127.0.0.1", 0)
-        shaper = TokenBucket(2.0, burst=0)
-        client = EdgeClient(APP, ALL_CLOUD, ClientConfig(port=server.port, k=1), base=base, shaper=shaper,
-                            monitor=BandwidthEstimator())
-        adapter = Adapter(model, Frontier(0.01, [0.5, 2.0], candidates))
-        used = []
-        try:
-            await client.probe()
-            for i in range(24):
-                if i == 8:
-                    shaper.set_rate(0.5)
-                if client.monitor.needs_probe():
-                    await client.probe()
-                client.use(adapter.choose(client.monitor.mbps, i))
-                await client.infer(x)
-                used.append(str(client.scheme))
-        finally:
-            await client.close()
-            await server.close()
+        async with serving(APP, base=base) as server:
+            shaper = TokenBucket(2.0, burst=0)
+            client = EdgeClient(APP, ALL_CLOUD, ClientConfig(port=server.port, k=1), base=base, shaper=shaper,
+                                monitor=BandwidthEstimator())
+            adapter = Adapter(model, Frontier(0.01, [0.5, 2.0], candidates))
+            used = []
+            try:
+                await client.probe()
+                for i in range(24):
+                    if i == 8:
+                        shaper.set_rate(0.5)
+                    if client.monitor.needs_probe():
+                        await client.probe()
+                    client.use(adapter.choose(client.monitor.mbps, i))
+                    await client.infer(x)
+                    used.append(str(client.scheme))
+            finally:
+                await client.close()
         return used
 
     used = asyncio.run(run())

@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 import torch
+from conftest import serving
 
 from apps import DEFAULT_STORAGE, load_app
 from compress.scheme import Scheme
@@ -101,7 +102,7 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     from data import load_splits
     from models.build import load_base_model
     from runtime.client import ClientConfig, EdgeClient
-    from runtime.cloud import CloudServer, ServerConfig
+    from runtime.cloud import ServerConfig
 
     weights.clear_cache()
     scheme = Scheme(4, 12, 3)
@@ -111,14 +112,10 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     y = [int(test[i][1]) for i in range(len(test))]
 
     async def accuracy(finetuned: bool) -> float:
-        server = CloudServer(APP, ServerConfig(finetuned=finetuned, weights_root=str(tmp_path)), base)
-        await server.start("127.0.0.1", 0)
-        try:
+        async with serving(APP, ServerConfig(finetuned=finetuned, weights_root=str(tmp_path)), base) as server:
             config = ClientConfig(port=server.port, k=1, finetuned=finetuned, weights_root=str(tmp_path))
             async with EdgeClient(APP, scheme, config, base=base) as client:
                 preds = [c[0] for i in range(0, len(x), 64) for c in (await client.infer(x[i:i + 64])).classes]
-        finally:
-            await server.close()
         return sum(p == t for p, t in zip(preds, y)) / len(y)
 
     tuned = asyncio.run(accuracy(True))
