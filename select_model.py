@@ -1,9 +1,12 @@
 """Model selection, KETI's VnV: the greedy model vs the fastest scheme within an accuracy budget, both run.
 
     python select_model.py --apps resnet18_digits,resnet34_digits,resnet50_digits --bandwidth 1 --accuracy-budget 0.10
+    python select_model.py --apps resnet18_digits,resnet34_digits,resnet50_digits --bandwidth 1 --testbed
 
-Selection: search/select.py. Measurement: runtime/vnv.py. Exit status: 0 when both VnV criteria pass
-(or with --select-only), 1 when one fails, 2 on bad input (one line on stderr).
+Selection: search/select.py. Measurement: runtime/vnv.py (in this process, the link computed), or with
+--testbed runtime/vnv_testbed.py (the real split runtime on the testbed, the link shaped by tc tbf).
+Exit status: 0 when both VnV criteria pass (or with --select-only), 1 when one fails, 2 on bad input
+(one line on stderr).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ def _parser() -> ArgParser:
                     help="accuracy the budgeted choice may lose against the greedy model's, in (0, 1) (default 0.10)")
     ap.add_argument("--images", "-n", type=int, default=100, help="test images both choices run over (default 100)")
     ap.add_argument("--select-only", action="store_true", help="choose, do not run")
+    ap.add_argument("--testbed", action="store_true",
+                    help="run both choices over the real split runtime on the testbed (network namespaces, the "
+                         "link shaped by tc tbf at --bandwidth; runtime.vnv_testbed) instead of in this process")
     ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml)")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError(f"--bandwidth must be in (0, 1e6] Mbps, got {args.bandwidth:g}")
     if not 1 <= args.images <= 1_000_000:
         raise CoInferError("--images must be in 1..1000000")
+    if args.testbed and args.select_only:
+        raise CoInferError("--testbed measures the choices, --select-only does not: give one of them")
     from apps import available_apps, load_app
     names = [a.strip() for a in args.apps.split(",")] if args.apps is not None else [
         a for a in available_apps() if load_app(a).dataset.get("name") == "digits"]
@@ -74,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         by_name = {a.name: a for a in apps}
         config = RunConfig(spec.speed, args.bandwidth, args.images,
                            progress=not (args.no_progress or args.json) and sys.stderr.isatty())
-        report = measure((by_name[selection.greedy.app], selection.greedy.scheme),
-                         (by_name[selection.budgeted.app], selection.budgeted.scheme), config)
+        choices = ((by_name[selection.greedy.app], selection.greedy.scheme),
+                   (by_name[selection.budgeted.app], selection.budgeted.scheme))
+        if args.testbed:
+            from runtime.vnv_testbed import measure_testbed
+            report = measure_testbed(*choices, config, refs={a.name: ref for a, ref in zip(apps, names)})
+        else:
+            report = measure(*choices, config)
         out["vnv"] = report.to_json()
     if args.json:
         print(json.dumps(out))
@@ -95,8 +108,12 @@ def _print(selection, report, edge: str, cloud: str, speed: float | None, mbps: 
     if report is None:
         return
     n = len(report.baseline.seconds)
-    print(f"measured over {n} test images, alternating (edge emulated at {speed or 1:g} of this CPU by dilation; "
-          f"link: the bytes sent / {mbps:g} Mbps; cloud: this CPU):")
+    how = (f"in-process: edge emulated at {speed or 1:g} of this CPU by dilation; link: the bytes sent / {mbps:g} "
+           "Mbps; cloud: this CPU" if report.how == "in-process" else
+           f"{report.how}; each request timed by the edge client: edge + transfer + cloud")
+    print(f"measured over {n} test images, alternating ({how}):")
+    for note in report.notes:
+        print(f"  note: {note}")
     for label, m in (("t_b", report.baseline), ("t_a", report.advanced)):
         print(f"  {label}  median {m.median_s * 1e3:8.2f} ms  (edge {m.edge_s * 1e3:.2f} + link {m.link_s * 1e3:.2f} "
               f"+ cloud {m.cloud_s * 1e3:.2f}, {m.wire_bytes} B)  top-1 {m.accuracy:.2%}")

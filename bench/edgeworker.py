@@ -14,6 +14,9 @@ Commands (one JSON object a line):
      "pause_at": 20}
         -> {"i": i, "scheme": ..., "total_s": ..., "estimate": ...} per request, then {"done": true, ...};
         before request `pause_at` it says {"paused": i} and waits for a line on stdin
+    {"op": "infer", "scheme": "4,12,3", "index": 7}
+        -> {"index": 7, "label": y, "classes": [top-1 class], "timings": Timings as a dict}: test image 7 of the
+        app's test split (index 0.. as `data.load_splits` orders it) as one request (runtime.vnv_testbed)
     {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
     {"op": "quit"}
 """
@@ -60,7 +63,8 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
         await client.infer(images[:1])
     speed = os.environ.get("COINFER_EDGE_SPEED")
     client.device = SlowCPU(float(speed)) if speed else None
-    _emit({"ready": True})  # with a quota the parent now moves this process into the edge cgroup
+    # with a quota the parent now moves this process into the edge cgroup
+    _emit({"ready": True, "test_images": len(test)})
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -84,6 +88,12 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
                         rows.append(asdict(pred.timings))
                 _emit({"scheme": s, "rows": rows})
             _emit({"done": True})
+        elif cmd["op"] == "infer":
+            client.use(Scheme.parse(cmd["scheme"]))
+            x, y = test[cmd["index"]]
+            pred = await client.infer(x.unsqueeze(0))
+            _emit({"index": cmd["index"], "label": int(y), "classes": pred.classes[0],
+                   "timings": asdict(pred.timings)})
         elif cmd["op"] == "adapt":
             await _adapt(client, images, cmd)
     await client.close()
@@ -125,7 +135,7 @@ class EdgeWorker:
                 "1" if finetuned else "0"]
         self.proc = subprocess.Popen(tb.edge_command(argv, throttle=False), env=tb.edge_env(), cwd=tb_root(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.read()  # ready: loaded, connected, warmed up
+        self.ready = self.read()  # loaded, connected, warmed up: {"ready": true, "test_images": n}
         self.throttled = tb.throttle(self.proc.pid)  # `ip netns exec` execs: the pid is the worker's
 
     def read(self) -> dict:
@@ -155,6 +165,11 @@ class EdgeWorker:
             if msg.get("done"):
                 return out
             out[msg["scheme"]] = msg["rows"]
+
+    def infer(self, scheme: str, index: int) -> dict:
+        """Test image `index` as one request of `scheme`: its label, top-1 class and `Timings` (a dict)."""
+        self.send({"op": "infer", "scheme": scheme, "index": index})
+        return self.read()
 
     def close(self) -> None:
         if self.proc.poll() is None:

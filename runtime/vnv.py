@@ -17,6 +17,9 @@ out of idle meanwhile (`database.slowdown.KeepWarm`), as when profiling.
     t_b, t_a        per image: the greedy (baseline) and budgeted (advanced) choice's seconds
     saving Δt       (1/n) Σ (t_b − t_a) / t_b                         PASS when >= 20 %
     accuracy diff   top-1(greedy) − top-1(budgeted) over the n images  PASS when <= 10 %
+
+`runtime.vnv_testbed.measure_testbed` runs the same two choices over the real split runtime on the
+testbed instead (`select_model.py --testbed`) and returns the same `VnVReport`, its `how` saying so.
 """
 
 from __future__ import annotations
@@ -79,8 +82,12 @@ class Measured:
 
 @dataclass(frozen=True)
 class VnVReport:
+    """Both choices' runs; `how` they were measured ("in-process", or the testbed and its link), with notes."""
+
     baseline: Measured
     advanced: Measured
+    how: str = "in-process"
+    notes: tuple[str, ...] = ()
 
     @property
     def saving(self) -> float:
@@ -101,7 +108,8 @@ class VnVReport:
         return self.accuracy_diff <= ACCURACY_TARGET
 
     def to_json(self) -> dict:
-        return {"images": len(self.baseline.seconds), "t_b": self.baseline.to_json(), "t_a": self.advanced.to_json(),
+        return {"images": len(self.baseline.seconds), "measured": self.how, "notes": list(self.notes),
+                "t_b": self.baseline.to_json(), "t_a": self.advanced.to_json(),
                 "saving": self.saving, "accuracy_diff": self.accuracy_diff,
                 "criteria": {"saving_min": SAVING_TARGET, "accuracy_diff_max": ACCURACY_TARGET},
                 "saving_pass": self.saving_pass, "accuracy_pass": self.accuracy_pass,
@@ -110,7 +118,11 @@ class VnVReport:
 
 def wire_bytes(link: Link, payload: int) -> int:
     """Bytes one message of `payload` bytes puts on the link (as `search.latency.LatencyModel.wire_bytes`)."""
-    frame = payload + link.message_bytes
+    return frame_on_wire(link, payload + link.message_bytes)
+
+
+def frame_on_wire(link: Link, frame: int) -> int:
+    """Bytes a frame of `frame` bytes (header included) puts on the link: plus the transport headers per segment."""
     return frame + (link.packet_bytes * max(1, math.ceil(frame / link.mss)) if link.packet_bytes else 0)
 
 
@@ -172,31 +184,50 @@ def _with_topk(logits, top_k):
 def measure(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], config: RunConfig) -> VnVReport:
     """Run both choices image by image over the first `config.images` test images (see the module doc)."""
     import torch
-    from tqdm import tqdm
 
     from data import load_splits
     from database.slowdown import KeepWarm
     torch.set_num_threads(1)  # as profiled: the edge's dilation counts this thread's CPU time only
-    runs, tests = [], []
+    runs = []
     for app, scheme in (baseline, advanced):
-        runs.append(runner(app, scheme, config))
         test = load_splits(app)[1]
-        if len(test) < config.images:
-            raise CoInferError(f"app {app.name} has {len(test)} test images, fewer than --images {config.images}")
-        tests.append(test)
-    results: list[list[tuple]] = [[], []]
+        check_images(app.name, len(test), config.images)
+        runs.append(_in_process(runner(app, scheme, config), test))
     with torch.no_grad(), (KeepWarm() if config.keep_warm else contextlib.nullcontext()):
-        for k in (0, 1):
-            for i in range(config.warmup):
-                runs[k](tests[k][i][0].unsqueeze(0))
-        for i in tqdm(range(config.images), desc="VnV images", disable=not config.progress):
-            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-                x, y = tests[k][i]
-                pred, edge, link, cloud, wire = runs[k](x.unsqueeze(0))
-                results[k].append((edge + link + cloud, pred == int(y), edge, link, cloud, wire))
-    out = []
-    for (app, scheme), rows in zip((baseline, advanced), results):
-        out.append(Measured(app.name, scheme, tuple(r[0] for r in rows), tuple(r[1] for r in rows),
-                            statistics.median(r[2] for r in rows), statistics.median(r[3] for r in rows),
-                            statistics.median(r[4] for r in rows), int(statistics.median(r[5] for r in rows))))
-    return VnVReport(*out)
+        rows = alternate(runs, config)
+    return VnVReport(summarise(baseline, rows[0]), summarise(advanced, rows[1]))
+
+
+def _in_process(run: Callable, test) -> Callable[[int], tuple]:
+    def row(i: int) -> tuple:
+        x, y = test[i]
+        pred, edge, link, cloud, wire = run(x.unsqueeze(0))
+        return edge + link + cloud, pred == int(y), edge, link, cloud, wire
+    return row
+
+
+def check_images(app: str, available: int, images: int) -> None:
+    if available < images:
+        raise CoInferError(f"app {app} has {available} test images, fewer than --images {images}")
+
+
+def alternate(runs: list[Callable[[int], tuple]], config: RunConfig) -> list[list[tuple]]:
+    """`config.warmup` images of each run, then test images 0..n-1 through both, alternating image by image (and
+    which goes first). `runs[k](i)` -> (seconds, top-1 right, edge s, link s, cloud s, wire bytes) of image i."""
+    from tqdm import tqdm
+    for run in runs:
+        for i in range(config.warmup):
+            run(i)
+    results: list[list[tuple]] = [[] for _ in runs]
+    for i in tqdm(range(config.images), desc="VnV images", disable=not config.progress):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            results[k].append(runs[k](i))
+    return results
+
+
+def summarise(choice: tuple[App, Scheme], rows: list[tuple]) -> Measured:
+    """One choice's `alternate` rows as `Measured`: per image seconds and top-1, the stages' medians."""
+    app, scheme = choice
+    return Measured(app.name, scheme, tuple(r[0] for r in rows), tuple(r[1] for r in rows),
+                    statistics.median(r[2] for r in rows), statistics.median(r[3] for r in rows),
+                    statistics.median(r[4] for r in rows), int(statistics.median(r[5] for r in rows)))
