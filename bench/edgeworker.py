@@ -16,7 +16,7 @@ Commands (one JSON object a line):
         before request `pause_at` it says {"paused": i} and waits for a line on stdin
     {"op": "infer", "scheme": "4,12,3", "index": 7}
         -> {"index": 7, "label": y, "classes": [top-1 class], "timings": Timings as a dict}: test image 7 of the
-        app's test split (index 0.. as `data.load_splits` orders it) as one request (runtime.vnv_testbed)
+        app's test split (index 0.. as `data.load_splits` orders it) as one request (bench.vnv_testbed)
     {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
     {"op": "quit"}
 """

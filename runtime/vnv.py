@@ -18,7 +18,7 @@ out of idle meanwhile (`database.slowdown.KeepWarm`), as when profiling.
     saving Δt       (1/n) Σ (t_b − t_a) / t_b                         PASS when >= 20 %
     accuracy diff   top-1(greedy) − top-1(budgeted) over the n images  PASS when <= 10 %
 
-`runtime.vnv_testbed.measure_testbed` runs the same two choices over the real split runtime on the
+`bench.vnv_testbed.measure_testbed` runs the same two choices over the real split runtime on the
 testbed instead (`select_model.py --testbed`) and returns the same `VnVReport`, its `how` saying so.
 """
 

@@ -34,9 +34,9 @@ def measure_testbed(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], 
     """Both choices over the testbed (see the module doc). `refs`: app name -> the name or YAML path the cloud
     and edge processes load it from (default: the name, a shipped app)."""
     from bench.edgeworker import EdgeWorker
+    from runtime.protocol import Hello, ProtocolError, encode
     from runtime.testbed import Testbed, TestbedConfig
     from runtime.weights import scheme_model
-    from runtime.protocol import Hello, ProtocolError, encode
     choices = (baseline, advanced)
     for app, scheme in choices:
         try:  # a name the protocol cannot carry fails here, not in an edge worker after the testbed is up
