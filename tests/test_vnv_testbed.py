@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_tiny_app
 
 from apps import REPO_ROOT
 from bench.vnv_testbed import measure_testbed
@@ -31,12 +32,25 @@ def schemes_dir(tmp_path, monkeypatch):
     clear_cache()
 
 
+@pytest.fixture(scope="module")
+def other_tiny_app_path(tmp_path_factory) -> str:
+    """A second tiny digits app (another name, its own checkpoint): the two choices are two apps."""
+    from models.train import main as train_main
+    path = write_tiny_app(tmp_path_factory.mktemp("tiny2"), name="tiny2_digits")
+    train_main(["--app", str(path)])
+    return str(path)
+
+
 def test_testbed_runs_both_choices_image_by_image_and_agrees_with_in_process_predictions(tiny_app, tiny_app_path,
+                                                                                         other_tiny_app_path,
                                                                                          schemes_dir):
+    from apps import load_app
     n = 4
-    choices = ((tiny_app, Scheme.ALL_EDGE), (tiny_app, Scheme.ALL_CLOUD))
+    other = load_app(other_tiny_app_path)
+    choices = ((tiny_app, Scheme.ALL_EDGE), (other, Scheme.ALL_CLOUD))  # one edge worker each, one cloud for both
     config = RunConfig(0.5, 2.0, n, warmup=1, keep_warm=False, progress=False)
-    report = measure_testbed(*choices, config, refs={tiny_app.name: tiny_app_path})
+    report = measure_testbed(*choices, config, refs={tiny_app.name: tiny_app_path, other.name: other_tiny_app_path})
+    assert (report.baseline.app, report.advanced.app) == ("tiny_digits", "tiny2_digits")
     assert report.how == f"testbed: {LINK} at 2 Mbps, edge at speed 0.5"
     edge, cloud = report.baseline, report.advanced
     for m in (edge, cloud):
@@ -44,7 +58,7 @@ def test_testbed_runs_both_choices_image_by_image_and_agrees_with_in_process_pre
         assert 0 <= m.accuracy <= 1
     assert edge.link_s == edge.cloud_s == 0 and edge.wire_bytes == 0  # all-edge: no request goes out
     assert cloud.link_s > 0 and cloud.cloud_s > 0 and cloud.edge_s > 0
-    assert cloud.wire_bytes >= frame_on_wire(tiny_app.link, tiny_app.raw_input_bytes)  # the 8-bit image and more
+    assert cloud.wire_bytes >= frame_on_wire(other.link, other.raw_input_bytes)  # the 8-bit image and more
     # the same images through the same models: the in-process path gets the same right and wrong answers
     local = measure(*choices, RunConfig(None, 2.0, n, warmup=0, keep_warm=False, progress=False))
     assert local.how == "in-process"
