@@ -19,6 +19,8 @@ from apps.errors import CoInferError
 # a name stored in the database and used in file and cgroup names: no path separators, no dots first
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+APP_NAME_CHARS = 16  # an app's name travels in every runtime frame's 16-byte field (runtime/protocol.py)
+AppName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=APP_NAME_CHARS)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 MAX_INPUT_SIZE = 1024  # pixels a side: 224 is the paper's; 1024 x 1024 x 3 floats is 12 MB an image
 SEED_MAX = 2**32 - 1
@@ -98,7 +100,7 @@ class AppSpec(BaseModel):
     """A whole app YAML; unknown top-level keys are kept (`App.extra`)."""
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-    name: Name
+    name: AppName
     model: ModelSpec
     dataset: DatasetSpec
     train: TrainSpec = TrainSpec()

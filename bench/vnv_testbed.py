@@ -34,15 +34,10 @@ def measure_testbed(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], 
     """Both choices over the testbed (see the module doc). `refs`: app name -> the name or YAML path the cloud
     and edge processes load it from (default: the name, a shipped app)."""
     from bench.edgeworker import EdgeWorker
-    from runtime.protocol import Hello, ProtocolError, encode
     from runtime.testbed import Testbed, TestbedConfig
     from runtime.weights import scheme_model
     choices = (baseline, advanced)
     for app, scheme in choices:
-        try:  # a name the protocol cannot carry fails here, not in an edge worker after the testbed is up
-            encode(Hello(app.name, b"", 0))
-        except ProtocolError as exc:
-            raise CoInferError(f"app {app.name} cannot run on the runtime: {exc}") from None
         if scheme.is_split:
             scheme_model(app, scheme)
     ref = {app.name: (refs or {}).get(app.name, app.name) for app, _ in choices}  # one edge worker per app

@@ -29,7 +29,7 @@ from pathlib import Path
 from apps.errors import ArgParser, CoInferError, run_cli
 from bench.plots import OUT, save_figure
 
-DEFAULT_APPS = ("vgg16_digits", "resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_v2_digits")
+DEFAULT_APPS = ("vgg16_digits", "resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def write(tmp_path, section: str | None, key: str, value) -> str:
     ("model", "arch", "resnet", "model.arch"),
     ("train", "epochs", "10", "train.epochs"),
     (None, "name", "../x", "name"),
+    (None, "name", "mobilenet_v2_digits", "name"),  # 19 characters: more than a runtime frame carries
     (None, "raw_input_bytes", -1, "raw_input_bytes"),
     (None, "link", {"mss": 0}, "link.mss"),
 ])
@@ -66,3 +67,13 @@ def test_shipped_apps_load_unchanged() -> None:
     assert (app.protocol.epochs, app.protocol.batch_size, app.edge_cpu_quota, app.link.mss) == (1, 64, 0.125, 1448)
     assert app.dataset == {"name": "digits", "test_size": 600, "split_seed": 0} and app.extra == {}
     assert load_app("vgg16_cars").num_classes == 196
+
+
+def test_every_app_name_fits_the_runtime_protocol() -> None:
+    """The schema's limit is the protocol's app field, and every shipped app fits it."""
+    from apps import available_apps, load_app
+    from apps.schema import APP_NAME_CHARS
+    from runtime.protocol import APP_NAME_BYTES, HEADER, Hello, encode, parse_header
+    assert APP_NAME_CHARS == APP_NAME_BYTES
+    for name in available_apps():
+        assert parse_header(encode(Hello(load_app(name).name, b"", 0))[:HEADER.size]).app == name

@@ -22,7 +22,7 @@ from models.build import app_points, build_model
 from models.graph import GraphModel
 from models.splittable import Splittable
 
-ZOO_APPS = ["resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_v2_digits"]
+ZOO_APPS = ["resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits"]
 
 
 def untrained(name: str) -> GraphModel:
@@ -58,7 +58,7 @@ def test_zoo_points_are_block_outputs() -> None:
     r18 = [pt.name for pt in app_points(load_app("resnet18_digits"))]
     assert r18 == ["maxpool", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0",
                    "avgpool"]
-    mb = app_points(load_app("mobilenet_v2_digits"))
+    mb = app_points(load_app("mobilenet_digits"))
     assert [pt.name for pt in mb[:3]] == ["features.0", "features.1", "features.2"] and len(mb) == 19
 
 

@@ -12,7 +12,7 @@ from apps import REPO_ROOT, load_app
 from models.build import load_base_model
 
 SHIPPED = REPO_ROOT / "database" / "coinfer.sqlite"
-ZOO_APPS = ["resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_v2_digits"]
+ZOO_APPS = ["resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits"]
 QUERIES = [("latency", ["-accuracy_loss", "0.01", "-bandwidth", "1"]),
            ("accuracy", ["-latency", "0.6", "-bandwidth", "1"])]
 
