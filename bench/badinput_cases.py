@@ -139,7 +139,8 @@ def tool_cases() -> list[Case]:
     """Model selection, the build status, the latency predictor and profile files."""
     sm = "select_model.py"
     base = ("--bandwidth", "1", "--select-only", "--storage", "{db}")
-    out = [_c(sm, "--bogus", fast=True), _c(sm, "--select-only", "--storage", "{db}", label="no --bandwidth")]
+    out = [_c(sm, "--bandwidth", "1", "--bogus", fast=True),
+           _c(sm, "--select-only", "--storage", "{db}", label="no --bandwidth")]
     for opt, values in (("--bandwidth", ("nan", "0", "-1", "x")), ("--accuracy-budget", ("inf", "0", "1.5")),
                         ("--images", ("-1", "0", "x")), ("--apps", ("nope", "vgg16_digits,", "", "{app}")),
                         ("--edge", ("nowhere",)), ("--cloud", ("../x",)), ("--devices", ("{tmp}/missing.yml",))):
@@ -152,7 +153,7 @@ def tool_cases() -> list[Case]:
     out += [_c(st, "--storage", "{db}", "--queue", url)
             for url in ("nosuchdialect://x/y", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "sqlite:///{tmp}/corrupt.sqlite")]
     pd = "database.predictor"
-    out += [_c(pd, "--bogus"), _c(pd, "--device", "quarter-edge", label="no action"),
+    out += [_c(pd, "fit", "--device", "quarter-edge", "--bogus"), _c(pd, "--device", "quarter-edge", label="no action"),
             _c(pd, "fit", label="no --device", fast=True), _c(pd, "explode", "--device", "quarter-edge"),
             _c(pd, "predict", "--device", "nowhere", "--storage", "{db}"),
             _c(pd, "predict", "--device", "quarter-edge", "--app", "nope", "--storage", "{db}"),
@@ -166,7 +167,8 @@ def tool_cases() -> list[Case]:
     out += [_c(pd, "fit", "--device", "quarter-edge", "--storage", url) for url in STORAGE_URLS[2:]]
     pf = "database.profiles"
     ex = ("export-profile", "{tmp}/p.json", "--device", "cpu-edge")
-    out += [_c(pf, "--bogus", fast=True), _c(pf, label="no action"), _c(pf, "export-profile", label="no path"),
+    out += [_c(pf, "import-profile", "{tmp}/p.json", "--bogus", fast=True), _c(pf, label="no action"),
+            _c(pf, "export-profile", label="no path"),
             _c(pf, "explode", "{tmp}/p.json"), _c(pf, "export-profile", "{tmp}/p.json", label="no --device"),
             _c(pf, "export-profile", "/nonexistent/dir/p.json", "--device", "cpu-edge", "--storage", "{db}", fast=True),
             _c(pf, "export-profile", "{tmp}", "--device", "cpu-edge", "--storage", "{db}", label="export to a folder"),
@@ -175,7 +177,7 @@ def tool_cases() -> list[Case]:
     out += [_c(pf, *ex, "--storage", url) for url in STORAGE_URLS]
     row = '{"side": "edge", "point": 1, "channels": 1, "median_s": 0.1, "p90_s": null, "n": 1}'
     for label, text in (("json: garbage", "{not json"), ("json: a list", "[1, 2]"), ("json: binary", b"\xff\xfe\x00"),
-                        ("no rows", '{"format": "coinfer-latency-profile/1", "app": "a", "device": "d"}'),
+                        ("keys missing", '{"format": "coinfer-latency-profile/1", "app": "a", "device": "d"}'),
                         ("row: side", PROFILE.format(row.replace('"edge"', '"middle"'))),
                         ("row: point", PROFILE.format(row.replace('"point": 1', '"point": "x"'))),
                         ("row: median nan", PROFILE.format(row.replace("0.1", "NaN"))),
@@ -218,10 +220,12 @@ FAST_BENCH = {("--workers", "1,x,3"), ("--no-sqlite",), ("--storage", f"postgres
 def bench_cases() -> list[Case]:
     """The benchmarks and the training co-run: every case is refused before any work starts."""
     pg = f"postgresql://u:{SECRET}@127.0.0.1:1/db"
+    csv = ("--out", "{tmp}/p.csv")  # bench.profiler's output
+    train = ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv")
     out = []
     for cli, bads in (
         ("bench.scale", [("--bogus",), ("--workers", "1,x,3"), ("--workers", "0"), ("--workers", ""),
-                         ("--workers", "-1,2"), ("--workers", "100000"), ("--per-worker", "0"),
+                         ("--workers=-1,2",), ("--workers", "100000"), ("--per-worker", "0"),
                          ("--per-worker", "1000000000"), ("--delay", "nan"), ("--delay", "-1"), ("--delay", "1e9"),
                          ("--no-sqlite",), ("--postgres", pg, "--no-sqlite"), ("--postgres", "nosuchdialect://x/y"),
                          ("--postgres", "sqlite:///{tmp}/x.sqlite", "--no-sqlite")]),
@@ -231,29 +235,23 @@ def bench_cases() -> list[Case]:
                        ("--storage", "{tmp}/missing.sqlite"), ("--storage", "{tmp}/corrupt.sqlite"),
                        ("--storage", pg), ("--storage", "{tmp}"), ("--out", "/nonexistent/dir/zoo.png"),
                        ("--out", "{tmp}")]),
-        ("bench.profiler", [("--bogus",), ("--interval", "1"), ("--out", "/nonexistent/dir/p.csv"),
-                            ("--out", "{tmp}"), ("--out", "{tmp}/p.csv", "--interval", "0"),
-                            ("--out", "{tmp}/p.csv", "--interval", "nan"), ("--out", "{tmp}/p.csv", "--duration", "-1"),
-                            ("--out", "{tmp}/p.csv", "--duration", "inf"), ("--out", "{tmp}/p.csv", "--pid", "x"),
-                            ("--out", "{tmp}/p.csv", "--pid", "-1"), ("--out", "{tmp}/p.csv", "--pid", "0"),
-                            ("--out", "{tmp}/p.csv", "--pid", "999999999")]),
+        ("bench.profiler", [(*csv, "--bogus"), ("--interval", "1"), ("--out", "/nonexistent/dir/p.csv"),
+                            ("--out", "{tmp}"), (*csv, "--interval", "0"), (*csv, "--interval", "nan"),
+                            (*csv, "--duration", "-1"), (*csv, "--duration", "inf"), (*csv, "--pid", "x"),
+                            (*csv, "--pid", "-1"), (*csv, "--pid", "0"), (*csv, "--pid", "999999999")]),
         ("bench.flood", [("--bogus",), ("--idle", "0"), ("--idle", "x"), ("--idle-peers", "251"), ("--flooders", "-1"),
                          ("--flood-s", "nan"), ("--flood-s", "0"), ("--flood-rate", "-1"), ("--flood-rate", "inf"),
                          ("--quiet-s", "-1"), ("--interval", "0")]),
         ("bench.studystorage", [("--bogus",), ("--repeats", "0"), ("--repeats", "-1"), ("--repeats", "x"),
                                 ("--repeats", "100000"), ("--postgres", "nosuchdialect://x/y"), ("--postgres", pg),
                                 ("--postgres", "sqlite:///{tmp}/no/such/dir/x.sqlite")]),
-        ("runtime.training", [("--bogus",), ("--progress", "{tmp}/p.csv"), ("--app", "vgg16_digits"),
+        ("runtime.training", [(*train, "--bogus"), ("--progress", "{tmp}/p.csv"), ("--app", "vgg16_digits"),
                               ("--app", "nope", "--progress", "{tmp}/p.csv"),
                               ("--app", "vgg16_digits", "--progress", "/nonexistent/dir/p.csv"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--nice", "-1"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--nice", "20"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--threads", "0"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--interval", "nan"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--interval", "-1"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--sched", "magic"),
-                              ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv", "--parent", "999999999")]),
+                              ("--app", "vgg16_digits", "--progress", "{tmp}"), (*train, "--nice", "-1"),
+                              (*train, "--nice", "20"), (*train, "--threads", "0"), (*train, "--interval", "nan"),
+                              (*train, "--interval", "-1"), (*train, "--sched", "magic"),
+                              (*train, "--parent", "999999999")]),
     ):
         out += [_c(cli, *b, fast=b in FAST_BENCH) for b in bads]
     return out + corun_cases()
@@ -263,7 +261,8 @@ def corun_cases() -> list[Case]:
     cr = "bench.corun"
     client = ("client", "--server", "127.0.0.1:1", "--apps", "vgg16_digits", "--token", "t", "--out", "{tmp}/run")
     run = ("run", "--out", "{tmp}/run", "--no-layouts")
-    out = [_c(cr, label="no command"), _c(cr, "--bogus"), _c(cr, "explode"), _c(cr, "client", "--apps", "vgg16_digits"),
+    out = [_c(cr, label="no command"), _c(cr, *client, "--bogus"), _c(cr, "explode"),
+           _c(cr, "client", "--apps", "vgg16_digits"),
            _c(cr, "report", label="report: no folder"), _c(cr, "report", "/nonexistent/run", fast=True),
            _c(cr, "report", "{tmp}", label="report: not a run folder"),
            _c(cr, "report", "{tmp}/coinfer.sqlite", label="report: a file")]
