@@ -27,6 +27,8 @@ def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False) -> C
     return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast)
 
 
+PROFILE = ('{{"format": "coinfer-latency-profile/1", "app": "vgg16_digits", "device": "cpu-edge", "fingerprint": {{}}, '
+           '"rows": [{}]}}')  # database.profiles' file, its rows filled in
 STORAGE_URLS = [
     "sqlite:///typo.sqlite", "sqlite:///{tmp}/no/such/dir/x.sqlite", "nosuchdialect://x/y", "",
     f"postgresql://user:{SECRET}@127.0.0.1:1/db", f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db",
@@ -133,6 +135,61 @@ _c(sh, "--app", "{app}", "--storage", "{db}", label="bad app yaml", app="name: [
     return out
 
 
+def tool_cases() -> list[Case]:
+    """Model selection, the build status, the latency predictor and profile files."""
+    sm = "select_model.py"
+    base = ("--bandwidth", "1", "--select-only", "--storage", "{db}")
+    out = [_c(sm, "--bandwidth", "1", "--bogus", fast=True),
+           _c(sm, "--select-only", "--storage", "{db}", label="no --bandwidth")]
+    for opt, values in (("--bandwidth", ("nan", "0", "-1", "x")), ("--accuracy-budget", ("inf", "0", "1.5")),
+                        ("--images", ("-1", "0", "x")), ("--apps", ("nope", "vgg16_digits,", "", "{app}")),
+                        ("--edge", ("nowhere",)), ("--cloud", ("../x",)), ("--devices", ("{tmp}/missing.yml",))):
+        out += [_c(sm, *base, opt, v, fast=(opt, v) == ("--apps", "nope"),
+                   app="name: [x\n" if v == "{app}" else None) for v in values]
+    out += [_c(sm, "--bandwidth", "1", "--select-only", "--storage", url) for url in STORAGE_URLS]
+    st = "database.status"
+    out += [_c(st, "--bogus"), _c(st, "--storage", "{db}", label="no build queue", fast=True)]
+    out += [_c(st, "--storage", url) for url in STORAGE_URLS]
+    out += [_c(st, "--storage", "{db}", "--queue", url)
+            for url in ("nosuchdialect://x/y", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "sqlite:///{tmp}/corrupt.sqlite")]
+    pd = "database.predictor"
+    out += [_c(pd, "fit", "--device", "quarter-edge", "--bogus"), _c(pd, "--device", "quarter-edge", label="no action"),
+            _c(pd, "fit", label="no --device", fast=True), _c(pd, "explode", "--device", "quarter-edge"),
+            _c(pd, "predict", "--device", "nowhere", "--storage", "{db}"),
+            _c(pd, "predict", "--device", "quarter-edge", "--app", "nope", "--storage", "{db}"),
+            _c(pd, "predict", "--device", "quarter-edge", "--storage", "sqlite:///typo.sqlite",
+               label="predict from a missing database"),
+            _c(pd, "fit", "--device", "quarter-edge", "--apps", "vgg16_digits,nope", "--storage", "{db}")]
+    for opt, values in (("--sweep", ("0", "-1", "x", "100000")), ("--runs", ("0", "x")), ("--regressor", ("magic",)),
+                        ("--side", ("middle",))):
+        out += [_c(pd, "fit", "--device", "quarter-edge", opt, v, "--storage", "{db}", fast=v == "100000")
+                for v in values]
+    out += [_c(pd, "fit", "--device", "quarter-edge", "--storage", url) for url in STORAGE_URLS[2:]]
+    pf = "database.profiles"
+    ex = ("export-profile", "{tmp}/p.json", "--device", "cpu-edge")
+    out += [_c(pf, "import-profile", "{tmp}/p.json", "--bogus", fast=True), _c(pf, label="no action"),
+            _c(pf, "export-profile", label="no path"),
+            _c(pf, "explode", "{tmp}/p.json"), _c(pf, "export-profile", "{tmp}/p.json", label="no --device"),
+            _c(pf, "export-profile", "/nonexistent/dir/p.json", "--device", "cpu-edge", "--storage", "{db}", fast=True),
+            _c(pf, "export-profile", "{tmp}", "--device", "cpu-edge", "--storage", "{db}", label="export to a folder"),
+            _c(pf, *ex, "--device", "nowhere", "--storage", "{db}"), _c(pf, *ex, "--app", "nope", "--storage", "{db}"),
+            _c(pf, "import-profile", "/nonexistent.json", "--storage", "{db}")]
+    out += [_c(pf, *ex, "--storage", url) for url in STORAGE_URLS]
+    row = '{"side": "edge", "point": 1, "channels": 1, "median_s": 0.1, "p90_s": null, "n": 1}'
+    for label, text in (("json: garbage", "{not json"), ("json: a list", "[1, 2]"), ("json: binary", b"\xff\xfe\x00"),
+                        ("keys missing", '{"format": "coinfer-latency-profile/1", "app": "a", "device": "d"}'),
+                        ("row: side", PROFILE.format(row.replace('"edge"', '"middle"'))),
+                        ("row: point", PROFILE.format(row.replace('"point": 1', '"point": "x"'))),
+                        ("row: median nan", PROFILE.format(row.replace("0.1", "NaN"))),
+                        ("row: negative median", PROFILE.format(row.replace("0.1", "-0.1"))),
+                        ("row: a string", PROFILE.format('"x"')),
+                        ("app name", PROFILE.format(row).replace("vgg16_digits", "a b")),
+                        ("device name", PROFILE.format(row).replace('"cpu-edge"', '"../x"'))):
+        out.append(_c(pf, "import-profile", "{app}", "--storage", "{db}", label=f"import {label}", app=text,
+                      fast=label == "row: point"))
+    return out
+
+
 def runtime_cases() -> list[Case]:
     out = []
     for cli, bads in (
@@ -153,6 +210,74 @@ def runtime_cases() -> list[Case]:
                       ("bench.adaptivity", [("--bogus",), ("--quotas", "inf"), ("--n", "x")]),
                       ("bench.badinput", [("--bogus",), ("--jobs", "0"), ("--timeout", "nan")])):
         out += [_c(cli, *b, fast=cli == "bench.fuzz" and b == ("--hang-ms", "nan")) for b in bads]
+    return out
+
+FAST_BENCH = {("--workers", "1,x,3"), ("--no-sqlite",), ("--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"),
+              ("--out", "/nonexistent/dir/p.csv"), ("--flood-s", "nan"), ("--repeats", "0"),
+              ("--app", "vgg16_digits", "--progress", "/nonexistent/dir/p.csv")}
+
+
+def bench_cases() -> list[Case]:
+    """The benchmarks and the training co-run: every case is refused before any work starts."""
+    pg = f"postgresql://u:{SECRET}@127.0.0.1:1/db"
+    csv = ("--out", "{tmp}/p.csv")  # bench.profiler's output
+    train = ("--app", "vgg16_digits", "--progress", "{tmp}/p.csv")
+    out = []
+    for cli, bads in (
+        ("bench.scale", [("--bogus",), ("--workers", "1,x,3"), ("--workers", "0"), ("--workers", ""),
+                         ("--workers=-1,2",), ("--workers", "100000"), ("--per-worker", "0"),
+                         ("--per-worker", "1000000000"), ("--delay", "nan"), ("--delay", "-1"), ("--delay", "1e9"),
+                         ("--no-sqlite",), ("--postgres", pg, "--no-sqlite"), ("--postgres", "nosuchdialect://x/y"),
+                         ("--postgres", "sqlite:///{tmp}/x.sqlite", "--no-sqlite")]),
+        ("bench.zoo", [("--bogus",), ("--bandwidth", "nan"), ("--bandwidth", "0"), ("--accuracy-loss", "1"),
+                       ("--accuracy-loss", "-0.1"), ("--apps", "nope"), ("--apps", ","),
+                       ("--apps", "vgg16_digits,nope"),
+                       ("--storage", "{tmp}/missing.sqlite"), ("--storage", "{tmp}/corrupt.sqlite"),
+                       ("--storage", pg), ("--storage", "{tmp}"), ("--out", "/nonexistent/dir/zoo.png"),
+                       ("--out", "{tmp}")]),
+        ("bench.profiler", [(*csv, "--bogus"), ("--interval", "1"), ("--out", "/nonexistent/dir/p.csv"),
+                            ("--out", "{tmp}"), (*csv, "--interval", "0"), (*csv, "--interval", "nan"),
+                            (*csv, "--duration", "-1"), (*csv, "--duration", "inf"), (*csv, "--pid", "x"),
+                            (*csv, "--pid", "-1"), (*csv, "--pid", "0"), (*csv, "--pid", "999999999")]),
+        ("bench.flood", [("--bogus",), ("--idle", "0"), ("--idle", "x"), ("--idle-peers", "251"), ("--flooders", "-1"),
+                         ("--flood-s", "nan"), ("--flood-s", "0"), ("--flood-rate", "-1"), ("--flood-rate", "inf"),
+                         ("--quiet-s", "-1"), ("--interval", "0")]),
+        ("bench.studystorage", [("--bogus",), ("--repeats", "0"), ("--repeats", "-1"), ("--repeats", "x"),
+                                ("--repeats", "100000"), ("--postgres", "nosuchdialect://x/y"), ("--postgres", pg),
+                                ("--postgres", "sqlite:///{tmp}/no/such/dir/x.sqlite")]),
+        ("runtime.training", [(*train, "--bogus"), ("--progress", "{tmp}/p.csv"), ("--app", "vgg16_digits"),
+                              ("--app", "nope", "--progress", "{tmp}/p.csv"),
+                              ("--app", "vgg16_digits", "--progress", "/nonexistent/dir/p.csv"),
+                              ("--app", "vgg16_digits", "--progress", "{tmp}"), (*train, "--nice", "-1"),
+                              (*train, "--nice", "20"), (*train, "--threads", "0"), (*train, "--interval", "nan"),
+                              (*train, "--interval", "-1"), (*train, "--sched", "magic"),
+                              (*train, "--parent", "999999999")]),
+    ):
+        out += [_c(cli, *b, fast=b in FAST_BENCH) for b in bads]
+    return out + corun_cases()
+
+
+def corun_cases() -> list[Case]:
+    cr = "bench.corun"
+    client = ("client", "--server", "127.0.0.1:1", "--apps", "vgg16_digits", "--token", "t", "--out", "{tmp}/run")
+    run = ("run", "--out", "{tmp}/run", "--no-layouts")
+    out = [_c(cr, label="no command"), _c(cr, *client, "--bogus"), _c(cr, "explode"),
+           _c(cr, "client", "--apps", "vgg16_digits"),
+           _c(cr, "report", label="report: no folder"), _c(cr, "report", "/nonexistent/run", fast=True),
+           _c(cr, "report", "{tmp}", label="report: not a run folder"),
+           _c(cr, "report", "{tmp}/coinfer.sqlite", label="report: a file")]
+    for opt, values in (("--server", ("x", "127.0.0.1:99999", "nope=127.0.0.1:1")),
+                        ("--apps", ("nope", "", "vgg16_digits,,x")),
+                        ("--clients", ("1,x,3", "0", "")), ("--mode", ("magic",)), ("--rate", ("0", "nan")),
+                        ("--duration", ("-1",)), ("--images", ("0",)), ("--timeout", ("inf",)), ("--seed", ("x",)),
+                        ("--scheme", ("99,1,1", "nope=4,16,4", "x")), ("--out", ("{tmp}/coinfer.sqlite",))):
+        out += [_c(cr, *client, opt, v, fast=(opt, v) == ("--clients", "1,x,3")) for v in values]
+    for opt, values in (("--duration", ("0", "nan")), ("--clients", ("1,x", "-1")), ("--modes", ("magic",)),
+                        ("--layout-rounds", ("0",)), ("--apps", ("nope",)), ("--load", ("2", "0")),
+                        ("--batch-images", ("0",)), ("--batch-wait-ms", ("-1",)), ("--layout", ("magic",)),
+                        ("--cells", ("magic",)), ("--schemes", ("99,1,1", "x", "4,16,4;4,16,4")),
+                        ("--twin-scheme", ("99,1,1",)), ("--train", ("nope",)), ("--out", ("{tmp}/coinfer.sqlite",))):
+        out += [_c(cr, *run, opt, v, fast=(opt, v) == ("--schemes", "99,1,1")) for v in values]
     return out
 
 
@@ -240,4 +365,4 @@ def schema_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return search_cases() + database_cases() + runtime_cases() + schema_cases()
+    return search_cases() + database_cases() + tool_cases() + runtime_cases() + bench_cases() + schema_cases()

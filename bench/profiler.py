@@ -47,6 +47,9 @@ class ProfilerConfig:
             raise CoInferError(f"--duration must be positive, got {self.duration}")
         if not self.roots:
             raise CoInferError("no process to watch")
+        import psutil
+        if gone := [pid for pid in self.roots if pid < 1 or not psutil.pid_exists(pid)]:
+            raise CoInferError(f"--pid {gone[0]}: no such process")
 
 
 def process_name(proc) -> str:

@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import uuid
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, mask_url, run_cli
 
 HEARTBEAT_S, GRACE_S = 5.0, 30.0
 
@@ -40,6 +40,24 @@ HEARTBEAT_S, GRACE_S = 5.0, 30.0
 def p95(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def check_server(server: str) -> None:
+    """One CoInferError line (the password masked) unless `server` is a PostgreSQL server this process can reach."""
+    import sqlalchemy as sa
+    try:
+        url = sa.engine.make_url(server)
+    except sa.exc.ArgumentError:
+        raise CoInferError(f"--postgres {mask_url(server)!r}: not a SQLAlchemy URL") from None
+    if url.get_backend_name() != "postgresql":
+        raise CoInferError(f"--postgres {mask_url(server)!r}: not a PostgreSQL URL")
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # SQLAlchemy / driver errors
+        raise CoInferError(f"cannot reach PostgreSQL server {mask_url(server)}: {type(exc).__name__}") from None
 
 
 def fresh_postgres(server: str) -> tuple[str, callable]:
@@ -143,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         counts = sorted({int(x) for x in args.workers.split(",")})
     except ValueError:
         raise CoInferError(f"--workers {args.workers!r}: expected counts like 1,2,4,8") from None
-    if not counts or counts[0] < 1 or args.per_worker < 1 or args.delay < 0:
-        raise CoInferError("worker counts and --per-worker must be >= 1, --delay >= 0")
+    if not counts or counts[0] < 1 or counts[-1] > 64 or not 1 <= args.per_worker <= 1000 or not 0 <= args.delay <= 60:
+        raise CoInferError("worker counts must be in 1..64, --per-worker in 1..1000, --delay in 0..60 seconds")
     kinds = ([] if args.no_sqlite else ["sqlite"]) + (["postgresql"] if args.postgres else [])
     if not kinds:
         raise CoInferError("nothing to measure: --no-sqlite without --postgres")
+    if args.postgres:
+        check_server(args.postgres)  # before any run: a bad URL fails in a second, not after the SQLite runs
     if not args.json:
         print(f"bench.scale: builds of N x {args.per_worker} schemes with N in {counts} forked workers, the synthetic "
               f"evaluator sleeping {args.delay:g} s a scheme, heartbeat {HEARTBEAT_S:g} s; storages {kinds} "

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 
-from apps.errors import ArgParser, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
 
 POINTS = [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
 
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", default=os.environ.get("COINFER_TEST_POSTGRES"),
                     help="SQLAlchemy URL of a PostgreSQL database to use (default: $COINFER_TEST_POSTGRES)")
     args = ap.parse_args(argv)
+    if not 1 <= args.repeats <= 100:
+        raise CoInferError(f"--repeats must be in 1..100, got {args.repeats}")
+    if args.postgres:
+        from search.study import make_storage
+        make_storage(args.postgres)  # a bad URL fails here, not after the other storages' rounds
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = tempfile.mkdtemp(prefix="coinfer-studystorage-")

@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, mask_url, run_cli
 from bench.plots import OUT, save_figure
 
 DEFAULT_APPS = ("vgg16_digits", "resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits")
@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     apps = [load_app(a.strip()) for a in args.apps.split(",") if a.strip()]
     if not apps:
         raise CoInferError("--apps names no app")
-    source = Path(args.storage or DEFAULT_STORAGE.removeprefix("sqlite:///"))
+    storage = args.storage or DEFAULT_STORAGE
+    if "://" in storage and not storage.startswith("sqlite:///"):
+        raise CoInferError(f"--storage {mask_url(storage)!r}: bench.zoo reads an SQLite file")
+    source = Path(storage.removeprefix("sqlite:///"))
     if not source.is_file():
         raise CoInferError(f"database file not found: {source}")
     import torch
@@ -169,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     from database.store import Store
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "zoo.sqlite"
-        with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
-            src.backup(dst)
+        try:
+            with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)
+        except sqlite3.DatabaseError as exc:
+            raise CoInferError(f"cannot read database {source}: {exc}") from None
         store = Store(str(copy))
         rows = zoo_rows(store, apps, args.bandwidth, args.accuracy_loss, args.fit,
                         sys.stderr.isatty() and not args.json)

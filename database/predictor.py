@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     side = args.side or spec.side
     sides = ("edge", "cloud") if side == "both" else (side,)
-    store = Store(args.storage)
+    store = Store(args.storage, create=False)  # the device's layer samples are in an existing database
     predictor = LatencyPredictor.fit(fitted_samples(store, spec.name), config)
     store.check_writable()
     rows = store_predicted(store, app, spec.name, sides, predictor, args.replace)

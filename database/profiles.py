@@ -14,12 +14,13 @@ machines (edge here, cloud there) keeps the first fingerprint and records the ot
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 from pathlib import Path
 
 from apps import DEFAULT_APP
-from apps.errors import CoInferError, run_cli
+from apps.errors import ArgParser, CoInferError, run_cli
+from apps.schema import check_name
 
 FORMAT = "coinfer-latency-profile/1"
 ROW_KEYS = ("side", "point", "channels", "median_s", "p90_s", "n")
@@ -38,11 +39,27 @@ def export_profile(store, app: str, device: str) -> dict:
             "rows": [{k: getattr(r, k) for k in ROW_KEYS} for r in rows]}
 
 
+def _good_row(row) -> bool:
+    """A row with every key: side edge or cloud, integer point (-1: all-cloud), channels and n, a finite positive
+    median and p90 (or null)."""
+    def integer(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def seconds(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return (isinstance(row, dict) and not set(ROW_KEYS) - set(row) and row["side"] in ("edge", "cloud")
+            and integer(row["point"]) and row["point"] >= -1 and integer(row["channels"]) and row["channels"] >= 0
+            and integer(row["n"]) and row["n"] >= 1 and seconds(row["median_s"])
+            and (row["p90_s"] is None or seconds(row["p90_s"])))
+
+
 def read_profile(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise CoInferError(f"cannot read profile {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CoInferError(f"profile {path} is not a text file") from None
     except json.JSONDecodeError as exc:
         raise CoInferError(f"profile {path} is not valid JSON (line {exc.lineno})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -50,9 +67,14 @@ def read_profile(path: Path) -> dict:
     for key in ("app", "device", "fingerprint", "rows"):
         if key not in data:
             raise CoInferError(f"profile {path} lacks '{key}'")
+    check_name(data["app"], f"profile {path}: app")
+    check_name(data["device"], f"profile {path}: device")
+    if not isinstance(data["fingerprint"], dict) or not isinstance(data["rows"], list):
+        raise CoInferError(f"profile {path}: fingerprint must be a mapping and rows a list")
     for i, row in enumerate(data["rows"]):
-        if not isinstance(row, dict) or set(ROW_KEYS) - set(row) or row["side"] not in ("edge", "cloud"):
-            raise CoInferError(f"profile {path}: row {i} must hold {', '.join(ROW_KEYS)} with side edge or cloud")
+        if not _good_row(row):
+            raise CoInferError(f"profile {path}: row {i} must hold {', '.join(ROW_KEYS)} with side edge or cloud, "
+                               "integer point, channels and n, and positive finite seconds")
     return data
 
 
@@ -88,8 +110,8 @@ def import_profile(store, data: dict, replace: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m database.profiles",
-                                 description="Export / import a device's latency profile as a JSON file.")
+    ap = ArgParser(prog="python -m database.profiles",
+                   description="Export / import a device's latency profile as a JSON file.")
     ap.add_argument("action", choices=["export-profile", "import-profile"])
     ap.add_argument("path", type=Path, help="the profile file (written by export-profile, read by import-profile)")
     ap.add_argument("--device", default=None, help="export-profile: the device to export")
@@ -102,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.device:
             raise CoInferError("export-profile needs --device NAME")
         from apps import load_app
+        from apps.outpath import check_output_path
+        check_output_path(args.path, "profile")
         data = export_profile(Store(args.storage, create=False), load_app(args.app).name, args.device)
         args.path.write_text(json.dumps(data, indent=1) + "\n")
         print(f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}")

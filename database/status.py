@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from apps import DEFAULT_STORAGE
     from database.distributed import queue_url
-    storage = args.storage or DEFAULT_STORAGE
+    storage = DEFAULT_STORAGE if args.storage is None else args.storage
     if not storage.strip():
         raise CoInferError("empty storage URL")
     if "://" not in storage:

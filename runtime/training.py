@@ -208,7 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sched", default="idle", help="idle (SCHED_IDLE: only CPU time nothing else wants) or normal")
     ap.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     args = ap.parse_args(argv)
-    run_loop(TrainConfig(args.app, args.nice, args.threads, args.progress, args.interval, args.sched), args.parent)
+    config = TrainConfig(args.app, args.nice, args.threads, args.progress, args.interval, args.sched)
+    if args.parent is not None and args.parent != os.getppid():
+        raise CoInferError(f"--parent {args.parent} is not this process's parent ({os.getppid()})")
+    from apps import load_app
+    from apps.outpath import check_output_path
+    load_app(config.app)
+    check_output_path(config.progress, "progress")
+    run_loop(config, args.parent)
     return 0
 
 

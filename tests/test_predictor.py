@@ -127,6 +127,7 @@ def _cli(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
 
 def test_cli_bad_inputs_are_one_line_and_exit_2(tmp_path):
     db = str(tmp_path / "x.sqlite")
+    Store(db).close()  # predict reads an existing database (a missing one is its own error)
     cases = [("predict", "--device", "no-such-device", "--storage", db),
              ("predict", "--device", "cpu-cloud", "--storage", db),  # known device, nothing fitted
              ("predict", "--device", "cpu-cloud", "--app", "no_such_app", "--storage", db),

@@ -159,8 +159,12 @@ def run(args) -> int:
                     BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3), args.layout, not args.no_layouts,
                     args.layout_rounds, args.seed)
     from apps import load_app
-    for ref in apps + ((args.train,) if args.train else ()):
-        load_app(ref)
+    from bench.corun.payloads import check_sendable
+    from compress.scheme import Scheme
+    loaded = [load_app(ref) for ref in apps + ((args.train,) if args.train else ())]
+    twin = [(loaded[0], args.twin_scheme)] if cfg.twin else []
+    for app, scheme in [*zip(loaded, schemes), *twin]:  # before run_corun writes anything
+        check_sendable(app, Scheme.parse(scheme))
     started = time.perf_counter()
     out = run_corun(cfg, progress=lambda line: print(line, flush=True))
     print(f"done in {time.perf_counter() - started:.0f} s: python -m bench.corun report {out}")

@@ -16,20 +16,27 @@ from bench.corun.load import Payload
 from compress.scheme import Scheme
 
 
+def check_sendable(app: App, scheme: Scheme) -> None:
+    """One CoInferError line unless clients can send `scheme` to `app`'s server: all-cloud, or a split scheme in
+    the app's space (all-edge sends nothing)."""
+    from compress.prune import check_in_space
+    from models.build import app_points
+    if scheme.is_all_edge:
+        raise CoInferError("all-edge sends nothing to the cloud: give a split scheme or all-cloud")
+    if scheme.is_split:
+        check_in_space([pt.channels for pt in app_points(app)], *scheme)
+
+
 def make_payload(app: App, scheme: Scheme, images: int = 32, base=None) -> Payload:
     """The request bodies of `images` test images of `app` under `scheme` (see the module doc)."""
     import torch
 
     from compress import activation
     from compress.model import SchemeModel
-    from compress.prune import check_scheme
     from data import load_splits
     from models.build import load_base_model
-    if scheme.is_all_edge:
-        raise CoInferError("all-edge sends nothing to the cloud: give a split scheme or all-cloud")
+    check_sendable(app, scheme)
     base = base if base is not None else load_base_model(app)
-    if scheme.is_split:
-        check_scheme(base, *scheme)
     _, test = load_splits(app)
     n = min(images, len(test))
     x = torch.stack([test[i][0] for i in range(n)])
