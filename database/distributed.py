@@ -261,14 +261,14 @@ class BuildObjective:
             raise optuna.TrialPruned("nothing open to claim")
         if retry:
             stored = with_retry(lambda: self.store.accuracy_table(self.app, self.protocol, self.seed),
-                                self.config, "read").get(scheme)
+                                self.config).get(scheme)
             if stored is not None:
                 self.report.found_stored += 1
                 return stored
         t0 = time.perf_counter()
         row = self.finetuner.evaluate(scheme, self.seed)
         t1 = time.perf_counter()
-        with_retry(lambda: self.store.put_accuracy([row]), self.config, "write")
+        with_retry(lambda: self.store.put_accuracy([row]), self.config)
         self.report.evaluate_s.append(t1 - t0)
         self.report.write_s.append(time.perf_counter() - t1)
         self.report.evaluated += 1
@@ -285,9 +285,9 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def open_build(config: QueueConfig, name: str) -> optuna.Study:
-    storage = with_retry(lambda: BuildStorage(config), config, "open")
+    storage = with_retry(lambda: BuildStorage(config), config)
     return with_retry(lambda: optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                                  load_if_exists=True), config, "open")
+                                                  load_if_exists=True), config)
 
 
 def record_schemes(study: optuna.Study, schemes: list[Scheme]) -> None:
@@ -307,10 +307,10 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
     report = WorkerReport(worker_id())
     start = time.perf_counter()
     study = open_build(config, name)
-    with_retry(lambda: record_schemes(study, schemes), config, "open")
+    with_retry(lambda: record_schemes(study, schemes), config)
     # the trials before the rows: a trial finished by now wrote its row before it finished
-    history = frozenset(a.number for a in with_retry(lambda: attempts(study), config, "read") if a.state.is_finished())
-    stored = set(with_retry(lambda: store.accuracy_table(app, protocol, seed), config, "read"))
+    history = frozenset(a.number for a in with_retry(lambda: attempts(study), config) if a.state.is_finished())
+    stored = set(with_retry(lambda: store.accuracy_table(app, protocol, seed), config))
     sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker, history=history)
     study.sampler = sampler
     total = len(set(schemes))
@@ -335,11 +335,10 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
                 if not is_db_error(exc):
                     raise
                 report.db_retries += 1
-                with_retry(lambda: study.get_trials(deepcopy=False), config, "reconnect")
+                with_retry(lambda: study.get_trials(deepcopy=False), config)
     finally:
         bar.close()
         report.claim_s = list(sampler.claim_times)
-        report.heartbeat_s = list(study._storage._backend.heartbeat_times) if hasattr(
-            study._storage, "_backend") else []
+        report.heartbeat_s = list(backend(study).heartbeat_times)
         report.wall_s = time.perf_counter() - start
     return report

@@ -90,7 +90,7 @@ def is_db_error(exc: BaseException | None) -> bool:
     return False
 
 
-def with_retry(fn: Callable[[], Any], config: QueueConfig, what: str) -> Any:
+def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:
     """fn(), retried with backoff (0.5 s doubling to 8 s) for up to `retry_db_s` while the
     database is unreachable."""
     deadline, delay = time.monotonic() + config.retry_db_s, 0.5
