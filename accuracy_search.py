@@ -3,7 +3,7 @@
     python accuracy_search.py -latency 0.6 -bandwidth 1
 """
 
-from apps.errors import run_cli
+from cli.run import run_cli
 from search.cli import run
 
 

@@ -3,7 +3,7 @@
     python latency_search.py -accuracy_loss 0.01 -bandwidth 1
 """
 
-from apps.errors import run_cli
+from cli.run import run_cli
 from search.cli import run
 
 

@@ -4,7 +4,7 @@
     python select_model.py --apps resnet18_digits,resnet34_digits,resnet50_digits --bandwidth 1 --testbed
 
 Selection: search/select.py. Measurement: runtime/vnv.py (in this process, the link computed), or with
---testbed bench/vnv_testbed.py (the real split runtime on the testbed, the link shaped by tc tbf).
+--testbed runtime/vnv_testbed.py (the real split runtime on the testbed, the link shaped by tc tbf).
 Exit status: 0 when both VnV criteria pass (or with --select-only), 1 when one fails, 2 on bad input
 (one line on stderr).
 """
@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import sys
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 
 def _parser() -> ArgParser:
@@ -32,7 +34,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--select-only", action="store_true", help="choose, do not run")
     ap.add_argument("--testbed", action="store_true",
                     help="run both choices over the real split runtime on the testbed (network namespaces, the "
-                         "link shaped by tc tbf at --bandwidth; bench.vnv_testbed) instead of in this process")
+                         "link shaped by tc tbf at --bandwidth; runtime.vnv_testbed) instead of in this process")
     ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml)")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         choices = ((by_name[selection.greedy.app], selection.greedy.scheme),
                    (by_name[selection.budgeted.app], selection.budgeted.scheme))
         if args.testbed:
-            from bench.vnv_testbed import measure_testbed
+            from runtime.vnv_testbed import measure_testbed
             report = measure_testbed(*choices, config, refs={a.name: ref for a, ref in zip(apps, names)})
         else:
             report = measure(*choices, config)

@@ -12,13 +12,13 @@ from typing import Any
 
 import yaml
 
-from apps.errors import CoInferError
 from apps.schema import check_arch, validate_app
+from cli.errors import CoInferError
 
 APPS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APPS_DIR.parent
 DEFAULT_APP = "vgg16_digits"
-# how this CPU is made the (slower) edge device: stretched time (database.slowdown) or a cgroup quota
+# how this CPU is made the (slower) edge device: stretched time (devices.slowdown) or a cgroup quota
 EDGE_EMULATIONS = ("dilate", "quota")
 DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'database' / 'coinfer.sqlite'}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 
 def check_output_path(path: str | Path, what: str = "output") -> Path:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 # a name stored in the database and used in file and cgroup names: no path separators, no dots first
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

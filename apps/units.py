@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 BYTES_PER_MBPS = 2**20 / 8  # 131,072 bytes/s per Mbps
 

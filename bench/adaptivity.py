@@ -3,7 +3,7 @@
     python -m bench.adaptivity [--quotas 0.0625 0.125 0.5] [--rates 0.25 0.5 1 2 4] [--n 10] [--json]
 
 Part 1 (as in McNamee et al.'s adaptive-DNN benchmarking): on one testbed (`runtime.testbed`) and
-one long-lived edge process (`bench.edgeworker`), for every edge CPU share x link rate (the share
+one long-lived edge process (`runtime.edgeworker`), for every edge CPU share x link rate (the share
 changed in the edge's emulation, the rate with `tc qdisc change`; the paced link by default), every
 partition point p (all C_p
 channels at 8 bits: the unpruned cut), all-edge, all-cloud and the searched frontier's schemes
@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
-from bench.plots import OUT, save_figure
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from compress.scheme import Scheme
+from reports.figure import OUT, save_figure
 
 
 def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], rates: list[float], n: int,
@@ -180,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.quotas) <= 0 or min(args.rates) <= 0 or args.n < 1 or args.step_at < 4:
         raise CoInferError("quotas and rates must be positive, --n >= 1, --step-at >= 4")
     app = load_app(args.app)
-    from bench.edgeworker import EdgeWorker
     from bench.freshprofile import reprofile, snapshot
     from bench.runtime import calibration_scheme, measured_rtt
     from database.store import Store
     from runtime.advisor import Adapter, SchemeAdvisor
+    from runtime.edgeworker import EdgeWorker
     from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
     stored = SchemeAdvisor(app, args.storage)

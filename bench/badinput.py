@@ -35,8 +35,10 @@ from pathlib import Path
 import yaml
 
 from apps import APPS_DIR, REPO_ROOT
-from apps.errors import ArgParser, CoInferError, run_cli
 from bench.badinput_cases import SECRET, Case, all_cases
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 SHIPPED_DB = REPO_ROOT / "database" / "coinfer.sqlite"
 IGNORED = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", ".hypothesis"}

@@ -28,7 +28,7 @@ def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False) -> C
 
 
 PROFILE = ('{{"format": "coinfer-latency-profile/1", "app": "vgg16_digits", "device": "cpu-edge", "fingerprint": {{}}, '
-           '"rows": [{}]}}')  # database.profiles' file, its rows filled in
+           '"rows": [{}]}}')  # database.profile_io' file, its rows filled in
 STORAGE_URLS = [
     "sqlite:///typo.sqlite", "sqlite:///{tmp}/no/such/dir/x.sqlite", "nosuchdialect://x/y", "",
     f"postgresql://user:{SECRET}@127.0.0.1:1/db", f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db",
@@ -115,7 +115,7 @@ def database_cases() -> list[Case]:
             _c(pr, "--device", "dev1", "--cpu-quota", "0.5", "--emulation", "dilate", "--threads", "2",
                "--storage", "{db}"),
             _c(pr, "--device", "dev1", "--storage", "sqlite:///typo.sqlite", "--app", "nope")]
-    sh = "database.show"
+    sh = "reports.show"
     out += [_c(sh, "--app", "nope", "--storage", "{db}", fast=True), _c(sh, "--bogus"),
 _c(sh, "--app", "{app}", "--storage", "{db}", label="bad app yaml", app="name: [x\n")]
     out += [_c(sh, "--storage", url) for url in STORAGE_URLS]
@@ -147,7 +147,7 @@ def tool_cases() -> list[Case]:
         out += [_c(sm, *base, opt, v, fast=(opt, v) == ("--apps", "nope"),
                    app="name: [x\n" if v == "{app}" else None) for v in values]
     out += [_c(sm, "--bandwidth", "1", "--select-only", "--storage", url) for url in STORAGE_URLS]
-    st = "database.status"
+    st = "reports.build_status"
     out += [_c(st, "--bogus"), _c(st, "--storage", "{db}", label="no build queue", fast=True)]
     out += [_c(st, "--storage", url) for url in STORAGE_URLS]
     out += [_c(st, "--storage", "{db}", "--queue", url)
@@ -165,7 +165,7 @@ def tool_cases() -> list[Case]:
         out += [_c(pd, "fit", "--device", "quarter-edge", opt, v, "--storage", "{db}", fast=v == "100000")
                 for v in values]
     out += [_c(pd, "fit", "--device", "quarter-edge", "--storage", url) for url in STORAGE_URLS[2:]]
-    pf = "database.profiles"
+    pf = "database.profile_io"
     ex = ("export-profile", "{tmp}/p.json", "--device", "cpu-edge")
     out += [_c(pf, "import-profile", "{tmp}/p.json", "--bogus", fast=True), _c(pf, label="no action"),
             _c(pf, "export-profile", label="no path"),
@@ -341,7 +341,7 @@ APP_CLIS = [("latency_search.py", ("-accuracy_loss", "0.01", "--offline", "--sto
             ("models.train", ()),
             ("database.profile", ("--device", "dev1", "--storage", "{db}")),
             ("accuracy_search.py", ("-latency", "0.6", "--storage", "{db}")),
-            ("database.show", ("--storage", "{db}"))]
+            ("reports.show", ("--storage", "{db}"))]
 
 
 def schema_cases() -> list[Case]:

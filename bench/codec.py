@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.errors import ArgParser, CoInferError, run_cli
-from bench.plots import OUT, save_figure
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from compress.codec import BACKEND, pack, unpack
+from reports.figure import OUT, save_figure
 
 SHAPES = [(1, 64, 56, 56), (1, 512, 14, 14)]
 TARGET = 0.25  # codec throughput / copy throughput = copy_s / codec_s, for pack and unpack

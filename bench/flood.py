@@ -50,7 +50,9 @@ from pathlib import Path
 
 import psutil
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "flood-bench-token"  # a throwaway secret for the benchmark's own server
@@ -179,7 +181,7 @@ def attack_process(port: int, cfg: FloodConfig, wrong_hello: bytes, out: multipr
 
 # ---------------------------------------------------------------------------------- edge client
 async def _client_phase(client, image, cfg: FloodConfig, until: float, phase: Phase) -> None:
-    from apps.errors import CoInferError as Failure
+    from cli.errors import CoInferError as Failure
     n, broken = 0, False
     while time.monotonic() < until:
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 if TYPE_CHECKING:
     from database.store import Store

@@ -27,7 +27,9 @@ import zlib
 
 import numpy as np
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from runtime.protocol import (
     HEADER_SIZE,
     MAGIC,

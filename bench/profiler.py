@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 COLUMNS = ("time", "kind", "pid", "name", "cpu_percent", "rss_mb", "gpu_util", "gpu_mem_mb")
 

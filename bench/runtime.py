@@ -8,7 +8,7 @@ plus all-edge and all-cloud is then run at every rate on the testbed (`runtime.t
 cloud in two network namespaces, the edge -> cloud link shaped by tc tbf, by default `paced` so a
 message waits bytes / rate as on a serialising link; the edge slowed to the app's edge device by
 its emulation, `dilate` by default; loopback + token bucket without root). One long-lived edge
-process (`bench.edgeworker`) loads every scheme's fine-tuned weights, connects and warms up at
+process (`runtime.edgeworker`) loads every scheme's fine-tuned weights, connects and warms up at
 full speed, then slows down. Per rate, `--rounds` times: the rows these schemes need are profiled
 again (`bench.freshprofile`, each stage idling before it as long as in the request cycle), then
 each scheme runs its share of `--n` one-image requests back to back (after `--warmup`): this
@@ -40,10 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
 from bench.freshprofile import idle_before, pinned, reprofile, snapshot
-from bench.plots import OUT, save_figure
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from compress.scheme import Scheme
+from reports.figure import OUT, save_figure
 
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
@@ -88,9 +90,9 @@ def mean_breakdown(bds: list):
 def measure(app, storage: str | None, schemes: list[str], rates: list[float], n: int, warmup: int,
             quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True,
             rounds: int = 3) -> list[dict]:
-    from bench.edgeworker import EdgeWorker
     from database.noise import reference_workload
     from database.store import Store
+    from runtime.edgeworker import EdgeWorker
     from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
     stored = Store(storage, create=False)
@@ -220,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --profile fresh: alternate profiling and measuring this many times per rate")
     ap.add_argument("--edge-cpu", type=float, default=None, help="edge CPU quota (default: the app's)")
     ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
-                    help="how the edge is slowed: dilate or quota (default: the app's; see database.slowdown)")
+                    help="how the edge is slowed: dilate or quota (default: the app's; see devices.slowdown)")
     ap.add_argument("--link", choices=["tbf", "paced"], default="paced",
                     help="tbf: tc tbf alone; paced: tbf kept busy by low-priority filler (see runtime.testbed)")
     ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
-                    help="keep the CPUs out of idle during the runs (database.slowdown.KeepWarm; as the profiler)")
+                    help="keep the CPUs out of idle during the runs (devices.slowdown.KeepWarm; as the profiler)")
     ap.add_argument("--profile", choices=["fresh", "stored"], default="fresh",
                     help="fresh: predict from rows profiled again next to each rate's run (default); "
                          "stored: from the database as it is")

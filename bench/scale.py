@@ -4,7 +4,7 @@
 
 For each storage and each worker count N, a fresh build of N x `--per-worker` schemes of the
 default app runs with N worker processes (forked here, as `--workers N` would spawn them) and the
-synthetic evaluator sleeping `--delay` seconds per scheme (database/synthetic.py): all of the time
+synthetic evaluator sleeping `--delay` seconds per scheme (database/synthetic_finetuner.py): all of the time
 that is not the sleep is coordination. Throughput is completed schemes over the span from the first
 trial's start to the last trial's completion (the study's own timestamps: process start-up and
 storage opening are excluded); the target is >= 0.9 x N x the 1-worker throughput. The sustained
@@ -32,7 +32,9 @@ import statistics
 import tempfile
 import uuid
 
-from apps.errors import ArgParser, CoInferError, mask_url, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError, mask_url
+from cli.run import run_cli
 
 HEARTBEAT_S, GRACE_S = 5.0, 30.0
 
@@ -82,7 +84,7 @@ def one_run(kind: str, workers: int, per_worker: int, delay: float, server: str 
     from database.distributed import QueueConfig, open_build, study_name
     from database.evaluate import BuildJob, build_worker
     from database.store import Store
-    from database.synthetic import synthetic_protocol
+    from database.synthetic_finetuner import synthetic_protocol
     from models.build import app_points
     app = load_app("vgg16_digits")
     widths = tuple(pt.channels for pt in app_points(app))
@@ -212,7 +214,7 @@ def plot(table: list[dict]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import OUT, save_figure
+    from reports.figure import OUT, save_figure
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     for kind in dict.fromkeys(t["storage"] for t in table):
         rows = [t for t in table if t["storage"] == kind]

@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
-from bench.plots import OUT, save_figure
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
+from reports.figure import OUT, save_figure
 
 if TYPE_CHECKING:  # the search (torch, optuna) loads after parsing, so --help answers at once
     from search.latency import LatencyModel
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from database.store import Store
     from search.bounds import DEFAULT_TOLERANCE
     from search.latency import LatencyModel
-    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
     if args.tolerance is None:
         args.tolerance = DEFAULT_TOLERANCE
     app = load_app(args.app)

@@ -19,7 +19,9 @@ import statistics
 import tempfile
 import time
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 POINTS = [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
 
@@ -30,7 +32,7 @@ def one_search(storage: str | None, name: str) -> dict[str, float]:
     from search.query import LatencyQuery
     from search.samplers.coinfer import CoInferSampler
     from search.study import Objective, open_study
-    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
     points = synthetic_points(POINTS)
     problem = Problem(LatencyQuery(0.01, 0.5), synthetic_latency(points), 0.9)
     sampler = CoInferSampler(problem)
@@ -86,7 +88,7 @@ def plot(medians: dict[str, dict[str, float]]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import OUT, save_figure
+    from reports.figure import OUT, save_figure
     fig, ax = plt.subplots(figsize=(6, 3.5))
     kinds = list(medians)
     decision = [medians[k]["decision_ms"] for k in kinds]

@@ -26,8 +26,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.errors import ArgParser, CoInferError, mask_url, run_cli
-from bench.plots import OUT, save_figure
+from cli.args import ArgParser
+from cli.errors import CoInferError, mask_url
+from cli.run import run_cli
+from reports.figure import OUT, save_figure
 
 DEFAULT_APPS = ("vgg16_digits", "resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits")
 

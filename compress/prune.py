@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 if TYPE_CHECKING:
     from models.splittable import Splittable

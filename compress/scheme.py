@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 ALL_CLOUD_P = -1  # p of all-cloud, on the wire too
 ALL_EDGE_P = 1 << 15  # p of all-edge: after every partition point; never on the wire

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 
 def load_splits(app: App) -> tuple[Dataset, Dataset]:

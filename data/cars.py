@@ -25,7 +25,7 @@ from torchvision import transforms
 from torchvision.datasets import StanfordCars
 
 from apps import REPO_ROOT, App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 ENV_ROOT = "COINFER_CARS_ROOT"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 
 def load_digits_splits(app: App) -> tuple[TensorDataset, TensorDataset]:

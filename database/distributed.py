@@ -48,7 +48,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
 from database.rdb import CLAIM, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry

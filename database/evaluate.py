@@ -10,7 +10,7 @@ of them and stored once. `--workers N` runs N of them here. Resumable: schemes a
 it is done, and writes are idempotent, so Ctrl-C or kill -9 and a rerun lose nothing and
 duplicate nothing (a killed worker's scheme is retried once its heartbeat is `--grace` old).
 `--evaluator synthetic:SECONDS` replaces fine-tuning by a formula and a sleep
-(database/synthetic.py) to try the coordination; `--device cuda` fine-tunes on a GPU
+(database/synthetic_finetuner.py) to try the coordination; `--device cuda` fine-tunes on a GPU
 (models/accel.py).
 """
 
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from compress.scheme import Scheme, all_schemes
 from models.accel import AMP_CHOICES, COMPILE_CHOICES, Accel
 
@@ -119,7 +121,7 @@ class BuildJob:
     schemes: tuple[Scheme, ...]
     seed: int
     widths: tuple[int, ...]  # C_p of the app's points
-    evaluator: str = "finetune"  # or "synthetic[:SECONDS]" (database/synthetic.py)
+    evaluator: str = "finetune"  # or "synthetic[:SECONDS]" (database/synthetic_finetuner.py)
     accel: Accel = Accel()
     threads: int | None = None  # torch threads of a worker (None: torch's default)
 
@@ -128,13 +130,13 @@ class BuildJob:
         return self.evaluator.startswith("synthetic")
 
     def protocol(self, app: App) -> str:
-        from database.synthetic import synthetic_protocol
+        from database.synthetic_finetuner import synthetic_protocol
         return synthetic_protocol(app) if self.synthetic else app.protocol.name
 
 
 def make_finetuner(job: BuildJob, app: App) -> Finetuner:
     if job.synthetic:
-        from database.synthetic import SyntheticFinetuner, parse_delay
+        from database.synthetic_finetuner import SyntheticFinetuner, parse_delay
         return SyntheticFinetuner(app, job.widths, parse_delay(job.evaluator))
     if job.threads is not None:
         import torch
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from compress.prune import check_in_space
     from database.distributed import QueueConfig, queue_url, study_name
     from database.store import Store
-    from database.synthetic import parse_delay
+    from database.synthetic_finetuner import parse_delay
     from models.build import app_points
     synthetic = args.evaluator != "finetune"
     if synthetic:
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for r in reports]}, separators=(",", ":")))
     else:
         print(f"{app.name}: {new} new evaluations in {wall:.1f} s; {len(after)} schemes stored for protocol "
-              f"{protocol} seed {seed}" + (f"; {missing} could not be evaluated (see python -m database.status)"
+              f"{protocol} seed {seed}" + (f"; {missing} could not be evaluated (see python -m reports.build_status)"
                                            if missing else ""))
     return 1 if missing else 0
 

@@ -18,8 +18,10 @@ import re
 from pathlib import Path
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
 from apps.outpath import check_output_path
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from compress.scheme import Scheme
 
 Table = dict[Scheme, float]

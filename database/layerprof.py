@@ -13,7 +13,7 @@ input and output shapes, kernel, stride, groups, multiply-accumulates (FLOPs) an
   input) and returns the median thread CPU time of one call over `runs` samples, each sample the
   mean of back-to-back calls spanning at least `sample_s` (a sub-millisecond call is timed over
   many). Thread CPU time, not wall: preemption by other processes on a shared machine does not
-  count, and it is what the `dilate` edge emulation charges (`database.slowdown`): a device of
+  count, and it is what the `dilate` edge emulation charges (`devices.slowdown`): a device of
   speed s takes cpu / s.
 
 What it ignores: cache state between consecutive layers of a model (each layer is timed hot),

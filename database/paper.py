@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps import REPO_ROOT, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
 from apps.schema import check_name
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 if TYPE_CHECKING:
     from database.store import LatencyRow, Store

@@ -38,15 +38,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 if TYPE_CHECKING:
     import numpy as np
 
     from apps import App
-    from database.devices import DeviceSpec
     from database.layerprof import Layer, LayerSample, NamedModel
     from database.store import LatencyRow, Store
+    from devices.spec import DeviceSpec
 
 REGRESSORS = ("gbr", "linear")
 TARGET = 0.15  # median leave-one-model-out relative error of whole-model latency
@@ -219,7 +221,7 @@ def resolve_device(name: str, devices_file: str | None = None, apps: tuple[App, 
     """A device by name: the devices file's, else the edge device of `apps` or of a shipped app (its speed when
     dilated) or their cloud device; anything else is an unknown device (CoInferError)."""
     from apps import available_apps, load_app
-    from database.devices import DeviceSpec, load_devices
+    from devices.spec import DeviceSpec, load_devices
     devices = load_devices(devices_file)
     if name in devices:
         return devices[name]
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         samples, errors = fit_device(store, spec, default_models(apps, args.reference), config, args.sweep,
                                      args.runs, progress)
         if store.device(spec.name) is None:
-            from database.fingerprint import fingerprint
+            from devices.fingerprint import fingerprint
             store.put_device(spec.name, dict(fingerprint(False), **({"speed": spec.speed} if spec.speed else {})),
                              "layer samples only (database.predictor)")
         med = median_error(errors)

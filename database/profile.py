@@ -15,16 +15,16 @@ Median and p90 of N runs are stored with the device's fingerprint. Every call ru
 `torch.inference_mode()`, as the runtime's (no_grad was 0.5-4 % slower on the default tails).
 Each sample is one call after 5 ms idle (`--idle-ms`), as a request's stage finds the machine
 in the runtime, and the samples are spread over `--passes` rounds of all rows. Every CPU is kept
-out of idle while it runs (`database.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
+out of idle while it runs (`devices.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
 
 When the device is the app's edge device and the app gives it a speed (`cpu_quota`), the edge is
 emulated as the runtime emulates it (`devices.edge.emulation`):
-- `dilate` (default): every sample is one call on the emulated device (`database.slowdown`): run
+- `dilate` (default): every sample is one call on the emulated device (`devices.slowdown`): run
   at full speed, then sleep until its thread CPU time / speed, exactly as the runtime's edge does;
 - `quota`: the process puts itself under the app's cgroup CPU quota (root only; otherwise it says
   so and profiles unthrottled) and each sample is the mean of back-to-back runs over 10 quota
   periods: the steady-state latency of a continuously busy throttled device (one short run alone
-  would show either full speed or a stall, never the device's rate; see `database.slowdown`).
+  would show either full speed or a stall, never the device's rate; see `devices.slowdown`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, App, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
 from apps.schema import check_name
-from database.cpuquota import apply_cpu_quota, quota_period_us, quota_support
-from database.slowdown import KeepWarm, SlowCPU
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
+from devices.cpuquota import apply_cpu_quota, quota_period_us, quota_support
+from devices.slowdown import KeepWarm, SlowCPU
 
 if TYPE_CHECKING:  # torch and the database load on first use, so --help answers at once
     import torch
@@ -212,12 +214,12 @@ def _parser() -> ArgParser:
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--device", required=True,
                     help="name to store the profile under (e.g. cpu-edge); a device of the devices file "
-                         "(database/devices.py) brings its side and speed")
+                         "(devices/spec.py) brings its side and speed")
     ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml, if any)")
     ap.add_argument("--side", choices=["edge", "cloud", "both"], default=None,
                     help="which side to profile (default: the device's, else both)")
     ap.add_argument("--speed", type=float, default=None,
-                    help="emulate a device this fraction of this CPU's speed (dilation, database.slowdown); "
+                    help="emulate a device this fraction of this CPU's speed (dilation, devices.slowdown); "
                          "the same as --cpu-quota S --emulation dilate")
     ap.add_argument("--cpu-quota", type=float, default=None,
                     help="CPUs allowed (cgroup quota); default: the app's edge quota when --device is its edge")
@@ -230,7 +232,7 @@ def _parser() -> ArgParser:
                     help="split rows of these partition points only (a quick partial profile)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
-                    help="keep every CPU out of idle while profiling, as the testbed does (database.slowdown)")
+                    help="keep every CPU out of idle while profiling, as the testbed does (devices.slowdown)")
     ap.add_argument("--runs", type=int, default=30, help="samples per row (median and p90 stored)")
     ap.add_argument("--passes", type=int, default=5, help="rounds over all rows the samples are spread over")
     ap.add_argument("--idle-ms", type=float, default=5.0,
@@ -273,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                            "and --idle-ms 0..60000")
     import torch
 
-    from database.devices import DeviceSpec, load_devices
-    from database.fingerprint import fingerprint
     from database.noise import drift, noise_of, reference_workload
     from database.store import Store
+    from devices.fingerprint import fingerprint
+    from devices.spec import DeviceSpec, load_devices
     from models.build import app_points
     app = load_app(args.app)
     if args.cuda and not torch.cuda.is_available():
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads != 1:
             raise CoInferError("a dilated device is timed by thread CPU time: --threads must be 1")
         speed = quota
-        note = f"emulated: this CPU's thread time / {quota:g} (database.slowdown)"
+        note = f"emulated: this CPU's thread time / {quota:g} (devices.slowdown)"
     elif quota is not None:
         reason = quota_support()
         if reason:

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from apps.errors import CoInferError, mask_url
+from cli.errors import CoInferError, mask_url
 
 CLAIM = "coinfer:claim"  # "p,c,b host:pid": the trial's scheme and its worker ("- host:pid": nothing to claim)
 RETRY_OF = "failed_trial"  # set by Optuna's retry callback on a retried trial

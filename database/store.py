@@ -22,7 +22,7 @@ SQLite file (and creates nothing); `readonly=True` opens an existing SQLite file
 (`mode=ro`), so a look that only reads never writes, never leaves -wal/-shm files beside it and
 works on a read-only file. A writer runs in WAL mode and, when it closes as the last connection,
 puts the file back in rollback mode, so readers find no WAL to keep. Error lines never show a
-URL's password (`apps.errors.mask_url`).
+URL's password (`cli.errors.mask_url`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from apps import DEFAULT_STORAGE
-from apps.errors import CoInferError, mask_url
+from cli.errors import CoInferError, mask_url
 from compress.scheme import Scheme
 
 meta = sa.MetaData()

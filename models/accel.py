@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 COMPILE_CHOICES = ("auto", "on", "off")

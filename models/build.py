@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from models.points import PartitionPoint
 from models.splittable import Splittable
 from models.vgg import partition_points, vgg16_bn, vgg16_widths

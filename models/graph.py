@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from models.points import PartitionPoint
 
 ABSORBING_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.Hardswish,

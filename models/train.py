@@ -11,8 +11,10 @@ import time
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
 from apps.outpath import check_output_path
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from models.accel import Accel
 
 if TYPE_CHECKING:

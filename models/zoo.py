@@ -19,8 +19,8 @@ from collections.abc import Callable
 from torch import nn
 
 from apps import App
-from apps.errors import CoInferError
 from apps.schema import ZOO_ARCHS, check_arch
+from cli.errors import CoInferError
 
 
 def scaled(channels: int, width: float) -> int:

@@ -38,7 +38,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 
 @dataclass(frozen=True)

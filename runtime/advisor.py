@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from runtime.protocol import ProtocolError, Reply, Request, decode_activation
 
 if TYPE_CHECKING:

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress import activation
 from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.scheme import ALL_CLOUD, Scheme
-from database.slowdown import SlowCPU
+from devices.slowdown import SlowCPU
 from models.build import load_base_model
 from models.splittable import Splittable
 from runtime.monitor import BandwidthEstimator, TokenBucket
@@ -107,7 +107,7 @@ class EdgeClient:
     between requests (the protocol names the scheme in every request). With a `shaper`
     (TokenBucket) each request frame waits for the bucket first: loopback emulation of a slow link
     when tc is unavailable. With a `monitor` (BandwidthEstimator) each transfer feeds it. With a
-    `device` (database.slowdown.SlowCPU) the head and quantise + pack stages take as long as on that
+    `device` (devices.slowdown.SlowCPU) the head and quantise + pack stages take as long as on that
     slower device: the emulated edge of the testbed (`COINFER_EDGE_SPEED`). The three may be
     replaced between requests.
     """

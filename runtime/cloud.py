@@ -70,7 +70,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from runtime.admission import Admission, AdmissionLimits, Slot
 from runtime.batching import AppQueue, BatchPolicy
 from runtime.protocol import (

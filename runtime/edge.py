@@ -35,10 +35,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from compress.scheme import Scheme
-from database.devices import parse_device_pair
-from database.slowdown import SlowCPU
+from devices.slowdown import SlowCPU
+from devices.spec import parse_device_pair
 from runtime.advisor import Adapter, SchemeAdvisor
 from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.secret import resolve_token
@@ -175,7 +177,7 @@ def notes(rate_limit: float | None, edge_speed: float | None, depth: int | None)
     if rate_limit:
         out.append(f"uplink shaped in this process by a token bucket at {rate_limit:g} Mbps (no tc)")
     if edge_speed is not None:
-        out.append(f"edge emulated at {edge_speed:g} x this CPU's speed (database.slowdown)")
+        out.append(f"edge emulated at {edge_speed:g} x this CPU's speed (devices.slowdown)")
     if depth is not None:
         out.append(f"queue mode: up to {depth} requests in flight; total_s includes queueing")
     return out
@@ -203,7 +205,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--storage", default=None, help="database URL for --auto (default: database/coinfer.sqlite)")
     ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
                     help="--auto: the profiled devices whose latency the choice uses (default: the app's; "
-                         "python -m database.show lists them)")
+                         "python -m reports.show lists them)")
     ap.add_argument("--evaluate-missing", action="store_true",
                     help="--auto: let the search fine-tune schemes missing from the database (default: answer from it)")
     ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
@@ -216,7 +218,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
     ap.add_argument("--edge-speed", type=float, default=os.environ.get("COINFER_EDGE_SPEED"),
-                    help="emulate an edge device this fraction of this CPU's speed (database.slowdown; default "
+                    help="emulate an edge device this fraction of this CPU's speed (devices.slowdown; default "
                          "$COINFER_EDGE_SPEED, set by the testbed)")
     ap.add_argument("--json", action="store_true")
     return ap

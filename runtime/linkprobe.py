@@ -25,7 +25,9 @@ import os
 import socket
 import time
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 from runtime.ready import announce
 
 # seconds the source waits between connecting and sending: this process's start-up may have kept the

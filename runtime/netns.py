@@ -33,8 +33,8 @@ import subprocess
 import sys
 
 from apps import REPO_ROOT
-from apps.errors import CoInferError
 from apps.units import bytes_per_second
+from cli.errors import CoInferError
 from runtime.ready import wait_ready
 
 PREFIX = "coinfer-tb-"  # namespaces (and the testbed's cgroups): coinfer-tb-<pid>...

@@ -43,7 +43,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress import activation
 from compress.scheme import ALL_CLOUD_P, Scheme
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from typing import Any
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 
 def ready_line(host: str, port: int, **extra: Any) -> str:

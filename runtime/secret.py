@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 ENV_TOKEN = "COINFER_TOKEN"
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.scheme import Scheme

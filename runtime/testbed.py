@@ -10,9 +10,9 @@ pair whose edge -> cloud direction is shaped by tc tbf, or kept paced by a fille
 says how). This module runs the processes: the cloud server (`python -m runtime.cloud`) runs in
 the cloud namespace unthrottled and says on stdout when it listens, and where (`runtime.ready`);
 edge commands run in the edge namespace, slowed to `edge_cpu_quota` of this CPU by the app's edge
-emulation (and, unless `keep_warm` is off, every CPU is kept out of idle: `database.slowdown.KeepWarm`):
+emulation (and, unless `keep_warm` is off, every CPU is kept out of idle: `devices.slowdown.KeepWarm`):
 - `dilate` (default): COINFER_EDGE_SPEED is exported and the edge client stretches its edge
-  stage (head + quantise/pack) to its CPU time / speed (`database.slowdown`, which also says why this is the default);
+  stage (head + quantise/pack) to its CPU time / speed (`devices.slowdown`, which also says why this is the default);
 - `quota`: the edge runs inside the cgroup `coinfer-tb-<pid>` with a CFS CPU quota.
 In the edge command `{server}` becomes HOST:PORT of the cloud (also exported as COINFER_SERVER).
 
@@ -39,9 +39,11 @@ import threading
 from dataclasses import dataclass
 
 from apps import DEFAULT_APP, EDGE_EMULATIONS, REPO_ROOT
-from apps.errors import ArgParser, CoInferError, run_cli
 from apps.units import bytes_per_second
-from database.slowdown import KeepWarm, check_speed
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
+from devices.slowdown import KeepWarm, check_speed
 from runtime import netns
 from runtime.netns import LINKS, PREFIX, Netns, parse_rate
 from runtime.ready import wait_ready
@@ -50,7 +52,7 @@ CLOUD_PORT = 5000
 
 
 def _speed(cpus: float) -> float:
-    """A dilated edge's speed, checked (database.slowdown) with the error as one CoInferError line."""
+    """A dilated edge's speed, checked (devices.slowdown) with the error as one CoInferError line."""
     try:
         return check_speed(cpus)
     except ValueError as exc:
@@ -127,7 +129,7 @@ class Testbed:
         if reason:
             self.notes.append(f"no network namespaces ({reason}): cloud on 127.0.0.1, uplink shaped by the edge "
                               "client's own token bucket (COINFER_RATE_LIMIT)")
-        from database.cpuquota import quota_support
+        from devices.cpuquota import quota_support
         self.cpu_reason = (quota_support() if config.edge_cpu_quota is not None and self.edge_emulation == "quota"
                            else None)
         if self.cpu_reason:
@@ -162,7 +164,7 @@ class Testbed:
                 cleanup_leftovers()
                 self.net.create(self.rate_mbps, self.config.reverse_mbps, paced=self.config.link == "paced")
             if self.uses_cgroup:
-                from database.cpuquota import set_group_quota
+                from devices.cpuquota import set_group_quota
                 set_group_quota(self.group, self.edge_cpu_quota)
             if self.warm is not None:
                 self.warm.start()
@@ -211,7 +213,7 @@ class Testbed:
         if self.warm is not None:
             self.warm.stop()
         if self.uses_cgroup:
-            from database.cpuquota import remove_group
+            from devices.cpuquota import remove_group
             remove_group(self.group)
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
@@ -281,7 +283,7 @@ class Testbed:
         if self.net is not None:
             argv = self.net.in_edge(argv)
         if throttle and self.uses_cgroup:
-            from database.cpuquota import group_path
+            from devices.cpuquota import group_path
             procs = group_path(self.group) / "cgroup.procs"
             argv = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *argv]
         return argv
@@ -291,7 +293,7 @@ class Testbed:
         edge is emulated by `dilate`: its processes slow themselves down, from COINFER_EDGE_SPEED)."""
         if not self.uses_cgroup:
             return False
-        from database.cpuquota import move_pid
+        from devices.cpuquota import move_pid
         move_pid(self.group, pid)
         return True
 
@@ -304,7 +306,7 @@ class Testbed:
         if self.edge_emulation == "dilate":
             self.edge_cpu_quota = _speed(cpus)
             return
-        from database.cpuquota import set_group_quota
+        from devices.cpuquota import set_group_quota
         self.edge_cpu_quota = cpus
         set_group_quota(self.group, cpus)
 
@@ -319,7 +321,7 @@ def cleanup_leftovers(everything: bool = False) -> list[str]:
     removed = netns.cleanup_leftovers(everything)
     if os.geteuid() != 0:
         return removed
-    from database.cpuquota import CPU_ROOT, remove_group
+    from devices.cpuquota import CPU_ROOT, remove_group
     if CPU_ROOT.is_dir():
         for path in CPU_ROOT.glob(PREFIX + "*"):
             if path.is_dir() and netns.stale(path.name, PREFIX, everything):
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cloud-arg", action="append", default=[], help="extra argument for runtime.cloud")
     ap.add_argument("--link", choices=LINKS, default="tbf", help="tbf alone, or tbf kept busy by a filler (paced)")
     ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
-                    help="keep every CPU busy at SCHED_IDLE priority while the testbed is up (database.slowdown)")
+                    help="keep every CPU busy at SCHED_IDLE priority while the testbed is up (devices.slowdown)")
     ap.add_argument("--verify", action="store_true", help="time 1 MiB edge -> cloud against the rate")
     ap.add_argument("--cleanup", action="store_true", help="remove every testbed namespace, link and cgroup")
     ap.add_argument("--json", action="store_true")

@@ -32,7 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "time,samples,finetunes"

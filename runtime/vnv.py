@@ -3,7 +3,7 @@
 Each choice runs in this process as the runtime runs it, on the emulated device pair:
 - edge: the head (all of the model for all-edge), then quantise + pack at the scheme's bits
   (`compress.activation.to_bytes`; the raw input at 8 bits for all-cloud), as one call on the
-  emulated edge (`database.slowdown.SlowCPU`: full speed, then a wait to thread CPU time / speed);
+  emulated edge (`devices.slowdown.SlowCPU`: full speed, then a wait to thread CPU time / speed);
   all-edge ends with the top-5 softmax the runtime's edge computes;
 - link: the bytes that call produced, framed as the runtime frames them (the app's `link`: frame
   header once, transport headers per segment), over the bandwidth (serialisation, computed from the
@@ -12,13 +12,13 @@ Each choice runs in this process as the runtime runs it, on the emulated device 
 A split scheme's weights are its fine-tuned ones (`runtime.weights`; fine-tuned and saved first when
 missing, as for the accuracy database). The two choices alternate image by image (which goes first
 alternates too), after a warm-up, so a drift of the shared machine hits both alike; every CPU is kept
-out of idle meanwhile (`database.slowdown.KeepWarm`), as when profiling.
+out of idle meanwhile (`devices.slowdown.KeepWarm`), as when profiling.
 
     t_b, t_a        per image: the greedy (baseline) and budgeted (advanced) choice's seconds
     saving Δt       (1/n) Σ (t_b − t_a) / t_b                         PASS when >= 20 %
     accuracy diff   top-1(greedy) − top-1(budgeted) over the n images  PASS when <= 10 %
 
-`bench.vnv_testbed.measure_testbed` runs the same two choices over the real split runtime on the
+`runtime.vnv_testbed.measure_testbed` runs the same two choices over the real split runtime on the
 testbed instead (`select_model.py --testbed`) and returns the same `VnVReport`, its `how` saying so.
 """
 
@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from apps import App, Link
-from apps.errors import CoInferError
 from apps.units import bytes_per_second
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 
 SAVING_TARGET = 0.20
@@ -130,7 +130,7 @@ def runner(app: App, scheme: Scheme, config: RunConfig) -> Callable:
     """A function image -> (predicted class, edge s, link s, cloud s, wire bytes) for one choice."""
     from compress import activation
     from database.profile import top_k
-    from database.slowdown import SlowCPU
+    from devices.slowdown import SlowCPU
     from models.build import load_base_model
     base = load_base_model(app)
     device = SlowCPU(config.edge_speed) if config.edge_speed is not None else None
@@ -186,7 +186,7 @@ def measure(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], config: 
     import torch
 
     from data import load_splits
-    from database.slowdown import KeepWarm
+    from devices.slowdown import KeepWarm
     torch.set_num_threads(1)  # as profiled: the edge's dilation counts this thread's CPU time only
     runs = []
     for app, scheme in (baseline, advanced):

@@ -22,7 +22,8 @@ import numpy as np
 
 from compress.scheme import Scheme
 from search.bounds import Knowledge
-from search.problem import Problem, Status
+from search.problem import Problem
+from search.status import Status
 
 
 @dataclass(frozen=True)

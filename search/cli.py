@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, DEFAULT_STORAGE, load_app
-from apps.errors import ArgParser, CoInferError
 from apps.units import bytes_per_second
-from database.devices import parse_device_pair
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from devices.spec import parse_device_pair
 from search.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def build_parser(kind: str) -> ArgParser:
     ap.add_argument("--evaluator", default="finetune", help="finetune (the app's protocol) or table:PATH")
     ap.add_argument("--protocol", default=None,
                     help="answer from the accuracy table stored under this protocol, e.g. an imported one "
-                         "(default: the app's own; see python -m database.show)")
+                         "(default: the app's own; see python -m reports.show)")
     ap.add_argument("--storage", default=None,
                     help="SQLAlchemy URL of the databases (default: database/coinfer.sqlite)")
     ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
@@ -200,7 +201,6 @@ def start_helpers(kind: str, argv: list[str], workers: int, study_storage: str, 
     if study_storage == "memory":
         raise CoInferError("--workers needs a study storage the processes share: --study-storage FILE.journal or URL")
     import subprocess
-    script = str(Path(__file__).resolve().parents[1] / f"{kind}_search.py")
     rest, skip = [], False
     for a in argv:  # the helpers run one worker each, quietly
         if skip:
@@ -211,7 +211,7 @@ def start_helpers(kind: str, argv: list[str], workers: int, study_storage: str, 
             continue
         if not a.startswith("--workers=") and a not in ("--progress", "--json", "--json-full"):
             rest.append(a)
-    cmd = [sys.executable, script, *rest, "--study-storage", study_storage, "--no-progress", "--json"]
+    cmd = [sys.executable, "-m", "search.cli", kind, *rest, "--study-storage", study_storage, "--no-progress", "--json"]
     return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers - 1)]
 
 
@@ -268,3 +268,7 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
     lines.append(f"  wall time   {r.wall_s:.2f} s (sampler {1e3 * r.sampler_s:.1f} ms)")
     return "\n".join(lines)
 
+
+if __name__ == "__main__":  # the --workers helpers: python -m search.cli latency|accuracy ARGS
+    from cli.run import run_cli
+    run_cli(lambda argv: run(sys.argv[1], sys.argv[2:]))

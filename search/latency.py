@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from apps import App, Link
-from apps.errors import CoInferError
 from apps.units import bytes_per_second
+from cli.errors import CoInferError
 from compress.quant import HEADER_BYTES_PER_CHANNEL
 from compress.scheme import Scheme
 from database.store import LatencyRow, Store

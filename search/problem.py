@@ -8,30 +8,11 @@ the two single ends are `Scheme.ALL_EDGE` / `Scheme.ALL_CLOUD`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.latency import LatencyModel
 from search.query import Query
-
-
-@dataclass
-class Status:
-    """Where a search stands given what is known."""
-
-    incumbent: int | Scheme | None  # flat index of a split, a single-end Scheme, or None (nothing feasible yet)
-    incumbent_value: float  # latency (latency query) or accuracy (accuracy query) of the incumbent
-    candidates: np.ndarray  # bool: unevaluated schemes that could still beat the incumbent
-    lower: np.ndarray
-    upper: np.ndarray
-    gap: float  # how much better the best candidate could be (s or accuracy); 0 when done
-
-    @property
-    def done(self) -> bool:
-        return not self.candidates.any()
+from search.status import Status
 
 
 class Problem:

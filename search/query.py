@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
+from search.status import Status
 
 if TYPE_CHECKING:
     from search.bounds import Knowledge
-    from search.problem import Problem, Status
+    from search.problem import Problem
 
 FLOAT_SLACK = 1e-9  # accepted rounding in the threshold and the budget
 
@@ -86,7 +87,6 @@ class LatencyQuery:
 
     # -- what the known accuracies say -----------------------------------------------------
     def status(self, pr: Problem, kn: Knowledge) -> Status:
-        from search.problem import Status
         lower, upper = kn.bounds()
         ev = kn.evaluated
         feasible = ev & (kn.acc >= pr.threshold)
@@ -169,7 +169,6 @@ class AccuracyQuery:
 
     # -- what the known accuracies say -----------------------------------------------------
     def status(self, pr: Problem, kn: Knowledge) -> Status:
-        from search.problem import Status
         lower, upper = kn.bounds()
         ev = kn.evaluated
         within = pr.latency <= pr.budget

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from search.certificate import Certificate, certify
 from search.evaluators import Evaluator, NotEvaluable

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 
 

@@ -29,7 +29,7 @@ import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from apps.errors import CoInferError, mask_url
+from cli.errors import CoInferError, mask_url
 from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.evaluators import Evaluator, NotEvaluable

@@ -54,7 +54,7 @@ def tiny_db(tiny_app, tmp_path_factory):
     from compress.scheme import Scheme
     from database.store import AccuracyRow, LatencyRow, Store
     from models.build import app_points
-    from search.synthetic import synthetic_latency, synthetic_table
+    from search.synthetic_problems import synthetic_latency, synthetic_table
     db = str(tmp_path_factory.mktemp("db") / "tiny.sqlite")
     store = Store(db)
     # a slow edge and a fast cloud (as the default app's devices), from formulas so the test does

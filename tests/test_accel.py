@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from models.accel import COMPILE_MIN_STEPS, Accel
 
@@ -39,7 +39,7 @@ def test_bad_settings_are_one_line_errors(kwargs, match):
 
 
 def test_cli_refuses_a_gpu_that_is_not_there(tiny_app_path, tmp_path, capsys):
-    from apps.errors import run_cli
+    from cli.run import run_cli
     from database.evaluate import main
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
@@ -60,6 +60,6 @@ def test_a_gpu_fine_tune_matches_the_cpu_within_a_few_test_images(tiny_app):
 
 @needs_gpu
 def test_a_gpu_profile_records_the_device_fingerprint():
-    from database.fingerprint import fingerprint
+    from devices.fingerprint import fingerprint
     fp = fingerprint(use_cuda=True)
     assert fp["gpu"] and fp["gpu_detail"]["capability"] and fp["gpu_detail"]["memory_gib"] > 0

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from apps import APPS_DIR, load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 BASE = yaml.safe_load((APPS_DIR / "vgg16_digits.yml").read_text())
 

@@ -38,5 +38,5 @@ def test_full_benchmark_has_at_least_200_cases_over_every_cli() -> None:
     cases = all_cases()
     assert len(cases) >= 200 and sum(c.app is not None and c.cli != "database.formats" for c in cases) >= 100
     clis = repository_clis()
-    assert len(clis) >= 25 and {"select_model.py", "bench.corun", "database.status"} <= clis
+    assert len(clis) >= 25 and {"select_model.py", "bench.corun", "reports.build_status"} <= clis
     assert not clis - {c.cli for c in cases}, "CLIs without bad-input cases"

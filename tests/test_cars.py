@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from apps import load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from data import load_splits
 from data.cars import ENV_ROOT
 

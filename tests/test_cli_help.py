@@ -9,11 +9,11 @@ import sys
 
 from apps import REPO_ROOT
 
-CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "database.profile", "database.profiles",
-        "database.formats", "database.show", "database.paper", "database.predictor", "models.train", "runtime.edge",
+CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "database.profile", "database.profile_io",
+        "database.formats", "reports.show", "database.paper", "database.predictor", "models.train", "runtime.edge",
         "runtime.cloud", "runtime.testbed", "bench.search", "bench.runtime", "bench.adaptivity", "bench.codec",
         "bench.fuzz", "bench.studystorage", "bench.flood", "bench.badinput", "select_model.py", "bench.zoo",
-        "bench.corun", "bench.profiler", "runtime.training", "database.status", "bench.scale"]
+        "bench.corun", "bench.profiler", "runtime.training", "reports.build_status", "bench.scale"]
 HEAVY = ("torch", "optuna", "sklearn", "sqlalchemy", "matplotlib")
 
 WRAPPER = """

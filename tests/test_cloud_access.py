@@ -20,7 +20,7 @@ import torch
 from conftest import start_cloud_server
 
 from apps import load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.model import SchemeModel
 from compress.scheme import Scheme
 from models.build import load_base_model

@@ -80,7 +80,7 @@ def test_established_cap_per_peer_only_without_token() -> None:
 @pytest.mark.parametrize("bad", [{"max_pending": 0}, {"max_pending_per_peer": 1.5}, {"max_clients_per_peer": 0},
                                  {"max_clients": True}])
 def test_admission_limits_checked(bad: dict) -> None:
-    from apps.errors import CoInferError
+    from cli.errors import CoInferError
     with pytest.raises(CoInferError):
         AdmissionLimits(**bad)
 

@@ -21,7 +21,7 @@ import torch
 from conftest import serving, start_cloud_server
 
 from apps import load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.model import SchemeModel
 from compress.quant import dequantize, quantize
 from compress.scheme import ALL_CLOUD, ALL_EDGE, Scheme

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from runtime.cloud import ServerConfig
 from runtime.testbed import TestbedConfig
 

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from apps import REPO_ROOT, load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.formats import main as formats_main
 from database.formats import read_csv, read_optcoinfer, write_csv, write_optcoinfer

@@ -36,10 +36,10 @@ from apps import REPO_ROOT, load_app
 from compress.scheme import Scheme, all_schemes
 from database.distributed import BuildStorage, QueueConfig, open_build, scheme_of_claim, study_name
 from database.evaluate import BuildJob, build_worker
-from database.status import build_status
 from database.store import Store
-from database.synthetic import SyntheticFinetuner, synthetic_protocol
+from database.synthetic_finetuner import SyntheticFinetuner, synthetic_protocol
 from models.build import app_points
+from reports.build_status import build_status
 
 PG = os.environ.get("COINFER_TEST_POSTGRES")
 needs_pg = pytest.mark.skipif(not PG, reason="COINFER_TEST_POSTGRES not set (no PostgreSQL server)")
@@ -140,7 +140,7 @@ def test_kill_9_chaos_every_scheme_once_with_single_worker_values(kind, tmp_path
 
 def test_a_build_resumes_and_status_reports_it(tmp_path, capsys):
     """Two builds of overlapping sets: the second evaluates only what the first did not; status says so."""
-    from database.status import main as status_main
+    from reports.build_status import main as status_main
     storage, queue = storages("sqlite", tmp_path, None)
     first = [Scheme(1, c, b) for c in range(1, 9) for b in range(1, 4)]
     reports = [build_worker(job_for(storage, queue, first, 0.0))]
@@ -350,7 +350,7 @@ SEARCH = textwrap.dedent("""
     from search.problem import Problem
     from search.query import LatencyQuery
     from search.runner import run_search
-    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 
     class Slow(TableEvaluator):  # a fine-tune takes a while: the two workers overlap
         def evaluate(self, scheme):
@@ -373,7 +373,7 @@ def test_two_searches_on_one_rdb_study_give_the_single_certified_answer(kind, tm
     from search.problem import Problem
     from search.query import LatencyQuery
     from search.runner import run_search
-    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
     url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'studies.db'}"
     procs = [subprocess.Popen([sys.executable, "-c", SEARCH % SEARCH_POINTS, url], cwd=REPO_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -420,7 +420,7 @@ def test_bench_scale_measures_every_scheme_once_on_sqlite(capsys, tmp_path, monk
     """bench.scale with 1 and 2 workers and no sleep: each run evaluates each of its schemes once,
     and reports both throughput ratios and the overhead split."""
     from bench import scale
-    monkeypatch.setattr("bench.plots.OUT", tmp_path)
+    monkeypatch.setattr("reports.figure.OUT", tmp_path)
     assert scale.main(["--workers", "1,2", "--per-worker", "3", "--delay", "0.05", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = {(r["storage"], r["workers"]): r for r in out["table"]}

@@ -14,7 +14,7 @@ import pytest
 from conftest import start_cloud_server
 
 from apps import load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.store import Store
 from runtime import edge

@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from apps import APPS_DIR, REPO_ROOT, load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.model import SchemeModel
 from compress.prune import keep_filters, prune_at
 from compress.scheme import Scheme
@@ -152,7 +152,7 @@ def test_untraceable_model_is_one_line() -> None:
     ({"width": 0.25}, "cannot trace Branchy"),  # resnet18's builder swapped for an untraceable model below
 ])
 def test_cli_bad_model_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, model, says) -> None:
-    from apps.errors import run_cli
+    from cli.run import run_cli
     from models import zoo
     from search.cli import run
     monkeypatch.setitem(zoo.BUILDERS, "resnet18", lambda app: Branchy() if app.width == 0.25 else zoo.resnet(app))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from runtime.ready import announce, parse_ready, ready_line, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]

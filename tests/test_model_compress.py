@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps import load_app
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.codec import pack, packed_size, unpack
 from compress.model import SchemeModel
 from compress.prune import keep_filters, prune_at

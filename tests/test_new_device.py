@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from database.profile import main as profile_main
-from database.profiles import export_profile, import_profile, read_profile
-from database.profiles import main as profiles_main
+from database.profile_io import export_profile, import_profile, read_profile
+from database.profile_io import main as profiles_main
 from database.store import LatencyRow, Store
 
 
@@ -90,7 +90,7 @@ def test_bad_profile_files_are_one_line_errors(tmp_path):
 
 
 def test_devices_file_defines_side_and_speed(tmp_path):
-    from database.devices import DEFAULT_DEVICES, DeviceSpec, load_devices
+    from devices.spec import DEFAULT_DEVICES, DeviceSpec, load_devices
     path = tmp_path / "devices.yml"
     path.write_text("devices:\n  pi-like: {side: edge, speed: 0.25}\n  server: {side: cloud}\n")
     assert load_devices(path) == {"pi-like": DeviceSpec("pi-like", "edge", 0.25),

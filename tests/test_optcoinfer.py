@@ -16,7 +16,7 @@ from search.query import AccuracyQuery, LatencyQuery
 from search.runner import run_search
 from search.samplers.optcoinfer import OptCoInferSampler, _Matern, loss_bounds
 from search.space import Space
-from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 
 POINTS = synthetic_points([4, 4, 8, 8, 8])  # 256 schemes
 MODEL = synthetic_latency(POINTS)

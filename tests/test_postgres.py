@@ -55,7 +55,7 @@ def test_concurrent_evaluators_store_each_scheme_once(pg_url, tiny_app_path):
         rows = conn.execute(sa.text("SELECT p, c, b, count(*) FROM accuracy GROUP BY p, c, b")).all()
     assert sorted((p, c, b) for p, c, b, _ in rows) == [(0, 1, 1), (0, 1, 2), (0, 2, 3), (1, 1, 1)]
     assert all(n == 1 for *_, n in rows)
-    out = subprocess.run([sys.executable, "-m", "database.show", "--app", tiny_app_path, "--storage", pg_url,
+    out = subprocess.run([sys.executable, "-m", "reports.show", "--app", tiny_app_path, "--storage", pg_url,
                           "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["protocols"][0]["evaluated"] == 4

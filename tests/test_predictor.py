@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from apps import REPO_ROOT
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from database.layerprof import WHOLE, Layer, LayerSample, model_layers, sweep, whole_layer
 from database.predictor import LatencyPredictor, PredictorConfig, leave_one_model_out, median_error, store_predicted
 from database.store import LatencyRow, Store
@@ -97,7 +97,7 @@ def test_store_keeps_samples_in_order_and_marks_a_predicted_profile(tiny_app, ti
     predictor = LatencyPredictor.fit(samples, PredictorConfig())
     rows = store_predicted(store, tiny_app, "dev", ("edge", "cloud"), predictor)
     assert store.predicted(tiny_app.name) == {"dev": {"edge", "cloud"}}
-    from database.show import summary
+    from reports.show import summary
     assert summary(store, tiny_app_path)["devices"]["dev"]["predicted"] == ["cloud", "edge"]
     from models.build import app_points
     points = app_points(tiny_app)

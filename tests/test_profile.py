@@ -38,5 +38,5 @@ def test_main_profiles_the_edge_device_slowed_to_its_quota(tiny_app_path, tmp_pa
     assert len(rows) == SPLIT_ROWS + 2 and {r.side for r in rows} == {"edge"}
     info = store.device("tiny-edge")
     assert (info["cpu_quota"], info["emulation"]) == (0.5, "dilate")  # the tiny app's devices.edge.cpu_quota
-    assert info["notes"] == "emulated: this CPU's thread time / 0.5 (database.slowdown)"
+    assert info["notes"] == "emulated: this CPU's thread time / 0.5 (devices.slowdown)"
     assert f"tiny_digits on tiny-edge: {SPLIT_ROWS + 2} measurements stored" in capsys.readouterr().out

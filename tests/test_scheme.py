@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress import activation
 from compress.scheme import ALL_CLOUD, ALL_EDGE, Scheme, all_schemes
 from runtime.protocol import Request, decode, encode

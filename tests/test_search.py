@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import latency_only_copy
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.formats import write_csv, write_optcoinfer
 from database.paper import DEFAULT_JSON, import_paper_profile
@@ -21,7 +21,7 @@ from search.latency import LatencyModel
 from search.problem import Problem
 from search.query import AccuracyQuery, LatencyQuery
 from search.runner import run_search
-from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 from tests.oracles import brute_force
 
 SMALL = synthetic_points([4, 4, 8, 8, 8, 16, 16])

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from apps import REPO_ROOT
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from runtime.vnv import Measured, VnVReport, wire_bytes
 from search.select import Candidate, budgeted_choice, greedy_choice, select
@@ -80,7 +80,7 @@ def test_wire_bytes_match_the_latency_models():
     import numpy as np
 
     from apps import Link
-    from search.synthetic import synthetic_latency, synthetic_points
+    from search.synthetic_problems import synthetic_latency, synthetic_points
     model = synthetic_latency(synthetic_points([4, 4]))
     model.link = Link(48, 66, 1448)
     for n in (0, 1, 1400, 1401, 5000):

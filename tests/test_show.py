@@ -1,12 +1,12 @@
-"""database.show: one-sided devices explained, the paper's all-cloud, and the scheme-space plot."""
+"""reports.show: one-sided devices explained, the paper's all-cloud, and the scheme-space plot."""
 
 from __future__ import annotations
 
 import pytest
 
-from apps.errors import CoInferError
-from database.plot import pareto
-from database.show import main as show_main
+from cli.errors import CoInferError
+from reports.show import main as show_main
+from reports.space_plot import pareto
 
 
 def test_plot_is_written_with_the_query_answer(tiny_app_path, tiny_db, tmp_path, capsys):

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from apps import REPO_ROOT
-from apps.errors import CoInferError, mask_url
 from apps.outpath import check_output_path
+from cli.errors import CoInferError, mask_url
 from database.store import Store
 
 SHIPPED = REPO_ROOT / "database" / "coinfer.sqlite"

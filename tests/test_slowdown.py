@@ -1,4 +1,4 @@
-"""The emulated slow edge device (database.slowdown) and the profiler and edge client that use it."""
+"""The emulated slow edge device (devices.slowdown) and the profiler and edge client that use it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from database.slowdown import KeepWarm, SlowCPU, check_speed
+from devices.slowdown import KeepWarm, SlowCPU, check_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_keep_warm_loops_run_and_never_outlive_their_owner() -> None:
         assert warm.procs and all(p.poll() is None for p in warm.procs)
     assert not warm.procs
     # an owner gone right after starting them (before they even ran): they exit on their own
-    script = ("from database.slowdown import KeepWarm; import os; k = KeepWarm().start(); "
+    script = ("from devices.slowdown import KeepWarm; import os; k = KeepWarm().start(); "
               "print(' '.join(str(p.pid) for p in k.procs), flush=True); os._exit(0)")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

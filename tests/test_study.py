@@ -15,7 +15,7 @@ from apps import REPO_ROOT
 from compress.scheme import Scheme
 from search import CoInferSampler, LatencyQuery, Objective, Problem, TableEvaluator, certify
 from search.runner import run_search
-from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 from tests.oracles import brute_force
 
 POINTS = synthetic_points([4, 4, 8, 8, 8, 16, 16])
@@ -62,7 +62,7 @@ WORKER = textwrap.dedent("""
     from search.problem import Problem
     from search.query import LatencyQuery
     from search.runner import run_search
-    from search.synthetic import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 
     class Slow(TableEvaluator):  # a fine-tune takes a while: the two workers overlap
         def evaluate(self, scheme):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from apps.errors import CoInferError
-from database.cpuquota import CPU_ROOT, quota_support
+from cli.errors import CoInferError
+from devices.cpuquota import CPU_ROOT, quota_support
 from runtime.netns import PREFIX, netns_support, parse_rate, tbf_args
 from runtime.testbed import Testbed, TestbedConfig, cleanup_leftovers
 

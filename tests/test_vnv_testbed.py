@@ -1,4 +1,4 @@
-"""`select_model.py --testbed`: both VnV choices as real requests over the testbed (bench.vnv_testbed).
+"""`select_model.py --testbed`: both VnV choices as real requests over the testbed (runtime.vnv_testbed).
 
 Runs everywhere: with root, ip and tc the link is a tbf-shaped veth between two namespaces; without them the
 testbed falls back to loopback and the edge client's token bucket, and the report says which it was.
@@ -14,10 +14,10 @@ import pytest
 from conftest import write_tiny_app
 
 from apps import REPO_ROOT
-from bench.vnv_testbed import measure_testbed
 from compress.scheme import Scheme
 from runtime.netns import netns_support
 from runtime.vnv import RunConfig, frame_on_wire, measure
+from runtime.vnv_testbed import measure_testbed
 
 LINK = "netns+tbf" if netns_support() is None else "loopback+token bucket"
 

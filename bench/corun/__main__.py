@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from apps.errors import ArgParser, CoInferError, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 OUT = Path(__file__).resolve().parents[1] / "out" / "corun"
 

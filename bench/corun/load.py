@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from runtime.protocol import Error, ErrorCode, Hello, ProtocolError, Reply, Request, encode, read_frame
 
 LOG_COLUMNS = ("app", "scheme", "target", "client", "clients", "mode", "tag", "request_id", "scheduled", "sent",

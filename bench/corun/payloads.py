@@ -11,8 +11,8 @@ sends the image itself at 8 bits. All-edge sends nothing and is refused.
 from __future__ import annotations
 
 from apps import App
-from apps.errors import CoInferError
 from bench.corun.load import Payload
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.errors import CoInferError
 from bench.corun.load import OK
+from cli.errors import CoInferError
 from runtime.training import read_progress
 
 
@@ -179,7 +179,7 @@ def plot_cdfs(run: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import save_figure
+    from reports.figure import save_figure
     cells = read_cells(run)
     tags = list(dict.fromkeys(c["tag"] for c in cells))
     modes = list(dict.fromkeys(c["mode"] for c in cells))
@@ -203,7 +203,7 @@ def plot_throughput(stats: list[CellStats], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import save_figure
+    from reports.figure import save_figure
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     closed = [s for s in stats if s.mode == "closed"]
     for target, tag in sorted({(s.target, s.tag) for s in closed}):
@@ -222,8 +222,8 @@ def plot_profile(profile: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import save_figure
     from bench.profiler import read_samples
+    from reports.figure import save_figure
     rows = read_samples(profile)
     if not rows:
         raise CoInferError(f"{profile} has no samples")

@@ -42,8 +42,8 @@ from pathlib import Path
 import yaml
 
 from apps import load_app
-from apps.errors import CoInferError
 from bench.corun.load import LoadConfig, Target, preflight, run_load
+from cli.errors import CoInferError
 from runtime.batching import BatchPolicy
 from runtime.ready import wait_ready
 

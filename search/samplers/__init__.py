@@ -25,7 +25,7 @@ def make_sampler(name: str, problem: Problem, known: dict[Scheme, float] | None 
     """The sampler called `name` for `problem`; ours start from `known` (the stored database)."""
     import optuna
 
-    from apps.errors import CoInferError
+    from cli.errors import CoInferError
     if name == "coinfer":
         from search.samplers.coinfer import CoInferSampler
         return CoInferSampler(problem, known, tolerance)

@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.certificate import Certificate, certify
-from search.problem import Problem, Status
+from search.problem import Problem
+from search.status import Status
 from search.study import add_known, measured, params_of, scheme_of
 
 CLAIM = "coinfer:scheme"

@@ -27,9 +27,10 @@ import numpy as np
 
 from compress.scheme import Scheme
 from search.bounds import Knowledge
-from search.problem import Problem, Status
+from search.problem import Problem
 from search.query import LatencyQuery
 from search.samplers.base import PlannerSampler
+from search.status import Status
 
 KERNEL_WIDTH = 0.15  # in normalised (log c, b) units
 PRIOR_WEIGHT = 0.5

@@ -8,8 +8,9 @@ import numpy as np
 
 from compress.scheme import Scheme
 from search.bounds import Knowledge
-from search.problem import Problem, Status
+from search.problem import Problem
 from search.samplers.base import PlannerSampler
+from search.status import Status
 
 
 class ExhaustiveSampler(PlannerSampler):

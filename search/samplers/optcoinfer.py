@@ -87,13 +87,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import Matern
 
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from search.bounds import Knowledge
-from search.problem import Problem, Status
+from search.problem import Problem
 from search.query import LatencyQuery
 from search.samplers.base import PlannerSampler
 from search.space import Space
+from search.status import Status
 
 INITIAL_LOSS_CONSTRAINT = 0.1  # accuracy query: the paper's starting loss constraint
 FLAT_MEAN = 1e-2  # std of the GP means below which the paper falls back to a fixed order

@@ -11,7 +11,7 @@ before hours of GPU time. Its rows carry the protocol name with a `synthetic-` p
 never pass for measured accuracy. No torch: a worker starts in about a second.
 
 The surface is monotone in c and b at each point (before noise), deeper points tolerate more
-compression, as `search.synthetic.synthetic_table`:
+compression, as `search.synthetic_problems.synthetic_table`:
 
     top1 = base - 0.5 exp(-6 c / (C s_c)) - 0.4 exp(-7 b / (8 s_b)) + noise,  s_c = 1.2 - (p + 1) / 14
 """
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.store import AccuracyRow
 

@@ -2,7 +2,7 @@
 
     # devices.yml (the repository root's by default; --devices FILE elsewhere)
     devices:
-      pi-like: {side: edge, speed: 0.25}   # this CPU slowed to 1/4 (database.slowdown's dilation)
+      pi-like: {side: edge, speed: 0.25}   # this CPU slowed to 1/4 (devices.slowdown's dilation)
       my-server: {side: cloud}             # this machine as it is
 
 `python -m database.profile --device pi-like` then profiles that side at that speed; the same
@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from apps import REPO_ROOT
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 
 DEFAULT_DEVICES = REPO_ROOT / "devices.yml"
 SIDES = ("edge", "cloud", "both")

@@ -11,7 +11,7 @@ database and the runtime see the same device. Time spent off the CPU (preemption
 processes on a shared machine) does not count, the way it would not on a real device.
 
 This is the default emulation (`emulation: dilate` in an app's edge device). The alternative,
-`quota`, puts the edge process under a cgroup v1 CPU quota (`database.cpuquota`). It emulates a
+`quota`, puts the edge process under a cgroup v1 CPU quota (`devices.cpuquota`). It emulates a
 slow device only over many quota periods: measured on this machine (kernel HZ = 250, 1/8 CPU =
 1 ms of quota per 8 ms period), a busy loop runs in bursts of 2.4 ms (the kernel enforces the
 quota at its 4 ms tick) followed by 13.6 or 21.6 ms stalls; 2 ms of work takes 16.0 ms back to

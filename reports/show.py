@@ -1,13 +1,13 @@
 """What the databases hold: per app, schemes evaluated / space size, base accuracy, devices.
 
-    python -m database.show [--app A] [--json]
-    python -m database.show --app A --plot FILE.png --bandwidth B [--accuracy-loss E | --latency R]
+    python -m reports.show [--app A] [--json]
+    python -m reports.show --app A --plot FILE.png --bandwidth B [--accuracy-loss E | --latency R]
 
 A device profiled on one side only (an edge machine, a cloud server, an imported paper profile)
 is listed with the role it can play in `--latency-profile EDGE,CLOUD`. Devices imported with the
 paper's formula (`optcoinfer-paper`) count no compute for all-cloud: the paper's all-cloud is the
 transfer only, and that is what is said instead of a 0 ms figure. `--plot` draws the scheme space
-(database/plot.py).
+(reports/space_plot.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 
 from apps import DEFAULT_APP, available_apps, load_app
-from apps.errors import ArgParser, CoInferError, mask_url, run_cli
-from database.devices import parse_device_pair
+from cli.args import ArgParser
+from cli.errors import CoInferError, mask_url
+from cli.run import run_cli
+from devices.spec import parse_device_pair
 
 PAPER_FORMULA = "optcoinfer-paper"  # search.latency.PAPER_FORMULA (not imported: it loads torch)
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def plot(store, args: argparse.Namespace) -> int:
     """`--plot`: the app's stored schemes under its (or the given) latency model."""
-    from database.plot import PlotQuery, plot_space
+    from reports.space_plot import PlotQuery, plot_space
     from search.bounds import DEFAULT_TOLERANCE
     from search.evaluators import DatabaseEvaluator
     from search.latency import LatencyModel

@@ -16,7 +16,7 @@ Commands (one JSON object a line):
         before request `pause_at` it says {"paused": i} and waits for a line on stdin
     {"op": "infer", "scheme": "4,12,3", "index": 7}
         -> {"index": 7, "label": y, "classes": [top-1 class], "timings": Timings as a dict}: test image 7 of the
-        app's test split (index 0.. as `data.load_splits` orders it) as one request (bench.vnv_testbed)
+        app's test split (index 0.. as `data.load_splits` orders it) as one request (runtime.vnv_testbed)
     {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
     {"op": "quit"}
 """
@@ -43,7 +43,7 @@ def _emit(obj: dict) -> None:
 async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool) -> None:
     from apps import load_app
     from data import load_splits
-    from database.slowdown import SlowCPU
+    from devices.slowdown import SlowCPU
     from runtime.client import ClientConfig, EdgeClient
     from runtime.edge import parse_server
     from runtime.monitor import BandwidthEstimator, TokenBucket
@@ -131,7 +131,7 @@ class EdgeWorker:
     """Parent side: start the worker in a testbed's edge namespace and talk to it."""
 
     def __init__(self, tb, schemes: list[str], app: str = "vgg16_digits", finetuned: bool = True) -> None:
-        argv = [sys.executable, "-m", "bench.edgeworker", app, tb.server, json.dumps(schemes),
+        argv = [sys.executable, "-m", "runtime.edgeworker", app, tb.server, json.dumps(schemes),
                 "1" if finetuned else "0"]
         self.proc = subprocess.Popen(tb.edge_command(argv, throttle=False), env=tb.edge_env(), cwd=tb_root(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -1,9 +1,9 @@
 """Carry a latency profile between machines as a JSON file, with the device's fingerprint.
 
-    python -m database.profiles export-profile --device pi-like --app vgg16_digits pi-like.json   # on the edge
-    python -m database.profiles import-profile pi-like.json [--replace]                          # on the server
+    python -m database.profile_io export-profile --device pi-like --app vgg16_digits pi-like.json   # on the edge
+    python -m database.profile_io import-profile pi-like.json [--replace]                          # on the server
 
-The file holds the app, the device name, its fingerprint (database/fingerprint.py, with the
+The file holds the app, the device name, its fingerprint (devices/fingerprint.py, with the
 profile's noise), the activation shapes and every row (side, point, channels, median, p90, n).
 Import merges: rows of a side the database lacks for that device are added; a side it already
 has is refused with one line naming `--replace` (then that side's old rows are replaced), unless
@@ -19,8 +19,10 @@ import math
 from pathlib import Path
 
 from apps import DEFAULT_APP
-from apps.errors import ArgParser, CoInferError, run_cli
 from apps.schema import check_name
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
 
 FORMAT = "coinfer-latency-profile/1"
 ROW_KEYS = ("side", "point", "channels", "median_s", "p90_s", "n")
@@ -110,7 +112,7 @@ def import_profile(store, data: dict, replace: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgParser(prog="python -m database.profiles",
+    ap = ArgParser(prog="python -m database.profile_io",
                    description="Export / import a device's latency profile as a JSON file.")
     ap.add_argument("action", choices=["export-profile", "import-profile"])
     ap.add_argument("path", type=Path, help="the profile file (written by export-profile, read by import-profile)")

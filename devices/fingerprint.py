@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from database.cpuquota import current_quota
+from devices.cpuquota import current_quota
 
 
 def cpu_model() -> str:

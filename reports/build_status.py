@@ -1,6 +1,6 @@
 """Progress of distributed builds: what is done, running (by worker and host), failed, retried and left.
 
-    python -m database.status --storage postgresql://u@db/coinfer [--app A] [--json]
+    python -m reports.build_status --storage postgresql://u@db/coinfer [--app A] [--json]
 
 Reads the build studies (database/distributed.py) in the queue storage of `--storage` (or
 `--queue`) and the accuracy table they fill; writes nothing. Per build:
@@ -21,7 +21,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from apps.errors import ArgParser, CoInferError, mask_url, run_cli
+from cli.args import ArgParser
+from cli.errors import CoInferError, mask_url
+from cli.run import run_cli
 
 WINDOW_S = 600.0
 
@@ -145,7 +147,7 @@ def format_status(rows: list[BuildStatus]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgParser(prog="python -m database.status", description="Progress of the distributed accuracy-database "
+    ap = ArgParser(prog="python -m reports.build_status", description="Progress of the distributed accuracy-database "
                                                                   "builds.")
     ap.add_argument("--storage", default=None,
                     help="SQLAlchemy URL of the accuracy database (default: database/coinfer.sqlite)")

@@ -6,7 +6,7 @@ As `runtime.vnv.measure` (the same n test images, index 0..n-1 of the test split
 by image after a warm-up, the same `VnVReport`), but each image is a real request: `runtime.testbed`
 puts the cloud server (`python -m runtime.cloud`, hosting both choices' apps) in the cloud network
 namespace behind a veth link shaped by tc tbf at `config.bandwidth` (without root: loopback and the
-edge client's own token bucket, and the report's notes say so); one `bench.edgeworker` process per
+edge client's own token bucket, and the report's notes say so); one `runtime.edgeworker` process per
 app runs in the edge namespace, loads its model and weights at full speed, connects, warms up, then
 runs at `config.edge_speed` of this CPU (`dilate`, as the in-process path). Per request the edge client
 (`runtime.client.EdgeClient.infer`) times it: t = edge (head + quantise/pack) + the round trip (transfer
@@ -24,7 +24,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 
 from apps import App
-from apps.errors import CoInferError
+from cli.errors import CoInferError
 from compress.scheme import Scheme
 from runtime.vnv import RunConfig, VnVReport, alternate, check_images, frame_on_wire, summarise
 
@@ -33,7 +33,7 @@ def measure_testbed(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], 
                     refs: Mapping[str, str] | None = None) -> VnVReport:
     """Both choices over the testbed (see the module doc). `refs`: app name -> the name or YAML path the cloud
     and edge processes load it from (default: the name, a shipped app)."""
-    from bench.edgeworker import EdgeWorker
+    from runtime.edgeworker import EdgeWorker
     from runtime.testbed import Testbed, TestbedConfig
     from runtime.weights import scheme_model
     choices = (baseline, advanced)

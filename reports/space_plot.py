@@ -1,6 +1,6 @@
 """The scheme space as a picture: latency against accuracy of every stored scheme at one bandwidth.
 
-    python -m database.show --plot space.png --bandwidth 1 [--accuracy-loss 0.01 | --latency 0.6]
+    python -m reports.show --plot space.png --bandwidth 1 [--accuracy-loss 0.01 | --latency 0.6]
 
 Every scheme of the app's accuracy database is a dot at (predicted latency at the bandwidth,
 measured top-1); the Pareto frontier (no other stored scheme is both faster and at least as
@@ -48,7 +48,7 @@ def plot_space(app: App, model: LatencyModel, table: dict[Scheme, float], base: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import save_figure
+    from reports.figure import save_figure
     bw = query.bandwidth
     pts = [(1e3 * model.breakdown(s, bw).total, 100 * a) for s, a in table.items()]
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -1,0 +1,41 @@
+"""The project's exception types and the exit status each one means (README, "Exit status").
+
+| status | meaning | raised as |
+|---|---|---|
+| 0 | an answer | (return 0) |
+| 1 | a well-formed question that nothing meets (no scheme within the bound) | (return 1) |
+| 2 | bad input: an unknown app, malformed YAML, a scheme outside the space, a corrupt file | `CoInferError` |
+| 3 | a server or database that cannot be reached, or a connection lost on the way | `Unreachable` |
+
+Every stage raises one of these with a one-line message naming the problem; `cli.run.run_cli`
+prints that line to stderr and exits with the status. `mask_url` hides the password of a database
+URL in such a line.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class CoInferError(Exception):
+    """Bad input from the user: reported as one line, exit status 2, no traceback."""
+
+    exit_status = 2
+
+
+class Unreachable(CoInferError):
+    """A server, database or peer that cannot be reached, or a connection lost: exit status 3.
+
+    A subclass of `CoInferError`, so code that reports bad input reports this too, one line."""
+
+    exit_status = 3
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password hidden: `postgresql://u:***@host/db`, and `password=***` in a query."""
+    scheme, sep, rest = str(url).partition("://")
+    if sep and "@" in rest:
+        cred, _, host = rest.rpartition("@")
+        if ":" in cred:
+            rest = f"{cred.split(':', 1)[0]}:***@{host}"
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", f"{scheme}{sep}{rest}")
