@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "bench" / "out"  # git-ignored
 
 
 def save_figure(fig, path: str | Path) -> Path:
