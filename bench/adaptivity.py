@@ -44,9 +44,9 @@ from reports.figure import OUT, save_figure
 
 def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], rates: list[float], n: int,
                warmup: int) -> list[dict]:
-    from tqdm import tqdm
+    from cli.progress import progress
     rows = []
-    for q in tqdm(quotas, desc="quotas"):
+    for q in progress(quotas, desc="quotas", unit="quota"):
         worker.set_edge_cpu(tb, q)
         for rate in rates:
             tb.set_rate(rate)

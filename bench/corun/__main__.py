@@ -126,8 +126,8 @@ def client(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = LoadConfig(tuple(targets), clients, args.mode, args.rate, args.duration, args.seed, args.tag, token,
                         args.timeout, str(out))
-    from tqdm import tqdm
-    bar = tqdm(total=len(clients), desc="corun cells", unit="cell", disable=not sys.stderr.isatty())
+    from cli.progress import progress
+    bar = progress(total=len(clients), desc="corun cells", unit="cell")
     failed = total = 0
     for result in run_load(config, progress=lambda r: bar.update(1)):
         total += result.requests
