@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,27 @@ def fixed_regret(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, step: tuple[float, float],
-                 step_at: int, n: int, accuracy_loss: float, target: str, rtt_s: float) -> dict:
+@dataclass(frozen=True)
+class StepConfig:
+    """Part 2's run: `n` requests with the link stepping from `step[0]` to `step[1]` Mbps before request
+    `step_at`; the adapter keeps the top-1 loss within `accuracy_loss` and reads the latency model from
+    `storage` with the testbed's measured `rtt_s`."""
+
+    step: tuple[float, float] = (2.0, 0.5)
+    step_at: int = 20
+    n: int = 45
+    accuracy_loss: float = 0.01
+    storage: str | None = None
+    rtt_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.step_at < 4 or self.n <= self.step_at or min(self.step) <= 0:
+            raise CoInferError("--step rates must be positive, --step-at >= 4 and below --adapt-n")
+
+
+def adaptive_run(tb, worker, frontier_schemes: list[str], target: str, config: StepConfig) -> dict:
     """`target`: what the adapter should run after the step (the model's best frontier scheme there)."""
+    step, step_at, n = config.step, config.step_at, config.n
     tb.set_rate(step[0])
     fixed = {}
     for phase, rate in enumerate(step):
@@ -83,8 +102,9 @@ def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, s
         fixed[phase] = {s: statistics.fmean(x["total_s"] for x in runs[s]) for s in frontier_schemes}
     tb.set_rate(step[0])
     frontier = [Scheme.parse(s).to_json() for s in frontier_schemes]
-    worker.send({"op": "adapt", "n": n, "frontier": frontier, "storage": storage, "accuracy_loss": accuracy_loss,
-                 "initial_mbps": None, "pause_at": step_at, "rtt_s": rtt_s})
+    worker.send({"op": "adapt", "n": n, "frontier": frontier, "storage": config.storage,
+                 "accuracy_loss": config.accuracy_loss, "initial_mbps": None, "pause_at": step_at,
+                 "rtt_s": config.rtt_s})
     trace = []
     while True:
         msg = worker.read()
@@ -179,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             raise CoInferError(f"cannot replay {args.replay}: {exc}") from None
         return 0
-    if min(args.quotas) <= 0 or min(args.rates) <= 0 or args.n < 1 or args.step_at < 4:
-        raise CoInferError("quotas and rates must be positive, --n >= 1, --step-at >= 4")
+    if min(args.quotas) <= 0 or min(args.rates) <= 0 or args.n < 1:
+        raise CoInferError("quotas and rates must be positive, --n >= 1")
+    StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss)  # checked before the testbed
     app = load_app(args.app)
     from bench.freshprofile import reprofile, snapshot
     from bench.runtime import calibration_scheme, measured_rtt
@@ -211,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.n, args.warmup)
         worker.set_edge_cpu(tb, quota)
         target = str(Adapter(model, frontier).choose(args.step[1]))
-        adaptive = adaptive_run(tb, worker, frontier_schemes, storage, tuple(args.step), args.step_at,
-                                args.adapt_n, args.accuracy_loss, target, rtt)
+        adaptive = adaptive_run(tb, worker, frontier_schemes, target,
+                                StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss, storage,
+                                           rtt))
         mode, notes = tb.mode, tb.notes
     if rows:
         plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
