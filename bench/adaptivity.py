@@ -40,7 +40,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, no_data, save_figure
 
 
 def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], rates: list[float], n: int,
@@ -137,23 +137,26 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(dict.fromkeys(r["best"] for r in rows))
-    grid = np.array([[names.index(next(r["best"] for r in rows if r["quota"] == q and r["rate_mbps"] == b))
-                      for b in rates] for q in quotas])
     fig, axes = plt.subplots(1, 2 if adaptive else 1, figsize=(13 if adaptive else 7, 4.5), squeeze=False)
     ax = axes[0][0]
-    ax.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
-    for i, q in enumerate(quotas):
-        for j, b in enumerate(rates):
-            r = next(r for r in rows if r["quota"] == q and r["rate_mbps"] == b)
-            ax.text(j, i, f"{r['best']}\n{r['measured_s'][r['best']] * 1e3:.1f} ms"
-                    + ("" if r["model_best"] == r["best"] else f"\nmodel: {r['model_best']}"),
-                    ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(rates)), [f"{b:g}" for b in rates])
-    ax.set_yticks(range(len(quotas)), [f"{q:g}" for q in quotas])
-    ax.set_xlabel("edge -> cloud rate (Mbps)")
-    ax.set_ylabel("edge CPU quota (CPUs)")
     ax.set_title("best scheme per condition (measured mean latency)")
+    if not rows:
+        no_data(ax, "grid not run (--skip-grid)")
+    else:
+        names = list(dict.fromkeys(r["best"] for r in rows))
+        grid = np.array([[names.index(next(r["best"] for r in rows if r["quota"] == q and r["rate_mbps"] == b))
+                          for b in rates] for q in quotas])
+        ax.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
+        for i, q in enumerate(quotas):
+            for j, b in enumerate(rates):
+                r = next(r for r in rows if r["quota"] == q and r["rate_mbps"] == b)
+                ax.text(j, i, f"{r['best']}\n{r['measured_s'][r['best']] * 1e3:.1f} ms"
+                        + ("" if r["model_best"] == r["best"] else f"\nmodel: {r['model_best']}"),
+                        ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(rates)), [f"{b:g}" for b in rates])
+        ax.set_yticks(range(len(quotas)), [f"{q:g}" for q in quotas])
+        ax.set_xlabel("edge -> cloud rate (Mbps)")
+        ax.set_ylabel("edge CPU quota (CPUs)")
     if adaptive:
         ax = axes[0][1]
         tr = adaptive["trace"]
@@ -168,7 +171,10 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
                 ax.annotate(t["scheme"], (t["i"], t["total_s"] * 1e3), fontsize=7)
         ax.set_xlabel("request")
         ax.set_ylabel("latency (ms)")
-        ax.legend(loc="upper left", fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        handles2, labels2 = ax2.get_legend_handles_labels()  # the twin axis's line: in the same legend
+        ax.legend(handles + handles2, labels + labels2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+                  fontsize=7, frameon=False)
         ax.set_title("adaptive mode under a rate step")
     save_figure(fig, path)
 
@@ -236,15 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                                 StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss, storage,
                                            rtt))
         mode, notes = tb.mode, tb.notes
-    if rows:
-        plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
+    plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
     data = {"app": app.name, "mode": mode, "notes": notes, "link": args.link, "n": args.n, "warmup": args.warmup,
             "profile": args.profile, "rtt_s": rtt,
             "quotas": args.quotas, "rates": args.rates, "accuracy_loss": args.accuracy_loss,
             "schemes": schemes, "frontier_schemes": frontier_schemes,
             "frontier": [[g, str(s)] for g, s in zip(frontier.grid, frontier.schemes)],
             "grid": rows, "fixed_regret": fixed_regret(rows) if rows else {}, "adaptive": adaptive,
-            "plot": args.out if rows else None}
+            "plot": args.out}
     print(json.dumps(data) if args.json else report(data))
     return 0
 

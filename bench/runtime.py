@@ -46,7 +46,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, fitted_title, save_figure
 
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
@@ -228,9 +228,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks(x, [r["scheme"] for r in sub], rotation=30)
         ax.set_title(f"{rate:g} Mbps")
         ax.set_ylabel("latency per request (ms)")
-    axes[0][0].legend()
-    fig.suptitle(f"runtime on the testbed ({rows[0]['mode']}, link {rows[0]['link']}): predicted vs measured "
-                 "(bar: median, whisker: p90)")
+    axes[0][0].legend(fontsize=8)
+    fitted_title(fig, f"runtime on the testbed ({rows[0]['mode']}, link {rows[0]['link']}): predicted vs measured "
+                      "(bar: median, whisker: p90)")
     save_figure(fig, path)
 
 
