@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["fresh", "stored"], default="fresh",
                     help="fresh: the model from every row profiled again at the start (default); stored: as stored")
     ap.add_argument("--storage", default=None)
-    ap.add_argument("--out", default=str(OUT / "adaptivity.png"))
+    ap.add_argument("--out", default=str(OUT / "adaptivity.png"), help="the PNG (default: %(default)s)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--replay", help="print the report of a saved --json output and exit")
     args = ap.parse_args(argv)

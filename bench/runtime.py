@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="fresh: predict from rows profiled again next to each rate's run (default); "
                          "stored: from the database as it is")
     ap.add_argument("--storage", default=None, help="database URL (latency model + accuracies)")
-    ap.add_argument("--out", default=str(OUT / "runtime.png"))
+    ap.add_argument("--out", default=str(OUT / "runtime.png"), help="the PNG (default: %(default)s)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     app = load_app(args.app)

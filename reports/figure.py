@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "bench" / "out"  # the benchmarks' PNGs (git-ignored)
 
 
 def save_figure(fig, path: str | Path) -> Path:
