@@ -211,7 +211,8 @@ def runtime_cases() -> list[Case]:
     out += [_c("runtime.edge", "--scheme", "4,12,3", "--server", CLOSED, "--n", "1", "--no-finetuned",
                label="cloud unreachable", exit=3, fast=True),
             _c("runtime.edge", "--auto", "--bandwidth", "1", "--server", CLOSED, "--n", "1", "--storage", "{db}",
-               label="--auto: cloud unreachable", exit=3)]
+               label="--auto: cloud unreachable", exit=3),
+            _c("runtime.linkprobe", "source", *CLOSED.split(":"), "100", label="source: no sink", exit=3)]
     for cli, bads in (("bench.codec", [("--bogus",)]), ("bench.fuzz", [("--bogus",), ("--hang-ms", "nan"),
                                                                         ("--inputs", "x")]),
                       ("bench.search", [("--bogus",), ("--tolerance", "nan"), ("--seeds", "x")]),

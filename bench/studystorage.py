@@ -1,6 +1,6 @@
 """What a trial costs in each Optuna study storage, next to the CoInfer sampler's own decision time.
 
-    python -m bench.studystorage [--repeats 3] [--postgres URL] [--out PNG]
+    python -m bench.studystorage [--repeats 3] [--postgres URL] [--out PNG] [--json]
 
 One CoInfer search (a latency query on a synthetic 13-point table whose search takes 104
 trials, evaluations replayed from the table: no fine-tune) runs as `study.optimize` in each
@@ -14,8 +14,10 @@ gives a URL. Writes bench/out/studystorage.png (`--out`): the two parts side by 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", default=os.environ.get("COINFER_TEST_POSTGRES"),
                     help="SQLAlchemy URL of a PostgreSQL database to use (default: $COINFER_TEST_POSTGRES)")
     ap.add_argument("--out", default=None, help="the PNG (default: bench/out/studystorage.png)")
+    ap.add_argument("--json", action="store_true", help="the medians per storage as one JSON object on stdout")
     args = ap.parse_args(argv)
     if not 1 <= args.repeats <= 100:
         raise CoInferError(f"--repeats must be in 1..100, got {args.repeats}")
@@ -68,20 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         storages["postgresql"] = args.postgres
     print(f"bench.studystorage: one CoInfer search ({len(POINTS)} points, saturating table, latency query 1 % at "
           f"0.5 Mbps) as study.optimize per storage, {args.repeats} rounds with the storages in turn; "
-          f"per-trial medians over rounds; temp folder {folder}", flush=True)
+          f"per-trial medians over rounds; temp folder {folder}", flush=True,
+          file=sys.stderr if args.json else sys.stdout)
     rows: dict[str, list[dict]] = {k: [] for k in storages}
     stamp = int(time.time())
     for r in range(args.repeats):
         for kind, url in storages.items():
             rows[kind].append(one_search(url, f"bench-{stamp}-{r}"))
+    medians = {kind: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for kind, rs in rows.items()}
+    from reports import figure
+    path = plot(medians, Path(args.out) if args.out else figure.OUT / "studystorage.png")
+    if args.json:
+        print(json.dumps({"repeats": args.repeats, "medians": medians, "plot": str(path)}))
+        return 0
     print(f"{'storage':<11} {'trials':>6} {'wall ms/trial':>13} {'decision ms':>11} {'bookkeeping ms':>14}")
-    medians = {}
-    for kind, rs in rows.items():
-        med = medians[kind] = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+    for kind, med in medians.items():
         print(f"{kind:<11} {med['trials']:>6.0f} {med['wall_ms']:>13.2f} {med['decision_ms']:>11.2f} "
               f"{med['bookkeeping_ms']:>14.2f}")
-    from reports import figure
-    print(f"plot: {plot(medians, Path(args.out) if args.out else figure.OUT / 'studystorage.png')}")
+    print(f"plot: {path}")
     return 0
 
 
