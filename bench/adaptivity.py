@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +40,14 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, no_data, save_figure
 
 
 def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], rates: list[float], n: int,
                warmup: int) -> list[dict]:
-    from tqdm import tqdm
+    from cli.progress import progress
     rows = []
-    for q in tqdm(quotas, desc="quotas"):
+    for q in progress(quotas, desc="quotas", unit="quota"):
         worker.set_edge_cpu(tb, q)
         for rate in rates:
             tb.set_rate(rate)
@@ -72,9 +73,27 @@ def fixed_regret(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, step: tuple[float, float],
-                 step_at: int, n: int, accuracy_loss: float, target: str, rtt_s: float) -> dict:
+@dataclass(frozen=True)
+class StepConfig:
+    """Part 2's run: `n` requests with the link stepping from `step[0]` to `step[1]` Mbps before request
+    `step_at`; the adapter keeps the top-1 loss within `accuracy_loss` and reads the latency model from
+    `storage` with the testbed's measured `rtt_s`."""
+
+    step: tuple[float, float] = (2.0, 0.5)
+    step_at: int = 20
+    n: int = 45
+    accuracy_loss: float = 0.01
+    storage: str | None = None
+    rtt_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.step_at < 4 or self.n <= self.step_at or min(self.step) <= 0:
+            raise CoInferError("--step rates must be positive, --step-at >= 4 and below --adapt-n")
+
+
+def adaptive_run(tb, worker, frontier_schemes: list[str], target: str, config: StepConfig) -> dict:
     """`target`: what the adapter should run after the step (the model's best frontier scheme there)."""
+    step, step_at, n = config.step, config.step_at, config.n
     tb.set_rate(step[0])
     fixed = {}
     for phase, rate in enumerate(step):
@@ -83,8 +102,9 @@ def adaptive_run(tb, worker, frontier_schemes: list[str], storage: str | None, s
         fixed[phase] = {s: statistics.fmean(x["total_s"] for x in runs[s]) for s in frontier_schemes}
     tb.set_rate(step[0])
     frontier = [Scheme.parse(s).to_json() for s in frontier_schemes]
-    worker.send({"op": "adapt", "n": n, "frontier": frontier, "storage": storage, "accuracy_loss": accuracy_loss,
-                 "initial_mbps": None, "pause_at": step_at, "rtt_s": rtt_s})
+    worker.send({"op": "adapt", "n": n, "frontier": frontier, "storage": config.storage,
+                 "accuracy_loss": config.accuracy_loss, "initial_mbps": None, "pause_at": step_at,
+                 "rtt_s": config.rtt_s})
     trace = []
     while True:
         msg = worker.read()
@@ -117,23 +137,26 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(dict.fromkeys(r["best"] for r in rows))
-    grid = np.array([[names.index(next(r["best"] for r in rows if r["quota"] == q and r["rate_mbps"] == b))
-                      for b in rates] for q in quotas])
     fig, axes = plt.subplots(1, 2 if adaptive else 1, figsize=(13 if adaptive else 7, 4.5), squeeze=False)
     ax = axes[0][0]
-    ax.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
-    for i, q in enumerate(quotas):
-        for j, b in enumerate(rates):
-            r = next(r for r in rows if r["quota"] == q and r["rate_mbps"] == b)
-            ax.text(j, i, f"{r['best']}\n{r['measured_s'][r['best']] * 1e3:.1f} ms"
-                    + ("" if r["model_best"] == r["best"] else f"\nmodel: {r['model_best']}"),
-                    ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(rates)), [f"{b:g}" for b in rates])
-    ax.set_yticks(range(len(quotas)), [f"{q:g}" for q in quotas])
-    ax.set_xlabel("edge -> cloud rate (Mbps)")
-    ax.set_ylabel("edge CPU quota (CPUs)")
     ax.set_title("best scheme per condition (measured mean latency)")
+    if not rows:
+        no_data(ax, "grid not run (--skip-grid)")
+    else:
+        names = list(dict.fromkeys(r["best"] for r in rows))
+        grid = np.array([[names.index(next(r["best"] for r in rows if r["quota"] == q and r["rate_mbps"] == b))
+                          for b in rates] for q in quotas])
+        ax.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
+        for i, q in enumerate(quotas):
+            for j, b in enumerate(rates):
+                r = next(r for r in rows if r["quota"] == q and r["rate_mbps"] == b)
+                ax.text(j, i, f"{r['best']}\n{r['measured_s'][r['best']] * 1e3:.1f} ms"
+                        + ("" if r["model_best"] == r["best"] else f"\nmodel: {r['model_best']}"),
+                        ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(rates)), [f"{b:g}" for b in rates])
+        ax.set_yticks(range(len(quotas)), [f"{q:g}" for q in quotas])
+        ax.set_xlabel("edge -> cloud rate (Mbps)")
+        ax.set_ylabel("edge CPU quota (CPUs)")
     if adaptive:
         ax = axes[0][1]
         tr = adaptive["trace"]
@@ -148,7 +171,10 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
                 ax.annotate(t["scheme"], (t["i"], t["total_s"] * 1e3), fontsize=7)
         ax.set_xlabel("request")
         ax.set_ylabel("latency (ms)")
-        ax.legend(loc="upper left", fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        handles2, labels2 = ax2.get_legend_handles_labels()  # the twin axis's line: in the same legend
+        ax.legend(handles + handles2, labels + labels2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3,
+                  fontsize=7, frameon=False)
         ax.set_title("adaptive mode under a rate step")
     save_figure(fig, path)
 
@@ -169,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["fresh", "stored"], default="fresh",
                     help="fresh: the model from every row profiled again at the start (default); stored: as stored")
     ap.add_argument("--storage", default=None)
-    ap.add_argument("--out", default=str(OUT / "adaptivity.png"))
+    ap.add_argument("--out", default=str(OUT / "adaptivity.png"), help="the PNG (default: %(default)s)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--replay", help="print the report of a saved --json output and exit")
     args = ap.parse_args(argv)
@@ -179,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             raise CoInferError(f"cannot replay {args.replay}: {exc}") from None
         return 0
-    if min(args.quotas) <= 0 or min(args.rates) <= 0 or args.n < 1 or args.step_at < 4:
-        raise CoInferError("quotas and rates must be positive, --n >= 1, --step-at >= 4")
+    if min(args.quotas) <= 0 or min(args.rates) <= 0 or args.n < 1:
+        raise CoInferError("quotas and rates must be positive, --n >= 1")
+    StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss)  # checked before the testbed
     app = load_app(args.app)
     from bench.freshprofile import reprofile, snapshot
     from bench.runtime import calibration_scheme, measured_rtt
@@ -211,18 +238,18 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.n, args.warmup)
         worker.set_edge_cpu(tb, quota)
         target = str(Adapter(model, frontier).choose(args.step[1]))
-        adaptive = adaptive_run(tb, worker, frontier_schemes, storage, tuple(args.step), args.step_at,
-                                args.adapt_n, args.accuracy_loss, target, rtt)
+        adaptive = adaptive_run(tb, worker, frontier_schemes, target,
+                                StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss, storage,
+                                           rtt))
         mode, notes = tb.mode, tb.notes
-    if rows:
-        plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
+    plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
     data = {"app": app.name, "mode": mode, "notes": notes, "link": args.link, "n": args.n, "warmup": args.warmup,
             "profile": args.profile, "rtt_s": rtt,
             "quotas": args.quotas, "rates": args.rates, "accuracy_loss": args.accuracy_loss,
             "schemes": schemes, "frontier_schemes": frontier_schemes,
             "frontier": [[g, str(s)] for g, s in zip(frontier.grid, frontier.schemes)],
             "grid": rows, "fixed_regret": fixed_regret(rows) if rows else {}, "adaptive": adaptive,
-            "plot": args.out if rows else None}
+            "plot": args.out}
     print(json.dumps(data) if args.json else report(data))
     return 0
 

@@ -4,7 +4,7 @@
 
 Each case runs one CLI in its own subprocess, in its own temp folder (its working directory), against
 its own copy of the shipped database (`--storage` points there), and passes when:
-- the exit code is 2;
+- the exit code is the case's `exit`: 2 (bad input), or 3 for a server that cannot be reached;
 - stderr is exactly one line, and no traceback appears on stdout or stderr;
 - no password of a URL appears (cases with a URL carry the password `s3cret`);
 - the database copy's bytes are unchanged, and so are the shipped database's;
@@ -115,8 +115,8 @@ def run_case(case: Case, root: Path, index: int, timeout_s: float, repo_lock: th
         code, stdout, stderr = None, str(exc.stdout or ""), str(exc.stderr or "")
         problems.append(f"hang: no exit within {timeout_s:g} s")
     seconds = time.perf_counter() - start
-    if code is not None and code != 2:
-        problems.append(f"exit code {code}")
+    if code is not None and code != case.exit:
+        problems.append(f"exit code {code}, expected {case.exit}")
     lines = stderr.splitlines()
     if len(lines) != 1:
         problems.append(f"{len(lines)} lines on stderr")
@@ -166,8 +166,9 @@ def report(outcomes: list[Outcome], wall_s: float, jobs: int, timeout_s: float) 
         ok_cli[o.case.cli] += o.passed
     lines = [f"How: {total} generated bad inputs, each one CLI in its own subprocess and temp folder (its cwd) "
              f"against its own copy of database/coinfer.sqlite; {jobs} at a time, {timeout_s:g} s timeout each; "
-             "checked: exit code 2, exactly one stderr line, no traceback, no password shown, database bytes "
-             "unchanged (copy and shipped), no new files (case folder and repository). "
+             "checked: exit code 2 (3 for an unreachable server), exactly one stderr line, no traceback, "
+             "no password shown, database bytes unchanged (copy and shipped), no new files (case folder and "
+             "repository). "
              f"Wall time {wall_s:.0f} s.",
              f"handled {passed}/{total} ({100 * passed / max(1, total):.1f} %)"]
     for cli in sorted(per_cli):

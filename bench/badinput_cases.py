@@ -15,16 +15,21 @@ NAN, INF = float("nan"), float("inf")
 class Case:
     """One bad input: a CLI (module or script) and its argv, with {db} (the case's database copy), {tmp} (its
     folder), {app} (its app YAML) and {repo} placeholders; `app` mutates the default app's YAML (a function
-    of the parsed mapping) or is the file's raw text; `fast` puts it in the test suite's subset."""
+    of the parsed mapping) or is the file's raw text; `fast` puts it in the test suite's subset; `exit` is
+    the expected status (cli.errors: 2 bad input, 3 a server that cannot be reached)."""
     cli: str
     argv: tuple[str, ...]
     label: str
     app: Callable[[dict], None] | str | bytes | None = None
     fast: bool = False
+    exit: int = 2
 
 
-def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False) -> Case:
-    return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast)
+def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False, exit: int = 2) -> Case:
+    return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast, exit)
+
+
+CLOSED = "127.0.0.1:1"  # nothing listens on port 1: a server that cannot be reached (exit 3)
 
 
 PROFILE = ('{{"format": "coinfer-latency-profile/1", "app": "vgg16_digits", "device": "cpu-edge", "fingerprint": {{}}, '
@@ -203,6 +208,11 @@ def runtime_cases() -> list[Case]:
         ("runtime.linkprobe", [("--bogus",), ("nosuchcommand",)]),
     ):
         out += [_c(cli, *b, fast=b in (("--workers", "0"), ("--bogus",)) and cli == "runtime.cloud") for b in bads]
+    out += [_c("runtime.edge", "--scheme", "4,12,3", "--server", CLOSED, "--n", "1", "--no-finetuned",
+               label="cloud unreachable", exit=3, fast=True),
+            _c("runtime.edge", "--auto", "--bandwidth", "1", "--server", CLOSED, "--n", "1", "--storage", "{db}",
+               label="--auto: cloud unreachable", exit=3),
+            _c("runtime.linkprobe", "source", *CLOSED.split(":"), "100", label="source: no sink", exit=3)]
     for cli, bads in (("bench.codec", [("--bogus",)]), ("bench.fuzz", [("--bogus",), ("--hang-ms", "nan"),
                                                                         ("--inputs", "x")]),
                       ("bench.search", [("--bogus",), ("--tolerance", "nan"), ("--seeds", "x")]),
@@ -272,6 +282,7 @@ def corun_cases() -> list[Case]:
                         ("--duration", ("-1",)), ("--images", ("0",)), ("--timeout", ("inf",)), ("--seed", ("x",)),
                         ("--scheme", ("99,1,1", "nope=4,16,4", "x")), ("--out", ("{tmp}/coinfer.sqlite",))):
         out += [_c(cr, *client, opt, v, fast=(opt, v) == ("--clients", "1,x,3")) for v in values]
+    out.append(_c(cr, *client, "--duration", "1", label="client: server unreachable", exit=3))
     for opt, values in (("--duration", ("0", "nan")), ("--clients", ("1,x", "-1")), ("--modes", ("magic",)),
                         ("--layout-rounds", ("0",)), ("--apps", ("nope",)), ("--load", ("2", "0")),
                         ("--batch-images", ("0",)), ("--batch-wait-ms", ("-1",)), ("--layout", ("magic",)),

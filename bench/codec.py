@@ -136,7 +136,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(prog="python -m bench.codec", description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15, help="timings per measurement (median reported)")
-    ap.add_argument("--out", type=Path, default=OUT / "codec.png")
+    ap.add_argument("--out", type=Path, default=OUT / "codec.png", help="the PNG (default: %(default)s)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.repeat < 1:

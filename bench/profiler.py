@@ -58,15 +58,23 @@ def process_name(proc) -> str:
     """What a process runs: `python -m X`'s X (with a `client`/`run`/`report` subcommand), else its name."""
     try:
         cmd = proc.cmdline()
-    except Exception:  # gone, or not ours to read
-        return "?"
+    except Exception:  # gone, or not ours to read: its executable's name if that can still be read
+        try:
+            return proc.name() or "?"
+        except Exception:
+            return "?"
     if "-m" in cmd and cmd.index("-m") + 1 < len(cmd):
         module = cmd[cmd.index("-m") + 1]
         rest = cmd[cmd.index("-m") + 2:]
         return f"{module} {rest[0]}" if rest and not rest[0].startswith("-") else module
     if len(cmd) > 1 and "multiprocessing" in " ".join(cmd):
         return "spawned worker"  # bench.corun's client processes
-    return Path(cmd[0]).name if cmd else "?"
+    if cmd:
+        return Path(cmd[0]).name
+    try:  # a zombie or a kernel thread: no command line, but a name
+        return proc.name() or "?"
+    except Exception:
+        return "?"
 
 
 class Gpus:

@@ -35,6 +35,7 @@ import argparse
 import json
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, fitted_title, save_figure
 
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
@@ -87,16 +88,38 @@ def mean_breakdown(bds: list):
                                                                               "wire")))
 
 
-def measure(app, storage: str | None, schemes: list[str], rates: list[float], n: int, warmup: int,
-            quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True,
-            rounds: int = 3) -> list[dict]:
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How `measure` runs: the link `rates` (Mbps); per scheme and rate `n` measured requests after `warmup`,
+    in `rounds` (each after profiling again when `fresh`); the testbed's edge CPU `quota` (None: full speed),
+    `link` (tbf | paced), edge `emulation` (dilate | quota) and `keep_warm`; `storage`: the database URL."""
+
+    rates: tuple[float, ...] = (0.5, 1.0, 2.0)
+    n: int = 60
+    warmup: int = 5
+    rounds: int = 3
+    quota: float | None = None
+    link: str = "paced"
+    emulation: str = "dilate"
+    keep_warm: bool = True
+    fresh: bool = True
+    storage: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not self.rates or any(r <= 0 for r in self.rates) or not 1 <= self.rounds <= self.n:
+            raise CoInferError("--n must be >= 1, rates positive, --rounds in 1..n")
+
+
+def measure(app, schemes: list[str], config: MeasureConfig) -> list[dict]:
     from database.noise import reference_workload
     from database.store import Store
     from runtime.edgeworker import EdgeWorker
     from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
-    stored = Store(storage, create=False)
-    fresh = fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
+    rates, n, warmup, rounds, quota, link, emulation = (config.rates, config.n, config.warmup, config.rounds,
+                                                          config.quota, config.link, config.emulation)
+    stored = Store(config.storage, create=False)
+    fresh = config.fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
     calib = calibration_scheme(app)
     points = {k.p for k in map(Scheme.parse, [calib, *schemes]) if k.is_split}
@@ -104,7 +127,7 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     reference = []  # a fixed workload's seconds on the cloud CPU, before each round and at the end
     for rate in rates:
         with Testbed(app.name, TestbedConfig(rate, quota, link=link, edge_emulation=emulation,
-                                               keep_warm=keep_warm)) as tb, \
+                                               keep_warm=config.keep_warm)) as tb, \
                 EdgeWorker(tb, [calib, *schemes], app.name) as worker:
             store = snapshot(stored, Path(tmp.name) / f"profile-{rate:g}.sqlite") if fresh else stored
             # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side
@@ -205,9 +228,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks(x, [r["scheme"] for r in sub], rotation=30)
         ax.set_title(f"{rate:g} Mbps")
         ax.set_ylabel("latency per request (ms)")
-    axes[0][0].legend()
-    fig.suptitle(f"runtime on the testbed ({rows[0]['mode']}, link {rows[0]['link']}): predicted vs measured "
-                 "(bar: median, whisker: p90)")
+    axes[0][0].legend(fontsize=8)
+    fitted_title(fig, f"runtime on the testbed ({rows[0]['mode']}, link {rows[0]['link']}): predicted vs measured "
+                      "(bar: median, whisker: p90)")
     save_figure(fig, path)
 
 
@@ -231,21 +254,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="fresh: predict from rows profiled again next to each rate's run (default); "
                          "stored: from the database as it is")
     ap.add_argument("--storage", default=None, help="database URL (latency model + accuracies)")
-    ap.add_argument("--out", default=str(OUT / "runtime.png"))
+    ap.add_argument("--out", default=str(OUT / "runtime.png"), help="the PNG (default: %(default)s)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if args.n < 1 or any(r <= 0 for r in args.rates) or not 1 <= args.rounds <= args.n:
-        raise CoInferError("--n must be >= 1, rates positive, --rounds in 1..n")
     app = load_app(args.app)
+    quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
+    emulation = args.edge_emulation or app.edge_emulation
+    config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, quota or None, args.link, emulation,
+                           args.keep_warm, args.profile == "fresh", args.storage)
     from runtime.advisor import SchemeAdvisor
     planner = SchemeAdvisor(app, args.storage)
     optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
     prepare_weights(app, [*schemes, calibration_scheme(app)])
-    quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
-    emulation = args.edge_emulation or app.edge_emulation
-    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation,
-                   args.keep_warm, args.profile == "fresh", args.rounds)
+    rows = measure(app, schemes, config)
     for r in rows:
         r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]
     plot(rows, Path(args.out))

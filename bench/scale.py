@@ -1,6 +1,6 @@
 """How the distributed build's coordination scales, and what it costs per scheme, on SQLite and PostgreSQL.
 
-    python -m bench.scale [--workers 1,2,4,8] [--per-worker 8] [--delay 1.0] [--postgres URL] [--json]
+    python -m bench.scale [--workers 1,2,4,8] [--per-worker 8] [--delay 1.0] [--postgres URL] [--out PNG] [--json]
 
 For each storage and each worker count N, a fresh build of N x `--per-worker` schemes of the
 default app runs with N worker processes (forked here, as `--workers N` would spawn them) and the
@@ -20,7 +20,7 @@ the trial; their time is reported per scheme but is not part of the trial's wall
 p95 over all schemes at N = 1 (uncontended) and at the largest N. The target is <= 60 ms (5 % of
 the default app's fine-tune, about 1.2 s). PostgreSQL runs when `--postgres` or
 $COINFER_TEST_POSTGRES gives a server URL: a fresh database is created (and dropped) per run.
-Writes bench/out/scale.png.
+Writes bench/out/scale.png (`--out`), with `--json` too.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import os
 import statistics
 import tempfile
 import uuid
+from pathlib import Path
 
 from cli.args import ArgParser
 from cli.errors import CoInferError, mask_url
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="SQLAlchemy URL of a PostgreSQL server to create databases on (default: "
                          "$COINFER_TEST_POSTGRES)")
     ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    ap.add_argument("--out", default=None, help="the PNG (default: bench/out/scale.png)")
     ap.add_argument("--json", action="store_true", help="one JSON line with every run")
     args = ap.parse_args(argv)
     try:
@@ -192,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                           "evaluations": r["evaluations"], "schemes": r["schemes"],
                           "ratio": r["per_s"] / (r["workers"] * one),
                           "sustained_ratio": r["sustained_per_s"] / (r["workers"] * one_sustained), **summary(r)})
+    from reports import figure
+    path = plot(table, args.delay, Path(args.out) if args.out else figure.OUT / "scale.png")
     if args.json:
-        print(json.dumps({"table": table, "load_average": os.getloadavg()[0]}, separators=(",", ":")))
+        print(json.dumps({"table": table, "delay_s": args.delay, "load_average": os.getloadavg()[0],
+                          "plot": str(path)}, separators=(",", ":")))
         return 0
     print(f"{'storage':<11}{'N':>3} {'schemes/s':>9} {'/(N x 1-worker)':>15} {'sustained':>9} {'overhead med':>12} "
           f"{'p95':>7} {'claim':>6} {'write':>6} {'optuna':>7} {'heartbeat':>9}   (ms per scheme)")
@@ -204,17 +209,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{t['heartbeat_ms_per_scheme']:>9.1f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; targets: ratio >= 0.9, overhead <= 60 ms "
           f"(sustained: each worker's schemes over its own span, summed; without the start-up skew)")
-    print(f"plot: {plot(table)}")
+    print(f"plot: {path}")
     return 0
 
 
-def plot(table: list[dict]):
-    """Throughput against N (with N x and 0.9 N x the 1-worker rate), and the overhead split per storage."""
+def plot(table: list[dict], delay: float, path: Path) -> Path:
+    """Throughput against N (with 0.9 N x the 1-worker rate), and the overhead split per storage; `delay`: the
+    synthetic evaluator's seconds per scheme in these runs (the title says it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reports.figure import OUT, save_figure
+    from reports.figure import save_figure
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     for kind in dict.fromkeys(t["storage"] for t in table):
         rows = [t for t in table if t["storage"] == kind]
@@ -222,9 +228,10 @@ def plot(table: list[dict]):
         one = rows[0]["per_s"] / rows[0]["workers"]
         line, = ax.plot(ns, [t["per_s"] for t in rows], "o-", label=f"{kind}")
         ax.plot(ns, [0.9 * n * one for n in ns], ":", color=line.get_color(), label=f"{kind} 0.9 N x 1-worker")
+    ax.set_xticks(sorted({t["workers"] for t in table}))  # worker counts are whole numbers
     ax.set_xlabel("workers")
     ax.set_ylabel("schemes per second")
-    ax.set_title("Build throughput, 1 s per scheme")
+    ax.set_title(f"Build throughput, {delay:g} s per scheme (synthetic evaluator)")
     ax.legend(fontsize=7)
     labels, bottom = [], []
     for t in table:
@@ -240,7 +247,7 @@ def plot(table: list[dict]):
     bx.set_title("Coordination overhead per scheme")
     bx.tick_params(axis="x", rotation=60, labelsize=7)
     bx.legend(fontsize=7)
-    return save_figure(fig, OUT / "scale.png")
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

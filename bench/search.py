@@ -27,6 +27,7 @@ import numpy as np
 from apps import DEFAULT_APP, load_app
 from cli.args import ArgParser
 from cli.errors import CoInferError
+from cli.progress import on_terminal, progress
 from cli.run import run_cli
 from reports.figure import OUT, save_figure
 
@@ -192,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("fork")
     with ctx.Pool(args.workers) as pool:
         runs = []
-        for i, run in enumerate(pool.imap_unordered(_run, all_tasks, chunksize=1), 1):
+        done = pool.imap_unordered(_run, all_tasks, chunksize=1)
+        for i, run in enumerate(progress(done, total=len(all_tasks), desc="bench.search", unit="run"), 1):
             runs.append(run)
-            if i % 50 == 0:
-                print(f"  {i}/{len(all_tasks)} runs, {time.perf_counter() - start:.0f} s", flush=True)
+            if i % 50 == 0 and not on_terminal():  # a log: a line now and then, with the ETA
+                elapsed = time.perf_counter() - start
+                print(f"  {i}/{len(all_tasks)} runs, {elapsed:.0f} s, ETA {elapsed / i * (len(all_tasks) - i):.0f} s",
+                      flush=True)
     default = [r for r in runs if r.suite == "default"]
     print(f"\ncomplete {app.name} table ({len(qs)} queries):")
     print("\n".join(summarise(default, size)))

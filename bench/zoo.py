@@ -29,7 +29,7 @@ from pathlib import Path
 from cli.args import ArgParser
 from cli.errors import CoInferError, mask_url
 from cli.run import run_cli
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, no_data, save_figure
 
 DEFAULT_APPS = ("vgg16_digits", "resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits")
 
@@ -128,12 +128,20 @@ def _plot(rows: list[ZooRow], mbps: float, path: Path) -> Path:
     ax.set_ylabel("latency (ms)")
     ax.set_title(f"latency at {mbps:g} Mbps (cpu-edge / cpu-cloud)")
     ax.legend()
-    ax2.bar(x - 0.2, [100 * (r.edge_error or 0) for r in rows], 0.4, label="edge device")
-    ax2.bar(x + 0.2, [100 * (r.cloud_error or 0) for r in rows], 0.4, label="cloud device")
+    ax2.set_title("latency predictor, leave one model out")
+    if all(r.edge_error is None and r.cloud_error is None for r in rows):  # an empty panel would read as 0 %
+        no_data(ax2, "no predictor data\n(python -m database.predictor fit, or bench.zoo --fit)")
+        return save_figure(fig, path)
+    for offset, side, label in ((-0.2, "edge_error", "edge device"), (0.2, "cloud_error", "cloud device")):
+        errors = [getattr(r, side) for r in rows]
+        ax2.bar(x + offset, [100 * (e or 0) for e in errors], 0.4, label=label)
+        for xi, e in zip(x, errors):
+            if e is None:  # this model has no leave-one-out error on that device: say so, not a 0 % bar
+                ax2.text(xi + offset, 0.02, "n/a", ha="center", va="bottom", fontsize=8, color="0.35",
+                         transform=ax2.get_xaxis_transform())
     ax2.axhline(15, color="k", ls="--", lw=1, label="target 15 %")
     ax2.set_xticks(x, [r.app.replace("_digits", "") for r in rows], rotation=20)
     ax2.set_ylabel("whole-model error (%)")
-    ax2.set_title("latency predictor, leave one model out")
     ax2.legend()
     return save_figure(fig, path)
 

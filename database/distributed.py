@@ -303,7 +303,7 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
                app: str, protocol: str, seed: int, progress: bool = False) -> WorkerReport:
     """Work on the build study `name` until every scheme of `schemes` is stored or failed for
     good, with nothing left running elsewhere (a running trial may die and be retried here)."""
-    from tqdm import tqdm
+    from cli.progress import progress as progress_bar
     report = WorkerReport(worker_id())
     start = time.perf_counter()
     study = open_build(config, name)
@@ -314,7 +314,7 @@ def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Sto
     sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker, history=history)
     study.sampler = sampler
     total = len(set(schemes))
-    bar = tqdm(total=total, initial=len(sampler.stored), desc=f"build {app}", unit="scheme", disable=not progress)
+    bar = progress_bar(total=total, initial=len(sampler.stored), desc=f"build {app}", unit="scheme", enabled=progress)
     objective = BuildObjective(sampler, finetuner, store, app, protocol, seed, config, report,
                                on_done=lambda _v: bar.update(1))
     try:

@@ -172,14 +172,13 @@ def build(job: BuildJob, workers: int = 1, progress: bool = True) -> list[Worker
     follows the accuracy table."""
     if workers <= 1:
         return [build_worker(job, progress)]
-    from tqdm import tqdm
-
+    from cli.progress import progress as progress_bar
     from database.store import Store
     app = load_app(job.app_ref)
     store, protocol, wanted = Store(job.storage), job.protocol(app), set(job.schemes)
     ctx = mp.get_context("spawn")
-    bar = tqdm(total=len(wanted), desc=f"build {app.name} ({workers} workers)", unit="scheme",
-               disable=not progress)
+    bar = progress_bar(total=len(wanted), desc=f"build {app.name} ({workers} workers)", unit="scheme",
+                       enabled=progress)
     try:
         with ctx.Pool(workers) as pool:
             result = pool.map_async(_pool_worker, [job] * workers, chunksize=1)

@@ -391,11 +391,12 @@ def profile_layers(config: SweepConfig, models: list[NamedModel] = ()) -> list[L
     device. A model's layer samples keep its execution order (a configuration met twice is timed once);
     its whole forward is timed before and after its layers (the mean is stored: a shared machine drifts)."""
     import torch
-    from tqdm import tqdm
+
+    from cli.progress import progress
     layered = [(m, model_layers(m.module, torch.randn(m.input_shape))) for m in models]
     swept = sweep(config.n_per_kind, config.seed)
-    bar = tqdm(total=len(swept) + sum(len(ls) + 2 for _, ls in layered), desc=f"layers on {config.device}",
-               disable=not config.progress)
+    bar = progress(total=len(swept) + sum(len(ls) + 2 for _, ls in layered), desc=f"layers on {config.device}",
+                   enabled=config.progress)
     out, timed = [], {}
 
     def device_time(layer: Layer) -> float:

@@ -165,8 +165,8 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     (side, point, channels): how long that stage idles before it in the runtime (work after a longer
     idle takes longer here)."""
     import torch
-    from tqdm import tqdm
 
+    from cli.progress import progress
     from database.store import LatencyRow
     from models.build import load_base_model
     runs, warmup, window_s, idle_s = config.runs, config.warmup, config.window_s, config.idle_s
@@ -186,8 +186,8 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     rounds = 1 if window_s > 0 else max(1, min(config.passes, runs))
     per_round = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
     samples: dict[tuple[str, int, int], list[float]] = {job: [] for job in jobs}
-    bar = tqdm(total=len(jobs) * rounds, desc=f"profile {app.name} on {config.device}",
-               disable=not config.progress)
+    bar = progress(total=len(jobs) * rounds, desc=f"profile {app.name} on {config.device}",
+                   enabled=config.progress)
     with torch.inference_mode():  # as the runtime's edge and cloud compute (runtime.client, runtime.cloud)
         for n in per_round:
             for job in jobs:

@@ -30,7 +30,8 @@ def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_
     The batches are the same for any `accel` (one seeded generator shuffles)."""
     import torch
     from torch import nn
-    from tqdm import tqdm
+
+    from cli.progress import progress as progress_bar
     accel = accel or Accel()
     generator = torch.Generator().manual_seed(seed)
     loader = _loader(data, batch_size, generator, accel)
@@ -47,7 +48,7 @@ def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_
     forward = torch.compile(model) if accel.compiles(steps) else model
     dtype = accel.dtype()
     scaler = torch.amp.GradScaler("cuda") if accel.amp == "fp16" else None
-    bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, desc="train", unit="step", enabled=progress, leave=False)
     for _ in range(epochs):
         for x, y in loader:
             x = x.to(device, non_blocking=True, memory_format=memory)

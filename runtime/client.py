@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from apps import App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, Unreachable
 from compress import activation
 from compress.model import SchemeModel
 from compress.prune import check_scheme
@@ -33,7 +33,10 @@ from devices.slowdown import SlowCPU
 from models.build import load_base_model
 from models.splittable import Splittable
 from runtime.monitor import BandwidthEstimator, TokenBucket
-from runtime.protocol import MAX_TOPK, Error, Hello, Reply, Request, encode, read_frame
+from runtime.protocol import MAX_TOPK, Error, ErrorCode, Hello, ProtocolError, Reply, Request, encode, read_frame
+
+# a reply that never came or stopped mid-frame: the link or the server is gone, not a bad frame
+_LINK_FAILURES = (ErrorCode.TIMEOUT, ErrorCode.TRUNCATED)
 
 
 class RemoteError(CoInferError):
@@ -169,7 +172,7 @@ class EdgeClient:
                 self._reader, self._writer = await asyncio.open_connection(
                     cfg.host, cfg.port, ssl=cfg.ssl_ctx, server_hostname=cfg.server_hostname if cfg.ssl_ctx else None)
         except (OSError, TimeoutError) as exc:
-            raise CoInferError(f"cannot connect to {cfg.address}: {exc}") from None
+            raise Unreachable(f"cannot connect to {cfg.address}: {exc or type(exc).__name__}") from None
         # always a HELLO first (empty without a token): the server admits a connection only once it has
         # spoken, within its pre-auth deadline, however long this side waits before its first request
         token = cfg.token.encode() if cfg.token is not None else b""
@@ -186,6 +189,10 @@ class EdgeClient:
                 pass
             self._reader = self._writer = None
 
+    def lost(self, why: object) -> Unreachable:
+        """The one-line error (exit status 3) for a connection that broke or went silent mid-run."""
+        return Unreachable(f"connection to {self.config.address} lost: {why or type(why).__name__}")
+
     def _take_id(self) -> int:
         rid, self._next_id = self._next_id, (self._next_id + 1) & 0xFFFFFFFF
         return rid
@@ -200,9 +207,13 @@ class EdgeClient:
             await self._writer.drain()
             answer = await read_frame(self._reader, timeout=self.config.timeout, idle_timeout=self.config.timeout)
         except OSError as exc:
-            raise CoInferError(f"connection to {self.config.address} lost: {exc}") from None
+            raise self.lost(exc) from None
+        except ProtocolError as exc:
+            if exc.code in _LINK_FAILURES:
+                raise self.lost(exc) from None
+            raise
         if answer is None:
-            raise CoInferError("server closed the connection")
+            raise self.lost("the server closed it")
         if isinstance(answer, Error):
             raise RemoteError(answer.code, answer.message)
         if not isinstance(answer, Reply | Hello):
@@ -314,9 +325,14 @@ class EdgeClient:
         async def receive() -> None:
             for _ in range(len(images)):
                 request, frame, t0, edge_s, pack_s, t_sent = await inflight.get()
-                answer = await read_frame(reader, timeout=self.config.timeout, idle_timeout=self.config.timeout)
+                try:
+                    answer = await read_frame(reader, timeout=self.config.timeout, idle_timeout=self.config.timeout)
+                except ProtocolError as exc:
+                    if exc.code in _LINK_FAILURES:
+                        raise self.lost(exc) from None
+                    raise
                 if answer is None:
-                    raise CoInferError("server closed the connection")
+                    raise self.lost("the server closed it")
                 if isinstance(answer, Error):
                     raise RemoteError(answer.code, answer.message)
                 now = time.perf_counter()
@@ -344,7 +360,7 @@ class EdgeClient:
                 inflight.put_nowait((request, frame, t0, edge_s, pack_s, t_sent))
             await receiver
         except OSError as exc:
-            raise CoInferError(f"connection to {self.config.address} lost: {exc}") from None
+            raise self.lost(exc) from None
         finally:
             if not receiver.done():
                 receiver.cancel()

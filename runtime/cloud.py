@@ -46,7 +46,8 @@ finish, then exit.
 
 In Python: `CloudServer(app, ServerConfig(token=..., workers=2))`, `await server.start(host, port)`;
 or `await serve(app, config, host, port)` until a signal. `ServerConfig` holds every setting and
-checks them once (a bad value is one CoInferError line); the CLI builds it from its arguments.
+checks them once (a bad value is one CoInferError line). The CLI is `parse(argv)` -> `Launch` (the apps,
+address, threads, log format and that `ServerConfig`), then `run_server(launch)` -> the final stats.
 """
 
 from __future__ import annotations
@@ -564,7 +565,54 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Launch:
+    """One `python -m runtime.cloud` run, as the CLI parsed it: the apps to host (names or YAML paths), where
+    to listen (`port` 0: a free one), torch threads per computation, JSON logs and stats, and the
+    `ServerConfig`. Checked once here (a bad value is one CoInferError line)."""
+
+    apps: tuple[str, ...]
+    server: ServerConfig = ServerConfig()
+    host: str = "127.0.0.1"
+    port: int = 5000
+    threads: int = 1
+    json_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.apps or not all(self.apps):
+            raise CoInferError(f"--app {','.join(self.apps)!r}: an empty app name")
+        if not (isinstance(self.threads, int) and self.threads >= 1):
+            raise CoInferError("--threads must be at least 1")
+        if not 0 <= self.port <= 65535:
+            raise CoInferError(f"--port {self.port} outside 0..65535")
+        check_bind(self.host, self.server)
+
+
+def run_server(launch: Launch, on_ready: Callable[[CloudServer], None] | None = None) -> dict[str, int]:
+    """Log to stderr, load the apps, serve until SIGTERM / SIGINT (`serve`); the counters that moved.
+
+    `on_ready(server)` once it listens (default: the readiness line on stdout, `runtime.ready`). A port
+    that cannot be bound is one CoInferError line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if launch.json_logs
+                         else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    import torch
+    torch.set_num_threads(launch.threads)
+    apps = tuple(load_app(ref) for ref in launch.apps)
+    if launch.server.train is not None:
+        load_app(launch.server.train.app)  # a bad name is one line now, not a dead child later
+    def announce_ready(server: CloudServer) -> None:
+        announce(*server.address, app=",".join(server.hosted))
+
+    try:
+        server = asyncio.run(serve(apps, launch.server, launch.host, launch.port, on_ready=on_ready or announce_ready))
+    except OSError as exc:
+        raise CoInferError(f"cannot serve on {launch.host}:{launch.port}: {exc.strerror or exc}") from None
+    return {k: v for k, v in sorted(server.snapshot().items()) if v}
+
+
+def _parser() -> ArgParser:
     ap = ArgParser(prog="python -m runtime.cloud", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path; several, comma-separated, share "
                                                       "this process (a queue each)")
@@ -610,16 +658,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="fine-tune a scheme whose weights are missing when a client asks (needs a token; bounded)")
     ap.add_argument("--finetune-queue", type=int, default=2, help="fine-tunes on request waiting or running at most")
     ap.add_argument("--json", action="store_true", help="log lines as JSON objects; final stats as JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def parse(argv: list[str] | None = None) -> Launch:
+    """The command line as a checked `Launch` (its `ServerConfig` built here)."""
+    args = _parser().parse_args(argv)
     if not (math.isfinite(args.cache_mb) and args.cache_mb > 0):
         raise CoInferError(f"--cache-mb must be a positive number, got {args.cache_mb}")
-    app_refs = [a.strip() for a in args.app.split(",")]
-    if not all(app_refs):
-        raise CoInferError(f"--app {args.app!r}: an empty app name")
     if args.train_progress is not None:
         from apps.outpath import check_output_path
         check_output_path(args.train_progress)
-    batch = BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3)
     train = (TrainConfig(args.train, args.train_nice, args.train_threads, args.train_progress,
                          sched=args.train_sched) if args.train is not None else None)
     config = ServerConfig(token=resolve_token(args.token, args.token_file), tls_cert=args.tls_cert,
@@ -627,32 +676,21 @@ def main(argv: list[str] | None = None) -> int:
                           handshake_timeout=args.handshake_timeout, max_clients=args.max_clients,
                           max_pending=args.max_pending, max_pending_per_peer=args.max_pending_per_peer,
                           max_clients_per_peer=args.max_clients_per_peer, max_batch=args.max_batch,
-                          batch=batch, train=train, cache_size=args.cache_size,
-                          cache_bytes=max(1, int(args.cache_mb * (1 << 20))),
+                          batch=BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3), train=train,
+                          cache_size=args.cache_size, cache_bytes=max(1, int(args.cache_mb * (1 << 20))),
                           workers=args.workers, finetuned=args.finetuned, strict_weights=args.strict_weights,
                           finetune_on_request=args.finetune_on_request, finetune_queue=args.finetune_queue,
                           insecure=args.insecure)
-    if args.threads < 1:
-        raise CoInferError("--threads must be at least 1")
-    if not 0 <= args.port <= 65535:
-        raise CoInferError(f"--port {args.port} outside 0..65535")
-    check_bind(args.host, config)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if args.json else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    import torch
-    torch.set_num_threads(args.threads)
-    apps = tuple(load_app(ref) for ref in app_refs)
-    if train is not None:
-        load_app(train.app)  # a bad name is one line now, not a dead child later
-    ready = lambda server: announce(*server.address, app=",".join(server.hosted))
-    try:
-        server = asyncio.run(serve(apps, config, args.host, args.port, on_ready=ready))
-    except OSError as exc:
-        raise CoInferError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    stats = {k: v for k, v in sorted(server.snapshot().items()) if v}  # the counters that moved
-    print(json.dumps(stats) if args.json else " ".join(f"{k}={v}" for k, v in stats.items()))
+    return Launch(tuple(a.strip() for a in args.app.split(",")), config, args.host, args.port, args.threads,
+                  args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    launch = parse(argv)
+    stats = run_server(launch)
+    print(json.dumps(stats) if launch.json_logs else " ".join(f"{k}={v}" for k, v in stats.items()))
     return 0
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -139,11 +139,19 @@ class EdgeWorker:
         self.throttled = tb.throttle(self.proc.pid)  # `ip netns exec` execs: the pid is the worker's
 
     def read(self) -> dict:
+        """The worker's next line. Its one-line error ({"error", "exit_status"}) is raised here as the same
+        kind: `Unreachable` (exit 3) when it could not reach or lost the cloud, else `CoInferError`."""
+        from cli.errors import CoInferError, Unreachable
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"edge worker exited with status {self.proc.wait()}")
-        return json.loads(line)
+        msg = json.loads(line)
+        if "error" in msg:
+            self.proc.wait()
+            raise (Unreachable if msg.get("exit_status") == Unreachable.exit_status else CoInferError)(
+                f"edge worker: {msg['error']}")
+        return msg
 
     def set_edge_cpu(self, tb, cpus: float) -> None:
         """Slow the edge to `cpus` of this CPU: the testbed's cgroup quota, or (dilate) tell the worker."""
@@ -192,7 +200,19 @@ def tb_root() -> str:
     return str(REPO_ROOT)
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """Serve the parent's commands; a `CoInferError` (a lost cloud: `Unreachable`) goes to the parent as one
+    JSON line {"error", "exit_status"}, and the worker exits with that status."""
+    from cli.errors import CoInferError
     torch.set_num_threads(1)
-    app_name, server, schemes, finetuned = sys.argv[1:5]
-    asyncio.run(_serve(app_name, server, json.loads(schemes), finetuned == "1"))
+    app_name, server, schemes, finetuned = argv[:4]
+    try:
+        asyncio.run(_serve(app_name, server, json.loads(schemes), finetuned == "1"))
+    except CoInferError as exc:
+        _emit({"error": str(exc), "exit_status": exc.exit_status})
+        return exc.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

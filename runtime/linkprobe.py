@@ -26,7 +26,7 @@ import socket
 import time
 
 from cli.args import ArgParser
-from cli.errors import CoInferError
+from cli.errors import CoInferError, Unreachable
 from cli.run import run_cli
 from runtime.ready import announce
 
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             filler(args.host, args.port, args.cpu)
         else:
             filler_sink(args.host, args.port, args.cpu)
+    except (ConnectionError, TimeoutError) as exc:  # no sink there, or it went away: exit 3
+        raise Unreachable(f"{args.command} {args.host}:{args.port}: {exc.strerror or exc}") from None
     except OSError as exc:
         raise CoInferError(f"{args.command} {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0

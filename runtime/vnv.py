@@ -214,12 +214,12 @@ def check_images(app: str, available: int, images: int) -> None:
 def alternate(runs: list[Callable[[int], tuple]], config: RunConfig) -> list[list[tuple]]:
     """`config.warmup` images of each run, then test images 0..n-1 through both, alternating image by image (and
     which goes first). `runs[k](i)` -> (seconds, top-1 right, edge s, link s, cloud s, wire bytes) of image i."""
-    from tqdm import tqdm
+    from cli.progress import progress
     for run in runs:
         for i in range(config.warmup):
             run(i)
     results: list[list[tuple]] = [[] for _ in runs]
-    for i in tqdm(range(config.images), desc="VnV images", disable=not config.progress):
+    for i in progress(range(config.images), desc="VnV images", unit="image", enabled=config.progress):
         for k in ((0, 1) if i % 2 == 0 else (1, 0)):
             results[k].append(runs[k](i))
     return results

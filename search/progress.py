@@ -1,7 +1,8 @@
 """A progress bar on stderr for searches that evaluate: one tick per new evaluation.
 
 `ProgressEvaluator` wraps any `search.evaluators.Evaluator` and has the same interface, so the
-search does not know it is there. The bar (tqdm) appears on the first real evaluation only: a
+search does not know it is there. The bar (`cli.progress`, the one place bars are drawn; here forced
+on, since `search.cli` already decided: `--progress`, or stderr a terminal) appears on the first real evaluation only: a
 search answered from the database prints nothing. It shows the evaluations done, the time each
 took, and, when the number of evaluations is bounded (`total`: `--max-evaluations`, or the
 evaluation budget of Optuna's samplers), the ETA; our own samplers stop by themselves, so their
@@ -36,9 +37,9 @@ class ProgressEvaluator:
         return self.inner.base_accuracy()
 
     def evaluate(self, scheme: Scheme) -> float:
-        if self.bar is None:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.total, desc=self.desc, unit="eval", file=self.file, dynamic_ncols=True)
+        if self.bar is None:  # the caller asked for the bar (search.cli decides: --progress, or a terminal)
+            from cli.progress import progress
+            self.bar = progress(total=self.total, desc=self.desc, unit="eval", file=self.file, force=True)
         self.bar.set_postfix_str(f"{scheme}", refresh=True)
         accuracy = self.inner.evaluate(scheme)
         self.bar.set_postfix_str(f"{scheme} top-1 {100 * accuracy:.2f} %", refresh=False)

@@ -1,5 +1,6 @@
-"""The fast subset of bench.badinput: bad inputs across the CLIs and the app schema each give exit code 2, one
-stderr line, no traceback, no shown password, an unchanged database and no new files."""
+"""The fast subset of bench.badinput: bad inputs across the CLIs and the app schema each give the expected exit
+status (2; 3 for an unreachable server), one stderr line, no traceback, no shown password, an unchanged database
+and no new files."""
 
 from __future__ import annotations
 

@@ -236,3 +236,17 @@ def test_finetune_on_request_is_bounded(base, tmp_path, monkeypatch) -> None:
     for c in (8, 12, 16, 20, 24, 28, 32):
         roomy.get(Scheme(4, c, 8))
     assert 0 < roomy.nbytes <= 3 * 10**6 and len(roomy) < 7
+
+
+def test_the_cli_parses_into_a_launch_and_its_server_config() -> None:
+    from runtime.cloud import Launch, parse
+    launch = parse(["--app", "vgg16_digits, twin", "--port", "0", "--threads", "2", "--batch-images", "8",
+                    "--batch-wait-ms", "3", "--cache-mb", "1", "--max-clients", "5", "--no-finetuned", "--json"])
+    assert (launch.apps, launch.host, launch.port, launch.threads, launch.json_logs) == \
+        (("vgg16_digits", "twin"), "127.0.0.1", 0, 2, True)
+    assert (launch.server.batch.max_images, launch.server.batch.max_wait_s) == (8, 0.003)
+    assert (launch.server.cache_bytes, launch.server.max_clients, launch.server.finetuned) == (1 << 20, 5, False)
+    with pytest.raises(CoInferError, match="outside 0..65535"):
+        Launch(("vgg16_digits",), port=70000)
+    with pytest.raises(CoInferError, match="without a token"):
+        parse(["--host", "0.0.0.0"])

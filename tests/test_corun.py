@@ -104,6 +104,21 @@ def test_corun_two_clients_report_matches_log(server, two_apps, tmp_path, mode) 
     assert (run / "report.md").read_text().startswith("# Co-run report")
 
 
+def test_corun_client_and_report_json(server, two_apps, tmp_path, capsys) -> None:
+    """--json: one object on stdout, its request counts those of the CSV logs (read here, not by the report)."""
+    run = tmp_path / "run"
+    assert corun_main(["client", "--server", f"127.0.0.1:{server}", "--apps", ",".join(two_apps), "--clients", "1",
+                       "--duration", "1", "--out", str(run), "--json"]) == 0
+    client = json.loads(capsys.readouterr().out)
+    logged = sum(1 for path in run.glob("requests/*/*.csv") for _ in path.read_text().splitlines()[1:])
+    assert client["run"] == str(run) and client["failed"] == 0 and client["requests"] == logged > 0
+    assert [c["clients"] for c in client["cells"]] == [1]
+    assert corun_main(["report", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sum(c["requests"] for c in out["cells"]) == logged
+    assert {Path(f).name for f in out["figures"]} == {"latency_cdf.png", "throughput.png"}
+
+
 def test_poisson_schedule_is_seeded_and_poisson() -> None:
     payload = None
     target = Target("a", "all-cloud", "127.0.0.1", 1, payload)  # type: ignore[arg-type]

@@ -8,7 +8,13 @@ without the search or `runtime.advisor`.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 from conftest import start_cloud_server
@@ -119,3 +125,41 @@ def test_emulated_edge_speed_is_reported(server, capsys) -> None:
 def test_bad_arguments_are_one_line_errors(argv, message) -> None:
     with pytest.raises(CoInferError, match=message):
         edge.main(argv)
+
+
+def _edge_process(server: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "runtime.edge", "--scheme", "4,12,3", "--server", server, "--n", "1",
+                           "--no-finetuned", "--timeout", "5"], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+
+
+def test_a_closed_port_exits_3_with_one_line() -> None:
+    with socket.socket() as s:  # a port the OS just handed out, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = _edge_process(f"127.0.0.1:{port}")
+    assert out.returncode == 3
+    assert out.stderr.splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith(f"error: cannot connect to 127.0.0.1:{port}: ")
+    assert out.stdout == ""
+
+
+def test_a_server_that_hangs_up_exits_3_with_one_line() -> None:
+    with socket.socket() as listener:  # accepts, reads the HELLO, then closes without answering it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def hang_up() -> None:
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            conn.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        out = _edge_process(f"127.0.0.1:{port}")
+        thread.join(5)
+    assert out.returncode == 3
+    assert out.stderr.splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith(f"error: connection to 127.0.0.1:{port} lost: ")  # EOF, or a reset on a busy host

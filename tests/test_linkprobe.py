@@ -100,3 +100,13 @@ def test_help_and_bad_arguments() -> None:
     out = subprocess.run([*PROBE, "source", "127.0.0.1", str(free), "10"], cwd=ROOT, env=ENV, capture_output=True,
                          text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: source 127.0.0.1") and out.stderr.count("\n") == 1
+
+
+def test_source_without_a_sink_exits_3_with_one_line() -> None:
+    with socket.socket() as s:  # a port just handed out and closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([*PROBE, "source", "127.0.0.1", str(port), "100"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=30)
+    assert (out.returncode, out.stdout) == (3, "")
+    assert out.stderr == f"error: source 127.0.0.1:{port}: Connection refused\n"

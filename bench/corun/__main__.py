@@ -8,14 +8,17 @@
 `client` is the load generator (`bench.corun.load`): client processes against running servers,
 every request in RUN/requests/. `run` starts everything itself (`bench.corun.run`): profiler,
 servers per cell, in-process baseline, both sweeps. `report` prints the tables and writes the plots
-(`bench.corun.report`). Exit status: 0; 1 when requests failed (the logs are kept and named);
-2 on bad input (one line on stderr).
+(`bench.corun.report`). Each takes `--json`: one JSON object on stdout (client: the cells; run: the
+folder; report: each cell's figures and the PNGs). Exit status: 0; 1 when requests failed (the logs
+are kept and named); 2 on bad input; 3 when a server cannot be reached (one line on stderr).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from cli.args import ArgParser
@@ -126,20 +129,27 @@ def client(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = LoadConfig(tuple(targets), clients, args.mode, args.rate, args.duration, args.seed, args.tag, token,
                         args.timeout, str(out))
-    from tqdm import tqdm
-    bar = tqdm(total=len(clients), desc="corun cells", unit="cell", disable=not sys.stderr.isatty())
+    from cli.progress import progress
+    bar = progress(total=len(clients), desc="corun cells", unit="cell")
     failed = total = 0
+    results = []
     for result in run_load(config, progress=lambda r: bar.update(1)):
+        results.append(result)
         total += result.requests
         failed += result.failed
-        print(f"{args.mode} {result.clients} client(s) per app: {result.requests} requests, {result.failed} failed "
-              f"-> {out / result.folder}")
+        if not args.json:
+            print(f"{args.mode} {result.clients} client(s) per app: {result.requests} requests, {result.failed} "
+                  f"failed -> {out / result.folder}")
     bar.close()
+    if args.json:
+        print(json.dumps({"run": str(out), "requests": total, "failed": failed,
+                          "cells": [asdict(r) for r in results]}))
     if failed:
         print(f"error: {failed} of {total} requests failed (the server went away or refused them); "
               f"the logs are kept in {out}", file=sys.stderr)
         return 1
-    print(f"run folder: {out} (python -m bench.corun report {out})")
+    if not args.json:
+        print(f"run folder: {out} (python -m bench.corun report {out})")
     return 0
 
 
@@ -168,8 +178,12 @@ def run(args) -> int:
     for app, scheme in [*zip(loaded, schemes), *twin]:  # before run_corun writes anything
         check_sendable(app, Scheme.parse(scheme))
     started = time.perf_counter()
-    out = run_corun(cfg, progress=lambda line: print(line, flush=True))
-    print(f"done in {time.perf_counter() - started:.0f} s: python -m bench.corun report {out}")
+    out = run_corun(cfg, progress=lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
+    wall = time.perf_counter() - started
+    if args.json:  # the progress lines went to stderr
+        print(json.dumps({"run": str(out), "wall_s": round(wall, 1), "report": f"python -m bench.corun report {out}"}))
+    else:
+        print(f"done in {wall:.0f} s: python -m bench.corun report {out}")
     return 0
 
 
@@ -178,8 +192,13 @@ def report(args) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise CoInferError(f"{run} is not a folder")
-    lines, _ = make_report(run)
-    print("\n".join(lines))
+    lines, figures = make_report(run)
+    if args.json:  # the cells' figures as report.json holds them, the markdown report and the PNGs
+        stats = json.loads((run / "report.json").read_text())
+        print(json.dumps({"run": str(run), "cells": stats, "report": str(run / "report.md"),
+                          "figures": [str(f) for f in figures]}))
+    else:
+        print("\n".join(lines))
     return 0
 
 
@@ -223,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("report", help="tables and plots of a run folder")
     p.add_argument("run")
+    for command in (c, r, p):
+        command.add_argument("--json", action="store_true", help="the result as one JSON object on stdout")
     args = ap.parse_args(argv)
     return {"client": client, "run": run, "report": report}[args.command](args)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.errors import CoInferError
+from cli.errors import CoInferError, Unreachable
 from runtime.protocol import Error, ErrorCode, Hello, ProtocolError, Reply, Request, encode, read_frame
 
 LOG_COLUMNS = ("app", "scheme", "target", "client", "clients", "mode", "tag", "request_id", "scheduled", "sent",
@@ -355,7 +355,7 @@ def run_cell(config: LoadConfig, clients: int, progress=None) -> CellResult:
         go.value = time.time()
         for proc in procs:
             proc.join(config.timeout + 5)
-        raise CoInferError(f"{len(problems)} client(s) could not connect: {problems[0]}")
+        raise Unreachable(f"{len(problems)} client(s) could not connect: {problems[0]}")
     start = time.time() + 0.2
     go.value = start
     deadline = start + config.duration + config.timeout + 10
@@ -397,7 +397,7 @@ async def _preflight(target: Target, token: str | None, timeout: float) -> None:
         conn.close()
     where = f"server {target.host}:{target.port}"
     if answer is None:
-        raise CoInferError(f"{where} closed the connection on a request for {target.label}")
+        raise Unreachable(f"{where} closed the connection on a request for {target.label}")
     if isinstance(answer, Error):
         code = ErrorCode(answer.code) if answer.code in ErrorCode._value2member_map_ else answer.code
         if code is ErrorCode.UNKNOWN_APP:
@@ -407,11 +407,13 @@ async def _preflight(target: Target, token: str | None, timeout: float) -> None:
 
 
 def preflight(target: Target, token: str | None = None, timeout: float = 30.0) -> None:
-    """One request to `target` before any load: CoInferError (one line) when the server is not there,
-    refuses the token, or does not host the app or scheme. It also builds the server's tail."""
+    """One request to `target` before any load, one line when it fails: `Unreachable` (exit 3) when the
+    server is not there or drops the connection, `CoInferError` (exit 2) when it refuses the token or does
+    not host the app or scheme. It also builds the server's tail."""
     try:
         asyncio.run(_preflight(target, token, timeout))
     except (OSError, TimeoutError) as exc:
-        raise CoInferError(f"cannot reach server {target.host}:{target.port}: {exc or type(exc).__name__}") from None
+        raise Unreachable(f"cannot connect to {target.host}:{target.port}: {exc or type(exc).__name__}") from None
     except ProtocolError as exc:
-        raise CoInferError(f"server {target.host}:{target.port}: {exc.message}") from None
+        kind = Unreachable if exc.code in (ErrorCode.TIMEOUT, ErrorCode.TRUNCATED) else CoInferError
+        raise kind(f"server {target.host}:{target.port}: {exc.message}") from None

@@ -179,7 +179,7 @@ def plot_cdfs(run: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reports.figure import save_figure
+    from reports.figure import plain_log_axis, save_figure
     cells = read_cells(run)
     tags = list(dict.fromkeys(c["tag"] for c in cells))
     modes = list(dict.fromkeys(c["mode"] for c in cells))
@@ -194,6 +194,7 @@ def plot_cdfs(run: Path, out: Path) -> Path:
                 lat.sort()
                 ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{target} n={cell['clients']}")
         ax.set(title=f"{tag}, {mode}", xlabel="latency (ms)", ylabel="CDF", xscale="log")
+        plain_log_axis(ax.xaxis)
         ax.legend(fontsize=6)
     return save_figure(fig, out)
 
@@ -203,7 +204,7 @@ def plot_throughput(stats: list[CellStats], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reports.figure import save_figure
+    from reports.figure import no_data, plain_log_axis, save_figure
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     closed = [s for s in stats if s.mode == "closed"]
     for target, tag in sorted({(s.target, s.tag) for s in closed}):
@@ -211,9 +212,10 @@ def plot_throughput(stats: list[CellStats], out: Path) -> Path:
         ax.plot(*zip(*pts), marker="o", label=f"{target} {tag}")
     ax.set(xlabel="clients per target", ylabel="throughput (req/s)", xscale="log", title="closed loop")
     if closed:
+        plain_log_axis(ax.xaxis, sorted({s.clients for s in closed}))
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no closed-loop cell", ha="center", transform=ax.transAxes)
+        no_data(ax, "no closed-loop cell")
     return save_figure(fig, out)
 
 
@@ -228,25 +230,27 @@ def plot_profile(profile: Path, out: Path) -> Path:
     if not rows:
         raise CoInferError(f"{profile} has no samples")
     t0 = float(rows[0]["time"])
-    cpu: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    gpu: dict[str, dict[float, float]] = defaultdict(dict)
+    # two scales, two panels: a process's CPU (100 = one core) above; the machine's CPU and each GPU
+    # (100 = all of it) below
+    procs: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    whole: dict[str, dict[float, float]] = defaultdict(dict)
     for r in rows:
         t = float(r["time"]) - t0
         if r["kind"] == "gpu":
-            gpu[r["name"]][t] = float(r["gpu_util"])
+            whole[f"GPU {r['name']} utilisation"][t] = float(r["gpu_util"])
         elif r["kind"] == "machine":
-            cpu["machine (% of all cores)"][t] = float(r["cpu_percent"])
-        else:
-            cpu[r["name"]][t] += float(r["cpu_percent"])
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for name, series in sorted(cpu.items()):
-        ts = sorted(series)
-        ax.plot(ts, [series[t] for t in ts], label=name, lw=1)
-    for name, series in sorted(gpu.items()):
-        ts = sorted(series)
-        ax.plot(ts, [series[t] for t in ts], label=f"{name} util %", lw=1, ls="--")
-    ax.set(xlabel="seconds", ylabel="CPU % (100 = one core)", title="utilisation (bench.profiler)")
-    ax.legend(fontsize=6, ncol=2)
+            whole["machine CPU"][t] = float(r["cpu_percent"])
+        else:  # a process whose command line could not be read (gone between two samples): bench.profiler's "?"
+            procs["unnamed (exited)" if r["name"] == "?" else r["name"]][t] += float(r["cpu_percent"])
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 5.6), sharex=True, height_ratios=(3, 2))
+    for panel, series_by in ((ax, procs), (bx, whole)):
+        for name, series in sorted(series_by.items()):
+            ts = sorted(series)
+            panel.plot(ts, [series[t] for t in ts], label=name, lw=1, ls="--" if name.startswith("GPU") else "-")
+        if series_by:
+            panel.legend(fontsize=6, ncol=2)
+    ax.set(ylabel="CPU % (100 = one core)", title="utilisation per process (bench.profiler)")
+    bx.set(xlabel="seconds", ylabel="% of the machine", ylim=(0, 105), title="machine CPU (100 = every core) and GPUs")
     return save_figure(fig, out)
 
 
