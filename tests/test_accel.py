@@ -61,5 +61,5 @@ def test_a_gpu_fine_tune_matches_the_cpu_within_a_few_test_images(tiny_app):
 @needs_gpu
 def test_a_gpu_profile_records_the_device_fingerprint():
     from devices.fingerprint import fingerprint
-    fp = fingerprint(use_cuda=True)
+    fp = fingerprint("cuda")
     assert fp["gpu"] and fp["gpu_detail"]["capability"] and fp["gpu_detail"]["memory_gib"] > 0

@@ -26,7 +26,7 @@ def test_new_device_at_quarter_speed_end_to_end(tiny_app, tiny_app_path, tiny_db
     out = capsys.readouterr().out
     assert "dispersion: p90/median" in out and "/ 0.25" in out
     info = Store(edge_db).device("quarter")
-    assert (info["cpu_quota"], info["emulation"]) == (0.25, "dilate") and "median_tail_ratio" in info["noise"]
+    assert (info["speed"], info["emulation"]) == (0.25, "dilate") and "median_tail_ratio" in info["noise"]
     with pytest.raises(CoInferError, match="already has a edge profile .*--replace"):
         profile_main(["--device", "quarter", "--side", "edge", "--speed", "0.25", *quick])
     assert profile_main(["--device", "quarter", "--side", "edge", "--speed", "0.25", "--replace",
@@ -90,14 +90,19 @@ def test_bad_profile_files_are_one_line_errors(tmp_path):
 
 
 def test_devices_file_defines_side_and_speed(tmp_path):
-    from devices.spec import DEFAULT_DEVICES, DeviceSpec, load_devices
+    from devices.spec import DEFAULT_DEVICES, Device, load_devices
     path = tmp_path / "devices.yml"
-    path.write_text("devices:\n  pi-like: {side: edge, speed: 0.25}\n  server: {side: cloud}\n")
-    assert load_devices(path) == {"pi-like": DeviceSpec("pi-like", "edge", 0.25),
-                                  "server": DeviceSpec("server", "cloud")}
+    path.write_text("devices:\n  pi-like: {side: edge, speed: 0.25}\n  server: {side: cloud}\n"
+                    "  capped: {side: edge, speed: 0.5, emulation: quota}\n")
+    assert load_devices(path) == {"pi-like": Device(name="pi-like", side="edge", speed=0.25, emulation="dilate"),
+                                  "server": Device(name="server", side="cloud"),
+                                  "capped": Device(name="capped", side="edge", speed=0.5, emulation="quota")}
     assert load_devices(DEFAULT_DEVICES)["quarter-edge"].speed == 0.25  # the shipped example
     path.write_text("devices:\n  fast: {side: edge, speed: 2}\n")
-    with pytest.raises(CoInferError, match="speed must be in"):
+    with pytest.raises(CoInferError, match="device fast: speed: must be less than or equal to 1, got 2"):
+        load_devices(path)
+    path.write_text("devices:\n  old: {side: edge, cpu_quota: 0.5}\n")
+    with pytest.raises(CoInferError, match="device old takes side, speed, emulation and notes only"):
         load_devices(path)
     with pytest.raises(CoInferError, match="devices file not found"):
         load_devices(tmp_path / "none.yml")

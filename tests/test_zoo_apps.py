@@ -48,10 +48,11 @@ def test_profile_and_cloud_tail_of_a_zoo_app() -> None:
     from compress import activation
     from compress.model import SchemeModel
     from compress.scheme import Scheme
+    from apps import Device
     from database.profile import ProfileConfig, profile_app
     from runtime.tails import TailCache
     app = load_app("resnet18_digits")
-    rows = profile_app(app, ProfileConfig("t", sides=("edge", "cloud"), runs=1, warmup=0, passes=1, idle_s=0.0,
+    rows = profile_app(app, ProfileConfig(Device(name="t"), sides=("edge", "cloud"), runs=1, warmup=0, passes=1, idle_s=0.0,
                                           only_points=frozenset({1}), progress=False))
     assert {(r.side, r.point, r.channels) for r in rows} >= {("edge", 1, 1), ("edge", 1, 8), ("cloud", 1, 4)}
     base = load_base_model(app)
