@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
+from apps import DEFAULT_APP, EMULATIONS, load_app
+from apps.schema import make_device
 from bench.freshprofile import idle_before, pinned, reprofile, snapshot
 from cli.args import ArgParser
 from cli.errors import CoInferError
@@ -103,8 +104,8 @@ def measure(app, storage: str | None, schemes: list[str], rates: list[float], n:
     rows = []
     reference = []  # a fixed workload's seconds on the cloud CPU, before each round and at the end
     for rate in rates:
-        with Testbed(app.name, TestbedConfig(rate, quota, link=link, edge_emulation=emulation,
-                                               keep_warm=keep_warm)) as tb, \
+        edge = make_device({**app.edge.model_dump(), "speed": quota, "emulation": emulation}, "the edge")
+        with Testbed(app.name, TestbedConfig(rate, edge, link=link, keep_warm=keep_warm)) as tb, \
                 EdgeWorker(tb, [calib, *schemes], app.name) as worker:
             store = snapshot(stored, Path(tmp.name) / f"profile-{rate:g}.sqlite") if fresh else stored
             # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side
@@ -220,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3,
                     help="with --profile fresh: alternate profiling and measuring this many times per rate")
-    ap.add_argument("--edge-cpu", type=float, default=None, help="edge CPU quota (default: the app's)")
-    ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
+    ap.add_argument("--speed", type=float, default=None, help="the edge's speed, a fraction of this CPU "
+                    "(default: the app's edge device's)")
+    ap.add_argument("--emulation", choices=EMULATIONS, default=None,
                     help="how the edge is slowed: dilate or quota (default: the app's; see devices.slowdown)")
     ap.add_argument("--link", choices=["tbf", "paced"], default="paced",
                     help="tbf: tc tbf alone; paced: tbf kept busy by low-priority filler (see runtime.testbed)")
@@ -242,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
     prepare_weights(app, [*schemes, calibration_scheme(app)])
-    quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
-    emulation = args.edge_emulation or app.edge_emulation
-    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation,
+    from devices.spec import with_flags
+    edge = with_flags(app.edge, None, args.speed, args.emulation)
+    quota, emulation = edge.speed, edge.emulation
+    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota, args.link, emulation,
                    args.keep_warm, args.profile == "fresh", args.rounds)
     for r in rows:
         r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]

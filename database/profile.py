@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, EMULATIONS, App, Device, load_app
-from apps.schema import check_name, make_device
+from apps.schema import check_name
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
@@ -280,21 +280,12 @@ def _points(text: str | None, count: int) -> frozenset[int] | None:
 def resolve_profiled_device(args: argparse.Namespace, app: App) -> Device:
     """The device `--device` names (the devices file's, else the app's edge or cloud device with side both,
     else this CPU as it is, side both), with `--side`, `--speed` and `--emulation` applied."""
-    from devices.spec import resolve_device
+    from devices.spec import resolve_device, with_flags
     base = resolve_device(args.device, args.devices)
     if base is None:
-        app_device = resolve_device(args.device, None, (app,)) if args.device in (app.edge_device,
-                                                                                 app.cloud_device) else None
+        app_device = resolve_device(args.device, None, (app,))
         base = app_device.model_copy(update={"side": "both"}) if app_device else Device(name=args.device)
-    fields = base.model_dump()
-    if args.side is not None:
-        fields["side"] = args.side
-    if args.speed is not None:
-        fields["speed"] = args.speed
-        fields["emulation"] = args.emulation or (base.emulation if base.slowed else None)
-    elif args.emulation is not None:
-        fields["emulation"] = args.emulation
-    return make_device(fields, f"device {args.device}")
+    return with_flags(base, args.side, args.speed, args.emulation)
 
 
 def parse(argv: list[str] | None = None) -> tuple[App, ProfileConfig, argparse.Namespace]:

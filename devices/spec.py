@@ -28,7 +28,7 @@ from apps.schema import EMULATIONS, SIDES, Device, make_device
 from cli.errors import CoInferError
 
 __all__ = ["DEFAULT_DEVICES", "EMULATIONS", "SIDES", "Device", "load_devices", "make_device", "parse_device_pair",
-           "resolve_device"]
+           "resolve_device", "with_flags"]
 
 DEFAULT_DEVICES = REPO_ROOT / "devices.yml"
 
@@ -67,6 +67,21 @@ def resolve_device(name: str, devices_file: str | Path | None = None, apps: Iter
             if device.name == name:
                 return device
     return None
+
+
+def with_flags(device: Device, side: str | None = None, speed: float | None = None, emulation: str | None = None,
+               where: str = "") -> Device:
+    """`device` with the fields a CLI's `--side`, `--speed` and `--emulation` give (None: keep the device's).
+    A new speed keeps the device's emulation (dilate when it had none) unless `emulation` names one."""
+    fields = device.model_dump()
+    if side is not None:
+        fields["side"] = side
+    if speed is not None:
+        fields["speed"] = speed
+        fields["emulation"] = emulation or (device.emulation if device.slowed else None)
+    elif emulation is not None:
+        fields["emulation"] = emulation
+    return make_device(fields, where or f"device {device.name}")
 
 
 def parse_device_pair(text: str | None, flag: str = "--latency-profile") -> tuple[str | None, str | None]:
