@@ -22,17 +22,28 @@ def add_torch_device_argument(ap, help: str, default: str = "cpu") -> None:
                     help=f"{help}: {TORCH_DEVICE_HELP} (default: %(default)s)")
 
 
-def check_torch_device(name: str, available: bool = False) -> str:
+def check_torch_device(name: str, available: bool = False, flag: str = "--torch-device") -> str:
     """`name` when it is cpu, cuda or cuda:N (and, with `available`, that device exists here); else one
-    CoInferError line."""
+    CoInferError line naming `flag`."""
     if not isinstance(name, str) or not re.fullmatch(TORCH_DEVICE_PATTERN, name):
-        raise CoInferError(f"--torch-device {name!r}: expected {TORCH_DEVICE_HELP}")
+        raise CoInferError(f"{flag} {name!r}: expected {TORCH_DEVICE_HELP}")
     if available and name != "cpu":
         import torch
-        index = int(name.split(":", 1)[1]) if ":" in name else 0
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise CoInferError(f"--torch-device {name}: no such CUDA device on this machine")
+        if not torch.cuda.is_available() or cuda_index(name) >= torch.cuda.device_count():
+            raise CoInferError(f"{flag} {name}: no such CUDA device on this machine")
     return name
+
+
+def torch_device_of(torch_device: str, gpu: int | None) -> str:
+    """The searches' torch device: `--torch-device`, or the paper's `-gpu N` (cuda:N); checked to exist."""
+    if gpu is None:
+        return check_torch_device(torch_device, available=True)
+    if torch_device != "cpu":
+        raise CoInferError("-gpu N is --torch-device cuda:N: give one of them")
+    if gpu < 0:
+        raise CoInferError(f"-gpu {gpu}: no such CUDA device on this machine")
+    check_torch_device(f"cuda:{gpu}", available=True, flag="-gpu")
+    return f"cuda:{gpu}"
 
 
 def cuda_index(name: str) -> int | None:

@@ -44,9 +44,23 @@ def test_cli_refuses_a_gpu_that_is_not_there(tiny_app_path, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(SystemExit) as exc:
-        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", "--device", "cuda", "--storage",
+        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", "--torch-device", "cuda", "--storage",
                        str(tmp_path / "x.sqlite")])
-    assert exc.value.code == 2 and "no such CUDA device" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--torch-device cuda: no such CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--torch-device", "gpu"], "--torch-device 'gpu': expected cpu, cuda or cuda:N"),
+    (["--device", "cuda"], "--device names a profiled device: the torch device to fine-tune on is --torch-device"),
+    (["--torch-device", "cuda", "--evaluator", "synthetic"], "--evaluator synthetic does not fine-tune"),
+])
+def test_cli_torch_device_flag_is_one_spelling(tiny_app_path, tmp_path, capsys, flags, says):
+    from cli.run import run_cli
+    from database.evaluate import main
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", *flags, "--storage", str(tmp_path / "x.sqlite")])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "x.sqlite").exists()
 
 
