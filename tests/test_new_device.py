@@ -106,3 +106,30 @@ def test_devices_file_defines_side_and_speed(tmp_path):
         load_devices(path)
     with pytest.raises(CoInferError, match="devices file not found"):
         load_devices(tmp_path / "none.yml")
+
+
+def test_an_old_device_row_reads_its_cpu_quota_as_speed(tmp_path):
+    """Rows written before the one device vocabulary kept the speed as cpu_quota (with emulation dilate from
+    the profiler; a cgroup quota without it); they read as speed, read-only opens included."""
+    path = tmp_path / "old.sqlite"
+    Store(f"sqlite:///{path}").put_device("placeholder", {})
+    old = {"dilated": {"cpu_model": "x", "cpu_quota": 0.125, "emulation": "dilate"},
+           "capped": {"cpu_model": "x", "cpu_quota": 0.5},
+           "plain": {"cpu_model": "x", "cpu_quota": None}}
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO device (name, fingerprint, notes) VALUES (?, ?, '')",
+                         [(name, json.dumps(info)) for name, info in old.items()])
+    store = Store(f"sqlite:///{path}", readonly=True)
+    assert store.device("dilated") == {"cpu_model": "x", "speed": 0.125, "emulation": "dilate", "notes": ""}
+    assert store.device("capped") == {"cpu_model": "x", "speed": 0.5, "emulation": "quota", "notes": ""}
+    assert store.device("plain") == {"cpu_model": "x", "speed": None, "notes": ""}
+
+
+def test_a_profiled_device_row_stores_speed_and_emulation(tmp_path):
+    from apps import Device
+    store = Store(str(tmp_path / "d.sqlite"))
+    store.put_device("pi", {"cpu_model": "x", "cgroup_quota": None}, "n", Device(name="pi", speed=0.25))
+    assert store.device("pi") == {"cpu_model": "x", "cgroup_quota": None, "speed": 0.25, "emulation": "dilate",
+                                  "notes": "n"}
+    with sqlite3.connect(tmp_path / "d.sqlite") as conn:  # the row itself says speed, never cpu_quota
+        assert "cpu_quota" not in conn.execute("SELECT fingerprint FROM device WHERE name = 'pi'").fetchone()[0]
