@@ -365,7 +365,7 @@ def fit_device(store: Store, spec: Device, models: list[NamedModel], config: Pre
 
     from database.layerprof import SweepConfig, profile_layers
     torch.set_num_threads(1)
-    samples = profile_layers(SweepConfig(spec.name, spec.speed or 1.0, runs=runs, n_per_kind=sweep,
+    samples = profile_layers(SweepConfig(spec, runs=runs, n_per_kind=sweep,
                                          progress=progress), models)
     errors = leave_one_model_out(samples, config)
     store.delete_layer_samples(spec.name)
