@@ -40,10 +40,10 @@ def torch_device_of(torch_device: str, gpu: int | None) -> str:
         return check_torch_device(torch_device, available=True)
     if torch_device != "cpu":
         raise CoInferError("-gpu N is --torch-device cuda:N: give one of them")
-    if gpu < 0:
-        raise CoInferError(f"-gpu {gpu}: no such CUDA device on this machine")
-    check_torch_device(f"cuda:{gpu}", available=True, flag="-gpu")
-    return f"cuda:{gpu}"
+    try:
+        return check_torch_device(f"cuda:{gpu}", available=True) if gpu >= 0 else check_torch_device("cuda:-1")
+    except CoInferError:
+        raise CoInferError(f"-gpu {gpu}: no such CUDA device on this machine") from None
 
 
 def cuda_index(name: str) -> int | None:

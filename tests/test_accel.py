@@ -77,3 +77,17 @@ def test_a_gpu_profile_records_the_device_fingerprint():
     from devices.fingerprint import fingerprint
     fp = fingerprint("cuda")
     assert fp["gpu"] and fp["gpu_detail"]["capability"] and fp["gpu_detail"]["memory_gib"] > 0
+
+
+@pytest.mark.parametrize(("torch_device", "gpu", "says"), [
+    ("cuda:x", None, "--torch-device 'cuda:x': expected cpu, cuda or cuda:N"),
+    ("cuda:0", 0, "-gpu N is --torch-device cuda:N: give one of them"),
+    ("cpu", -1, "-gpu -1: no such CUDA device on this machine"),
+    ("cpu", 999, "-gpu 999: no such CUDA device on this machine"),
+    ("cuda:999", None, "--torch-device cuda:999: no such CUDA device on this machine"),
+])
+def test_the_searches_take_gpu_as_an_alias_of_torch_device(torch_device, gpu, says):
+    from devices.torch_device import torch_device_of
+    with pytest.raises(CoInferError, match=says.replace("(", r"\(")):
+        torch_device_of(torch_device, gpu)
+    assert torch_device_of("cpu", None) == "cpu"

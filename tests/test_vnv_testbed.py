@@ -73,7 +73,7 @@ def test_cli_testbed_json(tiny_app_path, tiny_db, schemes_dir):
     assert proc.returncode in (0, 1), proc.stderr
     out = json.loads(proc.stdout)
     vnv, selection = out["vnv"], out["selection"]
-    assert vnv["measured"] == f"testbed: {LINK} at 2 Mbps, edge at speed 0.5"  # tiny-edge: cpu_quota 0.5, dilate
+    assert vnv["measured"] == f"testbed: {LINK} at 2 Mbps, edge at speed 0.5"  # tiny-edge: speed 0.5, dilate
     assert vnv["images"] == 4
     for side, chosen in (("t_b", "greedy"), ("t_a", "budgeted")):
         assert vnv[side]["scheme"] == selection[chosen]["scheme"]
