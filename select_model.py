@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.select_only:
         from runtime.vnv import RunConfig, measure
         by_name = {a.name: a for a in apps}
-        config = RunConfig(spec.speed, args.bandwidth, args.images,
+        config = RunConfig(spec, args.bandwidth, args.images,
                            progress=not (args.no_progress or args.json) and sys.stderr.isatty())
         choices = ((by_name[selection.greedy.app], selection.greedy.scheme),
                    (by_name[selection.budgeted.app], selection.budgeted.scheme))

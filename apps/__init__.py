@@ -12,14 +12,14 @@ from typing import Any
 
 import yaml
 
-from apps.schema import check_arch, validate_app
+from apps.schema import EMULATIONS, Device, check_arch, validate_app
 from cli.errors import CoInferError
 
 APPS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APPS_DIR.parent
 DEFAULT_APP = "vgg16_digits"
-# how this CPU is made the (slower) edge device: stretched time (devices.slowdown) or a cgroup quota
-EDGE_EMULATIONS = ("dilate", "quota")
+__all__ = ["APPS_DIR", "DEFAULT_APP", "DEFAULT_STORAGE", "EMULATIONS", "REPO_ROOT", "App", "Device", "Link",
+           "Protocol", "app_path", "available_apps", "load_app"]
 DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'database' / 'coinfer.sqlite'}"
 
 
@@ -65,18 +65,25 @@ class App:
     dataset: dict[str, Any]
     train: dict[str, Any]
     protocol: Protocol
-    edge_device: str
-    cloud_device: str
-    edge_cpu_quota: float | None
+    edge: Device   # side edge; its speed and emulation make this CPU the edge device (apps.schema.Device)
+    cloud: Device  # side cloud
     raw_input_bytes: int
     rtt_s: float
     checkpoint: Path
     notes: str = ""
     link: Link = field(default_factory=Link)
-    edge_emulation: str = "dilate"  # how the testbed and profiler make this CPU the edge device (EDGE_EMULATIONS)
     extra: dict[str, Any] = field(default_factory=dict)
     stem: str = "imagenet"  # "small": 3x3 stride-1 first conv of a zoo model (models/zoo.py)
     points: tuple[str, ...] | None = None  # partition points as graph node names (None: models/graph.py)
+
+    @property
+    def edge_device(self) -> str:
+        """The edge device's name (the one its profile is stored under)."""
+        return self.edge.name
+
+    @property
+    def cloud_device(self) -> str:
+        return self.cloud.name
 
 
 def available_apps() -> list[str]:
@@ -107,7 +114,7 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
     except (OSError, UnicodeDecodeError) as exc:
         raise CoInferError(f"cannot read app {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
     spec = validate_app(data, str(path))
-    model, proto, edge = spec.model, spec.protocol, spec.devices.edge
+    model, proto = spec.model, spec.protocol
     checkpoint = Path(spec.checkpoint)
     if not checkpoint.is_absolute():
         checkpoint = REPO_ROOT / checkpoint
@@ -124,11 +131,9 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         protocol=Protocol(epochs=proto.epochs, lr=float(proto.lr), batch_size=proto.batch_size,
                           momentum=float(proto.momentum), weight_decay=float(proto.weight_decay),
                           schedule=proto.schedule, seed=proto.seed),
-        edge_device=edge.name,
-        cloud_device=spec.devices.cloud.name,
-        edge_cpu_quota=None if edge.cpu_quota is None else float(edge.cpu_quota),
+        edge=spec.devices.edge,
+        cloud=spec.devices.cloud,
         raw_input_bytes=spec.raw_input_bytes,
-        edge_emulation=edge.emulation,
         link=Link(**spec.link.model_dump()),
         rtt_s=float(spec.rtt_s),
         checkpoint=checkpoint,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cli.errors import CoInferError
 
@@ -75,19 +75,91 @@ class ProtocolSpec(_Spec):
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
 
 
-class EdgeSpec(_Spec):
-    name: Name
-    cpu_quota: Annotated[Finite, Field(gt=0, le=64)] | None = None
-    emulation: Literal["dilate", "quota"] = "dilate"
+SIDES = ("edge", "cloud", "both")
+EMULATIONS = ("dilate", "quota")  # how this CPU is made a slower device: stretched time, or a cgroup CPU quota
 
 
-class CloudSpec(_Spec):
+class Device(_Spec):
+    """A device: a name (the one its profile is stored under), the side(s) it plays, and how fast it is.
+
+    `speed` is the device's speed as a fraction of this CPU (0 < speed <= 1); None is this CPU as it
+    is. `emulation` says how that speed is made here: `dilate` (devices.slowdown: run at full speed,
+    then wait to CPU time / speed; the default whenever there is a speed) or `quota` (devices.cpuquota:
+    a cgroup CFS quota of `speed` CPUs); None when there is no speed. Built from an app YAML's
+    `devices:` entries, from devices.yml, or from flags (`--side --speed --emulation`), always
+    through this model (`make_device` turns a refusal into one CoInferError line). An old app's
+    `cpu_quota` key is read as `speed`.
+    """
+
     name: Name
+    side: Literal["edge", "cloud", "both"] = "both"
+    speed: Annotated[Finite, Field(gt=0, le=1)] | None = None
+    emulation: Literal["dilate", "quota"] | None = None
+    notes: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if "cpu_quota" in data and "speed" not in data:  # the key's name before the one device vocabulary
+                data["speed"] = data.pop("cpu_quota")
+            if data.get("speed") is not None and data.get("emulation") is None:
+                data["emulation"] = "dilate"
+        return data
+
+    @model_validator(mode="after")
+    def _emulation_needs_speed(self) -> Device:
+        if self.speed is None and self.emulation is not None:
+            raise ValueError(f"emulation {self.emulation} needs a speed (this CPU as it is has none)")
+        return self
+
+    @property
+    def slowed(self) -> bool:
+        """Whether the device is emulated slower than this CPU (it has a speed)."""
+        return self.speed is not None
+
+    @property
+    def dilated(self) -> bool:
+        return self.emulation == "dilate"
+
+    def sides(self) -> tuple[str, ...]:
+        """The sides a profile of this device measures: ("edge",), ("cloud",) or both."""
+        return ("edge", "cloud") if self.side == "both" else (self.side,)
+
+    def with_speed(self, speed: float | None) -> Device:
+        """The same device at another speed (checked); None: this CPU as it is."""
+        return make_device(self.model_dump() | {"speed": speed, "emulation": self.emulation if speed else None},
+                           f"device {self.name}")
+
+
+def make_device(fields: Any, where: str) -> Device:
+    """A `Device` from a mapping; a refusal is one CoInferError line naming `where` and the key."""
+    try:
+        return Device.model_validate(fields)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise CoInferError(f"{where}: {_describe(errors[0])}".replace("\n", " ")) from None
 
 
 class DevicesSpec(_Spec):
-    edge: EdgeSpec
-    cloud: CloudSpec
+    """An app's devices: `edge` and `cloud`, each a `Device` whose side the key gives."""
+
+    edge: Device
+    cloud: Device
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sides(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for side in ("edge", "cloud"):
+                entry = data.get(side)
+                if isinstance(entry, dict):
+                    if entry.get("side", side) != side:
+                        raise ValueError(f"the {side} device has side {side}, got {entry['side']!r}")
+                    data[side] = {**entry, "side": side}
+        return data
 
 
 class LinkSpec(_Spec):
@@ -122,6 +194,8 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{head + ': ' if head else ''}missing key '{key}'"
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
+    if kind == "value_error":  # a model's own check (Device, DevicesSpec): its message as it is
+        return f"{loc + ': ' if loc else ''}{err['ctx']['error']}"
     value = err.get("input")
     got = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     if len(got) > 60:

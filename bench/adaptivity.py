@@ -48,12 +48,12 @@ def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], 
     from cli.progress import progress
     rows = []
     for q in progress(quotas, desc="quotas", unit="quota"):
-        worker.set_edge_cpu(tb, q)
+        worker.set_edge_speed(tb, q)
         for rate in rates:
             tb.set_rate(rate)
             runs = worker.run(schemes, n, warmup)
             measured = {s: statistics.fmean(x["total_s"] for x in runs[s]) for s in schemes}
-            scale = (app.edge_cpu_quota or q) / q  # the profile's edge times were taken at the app's quota
+            scale = (app.edge.speed or q) / q  # the profile's edge times were taken at the app's quota
             predicted = {}
             for s in schemes:
                 bd = model.breakdown(Scheme.parse(s), rate)
@@ -218,15 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     from search.latency import LatencyModel
     stored = SchemeAdvisor(app, args.storage)
     points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
-    quota = app.edge_cpu_quota or 0.125
+    quota = app.edge.speed or 0.125
     calib = calibration_scheme(app)
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
-    with Testbed(app.name, TestbedConfig(args.step[0], quota, cloud_args=["--no-finetuned"], link=args.link)) as tb, \
+    edge = app.edge.with_speed(quota)
+    with Testbed(app.name, TestbedConfig(args.step[0], edge, cloud_args=["--no-finetuned"], link=args.link)) as tb, \
             EdgeWorker(tb, [calib, *points, "all-edge", "all-cloud"], app.name, finetuned=False) as worker:
         storage = args.storage
         if args.profile == "fresh":  # every row again now, next to the runs (see bench.freshprofile)
             store = snapshot(Store(args.storage, create=False), Path(tmp.name) / "profile.sqlite")
-            reprofile(store, app, quota if tb.edge_emulation == "dilate" else None, tb)
+            reprofile(store, app, quota if tb.edge.dilated else None, tb)
             storage = store.url
         planner = SchemeAdvisor(app, storage)
         rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, args.step[0])
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         schemes = list(dict.fromkeys([*points, "all-edge", "all-cloud", *frontier_schemes]))
         rows = [] if args.skip_grid else grid_sweep(app, model, tb, worker, schemes, args.quotas, args.rates,
                                                     args.n, args.warmup)
-        worker.set_edge_cpu(tb, quota)
+        worker.set_edge_speed(tb, quota)
         target = str(Adapter(model, frontier).choose(args.step[1]))
         adaptive = adaptive_run(tb, worker, frontier_schemes, target,
                                 StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss, storage,

@@ -103,7 +103,7 @@ def run_case(case: Case, root: Path, index: int, timeout_s: float, repo_lock: th
     _write_app(case, tmp)
     before, db_before = _listing(tmp), _digest(tmp / "coinfer.sqlite")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    for key in ("COINFER_SERVER", "COINFER_RATE_LIMIT", "COINFER_EDGE_SPEED", "COINFER_TEST_POSTGRES"):
+    for key in ("COINFER_SERVER", "COINFER_RATE_LIMIT", "COINFER_SPEED", "COINFER_TEST_POSTGRES"):
         env.pop(key, None)
     problems = []
     start = time.perf_counter()

@@ -111,13 +111,13 @@ def database_cases() -> list[Case]:
             _c(pr, "--device", "../../x", "--emulation", "quota", "--storage", "{db}", fast=True)]
     out += [_c(pr, "--device", d, "--storage", "{db}", label=f"device {d!r}")
             for d in ("", "a b", "x/y", ".hidden", "é")]
-    for opt, values in (("--cpu-quota", ("nan", "0", "-1", "100", "inf", "x")), ("--runs", ("0", "x", "10000000")),
+    for opt, values in (("--speed", ("nan", "0", "-1", "100", "inf", "x")), ("--runs", ("0", "x", "10000000")),
                         ("--passes", ("0",)), ("--threads", ("0",)), ("--idle-ms", ("-1", "nan")),
                         ("--warmup", ("-1",)), ("--side", ("middle",)), ("--emulation", ("fast",))):
-        out += [_c(pr, "--device", "dev1", opt, v, "--storage", "{db}", fast=(opt, v) == ("--cpu-quota", "nan"))
+        out += [_c(pr, "--device", "dev1", opt, v, "--storage", "{db}", fast=(opt, v) == ("--speed", "nan"))
                 for v in values]
-    out += [_c(pr, "--device", "dev1", "--cpu-quota", "2", "--emulation", "dilate", "--storage", "{db}"),
-            _c(pr, "--device", "dev1", "--cpu-quota", "0.5", "--emulation", "dilate", "--threads", "2",
+    out += [_c(pr, "--device", "dev1", "--speed", "2", "--emulation", "dilate", "--storage", "{db}"),
+            _c(pr, "--device", "dev1", "--speed", "0.5", "--emulation", "dilate", "--threads", "2",
                "--storage", "{db}"),
             _c(pr, "--device", "dev1", "--storage", "sqlite:///typo.sqlite", "--app", "nope")]
     sh = "reports.show"
@@ -204,7 +204,7 @@ def runtime_cases() -> list[Case]:
                            ("--idle-timeout", "nan"), ("--max-clients", "0"), ("--tls-key", "k.pem"),
                            ("--app", "nope")]),
         ("runtime.testbed", [("--bogus",), ("--rate", "fast", "--verify"), ("--link", "x", "--verify"),
-                             ("--edge-cpu", "nan", "--verify")]),
+                             ("--speed", "nan", "--verify")]),
         ("runtime.linkprobe", [("--bogus",), ("nosuchcommand",)]),
     ):
         out += [_c(cli, *b, fast=b in (("--workers", "0"), ("--bogus",)) and cli == "runtime.cloud") for b in bads]
@@ -326,7 +326,7 @@ SCHEMA_VALUES = {
     ("train", "lr"): [NAN],
     ("train", "batch_size"): [0],
     ("devices.edge", "name"): ["../../x", "", "a b", 5],
-    ("devices.edge", "cpu_quota"): [0, -1, NAN, 100, "half"],
+    ("devices.edge", "speed"): [0, -1, NAN, 100, "half"],
     ("devices.edge", "emulation"): ["fast"],
     ("devices.cloud", "name"): ["../y"],
     ("dataset", "name"): ["mnist", None],

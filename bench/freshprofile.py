@@ -61,11 +61,11 @@ def reprofile(store: Store, app: App, edge_speed: float | None, tb, points: set[
     from database.profile import ProfileConfig, profile_app
     only = frozenset(points) if points is not None else None
     with pinned(tb.edge_cpu):
-        store.put_latency(profile_app(app, ProfileConfig(app.edge_device, ("edge",), runs=runs, warmup=2,
-                                                         idle_s=idle_s, speed=edge_speed or None,
+        store.put_latency(profile_app(app, ProfileConfig(app.edge.with_speed(edge_speed or None), ("edge",),
+                                                         runs=runs, warmup=2, idle_s=idle_s,
                                                          only_points=only, progress=False)))
     with pinned(tb.cloud_cpu):
-        store.put_latency(profile_app(app, ProfileConfig(app.cloud_device, ("cloud",), runs=runs, warmup=2,
+        store.put_latency(profile_app(app, ProfileConfig(app.cloud, ("cloud",), runs=runs, warmup=2,
                                                          idle_s=idle_s, only_points=only, progress=False)))
 
 

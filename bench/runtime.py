@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apps import DEFAULT_APP, EDGE_EMULATIONS, load_app
+from apps import DEFAULT_APP, EMULATIONS, load_app
+from apps.schema import Device
 from bench.freshprofile import idle_before, pinned, reprofile, snapshot
 from cli.args import ArgParser
 from cli.errors import CoInferError
@@ -91,16 +92,15 @@ def mean_breakdown(bds: list):
 @dataclass(frozen=True)
 class MeasureConfig:
     """How `measure` runs: the link `rates` (Mbps); per scheme and rate `n` measured requests after `warmup`,
-    in `rounds` (each after profiling again when `fresh`); the testbed's edge CPU `quota` (None: full speed),
-    `link` (tbf | paced), edge `emulation` (dilate | quota) and `keep_warm`; `storage`: the database URL."""
+    in `rounds` (each after profiling again when `fresh`); the testbed's `edge` device (its speed and emulation;
+    speed None: full speed), `link` (tbf | paced) and `keep_warm`; `storage`: the database URL."""
 
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
     n: int = 60
     warmup: int = 5
     rounds: int = 3
-    quota: float | None = None
+    edge: Device | None = None  # None: the app's edge device
     link: str = "paced"
-    emulation: str = "dilate"
     keep_warm: bool = True
     fresh: bool = True
     storage: str | None = None
@@ -116,8 +116,9 @@ def measure(app, schemes: list[str], config: MeasureConfig) -> list[dict]:
     from runtime.edgeworker import EdgeWorker
     from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
-    rates, n, warmup, rounds, quota, link, emulation = (config.rates, config.n, config.warmup, config.rounds,
-                                                          config.quota, config.link, config.emulation)
+    rates, n, warmup, rounds, link = config.rates, config.n, config.warmup, config.rounds, config.link
+    edge = config.edge or app.edge
+    quota, emulation = edge.speed, edge.emulation
     stored = Store(config.storage, create=False)
     fresh = config.fresh and emulation == "dilate"  # a quota'd edge is profiled by `database.profile` in its cgroup
     tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
@@ -126,8 +127,7 @@ def measure(app, schemes: list[str], config: MeasureConfig) -> list[dict]:
     rows = []
     reference = []  # a fixed workload's seconds on the cloud CPU, before each round and at the end
     for rate in rates:
-        with Testbed(app.name, TestbedConfig(rate, quota, link=link, edge_emulation=emulation,
-                                               keep_warm=config.keep_warm)) as tb, \
+        with Testbed(app.name, TestbedConfig(rate, edge, link=link, keep_warm=config.keep_warm)) as tb, \
                 EdgeWorker(tb, [calib, *schemes], app.name) as worker:
             store = snapshot(stored, Path(tmp.name) / f"profile-{rate:g}.sqlite") if fresh else stored
             # `rounds` x (profile again, then n / rounds requests of every scheme): model and runtime side
@@ -243,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3,
                     help="with --profile fresh: alternate profiling and measuring this many times per rate")
-    ap.add_argument("--edge-cpu", type=float, default=None, help="edge CPU quota (default: the app's)")
-    ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
+    ap.add_argument("--speed", type=float, default=None, help="the edge's speed, a fraction of this CPU "
+                    "(default: the app's edge device's)")
+    ap.add_argument("--emulation", choices=EMULATIONS, default=None,
                     help="how the edge is slowed: dilate or quota (default: the app's; see devices.slowdown)")
     ap.add_argument("--link", choices=["tbf", "paced"], default="paced",
                     help="tbf: tc tbf alone; paced: tbf kept busy by low-priority filler (see runtime.testbed)")
@@ -258,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     app = load_app(args.app)
-    quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
-    emulation = args.edge_emulation or app.edge_emulation
-    config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, quota or None, args.link, emulation,
+    from devices.spec import with_flags
+    edge = with_flags(app.edge, None, args.speed, args.emulation)
+    quota, emulation = edge.speed, edge.emulation
+    config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, edge, args.link,
                            args.keep_warm, args.profile == "fresh", args.storage)
     from runtime.advisor import SchemeAdvisor
     planner = SchemeAdvisor(app, args.storage)

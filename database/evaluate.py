@@ -10,7 +10,7 @@ of them and stored once. `--workers N` runs N of them here. Resumable: schemes a
 it is done, and writes are idempotent, so Ctrl-C or kill -9 and a rerun lose nothing and
 duplicate nothing (a killed worker's scheme is retried once its heartbeat is `--grace` old).
 `--evaluator synthetic:SECONDS` replaces fine-tuning by a formula and a sleep
-(database/synthetic_finetuner.py) to try the coordination; `--device cuda` fine-tunes on a GPU
+(database/synthetic_finetuner.py) to try the coordination; `--torch-device cuda` fine-tunes on a GPU
 (models/accel.py).
 """
 
@@ -31,6 +31,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme, all_schemes
+from devices.torch_device import add_torch_device_argument, check_torch_device
 from models.accel import AMP_CHOICES, COMPILE_CHOICES, Accel
 
 if TYPE_CHECKING:  # torch, the data and the database load on first use (--help stays fast)
@@ -207,7 +208,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--evaluator", default="finetune",
                     help="finetune (the app's protocol) or synthetic[:SECONDS] (a formula after a sleep: "
                          "tries the coordination without fine-tuning; rows under protocol synthetic-...)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fine-tune on that GPU)")
+    add_torch_device_argument(ap, "fine-tune on this torch device")
+    ap.add_argument("--device", default=None, help=argparse.SUPPRESS)  # renamed: one line naming --torch-device
     ap.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                     help="mixed precision on CUDA (auto: bf16 where supported, else fp16 with a scaler)")
     ap.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
@@ -226,6 +228,9 @@ def _parser() -> ArgParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.device is not None:
+        raise CoInferError("--device names a profiled device: the torch device to fine-tune on is --torch-device "
+                           "cpu|cuda|cuda:N")
     if args.workers < 1:
         raise CoInferError("--workers must be at least 1")
     if args.seed is not None and not 0 <= args.seed < 2**32:
@@ -243,17 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = args.evaluator != "finetune"
     if synthetic:
         parse_delay(args.evaluator)
-        if args.device != "cpu":
-            raise CoInferError("--evaluator synthetic does not fine-tune: drop --device")
-    accel = Accel.for_device(args.device, args.amp, args.compile, args.loader_workers) if \
-        args.device.startswith("cuda") else Accel.for_device(args.device, args.amp, args.compile)
-    if accel.is_cuda:
-        import torch
-        index = int(args.device.split(":", 1)[1]) if ":" in args.device else 0
-        if not torch.cuda.is_available() or not 0 <= index < torch.cuda.device_count():
-            raise CoInferError(f"--device {args.device}: no such CUDA device on this machine")
-    elif args.device != "cpu":
-        raise CoInferError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+        if args.torch_device != "cpu":
+            raise CoInferError("--evaluator synthetic does not fine-tune: drop --torch-device")
+    torch_device = check_torch_device(args.torch_device)
+    accel = Accel.for_device(torch_device, args.amp, args.compile, args.loader_workers) if \
+        torch_device.startswith("cuda") else Accel.for_device(torch_device, args.amp, args.compile)
+    check_torch_device(torch_device, available=True)
     widths = [pt.channels for pt in app_points(app)]
     schemes = select_schemes(app, widths, args.schemes)
     for p, c, b in schemes:

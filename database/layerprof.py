@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from apps import Device
+
 KINDS = ("conv", "dwconv", "linear", "pool", "bn", "act", "add", "pack", "unpack", "other")
 WHOLE = "model"  # the kind of a sample that is a whole model's forward, not one layer
 
@@ -355,16 +357,21 @@ def time_call(fn: Callable[[], object], runs: int = 7, sample_s: float = 2e-3) -
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """How a device's layers are profiled (`database.predictor fit`)."""
+    """How a device's layers are profiled (`database.predictor fit`): on `device` (a dilated one: CPU time / its
+    speed; any other at this CPU's speed)."""
 
-    device: str
-    speed: float = 1.0  # the device's speed as a fraction of this CPU's (dilated edge: cpu / speed)
+    device: Device
     runs: int = 7
     sample_s: float = 2e-3
     model_sample_s: float = 0.05  # a whole model's samples span at least this long
     n_per_kind: int = 60
     seed: int = 0
     progress: bool = True
+
+    @property
+    def speed(self) -> float:
+        """The device's speed as a fraction of this CPU's when it is dilated, else 1 (this CPU)."""
+        return self.device.speed if self.device.dilated else 1.0
 
 
 @dataclass(frozen=True)
@@ -395,7 +402,7 @@ def profile_layers(config: SweepConfig, models: list[NamedModel] = ()) -> list[L
     from cli.progress import progress
     layered = [(m, model_layers(m.module, torch.randn(m.input_shape))) for m in models]
     swept = sweep(config.n_per_kind, config.seed)
-    bar = progress(total=len(swept) + sum(len(ls) + 2 for _, ls in layered), desc=f"layers on {config.device}",
+    bar = progress(total=len(swept) + sum(len(ls) + 2 for _, ls in layered), desc=f"layers on {config.device.name}",
                    enabled=config.progress)
     out, timed = [], {}
 
@@ -406,14 +413,14 @@ def profile_layers(config: SweepConfig, models: list[NamedModel] = ()) -> list[L
         bar.update()
         return timed[key]
 
-    out += [LayerSample(config.device, "sweep", layer, device_time(layer)) for layer in swept]
+    out += [LayerSample(config.device.name, "sweep", layer, device_time(layer)) for layer in swept]
     for m, layers in layered:
         forward = functools.partial(m.module.eval(), torch.randn(m.input_shape))
         whole = [time_call(forward, config.runs, config.model_sample_s) / config.speed]
         bar.update()
-        out += [LayerSample(config.device, m.name, layer, device_time(layer)) for layer in layers]
+        out += [LayerSample(config.device.name, m.name, layer, device_time(layer)) for layer in layers]
         whole.append(time_call(forward, config.runs, config.model_sample_s) / config.speed)
         bar.update()
-        out.append(LayerSample(config.device, m.name, whole_layer(m.name, layers), statistics.fmean(whole)))
+        out.append(LayerSample(config.device.name, m.name, whole_layer(m.name, layers), statistics.fmean(whole)))
     bar.close()
     return out

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from apps import App
     from database.layerprof import Layer, LayerSample, NamedModel
     from database.store import LatencyRow, Store
-    from devices.spec import DeviceSpec
+    from devices.spec import Device
 
 REGRESSORS = ("gbr", "linear")
 TARGET = 0.15  # median leave-one-model-out relative error of whole-model latency
@@ -217,23 +217,19 @@ def default_models(apps: list[str] | None, reference: bool) -> list[NamedModel]:
     return out
 
 
-def resolve_device(name: str, devices_file: str | None = None, apps: tuple[App, ...] = ()) -> DeviceSpec:
-    """A device by name: the devices file's, else the edge device of `apps` or of a shipped app (its speed when
-    dilated) or their cloud device; anything else is an unknown device (CoInferError)."""
+def resolve_device(name: str, devices_file: str | None = None, apps: tuple[App, ...] = ()) -> Device:
+    """A device by name (`devices.spec.resolve_device`): the devices file's, else the edge or cloud device of
+    `apps` or of a shipped app; anything else is an unknown device (CoInferError). Layers are timed by
+    dilation only, so a device emulated by a CPU quota is timed at this CPU's speed."""
     from apps import available_apps, load_app
-    from devices.spec import DeviceSpec, load_devices
-    devices = load_devices(devices_file)
-    if name in devices:
-        return devices[name]
+    from devices.spec import load_devices
+    from devices.spec import resolve_device as find_device
     every = [*apps, *map(load_app, available_apps())]
-    for app in every:
-        if name == app.edge_device:
-            dilated = app.edge_cpu_quota is not None and app.edge_emulation == "dilate" and app.edge_cpu_quota <= 1
-            return DeviceSpec(name, "edge", app.edge_cpu_quota if dilated else None)
-        if name == app.cloud_device:
-            return DeviceSpec(name, "cloud")
-    known = sorted(set(devices) | {d for a in every for d in (a.edge_device, a.cloud_device)})
-    raise CoInferError(f"unknown device '{name}' (known: {', '.join(known)}; define one in devices.yml)")
+    device = find_device(name, devices_file, every)
+    if device is None:
+        known = sorted(set(load_devices(devices_file)) | {d for a in every for d in (a.edge_device, a.cloud_device)})
+        raise CoInferError(f"unknown device '{name}' (known: {', '.join(known)}; define one in devices.yml)")
+    return device if device.dilated or not device.slowed else device.with_speed(None)
 
 
 def fitted_samples(store: Store, device: str) -> list[LayerSample]:
@@ -362,14 +358,14 @@ def _parser() -> ArgParser:
     return ap
 
 
-def fit_device(store: Store, spec: DeviceSpec, models: list[NamedModel], config: PredictorConfig, sweep: int,
+def fit_device(store: Store, spec: Device, models: list[NamedModel], config: PredictorConfig, sweep: int,
                runs: int, progress: bool) -> tuple[list[LayerSample], list[ModelError]]:
     """Profile the device's layers, replace its stored samples, and the leave-one-model-out errors."""
     import torch
 
     from database.layerprof import SweepConfig, profile_layers
     torch.set_num_threads(1)
-    samples = profile_layers(SweepConfig(spec.name, spec.speed or 1.0, runs=runs, n_per_kind=sweep,
+    samples = profile_layers(SweepConfig(spec, runs=runs, n_per_kind=sweep,
                                          progress=progress), models)
     errors = leave_one_model_out(samples, config)
     store.delete_layer_samples(spec.name)
@@ -397,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                                      args.runs, progress)
         if store.device(spec.name) is None:
             from devices.fingerprint import fingerprint
-            store.put_device(spec.name, dict(fingerprint(False), **({"speed": spec.speed} if spec.speed else {})),
-                             "layer samples only (database.predictor)")
+            store.put_device(spec.name, fingerprint(), "layer samples only (database.predictor)", spec)
         med = median_error(errors)
         if args.json:
             print(json.dumps({"device": spec.name, "speed": spec.speed, "samples": len(samples),

@@ -1,7 +1,8 @@
 """Latency database builder: per-point edge and cloud compute of an app on this machine.
 
-    python -m database.profile --app vgg16_digits --device cpu-edge     # under the app's edge CPU quota
+    python -m database.profile --app vgg16_digits --device cpu-edge     # at the app's edge device's speed
     python -m database.profile --app vgg16_digits --device cpu-cloud
+    python -m database.profile --app vgg16_digits --device pi-like --side edge --speed 0.25
 
 For every partition point p and a grid of kept channels c (1, C/4, C/2, 3C/4, C) it times,
 at batch size 1 after warm-up:
@@ -17,14 +18,19 @@ Each sample is one call after 5 ms idle (`--idle-ms`), as a request's stage find
 in the runtime, and the samples are spread over `--passes` rounds of all rows. Every CPU is kept
 out of idle while it runs (`devices.slowdown.KeepWarm`, as on the testbed; `--no-keep-warm` to skip).
 
-When the device is the app's edge device and the app gives it a speed (`cpu_quota`), the edge is
-emulated as the runtime emulates it (`devices.edge.emulation`):
+The device (`apps.schema.Device`) is the devices file's, else the app's edge or cloud device of that
+name (its speed and emulation; its side is both), else this CPU as it is; `--side`, `--speed` and
+`--emulation` override its fields. A device with a speed is emulated as the runtime emulates it
+(`Device.emulation`):
 - `dilate` (default): every sample is one call on the emulated device (`devices.slowdown`): run
   at full speed, then sleep until its thread CPU time / speed, exactly as the runtime's edge does;
-- `quota`: the process puts itself under the app's cgroup CPU quota (root only; otherwise it says
-  so and profiles unthrottled) and each sample is the mean of back-to-back runs over 10 quota
+- `quota`: the process puts itself under a cgroup CPU quota of `speed` CPUs (root only; otherwise it
+  says so and profiles unthrottled) and each sample is the mean of back-to-back runs over 10 quota
   periods: the steady-state latency of a continuously busy throttled device (one short run alone
   would show either full speed or a stall, never the device's rate; see `devices.slowdown`).
+
+`main` parses the flags into a `Device` and a frozen `ProfileConfig`; `profile_device` does the rest
+(refuse a silent re-profile, apply the quota, measure with the noise report, store).
 """
 
 from __future__ import annotations
@@ -36,21 +42,23 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from apps import DEFAULT_APP, EDGE_EMULATIONS, App, load_app
+from apps import DEFAULT_APP, EMULATIONS, App, Device, load_app
 from apps.schema import check_name
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from devices.cpuquota import apply_cpu_quota, quota_period_us, quota_support
 from devices.slowdown import KeepWarm, SlowCPU
+from devices.torch_device import add_torch_device_argument, check_torch_device
 
 if TYPE_CHECKING:  # torch and the database load on first use, so --help answers at once
     import torch
 
-    from database.store import LatencyRow
+    from database.noise import Noise
+    from database.store import LatencyRow, Store
 
 IdleFn = Callable[[str, int, int], float]  # (side, point, channels) -> seconds idle before that row
 
@@ -132,28 +140,44 @@ def one_request(fn: Callable[[], object], sync: Callable[[], None], device: Slow
     return time.perf_counter() - start
 
 
+def quota_window_s(speed: float) -> float:
+    """Seconds of back-to-back calls per sample under a cgroup quota of `speed` CPUs: 10 quota periods."""
+    return 10 * quota_period_us(speed) / 1e6
+
+
 @dataclass(frozen=True)
 class ProfileConfig:
-    """How `profile_app` measures one device, built once (by `main` from its flags, or by a benchmark).
+    """How one device is profiled, built once (by `main` from its flags, or by a benchmark); checked here.
 
-    With `speed` each sample is one call on a device that fast (`SlowCPU`, the `dilate` emulation);
-    with `window_s` > 0 (a cgroup CPU quota) each sample is the mean of back-to-back calls over that
-    window (`time_fn`); with neither, one call at this machine's speed."""
-    device: str                                # name the rows are stored under (e.g. cpu-edge)
+    The device's emulation decides how a sample is taken: `dilate`, one call on a device `speed` times as
+    fast (`SlowCPU`); `quota`, the mean of back-to-back calls over `quota_window_s(speed)` (`time_fn`; the
+    process must be under the quota: `profile_device` puts it there); none, one call at this machine's speed."""
+    device: Device                             # the rows are stored under its name
     sides: tuple[str, ...] = ("edge", "cloud")
     runs: int = 30                             # samples per row (median and p90 stored)
     warmup: int = 5                            # untimed calls before a row's samples, each round
     passes: int = 5                            # rounds over all rows the samples are spread over
     idle_s: float | IdleFn = 0.005             # idle before each sample, or a function of the row
-    speed: float | None = None                 # dilate: the emulated device's speed (0, 1]
-    window_s: float = 0.0                      # quota: seconds of back-to-back calls per sample
-    cuda: bool = False
+    torch_device: str = "cpu"                  # cpu, cuda or cuda:N (devices.torch_device)
+    threads: int = 1                           # torch threads (profile_device sets them)
     only_points: frozenset[int] | None = None  # split rows of these points only (None: all)
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.speed is not None and self.window_s > 0:
-            raise ValueError("a profile emulates the edge by dilation (speed) or a quota window, not both")
+        idle_ok = callable(self.idle_s) or 0 <= self.idle_s <= 60
+        if not (1 <= self.runs <= 100_000 and 0 <= self.warmup <= 10_000 and 1 <= self.threads <= 1024
+                and 1 <= self.passes <= 10_000 and idle_ok):
+            raise CoInferError("--runs must be in 1..100000, --passes 1..10000, --threads 1..1024, --warmup 0..10000 "
+                               "and --idle-ms 0..60000")
+        if self.device.dilated and self.torch_device != "cpu":
+            raise CoInferError("a dilated (slowed) device is emulated on the CPU only: drop --torch-device or --speed")
+        if self.device.dilated and self.threads != 1:
+            raise CoInferError("a dilated device is timed by thread CPU time: --threads must be 1")
+
+    @property
+    def window_s(self) -> float:
+        """Seconds of back-to-back calls per sample: a quota window under `quota`, else 0 (one call)."""
+        return quota_window_s(self.device.speed) if self.device.emulation == "quota" else 0.0
 
 
 def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
@@ -170,9 +194,9 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     from database.store import LatencyRow
     from models.build import load_base_model
     runs, warmup, window_s, idle_s = config.runs, config.warmup, config.window_s, config.idle_s
-    device = SlowCPU(config.speed) if config.speed is not None else None
-    torch_device = torch.device("cuda" if config.cuda else "cpu")
-    sync = torch.cuda.synchronize if config.cuda else (lambda: None)
+    device = SlowCPU(config.device.speed) if config.device.dilated else None
+    torch_device = torch.device(config.torch_device)
+    sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
     base = load_base_model(app).to(torch_device)
     points = base.partition_points()
     x = torch.randn(1, app.in_channels, app.input_size, app.input_size, device=torch_device)
@@ -186,7 +210,7 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     rounds = 1 if window_s > 0 else max(1, min(config.passes, runs))
     per_round = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
     samples: dict[tuple[str, int, int], list[float]] = {job: [] for job in jobs}
-    bar = progress(total=len(jobs) * rounds, desc=f"profile {app.name} on {config.device}",
+    bar = progress(total=len(jobs) * rounds, desc=f"profile {app.name} on {config.device.name}",
                    enabled=config.progress)
     with torch.inference_mode():  # as the runtime's edge and cloud compute (runtime.client, runtime.cloud)
         for n in per_round:
@@ -205,7 +229,7 @@ def profile_app(app: App, config: ProfileConfig) -> list[LatencyRow]:
     rows = []
     for (side, p, c), xs in samples.items():
         median, tail = (xs[0], xs[1]) if window_s > 0 else (statistics.median(xs), percentile90(xs))
-        rows.append(LatencyRow(app.name, config.device, p, c, side, median, tail, runs))
+        rows.append(LatencyRow(app.name, config.device.name, p, c, side, median, tail, runs))
     return rows
 
 
@@ -214,18 +238,16 @@ def _parser() -> ArgParser:
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--device", required=True,
                     help="name to store the profile under (e.g. cpu-edge); a device of the devices file "
-                         "(devices/spec.py) brings its side and speed")
+                         "(devices/spec.py) or of the app brings its side and speed")
     ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml, if any)")
     ap.add_argument("--side", choices=["edge", "cloud", "both"], default=None,
                     help="which side to profile (default: the device's, else both)")
     ap.add_argument("--speed", type=float, default=None,
-                    help="emulate a device this fraction of this CPU's speed (dilation, devices.slowdown); "
-                         "the same as --cpu-quota S --emulation dilate")
-    ap.add_argument("--cpu-quota", type=float, default=None,
-                    help="CPUs allowed (cgroup quota); default: the app's edge quota when --device is its edge")
-    ap.add_argument("--emulation", choices=EDGE_EMULATIONS, default=None,
-                    help="how --cpu-quota slows this CPU: dilate (stretched time) or quota (cgroup); "
-                         "default: the app's devices.edge.emulation")
+                    help="emulate a device this fraction of this CPU's speed, in (0, 1] (default: the device's)")
+    ap.add_argument("--emulation", choices=EMULATIONS, default=None,
+                    help="how the speed is made: dilate (stretched time, devices.slowdown) or quota (a cgroup CPU "
+                         "quota of SPEED CPUs, root); default: the device's, else dilate")
+    ap.add_argument("--cpu-quota", default=None, help=argparse.SUPPRESS)  # renamed: one line naming the new flags
     ap.add_argument("--replace", action="store_true",
                     help="overwrite the device's earlier profile of these sides (default: refuse)")
     ap.add_argument("--points", default=None, metavar="P,P,...",
@@ -238,7 +260,7 @@ def _parser() -> ArgParser:
     ap.add_argument("--idle-ms", type=float, default=5.0,
                     help="idle before each sample, as between a request's stages (default 5 ms)")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--cuda", action="store_true", help="profile on the GPU")
+    add_torch_device_argument(ap, "profile on this torch device (a GPU: its fingerprint is stored)")
     ap.add_argument("--storage", default=None)
     return ap
 
@@ -255,6 +277,35 @@ def _points(text: str | None, count: int) -> frozenset[int] | None:
     return points
 
 
+def resolve_profiled_device(args: argparse.Namespace, app: App) -> Device:
+    """The device `--device` names (the devices file's, else the app's edge or cloud device with side both,
+    else this CPU as it is, side both), with `--side`, `--speed` and `--emulation` applied."""
+    from devices.spec import resolve_device, with_flags
+    base = resolve_device(args.device, args.devices)
+    if base is None:
+        app_device = resolve_device(args.device, None, (app,))
+        base = app_device.model_copy(update={"side": "both"}) if app_device else Device(name=args.device)
+    return with_flags(base, args.side, args.speed, args.emulation)
+
+
+def parse(argv: list[str] | None = None) -> tuple[App, ProfileConfig, argparse.Namespace]:
+    """The flags as the app, the frozen ProfileConfig (its Device included) and the rest (storage, replace,
+    keep-warm); every bad value is one CoInferError line, before anything is measured."""
+    args = _parser().parse_args(argv)
+    if args.cpu_quota is not None:
+        raise CoInferError("--cpu-quota is gone: give the device's speed, --speed S (a fraction of this CPU), "
+                           "with --emulation quota for a cgroup CPU quota")
+    check_name(args.device, "--device")  # stored, and part of a cgroup's name under quota emulation
+    app = load_app(args.app)
+    device = resolve_profiled_device(args, app)
+    from models.build import app_points
+    only = _points(args.points, len(app_points(app)))
+    config = ProfileConfig(device, device.sides(), runs=args.runs, warmup=args.warmup, passes=args.passes,
+                           idle_s=args.idle_ms / 1e3, torch_device=check_torch_device(args.torch_device),
+                           threads=args.threads, only_points=only)
+    return app, config, args
+
+
 def check_not_profiled(store, app: str, device: str, sides: tuple[str, ...], replace: bool) -> None:
     """Re-profiling keeps the earlier profile: refuse, naming --replace, unless it is given (then
     the old rows of those sides go, so no stale row survives a partial re-profile)."""
@@ -266,91 +317,81 @@ def check_not_profiled(store, app: str, device: str, sides: tuple[str, ...], rep
         store.delete_latency(app, device, tuple(done))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    check_name(args.device, "--device")  # stored, and part of a cgroup's name under quota emulation
-    if not (1 <= args.runs <= 100_000 and 0 <= args.warmup <= 10_000 and 1 <= args.threads <= 1024
-            and 1 <= args.passes <= 10_000 and 0 <= args.idle_ms <= 60_000):
-        raise CoInferError("--runs must be in 1..100000, --passes 1..10000, --threads 1..1024, --warmup 0..10000 "
-                           "and --idle-ms 0..60000")
+def apply_quota(config: ProfileConfig, store: Store) -> tuple[ProfileConfig, str]:
+    """Under `quota` emulation, put this process under the device's cgroup CPU quota: (config, "") once it
+    is, or where it cannot be (not root, no cgroup v1) the config of this CPU as it is and a note saying so."""
+    device = config.device
+    if device.emulation != "quota":
+        return config, ""
+    reason = quota_support()
+    if reason:
+        note = f"CPU quota {device.speed} requested but not applied ({reason}): profiled unthrottled"
+        print(f"warning: {note}")
+        return replace(config, device=device.with_speed(None)), note
+    store.check_writable()  # before the process moves into a cgroup
+    try:
+        apply_cpu_quota(device.speed, f"coinfer-profile-{device.name}")
+    except (OSError, ValueError) as exc:
+        raise CoInferError(f"cannot apply a CPU quota of {device.speed:g}: {exc}") from None
+    return config, ""
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """What `profile_device` stored: the rows, the device as measured, its noise report and a note."""
+    rows: list[LatencyRow]
+    device: Device
+    noise: Noise
+    note: str
+
+
+def profile_device(app: App, config: ProfileConfig, store: Store, replace_old: bool = False,
+                   keep_warm: bool = True) -> Profiled:
+    """Profile `config.device` for `app` and store its rows, fingerprint and point shapes.
+
+    Refuses a device already profiled on these sides unless `replace_old`; applies a `quota` emulation to
+    this process (`apply_quota`); measures with every CPU kept out of idle (`keep_warm`) and the machine's
+    drift timed before and after (database/noise.py)."""
     import torch
 
     from database.noise import drift, noise_of, reference_workload
-    from database.store import Store
     from devices.fingerprint import fingerprint
-    from devices.spec import DeviceSpec, load_devices
     from models.build import app_points
-    app = load_app(args.app)
-    if args.cuda and not torch.cuda.is_available():
-        raise CoInferError("--cuda given but no CUDA device is available")
-    if args.speed is not None and (args.cpu_quota is not None or args.emulation == "quota"):
-        raise CoInferError("--speed is a dilated device: drop --cpu-quota / --emulation quota")
-    spec = load_devices(args.devices).get(args.device, DeviceSpec(args.device))
-    side = args.side or spec.side
-    speed_flag = args.speed if args.speed is not None else spec.speed
-    if speed_flag is not None:
-        DeviceSpec(args.device, side, speed_flag)  # checks the range
-    sides = ("edge", "cloud") if side == "both" else (side,)
-    points = app_points(app)
-    only = _points(args.points, len(points))
-    store = Store(args.storage)
+    if config.torch_device != "cpu" and not torch.cuda.is_available():
+        raise CoInferError(f"--torch-device {config.torch_device} given but no CUDA device is available")
     store.check_writable()  # before minutes of profiling whose rows could not be stored
-    check_not_profiled(store, app.name, args.device, sides, args.replace)
-    quota = speed_flag if speed_flag is not None else args.cpu_quota if args.cpu_quota is not None else (
-        app.edge_cpu_quota if args.device == app.edge_device else None)
-    note, window_s, speed = "", 0.0, None
-    emulation = "dilate" if speed_flag is not None else args.emulation or app.edge_emulation
-    if quota is not None and not 0 < quota <= 64:
-        raise CoInferError(f"--cpu-quota must be a number of CPUs in (0, 64], got {quota:g}")
-    if quota is not None and emulation == "dilate":
-        if args.cuda:
-            raise CoInferError("a dilated (slowed) device is emulated on the CPU only: drop --cuda or --cpu-quota")
-        if quota > 1:
-            raise CoInferError(f"a dilated device runs at most at this CPU's speed: --cpu-quota {quota} > 1")
-        if args.threads != 1:
-            raise CoInferError("a dilated device is timed by thread CPU time: --threads must be 1")
-        speed = quota
-        note = f"emulated: this CPU's thread time / {quota:g} (devices.slowdown)"
-    elif quota is not None:
-        reason = quota_support()
-        if reason:
-            note = f"CPU quota {quota} requested but not applied ({reason}): profiled unthrottled"
-            print(f"warning: {note}")
-        else:
-            store = Store(args.storage)
-            store.check_writable()  # before the process moves into a cgroup
-            try:
-                apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
-            except (OSError, ValueError) as exc:
-                raise CoInferError(f"cannot apply a CPU quota of {quota:g}: {exc}") from None
-            window_s = 10 * quota_period_us(quota) / 1e6
-    if store is None:
-        store = Store(args.storage)
-        store.check_writable()  # before minutes of profiling whose rows could not be stored
-    torch.set_num_threads(args.threads)
-    config = ProfileConfig(args.device, sides, runs=args.runs, warmup=args.warmup, passes=args.passes,
-                           idle_s=args.idle_ms / 1e3, speed=speed, window_s=window_s, cuda=args.cuda,
-                           only_points=only)
-    with KeepWarm() if args.keep_warm else contextlib.nullcontext():
+    check_not_profiled(store, app.name, config.device.name, config.sides, replace_old)
+    config, note = apply_quota(config, store)
+    if config.device.dilated:
+        note = f"emulated: this CPU's thread time / {config.device.speed:g} (devices.slowdown)"
+    torch.set_num_threads(config.threads)
+    with KeepWarm() if keep_warm else contextlib.nullcontext():
         before = reference_workload()
         rows = profile_app(app, config)
         noise = noise_of(rows, drift(before, reference_workload()))
-    info = fingerprint(args.cuda)
-    if speed is not None:
-        info.update(cpu_quota=quota, emulation="dilate")
-    info["noise"] = noise.to_json()
-    store.put_device(args.device, info, note)
-    store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in points])
+    info = dict(fingerprint(config.torch_device), noise=noise.to_json())
+    store.put_device(config.device.name, info, note, config.device)
+    store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in app_points(app)])
     store.put_latency(rows)
-    print(f"{app.name} on {args.device}: {len(rows)} measurements stored"
-          + (f" (CPU quota {quota} CPU)" if quota and not note else f" ({note})" if note else ""))
-    whole = len(points)
-    for r in rows:
+    return Profiled(rows, config.device, noise, note)
+
+
+def main(argv: list[str] | None = None) -> int:
+    app, config, args = parse(argv)
+    from database.store import Store
+    done = profile_device(app, config, Store(args.storage), args.replace, args.keep_warm)
+    device = done.device
+    quota = f" (CPU quota {device.speed} CPU)" if device.emulation == "quota" else ""
+    print(f"{app.name} on {device.name}: {len(done.rows)} measurements stored"
+          + (f" ({done.note})" if done.note else quota))
+    from models.build import app_points
+    whole = len(app_points(app))
+    for r in done.rows:
         if (r.side, r.point) in (("edge", whole), ("cloud", -1)):
             label = "whole model, edge side (all-edge)" if r.side == "edge" else "whole model, cloud side (all-cloud)"
             print(f"  {label}: median {r.median_s * 1e3:.2f} ms, p90 {r.p90_s * 1e3:.2f} ms")
-    print(f"  {noise.describe()}")
-    for warning in noise.warnings:
+    print(f"  {done.noise.describe()}")
+    for warning in done.noise.warnings:
         print(f"warning: {warning}; profile again on a quieter machine (--replace) before trusting it", file=sys.stderr)
     return 0
 

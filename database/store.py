@@ -9,7 +9,11 @@ Tables
   from `channels` input channels). point = -1 on the cloud side is the whole model from the raw
   input (all-cloud); point = P on the edge side is the whole model on the edge (all-edge).
 - point_shape(app, point, name, channels, height, width): the activation at each point.
-- device(name, fingerprint JSON, notes).
+- device(name, fingerprint JSON, notes): the machine a profile was measured on, plus the device's
+  `speed` (fraction of this CPU, null: as it is) and `emulation` (dilate, quota) when it was emulated.
+  Rows written before the one device vocabulary kept the speed as `cpu_quota` (with `emulation`
+  dilate; without it, a cgroup quota); `Store.device` reads them as `speed` (`_device_row`), so an
+  old database, a read-only one included, opens unchanged.
 - layer_sample(device, source, name, kind, layer JSON, seconds, created): one layer configuration
   timed on a device (`database.layerprof`), unique on (device, source, name); the latency
   predictor's training data.
@@ -39,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
-from apps import DEFAULT_STORAGE
+from apps import DEFAULT_STORAGE, Device
 from cli.errors import CoInferError, mask_url
 from compress.scheme import Scheme
 
@@ -208,6 +212,17 @@ def _rollback_mode(engine: sa.Engine, path: str, wrote: list[bool]) -> None:
     except sqlite3.Error:  # another process holds the file (it does this when it closes) or it is read-only
         pass
 
+
+
+def _device_row(info: dict) -> dict:
+    """A device row's mapping with the speed under `speed`: a row written before the one device vocabulary
+    kept it as `cpu_quota` (the profiler's, with `emulation` dilate, or a cgroup quota without it)."""
+    info = dict(info)
+    if "cpu_quota" in info and "speed" not in info:
+        info["speed"] = info.pop("cpu_quota")
+        if info["speed"] is not None:
+            info.setdefault("emulation", "quota")
+    return info
 
 class Store:
     """The accuracy + latency databases behind one SQLAlchemy engine."""
@@ -389,16 +404,21 @@ class Store:
         return self._run(lambda conn: [tuple(r) for r in conn.execute(q)])
 
     # -- devices -------------------------------------------------------------------------
-    def put_device(self, name: str, fingerprint: dict, notes: str = "") -> None:
-        self._upsert(device, [dict(name=name, fingerprint=json.dumps(fingerprint, sort_keys=True),
+    def put_device(self, name: str, fingerprint: dict, notes: str = "", emulated: Device | None = None) -> None:
+        """Store a device's row: the machine's `fingerprint`, and with `emulated` its speed and emulation."""
+        info = _device_row(fingerprint)
+        if emulated is not None:
+            info.update(speed=emulated.speed, emulation=emulated.emulation)
+        self._upsert(device, [dict(name=name, fingerprint=json.dumps(info, sort_keys=True),
                                    notes=notes)], ["name"])
 
     def device(self, name: str) -> dict | None:
+        """A device's row as a mapping: its fingerprint, `speed` and `emulation` (when emulated) and notes."""
         q = sa.select(device.c.fingerprint, device.c.notes).where(device.c.name == name)
         rows = self._run(lambda conn: list(conn.execute(q)))
         if not rows:
             return None
-        return dict(json.loads(rows[0][0]), notes=rows[0][1] or "")
+        return dict(_device_row(json.loads(rows[0][0])), notes=rows[0][1] or "")
 
     def devices(self) -> list[str]:
         return self._run(lambda conn: [r[0] for r in conn.execute(sa.select(device.c.name).order_by(device.c.name))])

@@ -1,5 +1,5 @@
-"""What a latency profile was measured on: CPU model, threads, CPU quota, GPU (name, capability, memory,
-CUDA and cuDNN), torch version."""
+"""What a latency profile was measured on: CPU model, threads, the cgroup CPU quota it ran under, GPU (name,
+capability, memory, CUDA and cuDNN), torch version."""
 
 from __future__ import annotations
 
@@ -37,14 +37,17 @@ def gpu_fingerprint(index: int = 0) -> dict:
     }
 
 
-def fingerprint(use_cuda: bool = False) -> dict:
+def fingerprint(torch_device: str = "cpu") -> dict:
+    """This machine; with a CUDA `torch_device` (cuda, cuda:N) that GPU's too."""
+    from devices.torch_device import cuda_index
+    gpu = cuda_index(torch_device)
     return {
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu_quota": current_quota(),
-        "gpu": torch.cuda.get_device_name(0) if use_cuda else None,
-        "gpu_detail": gpu_fingerprint(0) if use_cuda else None,
+        "cgroup_quota": current_quota(),  # the cgroup CPU quota this process ran under (None: none)
+        "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None,
+        "gpu_detail": gpu_fingerprint(gpu) if gpu is not None else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host": socket.gethostname(),

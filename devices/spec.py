@@ -1,4 +1,9 @@
-"""Devices defined outside the apps: a devices file, so a new machine needs no app edit.
+"""Devices: the one `Device` type, the devices file, and finding a device by name.
+
+A device is a name, a side (edge, cloud or both), a speed as a fraction of this CPU (None: this CPU
+as it is) and an emulation saying how that speed is made here (`dilate`: devices.slowdown's
+stretched time; `quota`: devices.cpuquota's cgroup CPU quota). The type is `apps.schema.Device`
+(the app YAML's `devices:` entries are Devices, and apps sit below this package), re-exported here.
 
     # devices.yml (the repository root's by default; --devices FILE elsewhere)
     devices:
@@ -13,35 +18,22 @@ stored under the name, and searches and the edge runtime select it with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
-from apps import REPO_ROOT
+from apps import REPO_ROOT, App
+from apps.schema import EMULATIONS, SIDES, Device, make_device
 from cli.errors import CoInferError
 
+__all__ = ["DEFAULT_DEVICES", "EMULATIONS", "SIDES", "Device", "load_devices", "make_device", "parse_device_pair",
+           "resolve_device", "with_flags"]
+
 DEFAULT_DEVICES = REPO_ROOT / "devices.yml"
-SIDES = ("edge", "cloud", "both")
 
 
-@dataclass(frozen=True)
-class DeviceSpec:
-    """One device: which side(s) it profiles, and the speed it is emulated at (None: this CPU)."""
-
-    name: str
-    side: str = "both"
-    speed: float | None = None
-    notes: str = ""
-
-    def __post_init__(self) -> None:
-        if self.side not in SIDES:
-            raise CoInferError(f"device {self.name}: side must be one of {', '.join(SIDES)}, got {self.side!r}")
-        if self.speed is not None and not (isinstance(self.speed, int | float) and 0 < self.speed <= 1):
-            raise CoInferError(f"device {self.name}: speed must be in (0, 1] (of this CPU), got {self.speed!r}")
-
-
-def load_devices(path: Path | str | None = None) -> dict[str, DeviceSpec]:
+def load_devices(path: Path | str | None = None) -> dict[str, Device]:
     """The devices of a devices file; the default file may be absent (no devices), a named one not."""
     file = Path(path) if path is not None else DEFAULT_DEVICES
     if not file.is_file():
@@ -58,10 +50,38 @@ def load_devices(path: Path | str | None = None) -> dict[str, DeviceSpec]:
     out = {}
     for name, spec in entries.items():
         spec = spec or {}
-        if not isinstance(spec, dict) or set(spec) - {"side", "speed", "notes"}:
-            raise CoInferError(f"devices file {file}: device {name} takes side, speed and notes only")
-        out[str(name)] = DeviceSpec(str(name), spec.get("side", "both"), spec.get("speed"), str(spec.get("notes", "")))
+        if not isinstance(spec, dict) or "name" in spec or "cpu_quota" in spec:
+            raise CoInferError(f"devices file {file}: device {name} takes side, speed, emulation and notes only")
+        out[str(name)] = make_device({**spec, "name": str(name)}, f"devices file {file}: device {name}")
     return out
+
+
+def resolve_device(name: str, devices_file: str | Path | None = None, apps: Iterable[App] = ()) -> Device | None:
+    """A device by name: the devices file's, else the edge or cloud device of one of `apps` (None when
+    neither knows it)."""
+    devices = load_devices(devices_file)
+    if name in devices:
+        return devices[name]
+    for app in apps:
+        for device in (app.edge, app.cloud):
+            if device.name == name:
+                return device
+    return None
+
+
+def with_flags(device: Device, side: str | None = None, speed: float | None = None, emulation: str | None = None,
+               where: str = "") -> Device:
+    """`device` with the fields a CLI's `--side`, `--speed` and `--emulation` give (None: keep the device's).
+    A new speed keeps the device's emulation (dilate when it had none) unless `emulation` names one."""
+    fields = device.model_dump()
+    if side is not None:
+        fields["side"] = side
+    if speed is not None:
+        fields["speed"] = speed
+        fields["emulation"] = emulation or (device.emulation if device.slowed else None)
+    elif emulation is not None:
+        fields["emulation"] = emulation
+    return make_device(fields, where or f"device {device.name}")
 
 
 def parse_device_pair(text: str | None, flag: str = "--latency-profile") -> tuple[str | None, str | None]:

@@ -65,7 +65,7 @@ class Accel:
             raise CoInferError(f"--amp {amp!r}: expected one of {', '.join(AMP_CHOICES)}")
         if not device.startswith("cuda"):
             if amp not in ("auto", "off"):
-                raise CoInferError(f"--amp {amp} needs --device cuda")
+                raise CoInferError(f"--amp {amp} needs --torch-device cuda")
             return cls(device=device, compile="off" if compile == "auto" else compile)
         if bf16_supported is None:
             import torch

@@ -36,8 +36,8 @@ def summary(store, app_name: str) -> dict:
         info = store.device(name) or {}
         rows = store.latency_rows(app.name, name)
         whole = {r.side: r.median_s for r in rows if (r.side, r.point) in (("edge", len(points)), ("cloud", -1))}
-        devices[name] = {"sides": sorted(sides), "rows": len(rows), "cpu_quota": info.get("cpu_quota"),
-                         "emulation": info.get("emulation", "quota") if info.get("cpu_quota") else None,
+        devices[name] = {"sides": sorted(sides), "rows": len(rows), "speed": info.get("speed"),
+                         "emulation": info.get("emulation") if info.get("speed") else None,
                          "cpu_model": info.get("cpu_model"), "gpu": info.get("gpu"),
                          "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", ""),
                          "role": role(sorted(sides)), "predicted": sorted(predicted.get(name, set()) & sides)}
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  latency: no device profiled")
         for name, d in s["devices"].items():
             slowed = {"dilate": "slowed to", "quota": "CPU quota"}.get(d["emulation"])
-            what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['cpu_quota']:g}" if slowed else "")
+            what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['speed']:g}" if slowed else "")
             pred = f", predicted: {'+'.join(d['predicted'])} (database.predictor)" if d["predicted"] else ""
             print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}{pred}); {whole_model(d)}")
             if len(d["sides"]) == 1:

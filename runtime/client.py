@@ -111,7 +111,7 @@ class EdgeClient:
     (TokenBucket) each request frame waits for the bucket first: loopback emulation of a slow link
     when tc is unavailable. With a `monitor` (BandwidthEstimator) each transfer feeds it. With a
     `device` (devices.slowdown.SlowCPU) the head and quantise + pack stages take as long as on that
-    slower device: the emulated edge of the testbed (`COINFER_EDGE_SPEED`). The three may be
+    slower device: the emulated edge of the testbed (`COINFER_SPEED`). The three may be
     replaced between requests.
     """
 

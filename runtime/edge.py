@@ -14,6 +14,10 @@ the wire and the accuracy of the predictions that came back. The server's token,
 comes from `--token-file`, `--token` or $COINFER_TOKEN (`runtime.secret`) and is never printed. The connection is
 `runtime.client.EdgeClient`, which tests and benchmarks use directly.
 
+This process can be a slower edge device (`devices.slowdown`, dilation): `--device NAME` emulates a device
+of the devices file or the app (its speed), `--speed S` (default $COINFER_SPEED, which the testbed sets)
+a device S times as fast as this CPU.
+
 `--auto` probes the uplink (or starts from `--bandwidth`), then picks the scheme with the search
 (a latency query at the estimate over the app's accuracy database, `runtime.advisor`).
 `--adapt` precomputes the optimal scheme on a log grid of 0.125..8 Mbps and, before every
@@ -40,7 +44,7 @@ from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
 from devices.slowdown import SlowCPU
-from devices.spec import parse_device_pair
+from devices.spec import Device, make_device, parse_device_pair, resolve_device
 from runtime.advisor import Adapter, SchemeAdvisor
 from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.secret import resolve_token
@@ -171,13 +175,13 @@ async def run_auto(client: EdgeClient, images: torch.Tensor, advisor: SchemeAdvi
         await client.close()
 
 
-def notes(rate_limit: float | None, edge_speed: float | None, depth: int | None) -> list[str]:
+def notes(rate_limit: float | None, edge: Device | None, depth: int | None) -> list[str]:
     """What the report should say about how the run was emulated or pipelined."""
     out = []
     if rate_limit:
         out.append(f"uplink shaped in this process by a token bucket at {rate_limit:g} Mbps (no tc)")
-    if edge_speed is not None:
-        out.append(f"edge emulated at {edge_speed:g} x this CPU's speed (devices.slowdown)")
+    if edge is not None and edge.slowed:
+        out.append(f"edge {edge.name} emulated at {edge.speed:g} x this CPU's speed (devices.slowdown)")
     if depth is not None:
         out.append(f"queue mode: up to {depth} requests in flight; total_s includes queueing")
     return out
@@ -217,9 +221,13 @@ def _parser() -> ArgParser:
     ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
-    ap.add_argument("--edge-speed", type=float, default=os.environ.get("COINFER_EDGE_SPEED"),
-                    help="emulate an edge device this fraction of this CPU's speed (devices.slowdown; default "
-                         "$COINFER_EDGE_SPEED, set by the testbed)")
+    ap.add_argument("--device", default=None, metavar="NAME",
+                    help="emulate this edge device (devices.yml or the app's) at its speed (default: this CPU)")
+    ap.add_argument("--devices", default=None, metavar="FILE", help="devices file (default: devices.yml)")
+    ap.add_argument("--speed", type=float, default=os.environ.get("COINFER_SPEED"),
+                    help="emulate an edge device this fraction of this CPU's speed, in (0, 1] (devices.slowdown; "
+                         "default: --device's, else $COINFER_SPEED, set by the testbed)")
+    ap.add_argument("--edge-speed", default=None, help=argparse.SUPPRESS)  # renamed: one line naming --speed
     ap.add_argument("--json", action="store_true")
     return ap
 
@@ -262,16 +270,31 @@ def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientCon
     return ClientConfig(host, port, token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx)
 
 
-def _edge_device(speed: float | None, threads: int) -> SlowCPU | None:
-    if speed is None:
-        return None
-    try:
-        device = SlowCPU(speed)
-    except ValueError as exc:
-        raise CoInferError(f"--edge-speed: {exc}") from None
-    if threads != 1:
-        raise CoInferError("an emulated edge (--edge-speed) times thread CPU time: --threads must be 1")
+def edge_device(args: argparse.Namespace, app: App) -> Device | None:
+    """The edge device this process emulates: `--device` (the devices file's or the app's) at `--speed` when
+    given; `--speed` alone is an unnamed edge; neither, None (this CPU as it is)."""
+    if args.edge_speed is not None:
+        raise CoInferError("--edge-speed is now --speed (the edge device's speed, a fraction of this CPU)")
+    if args.device is None:
+        return None if args.speed is None else make_device({"name": "edge", "side": "edge", "speed": args.speed},
+                                                           "--speed")
+    device = resolve_device(args.device, args.devices, (app,))
+    if device is None:
+        raise CoInferError(f"unknown device '{args.device}' (define it in devices.yml, or give --speed)")
+    if args.speed is not None:
+        device = device.with_speed(args.speed)
+    if device.emulation == "quota":
+        raise CoInferError(f"device {device.name} is emulated by a cgroup CPU quota, which this process cannot "
+                           "apply to itself: run it under python -m runtime.testbed --emulation quota")
     return device
+
+
+def _slow_cpu(device: Device | None, threads: int) -> SlowCPU | None:
+    if device is None or not device.slowed:
+        return None
+    if threads != 1:
+        raise CoInferError("an emulated edge (--speed) times thread CPU time: --threads must be 1")
+    return SlowCPU(device.speed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     _check(args)
     scheme = None if args.auto else Scheme.parse(args.scheme)
     config = _client_config(args, scheme)
-    device = _edge_device(args.edge_speed, args.threads)
+    edge = edge_device(args, app)
+    device = _slow_cpu(edge, args.threads)
     import torch
 
     from runtime.client import EdgeClient
@@ -298,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         preds = asyncio.run(run_fixed(client, images, depth))
     summary = summarise(preds, labels)
-    said = notes(args.rate_limit, args.edge_speed, depth)
+    said = notes(args.rate_limit, edge, depth)
     if args.json:
         print(json.dumps({"app": app.name, "scheme": str(client.scheme), **info, "notes": said, **summary}))
     else:

@@ -2,10 +2,10 @@
 
 The benchmark starts it in the testbed's edge namespace (`EdgeWorker(tb)`), at full speed; the
 worker loads torch, the base model and the schemes' fine-tuned weights, connects, warms up, says
-ready, and only then slows down to the edge device: it emulates it itself from COINFER_EDGE_SPEED
+ready, and only then slows down to the edge device: it emulates it itself from COINFER_SPEED
 (`dilate`), or the benchmark moves it into the testbed's CPU-quota cgroup (`quota`), so start-up
 costs are not paid at 1/8 of a core. The benchmark can change the edge's speed
-(`EdgeWorker.set_edge_cpu`) and the link's rate between (or during) commands.
+(`EdgeWorker.set_edge_speed`) and the link's rate between (or during) commands.
 
 Commands (one JSON object a line):
     {"op": "run", "schemes": ["4,12,3", "all-edge", ...], "n": 30, "warmup": 3, "gap_s": 0.0}
@@ -47,6 +47,7 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     from runtime.client import ClientConfig, EdgeClient
     from runtime.edge import parse_server
     from runtime.monitor import BandwidthEstimator, TokenBucket
+    from runtime.testbed import SPEED_ENV
 
     app = load_app(app_name)
     test = load_splits(app)[1]
@@ -61,7 +62,7 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     for s in schemes:  # warm the cloud's tails too
         client.use(Scheme.parse(s))
         await client.infer(images[:1])
-    speed = os.environ.get("COINFER_EDGE_SPEED")
+    speed = os.environ.get(SPEED_ENV)
     client.device = SlowCPU(float(speed)) if speed else None
     # with a quota the parent now moves this process into the edge cgroup
     _emit({"ready": True, "test_images": len(test)})
@@ -153,11 +154,11 @@ class EdgeWorker:
                 f"edge worker: {msg['error']}")
         return msg
 
-    def set_edge_cpu(self, tb, cpus: float) -> None:
-        """Slow the edge to `cpus` of this CPU: the testbed's cgroup quota, or (dilate) tell the worker."""
-        tb.set_edge_cpu(cpus)
-        if tb.edge_emulation == "dilate":
-            self.send({"op": "speed", "speed": cpus})
+    def set_edge_speed(self, tb, speed: float) -> None:
+        """Slow the edge to `speed` of this CPU: the testbed's cgroup quota, or (dilate) tell the worker."""
+        tb.set_edge_speed(speed)
+        if tb.edge.dilated:
+            self.send({"op": "speed", "speed": speed})
             self.read()
 
     def send(self, cmd: dict) -> None:

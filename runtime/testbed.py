@@ -1,6 +1,6 @@
 """Testbed: an emulated edge device and cloud on one machine, joined by a shaped link.
 
-    python -m runtime.testbed --rate 1mbit [--edge-cpu 0.125] [--reverse-rate R] -- python -m runtime.edge \
+    python -m runtime.testbed --rate 1mbit [--speed 0.125] [--reverse-rate R] -- python -m runtime.edge \
         --server {server} --scheme 4,12,3
     python -m runtime.testbed --rate 8 --verify          # 1 MiB edge -> cloud should take ~1.0 s
     python -m runtime.testbed --cleanup                  # remove leftovers of crashed testbeds
@@ -9,11 +9,13 @@ With root, `ip netns` and `tc`, edge and cloud live in two network namespaces jo
 pair whose edge -> cloud direction is shaped by tc tbf, or kept paced by a filler (`runtime.netns`
 says how). This module runs the processes: the cloud server (`python -m runtime.cloud`) runs in
 the cloud namespace unthrottled and says on stdout when it listens, and where (`runtime.ready`);
-edge commands run in the edge namespace, slowed to `edge_cpu_quota` of this CPU by the app's edge
-emulation (and, unless `keep_warm` is off, every CPU is kept out of idle: `devices.slowdown.KeepWarm`):
-- `dilate` (default): COINFER_EDGE_SPEED is exported and the edge client stretches its edge
-  stage (head + quantise/pack) to its CPU time / speed (`devices.slowdown`, which also says why this is the default);
-- `quota`: the edge runs inside the cgroup `coinfer-tb-<pid>` with a CFS CPU quota.
+edge commands run in the edge namespace as the edge `Device` (apps.schema): slowed to its `speed` of
+this CPU by its `emulation` (and, unless `keep_warm` is off, every CPU is kept out of idle:
+`devices.slowdown.KeepWarm`):
+- `dilate` (default): COINFER_SPEED is exported and the edge client (`runtime.edge --speed`) stretches its
+  edge stage (head + quantise/pack) to its CPU time / speed (`devices.slowdown`, which also says why this is the
+  default);
+- `quota`: the edge runs inside the cgroup `coinfer-tb-<pid>` with a CFS CPU quota of `speed` CPUs.
 In the edge command `{server}` becomes HOST:PORT of the cloud (also exported as COINFER_SERVER).
 
 Without root (or without ip / tc / cgroup v1) the cloud server listens on 127.0.0.1 and edge
@@ -38,25 +40,19 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from apps import DEFAULT_APP, EDGE_EMULATIONS, REPO_ROOT
+from apps import DEFAULT_APP, EMULATIONS, REPO_ROOT, Device
 from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
-from devices.slowdown import KeepWarm, check_speed
+from devices.slowdown import KeepWarm
 from runtime import netns
 from runtime.netns import LINKS, PREFIX, Netns, parse_rate
 from runtime.ready import wait_ready
 
 CLOUD_PORT = 5000
-
-
-def _speed(cpus: float) -> float:
-    """A dilated edge's speed, checked (devices.slowdown) with the error as one CoInferError line."""
-    try:
-        return check_speed(cpus)
-    except ValueError as exc:
-        raise CoInferError(str(exc)) from None
+SPEED_ENV = "COINFER_SPEED"  # the dilated edge's speed, read by runtime.edge (--speed) and runtime.edgeworker
+DEFAULT_EDGE = Device(name="cpu-edge", side="edge", speed=0.125)  # the shipped apps' edge device
 
 
 @dataclass(frozen=True)
@@ -64,8 +60,8 @@ class TestbedConfig:
     """What a testbed emulates; checked once here (a bad value is one CoInferError line).
 
     `rate_mbps` None leaves the link unshaped (`reverse_mbps`: the cloud -> edge direction);
-    `edge_cpu_quota` None leaves the edge unthrottled, else it is the edge's speed as a fraction of
-    this CPU, emulated by `edge_emulation` ("dilate" or "quota", see the module doc). `link` is
+    `edge` is the edge device: its speed (None: unthrottled) as a fraction of this CPU, emulated by
+    its emulation ("dilate" or "quota", see the module doc). `link` is
     "tbf" or "paced" (`runtime.netns`). `cloud_args` are extra arguments for `python -m runtime.cloud`;
     `start_cloud=False` skips it, `log_path` appends its log there. `force_loopback` skips the
     namespaces even where they are possible.
@@ -74,11 +70,10 @@ class TestbedConfig:
     __test__ = False  # not a pytest test class
 
     rate_mbps: float | None = None
-    edge_cpu_quota: float | None = 0.125
+    edge: Device = DEFAULT_EDGE
     _: dataclasses.KW_ONLY
     reverse_mbps: float | None = None
     link: str = "tbf"
-    edge_emulation: str = "dilate"
     keep_warm: bool = True
     cloud_args: tuple[str, ...] = ()
     start_cloud: bool = True
@@ -92,27 +87,22 @@ class TestbedConfig:
                 bytes_per_second(rate)
         if self.link not in LINKS:
             raise CoInferError(f"unknown link {self.link!r} (known: {', '.join(LINKS)})")
-        if self.edge_emulation not in EDGE_EMULATIONS:
-            raise CoInferError(f"unknown edge emulation {self.edge_emulation!r} (known: {', '.join(EDGE_EMULATIONS)})")
-        if self.edge_cpu_quota is not None:
-            if self.edge_emulation == "dilate":
-                _speed(self.edge_cpu_quota)
-            elif not self.edge_cpu_quota > 0:
-                raise CoInferError(f"edge CPU quota must be positive, got {self.edge_cpu_quota}")
+        if not isinstance(self.edge, Device):
+            raise CoInferError(f"a testbed's edge is a Device (apps.schema), got {self.edge!r}")
 
 
 class Testbed:
     """`with Testbed("vgg16_digits", TestbedConfig(1.0, 0.125)) as tb: tb.run_edge([...])`.
 
     `app` (a name or a YAML path) is what the cloud serves; `config` says what to emulate. The rate
-    and the edge's CPU share start as configured and change with `set_rate` / `set_edge_cpu`.
+    and the edge's speed start as configured and change with `set_rate` / `set_edge_speed`.
     """
 
     __test__ = False  # not a pytest test class
 
     def __init__(self, app: str = DEFAULT_APP, config: TestbedConfig = TestbedConfig()) -> None:
         self.app, self.config = app, config
-        self.rate_mbps, self.edge_cpu_quota = config.rate_mbps, config.edge_cpu_quota
+        self.rate_mbps, self.edge = config.rate_mbps, config.edge
         self.warm = KeepWarm() if config.keep_warm else None
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         # the edge gets the first CPU to itself (but for idle-priority work); the cloud and helpers like the
@@ -130,10 +120,9 @@ class Testbed:
             self.notes.append(f"no network namespaces ({reason}): cloud on 127.0.0.1, uplink shaped by the edge "
                               "client's own token bucket (COINFER_RATE_LIMIT)")
         from devices.cpuquota import quota_support
-        self.cpu_reason = (quota_support() if config.edge_cpu_quota is not None and self.edge_emulation == "quota"
-                           else None)
+        self.cpu_reason = quota_support() if config.edge.emulation == "quota" else None
         if self.cpu_reason:
-            self.notes.append(f"edge CPU quota {config.edge_cpu_quota} not applied ({self.cpu_reason}): "
+            self.notes.append(f"edge CPU quota {config.edge.speed} not applied ({self.cpu_reason}): "
                               "edge unthrottled")
         self.host, self.port = ("127.0.0.1", 0) if self.net is None else (self.net.cloud_ip, CLOUD_PORT)
         self.cloud: subprocess.Popen | None = None
@@ -165,7 +154,7 @@ class Testbed:
                 self.net.create(self.rate_mbps, self.config.reverse_mbps, paced=self.config.link == "paced")
             if self.uses_cgroup:
                 from devices.cpuquota import set_group_quota
-                set_group_quota(self.group, self.edge_cpu_quota)
+                set_group_quota(self.group, self.edge.speed)
             if self.warm is not None:
                 self.warm.start()
                 if self.warm.reason:
@@ -251,12 +240,8 @@ class Testbed:
 
     # ------------------------------------------------------------------------------- edge side
     @property
-    def edge_emulation(self) -> str:
-        return self.config.edge_emulation
-
-    @property
     def uses_cgroup(self) -> bool:
-        return self.edge_emulation == "quota" and self.edge_cpu_quota is not None and not self.cpu_reason
+        return self.edge.emulation == "quota" and not self.cpu_reason
 
     @property
     def server(self) -> str:
@@ -267,9 +252,9 @@ class Testbed:
         env = {**netns.helper_env(), "COINFER_SERVER": self.server}
         if self.net is None and self.rate_mbps is not None:
             env["COINFER_RATE_LIMIT"] = repr(self.rate_mbps)
-        env.pop("COINFER_EDGE_SPEED", None)
-        if self.edge_emulation == "dilate" and self.edge_cpu_quota is not None:
-            env["COINFER_EDGE_SPEED"] = repr(self.edge_cpu_quota)
+        env.pop(SPEED_ENV, None)
+        if self.edge.dilated:
+            env[SPEED_ENV] = repr(self.edge.speed)
         return env
 
     def edge_command(self, argv: list[str], throttle: bool = True) -> list[str]:
@@ -290,25 +275,23 @@ class Testbed:
 
     def throttle(self, pid: int) -> bool:
         """Put a running process under the edge CPU quota; False when there is none here (no quota, or the
-        edge is emulated by `dilate`: its processes slow themselves down, from COINFER_EDGE_SPEED)."""
+        edge is emulated by `dilate`: its processes slow themselves down, from COINFER_SPEED)."""
         if not self.uses_cgroup:
             return False
         from devices.cpuquota import move_pid
         move_pid(self.group, pid)
         return True
 
-    def set_edge_cpu(self, cpus: float) -> None:
-        """Change the edge's CPU share now: the cgroup's quota (processes in it included), or with `dilate`
+    def set_edge_speed(self, speed: float) -> None:
+        """Change the edge's speed now: the cgroup's quota (processes in it included), or with `dilate`
         the speed exported to edge processes started from now on (running ones are told by their owner,
-        e.g. `EdgeWorker.set_edge_cpu`)."""
-        if self.edge_cpu_quota is None or self.cpu_reason:
-            raise CoInferError("this testbed has no edge CPU quota")
-        if self.edge_emulation == "dilate":
-            self.edge_cpu_quota = _speed(cpus)
-            return
-        from devices.cpuquota import set_group_quota
-        self.edge_cpu_quota = cpus
-        set_group_quota(self.group, cpus)
+        e.g. `EdgeWorker.set_edge_speed`)."""
+        if not self.edge.slowed or self.cpu_reason:
+            raise CoInferError("this testbed's edge is not slowed (no speed, or its CPU quota was not applied)")
+        self.edge = self.edge.with_speed(speed)
+        if self.uses_cgroup:
+            from devices.cpuquota import set_group_quota
+            set_group_quota(self.group, speed)
 
     def run_edge(self, argv: list[str], timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
         """Run an edge command (`edge_command`) to completion; `kwargs` go to `subprocess.run`."""
@@ -348,10 +331,12 @@ def main(argv: list[str] | None = None) -> int:
                    epilog="then: -- EDGE COMMAND ({server} = HOST:PORT of the cloud)")
     ap.add_argument("--rate", type=parse_rate, help="edge -> cloud rate: 1mbit, 512kbit or Mbps (2^20 bits per Mbit)")
     ap.add_argument("--reverse-rate", type=parse_rate, help="cloud -> edge rate (default unshaped)")
-    ap.add_argument("--edge-cpu", type=float, default=None,
-                    help="edge speed as a fraction of this CPU (0: full speed; default: the app's edge cpu_quota)")
-    ap.add_argument("--edge-emulation", choices=EDGE_EMULATIONS, default=None,
-                    help="dilate (stretched time) or quota (cgroup CFS quota); default: the app's")
+    ap.add_argument("--speed", type=float, default=None,
+                    help="the edge's speed as a fraction of this CPU, in (0, 1] (default: the app's edge device's)")
+    ap.add_argument("--emulation", choices=EMULATIONS, default=None,
+                    help="how the edge's speed is made: dilate (stretched time) or quota (cgroup CFS quota); "
+                         "default: the app's edge device's")
+    ap.add_argument("--full-speed", action="store_true", help="the edge at this CPU's speed (no emulation)")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--cloud-arg", action="append", default=[], help="extra argument for runtime.cloud")
     ap.add_argument("--link", choices=LINKS, default="tbf", help="tbf alone, or tbf kept busy by a filler (paced)")
@@ -368,16 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     if not edge_cmd and not args.verify:
         raise CoInferError("nothing to run: give --verify or -- EDGE COMMAND")
     from apps import load_app
+    from devices.spec import with_flags
     app = load_app(args.app)
-    edge_cpu = app.edge_cpu_quota if args.edge_cpu is None else args.edge_cpu
-    config = TestbedConfig(args.rate, edge_cpu or None, reverse_mbps=args.reverse_rate, link=args.link,
-                           edge_emulation=args.edge_emulation or app.edge_emulation, keep_warm=args.keep_warm,
+    if args.full_speed and (args.speed is not None or args.emulation is not None):
+        raise CoInferError("--full-speed is the edge at this CPU's speed: drop --speed / --emulation")
+    edge = app.edge.with_speed(None) if args.full_speed else with_flags(app.edge, None, args.speed, args.emulation)
+    config = TestbedConfig(args.rate, edge, reverse_mbps=args.reverse_rate, link=args.link, keep_warm=args.keep_warm,
                            cloud_args=args.cloud_arg, start_cloud=bool(edge_cmd))
     with Testbed(args.app, config) as tb:
         info = {"mode": tb.mode, "server": tb.server, "rate_mbps": config.rate_mbps,
-                "reverse_mbps": config.reverse_mbps, "edge_cpu": config.edge_cpu_quota,
-                "edge_emulation": config.edge_emulation, "qdisc": tb.qdisc(), "notes": tb.notes}
-        edge = (f"{config.edge_cpu_quota:g} of this CPU ({config.edge_emulation})" if config.edge_cpu_quota
+                "reverse_mbps": config.reverse_mbps, "edge": config.edge.model_dump(), "qdisc": tb.qdisc(),
+                "notes": tb.notes}
+        edge = (f"{config.edge.speed:g} of this CPU ({config.edge.emulation})" if config.edge.slowed
                 else "unthrottled")
         print(json.dumps(info) if args.json else
               f"testbed: {tb.mode}, cloud at {tb.server}, edge->cloud {config.rate_mbps or 'unshaped'} Mbps, "

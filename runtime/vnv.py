@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from apps import App, Link
+from apps import App, Device, Link
 from apps.units import bytes_per_second
 from cli.errors import CoInferError
 from compress.scheme import Scheme
@@ -42,9 +42,10 @@ ACCURACY_TARGET = 0.10
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How both choices are run: the edge's speed (None: this CPU), the link, images and warm-up."""
+    """How both choices are run: the edge device (dilated to its speed; none: this CPU), the link, images and
+    warm-up."""
 
-    edge_speed: float | None
+    edge: Device
     bandwidth: float  # Mbps
     images: int = 100
     warmup: int = 3
@@ -133,7 +134,7 @@ def runner(app: App, scheme: Scheme, config: RunConfig) -> Callable:
     from devices.slowdown import SlowCPU
     from models.build import load_base_model
     base = load_base_model(app)
-    device = SlowCPU(config.edge_speed) if config.edge_speed is not None else None
+    device = SlowCPU(config.edge.speed) if config.edge.slowed else None
     bps = bytes_per_second(config.bandwidth)
 
     def on_edge(fn):

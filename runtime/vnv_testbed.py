@@ -1,6 +1,6 @@
 """KETI's VnV over the real split runtime: both choices run as requests on the testbed's shaped link.
 
-    report = measure_testbed((greedy_app, greedy_scheme), (budgeted_app, budgeted_scheme), RunConfig(0.125, 1.0, 50))
+    report = measure_testbed((greedy_app, greedy_scheme), (budgeted_app, budgeted_scheme), RunConfig(app.edge, 1.0, 50))
 
 As `runtime.vnv.measure` (the same n test images, index 0..n-1 of the test split, alternating image
 by image after a warm-up, the same `VnVReport`), but each image is a real request: `runtime.testbed`
@@ -8,7 +8,7 @@ puts the cloud server (`python -m runtime.cloud`, hosting both choices' apps) in
 namespace behind a veth link shaped by tc tbf at `config.bandwidth` (without root: loopback and the
 edge client's own token bucket, and the report's notes say so); one `runtime.edgeworker` process per
 app runs in the edge namespace, loads its model and weights at full speed, connects, warms up, then
-runs at `config.edge_speed` of this CPU (`dilate`, as the in-process path). Per request the edge client
+runs at `config.edge`'s speed of this CPU (`dilate`, as the in-process path). Per request the edge client
 (`runtime.client.EdgeClient.infer`) times it: t = edge (head + quantise/pack) + the round trip (transfer
 + the cloud's unpack and compute); top-1 is the class it returns (all-edge: its own), right when it
 is the image's label. The stages reported: edge = edge + pack, link = transfer (round trip minus the
@@ -42,8 +42,8 @@ def measure_testbed(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], 
             scheme_model(app, scheme)
     ref = {app.name: (refs or {}).get(app.name, app.name) for app, _ in choices}  # one edge worker per app
     schemes = {name: list(dict.fromkeys(str(s) for a, s in choices if a.name == name)) for name in ref}
-    tb_config = TestbedConfig(config.bandwidth, config.edge_speed, link="tbf", edge_emulation="dilate",
-                              keep_warm=config.keep_warm)
+    edge = config.edge if not config.edge.slowed else config.edge.model_copy(update={"emulation": "dilate"})
+    tb_config = TestbedConfig(config.bandwidth, edge, link="tbf", keep_warm=config.keep_warm)
     with Testbed(",".join(ref.values()), tb_config) as tb, contextlib.ExitStack() as stack:
         workers = {}
         for name in ref:
@@ -74,5 +74,5 @@ def _request(worker, app: App, scheme: Scheme) -> Callable[[int], tuple]:
 def describe(mode: str, config: RunConfig) -> str:
     """How the testbed measured, for the report: its link and the edge's speed."""
     link = "netns+tbf" if mode == "netns" else "loopback+token bucket"
-    edge = f"edge at speed {config.edge_speed:g}" if config.edge_speed is not None else "edge at this CPU's speed"
+    edge = f"edge at speed {config.edge.speed:g}" if config.edge.slowed else "edge at this CPU's speed"
     return f"testbed: {link} at {config.bandwidth:g} Mbps, {edge}"

@@ -1,7 +1,7 @@
 """The two query CLIs (latency_search.py, accuracy_search.py) share this parser and printer.
 
 Flags follow the paper (`-accuracy_loss 0.01 -latency 0.6 -bandwidth 1 -gpu 0`) and GNU
-style (`--accuracy-loss`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--offline`,
+style (`--accuracy-loss`, `--torch-device`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--offline`,
 `--json`, `--seed`, `--rtt`, `--latency-profile EDGE,CLOUD`, `--base-accuracy`, `--tolerance`,
 `--study-storage`, `--study-name`, `--workers`). Exit status: 0 with an answer, 1 when no scheme meets the
 bound, 2 on bad input.
@@ -26,6 +26,7 @@ from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from devices.spec import parse_device_pair
+from devices.torch_device import add_torch_device_argument, torch_device_of
 from search.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -50,8 +51,9 @@ def build_parser(kind: str) -> ArgParser:
                         help="latency budget as a ratio of the best single-end latency (0.6 = 60 %%)")
     ap.add_argument("-bandwidth", "--bandwidth", dest="bandwidth", type=float, default=1.0,
                     help="edge-to-cloud bandwidth in Mbps (1 Mbps = 2^20 bit/s, as the paper)")
-    ap.add_argument("-gpu", "--gpu", dest="gpu", type=int, default=None,
-                    help="CUDA device index for fine-tuning new evaluations (default: CPU)")
+    ap.add_argument("-gpu", dest="gpu", type=int, default=None,
+                    help="the paper's flag: CUDA device index for fine-tuning new evaluations (--torch-device cuda:N)")
+    add_torch_device_argument(ap, "fine-tune new evaluations on this torch device")
     ap.add_argument("--app", default=DEFAULT_APP, help="app name or YAML path (default: %(default)s)")
     ap.add_argument("--sampler", default="coinfer", help=f"one of {', '.join(SAMPLERS)} (default: %(default)s)")
     ap.add_argument("--evaluator", default="finetune", help="finetune (the app's protocol) or table:PATH")
@@ -126,12 +128,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     from search.problem import Problem
     from search.progress import ProgressEvaluator
     from search.runner import OPTUNA_BUDGET, run_search
-    device = "cpu"
-    if args.gpu is not None:
-        import torch
-        if not torch.cuda.is_available() or args.gpu >= torch.cuda.device_count() or args.gpu < 0:
-            raise CoInferError(f"-gpu {args.gpu}: no such CUDA device on this machine")
-        device = f"cuda:{args.gpu}"
+    device = torch_device_of(args.torch_device, args.gpu)
     app = load_app(args.app)
     widths = [p.channels for p in app_points(app)]  # the model builds (and traces) before the database opens
     store = Store(args.storage, create=False, readonly=args.offline)

@@ -21,7 +21,7 @@ def write_tiny_app(folder: Path, name: str = "tiny_digits", **overrides) -> Path
         "dataset": {"name": "digits", "test_size": 200, "split_seed": 0, "limit_train": 300},
         "train": {"epochs": 3, "lr": 0.05, "batch_size": 32, "seed": 0},
         "protocol": {"epochs": 1, "lr": 0.01, "schedule": "linear", "batch_size": 64, "seed": 0},
-        "devices": {"edge": {"name": "tiny-edge", "cpu_quota": 0.5}, "cloud": {"name": "tiny-cloud"}},
+        "devices": {"edge": {"name": "tiny-edge", "speed": 0.5}, "cloud": {"name": "tiny-cloud"}},
         "raw_input_bytes": 1024,
         "rtt_s": 0.0,
         "checkpoint": str(folder / f"{name}.pt"),

@@ -44,9 +44,23 @@ def test_cli_refuses_a_gpu_that_is_not_there(tiny_app_path, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(SystemExit) as exc:
-        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", "--device", "cuda", "--storage",
+        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", "--torch-device", "cuda", "--storage",
                        str(tmp_path / "x.sqlite")])
-    assert exc.value.code == 2 and "no such CUDA device" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--torch-device cuda: no such CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--torch-device", "gpu"], "--torch-device 'gpu': expected cpu, cuda or cuda:N"),
+    (["--device", "cuda"], "--device names a profiled device: the torch device to fine-tune on is --torch-device"),
+    (["--torch-device", "cuda", "--evaluator", "synthetic"], "--evaluator synthetic does not fine-tune"),
+])
+def test_cli_torch_device_flag_is_one_spelling(tiny_app_path, tmp_path, capsys, flags, says):
+    from cli.run import run_cli
+    from database.evaluate import main
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--app", tiny_app_path, "--schemes", "0,1,1", *flags, "--storage", str(tmp_path / "x.sqlite")])
+    assert exc.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "x.sqlite").exists()
 
 
@@ -61,5 +75,19 @@ def test_a_gpu_fine_tune_matches_the_cpu_within_a_few_test_images(tiny_app):
 @needs_gpu
 def test_a_gpu_profile_records_the_device_fingerprint():
     from devices.fingerprint import fingerprint
-    fp = fingerprint(use_cuda=True)
+    fp = fingerprint("cuda")
     assert fp["gpu"] and fp["gpu_detail"]["capability"] and fp["gpu_detail"]["memory_gib"] > 0
+
+
+@pytest.mark.parametrize(("torch_device", "gpu", "says"), [
+    ("cuda:x", None, "--torch-device 'cuda:x': expected cpu, cuda or cuda:N"),
+    ("cuda:0", 0, "-gpu N is --torch-device cuda:N: give one of them"),
+    ("cpu", -1, "-gpu -1: no such CUDA device on this machine"),
+    ("cpu", 999, "-gpu 999: no such CUDA device on this machine"),
+    ("cuda:999", None, "--torch-device cuda:999: no such CUDA device on this machine"),
+])
+def test_the_searches_take_gpu_as_an_alias_of_torch_device(torch_device, gpu, says):
+    from devices.torch_device import torch_device_of
+    with pytest.raises(CoInferError, match=says.replace("(", r"\(")):
+        torch_device_of(torch_device, gpu)
+    assert torch_device_of("cpu", None) == "cpu"

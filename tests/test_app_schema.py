@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from apps import APPS_DIR, load_app
+from apps import APPS_DIR, Device, load_app
 from cli.errors import CoInferError
 
 BASE = yaml.safe_load((APPS_DIR / "vgg16_digits.yml").read_text())
@@ -64,9 +64,42 @@ def test_bad_device_name_and_missing_key(tmp_path) -> None:
 
 def test_shipped_apps_load_unchanged() -> None:
     app = load_app("vgg16_digits")
-    assert (app.protocol.epochs, app.protocol.batch_size, app.edge_cpu_quota, app.link.mss) == (1, 64, 0.125, 1448)
+    assert (app.protocol.epochs, app.protocol.batch_size, app.edge.speed, app.link.mss) == (1, 64, 0.125, 1448)
+    assert app.edge == Device(name="cpu-edge", side="edge", speed=0.125, emulation="dilate")
+    assert app.cloud == Device(name="cpu-cloud", side="cloud") and app.cloud.emulation is None
+    assert load_app("vgg16_cars").edge == Device(name="pi-paper", side="edge")  # the paper's: no emulation here
     assert app.dataset == {"name": "digits", "test_size": 600, "split_seed": 0} and app.extra == {}
     assert load_app("vgg16_cars").num_classes == 196
+
+
+@pytest.mark.parametrize(("edge", "expected"), [
+    ({"name": "e", "cpu_quota": 0.25}, Device(name="e", side="edge", speed=0.25, emulation="dilate")),  # an old app
+    ({"name": "e", "speed": 0.5, "emulation": "quota"}, Device(name="e", side="edge", speed=0.5, emulation="quota")),
+    ({"name": "e", "side": "edge", "speed": 1}, Device(name="e", side="edge", speed=1.0, emulation="dilate")),
+])
+def test_app_devices_are_devices(tmp_path, edge, expected) -> None:
+    data = yaml.safe_load((APPS_DIR / "vgg16_digits.yml").read_text())
+    data["devices"]["edge"] = edge
+    path = tmp_path / "dev.yml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_app(str(path)).edge == expected
+
+
+@pytest.mark.parametrize(("edge", "message"), [
+    ({"name": "e", "speed": 1.5}, "devices.edge.speed: must be less than or equal to 1, got 1.5"),
+    ({"name": "e", "speed": 0}, "devices.edge.speed: must be greater than 0, got 0"),
+    ({"name": "e", "speed": "half"}, "devices.edge.speed: must be a valid number, got 'half'"),
+    ({"name": "e", "emulation": "dilate"}, "devices.edge: emulation dilate needs a speed"),
+    ({"name": "e", "speed": 0.5, "emulation": "nice"}, "devices.edge.emulation: must be 'dilate' or 'quota'"),
+    ({"name": "e", "side": "cloud"}, "devices: the edge device has side edge, got 'cloud'"),
+])
+def test_bad_app_devices_are_one_line(tmp_path, edge, message) -> None:
+    data = yaml.safe_load((APPS_DIR / "vgg16_digits.yml").read_text())
+    data["devices"]["edge"] = edge
+    path = tmp_path / "dev.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CoInferError, match=message.replace("(", r"\(")):
+        load_app(str(path))
 
 
 def test_every_app_name_fits_the_runtime_protocol() -> None:

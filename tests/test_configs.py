@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from apps import Device
 from cli.errors import CoInferError
 from runtime.cloud import ServerConfig
 from runtime.testbed import TestbedConfig
@@ -45,19 +46,18 @@ def test_server_config_bad_values(changes: dict, says: str) -> None:
 
 
 def test_testbed_config_defaults_and_frozen() -> None:
-    config = TestbedConfig(2.0, 0.25, cloud_args=["--no-finetuned"])
-    assert config.cloud_args == ("--no-finetuned",) and config.link == "tbf" and config.edge_emulation == "dilate"
+    config = TestbedConfig(2.0, Device(name="e", speed=0.25), cloud_args=["--no-finetuned"])
+    assert config.cloud_args == ("--no-finetuned",) and config.link == "tbf" and config.edge.emulation == "dilate"
+    assert TestbedConfig().edge == Device(name="cpu-edge", side="edge", speed=0.125, emulation="dilate")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.rate_mbps = 1.0  # type: ignore[misc]
-    with pytest.raises(TypeError):  # all but the rate and the edge's CPU share by name
-        TestbedConfig(2.0, 0.25, None)  # type: ignore[misc]
+    with pytest.raises(TypeError):  # all but the rate and the edge device by name
+        TestbedConfig(2.0, Device(name="e"), None)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("changes", "says"), [
     ({"rate_mbps": 0.0}, "Mbps"), ({"reverse_mbps": -1.0}, "Mbps"), ({"rate_mbps": float("inf")}, "Mbps"),
-    ({"link": "fiber"}, "unknown link"), ({"edge_emulation": "nice"}, "emulation"),
-    ({"edge_cpu_quota": 1.5}, "speed"), ({"edge_cpu_quota": 0.0}, "speed"),
-    ({"edge_cpu_quota": 0.0, "edge_emulation": "quota"}, "quota must be positive"),
+    ({"link": "fiber"}, "unknown link"), ({"edge": 0.125}, "a testbed's edge is a Device"),
 ])
 def test_testbed_config_bad_values(changes: dict, says: str) -> None:
     with pytest.raises(CoInferError) as exc:
@@ -68,7 +68,9 @@ def test_testbed_config_bad_values(changes: dict, says: str) -> None:
 @pytest.mark.parametrize("argv", [
     ["runtime.cloud", "--workers", "0"], ["runtime.cloud", "--tls-key", "k.pem"], ["runtime.cloud", "--port", "x"],
     ["runtime.testbed", "--rate", "fast", "--verify"], ["runtime.testbed", "--link", "x", "--verify"],
-    ["runtime.testbed", "--edge-cpu", "-1", "--verify", "--no-keep-warm"],
+    ["runtime.testbed", "--speed", "-1", "--verify", "--no-keep-warm"],
+    ["runtime.testbed", "--speed", "0.5", "--full-speed", "--verify", "--no-keep-warm"],
+    ["runtime.testbed", "--emulation", "nice", "--verify", "--no-keep-warm"],
 ])
 def test_cli_bad_values_are_one_line(argv: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True,

@@ -108,16 +108,20 @@ def test_queue_mode_answers_like_sequential_mode(server, capsys) -> None:
 
 
 def test_emulated_edge_speed_is_reported(server, capsys) -> None:
-    report = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--edge-speed", "0.5")
-    assert any("0.5 x this CPU" in n for n in report["notes"])
+    report = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--speed", "0.5")
+    assert any("edge emulated at 0.5 x this CPU" in n for n in report["notes"])
+    report = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--device", "cpu-edge")  # the app's: 1/8
+    assert any("edge cpu-edge emulated at 0.125 x this CPU" in n for n in report["notes"])
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--scheme", "all-edge", "--adapt"], "--adapt and --bandwidth go with --auto"),
     (["--scheme", "all-edge", "--auto"], "exactly one of --scheme and --auto"),
     (["--auto", "--server", "127.0.0.1:1", "--depth", "0"], "--depth"),
-    (["--scheme", "all-edge", "--edge-speed", "2"], "--edge-speed"),
-    (["--scheme", "all-edge", "--edge-speed", "0.5", "--threads", "2"], "--threads must be 1"),
+    (["--scheme", "all-edge", "--speed", "2"], "--speed: speed: must be less than or equal to 1"),
+    (["--scheme", "all-edge", "--speed", "0.5", "--threads", "2"], "--threads must be 1"),
+    (["--scheme", "all-edge", "--edge-speed", "0.5"], "--edge-speed is now --speed"),
+    (["--scheme", "all-edge", "--device", "nowhere"], "unknown device 'nowhere'"),
     (["--auto", "-accuracy_loss", "1.5", "--server", "127.0.0.1:1"], "-accuracy_loss"),
     (["--scheme", "all-edge", "--k", "0"], "top-k 0 outside"),
     (["--scheme", "4,12,3", "--server", "127.0.0.1"], "expected HOST:PORT"),

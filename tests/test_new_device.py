@@ -26,7 +26,7 @@ def test_new_device_at_quarter_speed_end_to_end(tiny_app, tiny_app_path, tiny_db
     out = capsys.readouterr().out
     assert "dispersion: p90/median" in out and "/ 0.25" in out
     info = Store(edge_db).device("quarter")
-    assert (info["cpu_quota"], info["emulation"]) == (0.25, "dilate") and "median_tail_ratio" in info["noise"]
+    assert (info["speed"], info["emulation"]) == (0.25, "dilate") and "median_tail_ratio" in info["noise"]
     with pytest.raises(CoInferError, match="already has a edge profile .*--replace"):
         profile_main(["--device", "quarter", "--side", "edge", "--speed", "0.25", *quick])
     assert profile_main(["--device", "quarter", "--side", "edge", "--speed", "0.25", "--replace",
@@ -90,14 +90,46 @@ def test_bad_profile_files_are_one_line_errors(tmp_path):
 
 
 def test_devices_file_defines_side_and_speed(tmp_path):
-    from devices.spec import DEFAULT_DEVICES, DeviceSpec, load_devices
+    from devices.spec import DEFAULT_DEVICES, Device, load_devices
     path = tmp_path / "devices.yml"
-    path.write_text("devices:\n  pi-like: {side: edge, speed: 0.25}\n  server: {side: cloud}\n")
-    assert load_devices(path) == {"pi-like": DeviceSpec("pi-like", "edge", 0.25),
-                                  "server": DeviceSpec("server", "cloud")}
+    path.write_text("devices:\n  pi-like: {side: edge, speed: 0.25}\n  server: {side: cloud}\n"
+                    "  capped: {side: edge, speed: 0.5, emulation: quota}\n")
+    assert load_devices(path) == {"pi-like": Device(name="pi-like", side="edge", speed=0.25, emulation="dilate"),
+                                  "server": Device(name="server", side="cloud"),
+                                  "capped": Device(name="capped", side="edge", speed=0.5, emulation="quota")}
     assert load_devices(DEFAULT_DEVICES)["quarter-edge"].speed == 0.25  # the shipped example
     path.write_text("devices:\n  fast: {side: edge, speed: 2}\n")
-    with pytest.raises(CoInferError, match="speed must be in"):
+    with pytest.raises(CoInferError, match="device fast: speed: must be less than or equal to 1, got 2"):
+        load_devices(path)
+    path.write_text("devices:\n  old: {side: edge, cpu_quota: 0.5}\n")
+    with pytest.raises(CoInferError, match="device old takes side, speed, emulation and notes only"):
         load_devices(path)
     with pytest.raises(CoInferError, match="devices file not found"):
         load_devices(tmp_path / "none.yml")
+
+
+def test_an_old_device_row_reads_its_cpu_quota_as_speed(tmp_path):
+    """Rows written before the one device vocabulary kept the speed as cpu_quota (with emulation dilate from
+    the profiler; a cgroup quota without it); they read as speed, read-only opens included."""
+    path = tmp_path / "old.sqlite"
+    Store(f"sqlite:///{path}").put_device("placeholder", {})
+    old = {"dilated": {"cpu_model": "x", "cpu_quota": 0.125, "emulation": "dilate"},
+           "capped": {"cpu_model": "x", "cpu_quota": 0.5},
+           "plain": {"cpu_model": "x", "cpu_quota": None}}
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO device (name, fingerprint, notes) VALUES (?, ?, '')",
+                         [(name, json.dumps(info)) for name, info in old.items()])
+    store = Store(f"sqlite:///{path}", readonly=True)
+    assert store.device("dilated") == {"cpu_model": "x", "speed": 0.125, "emulation": "dilate", "notes": ""}
+    assert store.device("capped") == {"cpu_model": "x", "speed": 0.5, "emulation": "quota", "notes": ""}
+    assert store.device("plain") == {"cpu_model": "x", "speed": None, "notes": ""}
+
+
+def test_a_profiled_device_row_stores_speed_and_emulation(tmp_path):
+    from apps import Device
+    store = Store(str(tmp_path / "d.sqlite"))
+    store.put_device("pi", {"cpu_model": "x", "cgroup_quota": None}, "n", Device(name="pi", speed=0.25))
+    assert store.device("pi") == {"cpu_model": "x", "cgroup_quota": None, "speed": 0.25, "emulation": "dilate",
+                                  "notes": "n"}
+    with sqlite3.connect(tmp_path / "d.sqlite") as conn:  # the row itself says speed, never cpu_quota
+        assert "cpu_quota" not in conn.execute("SELECT fingerprint FROM device WHERE name = 'pi'").fetchone()[0]

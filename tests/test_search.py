@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import latency_only_copy
 
+from apps import Device
 from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.formats import write_csv, write_optcoinfer
@@ -141,7 +142,7 @@ def run_cli(kind, args, capsys):
 
 
 def test_profile_rows(tiny_app):
-    rows = profile_app(tiny_app, ProfileConfig("tiny-cloud", runs=2, warmup=1, progress=False))
+    rows = profile_app(tiny_app, ProfileConfig(Device(name="tiny-cloud"), runs=2, warmup=1, progress=False))
     keys = {(r.side, r.point, r.channels) for r in rows}
     assert ("edge", 13, 10) in keys and ("cloud", -1, 1) in keys
     assert {("edge", 12, 1), ("edge", 12, 16), ("cloud", 0, 1), ("cloud", 0, 2)} <= keys

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from apps import Device
 from cli.errors import CoInferError
 from devices.cpuquota import CPU_ROOT, quota_support
 from runtime.netns import PREFIX, netns_support, parse_rate, tbf_args
@@ -18,6 +19,11 @@ from runtime.testbed import Testbed, TestbedConfig, cleanup_leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "vgg16_digits"
+
+
+def edge(speed: float | None, emulation: str | None = None) -> Device:
+    """The testbed's edge device at `speed` (None: this CPU as it is)."""
+    return Device(name="cpu-edge", side="edge", speed=speed, emulation=emulation)
 REASON = netns_support() or quota_support()
 needs_root = pytest.mark.skipif(REASON is not None, reason=f"testbed needs root, ip, tc and cgroup v1: {REASON}")
 
@@ -42,7 +48,7 @@ def test_parse_rate_and_tbf_args() -> None:
 @needs_root
 @pytest.mark.root
 def test_setup_shaping_and_teardown() -> None:
-    with Testbed(APP, TestbedConfig(8.0, 0.125, start_cloud=False, edge_emulation="quota")) as tb:
+    with Testbed(APP, TestbedConfig(8.0, edge(0.125, "quota"), start_cloud=False)) as tb:
         net = tb.net
         assert tb.mode == "netns" and {net.ns_edge, net.ns_cloud} <= namespaces()
         assert "tbf" in tb.qdisc() and (CPU_ROOT / tb.group).is_dir()
@@ -67,7 +73,7 @@ def test_setup_shaping_and_teardown() -> None:
 def test_paced_link_serialises_small_messages() -> None:
     """A bare tbf lets the first 1600 bytes through at once; with the filler keeping the bucket empty,
     4 KiB waits ~ its bytes / rate (+ TCP/IP headers), also after a rate change."""
-    with Testbed(APP, TestbedConfig(1.0, None, start_cloud=False, link="paced")) as tb:
+    with Testbed(APP, TestbedConfig(1.0, edge(None), start_cloud=False, link="paced")) as tb:
         assert "pfifo_fast" in tb.qdisc()
         v = tb.verify(4096)  # 31 ms at 1 Mbps; a full 1600-byte bucket would make it ~20 ms
         assert 0.85 < v["seconds"] / v["expected_s"] < 1.6, v
@@ -80,7 +86,7 @@ def test_paced_link_serialises_small_messages() -> None:
 @needs_root
 @pytest.mark.root
 def test_cloud_server_and_edge_cli_in_namespaces() -> None:
-    with Testbed(APP, TestbedConfig(4.0, 0.5, cloud_args=["--no-finetuned"])) as tb:
+    with Testbed(APP, TestbedConfig(4.0, edge(0.5), cloud_args=["--no-finetuned"])) as tb:
         assert tb.server.startswith(tb.net.cloud_ip)
         out = tb.run_edge([sys.executable, "-m", "runtime.edge", "--server", "{server}", "--scheme", "all-cloud",
                            "--n", "3", "--json", "--no-finetuned"], capture_output=True, text=True, timeout=180)
@@ -92,8 +98,9 @@ def test_cloud_server_and_edge_cli_in_namespaces() -> None:
 @needs_root
 @pytest.mark.root
 def test_leftovers_of_a_killed_testbed_are_removed() -> None:
-    script = ("from runtime.testbed import Testbed, TestbedConfig; import time; tb = Testbed('vgg16_digits', "
-              "TestbedConfig(1.0, 0.125, start_cloud=False, edge_emulation='quota')); "
+    script = ("from apps import Device; from runtime.testbed import Testbed, TestbedConfig; import time; "
+              "tb = Testbed('vgg16_digits', "
+              "TestbedConfig(1.0, Device(name='e', speed=0.125, emulation='quota'), start_cloud=False)); "
               "tb.setup(); print(tb.net.ns_edge, tb.group, flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for sig, cleans_itself in ((signal.SIGTERM, True), (signal.SIGKILL, False)):
@@ -113,7 +120,7 @@ def test_leftovers_of_a_killed_testbed_are_removed() -> None:
 
 
 def test_loopback_fallback_says_so() -> None:
-    with Testbed(APP, TestbedConfig(2.0, None, force_loopback=True, start_cloud=False)) as tb:
+    with Testbed(APP, TestbedConfig(2.0, edge(None), force_loopback=True, start_cloud=False)) as tb:
         assert tb.mode == "loopback" and tb.host == "127.0.0.1"
         assert tb.edge_env()["COINFER_RATE_LIMIT"] == "2.0"
         assert any("token bucket" in n for n in tb.notes)
@@ -122,18 +129,20 @@ def test_loopback_fallback_says_so() -> None:
 
 
 def test_dilated_edge_gets_its_speed_not_a_cgroup() -> None:
-    with Testbed(APP, TestbedConfig(2.0, 0.25, force_loopback=True, start_cloud=False)) as tb:
-        assert tb.edge_emulation == "dilate" and not tb.uses_cgroup
-        assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.25"
+    with Testbed(APP, TestbedConfig(2.0, edge(0.25), force_loopback=True, start_cloud=False)) as tb:
+        assert tb.edge.emulation == "dilate" and not tb.uses_cgroup
+        assert tb.edge_env()["COINFER_SPEED"] == "0.25"
         assert tb.edge_command(["x"])[-1] == "x" and tb.throttle(os.getpid()) is False
-        tb.set_edge_cpu(0.5)
-        assert tb.edge_env()["COINFER_EDGE_SPEED"] == "0.5"
-        with pytest.raises(CoInferError, match="speed"):
-            tb.set_edge_cpu(2.0)
-    with pytest.raises(CoInferError, match="speed"):
-        TestbedConfig(2.0, 1.5, force_loopback=True, start_cloud=False)
-    with pytest.raises(CoInferError, match="emulation"):
-        TestbedConfig(2.0, 0.5, force_loopback=True, start_cloud=False, edge_emulation="nice")
+        tb.set_edge_speed(0.5)
+        assert tb.edge_env()["COINFER_SPEED"] == "0.5" and tb.edge == edge(0.5)
+        with pytest.raises(CoInferError, match="speed: must be less than or equal to 1"):
+            tb.set_edge_speed(2.0)
+    with Testbed(APP, TestbedConfig(2.0, edge(None), force_loopback=True, start_cloud=False)) as tb:
+        assert "COINFER_SPEED" not in tb.edge_env()
+        with pytest.raises(CoInferError, match="edge is not slowed"):
+            tb.set_edge_speed(0.5)
+    with pytest.raises(CoInferError, match="a testbed's edge is a Device"):
+        TestbedConfig(2.0, 0.5, force_loopback=True, start_cloud=False)  # type: ignore[arg-type]
 
 
 def test_cli_needs_something_to_run() -> None:

@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import write_tiny_app
 
-from apps import REPO_ROOT
+from apps import REPO_ROOT, Device
 from compress.scheme import Scheme
 from runtime.netns import netns_support
 from runtime.vnv import RunConfig, frame_on_wire, measure
@@ -48,7 +48,7 @@ def test_testbed_runs_both_choices_image_by_image_and_agrees_with_in_process_pre
     n = 4
     other = load_app(other_tiny_app_path)
     choices = ((tiny_app, Scheme.ALL_EDGE), (other, Scheme.ALL_CLOUD))  # one edge worker each, one cloud for both
-    config = RunConfig(0.5, 2.0, n, warmup=1, keep_warm=False, progress=False)
+    config = RunConfig(Device(name="tiny-edge", speed=0.5), 2.0, n, warmup=1, keep_warm=False, progress=False)
     report = measure_testbed(*choices, config, refs={tiny_app.name: tiny_app_path, other.name: other_tiny_app_path})
     assert (report.baseline.app, report.advanced.app) == ("tiny_digits", "tiny2_digits")
     assert report.how == f"testbed: {LINK} at 2 Mbps, edge at speed 0.5"
@@ -60,7 +60,7 @@ def test_testbed_runs_both_choices_image_by_image_and_agrees_with_in_process_pre
     assert cloud.link_s > 0 and cloud.cloud_s > 0 and cloud.edge_s > 0
     assert cloud.wire_bytes >= frame_on_wire(other.link, other.raw_input_bytes)  # the 8-bit image and more
     # the same images through the same models: the in-process path gets the same right and wrong answers
-    local = measure(*choices, RunConfig(None, 2.0, n, warmup=0, keep_warm=False, progress=False))
+    local = measure(*choices, RunConfig(Device(name="tiny-edge"), 2.0, n, warmup=0, keep_warm=False, progress=False))
     assert local.how == "in-process"
     assert (edge.correct, cloud.correct) == (local.baseline.correct, local.advanced.correct)
     assert report.to_json()["measured"].startswith("testbed: ")
@@ -73,7 +73,7 @@ def test_cli_testbed_json(tiny_app_path, tiny_db, schemes_dir):
     assert proc.returncode in (0, 1), proc.stderr
     out = json.loads(proc.stdout)
     vnv, selection = out["vnv"], out["selection"]
-    assert vnv["measured"] == f"testbed: {LINK} at 2 Mbps, edge at speed 0.5"  # tiny-edge: cpu_quota 0.5, dilate
+    assert vnv["measured"] == f"testbed: {LINK} at 2 Mbps, edge at speed 0.5"  # tiny-edge: speed 0.5, dilate
     assert vnv["images"] == 4
     for side, chosen in (("t_b", "greedy"), ("t_a", "budgeted")):
         assert vnv[side]["scheme"] == selection[chosen]["scheme"]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from apps import REPO_ROOT, load_app
+from apps import REPO_ROOT, Device, load_app
 from models.build import load_base_model
 
 SHIPPED = REPO_ROOT / "database" / "coinfer.sqlite"
@@ -51,8 +51,9 @@ def test_profile_and_cloud_tail_of_a_zoo_app() -> None:
     from database.profile import ProfileConfig, profile_app
     from runtime.tails import TailCache
     app = load_app("resnet18_digits")
-    rows = profile_app(app, ProfileConfig("t", sides=("edge", "cloud"), runs=1, warmup=0, passes=1, idle_s=0.0,
-                                          only_points=frozenset({1}), progress=False))
+    config = ProfileConfig(Device(name="t"), sides=("edge", "cloud"), runs=1, warmup=0, passes=1, idle_s=0.0,
+                           only_points=frozenset({1}), progress=False)
+    rows = profile_app(app, config)
     assert {(r.side, r.point, r.channels) for r in rows} >= {("edge", 1, 1), ("edge", 1, 8), ("cloud", 1, 4)}
     base = load_base_model(app)
     scheme = Scheme(1, 3, 4)
