@@ -29,7 +29,7 @@ def test_plot_is_written_with_the_query_answer(tiny_app, tiny_app_path, tiny_db,
     expected = brute_force(problem, table)
     (ax,) = figures[0].axes
     marks = {c.get_label().split(" (")[0]: c.get_offsets() for c in ax.collections}
-    assert len(marks["stored schemes"]) == len(table) == 8 * sum(pt.channels for pt in problem.space.points)  # 8 bit widths
+    assert len(marks["stored schemes"]) == len(table) == 8 * sum(pt.channels for pt in problem.space.points)
     (star,) = marks[f"answer {expected}"]
     assert star.tolist() == pytest.approx([1e3 * problem.latency_of(expected), 100 * table[expected]])
     (threshold,) = [line for line in ax.get_lines() if line.get_label().startswith("accuracy threshold")]
