@@ -14,9 +14,10 @@ import pytest
 from conftest import write_tiny_app
 
 from apps import REPO_ROOT
+from compress.activation import frame_on_wire
 from compress.scheme import Scheme
 from runtime.netns import netns_support
-from runtime.vnv import RunConfig, frame_on_wire, measure
+from runtime.vnv import RunConfig, measure
 from runtime.vnv_testbed import measure_testbed
 
 LINK = "netns+tbf" if netns_support() is None else "loopback+token bucket"
