@@ -84,14 +84,14 @@ def test_payload_and_wire_bytes_are_the_formulas():
     import numpy as np
 
     from apps import Link
-    from compress.activation import body_len, payload_bytes, wire_bytes
+    from compress.activation import body_len, frame_on_wire, payload_bytes, wire_bytes
     from search.synthetic_problems import synthetic_latency, synthetic_points
     assert [payload_bytes(64, 3, 3), payload_bytes(1, 3, 1), payload_bytes(49, 5, 3)] == [96, 25, 132]
     assert body_len((2, 5, 7, 7), 3) == 184 + 80  # ceil(2*5*49*3 / 8) + 8 * 2 * 5
     link = Link(48, 66, 1448)
     sizes = {0: 114, 1: 115, 1400: 1514, 1401: 1449 + 2 * 66, 5000: 5048 + 4 * 66}
     assert {n: wire_bytes(link, n) for n in sizes} == sizes and type(wire_bytes(link, 1)) is int
-    assert wire_bytes(Link(), 777) == 777
+    assert wire_bytes(Link(), 777) == 777 and frame_on_wire(link, 0) == 66  # an empty frame is one segment
     model = synthetic_latency(synthetic_points([4, 4]))
     s = model.space
     hw = [model.points[p].elements_per_channel for p in s.p]
