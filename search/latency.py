@@ -5,6 +5,9 @@
     all-cloud     = T_edge(raw input) + wire(raw_input_bytes) / B + RTT + T_cloud(whole model)
     wire(n)       = n + m + h * ceil((n + m) / mss)       (the app's `link`: m, h, mss)
 
+The payload ceil(H_p W_p c b / 8) + 8 c and wire(n) are `compress.activation.payload_bytes` and
+`wire_bytes`, the sizes the runtime's frames have.
+
 Bandwidth follows the paper: B in Mbps, bytes/s = Mbps * 2^20 / 8. T_edge(p, c) and
 T_cloud(p, c) are medians measured at a few kept-channel counts c per point (pruning's compute
 effect) and linearly interpolated in between. The edge side includes quantisation + packing,
