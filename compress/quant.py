@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-HEADER_BYTES_PER_CHANNEL = 8  # float32 lo + float32 scale
-
 
 def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (N, C, H, W) float -> codes uint8 (N, C, H, W), lo (N, C) float32, scale (N, C) float32."""

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
@@ -72,8 +72,7 @@ class FinetuneEvaluator:
         seed = proto.seed if seed is None else seed
         torch.manual_seed(seed)
         model = SchemeModel(self.base, scheme)
-        train_epochs(model, self.train, proto.epochs, proto.lr, proto.batch_size, proto.momentum,
-                     proto.weight_decay, proto.schedule, seed, accel=self.accel)
+        train_epochs(model, self.train, replace(proto, seed=seed), accel=self.accel)
         return model.eval()
 
     def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from apps import DEFAULT_APP, load_app
+from apps import DEFAULT_APP, App, Protocol, load_app
 from apps.outpath import check_output_path
 from cli.args import ArgParser
 from cli.errors import CoInferError
@@ -22,22 +22,32 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 
-def train_epochs(model: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "linear",
-                 seed: int = 0, progress: bool = False, accel: Accel | None = None) -> None:
-    """SGD over `data` for `epochs`; lr decays linearly to 0 (or stays constant). `accel`: how to
-    use a GPU (models/accel.py: AMP, channels_last, data on the device, compile); None: plain fp32.
-    The batches are the same for any `accel` (one seeded generator shuffles)."""
+def base_protocol(app: App) -> Protocol:
+    """How the base model is trained: the app's `train` section (epochs, lr, batch size, seed) with SGD's
+    defaults (momentum 0.9, weight decay 5e-4, lr decaying linearly to 0)."""
+    cfg = app.train
+    return Protocol(epochs=int(cfg.get("epochs", 30)), lr=float(cfg.get("lr", 0.05)),
+                    batch_size=int(cfg.get("batch_size", 64)), seed=int(cfg.get("seed", 0)))
+
+
+def train_epochs(model: nn.Module, data: Dataset, protocol: Protocol, *, progress: bool = False,
+                 accel: Accel | None = None) -> None:
+    """SGD over `data` as `protocol` says (epochs, lr, batch size, momentum, weight decay, seed); lr
+    decays linearly to 0 (schedule "linear") or stays constant. `accel`: how to use a GPU
+    (models/accel.py: AMP, channels_last, data on the device, compile); None: plain fp32. The batches
+    are the same for any `accel` (one generator seeded with `protocol.seed` shuffles)."""
     import torch
     from torch import nn
 
     from cli.progress import progress as progress_bar
     accel = accel or Accel()
-    generator = torch.Generator().manual_seed(seed)
-    loader = _loader(data, batch_size, generator, accel)
+    epochs = protocol.epochs
+    generator = torch.Generator().manual_seed(protocol.seed)
+    loader = _loader(data, protocol.batch_size, generator, accel)
     steps = max(1, epochs * len(loader))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay = (lambda s: 1 - s / steps) if schedule == "linear" else (lambda s: 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum,
+                          weight_decay=protocol.weight_decay)
+    decay = (lambda s: 1 - s / steps) if protocol.schedule == "linear" else (lambda s: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -130,13 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     app = load_app(args.app)
     out = check_output_path(args.out or app.checkpoint, "checkpoint")  # before minutes of training
     train, test = load_splits(app)
-    cfg = app.train
-    torch.manual_seed(int(cfg.get("seed", 0)))
+    protocol = base_protocol(app)
+    torch.manual_seed(protocol.seed)
     model = build_model(app)
     start = time.perf_counter()
-    train_epochs(model, train, int(cfg.get("epochs", 30)), float(cfg.get("lr", 0.05)),
-                 int(cfg.get("batch_size", 64)), schedule="linear", seed=int(cfg.get("seed", 0)),
-                 progress=True)
+    train_epochs(model, train, protocol, progress=True)
     top1, top5 = test_accuracy(model, test)
     try:
         torch.save(model.state_dict(), out)

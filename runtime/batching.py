@@ -63,17 +63,17 @@ def compute(app: str, requests: list[Request], tail: Tail) -> list[Reply | Proto
     ProtocolError, the others still run."""
     import torch  # loaded by the server's constructor already: a dictionary look-up
 
-    from compress.quant import dequantize
+    from compress import activation
     answers: list[Reply | ProtocolError | None] = [None] * len(requests)
     inputs, unpack = [], []
     for i, req in enumerate(requests):
         t0 = time.perf_counter()
         try:
-            codes, lo, scale = decode_activation(req.body, req.shape, req.bits)
+            x = activation.from_bytes(req.body, req.shape, req.bits, decoder=decode_activation)
         except ProtocolError as exc:
             answers[i] = exc
             continue
-        inputs.append((i, dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))))
+        inputs.append((i, x))
         unpack.append(time.perf_counter() - t0)
     if inputs:
         t1 = time.perf_counter()

@@ -25,13 +25,12 @@ testbed instead (`select_model.py --testbed`) and returns the same `VnVReport`, 
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from apps import App, Device, Link
+from apps import App, Device
 from apps.units import bytes_per_second
 from cli.errors import CoInferError
 from compress.scheme import Scheme
@@ -117,16 +116,6 @@ class VnVReport:
                 "pass": self.saving_pass and self.accuracy_pass}
 
 
-def wire_bytes(link: Link, payload: int) -> int:
-    """Bytes one message of `payload` bytes puts on the link (as `search.latency.LatencyModel.wire_bytes`)."""
-    return frame_on_wire(link, payload + link.message_bytes)
-
-
-def frame_on_wire(link: Link, frame: int) -> int:
-    """Bytes a frame of `frame` bytes (header included) puts on the link: plus the transport headers per segment."""
-    return frame + (link.packet_bytes * max(1, math.ceil(frame / link.mss)) if link.packet_bytes else 0)
-
-
 def runner(app: App, scheme: Scheme, config: RunConfig) -> Callable:
     """A function image -> (predicted class, edge s, link s, cloud s, wire bytes) for one choice."""
     from compress import activation
@@ -170,7 +159,7 @@ def runner(app: App, scheme: Scheme, config: RunConfig) -> Callable:
             return activation.to_bytes(a, bits)
 
         body, edge = on_edge(edge_work)
-        wire = wire_bytes(app.link, len(body))
+        wire = activation.wire_bytes(app.link, len(body))  # as the latency model counts it
         logits, cloud = in_cloud(lambda: _with_topk(tail(activation.from_bytes(body, a_shape[0], bits)), top_k))
         return int(logits.argmax(1)), edge, wire / bps + app.rtt_s, cloud, wire
 

@@ -13,7 +13,7 @@ runs at `config.edge`'s speed of this CPU (`dilate`, as the in-process path). Pe
 + the cloud's unpack and compute); top-1 is the class it returns (all-edge: its own), right when it
 is the image's label. The stages reported: edge = edge + pack, link = transfer (round trip minus the
 cloud's own time), cloud = unpack + compute; bytes = the request frame plus its segments' transport
-headers (`runtime.vnv.frame_on_wire`). The link's RTT is the veth's (the apps' `rtt_s` is not added).
+headers (`compress.activation.frame_on_wire`). The link's RTT is the veth's (the apps' `rtt_s` is not added).
 A split scheme's fine-tuned weights are made here first when missing (`runtime.weights`), so the edge
 head and the cloud tail load the same file.
 """
@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 
 from apps import App
 from cli.errors import CoInferError
+from compress.activation import frame_on_wire
 from compress.scheme import Scheme
-from runtime.vnv import RunConfig, VnVReport, alternate, check_images, frame_on_wire, summarise
+from runtime.vnv import RunConfig, VnVReport, alternate, check_images, summarise
 
 
 def measure_testbed(baseline: tuple[App, Scheme], advanced: tuple[App, Scheme], config: RunConfig,

@@ -5,6 +5,9 @@
     all-cloud     = T_edge(raw input) + wire(raw_input_bytes) / B + RTT + T_cloud(whole model)
     wire(n)       = n + m + h * ceil((n + m) / mss)       (the app's `link`: m, h, mss)
 
+The payload ceil(H_p W_p c b / 8) + 8 c and wire(n) are `compress.activation.payload_bytes` and
+`wire_bytes`, the sizes the runtime's frames have.
+
 Bandwidth follows the paper: B in Mbps, bytes/s = Mbps * 2^20 / 8. T_edge(p, c) and
 T_cloud(p, c) are medians measured at a few kept-channel counts c per point (pruning's compute
 effect) and linearly interpolated in between. The edge side includes quantisation + packing,
@@ -30,7 +33,7 @@ import numpy as np
 from apps import App, Link
 from apps.units import bytes_per_second
 from cli.errors import CoInferError
-from compress.quant import HEADER_BYTES_PER_CHANNEL
+from compress.activation import frame_on_wire, payload_bytes, wire_bytes
 from compress.scheme import Scheme
 from database.store import LatencyRow, Store
 from models.build import app_points
@@ -85,19 +88,18 @@ class LatencyModel:
         if paper_formula:
             self.bytes = hw * s.c * s.b / 8
         else:
-            self.bytes = np.ceil(hw * s.c * s.b / 8) + HEADER_BYTES_PER_CHANNEL * s.c
+            self.bytes = payload_bytes(hw, s.c, s.b)
         self.wire = self.wire_bytes(self.bytes)
 
     def wire_bytes(self, payload: np.ndarray | float) -> np.ndarray | float:
         """Bytes a message of `payload` bytes puts on the link (payload + frame + transport headers)."""
-        return self.transport_bytes(np.asarray(payload, dtype=np.float64) + self.link.message_bytes)
+        out = wire_bytes(self.link, np.asarray(payload, dtype=np.float64))
+        return out if out.ndim else float(out)
 
     def transport_bytes(self, frame: np.ndarray | float) -> np.ndarray | float:
         """Bytes a whole frame of `frame` bytes puts on the link: plus the transport's headers per segment."""
-        frame = np.asarray(frame, dtype=np.float64)
-        if self.link.packet_bytes:
-            frame = frame + self.link.packet_bytes * np.maximum(1, np.ceil(frame / self.link.mss))
-        return frame if frame.ndim else float(frame)
+        out = frame_on_wire(self.link, np.asarray(frame, dtype=np.float64))
+        return out if out.ndim else float(out)
 
     @staticmethod
     def _single(rows: list[LatencyRow], point: int, side: str, name: str) -> float:

@@ -44,3 +44,17 @@ def offline_oracle(problem: Problem, stored: dict[Scheme, float], tol: float) ->
         if latency[s] <= problem.budget and (a, -latency[s]) > (best[0], -best[1]):
             best = (a, latency[s], s)
     return best[2]
+
+
+def offline_open(problem: Problem, stored: dict[Scheme, float], tol: float) -> tuple[float, set[Scheme]]:
+    """A latency query on the `stored` accuracies alone: (gap, open schemes). The incumbent is the
+    fastest stored scheme meeting the threshold (or the best single end); a scheme is open when it is
+    not stored, faster than the incumbent, and no stored scheme at its point with c and b at least as
+    large falls short of the threshold by more than `tol`; the gap is how much faster the fastest open
+    one is."""
+    space = problem.space
+    latency = {space.scheme(i): float(problem.latency[i]) for i in range(space.size)}
+    inc = min([problem.reference] + [latency[s] for s, a in stored.items() if a >= problem.threshold])
+    open_ = {s for s, lat in latency.items() if s not in stored and lat < inc and not any(
+        e.p == s.p and e.c >= s.c and e.b >= s.b and a + tol < problem.threshold for e, a in stored.items())}
+    return (inc - min(latency[s] for s in open_) if open_ else 0.0), open_

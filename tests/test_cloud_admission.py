@@ -81,7 +81,8 @@ def test_established_cap_per_peer_only_without_token() -> None:
                                  {"max_clients": True}])
 def test_admission_limits_checked(bad: dict) -> None:
     from cli.errors import CoInferError
-    with pytest.raises(CoInferError):
+    (name, value), = bad.items()
+    with pytest.raises(CoInferError, match=f"^{name} must be an integer of at least 1, got {value}$"):
         AdmissionLimits(**bad)
 
 

@@ -107,11 +107,39 @@ def test_queue_mode_answers_like_sequential_mode(server, capsys) -> None:
     assert queued["bytes_up"] == sequential["bytes_up"]
 
 
-def test_emulated_edge_speed_is_reported(server, capsys) -> None:
-    report = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--speed", "0.5")
-    assert any("edge emulated at 0.5 x this CPU" in n for n in report["notes"])
-    report = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--device", "cpu-edge")  # the app's: 1/8
-    assert any("edge cpu-edge emulated at 0.125 x this CPU" in n for n in report["notes"])
+def test_emulated_edge_speed_is_reported(capsys, monkeypatch) -> None:
+    """At --speed 0.5 each edge stage takes at least twice the thread CPU time it used, and more
+    than an unemulated edge's CPU time for the same work (a generous 1.5 x: the two runs differ)."""
+    import statistics
+    import time
+
+    from runtime.client import EdgeClient
+    calls: list[tuple[float, float]] = []  # (thread CPU s of the edge work, seconds the client reports for it)
+    on_device = EdgeClient._on_device
+
+    def spy(self, fn, *args):
+        cpu = []
+
+        def timed(*a):
+            t0 = time.thread_time()
+            out = fn(*a)
+            cpu.append(time.thread_time() - t0)
+            return out
+        result, seconds = on_device(self, timed, *args)
+        calls.append((cpu[0], seconds))
+        return result, seconds
+
+    monkeypatch.setattr(EdgeClient, "_on_device", spy)
+    plain = run_cli(capsys, "--scheme", "all-edge", "--n", "6")
+    plain_cpu = statistics.median(c for c, _ in calls)
+    calls.clear()
+    slow = run_cli(capsys, "--scheme", "all-edge", "--n", "6", "--speed", "0.5")
+    assert any("0.5 x this CPU" in n for n in slow["notes"]) and not plain["notes"]
+    assert len(calls) == 6 and all(seconds >= 2 * cpu * 0.99 for cpu, seconds in calls), calls
+    assert [r["edge_s"] for r in slow["per_request"]] == pytest.approx([s for _, s in calls])
+    assert slow["median_s"]["edge_s"] > 1.5 * plain_cpu, (slow["median_s"], plain_cpu)
+    named = run_cli(capsys, "--scheme", "all-edge", "--n", "2", "--device", "cpu-edge")  # the app's: 1/8
+    assert any("edge cpu-edge emulated at 0.125 x this CPU" in n for n in named["notes"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -94,9 +94,12 @@ def test_pruning_at_last_point_shrinks_classifier():
         assert torch.allclose(pruned(x), model.forward_tail(masked, 12), atol=1e-5)
 
 
-@pytest.mark.parametrize("p,c,b", [(13, 1, 1), (0, 0, 1), (0, 3, 9), (0, 999, 8), (-1, 1, 1)])
-def test_scheme_outside_space_is_an_error(p, c, b):
-    with pytest.raises(CoInferError):
+@pytest.mark.parametrize("p,c,b,says", [
+    (13, 1, 1, r"partition point 13 outside 0\.\.12"), (0, 0, 1, "channels 0 < 1"), (0, 3, 9, r"bits 9 outside 1\.\.8"),
+    (0, 999, 8, r"channels 999 outside 1\.\.2 at point 0"), (-1, 1, 1, "a single-end scheme has no channels or bits"),
+])
+def test_scheme_outside_space_is_an_error(p, c, b, says):
+    with pytest.raises(CoInferError, match=says):
         SchemeModel(vgg16_bn(1 / 32, 10, 1, 32, 16), Scheme(p, c, b))
 
 

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from apps.units import BYTES_PER_MBPS
 from runtime.monitor import BandwidthEstimator, TokenBucket
 
 
@@ -17,6 +16,9 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+BYTES_PER_MBPS = 131_072  # the project's 1 Mbps = 2**20 bit/s, written out (not apps.units' constant)
 
 
 def transfer(nbytes: int, mbps: float, floor: float = 0.0) -> float:
@@ -51,6 +53,9 @@ def test_estimator_median_ignores_one_outlier() -> None:
 
 
 def test_token_bucket_paces_bytes() -> None:
+    assert TokenBucket(1.0).rate == BYTES_PER_MBPS and TokenBucket(2.5).rate == 327_680
+    # 2**17 bytes owed at once on an empty bucket at 1 Mbps: 1.000 s (10**6 bit/s would make it 1.049 s)
+    assert TokenBucket(1.0, burst=0).delay(131_072) == pytest.approx(1.0, abs=0.01)
     bucket = TokenBucket(1.0, burst=0)
 
     async def send() -> float:
@@ -59,4 +64,4 @@ def test_token_bucket_paces_bytes() -> None:
             await bucket.send(16_384)
         return time.monotonic() - t0
 
-    assert asyncio.run(send()) == pytest.approx(4 * 16_384 / BYTES_PER_MBPS, rel=0.15)  # 0.5 s
+    assert asyncio.run(send()) == pytest.approx(0.5, rel=0.15)  # 4 x 16 KiB at 1 Mbps = 2**20 bit/s: 0.5 s

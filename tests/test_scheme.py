@@ -56,13 +56,21 @@ def test_all_cloud_on_the_wire_and_all_edge_never() -> None:
         ALL_EDGE.wire(3)
 
 
-@pytest.mark.parametrize("text", ["", "1,2", "a,b,c", "1,2,3,4", "0,0,1", "0,1,9", "-2,1,1", "all-fog"])
-def test_bad_text_is_one_line_error(text: str) -> None:
-    with pytest.raises(CoInferError):
+@pytest.mark.parametrize("text, says", [
+    ("", "bad scheme '': expected p,c,b"), ("1,2", "bad scheme '1,2'"), ("a,b,c", "bad scheme 'a,b,c'"),
+    ("1,2,3,4", "bad scheme '1,2,3,4'"), ("0,0,1", "channels 0 < 1"), ("0,1,9", r"bits 9 outside 1\.\.8"),
+    ("-2,1,1", "bad scheme '-2,1,1'"), ("all-fog", "bad scheme 'all-fog': expected p,c,b"),
+])
+def test_bad_text_is_one_line_error(text: str, says: str) -> None:
+    with pytest.raises(CoInferError, match=says):
         Scheme.parse(text)
 
 
-@pytest.mark.parametrize("value", [[1, 2, 3], {"p": 1, "c": 2}, {"p": 1, "c": 2, "b": "3"}, "split", None])
-def test_bad_json_is_one_line_error(value) -> None:
-    with pytest.raises(CoInferError):
+@pytest.mark.parametrize("value, says", [
+    ([1, 2, 3], r"bad scheme \[1, 2, 3\]: expected {"), ({"p": 1, "c": 2}, "bad scheme {'p': 1, 'c': 2}"),
+    ({"p": 1, "c": 2, "b": "3"}, "scheme fields must be integers, got 1,2,'3'"), ("split", "bad scheme 'split'"),
+    (None, "bad scheme None"),
+])
+def test_bad_json_is_one_line_error(value, says: str) -> None:
+    with pytest.raises(CoInferError, match=says):
         Scheme.from_json(value)

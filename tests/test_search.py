@@ -149,24 +149,39 @@ def test_profile_rows(tiny_app):
     assert all(r.median_s > 0 and r.p90_s >= r.median_s for r in rows)
 
 
-def test_cli_flag_styles_agree_and_json_keys(tiny_app_path, tiny_db, capsys):
+def tiny_problem(tiny_app, storage: str, query) -> tuple[Problem, dict[Scheme, float]]:
+    """The CLI's problem on a tiny database, built here (the stored base, the app's RTT), and its table."""
+    store = Store(storage)
+    return Problem(query, LatencyModel.from_store(store, tiny_app), 0.9), store.accuracy_table(tiny_app.name)
+
+
+def test_cli_flag_styles_agree_and_json_keys(tiny_app, tiny_app_path, tiny_db, capsys):
     common = ["--app", tiny_app_path, "--storage", tiny_db, "--json"]
     paper = json.loads(run_cli("latency", ["-accuracy_loss", "0.02", "-bandwidth", "0.5", *common], capsys))
     gnu = json.loads(run_cli("latency", ["--accuracy-loss", "0.02", "--bandwidth", "0.5", *common], capsys))
     for key in ("scheme", "layer", "latency_s", "reference_s", "accuracy", "accuracy_loss", "certified",
                 "new_evaluations", "reused_evaluations", "sampler", "wall_s"):
         assert key in paper
-    assert paper["scheme"] == gnu["scheme"] and paper["certified"] and paper["new_evaluations"] == 0
+    expected = brute_force(*tiny_problem(tiny_app, tiny_db, LatencyQuery(0.02, 0.5)))
+    assert expected.is_split and paper["scheme"] == gnu["scheme"] == expected.to_json()
+    assert paper["certified"] and paper["new_evaluations"] == 0
     assert set(paper["latency_s"]) == {"edge", "transfer", "cloud", "total"}
     assert set(paper["reference_s"]) == {"all_edge", "all_cloud"}
     acc = json.loads(run_cli("accuracy", ["-latency", "0.9", "-bandwidth", "0.5", *common], capsys))
-    assert acc["latency_s"]["total"] <= 0.9 * min(acc["reference_s"].values()) + 1e-12 or not acc["feasible"]
+    problem, table = tiny_problem(tiny_app, tiny_db, AccuracyQuery(0.9, 0.5))
+    expected = brute_force(problem, table)
+    assert acc["feasible"] and expected.is_split and acc["scheme"] == expected.to_json()
+    assert acc["latency_s"]["total"] == pytest.approx(problem.latency_of(expected))
+    assert problem.latency_of(expected) <= problem.budget
+    assert acc["accuracy"] == pytest.approx(table[expected])
     text = run_cli("latency", ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path,
                                "--storage", tiny_db], capsys)
     assert "certified   yes" in text and "0 new" in text
 
 
-def test_cli_offline_reports_gap_and_next(tiny_app_path, tiny_db, tmp_path, capsys):
+def test_cli_offline_reports_gap_and_next(tiny_app, tiny_app_path, tiny_db, tmp_path, capsys):
+    from search.bounds import DEFAULT_TOLERANCE
+    from tests.oracles import offline_open, offline_oracle
     partial = str(tmp_path / "partial.sqlite")
     full, store = latency_only_copy(tiny_db, partial)
     table = full.accuracy_rows("tiny_digits")
@@ -175,8 +190,12 @@ def test_cli_offline_reports_gap_and_next(tiny_app_path, tiny_db, tmp_path, caps
     store.put_base("tiny_digits", table[0]["protocol"], 0.9)
     out = json.loads(run_cli("latency", ["-accuracy_loss", "0.05", "-bandwidth", "0.5", "--offline", "--json",
                                          "--app", tiny_app_path, "--storage", partial], capsys))
-    assert out["new_evaluations"] == 0 and "next_to_evaluate" in out
-    assert out["certificate"]["gap"] > 0 and len(out["next_to_evaluate"]) > 0 and not out["certified"]
+    problem, stored = tiny_problem(tiny_app, partial, LatencyQuery(0.05, 0.5))
+    gap, open_ = offline_open(problem, stored, DEFAULT_TOLERANCE)
+    assert out["new_evaluations"] == 0 and not out["certified"] and gap > 0 and len(open_) > 5
+    assert out["scheme"] == offline_oracle(problem, stored, DEFAULT_TOLERANCE).to_json()
+    assert out["certificate"]["gap"] == pytest.approx(gap)
+    assert len(out["next_to_evaluate"]) == 5 and {Scheme.from_json(s) for s in out["next_to_evaluate"]} <= open_
 
 
 def test_infeasible_accuracy_query_exits_1_with_one_line(tiny_app_path, tiny_db, capsys):

@@ -12,7 +12,7 @@ import pytest
 from apps import REPO_ROOT
 from cli.errors import CoInferError
 from compress.scheme import Scheme
-from runtime.vnv import Measured, VnVReport, wire_bytes
+from runtime.vnv import Measured, VnVReport
 from search.select import Candidate, budgeted_choice, greedy_choice, select
 
 E, C = Scheme.ALL_EDGE, Scheme.ALL_CLOUD
@@ -76,15 +76,28 @@ def test_vnv_saving_is_the_mean_of_per_image_ratios_and_the_criteria():
     assert report.saving_pass and not report.accuracy_pass and report.to_json()["pass"] is False
 
 
-def test_wire_bytes_match_the_latency_models():
+def test_payload_and_wire_bytes_are_the_formulas():
+    """compress.activation's sizes, which the latency model and the in-process VnV both use, against the
+    formulas worked by hand: ceil(H W c b / 8) + 8 c; a 48-byte frame header, 66 bytes a 1448-byte segment."""
+    import math
+
     import numpy as np
 
     from apps import Link
+    from compress.activation import body_len, frame_on_wire, payload_bytes, wire_bytes
     from search.synthetic_problems import synthetic_latency, synthetic_points
+    assert [payload_bytes(64, 3, 3), payload_bytes(1, 3, 1), payload_bytes(49, 5, 3)] == [96, 25, 132]
+    assert body_len((2, 5, 7, 7), 3) == 184 + 80  # ceil(2*5*49*3 / 8) + 8 * 2 * 5
+    link = Link(48, 66, 1448)
+    sizes = {0: 114, 1: 115, 1400: 1514, 1401: 1449 + 2 * 66, 5000: 5048 + 4 * 66}
+    assert {n: wire_bytes(link, n) for n in sizes} == sizes and type(wire_bytes(link, 1)) is int
+    assert wire_bytes(Link(), 777) == 777 and frame_on_wire(link, 0) == 66  # an empty frame is one segment
     model = synthetic_latency(synthetic_points([4, 4]))
-    model.link = Link(48, 66, 1448)
-    for n in (0, 1, 1400, 1401, 5000):
-        assert wire_bytes(model.link, n) == int(model.wire_bytes(np.float64(n)))
+    s = model.space
+    hw = [model.points[p].elements_per_channel for p in s.p]
+    assert model.bytes.tolist() == [math.ceil(n * c * b / 8) + 8 * c for n, c, b in zip(hw, s.c, s.b)]
+    model.link = link
+    assert [model.wire_bytes(np.float64(n)) for n in sizes] == list(sizes.values())
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -40,7 +40,7 @@ def links() -> str:
 def test_parse_rate_and_tbf_args() -> None:
     assert parse_rate("1mbit") == parse_rate("1") == 1.0
     assert parse_rate("512kbit") == 0.5
-    with pytest.raises(CoInferError):
+    with pytest.raises(CoInferError, match="bad rate 'fast': expected e.g. 1mbit"):
         parse_rate("fast")
     assert tbf_args(8.0)[:2] == ["rate", f"{2**20}bps"]  # 8 Mbps = 2^20 bytes/s
 

@@ -14,9 +14,10 @@ import pytest
 from conftest import write_tiny_app
 
 from apps import REPO_ROOT, Device
+from compress.activation import frame_on_wire
 from compress.scheme import Scheme
 from runtime.netns import netns_support
-from runtime.vnv import RunConfig, frame_on_wire, measure
+from runtime.vnv import RunConfig, measure
 from runtime.vnv_testbed import measure_testbed
 
 LINK = "netns+tbf" if netns_support() is None else "loopback+token bucket"
@@ -78,4 +79,9 @@ def test_cli_testbed_json(tiny_app_path, tiny_db, schemes_dir):
     for side, chosen in (("t_b", "greedy"), ("t_a", "budgeted")):
         assert vnv[side]["scheme"] == selection[chosen]["scheme"]
         assert 0 <= vnv[side]["accuracy"] <= 1 and vnv[side]["median_s"] > 0 and vnv[side]["mean_s"] > 0
-    assert (proc.returncode == 0) == vnv["pass"]
+    # the verdict follows from the numbers printed, against the criteria written out here (20 % saving, 10 % accuracy)
+    assert vnv["criteria"] == {"saving_min": 0.20, "accuracy_diff_max": 0.10}
+    assert vnv["accuracy_diff"] == pytest.approx(vnv["t_b"]["accuracy"] - vnv["t_a"]["accuracy"])
+    assert all(4 * vnv[side]["accuracy"] == int(4 * vnv[side]["accuracy"]) for side in ("t_b", "t_a"))  # of 4 images
+    verdict = vnv["saving"] >= 0.20 and vnv["accuracy_diff"] <= 0.10
+    assert vnv["pass"] == verdict and proc.returncode == (0 if verdict else 1), (proc.returncode, vnv)

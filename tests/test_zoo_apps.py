@@ -39,6 +39,28 @@ def test_default_queries_answer_certified_from_the_shipped_database(shipped_copy
     out = json.loads(capsys.readouterr().out)
     # an infeasible query (no scheme fits the latency budget) is an answer too: certified exactly, exit 1
     assert out["certified"] and out["new_evaluations"] == 0 and code == (0 if out["feasible"] else 1), out
+    assert out["scheme"] == shipped_answer(name, kind, args, shipped_copy).to_json()
+
+
+def shipped_answer(name: str, kind: str, args: list[str], storage: str):
+    """The oracle: plain Python over the stored accuracies of the app's protocol with the latency model
+    (tests/oracles.py), the query built here from its two flags; when nothing fits, the fastest scheme."""
+    from database.store import Store
+    from search.bounds import DEFAULT_TOLERANCE
+    from search.latency import LatencyModel
+    from search.problem import Problem
+    from search.query import AccuracyQuery, LatencyQuery
+    from tests.oracles import offline_oracle
+    app, store = load_app(name), Store(storage)
+    bound, bandwidth = float(args[1]), float(args[3])
+    query = LatencyQuery(bound, bandwidth) if kind == "latency" else AccuracyQuery(bound, bandwidth)
+    problem = Problem(query, LatencyModel.from_store(store, app), store.base(name, app.protocol.name))
+    stored = store.accuracy_table(name, app.protocol.name, app.protocol.seed)
+    answer = offline_oracle(problem, stored, DEFAULT_TOLERANCE)
+    if answer is None:  # nothing fits the latency budget: the fastest scheme is shown
+        fastest = min(range(problem.space.size), key=lambda i: float(problem.latency[i]))
+        answer = problem.space.scheme(fastest) if problem.latency[fastest] < problem.reference else problem.single_end
+    return answer
 
 
 def test_profile_and_cloud_tail_of_a_zoo_app() -> None:
