@@ -205,15 +205,15 @@ def test_own_running_trial_is_served_from_memory_until_another_worker_fails_it(k
     from optuna.trial import TrialState
 
     from database.distributed import lost_trial
-    from database.rdb import CLAIM
+    from database.rdb import BUILD_CLAIM_KEY
     url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'q.sqlite'}"
     mine, other = BuildStorage(QueueConfig(url)), BuildStorage(QueueConfig(url))
     study = optuna.create_study(storage=mine, study_name="s")
     trial = study.ask()
-    mine.set_trial_system_attr(trial._trial_id, CLAIM, "1,2,3 h:1")
+    mine.set_trial_system_attr(trial._trial_id, BUILD_CLAIM_KEY, "1,2,3 h:1")
     theirs = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
     assert trial._trial_id in mine._mine and mine.get_trial(trial._trial_id) == theirs
-    assert mine.get_trial(trial._trial_id).system_attrs == {CLAIM: "1,2,3 h:1"}
+    assert mine.get_trial(trial._trial_id).system_attrs == {BUILD_CLAIM_KEY: "1,2,3 h:1"}
     other.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # failed as stale elsewhere
     with pytest.raises(Exception) as info:
         study.tell(trial, 0.5)

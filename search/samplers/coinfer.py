@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.scheme import Scheme
+from compress.scheme import MAX_BITS, Scheme
 from search.bounds import Knowledge
 from search.problem import Problem
 from search.query import LatencyQuery
@@ -45,7 +45,7 @@ class CoInferSampler(PlannerSampler):
         s = problem.space
         cp = np.array([pt.channels for pt in s.points])[s.p]
         self._u = np.log(s.c) / np.log(cp + 1)  # position of each scheme in its point's grid
-        self._v = s.b / 8
+        self._v = s.b / MAX_BITS
 
     def pick(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
         if st.done:

@@ -88,7 +88,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import Matern
 
 from cli.errors import CoInferError
-from compress.scheme import Scheme
+from compress.scheme import BITS, MAX_BITS, Scheme
 from search.bounds import Knowledge
 from search.problem import Problem
 from search.query import LatencyQuery
@@ -179,7 +179,7 @@ def loss_bounds(space: Space, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     upper = np.full(space.size, np.inf)
     for pt in space.points:
         sl = space.grid_slice(pt.index)
-        g = loss[sl].reshape(pt.channels, 8)
+        g = loss[sl].reshape(pt.channels, len(BITS))
         known = ~np.isnan(g)
         if not known.any():
             continue
@@ -215,7 +215,7 @@ class OptCoInferSampler(PlannerSampler):
         s = problem.space
         widths = np.array([pt.channels for pt in s.points], dtype=float)
         self._widths = widths
-        self._x = np.column_stack([s.p / len(s.points), s.c / widths[s.p], s.b / 8.0])
+        self._x = np.column_stack([s.p / len(s.points), s.c / widths[s.p], s.b / MAX_BITS])
         self._anchors_x, self._anchors_y = self._anchors()
         self.rng = np.random.default_rng(seed)
         self.removed = np.zeros(s.size, dtype=bool)
@@ -225,7 +225,7 @@ class OptCoInferSampler(PlannerSampler):
         p = np.repeat(np.arange(n), 3)
         c = np.tile([0.0, 1.0, 1000.0], n)
         b = np.tile([1.0, 0.0, 10.0], n)
-        x = np.column_stack([p / n, c / self._widths[p], b / 8.0])
+        x = np.column_stack([p / n, c / self._widths[p], b / MAX_BITS])
         return x, np.tile([1.0, 1.0, 0.0], n)
 
     def constraints(self, kn: Knowledge) -> tuple[np.ndarray, float]:
