@@ -26,16 +26,12 @@ from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from devices.spec import parse_device_pair
-from search.samplers import SAMPLERS
+from search.samplers import SAMPLERS, knobs, sampler_spec
 
 if TYPE_CHECKING:
     from search.latency import LatencyModel
     from search.runner import SearchResult
 
-# GP optimizer restarts per `optcoinfer` proposal. The paper used 100. Measured on the default app
-# (latency query 1 %, 1 Mbps, 2 shared cores): one proposal took median 0.34 s, at most 0.83 s with 2
-# restarts; 0.72 s, at most 4.8 s with 4.
-DEFAULT_RESTARTS = 2
 HELP_TOLERANCE = "0.005"  # search.bounds.DEFAULT_TOLERANCE, spelled out so that --help needs no numpy (tested)
 
 def build_parser(kind: str) -> ArgParser:
@@ -78,9 +74,9 @@ def build_parser(kind: str) -> ArgParser:
     ap.add_argument("--workers", type=int, default=1, metavar="N",
                     help="N processes optimise the study together (its storage must be a file or a URL); "
                          "no scheme is evaluated twice, the answer is the single worker's")
-    ap.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS, metavar="N",
-                    help="--sampler optcoinfer: GP optimizer restarts per proposal (default: %(default)s, "
-                         "under 1 s a proposal here; the paper used 100)")
+    for knob, owners in knobs().values():  # each sampler knob of the registry is a flag
+        ap.add_argument(f"--{knob.name}", type=int, default=knob.default, metavar="N",
+                        help=f"--sampler {', '.join(owners)}: {knob.help}")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="a progress bar on stderr while the search evaluates (default: when stderr is a "
                          "terminal and not --json)")
@@ -107,16 +103,15 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         query = LatencyQuery(args.accuracy_loss, args.bandwidth)
     else:
         query = AccuracyQuery(args.latency, args.bandwidth)
-    if args.sampler not in SAMPLERS:
-        raise CoInferError(f"unknown sampler {args.sampler!r} (known: {', '.join(SAMPLERS)})")
+    spec = sampler_spec(args.sampler)
     if args.rtt is not None and not (args.rtt >= 0 and math.isfinite(args.rtt)):
         raise CoInferError(f"--rtt must be >= 0 seconds, got {args.rtt}")
     if args.tolerance is not None and not (args.tolerance >= 0 and math.isfinite(args.tolerance)):
         raise CoInferError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.max_evaluations is not None and args.max_evaluations < 0:
         raise CoInferError("--max-evaluations must be >= 0")
-    if args.restarts < 0:
-        raise CoInferError(f"--restarts must be >= 0, got {args.restarts}")
+    for knob, _ in knobs().values():
+        knob.check(getattr(args, knob.name), f"--{knob.name}")
     if args.workers < 1:
         raise CoInferError(f"--workers must be at least 1, got {args.workers}")
     from database.store import Store
@@ -125,7 +120,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     from search.latency import LatencyModel
     from search.problem import Problem
     from search.progress import ProgressEvaluator
-    from search.runner import OPTUNA_BUDGET, run_search
+    from search.runner import SearchConfig, run_search
     device = "cpu"
     if args.gpu is not None:
         import torch
@@ -161,18 +156,16 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     study_storage = args.study_storage or default_study_storage(args.storage)
     study_name = args.study_name or (f"{app.name}/{evaluator.name}/{query}/base{base:.6g}/"
                                      f"{model.devices[0]}->{model.devices[1]}")
+    config = SearchConfig(args.sampler, tolerance, args.seed, spec.own_knobs(vars(args)), args.offline,
+                          args.max_evaluations, study_name=study_name, study_storage=study_storage)
     as_json = args.json or args.json_full
     progress = args.progress if args.progress is not None else sys.stderr.isatty() and not as_json
     if progress and not args.offline:
-        total = args.max_evaluations if args.max_evaluations is not None else (
-            OPTUNA_BUDGET if args.sampler in ("tpe", "gp", "random") else None)
-        evaluator = ProgressEvaluator(evaluator, total, desc=f"{args.sampler} search")
+        evaluator = ProgressEvaluator(evaluator, config.budget, desc=f"{args.sampler} search")
     helpers = start_helpers(kind, argv if argv is not None else sys.argv[1:], args.workers, study_storage,
                             args.offline)
     try:
-        result = run_search(Problem(query, model, base), evaluator, args.sampler, tolerance, args.seed,
-                            args.offline, args.max_evaluations, study_name=study_name, study_storage=study_storage,
-                            n_restarts=args.restarts)
+        result = run_search(Problem(query, model, base), evaluator, config)
     finally:
         if isinstance(evaluator, ProgressEvaluator):
             evaluator.close()
