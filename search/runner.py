@@ -126,7 +126,7 @@ class SearchResult:
         q = self.query
         out = {
             "query": q.name, "bandwidth_mbps": q.bandwidth,
-            ("accuracy_loss_bound" if q.name == "latency" else "latency_ratio"): q.bound,
+            q.bound_key: q.bound,
             "scheme": self.scheme.to_json(), "layer": self.layer, "feasible": self.feasible,
             "latency_s": self.breakdown.as_dict(), "bytes": self.breakdown.bytes, "wire_bytes": self.breakdown.wire,
             "reference_s": self.reference, "accuracy": self.accuracy, "accuracy_is_lower_bound": self.accuracy_is_bound,

@@ -91,7 +91,6 @@ from cli.errors import CoInferError
 from compress.scheme import BITS, MAX_BITS, Scheme
 from search.bounds import Knowledge
 from search.problem import Problem
-from search.query import LatencyQuery
 from search.samplers.base import PlannerSampler
 from search.space import Space
 from search.status import Status
@@ -230,18 +229,7 @@ class OptCoInferSampler(PlannerSampler):
 
     def constraints(self, kn: Knowledge) -> tuple[np.ndarray, float]:
         """(schemes within the latency constraint, loss constraint) as the paper would hold them."""
-        pr = self.problem
-        ev = kn.evaluated
-        if isinstance(pr.query, LatencyQuery):
-            met = ev & (kn.acc >= pr.threshold)
-            limit = min(pr.reference, float(pr.latency[met].min())) if met.any() else pr.reference
-            return pr.latency < limit, float(pr.query.accuracy_loss)
-        within = pr.latency <= pr.budget
-        done = ev & within
-        loss_con = INITIAL_LOSS_CONSTRAINT
-        if done.any():
-            loss_con = min(loss_con, float(pr.base - kn.acc[done].max()))
-        return within, loss_con
+        return self.problem.query.paper_constraints(self.problem, kn, INITIAL_LOSS_CONSTRAINT)
 
     def _filter_and_shrink(self, kn: Knowledge, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Steps 1 and 2: (filtered set, available set after the shrink, losses, loss constraint)."""
@@ -282,7 +270,6 @@ class OptCoInferSampler(PlannerSampler):
             mu, std = gp.predict(self._x[avail], return_std=True)
         lat = self.problem.latency[avail]
         if np.std(mu) < FLAT_MEAN:
-            pick = np.argmin(lat) if isinstance(self.problem.query, LatencyQuery) else np.argmax(lat)
-            return int(avail[pick])
+            return int(avail[self.problem.query.first_to_try(lat)])
         pi = norm.cdf((loss_con - mu) / (std + 1e-9))
         return int(avail[np.argmax(pi)])
