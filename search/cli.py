@@ -10,6 +10,11 @@ The search is an Optuna study, kept by default in a journal file beside a SQLite
 (`<database>.studies.journal`; elsewhere in memory), named after the app, evaluator, query and
 devices: re-running a query resumes its study (`optuna.load_study` reads it, optuna-dashboard
 shows it).
+
+`run` is four steps: `parse_request` (flags -> a frozen `search.answer.QueryRequest`; the query
+type from `search.query.QUERY_TYPES`, the sampler and its knob flags from the registry in
+search/samplers), `search.answer.prepare` (databases, latency model, evaluator, base accuracy),
+`execute` (progress bar, `--workers` helpers, `run_search`) and `print_answer`.
 """
 
 from __future__ import annotations

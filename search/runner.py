@@ -2,7 +2,8 @@
 
 Every search, ours and Optuna's, is an Optuna study (search/study.py) driven by its sampler:
 `coinfer`, `optcoinfer` and `exhaustive` are our `BaseSampler`s and stop the study themselves;
-Optuna's `tpe`, `gp` and `random` run on a fixed budget of evaluations. The answer is what the
+Optuna's `tpe`, `gp` and `random` run on a fixed budget of evaluations (search/samplers: the
+registry). How to search is one frozen `SearchConfig`: `run_search(problem, evaluator, config)`. The answer is what the
 stored database plus the study's trials prove (search/query.py), checked by
 search/certificate.py; the stored evaluations the answer and its certificate rely on are added
 to the study as completed trials (source "database"), so the study alone tells the story.
