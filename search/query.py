@@ -18,7 +18,8 @@ goal and bound flag, the JSON key of the bound, how a gap reads, and what each o
 does differently per query (CoInfer's `pick`, Opt-CoInfer's `paper_constraints` and
 `first_to_try`). Nothing else switches on the query's type. A query reads the numbers of the
 problem it is asked on through `Concrete` (search/problem.py's `Problem` is one), so this module
-does not import the problem.
+does not import the problem. numpy is imported by the methods that compute, so the query CLIs'
+--help, which reads the class attributes, loads no numpy.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-import numpy as np
-
 from cli.errors import CoInferError
 from search.status import Status
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from compress.scheme import Scheme
     from search.bounds import Knowledge
 
@@ -54,7 +55,7 @@ class Concrete(Protocol):
 
 
 # CoInfer's estimate of each open scheme's chance to meet the threshold (search/samplers/coinfer.py)
-FeasibleChance = Callable[["Knowledge", np.ndarray], np.ndarray]
+FeasibleChance = Callable[["Knowledge", "np.ndarray"], "np.ndarray"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -116,6 +117,7 @@ class LatencyQuery:
 
     # -- what the known accuracies say -----------------------------------------------------
     def status(self, pr: Concrete, kn: Knowledge) -> Status:
+        import numpy as np
         lower, upper = kn.bounds()
         ev = kn.evaluated
         feasible = ev & (kn.acc >= pr.threshold)
@@ -144,7 +146,7 @@ class LatencyQuery:
     def ruled_out(self, pr: Concrete, kn: Knowledge, st: Status, fastest_at: np.ndarray) -> np.ndarray:
         """Evaluated schemes (of `kn.evaluated`, in order) the proof rests on: those that failed
         the threshold at points where some scheme is faster than the answer."""
-        ev = np.flatnonzero(kn.evaluated)
+        ev = kn.evaluated.nonzero()[0]
         return (kn.acc[ev] < pr.threshold) & (fastest_at < st.incumbent_value)
 
     def order(self, pr: Concrete, st: Status, cand: np.ndarray) -> np.ndarray:
@@ -159,6 +161,7 @@ class LatencyQuery:
         """CoInfer's next evaluation (search/samplers/coinfer.py): the open scheme, not `held`, of
         best score q x gain_if_feasible + (1 - q) x gain_if_infeasible, q its chance to meet the
         threshold (1 / 0 when proven, else `chance`); ties to the fastest."""
+        import numpy as np
         cand = st.candidates
         lat = pr.latency
         open_ = ~kn.evaluated
@@ -184,7 +187,7 @@ class LatencyQuery:
 
     def first_to_try(self, latency: np.ndarray) -> int:
         """Index into `latency` of the scheme to try when nothing else tells them apart: the fastest."""
-        return int(np.argmin(latency))
+        return int(latency.argmin())
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class AccuracyQuery:
 
     # -- what the known accuracies say -----------------------------------------------------
     def status(self, pr: Concrete, kn: Knowledge) -> Status:
+        import numpy as np
         lower, upper = kn.bounds()
         ev = kn.evaluated
         within = pr.latency <= pr.budget
@@ -269,7 +273,7 @@ class AccuracyQuery:
 
     def ruled_out(self, pr: Concrete, kn: Knowledge, st: Status, fastest_at: np.ndarray) -> np.ndarray:
         """Evaluated schemes no better than the answer at points where some scheme fits the budget."""
-        ev = np.flatnonzero(kn.evaluated)
+        ev = kn.evaluated.nonzero()[0]
         return (kn.acc[ev] <= st.incumbent_value) & (fastest_at <= pr.budget)
 
     def order(self, pr: Concrete, st: Status, cand: np.ndarray) -> np.ndarray:
@@ -284,6 +288,7 @@ class AccuracyQuery:
         """CoInfer's next evaluation: best-first on the upper bound, ties to the candidate that
         dominates most candidates (its value bounds them all), then to more bytes sent (more
         information, usually more accuracy). `chance` is not needed: latency is known."""
+        import numpy as np
         cand = np.flatnonzero(st.candidates & ~held)
         if not len(cand):
             return None
@@ -304,7 +309,7 @@ class AccuracyQuery:
 
     def first_to_try(self, latency: np.ndarray) -> int:
         """The slowest (most sent and computed: usually the most accurate)."""
-        return int(np.argmax(latency))
+        return int(latency.argmax())
 
 
 Query = LatencyQuery | AccuracyQuery
