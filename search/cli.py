@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 HELP_TOLERANCE = "0.005"  # search.bounds.DEFAULT_TOLERANCE, spelled out so that --help needs no numpy (tested)
 
+
 def build_parser(kind: str) -> ArgParser:
     query_type = QUERY_TYPES[kind]
     ap = ArgParser(prog=f"{kind}_search.py", description=f"CoInfer: the {query_type.goal}, at -bandwidth Mbps.")
