@@ -26,6 +26,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.codec import BACKEND, pack, unpack
+from compress.scheme import BITS
 from reports.figure import OUT, save_figure
 
 SHAPES = [(1, 64, 56, 56), (1, 512, 14, 14)]
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeat < 1:
         raise CoInferError("--repeat must be at least 1")
-    rows = [measure(shape, bits, args.repeat) for shape in SHAPES for bits in range(1, 9)]
+    rows = [measure(shape, bits, args.repeat) for shape in SHAPES for bits in BITS]
     plot(rows, args.out)
     if args.json:
         print(json.dumps({"backend": BACKEND, "repeat": args.repeat, "target": TARGET, "rows": rows,

@@ -30,6 +30,7 @@ import numpy as np
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
+from compress.scheme import BITS
 from runtime.protocol import (
     HEADER_SIZE,
     MAGIC,
@@ -56,7 +57,7 @@ def corpus() -> list[bytes]:
 
     from compress.quant import quantize  # torch: only when fuzzing, not for --help
     frames = []
-    for b in range(1, 9):
+    for b in BITS:
         shape = (1 + b % 2, 1 + b, 3, 2 + b)
         a = torch.from_numpy(np.random.default_rng(b).standard_normal(shape).astype(np.float32))
         codes, lo, scale = quantize(a, b)

@@ -133,10 +133,10 @@ def sustained_rate(trials) -> float:
     """The sum over workers of each one's completed schemes over its own span (its first trial's
     start to its last one's completion): the rate the workers kept up once started, without the
     start-up skew of N processes opening the storage on shared cores."""
-    from database.rdb import CLAIM
+    from database.rdb import BUILD_CLAIM_KEY
     by_worker: dict[str, list] = {}
     for t in trials:
-        by_worker.setdefault(t.system_attrs[CLAIM].split(" ", 1)[1], []).append(t)
+        by_worker.setdefault(t.system_attrs[BUILD_CLAIM_KEY].split(" ", 1)[1], []).append(t)
     return sum(len(ts) / (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
                for ts in by_worker.values())
 

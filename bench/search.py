@@ -30,6 +30,7 @@ from cli.errors import CoInferError
 from cli.progress import on_terminal, progress
 from cli.run import run_cli
 from reports.figure import OUT, save_figure
+from search.samplers import sampler_spec
 
 if TYPE_CHECKING:  # the search (torch, optuna) loads after parsing, so --help answers at once
     from search.latency import LatencyModel
@@ -38,7 +39,6 @@ if TYPE_CHECKING:  # the search (torch, optuna) loads after parsing, so --help a
 LOSSES = (0.005, 0.01, 0.02, 0.05)
 RATIOS = (0.5, 0.6, 0.7, 0.8)
 BANDWIDTHS = (0.25, 0.5, 1, 2, 4)
-STOCHASTIC = {"optcoinfer", "tpe", "gp", "random"}
 
 
 @dataclass
@@ -58,24 +58,21 @@ class Run:
 _SUITES: dict[str, tuple[LatencyModel, dict, float]] = {}
 
 
-def _run(task: tuple[str, str, int, Query, float, int, int]) -> Run:
+def _run(task: tuple[str, str, int, Query, float, int, dict]) -> Run:
     from search.evaluators import TableEvaluator
     from search.problem import Problem
-    from search.query import LatencyQuery
-    from search.runner import run_search
-    suite, sampler, seed, query, tol, budget, restarts = task
+    from search.runner import SearchConfig, run_search
+    suite, sampler, seed, query, tol, budget, knobs = task
     model, table, base = _SUITES[suite]
     problem = Problem(query, model, base)
     best, best_value = problem.exhaustive(table)
+    spec = sampler_spec(sampler)
+    config = SearchConfig(sampler, tol if spec.uses_tolerance else 0.0, seed, spec.own_knobs(knobs),
+                          max_evaluations=budget if spec.budget is not None else None)
     start = time.perf_counter()
-    res = run_search(problem, TableEvaluator(table), sampler, tolerance=tol if sampler == "coinfer" else 0.0,
-                     seed=seed, max_evaluations=budget if sampler in ("tpe", "gp", "random") else None,
-                     n_restarts=restarts)
+    res = run_search(problem, TableEvaluator(table), config)
     wall = time.perf_counter() - start
-    if isinstance(query, LatencyQuery):
-        optimal = abs(res.breakdown.total - best_value) < 1e-12
-    else:
-        optimal = res.feasible and res.accuracy is not None and abs(res.accuracy - best_value) < 1e-12
+    optimal = res.feasible and abs(query.objective(res.breakdown.total, res.accuracy) - best_value) < 1e-12
     if best is None:  # infeasible query: right when the sampler says so too
         optimal = not res.feasible
     return Run(suite, sampler, seed, query, optimal, res.certified, res.new_evaluations,
@@ -155,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                            f"complete it with python -m database.evaluate --app {app.name} --schemes all")
     tol = args.tolerance
     samplers = args.samplers.split(",")
+    for name in [*samplers, *args.synthetic_samplers.split(",")]:
+        sampler_spec(name)  # an unknown name: one line, before any work
+    knobs = {"restarts": args.n_restarts}
     qs = queries()
     seeds = 1 if args.quick else args.seeds
     if args.quick:
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     def tasks(suite: str, qlist: list[Query], names: list[str], nseeds: int) -> list:
         out = []
         for s in names:
-            n = 1 if s not in STOCHASTIC else min(nseeds, n_seeds.get(s, nseeds))
+            n = min(nseeds, n_seeds.get(s, nseeds)) if sampler_spec(s).stochastic else 1
             qs_s = [q for q in qlist if q.bandwidth in gp_bws] if s == "gp" else qlist
-            out += [(suite, s, seed, q, tol, args.budget, args.n_restarts) for seed in range(n) for q in qs_s]
+            out += [(suite, s, seed, q, tol, args.budget, knobs) for seed in range(n) for q in qs_s]
         return out
 
     all_tasks = tasks("default", qs, samplers, seeds)

@@ -59,9 +59,9 @@ def _optimum(store, app, model, base: float | None, mbps: float, loss: float):
     from search.evaluators import DatabaseEvaluator
     from search.problem import Problem
     from search.query import LatencyQuery
-    from search.runner import run_search
-    result = run_search(Problem(LatencyQuery(loss, mbps), model, base), DatabaseEvaluator(app, store), "coinfer",
-                        tolerance=0.005, offline=True)
+    from search.runner import SearchConfig, run_search
+    result = run_search(Problem(LatencyQuery(loss, mbps), model, base), DatabaseEvaluator(app, store),
+                        SearchConfig("coinfer", tolerance=0.005, offline=True))
     return str(result.scheme), result.breakdown.total, result.accuracy
 
 

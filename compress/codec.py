@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from compress import native
+from compress.scheme import BITS, MAX_BITS, MIN_BITS
 
 _native = native.load()
 BACKEND = f"native-{_native.ISA}" if _native is not None else "numpy"
@@ -28,8 +29,8 @@ def packed_size(n: int, bits: int) -> int:
 
 
 def _check_bits(bits: int) -> None:
-    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
+    if not isinstance(bits, (int, np.integer)) or bits not in BITS:
+        raise ValueError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
 
 
 def _check_unpack(payload: bytes | bytearray | memoryview, bits: int, n: int) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cli.errors import CoInferError
+from compress.scheme import BITS, MAX_BITS, MIN_BITS
 
 if TYPE_CHECKING:
     from models.splittable import Splittable
@@ -34,8 +35,8 @@ def check_in_space(widths: list[int], p: int, c: int, b: int | None = None) -> N
         raise CoInferError(f"partition point {p} outside 0..{len(widths) - 1}")
     if not 1 <= c <= widths[p]:
         raise CoInferError(f"channels {c} outside 1..{widths[p]} at point {p}")
-    if b is not None and not 1 <= b <= 8:
-        raise CoInferError(f"bits {b} outside 1..8")
+    if b is not None and b not in BITS:
+        raise CoInferError(f"bits {b} outside {MIN_BITS}..{MAX_BITS}")
 
 
 def check_scheme(model: Splittable, p: int, c: int, b: int | None = None) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress.scheme import BITS, MAX_BITS, MIN_BITS
+
 
 def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (N, C, H, W) float -> codes uint8 (N, C, H, W), lo (N, C) float32, scale (N, C) float32."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if bits not in BITS:
+        raise ValueError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
     flat = x.detach().float().flatten(2)
     lo = flat.amin(2)
     hi = flat.amax(2)

@@ -12,7 +12,7 @@ is sent).
 Schemes are ordered by how much of the model runs on the edge: all-cloud < every split (by
 p, then c, then b) < all-edge. Whether (p, c, b) exists in a model (p < number of points,
 c <= C_p) is the space's business (`search.space.Space.check`); here 0 <= p, c >= 1 and
-1 <= b <= 8 are checked.
+b in BITS (1..8) are checked.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from cli.errors import CoInferError
 
 ALL_CLOUD_P = -1  # p of all-cloud, on the wire too
 ALL_EDGE_P = 1 << 15  # p of all-edge: after every partition point; never on the wire
-MAX_BITS = 8
+MIN_BITS, MAX_BITS = 1, 8  # bits per activation at the cut (the raw input goes at MAX_BITS)
+BITS = range(MIN_BITS, MAX_BITS + 1)
 ALL_CLOUD_TEXT, ALL_EDGE_TEXT = "all-cloud", "all-edge"
 
 
@@ -48,8 +49,8 @@ class Scheme:
             raise CoInferError(f"partition point {self.p} < 0")
         if self.c < 1:
             raise CoInferError(f"channels {self.c} < 1")
-        if not 1 <= self.b <= MAX_BITS:
-            raise CoInferError(f"bits {self.b} outside 1..{MAX_BITS}")
+        if self.b not in BITS:
+            raise CoInferError(f"bits {self.b} outside {MIN_BITS}..{MAX_BITS}")
 
     # -- what it is ------------------------------------------------------------------------
     @property
@@ -126,5 +127,5 @@ ALL_EDGE = Scheme.ALL_EDGE
 
 
 def all_schemes(widths: list[int]) -> list[Scheme]:
-    """Every split scheme (p, c, b): p over the points, c in 1..C_p, b in 1..8."""
-    return [Scheme(p, c, b) for p, cp in enumerate(widths) for c in range(1, cp + 1) for b in range(1, MAX_BITS + 1)]
+    """Every split scheme (p, c, b): p over the points, c in 1..C_p, b in BITS."""
+    return [Scheme(p, c, b) for p, cp in enumerate(widths) for c in range(1, cp + 1) for b in BITS]

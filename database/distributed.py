@@ -51,7 +51,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
-from database.rdb import CLAIM, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
+from database.rdb import BUILD_CLAIM_KEY, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
 from database.store import Store
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -112,7 +112,7 @@ def scheme_of_claim(claim: str | None) -> Scheme | None:
 
 def claimed(t: FrozenTrial) -> Scheme | None:
     """The scheme a build trial claimed (None: none, or not yet)."""
-    return scheme_of_claim(t.system_attrs.get(CLAIM))
+    return scheme_of_claim(t.system_attrs.get(BUILD_CLAIM_KEY))
 
 
 def view(trials: Iterable[Attempt], number: int | None = None, history: frozenset[int] = frozenset()) -> View:

@@ -22,7 +22,7 @@ from apps.outpath import check_output_path
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
-from compress.scheme import Scheme
+from compress.scheme import BITS, Scheme
 
 Table = dict[Scheme, float]
 _LINE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*-\s*(\d+)\s*\*\s*([0-9.eE+-]+)\s*$")
@@ -104,7 +104,7 @@ def read_table(path: Path) -> Table:
 
 def check_table(table: Table, widths: list[int], where: str) -> None:
     for p, c, b in table:
-        if not (0 <= p < len(widths) and 1 <= c <= widths[p] and 1 <= b <= 8):
+        if not (0 <= p < len(widths) and 1 <= c <= widths[p] and b in BITS):
             raise CoInferError(f"{where}: scheme {p},{c},{b} is outside the app's space")
 
 

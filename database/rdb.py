@@ -44,7 +44,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cli.errors import CoInferError, mask_url
 
-CLAIM = "coinfer:claim"  # "p,c,b host:pid": the trial's scheme and its worker ("- host:pid": nothing to claim)
+# system attr of a build trial, "p,c,b host:pid": its scheme and its worker ("- host:pid": nothing to claim)
+BUILD_CLAIM_KEY = "coinfer:claim"
 RETRY_OF = "failed_trial"  # set by Optuna's retry callback on a retried trial
 
 
@@ -187,12 +188,13 @@ class BuildStorage(RDBStorage):
                     f"trial {trial_id} is {trials[trial_id].state.name}: it cannot claim")
             value = choose(list(trials.values()))
             if trials[trial_id].claim is None:
-                conn.execute(attrs.insert().values(trial_id=trial_id, key=CLAIM, value_json=json.dumps(value)))
+                conn.execute(attrs.insert().values(trial_id=trial_id, key=BUILD_CLAIM_KEY,
+                                                   value_json=json.dumps(value)))
             else:  # a retry: its claim came with the failed trial's attributes
-                conn.execute(attrs.update().where(attrs.c.trial_id == trial_id, attrs.c.key == CLAIM)
+                conn.execute(attrs.update().where(attrs.c.trial_id == trial_id, attrs.c.key == BUILD_CLAIM_KEY)
                              .values(value_json=json.dumps(value)))
         if trial_id in self._mine:
-            self._mine[trial_id].system_attrs[CLAIM] = value
+            self._mine[trial_id].system_attrs[BUILD_CLAIM_KEY] = value
         return value
 
     def _read_claims(self, conn: sa.Connection, study_id: int) -> dict[int, Attempt]:
@@ -208,7 +210,7 @@ class BuildStorage(RDBStorage):
             where = sa.or_(where, trials.c.trial_id.in_(open_ids))
         q = (sa.select(trials.c.trial_id, trials.c.number, trials.c.state, attrs.c.key, attrs.c.value_json)
              .select_from(trials.outerjoin(attrs, sa.and_(attrs.c.trial_id == trials.c.trial_id,
-                                                          attrs.c.key.in_((CLAIM, RETRY_OF)))))
+                                                          attrs.c.key.in_((BUILD_CLAIM_KEY, RETRY_OF)))))
              .where(trials.c.study_id == study_id, where))
         fresh: dict[int, dict] = {}
         for trial_id, number, state, key, value in conn.execute(q):
@@ -217,7 +219,7 @@ class BuildStorage(RDBStorage):
                 entry[key] = json.loads(value)
         for trial_id, e in fresh.items():
             state = e["state"] if isinstance(e["state"], TrialState) else TrialState[e["state"]]
-            cache[trial_id] = Attempt(e["number"], state, e.get(CLAIM), RETRY_OF in e)
+            cache[trial_id] = Attempt(e["number"], state, e.get(BUILD_CLAIM_KEY), RETRY_OF in e)
         return cache
 
     # -- this process's running trials, from memory ------------------------------------------

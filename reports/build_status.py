@@ -68,7 +68,7 @@ def build_status(queue: str, storage: str, app: str | None = None) -> list[Build
 
     from compress.scheme import Scheme
     from database.distributed import SCHEMES, scheme_of_claim
-    from database.rdb import CLAIM, RETRY_OF
+    from database.rdb import BUILD_CLAIM_KEY, RETRY_OF
     from database.store import Store
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -96,7 +96,7 @@ def build_status(queue: str, storage: str, app: str | None = None) -> list[Build
             running_by: Counter[str] = Counter()
             live, failed_tries, completions = set(), Counter(), []
             for t in trials:
-                claim = t.system_attrs.get(CLAIM)
+                claim = t.system_attrs.get(BUILD_CLAIM_KEY)
                 scheme = scheme_of_claim(claim)
                 if t.state in (TrialState.RUNNING, TrialState.WAITING) and scheme is not None:
                     live.add(scheme)

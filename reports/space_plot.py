@@ -102,13 +102,13 @@ def _answer(model: LatencyModel, table: dict[Scheme, float], base: float, query:
     from search.evaluators import TableEvaluator
     from search.problem import Problem
     from search.query import AccuracyQuery, LatencyQuery
-    from search.runner import run_search
+    from search.runner import SearchConfig, run_search
     if query.accuracy_loss is not None:
         q = LatencyQuery(query.accuracy_loss, query.bandwidth)
         label = f"fastest within {100 * query.accuracy_loss:g} % loss"
     else:
         q = AccuracyQuery(query.latency_ratio, query.bandwidth)
         label = f"most accurate within {query.latency_ratio:g} x"
-    result = run_search(Problem(q, model, base), TableEvaluator(table, known=table), "coinfer", tolerance,
-                        offline=True, study_storage=None)
+    result = run_search(Problem(q, model, base), TableEvaluator(table, known=table),
+                        SearchConfig("coinfer", tolerance, offline=True))
     return result, label

@@ -61,9 +61,9 @@ def search_scheme(model: LatencyModel, evaluator, base_accuracy: float, mbps: fl
     `.accuracy`. `offline`: answer from the evaluator's known accuracies only."""
     from search.problem import Problem
     from search.query import LatencyQuery
-    from search.runner import run_search
+    from search.runner import SearchConfig, run_search
     problem = Problem(LatencyQuery(accuracy_loss, mbps), model, base_accuracy)
-    return run_search(problem, evaluator, "coinfer", offline=offline)
+    return run_search(problem, evaluator, SearchConfig("coinfer", offline=offline))
 
 
 def build_frontier(model: LatencyModel, evaluator, base_accuracy: float, accuracy_loss: float,

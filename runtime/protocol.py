@@ -45,7 +45,7 @@ import numpy as np
 
 from cli.errors import CoInferError
 from compress import activation
-from compress.scheme import ALL_CLOUD_P, Scheme
+from compress.scheme import ALL_CLOUD_P, BITS, MAX_BITS, MIN_BITS, Scheme
 
 MAGIC = b"COIN"
 VERSION = 1
@@ -215,8 +215,8 @@ def _expected_body_len(h: Header, limits: Limits) -> int:
     """What `body_len` must be for this header; raises on any out-of-range field."""
     n, c_, hh, w = h.shape
     if h.type is MsgType.REQUEST:
-        if not 1 <= h.bits <= 8:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"bits {h.bits} outside 1..8")
+        if h.bits not in BITS:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"bits {h.bits} outside {MIN_BITS}..{MAX_BITS}")
         if not 1 <= h.k <= MAX_TOPK:
             raise ProtocolError(ErrorCode.BAD_FIELD, f"top-k {h.k} outside 1..{MAX_TOPK}")
         if h.p < ALL_CLOUD_P:

@@ -18,7 +18,9 @@ _EXPORTS = {
     "Objective": "search.study", "open_study": "search.study", "knowledge": "search.study",
     "CoInferSampler": "search.samplers.coinfer", "OptCoInferSampler": "search.samplers.optcoinfer",
     "ExhaustiveSampler": "search.samplers.exhaustive",
-    "SearchResult": "search.runner", "run_search": "search.runner",
+    "SearchResult": "search.runner", "run_search": "search.runner", "SearchConfig": "search.runner",
+    "SAMPLERS": "search.samplers", "sampler_spec": "search.samplers",
+    "QueryRequest": "search.answer", "prepare": "search.answer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from compress.scheme import BITS
+
 if TYPE_CHECKING:
     from search.space import Space
 
@@ -46,7 +48,7 @@ class Knowledge:
         upper = np.empty(self.space.size)
         for pt in self.space.points:
             sl = self.space.grid_slice(pt.index)
-            grid = self.acc[sl].reshape(pt.channels, 8)
+            grid = self.acc[sl].reshape(pt.channels, len(BITS))
             known = ~np.isnan(grid)
             lo = np.where(known, grid, -np.inf)
             lo = np.maximum.accumulate(np.maximum.accumulate(lo, axis=0), axis=1) - self.tol
@@ -61,7 +63,7 @@ class Knowledge:
         out = np.empty(self.space.size)
         for pt in self.space.points:
             sl = self.space.grid_slice(pt.index)
-            grid = mask[sl].reshape(pt.channels, 8).astype(np.int64)
+            grid = mask[sl].reshape(pt.channels, len(BITS)).astype(np.int64)
             out[sl] = grid.cumsum(0).cumsum(1).ravel()
         return out
 

@@ -10,6 +10,11 @@ The search is an Optuna study, kept by default in a journal file beside a SQLite
 (`<database>.studies.journal`; elsewhere in memory), named after the app, evaluator, query and
 devices: re-running a query resumes its study (`optuna.load_study` reads it, optuna-dashboard
 shows it).
+
+`run` is four steps: `parse_request` (flags -> a frozen `search.answer.QueryRequest`; the query
+type from `search.query.QUERY_TYPES`, the sampler and its knob flags from the registry in
+search/samplers), `search.answer.prepare` (databases, latency model, evaluator, base accuracy),
+`execute` (progress bar, `--workers` helpers, `run_search`) and `print_answer`.
 """
 
 from __future__ import annotations
@@ -21,34 +26,28 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apps import DEFAULT_APP, DEFAULT_STORAGE, load_app
+from apps import DEFAULT_APP, DEFAULT_STORAGE
 from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from devices.spec import parse_device_pair
 from devices.torch_device import add_torch_device_argument, torch_device_of
-from search.samplers import SAMPLERS
+from search.query import QUERY_TYPES
+from search.samplers import SAMPLERS, knobs, sampler_spec
 
 if TYPE_CHECKING:
+    from search.answer import Prepared, QueryRequest
     from search.latency import LatencyModel
     from search.runner import SearchResult
 
-# GP optimizer restarts per `optcoinfer` proposal. The paper used 100. Measured on the default app
-# (latency query 1 %, 1 Mbps, 2 shared cores): one proposal took median 0.34 s, at most 0.83 s with 2
-# restarts; 0.72 s, at most 4.8 s with 4.
-DEFAULT_RESTARTS = 2
 HELP_TOLERANCE = "0.005"  # search.bounds.DEFAULT_TOLERANCE, spelled out so that --help needs no numpy (tested)
 
+
 def build_parser(kind: str) -> ArgParser:
-    what = ("fastest scheme whose accuracy loss is at most -accuracy_loss" if kind == "latency" else
-            "most accurate scheme whose latency is at most -latency x min(all-edge, all-cloud)")
-    ap = ArgParser(prog=f"{kind}_search.py", description=f"CoInfer: the {what}, at -bandwidth Mbps.")
-    if kind == "latency":
-        ap.add_argument("-accuracy_loss", "--accuracy-loss", dest="accuracy_loss", type=float, required=True,
-                        help="largest accepted top-1 loss vs the base model, a fraction in [0, 1) (0.01 = 1 %%)")
-    else:
-        ap.add_argument("-latency", "--latency", dest="latency", type=float, required=True,
-                        help="latency budget as a ratio of the best single-end latency (0.6 = 60 %%)")
+    query_type = QUERY_TYPES[kind]
+    ap = ArgParser(prog=f"{kind}_search.py", description=f"CoInfer: the {query_type.goal}, at -bandwidth Mbps.")
+    ap.add_argument(*query_type.bound_flags, dest="bound", metavar=query_type.bound_flags[0].lstrip("-").upper(),
+                    type=float, required=True, help=query_type.bound_help)
     ap.add_argument("-bandwidth", "--bandwidth", dest="bandwidth", type=float, default=1.0,
                     help="edge-to-cloud bandwidth in Mbps (1 Mbps = 2^20 bit/s, as the paper)")
     ap.add_argument("-gpu", dest="gpu", type=int, default=None,
@@ -80,9 +79,9 @@ def build_parser(kind: str) -> ArgParser:
     ap.add_argument("--workers", type=int, default=1, metavar="N",
                     help="N processes optimise the study together (its storage must be a file or a URL); "
                          "no scheme is evaluated twice, the answer is the single worker's")
-    ap.add_argument("--restarts", type=int, default=DEFAULT_RESTARTS, metavar="N",
-                    help="--sampler optcoinfer: GP optimizer restarts per proposal (default: %(default)s, "
-                         "under 1 s a proposal here; the paper used 100)")
+    for knob, owners in knobs().values():  # each sampler knob of the registry is a flag
+        ap.add_argument(f"--{knob.name}", type=int, default=knob.default, metavar="N",
+                        help=f"--sampler {', '.join(owners)}: {knob.help}")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="a progress bar on stderr while the search evaluates (default: when stderr is a "
                          "terminal and not --json)")
@@ -104,88 +103,79 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     """Parse, search, print; heavy modules (torch, optuna, SQLAlchemy) are imported after parsing,
     so `--help` and bad flags answer at once."""
     args = build_parser(kind).parse_args(argv)
-    from search.query import AccuracyQuery, LatencyQuery, format_seconds
-    if kind == "latency":
-        query = LatencyQuery(args.accuracy_loss, args.bandwidth)
-    else:
-        query = AccuracyQuery(args.latency, args.bandwidth)
-    if args.sampler not in SAMPLERS:
-        raise CoInferError(f"unknown sampler {args.sampler!r} (known: {', '.join(SAMPLERS)})")
+    request = parse_request(kind, args)
+    from search.answer import prepare
+    ready = prepare(request)
+    result = execute(ready, args, argv if argv is not None else sys.argv[1:], kind)
+    return print_answer(result, ready, args)
+
+
+def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
+    """The request the flags make; bad input is one line (`CoInferError`)."""
+    query = QUERY_TYPES[kind](args.bound, args.bandwidth)
+    spec = sampler_spec(args.sampler)
     if args.rtt is not None and not (args.rtt >= 0 and math.isfinite(args.rtt)):
         raise CoInferError(f"--rtt must be >= 0 seconds, got {args.rtt}")
     if args.tolerance is not None and not (args.tolerance >= 0 and math.isfinite(args.tolerance)):
         raise CoInferError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.max_evaluations is not None and args.max_evaluations < 0:
         raise CoInferError("--max-evaluations must be >= 0")
-    if args.restarts < 0:
-        raise CoInferError(f"--restarts must be >= 0, got {args.restarts}")
+    for knob, _ in knobs().values():
+        knob.check(getattr(args, knob.name), f"--{knob.name}")
     if args.workers < 1:
         raise CoInferError(f"--workers must be at least 1, got {args.workers}")
-    from database.store import Store
-    from models.build import app_points
-    from search.evaluators import make_evaluator
-    from search.latency import LatencyModel
-    from search.problem import Problem
-    from search.progress import ProgressEvaluator
-    from search.runner import OPTUNA_BUDGET, run_search
-    device = torch_device_of(args.torch_device, args.gpu)
-    app = load_app(args.app)
-    widths = [p.channels for p in app_points(app)]  # the model builds (and traces) before the database opens
-    store = Store(args.storage, create=False, readonly=args.offline)
+    torch_device = torch_device_of(args.torch_device, args.gpu)
     edge, cloud = parse_device_pair(args.latency_profile)
-    model = LatencyModel.from_store(store, app, edge, cloud, args.rtt)
-    protocols = dict(store.protocols(app.name))
-    if args.protocol is not None and args.protocol not in protocols | {app.protocol.name: 0}:
-        known = ", ".join(f"{p} ({n} schemes)" for p, n in protocols.items()) or "none"
-        raise CoInferError(f"unknown protocol {args.protocol!r} for {app.name} (stored: {known})")
-    evaluator = make_evaluator(args.evaluator, app, store, widths, device=device, protocol=args.protocol)
-    if args.offline and not evaluator.known():
-        others = [f"{p} ({n} schemes)" for p, n in protocols.items() if p != getattr(evaluator, "protocol", None)]
-        raise CoInferError(f"the accuracy database holds nothing for {app.name} under protocol "
-                           f"{getattr(evaluator, 'protocol', args.evaluator)}: --offline cannot answer"
-                           + (f"; stored: {', '.join(others)} (pass --protocol NAME)" if others else
-                              f" (fill it with python -m database.evaluate --app {app.name})"))
-    base = args.base_accuracy if args.base_accuracy is not None else evaluator.base_accuracy()
-    if base is None:
-        base = store.base(app.name)
-    if base is None:
-        raise CoInferError(f"base accuracy of {app.name} unknown: pass --base-accuracy or evaluate the base model "
-                           f"(python -m database.evaluate --app {app.name} --schemes none)")
-    if not 0 < base <= 1:  # also refuses nan
-        raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
+    from search.answer import QueryRequest
     from search.bounds import DEFAULT_TOLERANCE
+    from search.runner import SearchConfig
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     study_storage = args.study_storage or default_study_storage(args.storage)
-    study_name = args.study_name or (f"{app.name}/{evaluator.name}/{query}/base{base:.6g}/"
-                                     f"{model.devices[0]}->{model.devices[1]}")
-    as_json = args.json or args.json_full
-    progress = args.progress if args.progress is not None else sys.stderr.isatty() and not as_json
-    if progress and not args.offline:
-        total = args.max_evaluations if args.max_evaluations is not None else (
-            OPTUNA_BUDGET if args.sampler in ("tpe", "gp", "random") else None)
-        evaluator = ProgressEvaluator(evaluator, total, desc=f"{args.sampler} search")
-    helpers = start_helpers(kind, argv if argv is not None else sys.argv[1:], args.workers, study_storage,
-                            args.offline)
+    config = SearchConfig(args.sampler, tolerance, args.seed, spec.own_knobs(vars(args)), args.offline,
+                          args.max_evaluations, study_name=args.study_name, study_storage=study_storage)
+    return QueryRequest(query, args.app, config, args.evaluator, args.protocol, args.storage, edge, cloud, args.rtt,
+                        args.base_accuracy, torch_device)
+
+
+def execute(ready: Prepared, args: argparse.Namespace, argv: list[str], kind: str) -> SearchResult:
+    """`run_search`, with a progress bar on a terminal and the `--workers` helper processes."""
+    from search.progress import ProgressEvaluator
+    from search.runner import run_search
+    config, evaluator = ready.config, ready.evaluator
+    progress = args.progress if args.progress is not None else sys.stderr.isatty() and not _as_json(args)
+    if progress and not config.offline:
+        evaluator = ProgressEvaluator(evaluator, config.budget, desc=f"{config.sampler} search")
+    helpers = start_helpers(kind, argv, args.workers, config.study_storage, config.offline)
     try:
-        result = run_search(Problem(query, model, base), evaluator, args.sampler, tolerance, args.seed,
-                            args.offline, args.max_evaluations, study_name=study_name, study_storage=study_storage,
-                            n_restarts=args.restarts)
+        return run_search(ready.problem, evaluator, config)
     finally:
         if isinstance(evaluator, ProgressEvaluator):
             evaluator.close()
         for proc in helpers:
             if proc.wait() not in (0, 1):  # 1: no scheme meets the bound, as here
                 raise CoInferError(f"a --workers helper process failed (exit {proc.returncode})")
-    if as_json:
-        out = dict(result.to_json(), app=app.name, devices=list(model.devices), study_storage=study_storage)
+
+
+def _as_json(args: argparse.Namespace) -> bool:
+    return args.json or args.json_full
+
+
+def print_answer(result: SearchResult, ready: Prepared, args: argparse.Namespace) -> int:
+    """Print the answer (text or JSON) on stdout; when no scheme meets the bound, one line on
+    stderr and exit status 1."""
+    from search.query import format_seconds
+    model = ready.model
+    if _as_json(args):
+        out = dict(result.to_json(), app=ready.app.name, devices=list(model.devices),
+                   study_storage=ready.config.study_storage)
         print(json.dumps(out, indent=1) if args.json_full else json.dumps(compact(out), separators=(",", ":")))
     elif result.feasible:
-        print(format_result(result, app.name, model))
+        print(format_result(result, ready.app.name, model))
     if not result.feasible:
         fastest = result.breakdown.total
         print(f"no scheme meets the bound: {result.query.describe(result.problem.reference)} at "
-              f"{query.bandwidth:g} Mbps; the fastest scheme, {result.scheme}, takes {format_seconds(fastest)}",
-              file=sys.stderr)
+              f"{result.query.bandwidth:g} Mbps; the fastest scheme, {result.scheme}, takes "
+              f"{format_seconds(fastest)}", file=sys.stderr)
         return 1
     return 0
 
@@ -252,7 +242,7 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
     verdict = "yes, exactly" if cert.exact else "yes" if cert.certified else "no"
     lines.append(f"  certified   {verdict}: {cert.reason}")
     if r.offline:
-        gap = f"{ms(cert.gap)} faster" if q.name == "latency" else f"{100 * cert.gap:.2f} % more accurate"
+        gap = q.format_gap(cert.gap)
         lines.append(f"  gap         an unevaluated scheme could be up to {gap}" if cert.gap else
                      "  gap         none: the answer is optimal given the database")
         if r.next_to_evaluate:

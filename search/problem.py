@@ -22,6 +22,7 @@ class Problem:
         self.space = model.space
         self.base = base_accuracy
         self.latency = model.totals(query.bandwidth)
+        self.bytes = model.bytes  # bytes each split scheme sends at the cut
         self.all_edge = model.all_edge(query.bandwidth)
         self.all_cloud = model.all_cloud(query.bandwidth)
         self.reference = model.reference(query.bandwidth)

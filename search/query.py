@@ -12,24 +12,50 @@ Both are "optimise over every scheme s subject to A(s) >= threshold and L(s) <= 
 A query's constraint, Optuna-style (feasible when <= 0), is threshold - A(s) for a latency
 query and L(s) - budget for an accuracy query. `status` says, from what is known, which scheme
 is the incumbent and which unevaluated schemes could still beat it (search/problem.py).
+
+Everything that differs between the two is here, as a class attribute or a method: the CLI's
+goal and bound flag, the JSON key of the bound, how a gap reads, and what each of our samplers
+does differently per query (CoInfer's `pick`, Opt-CoInfer's `paper_constraints` and
+`first_to_try`). Nothing else switches on the query's type. A query reads the numbers of the
+problem it is asked on through `Concrete` (search/problem.py's `Problem` is one), so this module
+does not import the problem. numpy is imported by the methods that compute, so the query CLIs'
+--help, which reads the class attributes, loads no numpy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from cli.errors import CoInferError
 from search.status import Status
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from compress.scheme import Scheme
     from search.bounds import Knowledge
-    from search.problem import Problem
 
 FLOAT_SLACK = 1e-9  # accepted rounding in the threshold and the budget
+
+
+class Concrete(Protocol):
+    """What a query reads of the problem it is asked on (search/problem.py's `Problem`). Arrays
+    are over the split schemes, by flat index of the space."""
+
+    latency: np.ndarray  # seconds at the query's bandwidth
+    bytes: np.ndarray  # bytes sent at the cut
+    reference: float  # latency of the better single end
+    single_end: Scheme  # the better single end
+    base: float  # the base model's top-1
+    threshold: float  # the least accepted top-1
+    budget: float  # the most accepted latency (s)
+
+
+# CoInfer's estimate of each open scheme's chance to meet the threshold (search/samplers/coinfer.py)
+FeasibleChance = Callable[["Knowledge", "np.ndarray"], "np.ndarray"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -52,6 +78,10 @@ class LatencyQuery:
     name: ClassVar[str] = "latency"
     direction: ClassVar[str] = "minimize"
     constraint_name: ClassVar[str] = "accuracy"
+    goal: ClassVar[str] = "fastest scheme whose accuracy loss is at most -accuracy_loss"
+    bound_flags: ClassVar[tuple[str, ...]] = ("-accuracy_loss", "--accuracy-loss")
+    bound_help: ClassVar[str] = "largest accepted top-1 loss vs the base model, a fraction in [0, 1) (0.01 = 1 %%)"
+    bound_key: ClassVar[str] = "accuracy_loss_bound"  # in the answer's JSON
 
     def __post_init__(self) -> None:
         _check_bandwidth(self.bandwidth)
@@ -78,15 +108,16 @@ class LatencyQuery:
     def objective(self, latency: float, accuracy: float | None) -> float:
         return latency
 
-    def constraint(self, pr: Problem, latency: float, accuracy: float) -> float:
+    def constraint(self, pr: Concrete, latency: float, accuracy: float) -> float:
         return pr.threshold - accuracy
 
-    def relevant(self, pr: Problem) -> np.ndarray:
+    def relevant(self, pr: Concrete) -> np.ndarray:
         """Split schemes that can matter at all: faster than the best single end."""
         return pr.latency < pr.reference
 
     # -- what the known accuracies say -----------------------------------------------------
-    def status(self, pr: Problem, kn: Knowledge) -> Status:
+    def status(self, pr: Concrete, kn: Knowledge) -> Status:
+        import numpy as np
         lower, upper = kn.bounds()
         ev = kn.evaluated
         feasible = ev & (kn.acc >= pr.threshold)
@@ -99,28 +130,64 @@ class LatencyQuery:
         gap = float(inc_l - pr.latency[cand].min()) if cand.any() else 0.0
         return Status(inc, inc_l, cand, lower, upper, gap)
 
-    def proven(self, pr: Problem, kn: Knowledge, st: Status) -> tuple[np.ndarray, np.ndarray]:
+    def proven(self, pr: Concrete, kn: Knowledge, st: Status) -> tuple[np.ndarray, np.ndarray]:
         """Unevaluated schemes the bounds alone prove better than the incumbent, and a key
         (smaller is better) to pick the answer among them."""
         mask = ~kn.evaluated & (st.lower >= pr.threshold) & (pr.latency < st.incumbent_value)
         return mask, pr.latency
 
-    def could_beat(self, pr: Problem, kn: Knowledge, st: Status) -> np.ndarray:
+    def could_beat(self, pr: Concrete, kn: Knowledge, st: Status) -> np.ndarray:
         return ~kn.evaluated & (pr.latency < st.incumbent_value)
 
-    def decision_level(self, pr: Problem, st: Status) -> float:
+    def decision_level(self, pr: Concrete, st: Status) -> float:
         """The accuracy a monotonicity violation must cross to undo the proof."""
         return pr.threshold
 
-    def ruled_out(self, pr: Problem, kn: Knowledge, st: Status, fastest_at: np.ndarray) -> np.ndarray:
+    def ruled_out(self, pr: Concrete, kn: Knowledge, st: Status, fastest_at: np.ndarray) -> np.ndarray:
         """Evaluated schemes (of `kn.evaluated`, in order) the proof rests on: those that failed
         the threshold at points where some scheme is faster than the answer."""
-        ev = np.flatnonzero(kn.evaluated)
+        ev = kn.evaluated.nonzero()[0]
         return (kn.acc[ev] < pr.threshold) & (fastest_at < st.incumbent_value)
 
-    def order(self, pr: Problem, st: Status, cand: np.ndarray) -> np.ndarray:
+    def order(self, pr: Concrete, st: Status, cand: np.ndarray) -> np.ndarray:
         """Sort key of candidates to evaluate next (smaller first): the fastest."""
         return pr.latency[cand]
+
+    def format_gap(self, gap: float) -> str:
+        return f"{format_seconds(gap)} faster"
+
+    # -- what our samplers do differently for this query ----------------------------------
+    def pick(self, pr: Concrete, kn: Knowledge, st: Status, held: np.ndarray, chance: FeasibleChance) -> int | None:
+        """CoInfer's next evaluation (search/samplers/coinfer.py): the open scheme, not `held`, of
+        best score q x gain_if_feasible + (1 - q) x gain_if_infeasible, q its chance to meet the
+        threshold (1 / 0 when proven, else `chance`); ties to the fastest."""
+        import numpy as np
+        cand = st.candidates
+        lat = pr.latency
+        open_ = ~kn.evaluated
+        q = np.where(st.lower >= pr.threshold, 1.0, np.where(st.upper < pr.threshold, 0.0, chance(kn, open_)))
+        cand_lat = np.sort(lat[cand])
+        slower = len(cand_lat) - np.searchsorted(cand_lat, lat, side="left")
+        gain_feasible = np.where(lat < st.incumbent_value, slower, 0)
+        gain_infeasible = kn.dominated_counts(cand)
+        score = np.where(open_ & ~held, q * gain_feasible + (1 - q) * gain_infeasible, -1.0)
+        best = score.max()
+        if best < 0:
+            return None
+        ties = np.flatnonzero(score >= best - 1e-9)
+        return int(ties[np.argmin(lat[ties])])
+
+    def paper_constraints(self, pr: Concrete, kn: Knowledge, initial_loss: float) -> tuple[np.ndarray, float]:
+        """Opt-CoInfer's two constraints (search/samplers/optcoinfer.py): the schemes faster than
+        the fastest evaluated one meeting the loss (else than the better single end), and the
+        query's loss bound."""
+        met = kn.evaluated & (kn.acc >= pr.threshold)
+        limit = min(pr.reference, float(pr.latency[met].min())) if met.any() else pr.reference
+        return pr.latency < limit, float(self.accuracy_loss)
+
+    def first_to_try(self, latency: np.ndarray) -> int:
+        """Index into `latency` of the scheme to try when nothing else tells them apart: the fastest."""
+        return int(latency.argmin())
 
 
 @dataclass(frozen=True)
@@ -133,6 +200,10 @@ class AccuracyQuery:
     name: ClassVar[str] = "accuracy"
     direction: ClassVar[str] = "maximize"
     constraint_name: ClassVar[str] = "latency"
+    goal: ClassVar[str] = "most accurate scheme whose latency is at most -latency x min(all-edge, all-cloud)"
+    bound_flags: ClassVar[tuple[str, ...]] = ("-latency", "--latency")
+    bound_help: ClassVar[str] = "latency budget as a ratio of the best single-end latency (0.6 = 60 %%)"
+    bound_key: ClassVar[str] = "latency_ratio"
 
     def __post_init__(self) -> None:
         _check_bandwidth(self.bandwidth)
@@ -161,14 +232,15 @@ class AccuracyQuery:
     def objective(self, latency: float, accuracy: float | None) -> float:
         return 0.0 if accuracy is None else accuracy  # None: over budget, never evaluated
 
-    def constraint(self, pr: Problem, latency: float, accuracy: float | None) -> float:
+    def constraint(self, pr: Concrete, latency: float, accuracy: float | None) -> float:
         return latency - pr.budget
 
-    def relevant(self, pr: Problem) -> np.ndarray:
+    def relevant(self, pr: Concrete) -> np.ndarray:
         return pr.latency <= pr.budget
 
     # -- what the known accuracies say -----------------------------------------------------
-    def status(self, pr: Problem, kn: Knowledge) -> Status:
+    def status(self, pr: Concrete, kn: Knowledge) -> Status:
+        import numpy as np
         lower, upper = kn.bounds()
         ev = kn.evaluated
         within = pr.latency <= pr.budget
@@ -189,24 +261,56 @@ class AccuracyQuery:
         gap = float(np.clip(upper[cand], None, 1.0).max() - max(inc_a, 0.0)) if cand.any() else 0.0
         return Status(inc, inc_a, cand, lower, upper, gap)
 
-    def proven(self, pr: Problem, kn: Knowledge, st: Status) -> tuple[np.ndarray, np.ndarray]:
+    def proven(self, pr: Concrete, kn: Knowledge, st: Status) -> tuple[np.ndarray, np.ndarray]:
         mask = ~kn.evaluated & (pr.latency <= pr.budget) & (st.lower > st.incumbent_value)
         return mask, -st.lower
 
-    def could_beat(self, pr: Problem, kn: Knowledge, st: Status) -> np.ndarray:
+    def could_beat(self, pr: Concrete, kn: Knowledge, st: Status) -> np.ndarray:
         return ~kn.evaluated & (pr.latency <= pr.budget)
 
-    def decision_level(self, pr: Problem, st: Status) -> float:
+    def decision_level(self, pr: Concrete, st: Status) -> float:
         return st.incumbent_value
 
-    def ruled_out(self, pr: Problem, kn: Knowledge, st: Status, fastest_at: np.ndarray) -> np.ndarray:
+    def ruled_out(self, pr: Concrete, kn: Knowledge, st: Status, fastest_at: np.ndarray) -> np.ndarray:
         """Evaluated schemes no better than the answer at points where some scheme fits the budget."""
-        ev = np.flatnonzero(kn.evaluated)
+        ev = kn.evaluated.nonzero()[0]
         return (kn.acc[ev] <= st.incumbent_value) & (fastest_at <= pr.budget)
 
-    def order(self, pr: Problem, st: Status, cand: np.ndarray) -> np.ndarray:
+    def order(self, pr: Concrete, st: Status, cand: np.ndarray) -> np.ndarray:
         """Sort key of candidates to evaluate next (smaller first): the highest upper bound."""
         return -st.upper[cand]
 
+    def format_gap(self, gap: float) -> str:
+        return f"{100 * gap:.2f} % more accurate"
+
+    # -- what our samplers do differently for this query ----------------------------------
+    def pick(self, pr: Concrete, kn: Knowledge, st: Status, held: np.ndarray, chance: FeasibleChance) -> int | None:
+        """CoInfer's next evaluation: best-first on the upper bound, ties to the candidate that
+        dominates most candidates (its value bounds them all), then to more bytes sent (more
+        information, usually more accuracy). `chance` is not needed: latency is known."""
+        import numpy as np
+        cand = np.flatnonzero(st.candidates & ~held)
+        if not len(cand):
+            return None
+        up = np.clip(st.upper[cand], None, 2.0)
+        dominated = kn.dominated_counts(st.candidates)[cand]
+        order = np.lexsort((-pr.bytes[cand], -dominated, -up))
+        return int(cand[order[0]])
+
+    def paper_constraints(self, pr: Concrete, kn: Knowledge, initial_loss: float) -> tuple[np.ndarray, float]:
+        """Opt-CoInfer's two constraints: the schemes within the budget, and the least loss of an
+        evaluated scheme within it, at most `initial_loss`."""
+        within = pr.latency <= pr.budget
+        done = kn.evaluated & within
+        loss_con = initial_loss
+        if done.any():
+            loss_con = min(loss_con, float(pr.base - kn.acc[done].max()))
+        return within, loss_con
+
+    def first_to_try(self, latency: np.ndarray) -> int:
+        """The slowest (most sent and computed: usually the most accurate)."""
+        return int(latency.argmax())
+
 
 Query = LatencyQuery | AccuracyQuery
+QUERY_TYPES: dict[str, type[LatencyQuery] | type[AccuracyQuery]] = {q.name: q for q in (LatencyQuery, AccuracyQuery)}

@@ -2,7 +2,8 @@
 
 Every search, ours and Optuna's, is an Optuna study (search/study.py) driven by its sampler:
 `coinfer`, `optcoinfer` and `exhaustive` are our `BaseSampler`s and stop the study themselves;
-Optuna's `tpe`, `gp` and `random` run on a fixed budget of evaluations. The answer is what the
+Optuna's `tpe`, `gp` and `random` run on a fixed budget of evaluations (search/samplers: the
+registry). How to search is one frozen `SearchConfig`: `run_search(problem, evaluator, config)`. The answer is what the
 stored database plus the study's trials prove (search/query.py), checked by
 search/certificate.py; the stored evaluations the answer and its certificate rely on are added
 to the study as completed trials (source "database"), so the study alone tells the story.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import optuna
@@ -23,14 +26,49 @@ from search.certificate import Certificate, certify
 from search.evaluators import Evaluator, NotEvaluable
 from search.latency import Breakdown
 from search.problem import Problem
-from search.samplers import OPTUNA_SAMPLERS, SAMPLERS, make_sampler
+from search.samplers import SamplerSpec, sampler_spec
 from search.samplers.base import PlannerSampler
 from search.study import Objective, add_known, knowledge, open_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # our output says what failed (e.g. not evaluable)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-OPTUNA_BUDGET = 200  # default evaluation budget of Optuna's own samplers
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search (what to answer is the `Problem`): the sampler by name (search/samplers:
+    `SAMPLERS`) with its seed and its own knobs (a mapping; missing knobs take the registry's
+    defaults, e.g. {"restarts": 2} for optcoinfer), the accepted non-monotonicity of measured
+    accuracy, whether to evaluate at all (`offline`: never), a budget of new evaluations (default:
+    the sampler's, none for ours), and where the study lives (resumed when it exists; default: in
+    memory, named after the query)."""
+
+    sampler: str = "coinfer"
+    tolerance: float = 0.0
+    seed: int = 0
+    knobs: Mapping[str, int] = field(default_factory=dict)
+    offline: bool = False
+    max_evaluations: int | None = None
+    study_name: str | None = None
+    study_storage: str | None = None
+
+    def __post_init__(self) -> None:
+        values = self.spec.knob_values(self.knobs)  # refuses an unknown sampler or knob
+        object.__setattr__(self, "knobs", MappingProxyType(values))
+        if not (self.tolerance >= 0 and np.isfinite(self.tolerance)):
+            raise CoInferError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
+        if self.max_evaluations is not None and self.max_evaluations < 0:
+            raise CoInferError("max_evaluations must be >= 0")
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return sampler_spec(self.sampler)
+
+    @property
+    def budget(self) -> int | None:
+        """New evaluations this search may make (None: until the sampler stops)."""
+        return self.max_evaluations if self.max_evaluations is not None else self.spec.budget
 
 
 @dataclass
@@ -89,7 +127,7 @@ class SearchResult:
         q = self.query
         out = {
             "query": q.name, "bandwidth_mbps": q.bandwidth,
-            ("accuracy_loss_bound" if q.name == "latency" else "latency_ratio"): q.bound,
+            q.bound_key: q.bound,
             "scheme": self.scheme.to_json(), "layer": self.layer, "feasible": self.feasible,
             "latency_s": self.breakdown.as_dict(), "bytes": self.breakdown.bytes, "wire_bytes": self.breakdown.wire,
             "reference_s": self.reference, "accuracy": self.accuracy, "accuracy_is_lower_bound": self.accuracy_is_bound,
@@ -107,28 +145,17 @@ class SearchResult:
         return out
 
 
-def run_search(problem: Problem, evaluator: Evaluator, sampler: str = "coinfer", tolerance: float = 0.0,
-               seed: int = 0, offline: bool = False, max_evaluations: int | None = None, *,
-               study_name: str | None = None, study_storage: str | None = None, n_restarts: int = 100) -> SearchResult:
-    """Answer `problem` with `sampler`, evaluating through `evaluator`. `offline`: evaluate
-    nothing; `max_evaluations`: stop after that many new evaluations (default: none for our
-    samplers, 200 for Optuna's); `study_name` / `study_storage`: persist the study (resumed when
-    it exists; default: in memory)."""
-    if sampler not in SAMPLERS:
-        raise CoInferError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
-    if not (tolerance >= 0 and np.isfinite(tolerance)):
-        raise CoInferError(f"tolerance must be a finite number >= 0, got {tolerance}")
-    if max_evaluations is not None and max_evaluations < 0:
-        raise CoInferError("max_evaluations must be >= 0")
+def run_search(problem: Problem, evaluator: Evaluator, config: SearchConfig = SearchConfig()) -> SearchResult:
+    """Answer `problem` as `config` says, evaluating through `evaluator`."""
+    spec, tolerance, offline, budget = config.spec, config.tolerance, config.offline, config.budget
     start = time.perf_counter()
-    objective = Objective(problem, evaluator, single_ends=sampler not in OPTUNA_SAMPLERS)
+    objective = Objective(problem, evaluator, single_ends=spec.ours)
     stored = dict(objective.known)
     if offline and not problem.knowledge(stored).evaluated.any():
         raise CoInferError("the accuracy database holds nothing for this app/protocol: --offline cannot answer "
                            "(run without --offline, or fill it with python -m database.evaluate)")
-    planner = make_sampler(sampler, problem, stored, tolerance, seed, n_restarts)
-    study = open_study(study_name or f"coinfer-{problem.query}", study_storage, problem, planner)
-    budget = max_evaluations if max_evaluations is not None else (OPTUNA_BUDGET if sampler in OPTUNA_SAMPLERS else None)
+    planner = spec.make(problem, stored, tolerance, config.seed, config.knobs)
+    study = open_study(config.study_name or f"coinfer-{problem.query}", config.study_storage, problem, planner)
     sampler_s = 0.0
     if not offline and budget != 0:
         sampler_s = _optimize(study, objective, planner, problem, stored, tolerance, budget)
@@ -166,7 +193,7 @@ def run_search(problem: Problem, evaluator: Evaluator, sampler: str = "coinfer",
         notes.append(cert.reason)
     return SearchResult(
         problem=problem, scheme=scheme, feasible=feasible, accuracy=accuracy, accuracy_is_bound=bounded,
-        breakdown=problem.model.breakdown(scheme, problem.query.bandwidth), certificate=cert, sampler=sampler,
+        breakdown=problem.model.breakdown(scheme, problem.query.bandwidth), certificate=cert, sampler=config.sampler,
         evaluator=evaluator.name, new_evaluations=len(objective.new), not_evaluable=list(objective.not_evaluable),
         reused_evaluations=sum(1 for s in cert.proof if s in stored), sampler_s=sampler_s,
         wall_s=time.perf_counter() - start, offline=offline,

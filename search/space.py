@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compress.prune import check_in_space
-from compress.scheme import Scheme
+from compress.scheme import BITS, Scheme
 from models.points import PartitionPoint
 
 
@@ -27,7 +27,7 @@ class Space:
         ps, cs, bs, self.offsets, start = [], [], [], [], 0
         for pt in self.points:
             self.offsets.append(start)
-            cc, bb = np.meshgrid(np.arange(1, pt.channels + 1), np.arange(1, 9), indexing="ij")
+            cc, bb = np.meshgrid(np.arange(1, pt.channels + 1), np.asarray(BITS), indexing="ij")
             ps.append(np.full(cc.size, pt.index))
             cs.append(cc.ravel())
             bs.append(bb.ravel())
@@ -42,7 +42,7 @@ class Space:
         """Flat index of a split scheme (one-line error if it is not in this space)."""
         self.check(scheme)
         p, c, b = scheme
-        return self.offsets[p] + (c - 1) * 8 + (b - 1)
+        return self.offsets[p] + (c - 1) * len(BITS) + (b - BITS.start)
 
     def scheme(self, i: int) -> Scheme:
         return Scheme(int(self.p[i]), int(self.c[i]), int(self.b[i]))
@@ -51,6 +51,6 @@ class Space:
         check_in_space([pt.channels for pt in self.points], *scheme)
 
     def grid_slice(self, p: int) -> slice:
-        """Flat indices of point p; reshaped to (C_p, 8) they form the (c, b) grid."""
+        """Flat indices of point p; reshaped to (C_p, len(BITS)) they form the (c, b) grid."""
         start = self.offsets[p]
         return slice(start, start + self.points[p].channels * 8)

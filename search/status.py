@@ -4,10 +4,12 @@ the gap. Computed by a query (search/query.py) from a `Problem` and what is know
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from compress.scheme import Scheme
+    from compress.scheme import Scheme
 
 
 @dataclass

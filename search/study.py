@@ -1,8 +1,8 @@
 """A query as an Optuna study: one trial is one scheme.
 
 Parameters are suggested define-by-run: p in -1..P (P = number of partition points; -1 is
-all-cloud, P is all-edge), then for a split c in 1..C_p and b in 1..8. Optuna's own samplers get
-p in 0..P-1 (`single_ends=False`): the single ends' latency and accuracy are known, and a
+all-cloud, P is all-edge), then for a split c in 1..C_p and b in 1..8 (`compress.scheme.BITS`).
+Optuna's own samplers get p in 0..P-1 (`single_ends=False`): the single ends' latency and accuracy are known, and a
 sampler that can propose them keeps re-proposing the feasible one. Every trial records
 
     value        latency (latency query) or accuracy (accuracy query)
@@ -30,7 +30,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from cli.errors import CoInferError, mask_url
-from compress.scheme import Scheme
+from compress.scheme import MAX_BITS, MIN_BITS, Scheme
 from search.bounds import Knowledge
 from search.evaluators import Evaluator, NotEvaluable
 from search.problem import Problem
@@ -48,7 +48,7 @@ def suggest_scheme(trial: optuna.Trial, problem: Problem, single_ends: bool = Tr
         return Scheme.ALL_CLOUD
     if p == len(points):
         return Scheme.ALL_EDGE
-    return Scheme(p, trial.suggest_int("c", 1, points[p].channels), trial.suggest_int("b", 1, 8))
+    return Scheme(p, trial.suggest_int("c", 1, points[p].channels), trial.suggest_int("b", MIN_BITS, MAX_BITS))
 
 
 def params_of(scheme: Scheme, problem: Problem) -> tuple[dict[str, int], dict[str, IntDistribution]]:
@@ -58,7 +58,7 @@ def params_of(scheme: Scheme, problem: Problem) -> tuple[dict[str, int], dict[st
     params, dists = {"p": p}, {"p": IntDistribution(-1, len(points))}
     if scheme.is_split:
         params |= {"c": scheme.c, "b": scheme.b}
-        dists |= {"c": IntDistribution(1, points[p].channels), "b": IntDistribution(1, 8)}
+        dists |= {"c": IntDistribution(1, points[p].channels), "b": IntDistribution(MIN_BITS, MAX_BITS)}
     return params, dists
 
 

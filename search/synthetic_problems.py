@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.scheme import Scheme
+from compress.scheme import BITS, MAX_BITS, Scheme
 from database.store import LatencyRow
 from models.points import PartitionPoint
 from search.latency import LatencyModel
@@ -43,8 +43,8 @@ def synthetic_table(points: list[PartitionPoint], base: float = 0.9, noise: floa
         sens_c = rng.uniform(0.5, 3.0) * (1.2 - depth)
         sens_b = rng.uniform(0.5, 2.5)
         for c in range(1, pt.channels + 1):
-            for b in range(1, 9):
-                fc, fb = c / pt.channels, b / 8
+            for b in BITS:
+                fc, fb = c / pt.channels, b / MAX_BITS
                 if shape == "saturating":
                     drop = 0.5 * np.exp(-6 * fc / sens_c) + 0.4 * np.exp(-7 * fb / sens_b)
                 elif shape == "linear":

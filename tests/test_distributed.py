@@ -205,15 +205,15 @@ def test_own_running_trial_is_served_from_memory_until_another_worker_fails_it(k
     from optuna.trial import TrialState
 
     from database.distributed import lost_trial
-    from database.rdb import CLAIM
+    from database.rdb import BUILD_CLAIM_KEY
     url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'q.sqlite'}"
     mine, other = BuildStorage(QueueConfig(url)), BuildStorage(QueueConfig(url))
     study = optuna.create_study(storage=mine, study_name="s")
     trial = study.ask()
-    mine.set_trial_system_attr(trial._trial_id, CLAIM, "1,2,3 h:1")
+    mine.set_trial_system_attr(trial._trial_id, BUILD_CLAIM_KEY, "1,2,3 h:1")
     theirs = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
     assert trial._trial_id in mine._mine and mine.get_trial(trial._trial_id) == theirs
-    assert mine.get_trial(trial._trial_id).system_attrs == {CLAIM: "1,2,3 h:1"}
+    assert mine.get_trial(trial._trial_id).system_attrs == {BUILD_CLAIM_KEY: "1,2,3 h:1"}
     other.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # failed as stale elsewhere
     with pytest.raises(Exception) as info:
         study.tell(trial, 0.5)
@@ -349,7 +349,7 @@ SEARCH = textwrap.dedent("""
     from search.evaluators import TableEvaluator
     from search.problem import Problem
     from search.query import LatencyQuery
-    from search.runner import run_search
+    from search.runner import SearchConfig, run_search
     from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 
     class Slow(TableEvaluator):  # a fine-tune takes a while: the two workers overlap
@@ -360,7 +360,7 @@ SEARCH = textwrap.dedent("""
     points = synthetic_points(%s)
     problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(points), 0.9)
     ev = Slow(synthetic_table(points, seed=4))
-    r = run_search(problem, ev, "coinfer", study_name="shared", study_storage=sys.argv[1])
+    r = run_search(problem, ev, SearchConfig("coinfer", study_name="shared", study_storage=sys.argv[1]))
     print(json.dumps({"evaluated": [str(s) for s in ev.calls], "scheme": str(r.scheme), "certified": r.certified}))
 """)
 SEARCH_POINTS = [4, 4, 8, 8]
@@ -372,7 +372,7 @@ def test_two_searches_on_one_rdb_study_give_the_single_certified_answer(kind, tm
     from search.evaluators import TableEvaluator
     from search.problem import Problem
     from search.query import LatencyQuery
-    from search.runner import run_search
+    from search.runner import SearchConfig, run_search
     from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
     url = request.getfixturevalue("pg_database") if kind == "postgresql" else f"sqlite:///{tmp_path / 'studies.db'}"
     procs = [subprocess.Popen([sys.executable, "-c", SEARCH % SEARCH_POINTS, url], cwd=REPO_ROOT,
@@ -385,7 +385,7 @@ def test_two_searches_on_one_rdb_study_give_the_single_certified_answer(kind, tm
         outs.append(json.loads(out))
     points = synthetic_points(SEARCH_POINTS)
     problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(points), 0.9)
-    single = run_search(problem, TableEvaluator(synthetic_table(points, seed=4)), "coinfer")
+    single = run_search(problem, TableEvaluator(synthetic_table(points, seed=4)), SearchConfig("coinfer"))
     evaluated = [s for o in outs for s in o["evaluated"]]
     assert len(evaluated) == len(set(evaluated))  # no scheme twice across the two workers
     assert all(o["evaluated"] for o in outs)  # both did work

@@ -13,7 +13,7 @@ from search.bounds import Knowledge
 from search.evaluators import TableEvaluator
 from search.problem import Problem
 from search.query import AccuracyQuery, LatencyQuery
-from search.runner import run_search
+from search.runner import SearchConfig, run_search
 from search.samplers.optcoinfer import OptCoInferSampler, _Matern, loss_bounds
 from search.space import Space
 from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
@@ -131,7 +131,7 @@ def test_constraints_follow_the_evaluated_schemes():
 def test_stops_at_once_when_everything_is_known():
     table = synthetic_table(POINTS, base=BASE)
     pr = Problem(LatencyQuery(0.05, 1.0), MODEL, BASE)
-    r = run_search(pr, TableEvaluator(table, known=table), "optcoinfer", n_restarts=0)
+    r = run_search(pr, TableEvaluator(table, known=table), SearchConfig("optcoinfer", knobs={"restarts": 0}))
     inc, _ = pr.exhaustive(table)
     assert r.new_evaluations == 0 and r.scheme == inc
 
@@ -159,8 +159,8 @@ CASES = [
 def test_matches_exhaustive_with_fewer_evaluations(shape, table_seed, query, seed):
     table = synthetic_table(POINTS, base=BASE, seed=table_seed, shape=shape)
     pr = Problem(query, MODEL, BASE)
-    oracle = run_search(pr, TableEvaluator(table), "exhaustive")
-    r = run_search(pr, TableEvaluator(table), "optcoinfer", seed=seed, n_restarts=1)
+    oracle = run_search(pr, TableEvaluator(table), SearchConfig("exhaustive"))
+    r = run_search(pr, TableEvaluator(table), SearchConfig("optcoinfer", seed=seed, knobs={"restarts": 1}))
     assert r.scheme == oracle.scheme
     assert r.accuracy == oracle.accuracy
     assert r.new_evaluations < oracle.new_evaluations
@@ -169,8 +169,8 @@ def test_matches_exhaustive_with_fewer_evaluations(shape, table_seed, query, see
 def test_deterministic_for_a_fixed_seed():
     table = synthetic_table(POINTS, base=BASE, seed=1)
     pr = Problem(LatencyQuery(0.01, 1.0), MODEL, BASE)
-    a = run_search(pr, TableEvaluator(table), "optcoinfer", seed=3, n_restarts=1)
-    b = run_search(pr, TableEvaluator(table), "optcoinfer", seed=3, n_restarts=1)
+    a = run_search(pr, TableEvaluator(table), SearchConfig("optcoinfer", seed=3, knobs={"restarts": 1}))
+    b = run_search(pr, TableEvaluator(table), SearchConfig("optcoinfer", seed=3, knobs={"restarts": 1}))
     assert a.evaluated() == b.evaluated() and len(a.evaluated()) > 1
 
 

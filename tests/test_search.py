@@ -21,7 +21,7 @@ from search.evaluators import TableEvaluator
 from search.latency import LatencyModel
 from search.problem import Problem
 from search.query import AccuracyQuery, LatencyQuery
-from search.runner import run_search
+from search.runner import SearchConfig, run_search
 from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 from tests.oracles import brute_force
 
@@ -38,7 +38,7 @@ def test_planners_find_the_brute_force_optimum(sampler, shape):
         table = synthetic_table(SMALL, noise=0.0, seed=seed, shape=shape)
         for q in QUERIES:
             problem = Problem(q, model, 0.9)
-            result = run_search(problem, TableEvaluator(table), sampler)
+            result = run_search(problem, TableEvaluator(table), SearchConfig(sampler))
             expected = brute_force(problem, table)
             if expected is None:  # the 0.01 ratio: no scheme is that fast
                 assert not result.feasible and result.certificate.exact, q
@@ -55,7 +55,8 @@ def test_optuna_samplers_find_the_optimum_on_a_tiny_space(sampler):
     queries = [LatencyQuery(0.05, 1), AccuracyQuery(0.9, 1)]
     for q in queries[:1] if sampler == "gp" else queries:  # GP proposes ~1 trial/s here: one query
         problem = Problem(q, model, 0.9)
-        result = run_search(problem, TableEvaluator(table), sampler, seed=0, max_evaluations=problem.space.size)
+        config = SearchConfig(sampler, seed=0, max_evaluations=problem.space.size)
+        result = run_search(problem, TableEvaluator(table), config)
         assert result.scheme == brute_force(problem, table), (sampler, q)
         assert result.new_evaluations <= problem.space.size
 
@@ -65,7 +66,7 @@ def test_coinfer_evaluates_a_small_part_and_its_certificate_proves_the_answer():
     model = synthetic_latency(points)
     table = synthetic_table(points, seed=1)
     problem = Problem(LatencyQuery(0.01, 1), model, 0.9)
-    result = run_search(problem, TableEvaluator(table), "coinfer")
+    result = run_search(problem, TableEvaluator(table), SearchConfig("coinfer"))
     assert result.certified and result.scheme == brute_force(problem, table)
     assert result.new_evaluations < 0.1 * problem.space.size
     # the certificate alone (answer + failed schemes) must rule out every faster scheme
@@ -84,14 +85,14 @@ def test_noisy_table_gives_an_honest_report():
     problem = Problem(AccuracyQuery(0.8, 1), synthetic_latency(SMALL), 0.9)
     assert problem.latency[problem.space.index(Scheme(5, 1, 1))] <= problem.budget
     ev = TableEvaluator(table, known={Scheme(5, 1, 1): 0.95, Scheme(5, 16, 8): 0.5})
-    result = run_search(problem, ev, "coinfer", tolerance=0.0)
+    result = run_search(problem, ev, SearchConfig("coinfer", tolerance=0.0))
     assert result.scheme == brute_force(problem, table) == Scheme(5, 1, 1)
     cert = result.certificate
     assert not cert.certified and "monotonicity" in cert.reason
     assert [(v.high, v.low) for v in cert.violations] == [(Scheme(5, 1, 1), Scheme(5, 16, 8))]
     assert cert.violations[0].drop == pytest.approx(0.45)
     # the exhaustive sampler evaluates everything that could matter: exact, so certified
-    exact = run_search(problem, TableEvaluator(table), "exhaustive").certificate
+    exact = run_search(problem, TableEvaluator(table), SearchConfig("exhaustive")).certificate
     assert exact.certified and exact.exact
 
 
@@ -101,7 +102,7 @@ def test_table_evaluator_counts_first_lookups(tmp_path):
     write_csv(table, path)
     ev = TableEvaluator.from_file(str(path), [p.channels for p in SMALL])
     problem = Problem(LatencyQuery(0.02, 1), synthetic_latency(SMALL), 0.9)
-    result = run_search(problem, ev, "exhaustive")
+    result = run_search(problem, ev, SearchConfig("exhaustive"))
     assert result.new_evaluations == len(ev.calls) == int((problem.latency < problem.reference).sum())
 
 
@@ -114,7 +115,7 @@ def test_a_table_that_lacks_schemes_answers_without_them(tmp_path, sampler):
     partial = {s: a for s, a in table.items() if s.p != 1}
     write_optcoinfer(partial, tmp_path / "t.txt")
     ev = TableEvaluator.from_file(str(tmp_path / "t.txt"), [p.channels for p in SMALL])
-    result = run_search(problem, ev, sampler)
+    result = run_search(problem, ev, SearchConfig(sampler))
     assert result.not_evaluable and all(s.p == 1 for s in result.not_evaluable)
     assert any(f"{len(result.not_evaluable)} schemes could not be evaluated" in n for n in result.notes)
     masked = {s: (a if s.p != 1 else -1.0) for s, a in table.items()}  # point 1 can never be chosen
@@ -306,12 +307,13 @@ def test_failed_evaluation_mid_search_leaves_a_resumable_database(tiny_app, tiny
     store = fresh_store("resume.sqlite")
     problem = Problem(LatencyQuery(0.02, 0.5), LatencyModel.from_store(store, tiny_app), 0.9)
     with pytest.raises(CoInferError, match="crashed"):
-        run_search(problem, DatabaseEvaluator(tiny_app, store, finetuner=ScriptedFinetune(3)), "coinfer")
+        run_search(problem, DatabaseEvaluator(tiny_app, store, finetuner=ScriptedFinetune(3)), SearchConfig("coinfer"))
     first_two = set(store.accuracy_table(tiny_app.name))
     assert len(first_two) == 2
-    resumed = run_search(problem, DatabaseEvaluator(tiny_app, store, finetuner=ScriptedFinetune(None)), "coinfer")
+    resumed = run_search(problem, DatabaseEvaluator(tiny_app, store, finetuner=ScriptedFinetune(None)),
+                         SearchConfig("coinfer"))
     whole = run_search(problem, DatabaseEvaluator(tiny_app, fresh_store("whole.sqlite"),
-                                                  finetuner=ScriptedFinetune(None)), "coinfer")
+                                                  finetuner=ScriptedFinetune(None)), SearchConfig("coinfer"))
     assert resumed.certified and resumed.scheme == whole.scheme == brute_force(problem, table)
     assert resumed.new_evaluations == whole.new_evaluations - 2
     assert resumed.reused_evaluations == len(first_two & set(whole.certificate.proof))
@@ -322,7 +324,7 @@ def test_the_study_tells_the_story_and_zero_budget_evaluates_nothing():
     table = synthetic_table(SMALL, seed=1)
     problem = Problem(LatencyQuery(0.02, 1), synthetic_latency(SMALL), 0.9)
     ev = TableEvaluator(table)
-    result = run_search(problem, ev, "coinfer")
+    result = run_search(problem, ev, SearchConfig("coinfer"))
     trials = result.study.trials
     evaluated = [t for t in trials if t.user_attrs["source"] == "evaluated"]
     assert [Scheme.parse(t.user_attrs["scheme"]) for t in evaluated] == ev.calls
@@ -330,7 +332,7 @@ def test_the_study_tells_the_story_and_zero_budget_evaluates_nothing():
     assert all(table[Scheme(t.params["p"], t.params["c"], t.params["b"])] == t.user_attrs["accuracy"]
                for t in evaluated)
     for sampler in ("coinfer", "tpe"):
-        assert run_search(problem, TableEvaluator(table), sampler, max_evaluations=0).new_evaluations == 0
+        assert run_search(problem, TableEvaluator(table), SearchConfig(sampler, max_evaluations=0)).new_evaluations == 0
 
 
 def test_when_nothing_can_be_fine_tuned_the_stored_values_answer(tmp_path, tiny_db, capsys):
@@ -367,7 +369,8 @@ def test_offline_answers_on_random_partial_tables_match_the_oracle(seed):
     for q in QUERIES:
         problem = Problem(q, model, 0.9)
         for tol in (0.0, 0.005):
-            result = run_search(problem, TableEvaluator(table, known=stored), "coinfer", tolerance=tol, offline=True)
+            config = SearchConfig("coinfer", tolerance=tol, offline=True)
+            result = run_search(problem, TableEvaluator(table, known=stored), config)
             expected = offline_oracle(problem, stored, tol)
             assert result.new_evaluations == 0
             if expected is None:
@@ -420,14 +423,14 @@ def test_cli_restarts_reach_optcoinfer_and_progress_ticks_per_evaluation(tiny_ap
     real = search.runner.run_search
 
     def spy(*args, **kwargs):
-        seen.update(kwargs, evaluator=args[1])
+        seen.update(evaluator=args[1], config=args[2])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(search.runner, "run_search", spy)
     args = ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage", tiny_db,
             "--sampler", "optcoinfer", "--restarts", "0", "--study-storage", "memory"]
     assert run("latency", [*args, "--progress"]) == 0
-    assert seen["n_restarts"] == 0 and isinstance(seen["evaluator"], ProgressEvaluator)
+    assert seen["config"].knobs == {"restarts": 0} and isinstance(seen["evaluator"], ProgressEvaluator)
     with pytest.raises(CoInferError, match="--restarts"):
         run("latency", [*args, "--restarts", "-1"])
 

@@ -14,7 +14,7 @@ import pytest
 from apps import REPO_ROOT
 from compress.scheme import Scheme
 from search import CoInferSampler, LatencyQuery, Objective, Problem, TableEvaluator, certify
-from search.runner import run_search
+from search.runner import SearchConfig, run_search
 from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 from tests.oracles import brute_force
 
@@ -61,7 +61,7 @@ WORKER = textwrap.dedent("""
     from search.evaluators import TableEvaluator
     from search.problem import Problem
     from search.query import LatencyQuery
-    from search.runner import run_search
+    from search.runner import SearchConfig, run_search
     from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
 
     class Slow(TableEvaluator):  # a fine-tune takes a while: the two workers overlap
@@ -72,7 +72,7 @@ WORKER = textwrap.dedent("""
     points = synthetic_points([4, 4, 8, 8, 8, 16, 16])
     problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(points), 0.9)
     ev = Slow(synthetic_table(points, seed=4))
-    r = run_search(problem, ev, "coinfer", study_name="shared", study_storage=sys.argv[1])
+    r = run_search(problem, ev, SearchConfig("coinfer", study_name="shared", study_storage=sys.argv[1]))
     print(json.dumps({"evaluated": [str(s) for s in ev.calls], "scheme": str(r.scheme), "certified": r.certified}))
 """)
 
@@ -88,7 +88,7 @@ def test_two_processes_share_one_study_and_never_evaluate_a_scheme_twice(tmp_pat
         outs.append(json.loads(out))
     table = synthetic_table(POINTS, seed=4)
     problem = Problem(LatencyQuery(0.02, 1.0), synthetic_latency(POINTS), 0.9)
-    single = run_search(problem, TableEvaluator(table), "coinfer")
+    single = run_search(problem, TableEvaluator(table), SearchConfig("coinfer"))
     evaluated = [s for o in outs for s in o["evaluated"]]
     assert len(evaluated) == len(set(evaluated))  # no scheme twice across the two workers
     assert all(o["evaluated"] for o in outs)  # both did work

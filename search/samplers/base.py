@@ -36,7 +36,7 @@ from search.problem import Problem
 from search.status import Status
 from search.study import add_known, measured, params_of, scheme_of
 
-CLAIM = "coinfer:scheme"
+SEARCH_CLAIM_KEY = "coinfer:scheme"  # system attr of a search trial: the scheme its sampler chose
 REPEAT = "coinfer:repeat"  # the trial re-runs the answer: nothing was left to evaluate
 POLL_S = 0.02
 
@@ -116,18 +116,18 @@ class PlannerSampler(BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        if CLAIM not in trial.system_attrs:
+        if SEARCH_CLAIM_KEY not in trial.system_attrs:
             raise RuntimeError(f"{type(self).__name__}: trial {trial.number} has no scheme (was before_trial run?)")
-        params, _ = params_of(Scheme.parse(trial.system_attrs[CLAIM]), self.problem)
+        params, _ = params_of(Scheme.parse(trial.system_attrs[SEARCH_CLAIM_KEY]), self.problem)
         return params[param_name]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if CLAIM in trial.system_attrs:
+        if SEARCH_CLAIM_KEY in trial.system_attrs:
             return
         scheme, repeat = self._choose(study, trial)
         if repeat:
             study._storage.set_trial_system_attr(trial._trial_id, REPEAT, True)
-        study._storage.set_trial_system_attr(trial._trial_id, CLAIM, str(scheme))
+        study._storage.set_trial_system_attr(trial._trial_id, SEARCH_CLAIM_KEY, str(scheme))
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: list[float] | None) -> None:
@@ -143,23 +143,22 @@ class PlannerSampler(BaseSampler):
         while True:
             trials = study.get_trials(deepcopy=False)
             earlier = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
-            unclaimed = [t for t in earlier if CLAIM not in t.system_attrs]
+            unclaimed = [t for t in earlier if SEARCH_CLAIM_KEY not in t.system_attrs]
             if unclaimed and time.monotonic() < deadline:
                 time.sleep(POLL_S)
                 continue
             ref = self.problem.single_end  # first the reference: no evaluation, and best_trial is then right
-            if not any(t.system_attrs.get(CLAIM) == str(ref) or scheme_of(t, self.problem) == ref for t in trials
+            if not any(_claim(t) == ref or scheme_of(t, self.problem) == ref for t in trials
                        if t.state == TrialState.COMPLETE or t in earlier):
                 return ref, False
             held = np.zeros(space.size, dtype=bool)  # claimed by running trials
             for t in earlier:
-                s = Scheme.parse(t.system_attrs[CLAIM]) if CLAIM in t.system_attrs else None
+                s = _claim(t)
                 if s is not None and s.is_split:
                     held[space.index(s)] = True
             failed = np.zeros(space.size, dtype=bool)  # schemes the evaluator could not evaluate
             for t in trials:
-                s = Scheme.parse(t.system_attrs[CLAIM]) if t.state == TrialState.FAIL and CLAIM in t.system_attrs \
-                    else None
+                s = _claim(t) if t.state == TrialState.FAIL else None
                 if s is not None and s.is_split:
                     failed[space.index(s)] = True
             t0 = time.perf_counter()
@@ -173,3 +172,9 @@ class PlannerSampler(BaseSampler):
                 answer = st.incumbent if st.incumbent is not None else self.problem.single_end
                 return self.problem.scheme(answer), True
             time.sleep(POLL_S)  # everything still open is held by other workers: wait for one
+
+
+def _claim(trial: FrozenTrial) -> Scheme | None:
+    """The scheme a trial's sampler chose for it (None before `before_trial`)."""
+    claim = trial.system_attrs.get(SEARCH_CLAIM_KEY)
+    return None if claim is None else Scheme.parse(claim)

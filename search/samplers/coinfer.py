@@ -19,16 +19,18 @@ a whole block of candidates (a "probe").
 Accuracy query (max A s.t. L <= budget). Best-first on the upper bound: the candidate whose
 accuracy could be highest, ties broken by how many candidates it dominates (its value bounds
 them all), then by more transmitted bits (more information, usually more accuracy).
+
+The two strategies are the queries' `pick` (search/query.py); this sampler supplies the
+feasibility estimate the latency query's score needs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from compress.scheme import Scheme
+from compress.scheme import MAX_BITS, Scheme
 from search.bounds import Knowledge
 from search.problem import Problem
-from search.query import LatencyQuery
 from search.samplers.base import PlannerSampler
 from search.status import Status
 
@@ -45,32 +47,12 @@ class CoInferSampler(PlannerSampler):
         s = problem.space
         cp = np.array([pt.channels for pt in s.points])[s.p]
         self._u = np.log(s.c) / np.log(cp + 1)  # position of each scheme in its point's grid
-        self._v = s.b / 8
+        self._v = s.b / MAX_BITS
 
     def pick(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
         if st.done:
             return None
-        if isinstance(self.problem.query, LatencyQuery):
-            return self._pick_latency(kn, st, held)
-        return self._pick_accuracy(kn, st, held)
-
-    def _pick_latency(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
-        pr = self.problem
-        cand = st.candidates
-        lat = pr.latency
-        open_ = ~kn.evaluated
-        q = np.where(st.lower >= pr.threshold, 1.0,
-                     np.where(st.upper < pr.threshold, 0.0, self._feasible_chance(kn, open_)))
-        cand_lat = np.sort(lat[cand])
-        slower = len(cand_lat) - np.searchsorted(cand_lat, lat, side="left")
-        gain_feasible = np.where(lat < st.incumbent_value, slower, 0)
-        gain_infeasible = kn.dominated_counts(cand)
-        score = np.where(open_ & ~held, q * gain_feasible + (1 - q) * gain_infeasible, -1.0)
-        best = score.max()
-        if best < 0:
-            return None
-        ties = np.flatnonzero(score >= best - 1e-9)
-        return int(ties[np.argmin(lat[ties])])
+        return self.problem.query.pick(self.problem, kn, st, held, self._feasible_chance)
 
     def _feasible_chance(self, kn: Knowledge, open_: np.ndarray) -> np.ndarray:
         """Estimated chance that each open scheme meets the threshold: a kernel-weighted share of
@@ -92,12 +74,3 @@ class CoInferSampler(PlannerSampler):
             w = np.exp(-d2 / KERNEL_WIDTH**2)
             q[sl][o] = (w @ ok[sl][e] + PRIOR_WEIGHT * prior) / (w.sum(1) + PRIOR_WEIGHT)
         return q
-
-    def _pick_accuracy(self, kn: Knowledge, st: Status, held: np.ndarray) -> int | None:
-        cand = np.flatnonzero(st.candidates & ~held)
-        if not len(cand):
-            return None
-        up = np.clip(st.upper[cand], None, 2.0)
-        dominated = kn.dominated_counts(st.candidates)[cand]
-        order = np.lexsort((-self.problem.model.bytes[cand], -dominated, -up))
-        return int(cand[order[0]])

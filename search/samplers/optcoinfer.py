@@ -88,10 +88,9 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import Matern
 
 from cli.errors import CoInferError
-from compress.scheme import Scheme
+from compress.scheme import BITS, MAX_BITS, Scheme
 from search.bounds import Knowledge
 from search.problem import Problem
-from search.query import LatencyQuery
 from search.samplers.base import PlannerSampler
 from search.space import Space
 from search.status import Status
@@ -179,7 +178,7 @@ def loss_bounds(space: Space, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     upper = np.full(space.size, np.inf)
     for pt in space.points:
         sl = space.grid_slice(pt.index)
-        g = loss[sl].reshape(pt.channels, 8)
+        g = loss[sl].reshape(pt.channels, len(BITS))
         known = ~np.isnan(g)
         if not known.any():
             continue
@@ -215,7 +214,7 @@ class OptCoInferSampler(PlannerSampler):
         s = problem.space
         widths = np.array([pt.channels for pt in s.points], dtype=float)
         self._widths = widths
-        self._x = np.column_stack([s.p / len(s.points), s.c / widths[s.p], s.b / 8.0])
+        self._x = np.column_stack([s.p / len(s.points), s.c / widths[s.p], s.b / MAX_BITS])
         self._anchors_x, self._anchors_y = self._anchors()
         self.rng = np.random.default_rng(seed)
         self.removed = np.zeros(s.size, dtype=bool)
@@ -225,23 +224,12 @@ class OptCoInferSampler(PlannerSampler):
         p = np.repeat(np.arange(n), 3)
         c = np.tile([0.0, 1.0, 1000.0], n)
         b = np.tile([1.0, 0.0, 10.0], n)
-        x = np.column_stack([p / n, c / self._widths[p], b / 8.0])
+        x = np.column_stack([p / n, c / self._widths[p], b / MAX_BITS])
         return x, np.tile([1.0, 1.0, 0.0], n)
 
     def constraints(self, kn: Knowledge) -> tuple[np.ndarray, float]:
         """(schemes within the latency constraint, loss constraint) as the paper would hold them."""
-        pr = self.problem
-        ev = kn.evaluated
-        if isinstance(pr.query, LatencyQuery):
-            met = ev & (kn.acc >= pr.threshold)
-            limit = min(pr.reference, float(pr.latency[met].min())) if met.any() else pr.reference
-            return pr.latency < limit, float(pr.query.accuracy_loss)
-        within = pr.latency <= pr.budget
-        done = ev & within
-        loss_con = INITIAL_LOSS_CONSTRAINT
-        if done.any():
-            loss_con = min(loss_con, float(pr.base - kn.acc[done].max()))
-        return within, loss_con
+        return self.problem.query.paper_constraints(self.problem, kn, INITIAL_LOSS_CONSTRAINT)
 
     def _filter_and_shrink(self, kn: Knowledge, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Steps 1 and 2: (filtered set, available set after the shrink, losses, loss constraint)."""
@@ -282,7 +270,6 @@ class OptCoInferSampler(PlannerSampler):
             mu, std = gp.predict(self._x[avail], return_std=True)
         lat = self.problem.latency[avail]
         if np.std(mu) < FLAT_MEAN:
-            pick = np.argmin(lat) if isinstance(self.problem.query, LatencyQuery) else np.argmax(lat)
-            return int(avail[pick])
+            return int(avail[self.problem.query.first_to_try(lat)])
         pi = norm.cdf((loss_con - mu) / (std + 1e-9))
         return int(avail[np.argmax(pi)])
