@@ -36,6 +36,7 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
 from reports.figure import OUT, save_figure
+
+if TYPE_CHECKING:
+    from database.storage import Storage
 
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
@@ -87,7 +91,7 @@ def mean_breakdown(bds: list):
                                                                               "wire")))
 
 
-def measure(app, storage: str | None, schemes: list[str], rates: list[float], n: int, warmup: int,
+def measure(app, storage: Storage, schemes: list[str], rates: list[float], n: int, warmup: int,
             quota: float | None, link: str, emulation: str, keep_warm: bool = True, fresh: bool = True,
             rounds: int = 3) -> list[dict]:
     from database.noise import reference_workload
@@ -237,14 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or any(r <= 0 for r in args.rates) or not 1 <= args.rounds <= args.n:
         raise CoInferError("--n must be >= 1, rates positive, --rounds in 1..n")
     app = load_app(args.app)
+    from database.storage import Storage
     from runtime.advisor import SchemeAdvisor
-    planner = SchemeAdvisor(app, args.storage)
+    storage = Storage.parse(args.storage)
+    planner = SchemeAdvisor(app, storage)
     optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
     prepare_weights(app, [*schemes, calibration_scheme(app)])
     quota = args.edge_cpu if args.edge_cpu is not None else app.edge_cpu_quota
     emulation = args.edge_emulation or app.edge_emulation
-    rows = measure(app, args.storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation,
+    rows = measure(app, storage, schemes, args.rates, args.n, args.warmup, quota or None, args.link, emulation,
                    args.keep_warm, args.profile == "fresh", args.rounds)
     for r in rows:
         r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]

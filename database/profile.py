@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from database.noise import drift, noise_of, reference_workload
+    from database.storage import Storage
     from database.store import Store
     from devices.fingerprint import fingerprint
     from devices.spec import DeviceSpec, load_devices
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     sides = ("edge", "cloud") if side == "both" else (side,)
     points = app_points(app)
     only = _points(args.points, len(points))
-    store = Store(args.storage)
+    storage = Storage.parse(args.storage)
+    store = Store(storage)
     store.check_writable()  # before minutes of profiling whose rows could not be stored
     check_not_profiled(store, app.name, args.device, sides, args.replace)
     quota = speed_flag if speed_flag is not None else args.cpu_quota if args.cpu_quota is not None else (
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             note = f"CPU quota {quota} requested but not applied ({reason}): profiled unthrottled"
             print(f"warning: {note}")
         else:
-            store = Store(args.storage)
+            store = Store(storage)
             store.check_writable()  # before the process moves into a cgroup
             try:
                 apply_cpu_quota(quota, f"coinfer-profile-{args.device}")
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CoInferError(f"cannot apply a CPU quota of {quota:g}: {exc}") from None
             window_s = 10 * quota_period_us(quota) / 1e6
     if store is None:
-        store = Store(args.storage)
+        store = Store(storage)
         store.check_writable()  # before minutes of profiling whose rows could not be stored
     torch.set_num_threads(args.threads)
     config = ProfileConfig(args.device, sides, runs=args.runs, warmup=args.warmup, passes=args.passes,

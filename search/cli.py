@@ -7,9 +7,9 @@ style (`--accuracy-loss`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--o
 bound, 2 on bad input.
 
 The search is an Optuna study, kept by default in a journal file beside a SQLite database
-(`<database>.studies.journal`; elsewhere in memory), named after the app, evaluator, query and
-devices: re-running a query resumes its study (`optuna.load_study` reads it, optuna-dashboard
-shows it).
+(`<database>.studies.journal`; a server's own database: `database.storage.Storage.study_storage`),
+named after the app, evaluator, query and devices: re-running a query resumes its study
+(`optuna.load_study` reads it, optuna-dashboard shows it).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apps import DEFAULT_APP, DEFAULT_STORAGE, load_app
+from apps import DEFAULT_APP, load_app
 from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
@@ -90,14 +89,6 @@ def build_parser(kind: str) -> ArgParser:
     return ap
 
 
-def default_study_storage(storage: str | None) -> str:
-    """A journal file beside a SQLite database file; in memory for any other database."""
-    url = storage or DEFAULT_STORAGE
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return str(Path(url.removeprefix("sqlite:///")).with_suffix(".studies.journal"))
-    return "memory"
-
-
 def run(kind: str, argv: list[str] | None = None) -> int:
     """Parse, search, print; heavy modules (torch, optuna, SQLAlchemy) are imported after parsing,
     so `--help` and bad flags answer at once."""
@@ -119,6 +110,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         raise CoInferError(f"--restarts must be >= 0, got {args.restarts}")
     if args.workers < 1:
         raise CoInferError(f"--workers must be at least 1, got {args.workers}")
+    from database.storage import Storage
     from database.store import Store
     from models.build import app_points
     from search.evaluators import make_evaluator
@@ -134,7 +126,8 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         device = f"cuda:{args.gpu}"
     app = load_app(args.app)
     widths = [p.channels for p in app_points(app)]  # the model builds (and traces) before the database opens
-    store = Store(args.storage, create=False, readonly=args.offline)
+    storage = Storage.parse(args.storage)
+    store = Store(storage, create=False, readonly=args.offline)
     edge, cloud = parse_device_pair(args.latency_profile)
     model = LatencyModel.from_store(store, app, edge, cloud, args.rtt)
     protocols = dict(store.protocols(app.name))
@@ -158,7 +151,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
         raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
     from search.bounds import DEFAULT_TOLERANCE
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    study_storage = args.study_storage or default_study_storage(args.storage)
+    study_storage = args.study_storage or storage.study_storage
     study_name = args.study_name or (f"{app.name}/{evaluator.name}/{query}/base{base:.6g}/"
                                      f"{model.devices[0]}->{model.devices[1]}")
     as_json = args.json or args.json_full
