@@ -4,7 +4,8 @@
 
 Each case runs one CLI in its own subprocess, in its own temp folder (its working directory), against
 its own copy of the shipped database (`--storage` points there), and passes when:
-- the exit code is 2;
+- the exit code is the case's `status`: 2 (bad input), or 3 where a URL names a server that cannot be
+  reached (cli.errors.Unreachable);
 - stderr is exactly one line, and no traceback appears on stdout or stderr;
 - no password of a URL appears (cases with a URL carry the password `s3cret`);
 - the database copy's bytes are unchanged, and so are the shipped database's;
@@ -115,7 +116,7 @@ def run_case(case: Case, root: Path, index: int, timeout_s: float, repo_lock: th
         code, stdout, stderr = None, str(exc.stdout or ""), str(exc.stderr or "")
         problems.append(f"hang: no exit within {timeout_s:g} s")
     seconds = time.perf_counter() - start
-    if code is not None and code != 2:
+    if code is not None and code != case.status:
         problems.append(f"exit code {code}")
     lines = stderr.splitlines()
     if len(lines) != 1:

@@ -11,20 +11,28 @@ SECRET = "s3cret"  # the password in every URL case: it must never be printed
 NAN, INF = float("nan"), float("inf")
 
 
+UNREACHABLE = "@127.0.0.1:1/"  # a PostgreSQL URL on port 1: no server answers there
+CHECKED_BEFORE_CONNECTING = {"bench.zoo"}  # refuses any server URL (it reads an SQLite file) without connecting
+
+
 @dataclass(frozen=True)
 class Case:
     """One bad input: a CLI (module or script) and its argv, with {db} (the case's database copy), {tmp} (its
     folder), {app} (its app YAML) and {repo} placeholders; `app` mutates the default app's YAML (a function
-    of the parsed mapping) or is the file's raw text; `fast` puts it in the test suite's subset."""
+    of the parsed mapping) or is the file's raw text; `fast` puts it in the test suite's subset; `status`:
+    the exit status expected (cli.errors: 2 bad input, 3 a server or database that cannot be reached)."""
     cli: str
     argv: tuple[str, ...]
     label: str
     app: Callable[[dict], None] | str | bytes | None = None
     fast: bool = False
+    status: int = 2
 
 
 def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False) -> Case:
-    return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast)
+    """A case; one whose argv names the unreachable server expects exit 3, unless its CLI refuses the URL first."""
+    unreachable = any(UNREACHABLE in a for a in argv) and cli not in CHECKED_BEFORE_CONNECTING
+    return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast, 3 if unreachable else 2)
 
 
 PROFILE = ('{{"format": "coinfer-latency-profile/1", "app": "vgg16_digits", "device": "cpu-edge", "fingerprint": {{}}, '

@@ -140,22 +140,25 @@ def as_storage(storage: Storage | str | None) -> Storage:
     return storage if isinstance(storage, Storage) else Storage.parse(storage)
 
 
-def is_unreachable(exc: BaseException | None) -> bool:
-    """Whether `exc` (or an exception in its chain) says a database server could not be reached."""
+def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
+    """The exception of `exc`'s chain that says a database server could not be reached, if one does."""
     for _ in range(10):
         if exc is None:
-            return False
-        if isinstance(exc, Unreachable):
-            return True
-        text = str(getattr(exc, "orig", None) or exc).lower()
-        if any(w in text for w in UNREACHABLE_WORDS):
-            return True
+            return None
+        orig = getattr(exc, "orig", None) or exc
+        if isinstance(exc, Unreachable) or any(w in str(orig).lower() for w in UNREACHABLE_WORDS):
+            return orig
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
+
+
+def is_unreachable(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception in its chain) says a database server could not be reached."""
+    return _unreachable_cause(exc) is not None
 
 
 def unreachable(what: str, url: str, exc: BaseException) -> Unreachable:
-    """One line for a database that cannot be reached, the password masked."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+    """One line for a database that cannot be reached (the driver's words), the password masked."""
+    cause = _unreachable_cause(exc) or exc
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     return Unreachable(f"{what} {mask_url(url)} unreachable: {mask_url(text)}")
