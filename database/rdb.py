@@ -43,6 +43,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from cli.errors import CoInferError, Unreachable, mask_url
+from database.storage import Storage
 
 CLAIM = "coinfer:claim"  # "p,c,b host:pid": the trial's scheme and its worker ("- host:pid": nothing to claim)
 RETRY_OF = "failed_trial"  # set by Optuna's retry callback on a retried trial
@@ -138,10 +139,14 @@ class BuildStorage(RDBStorage):
 
     def __init__(self, config: QueueConfig) -> None:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        sqlite = config.url.startswith("sqlite")
+        try:
+            backend = Storage(config.url).backend
+        except sa.exc.ArgumentError:  # Optuna refuses it below, in one line
+            backend = ""
+        sqlite = backend == "sqlite"
         if sqlite:
             kwargs["connect_args"] = {"timeout": 60}
-        elif config.url.startswith("postgresql"):
+        elif backend == "postgresql":
             kwargs["connect_args"] = {"options": "-c synchronous_commit=off"}
         self.config = config
         self.heartbeat_times: list[float] = []

@@ -199,10 +199,11 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     if "://" not in url:
         raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
     from database.rdb import create_tables_once
-    from database.storage import is_unreachable, unreachable
+    from database.storage import Storage, is_unreachable, unreachable
+    sqlite = Storage.parse(url).backend == "sqlite"
     try:  # several searches may open a new database at once
         return create_tables_once(lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None))
+            url, engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None))
     except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
         if is_unreachable(exc):
             raise unreachable("study storage", url, exc) from None
