@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol = job.protocol(app)
     finetuner = None  # made once, here, when this process fine-tunes (the base model, or one worker)
     if not synthetic and store.base(app.name, protocol) is None:
-        finetuner = make_finetuner(job, app)
+        from database.finetune import SchemeFinetuner
+        finetuner = SchemeFinetuner(app, accel=accel)  # this process's torch threads: as they are
         top1, top5 = finetuner.base_accuracy()
         store.put_base(app.name, protocol, top1, top5, len(finetuner.test), f"checkpoint {app.checkpoint.name}")
     before = set(store.accuracy_table(app.name, protocol, seed))
