@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     from database.predictor import resolve_device
     spec = resolve_device(edge, args.devices, tuple(apps))
     resolve_device(cloud, args.devices, tuple(apps))
+    from database.storage import Storage
     from database.store import Store
     from search.select import candidates, select
-    store = Store(args.storage, readonly=True)
+    store = Store(Storage.parse(args.storage), readonly=True)
     cands = candidates(store, apps, edge, cloud, args.bandwidth)
     selection = select(cands, args.accuracy_budget)
     predicted = sorted({f"{a.name}@{d}" for a in apps for d, sides in store.predicted(a.name).items()

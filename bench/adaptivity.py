@@ -211,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     app = load_app(args.app)
     from bench.freshprofile import reprofile, snapshot
     from bench.runtime import calibration_scheme, measured_rtt
+    from database.storage import Storage
     from database.store import Store
     from runtime.advisor import Adapter, SchemeAdvisor
     from runtime.edgeworker import EdgeWorker
     from runtime.testbed import Testbed, TestbedConfig
     from search.latency import LatencyModel
-    stored = SchemeAdvisor(app, args.storage)
+    storage = Storage.parse(args.storage)
+    stored = SchemeAdvisor(app, storage)
     points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
     quota = app.edge.speed or 0.125
     calib = calibration_scheme(app)
@@ -224,11 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     edge = app.edge.with_speed(quota)
     with Testbed(app.name, TestbedConfig(args.step[0], edge, cloud_args=["--no-finetuned"], link=args.link)) as tb, \
             EdgeWorker(tb, [calib, *points, "all-edge", "all-cloud"], app.name, finetuned=False) as worker:
-        storage = args.storage
         if args.profile == "fresh":  # every row again now, next to the runs (see bench.freshprofile)
-            store = snapshot(Store(args.storage, create=False), Path(tmp.name) / "profile.sqlite")
+            store = snapshot(Store(storage, create=False), Path(tmp.name) / "profile.sqlite")
             reprofile(store, app, quota if tb.edge.dilated else None, tb)
-            storage = store.url
+            storage = store.storage
         planner = SchemeAdvisor(app, storage)
         rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, args.step[0])
         model = LatencyModel.from_store(planner.store, app, rtt_s=rtt)
@@ -240,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         worker.set_edge_speed(tb, quota)
         target = str(Adapter(model, frontier).choose(args.step[1]))
         adaptive = adaptive_run(tb, worker, frontier_schemes, target,
-                                StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss, storage,
-                                           rtt))
+                                StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss,
+                                           storage.url, rtt))
         mode, notes = tb.mode, tb.notes
     plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
     data = {"app": app.name, "mode": mode, "notes": notes, "link": args.link, "n": args.n, "warmup": args.warmup,

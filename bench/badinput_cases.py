@@ -11,6 +11,10 @@ SECRET = "s3cret"  # the password in every URL case: it must never be printed
 NAN, INF = float("nan"), float("inf")
 
 
+UNREACHABLE = "@127.0.0.1:1/"  # a PostgreSQL URL on port 1: no server answers there
+CHECKED_BEFORE_CONNECTING = {"bench.zoo"}  # refuses any server URL (it reads an SQLite file) without connecting
+
+
 @dataclass(frozen=True)
 class Case:
     """One bad input: a CLI (module or script) and its argv, with {db} (the case's database copy), {tmp} (its
@@ -25,7 +29,11 @@ class Case:
     exit: int = 2
 
 
-def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False, exit: int = 2) -> Case:
+def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False, exit: int | None = None) -> Case:
+    """A case; unless `exit` is given, one whose argv names the unreachable database server expects exit 3,
+    unless its CLI refuses the URL before connecting."""
+    if exit is None:
+        exit = 3 if any(UNREACHABLE in a for a in argv) and cli not in CHECKED_BEFORE_CONNECTING else 2
     return Case(cli, tuple(argv), label or " ".join(argv)[:80], app, fast, exit)
 
 

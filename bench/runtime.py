@@ -37,6 +37,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,6 +49,9 @@ from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
 from reports.figure import OUT, fitted_title, save_figure
+
+if TYPE_CHECKING:
+    from database.storage import Storage
 
 TARGET_ERROR = 0.10
 WIRE_SLACK = 64
@@ -93,7 +97,7 @@ def mean_breakdown(bds: list):
 class MeasureConfig:
     """How `measure` runs: the link `rates` (Mbps); per scheme and rate `n` measured requests after `warmup`,
     in `rounds` (each after profiling again when `fresh`); the testbed's `edge` device (its speed and emulation;
-    speed None: full speed), `link` (tbf | paced) and `keep_warm`; `storage`: the database URL."""
+    speed None: full speed), `link` (tbf | paced) and `keep_warm`; `storage`: the database."""
 
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
     n: int = 60
@@ -103,7 +107,7 @@ class MeasureConfig:
     link: str = "paced"
     keep_warm: bool = True
     fresh: bool = True
-    storage: str | None = None
+    storage: Storage | None = None  # None: the shipped database
 
     def __post_init__(self) -> None:
         if self.n < 1 or not self.rates or any(r <= 0 for r in self.rates) or not 1 <= self.rounds <= self.n:
@@ -259,13 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     app = load_app(args.app)
+    from database.storage import Storage
     from devices.spec import with_flags
+    from runtime.advisor import SchemeAdvisor
+    storage = Storage.parse(args.storage)
     edge = with_flags(app.edge, None, args.speed, args.emulation)
     quota, emulation = edge.speed, edge.emulation
     config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, edge, args.link,
-                           args.keep_warm, args.profile == "fresh", args.storage)
-    from runtime.advisor import SchemeAdvisor
-    planner = SchemeAdvisor(app, args.storage)
+                           args.keep_warm, args.profile == "fresh", storage)  # checked before any work
+    planner = SchemeAdvisor(app, storage)
     optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
     schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
     prepare_weights(app, [*schemes, calibration_scheme(app)])

@@ -36,6 +36,7 @@ from pathlib import Path
 from cli.args import ArgParser
 from cli.errors import CoInferError, mask_url
 from cli.run import run_cli
+from database.storage import Storage
 
 HEARTBEAT_S, GRACE_S = 5.0, 30.0
 
@@ -45,29 +46,24 @@ def p95(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def check_server(server: str) -> None:
-    """One CoInferError line (the password masked) unless `server` is a PostgreSQL server this process can reach."""
-    import sqlalchemy as sa
+def check_server(server: str) -> Storage:
+    """The `--postgres` server as a Storage: one CoInferError line (the password masked) unless it is
+    a PostgreSQL URL, `Unreachable` (exit 3) unless this process can reach it."""
     try:
-        url = sa.engine.make_url(server)
-    except sa.exc.ArgumentError:
+        storage = Storage.parse(server)
+    except CoInferError:
         raise CoInferError(f"--postgres {mask_url(server)!r}: not a SQLAlchemy URL") from None
-    if url.get_backend_name() != "postgresql":
-        raise CoInferError(f"--postgres {mask_url(server)!r}: not a PostgreSQL URL")
-    try:
-        engine = sa.create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:  # SQLAlchemy / driver errors
-        raise CoInferError(f"cannot reach PostgreSQL server {mask_url(server)}: {type(exc).__name__}") from None
+    if storage.backend != "postgresql":
+        raise CoInferError(f"--postgres {storage.display!r}: not a PostgreSQL URL")
+    storage.check_reachable()
+    return storage
 
 
-def fresh_postgres(server: str) -> tuple[str, callable]:
-    """A new database on the server: (its URL, a function that drops it)."""
+def fresh_postgres(server: Storage) -> tuple[Storage, callable]:
+    """A new database on the server: (its storage, a function that drops it)."""
     import sqlalchemy as sa
     name = f"coinfer_scale_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
 
@@ -75,10 +71,10 @@ def fresh_postgres(server: str) -> tuple[str, callable]:
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
-    return sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False), drop
+    return server.with_database(name), drop
 
 
-def one_run(kind: str, workers: int, per_worker: int, delay: float, server: str | None) -> dict:
+def one_run(kind: str, workers: int, per_worker: int, delay: float, server: Storage | None) -> dict:
     """A fresh build with `workers` processes; returns throughput and the per-scheme costs."""
     from apps import load_app
     from compress.scheme import all_schemes
@@ -93,12 +89,11 @@ def one_run(kind: str, workers: int, per_worker: int, delay: float, server: str 
     drop = None
     if kind == "sqlite":
         folder = tempfile.mkdtemp(prefix="coinfer-scale-")
-        storage, queue = f"sqlite:///{folder}/acc.sqlite", f"sqlite:///{folder}/acc.queue.sqlite"
+        storage = Storage.parse(f"{folder}/acc.sqlite")
     else:
         storage, drop = fresh_postgres(server)
-        queue = storage
     try:
-        config = QueueConfig(queue, HEARTBEAT_S, GRACE_S, poll_s=0.2)
+        config = QueueConfig(storage.queue, HEARTBEAT_S, GRACE_S, poll_s=0.2)
         job = BuildJob("vgg16_digits", storage, config, schemes, 0, widths, f"synthetic:{delay}")
         name = study_name(app.name, synthetic_protocol(app), 0)
         Store(storage).close()  # the tables, before the workers race to create them
@@ -170,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ([] if args.no_sqlite else ["sqlite"]) + (["postgresql"] if args.postgres else [])
     if not kinds:
         raise CoInferError("nothing to measure: --no-sqlite without --postgres")
-    if args.postgres:
-        check_server(args.postgres)  # before any run: a bad URL fails in a second, not after the SQLite runs
+    server = check_server(args.postgres) if args.postgres else None  # before any run: a bad URL fails in a
+    # second, not after the SQLite runs
     if not args.json:
         print(f"bench.scale: builds of N x {args.per_worker} schemes with N in {counts} forked workers, the synthetic "
               f"evaluator sleeping {args.delay:g} s a scheme, heartbeat {HEARTBEAT_S:g} s; storages {kinds} "
@@ -180,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for kind in kinds:
         for n in counts:
-            run = one_run(kind, n, args.per_worker, args.delay, args.postgres)
+            run = one_run(kind, n, args.per_worker, args.delay, server)
             runs.append(run)
             if not args.json:
                 print(f"  {kind:<10} N={n}: {run['schemes']} schemes ({run['evaluations']} evaluations) in "

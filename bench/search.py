@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 seed, bandwidths 0.5 and 2 only")
     args = ap.parse_args(argv)
+    from database.storage import Storage
     from database.store import Store
     from search.bounds import DEFAULT_TOLERANCE
     from search.latency import LatencyModel
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tolerance is None:
         args.tolerance = DEFAULT_TOLERANCE
     app = load_app(args.app)
-    store = Store(args.storage)
+    store = Store(Storage.parse(args.storage))
     model = LatencyModel.from_store(store, app)
     table = store.accuracy_table(app.name, app.protocol.name, app.protocol.seed)
     base = store.base(app.name, app.protocol.name)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.args import ArgParser
-from cli.errors import CoInferError, mask_url
+from cli.errors import CoInferError
 from cli.run import run_cli
 from reports.figure import OUT, no_data, save_figure
 
@@ -163,23 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not 0 < args.bandwidth <= 1e6 or not 0 <= args.accuracy_loss < 1:
         raise CoInferError("--bandwidth must be in (0, 1e6] Mbps and --accuracy-loss in [0, 1)")
-    from apps import DEFAULT_STORAGE, load_app
+    from apps import load_app
     from apps.outpath import check_output_path
+    from database.storage import Storage
+    from database.store import Store
     if Path(args.out).parent == OUT:
         OUT.mkdir(parents=True, exist_ok=True)
     check_output_path(args.out)
     apps = [load_app(a.strip()) for a in args.apps.split(",") if a.strip()]
     if not apps:
         raise CoInferError("--apps names no app")
-    storage = args.storage or DEFAULT_STORAGE
-    if "://" in storage and not storage.startswith("sqlite:///"):
-        raise CoInferError(f"--storage {mask_url(storage)!r}: bench.zoo reads an SQLite file")
-    source = Path(storage.removeprefix("sqlite:///"))
+    storage = Storage.parse(args.storage)
+    source = storage.sqlite_path
+    if source is None:
+        raise CoInferError(f"--storage {storage.display!r}: bench.zoo reads an SQLite file")
     if not source.is_file():
         raise CoInferError(f"database file not found: {source}")
     import torch
     torch.set_num_threads(1)
-    from database.store import Store
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "zoo.sqlite"
         try:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 src.backup(dst)
         except sqlite3.DatabaseError as exc:
             raise CoInferError(f"cannot read database {source}: {exc}") from None
-        store = Store(str(copy))
+        store = Store(Storage.parse(str(copy)))
         rows = zoo_rows(store, apps, args.bandwidth, args.accuracy_loss, args.fit,
                         sys.stderr.isatty() and not args.json)
         store.close()

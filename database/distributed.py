@@ -41,36 +41,26 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
 from database.rdb import BUILD_CLAIM_KEY, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
 from database.store import Store
 
+if TYPE_CHECKING:
+    from apps import App
+    from database.evaluate import BuildJob
+
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SCHEMES = "coinfer:schemes:"  # study system attr prefix: the scheme lists workers were given
-
-
-def queue_url(storage_url: str) -> str:
-    """The build study's storage for an accuracy database: the same database for a server (its
-    own tables: studies, trials, ...), a `.queue.sqlite` file beside an SQLite file (the
-    accuracy file stays free of Optuna's tables)."""
-    if storage_url.startswith("sqlite:///") and storage_url != "sqlite:///:memory:":
-        path = storage_url.removeprefix("sqlite:///")
-        stem = path[:-len(".sqlite")] if path.endswith(".sqlite") else path
-        return f"sqlite:///{stem}.queue.sqlite"
-    if storage_url.startswith("sqlite"):
-        raise CoInferError("an in-memory database cannot hold a build shared by workers")
-    return storage_url
 
 
 def study_name(app: str, protocol: str, seed: int) -> str:
@@ -266,7 +256,7 @@ class BuildObjective:
                 self.report.found_stored += 1
                 return stored
         t0 = time.perf_counter()
-        row = self.finetuner.evaluate(scheme, self.seed)
+        row = self.finetuner.finetune_row(scheme, self.seed)
         t1 = time.perf_counter()
         with_retry(lambda: self.store.put_accuracy([row]), self.config)
         self.report.evaluate_s.append(t1 - t0)
@@ -299,23 +289,26 @@ def record_schemes(study: optuna.Study, schemes: list[Scheme]) -> None:
         study._storage.set_study_system_attr(study._study_id, key, text)
 
 
-def run_worker(config: QueueConfig, name: str, schemes: list[Scheme], store: Store, finetuner: Finetuner,
-               app: str, protocol: str, seed: int, progress: bool = False) -> WorkerReport:
-    """Work on the build study `name` until every scheme of `schemes` is stored or failed for
-    good, with nothing left running elsewhere (a running trial may die and be retried here)."""
+def run_worker(job: BuildJob, app: App, store: Store, finetuner: Finetuner, progress: bool = False) -> WorkerReport:
+    """Work on the job's build study until every scheme of `job.schemes` is stored or failed for
+    good, with nothing left running elsewhere (a running trial may die and be retried here).
+    `app`: the job's app, loaded; `store`: the job's storage, open; `finetuner`: the job's evaluator."""
     from cli.progress import progress as progress_bar
+    config, schemes, seed, protocol = job.queue, list(job.schemes), job.seed, job.protocol(app)
+    name, app_name = study_name(app.name, protocol, seed), app.name
     report = WorkerReport(worker_id())
     start = time.perf_counter()
     study = open_build(config, name)
     with_retry(lambda: record_schemes(study, schemes), config)
     # the trials before the rows: a trial finished by now wrote its row before it finished
     history = frozenset(a.number for a in with_retry(lambda: attempts(study), config) if a.state.is_finished())
-    stored = set(with_retry(lambda: store.accuracy_table(app, protocol, seed), config))
+    stored = set(with_retry(lambda: store.accuracy_table(app_name, protocol, seed), config))
     sampler = BuildSampler(schemes, stored & set(schemes), config.max_retry, report.worker, history=history)
     study.sampler = sampler
     total = len(set(schemes))
-    bar = progress_bar(total=total, initial=len(sampler.stored), desc=f"build {app}", unit="scheme", enabled=progress)
-    objective = BuildObjective(sampler, finetuner, store, app, protocol, seed, config, report,
+    bar = progress_bar(total=total, initial=len(sampler.stored), desc=f"build {app_name}", unit="scheme",
+                       enabled=progress)
+    objective = BuildObjective(sampler, finetuner, store, app_name, protocol, seed, config, report,
                                on_done=lambda _v: bar.update(1))
     try:
         while True:

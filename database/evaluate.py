@@ -20,10 +20,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import socket
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
@@ -31,60 +30,14 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme, all_schemes
+from database.storage import Storage
 from devices.torch_device import add_torch_device_argument, check_torch_device
 from models.accel import AMP_CHOICES, COMPILE_CHOICES, Accel
 
 if TYPE_CHECKING:  # torch, the data and the database load on first use (--help stays fast)
-    from compress.model import SchemeModel
     from database.distributed import QueueConfig, WorkerReport
     from database.finetuner import Finetuner
-    from database.store import AccuracyRow
-
-
-class FinetuneEvaluator:
-    """The app's evaluation protocol for one scheme (a `database.finetuner.Finetuner`). Data and base
-    model load once."""
-
-    def __init__(self, app: App, device: str = "cpu", accel: Accel | None = None) -> None:
-        import torch
-
-        from data import load_splits
-        from models.build import load_base_model
-        self.app = app
-        self.accel = accel or Accel.for_device(device)
-        self.device = torch.device(self.accel.device)
-        if self.accel.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
-        self.train, self.test = load_splits(app)
-        self.base = load_base_model(app).to(self.device)
-
-    def base_accuracy(self) -> tuple[float, float]:
-        from models.train import test_accuracy
-        return test_accuracy(self.base, self.test)
-
-    def finetune(self, scheme: Scheme, seed: int | None = None) -> SchemeModel:
-        """A split scheme of the base model, fine-tuned with the app's protocol (eval mode)."""
-        import torch
-
-        from compress.model import SchemeModel
-        from models.train import train_epochs
-        proto = self.app.protocol
-        seed = proto.seed if seed is None else seed
-        torch.manual_seed(seed)
-        model = SchemeModel(self.base, scheme)
-        train_epochs(model, self.train, replace(proto, seed=seed), accel=self.accel)
-        return model.eval()
-
-    def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
-        from database.store import AccuracyRow
-        from models.train import test_accuracy
-        proto = self.app.protocol
-        seed = proto.seed if seed is None else seed
-        start = time.perf_counter()
-        model = self.finetune(scheme, seed)
-        top1, top5 = test_accuracy(model, self.test)
-        return AccuracyRow(self.app.name, proto.name, *scheme, seed, top1, top5, len(self.test),
-                           time.perf_counter() - start, socket.gethostname())
+    from database.store import Store
 
 
 def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[Scheme]:
@@ -116,7 +69,7 @@ class BuildJob:
     """Everything a build worker needs, on any host (picklable: `--workers N` sends it to each)."""
 
     app_ref: str  # app name or YAML path
-    storage: str  # SQLAlchemy URL of the accuracy database
+    storage: Storage  # the accuracy database (database/storage.py)
     queue: QueueConfig  # the build study (database/distributed.py)
     schemes: tuple[Scheme, ...]
     seed: int
@@ -141,41 +94,44 @@ def make_finetuner(job: BuildJob, app: App) -> Finetuner:
     if job.threads is not None:
         import torch
         torch.set_num_threads(job.threads)
-    return FinetuneEvaluator(app, accel=job.accel)
+    from database.finetune import SchemeFinetuner
+    return SchemeFinetuner(app, accel=job.accel)
 
 
-def build_worker(job: BuildJob, progress: bool = False) -> WorkerReport:
+def build_worker(job: BuildJob, progress: bool = False, app: App | None = None, store: Store | None = None,
+                 finetuner: Finetuner | None = None) -> WorkerReport:
     """One worker of the build: works until every scheme of the job is stored (or failed for good)
-    and nothing is left running anywhere. The same on every host and in every `--workers` process."""
-    from database.distributed import run_worker, study_name
+    and nothing is left running anywhere. The same on every host and in every `--workers` process.
+    `app`, `store` and `finetuner`: the caller's, loaded and open already in this process (the CLI's);
+    a worker process loads the app, opens the store and makes its finetuner here, once."""
+    from database.distributed import run_worker
     from database.store import Store
-    app = load_app(job.app_ref)
-    store = Store(job.storage)
+    app = app if app is not None else load_app(job.app_ref)
+    own = store is None
+    store = Store(job.storage) if store is None else store
     try:
-        finetuner = make_finetuner(job, app)
-        protocol = job.protocol(app)
-        return run_worker(job.queue, study_name(app.name, protocol, job.seed), list(job.schemes), store,
-                          finetuner, app.name, protocol, job.seed, progress=progress)
+        return run_worker(job, app, store, finetuner if finetuner is not None else make_finetuner(job, app),
+                          progress=progress)
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 def _pool_worker(job: BuildJob) -> WorkerReport:
     try:
         return build_worker(job)
-    except CoInferError as exc:  # a pool re-raises it in the parent: keep it one line
-        raise CoInferError(f"build worker: {exc}") from None
+    except CoInferError as exc:  # a pool re-raises it in the parent: keep it one line (and its exit status)
+        raise type(exc)(f"build worker: {exc}") from None
 
 
-def build(job: BuildJob, workers: int = 1, progress: bool = True) -> list[WorkerReport]:
-    """Run `workers` build workers here (1: in this process); with several, a bar in this process
-    follows the accuracy table."""
+def build(job: BuildJob, app: App, store: Store, workers: int = 1, progress: bool = True,
+          finetuner: Finetuner | None = None) -> list[WorkerReport]:
+    """Run `workers` build workers here (1: in this process, on `app`, `store` and `finetuner` as they
+    are); with several, each process opens its own and a bar in this process follows the accuracy table."""
     if workers <= 1:
-        return [build_worker(job, progress)]
+        return [build_worker(job, progress, app, store, finetuner)]
     from cli.progress import progress as progress_bar
-    from database.store import Store
-    app = load_app(job.app_ref)
-    store, protocol, wanted = Store(job.storage), job.protocol(app), set(job.schemes)
+    protocol, wanted = job.protocol(app), set(job.schemes)
     ctx = mp.get_context("spawn")
     bar = progress_bar(total=len(wanted), desc=f"build {app.name} ({workers} workers)", unit="scheme",
                        enabled=progress)
@@ -189,7 +145,6 @@ def build(job: BuildJob, workers: int = 1, progress: bool = True) -> list[Worker
             return result.get()
     finally:
         bar.close()
-        store.close()
 
 
 def _parser() -> ArgParser:
@@ -240,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError(f"unknown evaluator {args.evaluator!r} (use finetune or synthetic[:SECONDS])")
     app = load_app(args.app)
     from compress.prune import check_in_space
-    from database.distributed import QueueConfig, queue_url, study_name
+    from database.distributed import QueueConfig, study_name
     from database.store import Store
     from database.synthetic_finetuner import parse_delay
     from models.build import app_points
@@ -260,23 +215,27 @@ def main(argv: list[str] | None = None) -> int:
     if not synthetic:
         from models.build import load_base_model
         load_base_model(app)  # the checkpoint exists and fits the app, before any database or worker
-    store = Store(args.storage)
+    storage = Storage.parse(args.storage)
+    queue = QueueConfig(Storage.parse(args.queue).url if args.queue is not None else storage.queue,
+                        args.heartbeat, args.grace, args.max_retry)
+    store = Store(storage)
     store.check_writable()  # before minutes of fine-tuning whose results could not be stored
-    queue = QueueConfig(args.queue or queue_url(store.url), args.heartbeat, args.grace, args.max_retry)
     seed = app.protocol.seed if args.seed is None else args.seed
     threads = None
     if args.workers > 1 and not synthetic:
         threads = max(1, (os.cpu_count() or 1) // args.workers)
-    job = BuildJob(args.app, store.url, queue, tuple(schemes), seed, tuple(widths), args.evaluator, accel, threads)
+    job = BuildJob(args.app, storage, queue, tuple(schemes), seed, tuple(widths), args.evaluator, accel, threads)
     protocol = job.protocol(app)
+    finetuner = None  # made once, here, when this process fine-tunes (the base model, or one worker)
     if not synthetic and store.base(app.name, protocol) is None:
-        evaluator = FinetuneEvaluator(app, accel=accel)
-        top1, top5 = evaluator.base_accuracy()
-        store.put_base(app.name, protocol, top1, top5, len(evaluator.test), f"checkpoint {app.checkpoint.name}")
+        from database.finetune import SchemeFinetuner
+        finetuner = SchemeFinetuner(app, accel=accel)  # this process's torch threads: as they are
+        top1, top5 = finetuner.base_accuracy()
+        store.put_base(app.name, protocol, top1, top5, len(finetuner.test), f"checkpoint {app.checkpoint.name}")
     before = set(store.accuracy_table(app.name, protocol, seed))
     start = time.perf_counter()
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    reports = build(job, args.workers, progress) if schemes else []
+    reports = build(job, app, store, args.workers, progress, finetuner) if schemes else []
     after = set(store.accuracy_table(app.name, protocol, seed))
     wall = time.perf_counter() - start
     new, missing = len(after - before), len(set(schemes) - after)

@@ -1,6 +1,6 @@
 """What fine-tunes a split scheme: the interface the weights store and the search's evaluator take.
 
-`database.evaluate.FinetuneEvaluator` is the implementation (the app's protocol: seed, data and
+`database.finetune.SchemeFinetuner` is the implementation (the app's protocol: seed, data and
 training loop of the accuracy database); tests and callers inject their own, e.g. one that counts
 or refuses fine-tunes, instead of patching modules.
 """
@@ -22,6 +22,6 @@ class Finetuner(Protocol):
         """The split scheme (Scheme(p, c, b)) fine-tuned with `seed` (None: the protocol's), in eval mode."""
         ...
 
-    def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
+    def finetune_row(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
         """The scheme fine-tuned as `finetune` does, then tested: its accuracy database row."""
         ...

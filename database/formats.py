@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-error", type=float, default=None, help="base model top-1 error (imports)")
     ap.add_argument("--storage", default=None)
     args = ap.parse_args(argv)
+    from database.storage import Storage
     from database.store import AccuracyRow, Store  # after parsing: --help needs neither SQLAlchemy nor torch
     from models.build import app_points
     app = load_app(args.app)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CoInferError("--base-error must be in [0, 1)")
         table = read_optcoinfer(args.path) if args.action == "import-optcoinfer" else read_csv(args.path)
         check_table(table, [p.channels for p in app_points(app)], str(args.path))
-        store = Store(args.storage)
+        store = Store(Storage.parse(args.storage))
         new = store.put_accuracy([AccuracyRow(app.name, protocol, p, c, b, args.seed, t, host="import")
                                   for (p, c, b), t in table.items()])
         if args.base_error is not None:
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         protocol = args.protocol or app.protocol.name
         check_output_path(args.path, "export")
-        table = Store(args.storage, create=False, readonly=True).accuracy_table(app.name, protocol, args.seed)
+        store = Store(Storage.parse(args.storage), create=False, readonly=True)
+        table = store.accuracy_table(app.name, protocol, args.seed)
         if not table:
             raise CoInferError(f"no accuracy entries for {app.name} / {protocol} / seed {args.seed}")
         try:

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     check_name(args.cloud, "--cloud")
     read_paper_profile(args.json)  # a bad file or app fails before the database is opened
     load_app(args.app)
+    from database.storage import Storage
     from database.store import Store
-    n = import_paper_profile(Store(args.storage), args.json, args.app, args.edge, args.cloud)
+    n = import_paper_profile(Store(Storage.parse(args.storage)), args.json, args.app, args.edge, args.cloud)
     print(f"imported {n} latency rows for {args.app}: devices {args.edge} (edge), {args.cloud} (cloud)")
     return 0
 

@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.sweep <= 10_000 and 1 <= args.runs <= 1000):
         raise CoInferError("--sweep must be in 1..10000 and --runs in 1..1000")
     from apps import load_app
+    from database.storage import Storage
     from database.store import Store
     app = load_app(args.app) if args.action == "predict" else None
     spec = resolve_device(args.device, args.devices, (app,) if app else ())
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         apps = [a.strip() for a in args.apps.split(",")] if args.apps else None
         for name in apps or []:
             load_app(name)  # an unknown app is one line before minutes of profiling
-        store = Store(args.storage)
+        store = Store(Storage.parse(args.storage))
         store.check_writable()
         samples, errors = fit_device(store, spec, default_models(apps, args.reference), config, args.sweep,
                                      args.runs, progress)
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     side = args.side or spec.side
     sides = ("edge", "cloud") if side == "both" else (side,)
-    store = Store(args.storage, create=False)  # the device's layer samples are in an existing database
+    store = Store(Storage.parse(args.storage), create=False)  # the device's layer samples are in an existing database
     predictor = LatencyPredictor.fit(fitted_samples(store, spec.name), config)
     store.check_writable()
     rows = store_predicted(store, app, spec.name, sides, predictor, args.replace)

@@ -378,8 +378,9 @@ def profile_device(app: App, config: ProfileConfig, store: Store, replace_old: b
 
 def main(argv: list[str] | None = None) -> int:
     app, config, args = parse(argv)
+    from database.storage import Storage
     from database.store import Store
-    done = profile_device(app, config, Store(args.storage), args.replace, args.keep_warm)
+    done = profile_device(app, config, Store(Storage.parse(args.storage)), args.replace, args.keep_warm)
     device = done.device
     quota = f" (CPU quota {device.speed} CPU)" if device.emulation == "quota" else ""
     print(f"{app.name} on {device.name}: {len(done.rows)} measurements stored"

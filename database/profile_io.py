@@ -121,19 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replace", action="store_true", help="import-profile: overwrite a different stored profile")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
     args = ap.parse_args(argv)
+    from database.storage import Storage
     from database.store import Store
+    storage = Storage.parse(args.storage)
     if args.action == "export-profile":
         if not args.device:
             raise CoInferError("export-profile needs --device NAME")
         from apps import load_app
         from apps.outpath import check_output_path
         check_output_path(args.path, "profile")
-        data = export_profile(Store(args.storage, create=False), load_app(args.app).name, args.device)
+        data = export_profile(Store(storage, create=False), load_app(args.app).name, args.device)
         args.path.write_text(json.dumps(data, indent=1) + "\n")
         print(f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}")
     else:
         data = read_profile(args.path)
-        n = import_profile(Store(args.storage), data, args.replace)
+        n = import_profile(Store(storage), data, args.replace)
         print(f"{n} rows of {data['device']} ({data['app']}) imported from {args.path}")
     return 0
 

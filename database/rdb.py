@@ -42,7 +42,8 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from cli.errors import CoInferError, mask_url
+from cli.errors import CoInferError, Unreachable, mask_url
+from database.storage import Storage
 
 # system attr of a build trial, "p,c,b host:pid": its scheme and its worker ("- host:pid": nothing to claim)
 BUILD_CLAIM_KEY = "coinfer:claim"
@@ -93,14 +94,20 @@ def is_db_error(exc: BaseException | None) -> bool:
 
 def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:
     """fn(), retried with backoff (0.5 s doubling to 8 s) for up to `retry_db_s` while the
-    database is unreachable."""
+    database is unreachable; then `Unreachable` (exit 3), one line, the password masked."""
     deadline, delay = time.monotonic() + config.retry_db_s, 0.5
     while True:
         try:
             return fn()
         except Exception as exc:
-            if not is_db_error(exc) or time.monotonic() > deadline:
+            if not is_db_error(exc):
                 raise
+            if time.monotonic() > deadline:
+                if isinstance(exc, CoInferError):  # the store's own line (Unreachable when it is)
+                    raise
+                orig = getattr(exc, "orig", None) or exc
+                text = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+                raise Unreachable(f"database unreachable for {config.retry_db_s:g} s: {mask_url(text)}") from None
             time.sleep(delay)
             delay = min(8.0, 2 * delay)
 
@@ -133,10 +140,14 @@ class BuildStorage(RDBStorage):
 
     def __init__(self, config: QueueConfig) -> None:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        sqlite = config.url.startswith("sqlite")
+        try:
+            backend = Storage(config.url).backend
+        except sa.exc.ArgumentError:  # Optuna refuses it below, in one line
+            backend = ""
+        sqlite = backend == "sqlite"
         if sqlite:
             kwargs["connect_args"] = {"timeout": 60}
-        elif config.url.startswith("postgresql"):
+        elif backend == "postgresql":
             kwargs["connect_args"] = {"options": "-c synchronous_commit=off"}
         self.config = config
         self.heartbeat_times: list[float] = []

@@ -21,12 +21,13 @@ Tables
   (app, device, side) as predicted by `database.predictor` rather than measured; a measured
   profile that replaces them removes the mark.
 
-Opening: `Store(url)` creates a missing database and its tables; `create=False` refuses a missing
-SQLite file (and creates nothing); `readonly=True` opens an existing SQLite file read-only
-(`mode=ro`), so a look that only reads never writes, never leaves -wal/-shm files beside it and
-works on a read-only file. A writer runs in WAL mode and, when it closes as the last connection,
-puts the file back in rollback mode, so readers find no WAL to keep. Error lines never show a
-URL's password (`cli.errors.mask_url`).
+Opening: `Store(storage)` (a `database.storage.Storage`, or a `--storage` text it parses) creates a
+missing database and its tables; `create=False` refuses a missing SQLite file (and creates nothing);
+`readonly=True` opens an existing SQLite file read-only (`mode=ro`), so a look that only reads never
+writes, never leaves -wal/-shm files beside it and works on a read-only file. A writer runs in WAL
+mode and, when it closes as the last connection, puts the file back in rollback mode, so readers
+find no WAL to keep. Error lines never show a URL's password (`cli.errors.mask_url`); a server that
+cannot be reached is `cli.errors.Unreachable` (exit 3).
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
-from apps import DEFAULT_STORAGE, Device
+from apps import Device
 from cli.errors import CoInferError, mask_url
 from compress.scheme import Scheme
+from database.storage import Storage, as_storage, is_unreachable, unreachable
 
 meta = sa.MetaData()
 
@@ -185,7 +187,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _db_error(url: str, exc: Exception) -> CoInferError:
-    """One line for a database failure, the URL's password masked."""
+    """One line for a database failure, the URL's password masked; `Unreachable` (exit 3) for a server
+    that cannot be reached."""
+    if is_unreachable(exc):
+        return unreachable("database", url, exc)
     text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(getattr(exc, "orig", exc)) else type(exc).__name__
     url = mask_url(url)
     if "locked" in text:
@@ -227,35 +232,30 @@ def _device_row(info: dict) -> dict:
 class Store:
     """The accuracy + latency databases behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str | None = None, create: bool = True, busy_timeout_s: float = 10.0,
+    def __init__(self, storage: Storage | str | None = None, create: bool = True, busy_timeout_s: float = 10.0,
                  readonly: bool = False) -> None:
-        if url is not None and not url.strip():
-            raise CoInferError("empty storage URL: give a SQLAlchemy URL or a file path, or leave --storage out")
-        self.url = url or DEFAULT_STORAGE
-        if "://" not in self.url:  # a plain path means an SQLite file
-            self.url = f"sqlite:///{Path(self.url).resolve()}"
+        self.storage = as_storage(storage)  # a --storage text (None: the shipped database) parsed once
+        self.url = self.storage.url
         self.readonly = readonly
         self._wrote: list[bool] = []  # non-empty once this store wrote a row (and put an SQLite file in WAL mode)
         engine_url = self.url
-        try:
-            parsed = sa.engine.make_url(self.url)
-        except ArgumentError as exc:
-            raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
-        path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-        if path and path != ":memory:" and not path.startswith("file:"):
+        sqlite_file = self.storage.sqlite_path
+        path = str(sqlite_file) if sqlite_file is not None and not self.storage.uri else None
+        if path:
             if (not create or readonly) and not Path(path).is_file():
                 raise CoInferError(f"database file not found: {path}")
             if readonly:
                 engine_url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
         try:
-            self.engine = sa.create_engine(engine_url, connect_args={"timeout": busy_timeout_s} if path else {})
+            self.engine = sa.create_engine(engine_url, connect_args={"timeout": busy_timeout_s}
+                                           if self.storage.backend == "sqlite" else {})
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise CoInferError(f"bad storage URL {mask_url(self.url)!r}: {mask_url(str(exc))}") from None
+            raise CoInferError(f"bad storage URL {self.storage.display!r}: {mask_url(str(exc))}") from None
         if self.engine.dialect.name == "sqlite" and not readonly:
-            if path and path != ":memory:" and not path.startswith("file:"):  # a URI names an existing file
+            if path:  # a URI names an existing file
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        if path and path != ":memory:" and not readonly:
+        if path and not readonly:
             self._closer = weakref.finalize(self, _rollback_mode, self.engine, path, self._wrote)
         else:
             self._closer = weakref.finalize(self, self.engine.dispose)

@@ -2,7 +2,7 @@
 
     python -m database.evaluate --evaluator synthetic:0.05 --storage ... --schemes point:7
 
-`SyntheticFinetuner` is a `database.finetuner.Finetuner` whose `evaluate` returns, for a scheme
+`SyntheticFinetuner` is a `database.finetuner.Finetuner` whose `finetune_row` returns, for a scheme
 and seed, the same row on every host and every run (a hash of app, protocol, scheme and seed
 seeds the noise), after sleeping `delay_s`. It exists to exercise what surrounds fine-tuning
 without its cost: the distributed build's claims, heartbeats, retries and accuracy writes
@@ -63,7 +63,7 @@ class SyntheticFinetuner:
     def finetune(self, scheme: Scheme, seed: int | None = None):
         raise CoInferError("the synthetic evaluator has accuracies, not weights: fine-tune with --evaluator finetune")
 
-    def evaluate(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
+    def finetune_row(self, scheme: Scheme, seed: int | None = None) -> AccuracyRow:
         seed = self.app.protocol.seed if seed is None else seed
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from cli.args import ArgParser
-from cli.errors import CoInferError, mask_url
+from cli.errors import CoInferError
 from cli.run import run_cli
+from database.storage import Storage
 
 WINDOW_S = 600.0
 
@@ -58,9 +58,9 @@ def parse_name(name: str) -> tuple[str, str, int] | None:
     return parts[1], parts[2], int(parts[3][4:])
 
 
-def build_status(queue: str, storage: str, app: str | None = None) -> list[BuildStatus]:
-    """The status of every build (of `app`) in the queue storage `queue`, against the accuracy
-    database `storage`."""
+def build_status(queue: str, storage: Storage | str, app: str | None = None) -> list[BuildStatus]:
+    """The status of every build (of `app`) in the queue storage `queue` (an Optuna RDB storage URL),
+    against the accuracy database `storage`."""
     import warnings
 
     import optuna
@@ -69,17 +69,22 @@ def build_status(queue: str, storage: str, app: str | None = None) -> list[Build
     from compress.scheme import Scheme
     from database.distributed import SCHEMES, scheme_of_claim
     from database.rdb import BUILD_CLAIM_KEY, RETRY_OF
+    from database.storage import as_storage, is_unreachable, unreachable
     from database.store import Store
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if queue.startswith("sqlite:///") and not Path(queue.removeprefix("sqlite:///")).is_file():
-        raise CoInferError(f"no build queue at {queue.removeprefix('sqlite:///')} (no build has run there)")
+    storage, queue_storage = as_storage(storage), Storage.parse(queue)
+    queue_file = queue_storage.sqlite_path
+    if queue_file is not None and not queue_file.is_file():
+        raise CoInferError(f"no build queue at {queue_file} (no build has run there)")
     try:
-        rdb = optuna.storages.RDBStorage(queue, skip_table_creation=True)
+        rdb = optuna.storages.RDBStorage(queue_storage.url, skip_table_creation=True)
         studies = rdb.get_all_studies()
     except Exception as exc:
-        raise CoInferError(f"cannot read build queue {mask_url(queue)}: {type(exc).__name__}") from None
-    store = Store(storage, create=False, readonly=storage.startswith("sqlite"))
+        if is_unreachable(exc):
+            raise unreachable("build queue", queue_storage.url, exc) from None
+        raise CoInferError(f"cannot read build queue {queue_storage.display}: {type(exc).__name__}") from None
+    store = Store(storage, create=False, readonly=storage.backend == "sqlite")
     out = []
     try:
         for st in studies:
@@ -156,14 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--app", default=None, help="only this app's builds")
     ap.add_argument("--json", action="store_true", help="one JSON line: a list of builds")
     args = ap.parse_args(argv)
-    from apps import DEFAULT_STORAGE
-    from database.distributed import queue_url
-    storage = DEFAULT_STORAGE if args.storage is None else args.storage
-    if not storage.strip():
-        raise CoInferError("empty storage URL")
-    if "://" not in storage:
-        storage = f"sqlite:///{Path(storage).resolve()}"
-    rows = build_status(args.queue or queue_url(storage), storage, args.app)
+    storage = Storage.parse(args.storage)
+    rows = build_status(args.queue if args.queue is not None else storage.queue, storage, args.app)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], separators=(",", ":")))
     else:

@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
                     help="--plot: the devices (default: the app's)")
     args = ap.parse_args(argv)
+    from database.storage import Storage
     from database.store import Store
-    store = Store(args.storage, create=False, readonly=True)
+    store = Store(Storage.parse(args.storage), create=False, readonly=True)
     if args.plot is not None:
         return plot(store, args)
     if args.bandwidth is not None or args.accuracy_loss is not None or args.latency is not None:

@@ -26,6 +26,7 @@ from cli.errors import CoInferError
 from compress.scheme import Scheme
 
 if TYPE_CHECKING:
+    from database.storage import Storage
     from search.latency import LatencyModel
 
 
@@ -113,7 +114,7 @@ class SchemeAdvisor:
     from it). `edge` / `cloud`: the profiled devices of the latency model (default: the app's own,
     `devices.edge.name` / `devices.cloud.name`), as `--latency-profile EDGE,CLOUD` of the searches."""
 
-    def __init__(self, app: App, storage: str | None = None, evaluate_missing: bool = False,
+    def __init__(self, app: App, storage: Storage | str | None = None, evaluate_missing: bool = False,
                  edge: str | None = None, cloud: str | None = None) -> None:
         from database.store import Store
         from search.evaluators import DatabaseEvaluator

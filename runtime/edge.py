@@ -310,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.client import EdgeClient
     torch.set_num_threads(args.threads)
     edge_name, cloud_name = parse_device_pair(args.latency_profile)
-    advisor = SchemeAdvisor(app, args.storage, args.evaluate_missing, edge_name, cloud_name) if args.auto else None
+    advisor = None
+    if args.auto:
+        from database.storage import Storage
+        advisor = SchemeAdvisor(app, Storage.parse(args.storage), args.evaluate_missing, edge_name, cloud_name)
     images, labels = load_images(app, args.n)
     depth = args.depth if args.queue else None
     client = EdgeClient(app, scheme or Scheme.ALL_CLOUD, config, device=device,

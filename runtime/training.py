@@ -3,7 +3,7 @@
     corun = TrainingCorun(TrainConfig("vgg16_digits", nice=19, threads=1, progress="train.csv"))
     corun.start(); ...; progress = corun.stop()      # TrainProgress(samples, finetunes, seconds)
 
-The loop is `database.evaluate.FinetuneEvaluator.finetune` (the app's protocol: prune + quantise,
+The loop is `database.finetune.SchemeFinetuner.finetune` (the app's protocol: prune + quantise,
 SGD for the protocol's epochs) over the app's split schemes (each point, all its channels, 8 bits),
 round and round, its models thrown away. It runs in a child process
 (`python -m runtime.training`), so its CPU share is the kernel's to arbitrate. The setting that
@@ -169,10 +169,10 @@ def run_loop(config: TrainConfig, parent: int | None = None) -> None:
     torch.set_num_threads(config.threads)
     from apps import load_app
     from compress.scheme import Scheme
-    from database.evaluate import FinetuneEvaluator
+    from database.finetune import SchemeFinetuner
     from models.build import app_points
     app = load_app(config.app)
-    evaluator = FinetuneEvaluator(app)
+    evaluator = SchemeFinetuner(app)
     counting = _Counting(evaluator.train)
     evaluator.train = counting
     schemes = [Scheme(pt.index, pt.channels, 8) for pt in app_points(app)]

@@ -57,11 +57,11 @@ def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Pat
 
 def finetune(app: App, scheme: Scheme, finetuner: Finetuner | None = None) -> tuple[SchemeModel, float]:
     """(model, top-1 on the app's test split) of a split scheme fine-tuned by `finetuner`, by default
-    with the app's protocol exactly as the accuracy database evaluates it (FinetuneEvaluator)."""
+    with the app's protocol exactly as the accuracy database evaluates it (SchemeFinetuner)."""
     from data import load_splits
-    from database.evaluate import FinetuneEvaluator
+    from database.finetune import SchemeFinetuner
     from models.train import test_accuracy
-    model = (finetuner if finetuner is not None else FinetuneEvaluator(app)).finetune(scheme)
+    model = (finetuner if finetuner is not None else SchemeFinetuner(app)).finetune(scheme)
     return model, test_accuracy(model, load_splits(app)[1])[0]
 
 

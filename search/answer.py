@@ -14,6 +14,7 @@ evaluator (and protocol), finds the base accuracy and names the study; every ref
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from apps import App, load_app
 from cli.errors import CoInferError
@@ -22,6 +23,9 @@ from search.latency import LatencyModel
 from search.problem import Problem
 from search.query import Query
 from search.runner import SearchConfig
+
+if TYPE_CHECKING:
+    from database.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class QueryRequest:
     search: SearchConfig  # its study_name None: named after app, evaluator, query, base and devices
     evaluator: str = "finetune"  # or table:PATH (search/evaluators.py)
     protocol: str | None = None  # the stored accuracy table to answer from (default: the app's)
-    storage: str | None = None  # SQLAlchemy URL of the databases (default: the shipped file)
+    storage: Storage | None = None  # the databases (default: the shipped file)
     edge: str | None = None  # profiled devices of the latency model (default: the app's)
     cloud: str | None = None
     rtt: float | None = None  # seconds (default: the app's)

@@ -4,12 +4,12 @@ Flags follow the paper (`-accuracy_loss 0.01 -latency 0.6 -bandwidth 1 -gpu 0`) 
 style (`--accuracy-loss`, `--torch-device`, `--app`, `--sampler`, `--evaluator`, `--storage`, `--offline`,
 `--json`, `--seed`, `--rtt`, `--latency-profile EDGE,CLOUD`, `--base-accuracy`, `--tolerance`,
 `--study-storage`, `--study-name`, `--workers`). Exit status: 0 with an answer, 1 when no scheme meets the
-bound, 2 on bad input.
+bound, 2 on bad input, 3 when the database or study server cannot be reached.
 
 The search is an Optuna study, kept by default in a journal file beside a SQLite database
-(`<database>.studies.journal`; elsewhere in memory), named after the app, evaluator, query and
-devices: re-running a query resumes its study (`optuna.load_study` reads it, optuna-dashboard
-shows it).
+(`<database>.studies.journal`; a server's own database: `database.storage.Storage.study_storage`),
+named after the app, evaluator, query and devices: re-running a query resumes its study
+(`optuna.load_study` reads it, optuna-dashboard shows it).
 
 `run` is four steps: `parse_request` (flags -> a frozen `search.answer.QueryRequest`; the query
 type from `search.query.QUERY_TYPES`, the sampler and its knob flags from the registry in
@@ -23,10 +23,9 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apps import DEFAULT_APP, DEFAULT_STORAGE
+from apps import DEFAULT_APP
 from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
@@ -91,14 +90,6 @@ def build_parser(kind: str) -> ArgParser:
     return ap
 
 
-def default_study_storage(storage: str | None) -> str:
-    """A journal file beside a SQLite database file; in memory for any other database."""
-    url = storage or DEFAULT_STORAGE
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return str(Path(url.removeprefix("sqlite:///")).with_suffix(".studies.journal"))
-    return "memory"
-
-
 def run(kind: str, argv: list[str] | None = None) -> int:
     """Parse, search, print; heavy modules (torch, optuna, SQLAlchemy) are imported after parsing,
     so `--help` and bad flags answer at once."""
@@ -125,15 +116,17 @@ def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
     if args.workers < 1:
         raise CoInferError(f"--workers must be at least 1, got {args.workers}")
     torch_device = torch_device_of(args.torch_device, args.gpu)
+    from database.storage import Storage
+    storage = Storage.parse(args.storage)
     edge, cloud = parse_device_pair(args.latency_profile)
     from search.answer import QueryRequest
     from search.bounds import DEFAULT_TOLERANCE
     from search.runner import SearchConfig
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    study_storage = args.study_storage or default_study_storage(args.storage)
+    study_storage = args.study_storage or storage.study_storage
     config = SearchConfig(args.sampler, tolerance, args.seed, spec.own_knobs(vars(args)), args.offline,
                           args.max_evaluations, study_name=args.study_name, study_storage=study_storage)
-    return QueryRequest(query, args.app, config, args.evaluator, args.protocol, args.storage, edge, cloud, args.rtt,
+    return QueryRequest(query, args.app, config, args.evaluator, args.protocol, storage, edge, cloud, args.rtt,
                         args.base_accuracy, torch_device)
 
 

@@ -81,13 +81,13 @@ class DatabaseEvaluator:
         if self._impossible is not None:
             raise NotEvaluable(self._impossible, everything=True)
         if self.finetuner is None:
-            from database.evaluate import FinetuneEvaluator
+            from database.finetune import SchemeFinetuner
             try:
-                self.finetuner = FinetuneEvaluator(self.app, self.device)
+                self.finetuner = SchemeFinetuner(self.app, self.device)
             except CoInferError as exc:  # no dataset, no checkpoint, ...: nothing can be fine-tuned here
                 self._impossible = f"cannot fine-tune schemes of {self.app.name}: {exc}"
                 raise NotEvaluable(self._impossible, everything=True) from None
-        row = self.finetuner.evaluate(scheme, seed=self.seed)
+        row = self.finetuner.finetune_row(scheme, seed=self.seed)
         self.store.put_accuracy([row])
         return row.top1
 

@@ -185,7 +185,9 @@ def add_known(study: optuna.Study, problem: Problem, schemes: list[Scheme], tabl
 
 def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     """None or "memory": in memory; a path ending in .journal / .log (or "journal:PATH"): Optuna's
-    JournalStorage in that file; anything else: a SQLAlchemy URL for Optuna's RDB storage."""
+    JournalStorage in that file; anything else: a SQLAlchemy URL for Optuna's RDB storage (a server
+    that cannot be reached: `Unreachable`, exit 3). The searches' default is
+    `database.storage.Storage.study_storage`."""
     if url is None or url == "memory":
         return None
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
@@ -197,10 +199,14 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     if "://" not in url:
         raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
     from database.rdb import create_tables_once
+    from database.storage import Storage, is_unreachable, unreachable
+    sqlite = Storage.parse(url).backend == "sqlite"
     try:  # several searches may open a new database at once
         return create_tables_once(lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None))
+            url, engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None))
     except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
+        if is_unreachable(exc):
+            raise unreachable("study storage", url, exc) from None
         raise CoInferError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}") from None
 
 

@@ -66,9 +66,9 @@ def test_cli_torch_device_flag_is_one_spelling(tiny_app_path, tmp_path, capsys, 
 
 @needs_gpu
 def test_a_gpu_fine_tune_matches_the_cpu_within_a_few_test_images(tiny_app):
-    from database.evaluate import FinetuneEvaluator
-    cpu = FinetuneEvaluator(tiny_app).evaluate(Scheme(6, 4, 4))
-    gpu = FinetuneEvaluator(tiny_app, accel=Accel.for_device("cuda")).evaluate(Scheme(6, 4, 4))
+    from database.finetune import SchemeFinetuner
+    cpu = SchemeFinetuner(tiny_app).finetune_row(Scheme(6, 4, 4))
+    gpu = SchemeFinetuner(tiny_app, accel=Accel.for_device("cuda")).finetune_row(Scheme(6, 4, 4))
     assert abs(gpu.top1 - cpu.top1) <= 0.05  # reduced precision and another shuffle order: close, not equal
 
 

@@ -36,6 +36,7 @@ from apps import REPO_ROOT, load_app
 from compress.scheme import Scheme, all_schemes
 from database.distributed import BuildStorage, QueueConfig, open_build, scheme_of_claim, study_name
 from database.evaluate import BuildJob, build_worker
+from database.storage import Storage
 from database.store import Store
 from database.synthetic_finetuner import SyntheticFinetuner, synthetic_protocol
 from models.build import app_points
@@ -69,7 +70,7 @@ def storages(kind: str, tmp_path, pg_url: str | None) -> tuple[str, str]:
 
 def job_for(storage: str, queue: str, schemes: list[Scheme], delay: float, **cfg) -> BuildJob:
     config = QueueConfig(queue, **{"heartbeat_s": 0.5, "grace_s": 2.5, "max_retry": 10, "poll_s": 0.2, **cfg})
-    return BuildJob("vgg16_digits", storage, config, tuple(schemes), 0, WIDTHS, f"synthetic:{delay}")
+    return BuildJob("vgg16_digits", Storage.parse(storage), config, tuple(schemes), 0, WIDTHS, f"synthetic:{delay}")
 
 
 def holds_a_scheme(storage: BuildStorage, study_id: int, pid: int) -> bool:
@@ -275,11 +276,11 @@ def test_concurrent_asks_on_postgres_number_trials_uniquely(pg_database):
 
 def test_synthetic_evaluator_is_deterministic_and_monotone_before_noise():
     ft = SyntheticFinetuner(APP, WIDTHS, noise=0.0)
-    assert ft.evaluate(Scheme(3, 4, 2)).top1 == ft.evaluate(Scheme(3, 4, 2)).top1
+    assert ft.finetune_row(Scheme(3, 4, 2)).top1 == ft.finetune_row(Scheme(3, 4, 2)).top1
     assert ft.top1(Scheme(3, 4, 2), 0) <= ft.top1(Scheme(3, 8, 2), 0) <= ft.top1(Scheme(3, 8, 5), 0)
     noisy = SyntheticFinetuner(APP, WIDTHS)
     assert noisy.top1(Scheme(3, 4, 2), 0) != noisy.top1(Scheme(3, 4, 2), 1)
-    assert noisy.evaluate(Scheme(0, 1, 1)).protocol.startswith("synthetic-")
+    assert noisy.finetune_row(Scheme(0, 1, 1)).protocol.startswith("synthetic-")
 
 
 # -- PostgreSQL restarted mid-build ----------------------------------------------------------

@@ -15,7 +15,7 @@ from conftest import serving
 from apps import DEFAULT_STORAGE, load_app
 from compress.scheme import Scheme
 from data import load_splits
-from database.evaluate import FinetuneEvaluator
+from database.finetune import SchemeFinetuner
 from models.train import test_accuracy as top1_top5  # (not collected as a test)
 from runtime import weights
 from runtime.weights import scheme_accuracy, scheme_model, scheme_path
@@ -24,25 +24,25 @@ torch.set_num_threads(1)
 
 
 class CountingFinetuner:
-    """The app's protocol (FinetuneEvaluator), counting the schemes it fine-tunes."""
+    """The app's protocol (SchemeFinetuner), counting the schemes it fine-tunes."""
 
     def __init__(self, app) -> None:
-        self.inner, self.tuned = FinetuneEvaluator(app), []
+        self.inner, self.tuned = SchemeFinetuner(app), []
 
     def finetune(self, scheme: Scheme, seed: int | None = None):
         self.tuned.append(scheme)
         return self.inner.finetune(scheme, seed)
 
-    def evaluate(self, scheme: Scheme, seed: int | None = None):
+    def finetune_row(self, scheme: Scheme, seed: int | None = None):
         self.tuned.append(scheme)
-        return self.inner.evaluate(scheme, seed)
+        return self.inner.finetune_row(scheme, seed)
 
 
 class RefusingFinetuner:
     def finetune(self, scheme: Scheme, seed: int | None = None):
         pytest.fail(f"fine-tuned {scheme} again")
 
-    def evaluate(self, scheme: Scheme, seed: int | None = None):
+    def finetune_row(self, scheme: Scheme, seed: int | None = None):
         pytest.fail(f"evaluated {scheme} again")
 
 

@@ -290,7 +290,7 @@ def test_failed_evaluation_mid_search_leaves_a_resumable_database(tiny_app, tiny
         def __init__(self, fail_at: int | None) -> None:
             self.calls, self.fail_at = 0, fail_at
 
-        def evaluate(self, scheme, seed=None):
+        def finetune_row(self, scheme, seed=None):
             self.calls += 1
             if self.calls == self.fail_at:
                 raise CoInferError("evaluation crashed")

@@ -74,7 +74,8 @@ def test_a_build_worker_that_cannot_start_fails_with_one_line(tmp_path) -> None:
     from compress.scheme import Scheme
     from database.distributed import QueueConfig
     from database.evaluate import BuildJob, _pool_worker
-    job = BuildJob("no_such_app", f"sqlite:///{tmp_path / 'a.sqlite'}",
+    from database.storage import Storage
+    job = BuildJob("no_such_app", Storage.parse(f"sqlite:///{tmp_path / 'a.sqlite'}"),
                    QueueConfig(f"sqlite:///{tmp_path / 'a.queue.sqlite'}"), (Scheme(0, 1, 1),), 0, (8,))
     with pytest.raises(CoInferError, match="build worker: unknown app"):
         _pool_worker(job)
