@@ -78,8 +78,9 @@ def one_run(kind: str, workers: int, per_worker: int, delay: float, server: Stor
     """A fresh build with `workers` processes; returns throughput and the per-scheme costs."""
     from apps import load_app
     from compress.scheme import all_schemes
+    from database.buildjob import BuildJob
     from database.distributed import QueueConfig, open_build, study_name
-    from database.evaluate import BuildJob, build_worker
+    from database.evaluate import build_worker
     from database.store import Store
     from database.synthetic_finetuner import synthetic_protocol
     from models.build import app_points

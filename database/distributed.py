@@ -55,7 +55,7 @@ from database.store import Store
 
 if TYPE_CHECKING:
     from apps import App
-    from database.evaluate import BuildJob
+    from database.buildjob import BuildJob
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -22,7 +22,6 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
@@ -30,12 +29,13 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme, all_schemes
+from database.buildjob import BuildJob, make_finetuner
 from database.storage import Storage
 from devices.torch_device import add_torch_device_argument, check_torch_device
 from models.accel import AMP_CHOICES, COMPILE_CHOICES, Accel
 
 if TYPE_CHECKING:  # torch, the data and the database load on first use (--help stays fast)
-    from database.distributed import QueueConfig, WorkerReport
+    from database.distributed import WorkerReport
     from database.finetuner import Finetuner
     from database.store import Store
 
@@ -62,40 +62,6 @@ def select_schemes(app: App, widths: list[int], spec: list[str]) -> list[Scheme]
     return list(dict.fromkeys(out))
 
 
-
-
-@dataclass(frozen=True)
-class BuildJob:
-    """Everything a build worker needs, on any host (picklable: `--workers N` sends it to each)."""
-
-    app_ref: str  # app name or YAML path
-    storage: Storage  # the accuracy database (database/storage.py)
-    queue: QueueConfig  # the build study (database/distributed.py)
-    schemes: tuple[Scheme, ...]
-    seed: int
-    widths: tuple[int, ...]  # C_p of the app's points
-    evaluator: str = "finetune"  # or "synthetic[:SECONDS]" (database/synthetic_finetuner.py)
-    accel: Accel = Accel()
-    threads: int | None = None  # torch threads of a worker (None: torch's default)
-
-    @property
-    def synthetic(self) -> bool:
-        return self.evaluator.startswith("synthetic")
-
-    def protocol(self, app: App) -> str:
-        from database.synthetic_finetuner import synthetic_protocol
-        return synthetic_protocol(app) if self.synthetic else app.protocol.name
-
-
-def make_finetuner(job: BuildJob, app: App) -> Finetuner:
-    if job.synthetic:
-        from database.synthetic_finetuner import SyntheticFinetuner, parse_delay
-        return SyntheticFinetuner(app, job.widths, parse_delay(job.evaluator))
-    if job.threads is not None:
-        import torch
-        torch.set_num_threads(job.threads)
-    from database.finetune import SchemeFinetuner
-    return SchemeFinetuner(app, accel=job.accel)
 
 
 def build_worker(job: BuildJob, progress: bool = False, app: App | None = None, store: Store | None = None,

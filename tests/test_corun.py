@@ -291,10 +291,10 @@ def test_profiler_samples_processes_and_skips_missing_gpu(tmp_path) -> None:
 @pytest.mark.slow
 def test_run_orchestration_all_cells(tiny_app_path, tmp_path) -> None:
     """bench.corun run end to end, small: layouts compared, base / train / batch cells, report targets."""
-    from bench.corun.run import RunConfig, run_corun
+    from bench.corun.run import CorunConfig, run_corun
     from runtime.batching import BatchPolicy
     run = tmp_path / "run"
-    cfg = RunConfig(str(run), (tiny_app_path,), ("4,2,4",), twin=True, clients=(2,), duration=1.5,
+    cfg = CorunConfig(str(run), (tiny_app_path,), ("4,2,4",), twin=True, clients=(2,), duration=1.5,
                     cells=("base", "train", "batch"), batch=BatchPolicy(4, 0.002), inprocess_s=0.5)
     run_corun(cfg, progress=lambda line: None)
     for name in ("inprocess.json", "layout.json", "profile.csv", "train-train.csv", "server-batch.stats"):

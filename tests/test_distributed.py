@@ -34,8 +34,9 @@ import sqlalchemy as sa
 
 from apps import REPO_ROOT, load_app
 from compress.scheme import Scheme, all_schemes
+from database.buildjob import BuildJob
 from database.distributed import BuildStorage, QueueConfig, open_build, scheme_of_claim, study_name
-from database.evaluate import BuildJob, build_worker
+from database.evaluate import build_worker
 from database.storage import Storage
 from database.store import Store
 from database.synthetic_finetuner import SyntheticFinetuner, synthetic_protocol

@@ -72,8 +72,9 @@ def test_output_path_checked_before_work(tmp_path) -> None:
 
 def test_a_build_worker_that_cannot_start_fails_with_one_line(tmp_path) -> None:
     from compress.scheme import Scheme
+    from database.buildjob import BuildJob
     from database.distributed import QueueConfig
-    from database.evaluate import BuildJob, _pool_worker
+    from database.evaluate import _pool_worker
     from database.storage import Storage
     job = BuildJob("no_such_app", Storage.parse(f"sqlite:///{tmp_path / 'a.sqlite'}"),
                    QueueConfig(f"sqlite:///{tmp_path / 'a.queue.sqlite'}"), (Scheme(0, 1, 1),), 0, (8,))

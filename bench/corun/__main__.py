@@ -154,7 +154,7 @@ def client(args) -> int:
 
 
 def run(args) -> int:
-    from bench.corun.run import RunConfig, run_corun
+    from bench.corun.run import CorunConfig, run_corun
     from runtime.batching import BatchPolicy
     if not args.duration > 0:
         raise CoInferError(f"--duration must be positive, got {args.duration:g}")
@@ -166,7 +166,7 @@ def run(args) -> int:
     modes = tuple(m.strip() for m in args.modes.split(","))
     if bad := [m for m in modes if m not in ("closed", "poisson")]:
         raise CoInferError(f"--modes: unknown mode {bad[0]!r} (closed, poisson)")
-    cfg = RunConfig(str(_new_run(args.out)), apps, schemes, not args.no_twin, args.twin_scheme,
+    cfg = CorunConfig(str(_new_run(args.out)), apps, schemes, not args.no_twin, args.twin_scheme,
                     _ints(args.clients, "--clients"), args.duration, args.load, modes, cells, args.train,
                     BatchPolicy(args.batch_images, args.batch_wait_ms / 1e3), args.layout, not args.no_layouts,
                     args.layout_rounds, args.seed)

@@ -1,6 +1,6 @@
 """One co-run benchmark into one folder: servers, profiler, in-process baseline, client sweeps, every cell.
 
-    run_corun(RunConfig(out="bench/out/corun/RUN"), progress=print)
+    run_corun(CorunConfig(out="bench/out/corun/RUN"), progress=print)
 
 Steps (all on loopback):
 
@@ -53,7 +53,7 @@ LAYOUTS = ("shared", "per-app")
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class CorunConfig:
     """The run (see the module doc). `apps` are names or YAML paths, `schemes` one per app."""
 
     out: str
@@ -161,7 +161,7 @@ def twin_app(ref: str, run: Path) -> Path:
     return path
 
 
-def _sweep(cfg: RunConfig, out: Path, tag: str, targets: tuple[Target, ...], modes: tuple[str, ...],
+def _sweep(cfg: CorunConfig, out: Path, tag: str, targets: tuple[Target, ...], modes: tuple[str, ...],
            saturation: dict[str, float], progress: Callable[[str], None],
            around: Callable[[], None] | None = None) -> dict[str, float]:
     """The closed then open sweeps of one cell; returns the saturation (req/s) per target of the closed one.
@@ -191,7 +191,7 @@ def _sweep(cfg: RunConfig, out: Path, tag: str, targets: tuple[Target, ...], mod
     return sat
 
 
-def compare_layouts(cfg: RunConfig, out: Path, refs: list[str], names: dict[str, str], targets_for,
+def compare_layouts(cfg: CorunConfig, out: Path, refs: list[str], names: dict[str, str], targets_for,
                     progress: Callable[[str], None]) -> dict:
     """`layout_rounds` rounds of a closed-loop cell at the largest client count per layout, the
     layouts' order alternating; per layout the medians over rounds (and every round)."""
@@ -225,7 +225,7 @@ def compare_layouts(cfg: RunConfig, out: Path, refs: list[str], names: dict[str,
                    "failed": sum(r["failed"] for r in rs), "each": rs} for name, rs in rounds.items()}
 
 
-def run_corun(cfg: RunConfig, progress: Callable[[str], None] = print) -> Path:
+def run_corun(cfg: CorunConfig, progress: Callable[[str], None] = print) -> Path:
     """Every step of the module doc into `cfg.out`; returns the folder."""
     from compress.scheme import Scheme
     out = Path(cfg.out)
