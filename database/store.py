@@ -345,8 +345,11 @@ class Store:
         return self._run(lambda conn: [dict(r._mapping) for r in conn.execute(q)])
 
     def protocols(self, app: str) -> list[tuple[str, int]]:
-        q = sa.select(accuracy.c.protocol, sa.func.count()).where(accuracy.c.app == app).group_by(
-            accuracy.c.protocol)
+        """Each protocol stored for `app` with its number of distinct schemes (a scheme fine-tuned with
+        several seeds counts once)."""
+        schemes = sa.select(accuracy.c.protocol, accuracy.c.p, accuracy.c.c, accuracy.c.b).where(
+            accuracy.c.app == app).distinct().subquery()
+        q = sa.select(schemes.c.protocol, sa.func.count()).group_by(schemes.c.protocol)
         return self._run(lambda conn: [(p, int(n)) for p, n in conn.execute(q)])
 
     def put_base(self, app: str, protocol: str, top1: float, top5: float | None = None,

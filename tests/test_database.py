@@ -36,6 +36,14 @@ def test_accuracy_writes_are_idempotent(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_protocols_count_distinct_schemes_not_seeds(tmp_path):
+    """A scheme fine-tuned with two seeds is one scheme of the space (reports.show printed 4226/4224)."""
+    store = Store(str(tmp_path / "db.sqlite"))
+    store.put_accuracy([row(), row(seed=7), row(c=2), row(c=2, seed=7), row(c=3, seed=7)])
+    store.put_accuracy([AccuracyRow("a", "other", 0, 1, 1, 0, 0.5), AccuracyRow("b", "proto", 0, 1, 1, 0, 0.5)])
+    assert sorted(store.protocols("a")) == [("other", 1), ("proto", 3)]
+
+
 def test_latency_upsert_and_devices(tmp_path):
     store = Store(str(tmp_path / "db.sqlite"))
     store.put_latency([LatencyRow("a", "d", 0, 4, "edge", 1.0)])
