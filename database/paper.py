@@ -16,7 +16,6 @@ header as the paper does, so the paper's worked figures are reproduced exactly.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from apps import REPO_ROOT, load_app
 from apps.schema import check_name
 from cli.args import ArgParser
 from cli.errors import CoInferError
+from cli.files import read_json
 from cli.run import run_cli
 
 if TYPE_CHECKING:
@@ -35,14 +35,7 @@ PAPER_FORMULA = "optcoinfer-paper"
 
 
 def read_paper_profile(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise CoInferError(f"cannot read paper profile {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CoInferError(f"paper profile {path} is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise CoInferError(f"paper profile {path} is not valid JSON (line {exc.lineno})") from None
+    data = read_json(path, "paper profile")
     if not isinstance(data, dict):
         raise CoInferError(f"paper profile {path} is not a JSON object")
     for key in ("edge_cumulative_s", "cloud_cumulative_s", "conv_point_index_1based", "edge_all_s"):

@@ -22,6 +22,7 @@ from apps import DEFAULT_APP
 from apps.schema import check_name
 from cli.args import ArgParser
 from cli.errors import CoInferError
+from cli.files import read_json
 from cli.run import run_cli
 
 FORMAT = "coinfer-latency-profile/1"
@@ -56,14 +57,7 @@ def _good_row(row) -> bool:
 
 
 def read_profile(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise CoInferError(f"cannot read profile {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CoInferError(f"profile {path} is not a text file") from None
-    except json.JSONDecodeError as exc:
-        raise CoInferError(f"profile {path} is not valid JSON (line {exc.lineno})") from None
+    data = read_json(path, "profile")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CoInferError(f"{path} is not a latency profile ({FORMAT}); write one with export-profile")
     for key in ("app", "device", "fingerprint", "rows"):
