@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     from models.build import pretrained_model
     app = load_app(args.app)
     out = check_output_path(args.out or app.checkpoint, "checkpoint")  # before minutes of training
-    train, test = load_splits(app)
     protocol = base_protocol(app)
     torch.manual_seed(protocol.seed)
     model, pretrained = pretrained_model(app)  # model.weights, when the app names them: fine-tune from them
+    train, test = load_splits(app)  # after the weights: a missing file is said before a large dataset is read
     if pretrained:
         print(f"{app.name}: {pretrained}")
     start = time.perf_counter()
