@@ -196,3 +196,16 @@ def test_bad_inputs_are_one_line(tmp_path: Path) -> None:
     odd = app_for(tmp_path, {"name": "image_folder", "root": str(tmp_path / "two"), "mean": [0.1, 0.2]})
     with pytest.raises(CoInferError, match=r"^app tiny_data: dataset.mean has 2 values, model.in_channels is 3$"):
         load_splits(odd)
+
+
+def test_transform_keys_are_checked(tmp_path: Path) -> None:
+    write_pngs(tmp_path / "two", {"apple": 2, "kiwi": 2, "plum": 2})
+    small = app_for(tmp_path, {"name": "image_folder", "root": str(tmp_path / "two"), "resize": 16})
+    with pytest.raises(CoInferError, match=r"^app tiny_data: dataset.resize 16 is smaller than model.input_size 32$"):
+        load_splits(small)
+    with pytest.raises(CoInferError, match=r"dataset.std.0: must be greater than 0, got 0.0"):
+        app_for(tmp_path, {"name": "image_folder", "root": str(tmp_path / "two"), "std": [0.0]})
+    five = app_for(tmp_path, {"name": "image_folder", "root": str(tmp_path / "two")}, in_channels=5)
+    with pytest.raises(CoInferError, match=r"^app tiny_data: image_folder images have 1 or 3 channels, "
+                                           r"model.in_channels is 5$"):
+        load_splits(five)
