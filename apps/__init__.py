@@ -75,6 +75,7 @@ class App:
     extra: dict[str, Any] = field(default_factory=dict)
     stem: str = "imagenet"  # "small": 3x3 stride-1 first conv of a zoo model (models/zoo.py)
     points: tuple[str, ...] | None = None  # partition points as graph node names (None: models/graph.py)
+    weights: str | None = None  # pretrained: a state-dict file or a torchvision weights name (models/pretrained.py)
 
     @property
     def edge_device(self) -> str:
@@ -141,4 +142,5 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         extra=dict(spec.model_extra or {}),
         stem=model.stem,
         points=None if model.points is None else tuple(model.points),
+        weights=model.weights,
     )

@@ -33,7 +33,7 @@ class _Spec(BaseModel):
 
 
 # the zoo (models/zoo.py): scaled builders; any other torchvision classification model is built as is
-ZOO_ARCHS = ("vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
+ZOO_ARCHS = ("vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
 NODE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # a torch.fx node name
 
 
@@ -47,15 +47,30 @@ class ModelSpec(_Spec):
     stem: Literal["imagenet", "small"] = "imagenet"  # small: a 3x3 stride-1 first conv (models/zoo.py)
     points: Annotated[list[Annotated[str, Field(pattern=NODE_PATTERN)]], Field(min_length=1, max_length=4096)] \
         | None = None  # partition points as graph node names (default: models/graph.py's rules)
+    weights: Annotated[str, Field(min_length=1, max_length=4096)] | None = None  # models/pretrained.py
+
+
+# the dataset kinds (data/__init__.py's DATASETS: one module each); tests/test_datasets.py checks both agree
+DATASET_NAMES = ("digits", "stanford_cars", "image_folder", "cifar10", "cifar100", "mnist", "svhn")
+DatasetName = Literal["digits", "stanford_cars", "image_folder", "cifar10", "cifar100", "mnist", "svhn"]
+Stats = Annotated[list[Annotated[Finite, Field(ge=-1e3, le=1e3)]], Field(min_length=1, max_length=3)]
 
 
 class DatasetSpec(_Spec):
+    """Where the images are and how they become tensors (data/transforms.py); every key is optional but the
+    name. `resize`, `mean`, `std` and `augment` apply to the image datasets (not digits, not stanford_cars)."""
+
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)  # a dataset may take its own keys
-    name: Literal["digits", "stanford_cars"]
+    name: DatasetName
     root: str | None = None
     test_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     split_seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
     limit_train: Annotated[int, Field(ge=1)] | None = None
+    test_fraction: Annotated[Finite, Field(gt=0, lt=1)] | None = None  # image_folder without train/ and test/
+    resize: Annotated[int, Field(ge=1, le=4 * MAX_INPUT_SIZE)] | None = None  # shorter side, before the crop
+    mean: Stats | None = None  # per channel (1 or 3 values), after scaling to [0, 1]
+    std: Annotated[list[Annotated[Finite, Field(gt=0, le=1e3)]], Field(min_length=1, max_length=3)] | None = None
+    augment: bool = False  # train: a random crop (padded by 1/8) and a horizontal flip instead of the centre crop
 
 
 class TrainSpec(_Spec):

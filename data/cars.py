@@ -65,7 +65,7 @@ def cars_transforms(size: int) -> tuple[transforms.Compose, transforms.Compose]:
     return train, test
 
 
-def load_cars_splits(app: App) -> tuple[Dataset, Dataset]:
+def load_splits(app: App) -> tuple[Dataset, Dataset]:
     if app.in_channels != 3:
         raise CoInferError(f"app {app.name}: Stanford Cars images are RGB, model.in_channels must be 3")
     root = cars_root(app)

@@ -18,7 +18,7 @@ from apps import App
 from cli.errors import CoInferError
 
 
-def load_digits_splits(app: App) -> tuple[TensorDataset, TensorDataset]:
+def load_splits(app: App) -> tuple[TensorDataset, TensorDataset]:
     test_size = int(app.dataset.get("test_size", 600))
     seed = int(app.dataset.get("split_seed", 0))
     limit = app.dataset.get("limit_train")

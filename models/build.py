@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from apps import App
 from cli.errors import CoInferError
@@ -19,14 +20,36 @@ from models.vgg import partition_points, vgg16_bn, vgg16_widths
 
 def build_model(app: App) -> Splittable:
     """The app's model, untrained (`model.arch`: models.zoo)."""
+    return _splittable(app, _module(app))
+
+
+def pretrained_model(app: App) -> tuple[Splittable, str]:
+    """The app's model with its `model.weights` loaded (models/pretrained.py: head replaced for the app's
+    classes, first conv fitted to its input channels), and a line saying what was loaded; without
+    `model.weights`, the untrained model and "". models.train starts from this."""
+    module = _module(app)
+    if app.weights is None:
+        return _splittable(app, module), ""
+    from models.pretrained import load_pretrained
+    note = load_pretrained(module, app)
+    return _splittable(app, module), note
+
+
+def _module(app: App) -> nn.Module:
     if app.arch == "vgg16_bn":
         if app.points is not None:
             raise CoInferError("model.points: vgg16_bn's points are its 13 conv blocks; points name nodes of "
                                "traced models only")
         return vgg16_bn(app.width, app.num_classes, app.in_channels, app.input_size, app.classifier_hidden)
-    from models.graph import GraphModel
     from models.zoo import BUILDERS, torchvision_model
-    module = BUILDERS.get(app.arch, torchvision_model)(app)
+    return BUILDERS.get(app.arch, torchvision_model)(app)
+
+
+def _splittable(app: App, module: nn.Module) -> Splittable:
+    """VGG as it is; any other model traced with torch.fx and split by models.graph.GraphModel."""
+    if app.arch == "vgg16_bn":
+        return module  # type: ignore[return-value]
+    from models.graph import GraphModel
     return GraphModel(module, app.in_channels, app.input_size, app.num_classes,
                       None if app.points is None else list(app.points), app.arch)
 

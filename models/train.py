@@ -2,6 +2,8 @@
 
     python -m models.train --app vgg16_digits    # writes checkpoints/vgg16_digits.pt
 
+An app with `model.weights` starts from those pretrained weights (models/pretrained.py) and fine-tunes.
+
 The checkpoint is a plain state_dict (tensors only) so it loads with weights_only=True.
 """
 
@@ -136,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from data import load_splits
-    from models.build import build_model
+    from models.build import pretrained_model
     app = load_app(args.app)
     out = check_output_path(args.out or app.checkpoint, "checkpoint")  # before minutes of training
-    train, test = load_splits(app)
     protocol = base_protocol(app)
     torch.manual_seed(protocol.seed)
-    model = build_model(app)
+    model, pretrained = pretrained_model(app)  # model.weights, when the app names them: fine-tune from them
+    train, test = load_splits(app)  # after the weights: a missing file is said before a large dataset is read
+    if pretrained:
+        print(f"{app.name}: {pretrained}")
     start = time.perf_counter()
     train_epochs(model, train, protocol, progress=True)
     top1, top5 = test_accuracy(model, test)
