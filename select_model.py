@@ -5,6 +5,8 @@
 
 Selection: search/select.py. Measurement: runtime/vnv.py (in this process, the link computed), or with
 --testbed runtime/vnv_testbed.py (the real split runtime on the testbed, the link shaped by tc tbf).
+Each app's edge and cloud profiles say where they were measured (`profiles` in --json); one emulated on this CPU
+but measured on another machine is a warning line on stderr (database/provenance.py).
 Exit status: 0 when both VnV criteria pass (or with --select-only), 1 when one fails, 2 on bad input
 (one line on stderr).
 """
@@ -74,11 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     from search.select import candidates, select
     store = Store(Storage.parse(args.storage), readonly=True)
     cands = candidates(store, apps, edge, cloud, args.bandwidth)
+    from database.provenance import model_uses, warn_foreign
+    uses = {a.name: model_uses(store, a, (edge, cloud)) for a in apps}
+    warn_foreign(u for app_uses in uses.values() for u in app_uses)  # never a foreign profile silently
     selection = select(cands, args.accuracy_budget)
     predicted = sorted({f"{a.name}@{d}" for a in apps for d, sides in store.predicted(a.name).items()
                         if d in (edge, cloud)})
     out = {"edge": edge, "cloud": cloud, "bandwidth_mbps": args.bandwidth, "selection": selection.to_json(),
-           "predicted_profiles": predicted}
+           "predicted_profiles": predicted,
+           "profiles": {name: [u.to_json() for u in app_uses] for name, app_uses in uses.items()}}
     report = None
     if not args.select_only:
         from runtime.vnv import RunConfig, measure

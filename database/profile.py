@@ -12,7 +12,9 @@ at batch size 1 after warm-up:
   conv has c input channels and the top-5 softmax the runtime's cloud replies with;
 plus the whole model on the edge (point P, all-edge), the edge's share of all-cloud (point -1:
 quantise + pack the raw input) and the whole model in the cloud from the raw input (point -1).
-Median and p90 of N runs are stored with the device's fingerprint. Every call runs under
+Median and p90 of N runs are stored with the device's fingerprint, and the profile's own provenance
+(that fingerprint with the device's speed and emulation, and when: `Store.put_provenance`), which
+profiling another app on the same device never changes. Every call runs under
 `torch.inference_mode()`, as the runtime's (no_grad was 0.5-4 % slower on the default tails).
 Each sample is one call after 5 ms idle (`--idle-ms`), as a request's stage finds the machine
 in the runtime, and the samples are spread over `--passes` rounds of all rows. Every CPU is kept
@@ -370,7 +372,9 @@ def profile_device(app: App, config: ProfileConfig, store: Store, replace_old: b
         rows = profile_app(app, config)
         noise = noise_of(rows, drift(before, reference_workload()))
     info = dict(fingerprint(config.torch_device), noise=noise.to_json())
-    store.put_device(config.device.name, info, note, config.device)
+    store.put_device(config.device.name, info, note, config.device)  # keeps other apps' provenance (store.py)
+    emulated = dict(info, speed=config.device.speed, emulation=config.device.emulation)
+    store.put_provenance(app.name, config.device.name, config.sides, emulated, "measured")
     store.put_shapes(app.name, [(p.index, p.name, p.channels, p.height, p.width) for p in app_points(app)])
     store.put_latency(rows)
     return Profiled(rows, config.device, noise, note)

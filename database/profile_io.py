@@ -4,7 +4,10 @@
     python -m database.profile_io import-profile pi-like.json [--replace]                          # on the server
 
 The file holds the app, the device name, its fingerprint (devices/fingerprint.py, with the
-profile's noise), the activation shapes and every row (side, point, channels, median, p90, n).
+profile's noise), each side's provenance (the fingerprint it was measured on, and when), the
+activation shapes and every row (side, point, channels, median, p90, n). Import records each side's
+provenance as `imported` (a file without provenance: its fingerprint, measured at an unknown time):
+an imported profile is another machine's by nature and is never compared with this one.
 Import merges: rows of a side the database lacks for that device are added; a side it already
 has is refused with one line naming `--replace` (then that side's old rows are replaced), unless
 the file's rows equal the stored ones (importing twice is a no-op). A device profiled on two
@@ -14,6 +17,7 @@ machines (edge here, cloud there) keeps the first fingerprint and records the ot
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from pathlib import Path
@@ -38,8 +42,22 @@ def export_profile(store, app: str, device: str) -> dict:
     info = store.device(device) or {}
     notes = info.pop("notes", "")
     return {"format": FORMAT, "app": app, "device": device, "fingerprint": info, "notes": notes,
+            "provenance": store.provenance(app, device),
             "shapes": [list(s) for s in store.shapes(app)],
             "rows": [{k: getattr(r, k) for k in ROW_KEYS} for r in rows]}
+
+
+def _provenance(data: dict, side: str) -> tuple[dict, dt.datetime | None]:
+    """(fingerprint, measured_at) of one side of a profile file: its `provenance` entry, else (a file written before
+    provenance) the file's fingerprint, measured at an unknown time."""
+    entry = (data.get("provenance") or {}).get(side)
+    if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), dict):
+        return dict(data["fingerprint"]), None
+    try:
+        when = dt.datetime.fromisoformat(entry["measured_at"]) if entry.get("measured_at") else None
+    except (TypeError, ValueError):
+        when = None
+    return dict(entry["fingerprint"]), when
 
 
 def _good_row(row) -> bool:
@@ -102,6 +120,9 @@ def import_profile(store, data: dict, replace: bool = False) -> int:
     if data.get("shapes"):
         store.put_shapes(app, [tuple(s) for s in data["shapes"]])
     store.put_latency(new)
+    for side in sides:
+        fp, when = _provenance(data, side)
+        store.put_provenance(app, device, (side,), fp, "imported", when)
     return len(new)
 
 

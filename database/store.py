@@ -20,6 +20,13 @@ Tables
 - predicted_profile(app, device, side, predictor JSON, created): marks the layer_latency rows of
   (app, device, side) as predicted by `database.predictor` rather than measured; a measured
   profile that replaces them removes the mark.
+- profile_provenance(app, device, side, fingerprint JSON, source, measured_at): where (app, device, side)'s
+  latency rows were measured (the fingerprint, with the device's speed and emulation) and whether they were
+  `measured` here by database.profile or `imported` (database.profile_io). A profile that predates the table
+  has none and reads the device row's fingerprint (source `device`); before a device row is rewritten, every
+  such profile of that device is given its own row from the old one (`_freeze_provenance`), so profiling one
+  app never changes what another app's profiles say. The table is created by its first write (`ON_WRITE_TABLES`),
+  not by opening: an old database opened for writing but not written (the shipped one) stays byte-identical.
 
 Opening: `Store(storage)` (a `database.storage.Storage`, or a `--storage` text it parses) creates a
 missing database and its tables; `create=False` refuses a missing SQLite file (and creates nothing);
@@ -140,6 +147,22 @@ predicted_profile = sa.Table(
     sa.Column("created", sa.DateTime),
     sa.UniqueConstraint("app", "device", "side", name="uq_predicted_key"),
 )
+
+profile_provenance = sa.Table(
+    "profile_provenance", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("measured_at", sa.DateTime),
+    sa.UniqueConstraint("app", "device", "side", name="uq_provenance_key"),
+)
+
+PROVENANCE_SOURCES = ("measured", "imported", "device")  # database.profile, database.profile_io, the device row
+ON_WRITE_TABLES = (profile_provenance,)  # created by the first write to them: opening an old database changes nothing
+OPEN_TABLES = [t for t in meta.sorted_tables if t not in ON_WRITE_TABLES]  # created by a writable open
 
 
 @dataclass(frozen=True)
@@ -267,9 +290,9 @@ class Store:
                 # collide in PostgreSQL's catalogue, so they take turns under a transaction-scoped lock
                 with self.engine.begin() as conn:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                    meta.create_all(conn)
+                    meta.create_all(conn, tables=OPEN_TABLES)
             else:
-                meta.create_all(self.engine)
+                meta.create_all(self.engine, tables=OPEN_TABLES)
         except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
 
@@ -373,9 +396,12 @@ class Store:
         """Remove a device's rows of these sides for `app` (a replaced profile); returns how many."""
         stmt = layer_latency.delete().where(layer_latency.c.app == app, layer_latency.c.device == device_name,
                                             layer_latency.c.side.in_(sides))
-        pp = predicted_profile.c
+        pp, pv = predicted_profile.c, profile_provenance.c
         mark = predicted_profile.delete().where(pp.app == app, pp.device == device_name, pp.side.in_(sides))
-        return self._run(lambda conn: (conn.execute(mark), conn.execute(stmt).rowcount)[1])
+        where = profile_provenance.delete().where(pv.app == app, pv.device == device_name, pv.side.in_(sides))
+        if not self._has(profile_provenance):
+            where = sa.select(sa.literal(0))  # a database without provenance has none to remove
+        return self._run(lambda conn: (conn.execute(mark), conn.execute(where), conn.execute(stmt).rowcount)[2])
 
     def latency_rows(self, app: str, device_name: str | None = None) -> list[LatencyRow]:
         q = sa.select(layer_latency).where(layer_latency.c.app == app)
@@ -412,6 +438,7 @@ class Store:
         info = _device_row(fingerprint)
         if emulated is not None:
             info.update(speed=emulated.speed, emulation=emulated.emulation)
+        self._freeze_provenance(name)
         self._upsert(device, [dict(name=name, fingerprint=json.dumps(info, sort_keys=True),
                                    notes=notes)], ["name"])
 
@@ -432,6 +459,18 @@ class Store:
         rows = [dict(device=s.device, source=s.source, name=s.layer.name, kind=s.layer.kind,
                      layer=json.dumps(s.layer.to_json()), seconds=s.seconds, created=_now()) for s in samples]
         self._upsert(layer_sample, rows, ["device", "source", "name"])
+
+    def _create(self, table: sa.Table) -> None:
+        """Create one of `ON_WRITE_TABLES` before its first row (PostgreSQL: under the schema lock)."""
+        if self._has(table):
+            return
+        self._wal()
+
+        def create(conn) -> None:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            table.create(conn, checkfirst=True)
+        self._run(create)
 
     def _has(self, table: sa.Table) -> bool:
         """Whether the database has `table` (one opened read-only may predate it)."""
@@ -465,3 +504,69 @@ class Store:
         for name, side in self._run(lambda conn: list(conn.execute(q))):
             out.setdefault(name, set()).add(side)
         return out
+
+    # -- provenance: where each profile was measured --------------------------------------
+    def put_provenance(self, app: str, device_name: str, sides: Iterable[str], fingerprint: dict, source: str,
+                       measured_at: dt.datetime | None = None) -> None:
+        """Record where (app, device, side)'s rows were measured: `fingerprint` (with speed and emulation), `source`
+        (measured or imported) and when (default: now)."""
+        if source not in PROVENANCE_SOURCES:
+            raise ValueError(f"provenance source must be one of {PROVENANCE_SOURCES}, got {source!r}")
+        text = json.dumps(_device_row(fingerprint), sort_keys=True)
+        when = measured_at or _now()
+        self._create(profile_provenance)
+        self._upsert(profile_provenance, [dict(app=app, device=device_name, side=side, fingerprint=text, source=source,
+                                               measured_at=when) for side in sides], ["app", "device", "side"])
+
+    def provenance(self, app: str, device_name: str) -> dict[str, dict]:
+        """{side: {fingerprint, source, measured_at (ISO text or None)}} for each side of the device's profile of
+        `app`; a side without its own row (written before provenance was kept) reads the device row's fingerprint
+        (source `device`, measured when its newest latency row was written)."""
+        ll = layer_latency.c
+        q = sa.select(ll.side, sa.func.max(ll.created)).where(ll.app == app, ll.device == device_name).group_by(ll.side)
+        newest = dict(self._run(lambda conn: [tuple(r) for r in conn.execute(q)]))
+        out: dict[str, dict] = {}
+        if self._has(profile_provenance):
+            pv = profile_provenance.c
+            q = sa.select(pv.side, pv.fingerprint, pv.source, pv.measured_at).where(pv.app == app,
+                                                                                   pv.device == device_name)
+            for side, text, source, when in self._run(lambda conn: list(conn.execute(q))):
+                out[side] = {"fingerprint": json.loads(text), "source": source, "measured_at": _iso(when)}
+        missing = sorted(set(newest) - set(out))
+        if missing:
+            row = self.device(device_name) or {}
+            row.pop("notes", None)
+            row = json.loads(json.dumps(row, sort_keys=True))  # as a stored provenance row reads
+            for side in missing:
+                out[side] = {"fingerprint": row, "source": "device", "measured_at": _iso(newest[side])}
+        return dict(sorted(out.items()))
+
+    def _freeze_provenance(self, device_name: str) -> None:
+        """Give every profile of `device_name` that reads the device row its own provenance row (before the
+        device row changes)."""
+        ll, pv = layer_latency.c, profile_provenance.c
+        q = sa.select(ll.app, ll.side, sa.func.max(ll.created)).where(ll.device == device_name).group_by(
+            ll.app, ll.side)
+        have = sa.select(pv.app, pv.side).where(pv.device == device_name)
+        stored = set(self._run(lambda conn: [tuple(r) for r in conn.execute(have)])) if self._has(
+            profile_provenance) else set()
+        missing = [(a, side, when) for a, side, when in self._run(lambda conn: [tuple(r) for r in conn.execute(q)])
+                   if (a, side) not in stored]
+        if not missing:
+            return
+        row = self.device(device_name)
+        if row is None:
+            return
+        row.pop("notes", None)
+        text = json.dumps(row, sort_keys=True)
+        self._create(profile_provenance)
+        self._upsert(profile_provenance, [dict(app=a, device=device_name, side=side, fingerprint=text, source="device",
+                                               measured_at=when) for a, side, when in missing],
+                     ["app", "device", "side"])
+
+
+def _iso(when) -> str | None:
+    """A stored time as ISO text (SQLite may hand back text)."""
+    if when is None:
+        return None
+    return when.isoformat(timespec="seconds") if isinstance(when, dt.datetime) else str(when)

@@ -7,7 +7,9 @@ A device profiled on one side only (an edge machine, a cloud server, an imported
 is listed with the role it can play in `--latency-profile EDGE,CLOUD`. Devices imported with the
 paper's formula (`optcoinfer-paper`) count no compute for all-cloud: the paper's all-cloud is the
 transfer only, and that is what is said instead of a 0 ms figure. `--plot` draws the scheme space
-(reports/space_plot.py).
+(reports/space_plot.py). Each device says where its profiles were measured (`profiles` in --json:
+per side the machine, when, and whether measured here, imported, or read from the device row of a
+database older than provenance).
 """
 
 from __future__ import annotations
@@ -33,18 +35,39 @@ def summary(store, app_name: str) -> dict:
     devices = {}
     predicted = store.predicted(app.name)
     for name, sides in sorted(store.profiled_devices(app.name).items()):
-        info = store.device(name) or {}
+        notes = (store.device(name) or {}).get("notes", "")
+        profiles = store.provenance(app.name, name)
+        info = next(iter(profiles.values()))["fingerprint"]  # what it was measured on (the edge side's if they differ)
         rows = store.latency_rows(app.name, name)
         whole = {r.side: r.median_s for r in rows if (r.side, r.point) in (("edge", len(points)), ("cloud", -1))}
         devices[name] = {"sides": sorted(sides), "rows": len(rows), "speed": info.get("speed"),
                          "emulation": info.get("emulation") if info.get("speed") else None,
                          "cpu_model": info.get("cpu_model"), "gpu": info.get("gpu"),
-                         "formula": info.get("formula"), "whole_model_s": whole, "notes": info.get("notes", ""),
-                         "role": role(sorted(sides)), "predicted": sorted(predicted.get(name, set()) & sides)}
+                         "formula": info.get("formula"), "whole_model_s": whole, "notes": notes,
+                         "role": role(sorted(sides)), "predicted": sorted(predicted.get(name, set()) & sides),
+                         "profiles": {side: provenance_json(prov) for side, prov in profiles.items()}}
     protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
                  for proto, n in store.protocols(app.name)]
     return {"app": app.name, "space": space, "points": len(points), "protocols": protocols,
             "devices": devices}
+
+
+def provenance_json(prov: dict) -> dict:
+    """Where one side of a profile was measured: the machine in words, when, how it came, the fingerprint."""
+    from devices.fingerprint import describe_machine
+    return {"machine": describe_machine(prov["fingerprint"]), "measured_at": prov["measured_at"],
+            "source": prov["source"], "fingerprint": prov["fingerprint"]}
+
+
+def measured_on(profiles: dict) -> str:
+    """'measured on AMD EPYC, 2 CPUs (2026-11-23T19:16:24)', per side where the sides differ."""
+    def one(p: dict) -> str:
+        when = f" ({p['measured_at']})" if p["measured_at"] else ""
+        return f"{p['machine']}{when}" + (", imported" if p["source"] == "imported" else "")
+    texts = {side: one(p) for side, p in profiles.items()}
+    if len(set(texts.values())) == 1:
+        return f"measured on {next(iter(texts.values()))}"
+    return "measured on " + "; ".join(f"{side}: {text}" for side, text in texts.items())
 
 
 def role(sides: list[str]) -> str:
@@ -112,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['speed']:g}" if slowed else "")
             pred = f", predicted: {'+'.join(d['predicted'])} (database.predictor)" if d["predicted"] else ""
             print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}{pred}); {whole_model(d)}")
+            print(f"    {measured_on(d['profiles'])}")
             if len(d["sides"]) == 1:
                 print(f"    {d['role']}")
     return 0

@@ -19,7 +19,9 @@ of the devices file or the app (its speed), `--speed S` (default $COINFER_SPEED,
 a device S times as fast as this CPU.
 
 `--auto` probes the uplink (or starts from `--bandwidth`), then picks the scheme with the search
-(a latency query at the estimate over the app's accuracy database, `runtime.advisor`).
+(a latency query at the estimate over the app's accuracy database, `runtime.advisor`); a profile it
+uses that was emulated on another machine is a warning line on stderr, and `profiles` in --json says
+where each was measured (database/provenance.py).
 `--adapt` precomputes the optimal scheme on a log grid of 0.125..8 Mbps and, before every
 request, runs the frontier scheme the latency model predicts fastest at the current estimate
 (`runtime.advisor.Adapter`). `--queue` pipelines the requests (Neurosurgeon's queue mode; with
@@ -122,6 +124,10 @@ def format_auto(info: dict, accuracy_loss: float) -> list[str]:
         lines.append(f"auto: accuracy loss <= {accuracy_loss:g}; bandwidth estimate {info['estimates'][-1]:.3f} Mbps "
                      f"at the end; schemes used: {', '.join(dict.fromkeys(info['schemes']))}")
     lines += [f"  switched to {s} before request {i} (estimate {m:.3f} Mbps)" for i, s, m in info.get("switches", [])]
+    if info.get("profiles"):
+        lines.append("  profiles: " + "; ".join(f"{d['device']} ({d['side']}) measured on {d['machine']}"
+                                                + (", not this machine" if d["foreign"] else "")
+                                                for d in info["profiles"]))
     return lines
 
 
@@ -314,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.auto:
         from database.storage import Storage
         advisor = SchemeAdvisor(app, Storage.parse(args.storage), args.evaluate_missing, edge_name, cloud_name)
+        from database.provenance import model_uses, warn_foreign
+        profiles = model_uses(advisor.store, app, advisor.model.devices)
+        warn_foreign(profiles)  # the choice rests on latencies of another machine: say so
     images, labels = load_images(app, args.n)
     depth = args.depth if args.queue else None
     client = EdgeClient(app, scheme or Scheme.ALL_CLOUD, config, device=device,
@@ -322,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     info: dict = {}
     if advisor is not None:
         preds, info = asyncio.run(run_auto(client, images, advisor, AutoConfig(args.accuracy_loss, args.adapt, depth)))
+        info["profiles"] = [u.to_json() for u in profiles]
     else:
         preds = asyncio.run(run_fixed(client, images, depth))
     summary = summarise(preds, labels)

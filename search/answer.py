@@ -5,7 +5,8 @@ between parsing their flags and printing the answer.
     ready = prepare(request)                     # the app, databases, latency model, evaluator, base accuracy
     result = run_search(ready.problem, ready.evaluator, ready.config)
 
-`prepare` opens the databases, builds the latency model on the requested devices, chooses the
+`prepare` opens the databases, builds the latency model on the requested devices (and says where
+their profiles were measured: `Prepared.profiles`, database/provenance.py), chooses the
 evaluator (and protocol), finds the base accuracy and names the study; every refusal is one line
 (`CoInferError`). The CLI (search/cli.py) adds what belongs to a terminal: the progress bar, the
 `--workers` helper processes and the printing.
@@ -25,6 +26,7 @@ from search.query import Query
 from search.runner import SearchConfig
 
 if TYPE_CHECKING:
+    from database.provenance import ProfileUse
     from database.storage import Storage
 
 
@@ -54,6 +56,7 @@ class Prepared:
     problem: Problem
     evaluator: Evaluator
     config: SearchConfig  # its study named
+    profiles: tuple[ProfileUse, ...] = ()  # where the model's profiles were measured; foreign ones say so
 
 
 def prepare(request: QueryRequest) -> Prepared:
@@ -89,4 +92,6 @@ def prepare(request: QueryRequest) -> Prepared:
     if config.study_name is None:
         config = replace(config, study_name=f"{app.name}/{evaluator.name}/{request.query}/base{base:.6g}/"
                                             f"{model.devices[0]}->{model.devices[1]}")
-    return Prepared(app, model, Problem(request.query, model, base), evaluator, config)
+    from database.provenance import model_uses
+    return Prepared(app, model, Problem(request.query, model, base), evaluator, config,
+                    tuple(model_uses(store, app, model.devices)))

@@ -97,6 +97,8 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     request = parse_request(kind, args)
     from search.answer import prepare
     ready = prepare(request)
+    from database.provenance import warn_foreign
+    warn_foreign(ready.profiles)  # a profile of another machine is never used silently
     result = execute(ready, args, argv if argv is not None else sys.argv[1:], kind)
     return print_answer(result, ready, args)
 
@@ -160,10 +162,12 @@ def print_answer(result: SearchResult, ready: Prepared, args: argparse.Namespace
     model = ready.model
     if _as_json(args):
         out = dict(result.to_json(), app=ready.app.name, devices=list(model.devices),
-                   study_storage=ready.config.study_storage)
+                   study_storage=ready.config.study_storage, profiles=[u.to_json() for u in ready.profiles])
         print(json.dumps(out, indent=1) if args.json_full else json.dumps(compact(out), separators=(",", ":")))
     elif result.feasible:
+        from database.provenance import describe_uses
         print(format_result(result, ready.app.name, model))
+        print(f"  profiles    {describe_uses(ready.profiles)}")
     if not result.feasible:
         fastest = result.breakdown.total
         print(f"no scheme meets the bound: {result.query.describe(result.problem.reference)} at "

@@ -69,8 +69,9 @@ def tiny_db(tiny_app, tmp_path_factory):
                 rows.append(LatencyRow(tiny_app.name, name, pt.index, c, side, t))
         rows.append(LatencyRow(tiny_app.name, name, 13 if side == "edge" else -1, 0, side, single))
     store.put_latency(rows)
-    for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
+    from devices.fingerprint import this_machine
+    for name in ("tiny-edge", "tiny-cloud"):  # this machine's: a search here warns of no foreign profile
+        store.put_device(name, this_machine())
     table = synthetic_table(app_points(tiny_app), base=0.9, seed=5)
     proto = tiny_app.protocol.name
     store.put_accuracy([AccuracyRow(tiny_app.name, proto, p, c, b, 0, t) for (p, c, b), t in table.items()])
@@ -84,8 +85,9 @@ def latency_only_copy(tiny_db: str, path) -> tuple:
     from database.store import Store
     full, store = Store(tiny_db), Store(str(path))
     store.put_latency(full.latency_rows("tiny_digits"))
+    from devices.fingerprint import this_machine
     for name in ("tiny-edge", "tiny-cloud"):
-        store.put_device(name, {"cpu_model": "test"})
+        store.put_device(name, this_machine())
     return full, store
 
 

@@ -78,6 +78,25 @@ def test_auto_runs_the_fastest_feasible_scheme_at_the_given_bandwidth(server, or
     assert report["requests"] == 4 and report["estimates"][0] == pytest.approx(1.0, rel=0.5)
 
 
+def test_auto_says_where_its_profiles_were_measured(server, capsys, monkeypatch) -> None:
+    """The shipped profiles were emulated on an AMD EPYC with 2 CPUs: quiet there, one warning a side elsewhere."""
+    args = ("--server", server, "--auto", "--bandwidth", "1", "--n", "1")
+    monkeypatch.setattr("devices.fingerprint.this_machine", lambda: {"cpu_model": "AMD EPYC", "logical_cpus": 2})
+    report = run_cli(capsys, *args)
+    assert [(p["device"], p["side"], p["measured_at"], p["foreign"]) for p in report["profiles"]] == [
+        ("cpu-edge", "edge", "2026-11-23T19:15:48", False), ("cpu-cloud", "cloud", "2026-11-23T19:16:24", False)]
+    monkeypatch.setattr("devices.fingerprint.this_machine", lambda: {"cpu_model": "Other CPU", "logical_cpus": 8})
+    assert edge.main([*args, "--json", "--no-finetuned"]) == 0
+    out = capsys.readouterr()
+    assert [p["foreign"] for p in json.loads(out.out)["profiles"]] == [True, True]
+    lines = out.err.splitlines()
+    assert len(lines) == 2 and all(line.endswith(" in --latency-profile EDGE,CLOUD)") for line in lines)
+    assert lines[0].startswith("warning: the edge latency profile of cpu-edge for vgg16_digits was measured on AMD "
+                               "EPYC, 2 CPUs, not on this machine (Other CPU, 8 CPUs)")
+    assert lines[1].startswith("warning: the cloud latency profile of cpu-cloud for vgg16_digits was measured on AMD "
+                               "EPYC, 2 CPUs, not on this machine (Other CPU, 8 CPUs)")
+
+
 def test_auto_probes_when_no_bandwidth_is_given(server, capsys) -> None:
     report = run_cli(capsys, "--server", server, "--auto", "--n", "2")
     assert report["estimates"][0] > 0  # measured on loopback: whatever it is, it is a positive rate
