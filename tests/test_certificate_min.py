@@ -95,3 +95,22 @@ def test_incomplete_table_is_refused():
     pr = Problem(LatencyQuery(0.01, 1.0), MODEL, 0.9)
     with pytest.raises(ValueError, match=r"the table has no accuracy for .* \(1 schemes missing\)"):
         minimum_certificate(pr, table, 0.0)
+
+
+@pytest.mark.parametrize("shape", ["saturating", "cliff"])
+def test_no_certified_search_beats_the_minimum(shape):
+    """The minimum bounds every search: a certified coinfer run evaluates at least that many schemes,
+    and returns the optimum (the single end, or nothing when no scheme fits the budget)."""
+    from search.evaluators import TableEvaluator
+    from search.runner import SearchConfig, run_search
+    table = synthetic_table(POINTS_23, 0.9, 0.0, 5, shape)
+    for q in QUERIES_23:
+        pr = Problem(q, MODEL_23, 0.9)
+        cert = minimum_certificate(pr, table, 0.005)
+        res = run_search(pr, TableEvaluator(table), SearchConfig("coinfer", 0.005))
+        assert res.certified, q
+        assert res.new_evaluations >= cert.size, q
+        if cert.answer is None:  # nothing fits the budget
+            assert not res.feasible and cert.size == 0, q
+        else:
+            assert res.scheme == pr.scheme(cert.answer), q
