@@ -54,8 +54,9 @@ class Concrete(Protocol):
     budget: float  # the most accepted latency (s)
 
 
-# CoInfer's estimate of each open scheme's chance to meet the threshold (search/samplers/coinfer.py)
-FeasibleChance = Callable[["Knowledge", "np.ndarray"], "np.ndarray"]
+# CoInfer's estimate of each open scheme's chance that its accuracy reaches a level, e.g. the
+# threshold: chance(knowledge, open, level) (search/samplers/coinfer.py)
+FeasibleChance = Callable[["Knowledge", "np.ndarray", float], "np.ndarray"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -158,19 +159,26 @@ class LatencyQuery:
 
     # -- what our samplers do differently for this query ----------------------------------
     def pick(self, pr: Concrete, kn: Knowledge, st: Status, held: np.ndarray, chance: FeasibleChance) -> int | None:
-        """CoInfer's next evaluation (search/samplers/coinfer.py): the open scheme, not `held`, of
-        best score q x gain_if_feasible + (1 - q) x gain_if_infeasible, q its chance to meet the
-        threshold (1 / 0 when proven, else `chance`); ties to the fastest."""
+        """CoInfer's next evaluation (search/samplers/coinfer.py): the open scheme x, not `held`, of
+        best expected gain q x gain_if_feasible + r x gain_if_ruling_out + (1 - q - r) x [x is a
+        candidate]. q is x's chance to meet the threshold t, r its chance to fall short of it by more
+        than the tolerance (A(x) + tol < t: only then does x rule out the candidates it dominates; in
+        between it rules out only itself); each 1 / 0 when the bounds prove it, else `chance`. With
+        tolerance 0, r = 1 - q. Ties to the fastest."""
         import numpy as np
         cand = st.candidates
         lat = pr.latency
         open_ = ~kn.evaluated
-        q = np.where(st.lower >= pr.threshold, 1.0, np.where(st.upper < pr.threshold, 0.0, chance(kn, open_)))
+        t, low = pr.threshold, pr.threshold - kn.tol
+        q = np.where(st.lower >= t, 1.0, np.where(st.upper < t, 0.0, chance(kn, open_, t)))
+        r = np.where(st.lower >= low, 0.0, np.where(st.upper < low, 1.0, 1.0 - chance(kn, open_, low)))
+        r = np.minimum(r, 1.0 - q)
         cand_lat = np.sort(lat[cand])
         slower = len(cand_lat) - np.searchsorted(cand_lat, lat, side="left")
         gain_feasible = np.where(lat < st.incumbent_value, slower, 0)
-        gain_infeasible = kn.dominated_counts(cand)
-        score = np.where(open_ & ~held, q * gain_feasible + (1 - q) * gain_infeasible, -1.0)
+        gain_ruling_out = kn.dominated_counts(cand)
+        gain = q * gain_feasible + r * gain_ruling_out + (1 - q - r) * cand
+        score = np.where(open_ & ~held, gain, -1.0)
         best = score.max()
         if best < 0:
             return None

@@ -13,7 +13,8 @@ CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "databas
         "database.formats", "reports.show", "database.paper", "database.predictor", "models.train", "runtime.edge",
         "runtime.cloud", "runtime.testbed", "bench.search", "bench.runtime", "bench.adaptivity", "bench.codec",
         "bench.fuzz", "bench.studystorage", "bench.flood", "bench.badinput", "select_model.py", "bench.zoo",
-        "bench.corun", "bench.profiler", "runtime.training", "reports.build_status", "bench.scale"]
+        "bench.corun", "bench.profiler", "runtime.training", "reports.build_status", "bench.scale",
+        "bench.certificate"]
 HEAVY = ("torch", "optuna", "sklearn", "sqlalchemy", "matplotlib")
 
 WRAPPER = """
