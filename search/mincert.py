@@ -26,7 +26,6 @@ Solved with scipy.optimize.milp (HiGHS). `verify` re-checks a result with `Probl
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,21 +48,6 @@ class MinimumCertificate:
     @property
     def size(self) -> int:
         return len(self.schemes)
-
-
-def _latency_rule(pr: Problem, acc: np.ndarray, value: float, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """(could beat the answer, failing): the status's `latency < incumbent` and `upper >= threshold`."""
-    return pr.latency < value, acc + tol < pr.threshold
-
-
-def _accuracy_rule(pr: Problem, acc: np.ndarray, value: float, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """(could beat the answer, failing): the status's `within` and `upper > bar`, the bar being v*."""
-    return pr.latency <= pr.budget, acc + tol <= value
-
-
-# which schemes could beat the answer and which rule out those they dominate, per query (by name)
-_RULES: dict[str, Callable[[Problem, np.ndarray, float, float], tuple[np.ndarray, np.ndarray]]] = {
-    "latency": _latency_rule, "accuracy": _accuracy_rule}
 
 
 def complete_knowledge(problem: Problem, table: dict[Scheme, float], tol: float) -> Knowledge:
@@ -104,7 +88,7 @@ def minimum_certificate(problem: Problem, table: dict[Scheme, float], tol: float
     allowed = problem.latency <= problem.budget
     if answer is None:  # nothing fits the budget: latency alone proves it
         return MinimumCertificate(None, value, (), 0, 0.0)
-    could_beat, failing = _RULES[problem.query.name](problem, kn.acc, value, tol)
+    could_beat, failing = problem.query.certificate_cover(problem, kn.acc, value, tol)
     star = answer if isinstance(answer, int) else None
     must = could_beat & allowed
     if star is not None:

@@ -140,6 +140,13 @@ class LatencyQuery:
     def could_beat(self, pr: Concrete, kn: Knowledge, st: Status) -> np.ndarray:
         return ~kn.evaluated & (pr.latency < st.incumbent_value)
 
+    def certificate_cover(self, pr: Concrete, acc: np.ndarray, value: float,
+                          tol: float) -> tuple[np.ndarray, np.ndarray]:
+        """For the minimum certificate (search/mincert.py), over a complete table `acc` whose optimum has
+        latency `value`: (the schemes that could beat it, the evaluated schemes that rule out every scheme
+        they dominate): the status's `latency < incumbent` and `upper >= threshold`."""
+        return pr.latency < value, acc + tol < pr.threshold
+
     def decision_level(self, pr: Concrete, st: Status) -> float:
         """The accuracy a monotonicity violation must cross to undo the proof."""
         return pr.threshold
@@ -275,6 +282,13 @@ class AccuracyQuery:
 
     def could_beat(self, pr: Concrete, kn: Knowledge, st: Status) -> np.ndarray:
         return ~kn.evaluated & (pr.latency <= pr.budget)
+
+    def certificate_cover(self, pr: Concrete, acc: np.ndarray, value: float,
+                          tol: float) -> tuple[np.ndarray, np.ndarray]:
+        """For the minimum certificate (search/mincert.py), over a complete table `acc` whose optimum has
+        `value`: (the schemes that could beat it, the evaluated schemes that rule out every scheme they
+        dominate): the status's `within` and `upper > bar`, the bar being the optimum's accuracy."""
+        return pr.latency <= pr.budget, acc + tol <= value
 
     def decision_level(self, pr: Concrete, st: Status) -> float:
         return st.incumbent_value
