@@ -133,3 +133,19 @@ def test_a_profiled_device_row_stores_speed_and_emulation(tmp_path):
                                   "notes": "n"}
     with sqlite3.connect(tmp_path / "d.sqlite") as conn:  # the row itself says speed, never cpu_quota
         assert "cpu_quota" not in conn.execute("SELECT fingerprint FROM device WHERE name = 'pi'").fetchone()[0]
+
+
+def test_profile_json_is_what_was_stored(tiny_app, tiny_app_path, tmp_path, capsys):
+    """database.profile --json: one object on stdout whose rows are the stored rows, and the device as stored."""
+    db = str(tmp_path / "edge.sqlite")
+    assert profile_main(["--device", "half", "--side", "edge", "--speed", "0.5", "--points", "12", "--app",
+                         tiny_app_path, "--runs", "2", "--warmup", "0", "--passes", "1", "--idle-ms", "0",
+                         "--no-keep-warm", "--storage", db, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    stored = Store(db).latency_rows(tiny_app.name, "half")
+    assert data["app"] == tiny_app.name and data["device"] == "half" and data["measurements"] == len(stored)
+    assert (data["speed"], data["emulation"]) == (0.5, "dilate") and "/ 0.5" in data["note"]
+    assert sorted((r["side"], r["point"], r["channels"], r["median_s"], r["p90_s"], r["n"]) for r in data["rows"]) \
+        == sorted((r.side, r.point, r.channels, r.median_s, r.p90_s, r.n) for r in stored)
+    assert {r["point"] for r in data["rows"]} == {-1, 12, 13}  # as the partial re-profile above
+    assert data["noise"] == Store(db).device("half")["noise"]
