@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
+
+if TYPE_CHECKING:  # torch, the database and the search load after parsing (--help stays fast)
+    from apps import App, Device
+    from runtime.vnv import VnVReport
+    from search.select import Selection
 
 
 def _parser() -> ArgParser:
@@ -50,7 +57,52 @@ def _one(values: set[str], what: str, flag: str) -> str:
     return next(iter(values))
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class SelectConfig:
+    """A selection and its VnV run: the candidate apps (`refs`: as named on the command line, for the
+    testbed's workers), the edge and cloud devices (`spec`: the edge's Device), the link, the test
+    images, the accuracy budget, the database, and whether to measure (`select_only`) and where (`testbed`)."""
+
+    apps: tuple[App, ...]
+    refs: tuple[str, ...]
+    edge: str
+    cloud: str
+    spec: Device
+    bandwidth: float
+    images: int = 100
+    accuracy_budget: float = 0.10
+    storage: str | None = None
+    select_only: bool = False
+    testbed: bool = False
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class SelectOutcome:
+    """The selection, the profiles among the pair's that are predicted (`app@device`), the VnV report
+    (None with `select_only`) and where the profiles used were measured."""
+
+    config: SelectConfig
+    selection: Selection
+    predicted: list[str]
+    report: VnVReport | None
+    profiles: dict[str, list[dict]]  # per app, where each profile it used was measured (database.provenance)
+
+    @property
+    def passed(self) -> bool:
+        return self.report is None or self.report.to_json()["pass"]
+
+    def to_json(self) -> dict:
+        c = self.config
+        out = {"edge": c.edge, "cloud": c.cloud, "bandwidth_mbps": c.bandwidth, "selection": self.selection.to_json(),
+               "predicted_profiles": self.predicted, "profiles": self.profiles}
+        if self.report is not None:
+            out["vnv"] = self.report.to_json()
+        return out
+
+
+def parse_args(argv: list[str] | None) -> tuple[SelectConfig, bool]:
+    """The command line as (config, --json): the apps loaded, the devices resolved, every bad value one line."""
     args = _parser().parse_args(argv)
     from search.select import check_budget
     check_budget(args.accuracy_budget)
@@ -71,39 +123,50 @@ def main(argv: list[str] | None = None) -> int:
     from database.predictor import resolve_device
     spec = resolve_device(edge, args.devices, tuple(apps))
     resolve_device(cloud, args.devices, tuple(apps))
+    progress = not (args.no_progress or args.json) and sys.stderr.isatty()
+    return SelectConfig(tuple(apps), tuple(names), edge, cloud, spec, args.bandwidth, args.images,
+                        args.accuracy_budget, args.storage, args.select_only, args.testbed, progress), args.json
+
+
+def run_selection(config: SelectConfig) -> SelectOutcome:
+    """Choose greedy and budgeted from the stored candidates, then (unless `select_only`) measure both."""
     from database.storage import Storage
     from database.store import Store
     from search.select import candidates, select
-    store = Store(Storage.parse(args.storage), readonly=True)
-    cands = candidates(store, apps, edge, cloud, args.bandwidth)
+    apps, edge, cloud = list(config.apps), config.edge, config.cloud
+    store = Store(Storage.parse(config.storage), readonly=True)
+    cands = candidates(store, apps, edge, cloud, config.bandwidth)
     from database.provenance import model_uses, warn_foreign
     uses = {a.name: model_uses(store, a, (edge, cloud)) for a in apps}
     warn_foreign(u for app_uses in uses.values() for u in app_uses)  # never a foreign profile silently
-    selection = select(cands, args.accuracy_budget)
+    selection = select(cands, config.accuracy_budget)
     predicted = sorted({f"{a.name}@{d}" for a in apps for d, sides in store.predicted(a.name).items()
                         if d in (edge, cloud)})
-    out = {"edge": edge, "cloud": cloud, "bandwidth_mbps": args.bandwidth, "selection": selection.to_json(),
-           "predicted_profiles": predicted,
-           "profiles": {name: [u.to_json() for u in app_uses] for name, app_uses in uses.items()}}
     report = None
-    if not args.select_only:
+    if not config.select_only:
         from runtime.vnv import RunConfig, measure
         by_name = {a.name: a for a in apps}
-        config = RunConfig(spec, args.bandwidth, args.images,
-                           progress=not (args.no_progress or args.json) and sys.stderr.isatty())
+        run = RunConfig(config.spec, config.bandwidth, config.images, progress=config.progress)
         choices = ((by_name[selection.greedy.app], selection.greedy.scheme),
                    (by_name[selection.budgeted.app], selection.budgeted.scheme))
-        if args.testbed:
+        if config.testbed:
             from runtime.vnv_testbed import measure_testbed
-            report = measure_testbed(*choices, config, refs={a.name: ref for a, ref in zip(apps, names)})
+            report = measure_testbed(*choices, run, refs={a.name: ref for a, ref in zip(apps, config.refs)})
         else:
-            report = measure(*choices, config)
-        out["vnv"] = report.to_json()
-    if args.json:
-        print(json.dumps(out))
+            report = measure(*choices, run)
+    profiles = {name: [u.to_json() for u in app_uses] for name, app_uses in uses.items()}
+    return SelectOutcome(config, selection, predicted, report, profiles)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, as_json = parse_args(argv)
+    outcome = run_selection(config)
+    if as_json:
+        print(json.dumps(outcome.to_json()))
     else:
-        _print(selection, report, edge, cloud, spec.speed, args.bandwidth, predicted)
-    return 0 if report is None or report.to_json()["pass"] else 1
+        _print(outcome.selection, outcome.report, config.edge, config.cloud, config.spec.speed, config.bandwidth,
+               outcome.predicted)
+    return 0 if outcome.passed else 1
 
 
 def _print(selection, report, edge: str, cloud: str, speed: float | None, mbps: float, predicted: list[str]) -> None:

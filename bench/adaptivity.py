@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +43,31 @@ from compress.scheme import Scheme
 from reports.figure import OUT, no_data, save_figure
 
 
-def grid_sweep(app, model, tb, worker, schemes: list[str], quotas: list[float], rates: list[float], n: int,
-               warmup: int) -> list[dict]:
+@dataclass(frozen=True)
+class GridConfig:
+    """Part 1's grid: every edge CPU share in `quotas` x link rate in `rates` (Mbps), each scheme
+    `warmup` + `n` sequential one-image requests."""
+
+    quotas: tuple[float, ...] = (0.0625, 0.125, 0.5)
+    rates: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    n: int = 10
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.quotas) <= 0 or min(self.rates) <= 0 or self.n < 1:
+            raise CoInferError("quotas and rates must be positive, --n >= 1")
+
+
+def grid_sweep(app, model, tb, worker, schemes: list[str], grid: GridConfig) -> list[dict]:
+    """Part 1 on the testbed `tb` through `worker`: per condition of `grid`, each scheme's measured
+    mean latency, the latency model's prediction (edge times scaled to the share), and both bests."""
     from cli.progress import progress
     rows = []
-    for q in progress(quotas, desc="quotas", unit="quota"):
+    for q in progress(grid.quotas, desc="quotas", unit="quota"):
         worker.set_edge_speed(tb, q)
-        for rate in rates:
+        for rate in grid.rates:
             tb.set_rate(rate)
-            runs = worker.run(schemes, n, warmup)
+            runs = worker.run(schemes, grid.n, grid.warmup)
             measured = {s: statistics.fmean(x["total_s"] for x in runs[s]) for s in schemes}
             scale = (app.edge.speed or q) / q  # the profile's edge times were taken at the app's quota
             predicted = {}
@@ -179,7 +195,73 @@ def plot(rows: list[dict], quotas: list[float], rates: list[float], adaptive: di
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class AdaptivityConfig:
+    """The whole benchmark (module docstring): part 1's `grid` (skipped with `skip_grid`), part 2's
+    `step` (its storage and RTT are filled in by the run), the link shaping, where the latency model's
+    profile comes from (`profile`: fresh or stored), the database and the PNG."""
+
+    app: str = DEFAULT_APP
+    grid: GridConfig = GridConfig()
+    step: StepConfig = StepConfig()
+    link: str = "paced"
+    skip_grid: bool = False
+    profile: str = "fresh"
+    storage: str | None = None
+    out: str = str(OUT / "adaptivity.png")
+
+
+def run_adaptivity(config: AdaptivityConfig) -> dict:
+    """Run both parts on one testbed and write the PNG; the result is what --json prints and
+    `report` reads."""
+    app = load_app(config.app)
+    from bench.freshprofile import reprofile, snapshot
+    from bench.runtime import calibration_scheme, measured_rtt
+    from database.storage import Storage
+    from database.store import Store
+    from runtime.advisor import Adapter, SchemeAdvisor
+    from runtime.edgeworker import EdgeWorker
+    from runtime.testbed import Testbed, TestbedConfig
+    from search.latency import LatencyModel
+    storage = Storage.parse(config.storage)
+    stored = SchemeAdvisor(app, storage)
+    points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
+    quota = app.edge.speed or 0.125
+    calib = calibration_scheme(app)
+    tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
+    edge = app.edge.with_speed(quota)
+    step = config.step
+    with Testbed(app.name, TestbedConfig(step.step[0], edge, cloud_args=["--no-finetuned"], link=config.link)) as tb, \
+            EdgeWorker(tb, [calib, *points, "all-edge", "all-cloud"], app.name, finetuned=False) as worker:
+        if config.profile == "fresh":  # every row again now, next to the runs (see bench.freshprofile)
+            store = snapshot(Store(storage, create=False), Path(tmp.name) / "profile.sqlite")
+            reprofile(store, app, quota if tb.edge.dilated else None, tb)
+            storage = store.storage
+        planner = SchemeAdvisor(app, storage)
+        rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, step.step[0])
+        model = LatencyModel.from_store(planner.store, app, rtt_s=rtt)
+        frontier = planner.frontier(step.accuracy_loss)
+        frontier_schemes = [str(s) for s in frontier.candidates]
+        schemes = list(dict.fromkeys([*points, "all-edge", "all-cloud", *frontier_schemes]))
+        rows = [] if config.skip_grid else grid_sweep(app, model, tb, worker, schemes, config.grid)
+        worker.set_edge_speed(tb, quota)
+        target = str(Adapter(model, frontier).choose(step.step[1]))
+        adaptive = adaptive_run(tb, worker, frontier_schemes, target, replace(step, storage=storage.url, rtt_s=rtt))
+        mode, notes = tb.mode, tb.notes
+    grid = config.grid
+    plot(rows, list(grid.quotas), list(grid.rates), adaptive, Path(config.out))
+    return {"app": app.name, "mode": mode, "notes": notes, "link": config.link, "n": grid.n, "warmup": grid.warmup,
+            "profile": config.profile, "rtt_s": rtt,
+            "quotas": list(grid.quotas), "rates": list(grid.rates), "accuracy_loss": step.accuracy_loss,
+            "schemes": schemes, "frontier_schemes": frontier_schemes,
+            "frontier": [[g, str(s)] for g, s in zip(frontier.grid, frontier.schemes)],
+            "grid": rows, "fixed_regret": fixed_regret(rows) if rows else {}, "adaptive": adaptive,
+            "plot": config.out}
+
+
+def parse_args(argv: list[str] | None) -> tuple[AdaptivityConfig, bool, str | None]:
+    """The command line as (config, --json, --replay FILE); bad values raise CoInferError here, before
+    any testbed."""
     ap = ArgParser(prog="python -m bench.adaptivity", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--quotas", type=float, nargs="+", default=[0.0625, 0.125, 0.5])
@@ -200,59 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay", help="print the report of a saved --json output and exit")
     args = ap.parse_args(argv)
     if args.replay:
+        return AdaptivityConfig(), args.json, args.replay
+    grid = GridConfig(tuple(args.quotas), tuple(args.rates), args.n, args.warmup)
+    step = StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss)
+    return (AdaptivityConfig(args.app, grid, step, args.link, args.skip_grid, args.profile, args.storage, args.out),
+            args.json, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, as_json, replay = parse_args(argv)
+    if replay:
         try:
-            print(report(json.loads(Path(args.replay).read_text())))
+            print(report(json.loads(Path(replay).read_text())))
         except (OSError, ValueError, KeyError) as exc:
-            raise CoInferError(f"cannot replay {args.replay}: {exc}") from None
+            raise CoInferError(f"cannot replay {replay}: {exc}") from None
         return 0
-    if min(args.quotas) <= 0 or min(args.rates) <= 0 or args.n < 1:
-        raise CoInferError("quotas and rates must be positive, --n >= 1")
-    StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss)  # checked before the testbed
-    app = load_app(args.app)
-    from bench.freshprofile import reprofile, snapshot
-    from bench.runtime import calibration_scheme, measured_rtt
-    from database.storage import Storage
-    from database.store import Store
-    from runtime.advisor import Adapter, SchemeAdvisor
-    from runtime.edgeworker import EdgeWorker
-    from runtime.testbed import Testbed, TestbedConfig
-    from search.latency import LatencyModel
-    storage = Storage.parse(args.storage)
-    stored = SchemeAdvisor(app, storage)
-    points = [f"{pt.index},{pt.channels},8" for pt in stored.model.points]
-    quota = app.edge.speed or 0.125
-    calib = calibration_scheme(app)
-    tmp = tempfile.TemporaryDirectory(prefix="coinfer-bench-")
-    edge = app.edge.with_speed(quota)
-    with Testbed(app.name, TestbedConfig(args.step[0], edge, cloud_args=["--no-finetuned"], link=args.link)) as tb, \
-            EdgeWorker(tb, [calib, *points, "all-edge", "all-cloud"], app.name, finetuned=False) as worker:
-        if args.profile == "fresh":  # every row again now, next to the runs (see bench.freshprofile)
-            store = snapshot(Store(storage, create=False), Path(tmp.name) / "profile.sqlite")
-            reprofile(store, app, quota if tb.edge.dilated else None, tb)
-            storage = store.storage
-        planner = SchemeAdvisor(app, storage)
-        rtt = measured_rtt(worker.run([calib], 30, 3)[calib], planner.model, args.step[0])
-        model = LatencyModel.from_store(planner.store, app, rtt_s=rtt)
-        frontier = planner.frontier(args.accuracy_loss)
-        frontier_schemes = [str(s) for s in frontier.candidates]
-        schemes = list(dict.fromkeys([*points, "all-edge", "all-cloud", *frontier_schemes]))
-        rows = [] if args.skip_grid else grid_sweep(app, model, tb, worker, schemes, args.quotas, args.rates,
-                                                    args.n, args.warmup)
-        worker.set_edge_speed(tb, quota)
-        target = str(Adapter(model, frontier).choose(args.step[1]))
-        adaptive = adaptive_run(tb, worker, frontier_schemes, target,
-                                StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss,
-                                           storage.url, rtt))
-        mode, notes = tb.mode, tb.notes
-    plot(rows, args.quotas, args.rates, adaptive, Path(args.out))
-    data = {"app": app.name, "mode": mode, "notes": notes, "link": args.link, "n": args.n, "warmup": args.warmup,
-            "profile": args.profile, "rtt_s": rtt,
-            "quotas": args.quotas, "rates": args.rates, "accuracy_loss": args.accuracy_loss,
-            "schemes": schemes, "frontier_schemes": frontier_schemes,
-            "frontier": [[g, str(s)] for g, s in zip(frontier.grid, frontier.schemes)],
-            "grid": rows, "fixed_regret": fixed_regret(rows) if rows else {}, "adaptive": adaptive,
-            "plot": args.out}
-    print(json.dumps(data) if args.json else report(data))
+    data = run_adaptivity(config)
+    print(json.dumps(data) if as_json else report(data))
     return 0
 
 

@@ -51,6 +51,7 @@ from compress.scheme import Scheme
 from reports.figure import OUT, fitted_title, save_figure
 
 if TYPE_CHECKING:
+    from apps import App
     from database.storage import Storage
 
 TARGET_ERROR = 0.10
@@ -238,7 +239,65 @@ def plot(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class RuntimeBenchConfig:
+    """The benchmark (module docstring): the app, the searches' accuracy loss, how to measure, the PNG."""
+
+    app: App
+    accuracy_loss: float = 0.01
+    measure: MeasureConfig = MeasureConfig()
+    out: str = str(OUT / "runtime.png")
+
+
+@dataclass(frozen=True)
+class RuntimeBenchResult:
+    config: RuntimeBenchConfig
+    optimal: dict[float, str]  # rate (Mbps) -> the search's optimum there
+    rows: list[dict]  # per rate and scheme (`measure`), with optimal_at_rate
+
+    def to_json(self) -> dict:
+        return {"optimal": {str(k): v for k, v in self.optimal.items()}, "rows": self.rows}
+
+    def lines(self) -> list[str]:
+        config, m, rows = self.config, self.config.measure, self.rows
+        app = config.app
+        out = [f"How: app {app.name}; schemes = the search's optimum (accuracy loss <= {config.accuracy_loss:g}) at "
+               + ", ".join(f"{r:g} Mbps -> {s}" for r, s in self.optimal.items()) + ", plus all-edge and all-cloud; "
+               f"{m.warmup} + {m.n} sequential one-image requests each per rate on the testbed "
+               f"({rows[0]['mode']}, link {m.link}, edge at {m.edge.speed} of this CPU by {m.edge.emulation}); "
+               f"predicted = LatencyModel.breakdown with RTT = the median transfer of the smallest request "
+               f"({calibration_scheme(app)}) on that testbed less its serialisation; edge and cloud times from "
+               + (f"rows profiled again {m.rounds} times per rate, each time followed by 1/{m.rounds} of the "
+                  "requests (--profile fresh; prediction = mean of those models); " if rows[0]["fresh_profile"]
+                  else "the stored latency database; ")
+               + "stage columns are predicted/measured medians (ms)."]
+        for rate in m.rates:
+            r = next(r for r in rows if r["rate_mbps"] == rate)
+            out.append(f"  {rate:g} Mbps: RTT {r['rtt_s'] * 1e3:.2f} ms")
+        out += [f"note: {note}" for note in rows[0]["notes"]]
+        out.append(format_table(rows))
+        out.append(f"plot: {config.out}")
+        return out
+
+
+def run_runtime(config: RuntimeBenchConfig) -> RuntimeBenchResult:
+    """Search the optimum at each rate, measure those schemes plus all-edge and all-cloud at every rate on
+    the testbed, and write the PNG."""
+    from runtime.advisor import SchemeAdvisor
+    app, m = config.app, config.measure
+    planner = SchemeAdvisor(app, m.storage)
+    optimal = {rate: str(planner.best(rate, config.accuracy_loss)) for rate in m.rates}
+    schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
+    prepare_weights(app, [*schemes, calibration_scheme(app)])
+    rows = measure(app, schemes, m)
+    for r in rows:
+        r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]
+    plot(rows, Path(config.out))
+    return RuntimeBenchResult(config, optimal, rows)
+
+
+def parse_args(argv: list[str] | None) -> tuple[RuntimeBenchConfig, bool]:
+    """The command line as (config, --json), its app loaded and its values checked before any work."""
     ap = ArgParser(prog="python -m bench.runtime", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="link rates (Mbps)")
@@ -265,41 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     app = load_app(args.app)
     from database.storage import Storage
     from devices.spec import with_flags
-    from runtime.advisor import SchemeAdvisor
     storage = Storage.parse(args.storage)
     edge = with_flags(app.edge, None, args.speed, args.emulation)
-    quota, emulation = edge.speed, edge.emulation
-    config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, edge, args.link,
-                           args.keep_warm, args.profile == "fresh", storage)  # checked before any work
-    planner = SchemeAdvisor(app, storage)
-    optimal = {rate: str(planner.best(rate, args.accuracy_loss)) for rate in args.rates}
-    schemes = list(dict.fromkeys([*optimal.values(), "all-edge", "all-cloud"]))
-    prepare_weights(app, [*schemes, calibration_scheme(app)])
-    rows = measure(app, schemes, config)
-    for r in rows:
-        r["optimal_at_rate"] = optimal[r["rate_mbps"]] == r["scheme"]
-    plot(rows, Path(args.out))
-    if args.json:
-        print(json.dumps({"optimal": {str(k): v for k, v in optimal.items()}, "rows": rows}))
-        return 0
-    print(f"How: app {app.name}; schemes = the search's optimum (accuracy loss <= {args.accuracy_loss:g}) at "
-          + ", ".join(f"{r:g} Mbps -> {s}" for r, s in optimal.items()) + ", plus all-edge and all-cloud; "
-          f"{args.warmup} + {args.n} sequential one-image requests each per rate on the testbed "
-          f"({rows[0]['mode']}, link {args.link}, edge at {quota} of this CPU by {emulation}); predicted = "
-          f"LatencyModel.breakdown with RTT = the median transfer of the smallest request ({calibration_scheme(app)}) "
-          "on that testbed less its serialisation; edge and cloud times from "
-          + (f"rows profiled again {args.rounds} times per rate, each time followed by 1/{args.rounds} of the requests "
-             "(--profile fresh; prediction = mean of those models); " if rows[0]["fresh_profile"]
-             else "the stored latency database; ")
-          +
-          "stage columns are predicted/measured medians (ms).")
-    for rate in args.rates:
-        r = next(r for r in rows if r["rate_mbps"] == rate)
-        print(f"  {rate:g} Mbps: RTT {r['rtt_s'] * 1e3:.2f} ms")
-    for note in rows[0]["notes"]:
-        print(f"note: {note}")
-    print(format_table(rows))
-    print(f"plot: {args.out}")
+    measure_config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, edge, args.link,
+                                   args.keep_warm, args.profile == "fresh", storage)
+    return RuntimeBenchConfig(app, args.accuracy_loss, measure_config, args.out), args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, as_json = parse_args(argv)
+    result = run_runtime(config)
+    print(json.dumps(result.to_json()) if as_json else "\n".join(result.lines()))
     return 0
 
 

@@ -31,6 +31,8 @@ import os
 import statistics
 import tempfile
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cli.args import ArgParser
@@ -145,7 +147,89 @@ def summary(run: dict) -> dict:
             "optuna_median_ms": med(o) - med(c) - med(w), "heartbeat_ms_per_scheme": run["heartbeat_ms_per_scheme"]}
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class ScaleConfig:
+    """What `run_scale` measures: builds of N x `per_worker` schemes for each N in `counts`, the
+    synthetic evaluator sleeping `delay` s a scheme, on SQLite (unless not `sqlite`) and on a fresh
+    database of the PostgreSQL `server` (checked reachable) when given; the PNG at `out`."""
+
+    counts: tuple[int, ...] = (1, 2, 4, 8)
+    per_worker: int = 8
+    delay: float = 1.0
+    server: Storage | None = None
+    sqlite: bool = True
+    out: Path | None = None  # None: bench/out/scale.png
+
+    def __post_init__(self) -> None:
+        if not self.counts or self.counts[0] < 1 or self.counts[-1] > 64 or not 1 <= self.per_worker <= 1000 \
+                or not 0 <= self.delay <= 60:
+            raise CoInferError("worker counts must be in 1..64, --per-worker in 1..1000, --delay in 0..60 seconds")
+        if not self.kinds:
+            raise CoInferError("nothing to measure: --no-sqlite without --postgres")
+
+    @property
+    def kinds(self) -> list[str]:
+        return (["sqlite"] if self.sqlite else []) + (["postgresql"] if self.server is not None else [])
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    table: list[dict]  # per storage and N: throughput, both ratios, the overhead split (`summary`)
+    delay_s: float
+    load_average: float  # at the end
+    plot: Path
+
+    def to_json(self) -> dict:
+        return {"table": self.table, "delay_s": self.delay_s, "load_average": self.load_average,
+                "plot": str(self.plot)}
+
+    def lines(self) -> list[str]:
+        out = [f"{'storage':<11}{'N':>3} {'schemes/s':>9} {'/(N x 1-worker)':>15} {'sustained':>9} "
+               f"{'overhead med':>12} {'p95':>7} {'claim':>6} {'write':>6} {'optuna':>7} {'heartbeat':>9}   "
+               "(ms per scheme)"]
+        for t in self.table:
+            out.append(f"{t['storage']:<11}{t['workers']:>3} {t['per_s']:>9.2f} {t['ratio']:>15.2f} "
+                       f"{t['sustained_ratio']:>9.2f} {t['overhead_median_ms']:>12.1f} {t['overhead_p95_ms']:>7.1f} "
+                       f"{t['claim_median_ms']:>6.1f} {t['write_median_ms']:>6.1f} {t['optuna_median_ms']:>7.1f} "
+                       f"{t['heartbeat_ms_per_scheme']:>9.1f}")
+        out.append(f"load average at the end {self.load_average:.1f}; targets: ratio >= 0.9, overhead <= 60 ms "
+                   f"(sustained: each worker's schemes over its own span, summed; without the start-up skew)")
+        out.append(f"plot: {self.plot}")
+        return out
+
+
+def run_scale(config: ScaleConfig, note: Callable[[str], None] | None = print) -> ScaleResult:
+    """Every run of `config`, one after another; `note` (None: silent) gets the header and a line per run."""
+    say = note or (lambda line: None)
+    counts, kinds = list(config.counts), config.kinds
+    say(f"bench.scale: builds of N x {config.per_worker} schemes with N in {counts} forked workers, the synthetic "
+        f"evaluator sleeping {config.delay:g} s a scheme, heartbeat {HEARTBEAT_S:g} s; storages {kinds} "
+        f"(a fresh database per run); {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the start")
+    runs = []
+    for kind in kinds:
+        for n in counts:
+            run = one_run(kind, n, config.per_worker, config.delay, config.server)
+            runs.append(run)
+            say(f"  {kind:<10} N={n}: {run['schemes']} schemes ({run['evaluations']} evaluations) in "
+                f"{run['span_s']:.2f} s")
+    table = []
+    for kind in kinds:
+        base = next(r for r in runs if r["storage"] == kind and r["workers"] == counts[0])
+        one, one_sustained = base["per_s"] / base["workers"], base["sustained_per_s"] / base["workers"]
+        for r in (r for r in runs if r["storage"] == kind):
+            table.append({"storage": kind, "workers": r["workers"], "per_s": r["per_s"],
+                          "evaluations": r["evaluations"], "schemes": r["schemes"],
+                          "ratio": r["per_s"] / (r["workers"] * one),
+                          "sustained_ratio": r["sustained_per_s"] / (r["workers"] * one_sustained), **summary(r)})
+    from reports import figure
+    path = plot(table, config.delay, config.out if config.out else figure.OUT / "scale.png")
+    return ScaleResult(table, config.delay, os.getloadavg()[0], path)
+
+
+def parse_args(argv: list[str] | None) -> tuple[ScaleConfig, bool]:
+    """The command line as (config, --json); the --postgres server is checked here, before any run (a bad
+    URL fails in a second, not after the SQLite runs)."""
     ap = ArgParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1,2,4,8", help="worker counts (default: 1,2,4,8)")
     ap.add_argument("--per-worker", type=int, default=8, help="schemes per worker in each run (default: 8)")
@@ -158,54 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON line with every run")
     args = ap.parse_args(argv)
     try:
-        counts = sorted({int(x) for x in args.workers.split(",")})
+        counts = tuple(sorted({int(x) for x in args.workers.split(",")}))
     except ValueError:
         raise CoInferError(f"--workers {args.workers!r}: expected counts like 1,2,4,8") from None
-    if not counts or counts[0] < 1 or counts[-1] > 64 or not 1 <= args.per_worker <= 1000 or not 0 <= args.delay <= 60:
-        raise CoInferError("worker counts must be in 1..64, --per-worker in 1..1000, --delay in 0..60 seconds")
-    kinds = ([] if args.no_sqlite else ["sqlite"]) + (["postgresql"] if args.postgres else [])
-    if not kinds:
+    ScaleConfig(counts, args.per_worker, args.delay, None, True)  # the ranges, before the server is reached
+    if args.no_sqlite and not args.postgres:
         raise CoInferError("nothing to measure: --no-sqlite without --postgres")
-    server = check_server(args.postgres) if args.postgres else None  # before any run: a bad URL fails in a
-    # second, not after the SQLite runs
-    if not args.json:
-        print(f"bench.scale: builds of N x {args.per_worker} schemes with N in {counts} forked workers, the synthetic "
-              f"evaluator sleeping {args.delay:g} s a scheme, heartbeat {HEARTBEAT_S:g} s; storages {kinds} "
-              f"(a fresh database per run); {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.1f} at the start", flush=True)
-    runs = []
-    for kind in kinds:
-        for n in counts:
-            run = one_run(kind, n, args.per_worker, args.delay, server)
-            runs.append(run)
-            if not args.json:
-                print(f"  {kind:<10} N={n}: {run['schemes']} schemes ({run['evaluations']} evaluations) in "
-                      f"{run['span_s']:.2f} s", flush=True)
-    table = []
-    for kind in kinds:
-        base = next(r for r in runs if r["storage"] == kind and r["workers"] == counts[0])
-        one, one_sustained = base["per_s"] / base["workers"], base["sustained_per_s"] / base["workers"]
-        for r in (r for r in runs if r["storage"] == kind):
-            table.append({"storage": kind, "workers": r["workers"], "per_s": r["per_s"],
-                          "evaluations": r["evaluations"], "schemes": r["schemes"],
-                          "ratio": r["per_s"] / (r["workers"] * one),
-                          "sustained_ratio": r["sustained_per_s"] / (r["workers"] * one_sustained), **summary(r)})
-    from reports import figure
-    path = plot(table, args.delay, Path(args.out) if args.out else figure.OUT / "scale.png")
-    if args.json:
-        print(json.dumps({"table": table, "delay_s": args.delay, "load_average": os.getloadavg()[0],
-                          "plot": str(path)}, separators=(",", ":")))
-        return 0
-    print(f"{'storage':<11}{'N':>3} {'schemes/s':>9} {'/(N x 1-worker)':>15} {'sustained':>9} {'overhead med':>12} "
-          f"{'p95':>7} {'claim':>6} {'write':>6} {'optuna':>7} {'heartbeat':>9}   (ms per scheme)")
-    for t in table:
-        print(f"{t['storage']:<11}{t['workers']:>3} {t['per_s']:>9.2f} {t['ratio']:>15.2f} "
-              f"{t['sustained_ratio']:>9.2f} {t['overhead_median_ms']:>12.1f} {t['overhead_p95_ms']:>7.1f} "
-              f"{t['claim_median_ms']:>6.1f} {t['write_median_ms']:>6.1f} {t['optuna_median_ms']:>7.1f} "
-              f"{t['heartbeat_ms_per_scheme']:>9.1f}")
-    print(f"load average at the end {os.getloadavg()[0]:.1f}; targets: ratio >= 0.9, overhead <= 60 ms "
-          f"(sustained: each worker's schemes over its own span, summed; without the start-up skew)")
-    print(f"plot: {path}")
+    server = check_server(args.postgres) if args.postgres else None
+    return (ScaleConfig(counts, args.per_worker, args.delay, server, not args.no_sqlite,
+                        Path(args.out) if args.out else None), args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, as_json = parse_args(argv)
+    result = run_scale(config, None if as_json else (lambda line: print(line, flush=True)))
+    print(json.dumps(result.to_json(), separators=(",", ":")) if as_json else "\n".join(result.lines()))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Samplers against the exhaustive optimum, on the complete default table and on synthetic tables.
 
-    python -m bench.search [--seeds 5] [--budget 100] [--quick]
+    python -m bench.search [--seeds 5] [--budget 100] [--quick] [--json]
 
 For every query (latency_search with accuracy_loss in {0.005, 0.01, 0.02, 0.05}, accuracy_search
 with latency in {0.5, 0.6, 0.7, 0.8}, each at 0.25 / 0.5 / 1 / 2 / 4 Mbps) and every sampler
@@ -15,11 +15,15 @@ loaded machine. Writes bench/out/search.png (evaluations vs optimality per sampl
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,16 +89,28 @@ def queries() -> list[Query]:
             + [AccuracyQuery(r, bw) for r in RATIOS for bw in BANDWIDTHS])
 
 
-def summarise(runs: list[Run], space_size: int) -> list[str]:
-    lines = [f"{'sampler':<11} {'runs':>5} {'optimum %':>9} {'certified %':>11} {'median evals':>12} "
-             f"{'max evals':>9} {'% of space':>10} {'overhead ms/eval':>16}"]
+def summary_rows(runs: list[Run], space_size: int) -> list[dict]:
+    """Per sampler (in order of first run): runs, % optimal, % certified, median and max new
+    evaluations, the median as % of the space, median decision overhead per evaluation (ms)."""
+    rows = []
     for sampler in dict.fromkeys(r.sampler for r in runs):
         rs = [r for r in runs if r.sampler == sampler]
         evals = [r.evaluations for r in rs]
-        lines.append(f"{sampler:<11} {len(rs):>5} {100 * np.mean([r.optimal for r in rs]):>9.1f} "
-                     f"{100 * np.mean([r.certified for r in rs]):>11.1f} {statistics.median(evals):>12.1f} "
-                     f"{max(evals):>9d} {100 * statistics.median(evals) / space_size:>10.2f} "
-                     f"{1e3 * statistics.median(r.overhead_s for r in rs if r.evaluations):>16.2f}")
+        rows.append({"sampler": sampler, "runs": len(rs), "optimum_pct": 100 * float(np.mean([r.optimal for r in rs])),
+                     "certified_pct": 100 * float(np.mean([r.certified for r in rs])),
+                     "median_evaluations": float(statistics.median(evals)), "max_evaluations": max(evals),
+                     "space_pct": 100 * statistics.median(evals) / space_size,
+                     "overhead_ms": 1e3 * statistics.median(r.overhead_s for r in rs if r.evaluations)})
+    return rows
+
+
+def summarise(runs: list[Run], space_size: int) -> list[str]:
+    lines = [f"{'sampler':<11} {'runs':>5} {'optimum %':>9} {'certified %':>11} {'median evals':>12} "
+             f"{'max evals':>9} {'% of space':>10} {'overhead ms/eval':>16}"]
+    for row in summary_rows(runs, space_size):
+        lines.append(f"{row['sampler']:<11} {row['runs']:>5} {row['optimum_pct']:>9.1f} "
+                     f"{row['certified_pct']:>11.1f} {row['median_evaluations']:>12.1f} "
+                     f"{row['max_evaluations']:>9d} {row['space_pct']:>10.2f} {row['overhead_ms']:>16.2f}")
     return lines
 
 
@@ -117,7 +133,140 @@ def plot(runs: list[Run], path, title: str):
     return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class SearchBenchConfig:
+    """What `run_bench` runs (the CLI's flags; module docstring)."""
+    app: str = DEFAULT_APP
+    storage: str | None = None
+    samplers: tuple[str, ...] = ("coinfer", "optcoinfer", "tpe", "gp", "random", "exhaustive")
+    seeds: int = 5
+    gp_seeds: int = 1
+    gp_bandwidths: tuple[float, ...] = (1.0,)
+    optcoinfer_seeds: int = 2
+    synthetic_samplers: tuple[str, ...] = ("coinfer", "exhaustive", "tpe", "random")
+    budget: int = 100
+    n_restarts: int = 1
+    tolerance: float | None = None  # None: search.bounds.DEFAULT_TOLERANCE
+    workers: int = os.cpu_count() or 1
+    synthetic: bool = True
+    quick: bool = False
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One suite's runs: the complete table ("default") or a synthetic table ("shape/noiseN")."""
+    name: str
+    space_size: int
+    queries: int
+    runs: list[Run]
+
+
+@dataclass(frozen=True)
+class SearchBenchResult:
+    app: str
+    suites: list[Suite]  # the default suite first
+    wall_s: float
+    plot: Path
+
+    @property
+    def misses(self) -> list[Run]:
+        """The default suite's coinfer runs that missed the optimum."""
+        return [r for r in self.suites[0].runs if r.sampler == "coinfer" and not r.optimal]
+
+    def lines(self) -> list[str]:
+        default, synthetic = self.suites[0], self.suites[1:]
+        out = [f"\ncomplete {self.app} table ({default.queries} queries):",
+               *summarise(default.runs, default.space_size)]
+        for suite in synthetic:
+            out += [f"\nsynthetic {suite.name} (13 points, {suite.space_size} schemes, {suite.queries} queries):",
+                    *summarise(suite.runs, suite.space_size)]
+        out += [f"coinfer missed: {r.query}" for r in self.misses]
+        out.append(f"\nwall {self.wall_s:.0f} s; plot: {self.plot}")
+        return out
+
+    def to_json(self) -> dict:
+        return {"app": self.app,
+                "suites": [{"suite": s.name, "space_size": s.space_size, "queries": s.queries,
+                            "samplers": summary_rows(s.runs, s.space_size)} for s in self.suites],
+                "coinfer_missed": [str(r.query) for r in self.misses],
+                "wall_s": self.wall_s, "plot": str(self.plot)}
+
+
+def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) -> SearchBenchResult:
+    """Run every sampler on every query of the complete table of `config.app` and of the synthetic
+    tables, in a pool of `config.workers` processes; `note` gets the header and, off a terminal, a
+    line every 50 runs. Raises CoInferError when the table is incomplete or a sampler is unknown."""
+    from database.storage import Storage
+    from database.store import Store
+    from search.bounds import DEFAULT_TOLERANCE
+    from search.latency import LatencyModel
+    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
+    app = load_app(config.app)
+    store = Store(Storage.parse(config.storage))
+    model = LatencyModel.from_store(store, app)
+    table = store.accuracy_table(app.name, app.protocol.name, app.protocol.seed)
+    base = store.base(app.name, app.protocol.name)
+    size = model.space.size
+    if len(table) < size or base is None:
+        raise CoInferError(f"the accuracy table of {app.name} is incomplete ({len(table)}/{size} schemes); "
+                           f"complete it with python -m database.evaluate --app {app.name} --schemes all")
+    tol = DEFAULT_TOLERANCE if config.tolerance is None else config.tolerance
+    for name in [*config.samplers, *config.synthetic_samplers]:
+        sampler_spec(name)  # an unknown name: one line, before any work
+    knobs = {"restarts": config.n_restarts}
+    qs = queries()
+    seeds = 1 if config.quick else config.seeds
+    if config.quick:
+        qs = [q for q in qs if q.bandwidth in (0.5, 2)]
+    _SUITES["default"] = (model, table, base)
+    syn_points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
+    syn_model = synthetic_latency(syn_points)
+    synthetic = [] if not config.synthetic else [(shape, noise) for shape in ("saturating", "linear", "cliff")
+                                                 for noise in (0.0, 0.002)]
+    for shape, noise in synthetic:
+        _SUITES[f"{shape}/noise{noise:g}"] = (syn_model, synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9)
+
+    gp_bws = set(config.gp_bandwidths)
+    n_seeds = {"gp": min(seeds, config.gp_seeds), "optcoinfer": min(seeds, config.optcoinfer_seeds)}
+
+    def tasks(suite: str, qlist: list[Query], names: tuple[str, ...], nseeds: int) -> list:
+        out = []
+        for s in names:
+            n = min(nseeds, n_seeds.get(s, nseeds)) if sampler_spec(s).stochastic else 1
+            qs_s = [q for q in qlist if q.bandwidth in gp_bws] if s == "gp" else qlist
+            out += [(suite, s, seed, q, tol, config.budget, knobs) for seed in range(n) for q in qs_s]
+        return out
+
+    all_tasks = tasks("default", qs, config.samplers, seeds)
+    syn_queries = [q for q in qs if q.bandwidth in (0.5, 2)]
+    for shape, noise in synthetic:
+        all_tasks += tasks(f"{shape}/noise{noise:g}", syn_queries, config.synthetic_samplers, 1 if config.quick else 2)
+    note(f"bench.search: {app.name}, space {size} schemes, base top-1 {base:.4f}, latency devices "
+         f"{model.devices[0]} -> {model.devices[1]}; {len(qs)} queries; coinfer tolerance {tol:.4f}; "
+         f"tpe/random over {seeds} seeds, optcoinfer over {n_seeds['optcoinfer']} (GP restarts {config.n_restarts}), "
+         f"Optuna gp over {n_seeds['gp']} on the queries at {sorted(gp_bws)} Mbps only (about 1 s a trial); "
+         f"tpe/gp/random budget {config.budget} evaluations; synthetic suites: {','.join(config.synthetic_samplers)}; "
+         f"{config.workers} worker processes; {len(all_tasks)} runs")
+    start = time.perf_counter()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(config.workers) as pool:
+        runs = []
+        done = pool.imap_unordered(_run, all_tasks, chunksize=1)
+        for i, run in enumerate(progress(done, total=len(all_tasks), desc="bench.search", unit="run"), 1):
+            runs.append(run)
+            if i % 50 == 0 and not on_terminal():  # a log: a line now and then, with the ETA
+                elapsed = time.perf_counter() - start
+                note(f"  {i}/{len(all_tasks)} runs, {elapsed:.0f} s, ETA {elapsed / i * (len(all_tasks) - i):.0f} s")
+    default = [r for r in runs if r.suite == "default"]
+    suites = [Suite("default", size, len(qs), default)]
+    suites += [Suite(name, syn_model.space.size, len(syn_queries), [r for r in runs if r.suite == name])
+               for name in dict.fromkeys(r.suite for r in runs if r.suite != "default")]
+    path = plot(default, OUT / "search.png", f"{app.name}: evaluations vs optimality ({len(qs)} queries)")
+    return SearchBenchResult(app.name, suites, time.perf_counter() - start, path)
+
+
+def parse_args(argv: list[str] | None) -> tuple[SearchBenchConfig, bool]:
+    """The command line as (config, --json)."""
     ap = ArgParser(description="Benchmark the samplers against the exhaustive optimum.")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--storage", default=None)
@@ -134,84 +283,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 seed, bandwidths 0.5 and 2 only")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object (per suite and sampler: the table's columns); notes go to stderr")
     args = ap.parse_args(argv)
-    from database.storage import Storage
-    from database.store import Store
-    from search.bounds import DEFAULT_TOLERANCE
-    from search.latency import LatencyModel
-    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
-    if args.tolerance is None:
-        args.tolerance = DEFAULT_TOLERANCE
-    app = load_app(args.app)
-    store = Store(Storage.parse(args.storage))
-    model = LatencyModel.from_store(store, app)
-    table = store.accuracy_table(app.name, app.protocol.name, app.protocol.seed)
-    base = store.base(app.name, app.protocol.name)
-    size = model.space.size
-    if len(table) < size or base is None:
-        raise CoInferError(f"the accuracy table of {app.name} is incomplete ({len(table)}/{size} schemes); "
-                           f"complete it with python -m database.evaluate --app {app.name} --schemes all")
-    tol = args.tolerance
-    samplers = args.samplers.split(",")
-    for name in [*samplers, *args.synthetic_samplers.split(",")]:
-        sampler_spec(name)  # an unknown name: one line, before any work
-    knobs = {"restarts": args.n_restarts}
-    qs = queries()
-    seeds = 1 if args.quick else args.seeds
-    if args.quick:
-        qs = [q for q in qs if q.bandwidth in (0.5, 2)]
-    _SUITES["default"] = (model, table, base)
-    syn_points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
-    syn_model = synthetic_latency(syn_points)
-    synthetic = [] if args.no_synthetic else [(shape, noise) for shape in ("saturating", "linear", "cliff")
-                                              for noise in (0.0, 0.002)]
-    for shape, noise in synthetic:
-        _SUITES[f"{shape}/noise{noise:g}"] = (syn_model, synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9)
+    config = SearchBenchConfig(
+        app=args.app, storage=args.storage, samplers=tuple(args.samplers.split(",")), seeds=args.seeds,
+        gp_seeds=args.gp_seeds, gp_bandwidths=tuple(float(x) for x in args.gp_bandwidths.split(",")),
+        optcoinfer_seeds=args.optcoinfer_seeds, synthetic_samplers=tuple(args.synthetic_samplers.split(",")),
+        budget=args.budget, n_restarts=args.n_restarts, tolerance=args.tolerance, workers=args.workers,
+        synthetic=not args.no_synthetic, quick=args.quick)
+    return config, args.json
 
-    gp_bws = {float(x) for x in args.gp_bandwidths.split(",")}
-    n_seeds = {"gp": min(seeds, args.gp_seeds), "optcoinfer": min(seeds, args.optcoinfer_seeds)}
 
-    def tasks(suite: str, qlist: list[Query], names: list[str], nseeds: int) -> list:
-        out = []
-        for s in names:
-            n = min(nseeds, n_seeds.get(s, nseeds)) if sampler_spec(s).stochastic else 1
-            qs_s = [q for q in qlist if q.bandwidth in gp_bws] if s == "gp" else qlist
-            out += [(suite, s, seed, q, tol, args.budget, knobs) for seed in range(n) for q in qs_s]
-        return out
-
-    all_tasks = tasks("default", qs, samplers, seeds)
-    syn_queries = [q for q in qs if q.bandwidth in (0.5, 2)]
-    for shape, noise in synthetic:
-        all_tasks += tasks(f"{shape}/noise{noise:g}", syn_queries, args.synthetic_samplers.split(","),
-                           1 if args.quick else 2)
-    print(f"bench.search: {app.name}, space {size} schemes, base top-1 {base:.4f}, latency devices "
-          f"{model.devices[0]} -> {model.devices[1]}; {len(qs)} queries; coinfer tolerance {tol:.4f}; "
-          f"tpe/random over {seeds} seeds, optcoinfer over {n_seeds['optcoinfer']} (GP restarts {args.n_restarts}), "
-          f"Optuna gp over {n_seeds['gp']} on the queries at {sorted(gp_bws)} Mbps only (about 1 s a trial); "
-          f"tpe/gp/random budget {args.budget} evaluations; synthetic suites: {args.synthetic_samplers}; "
-          f"{args.workers} worker processes; {len(all_tasks)} runs", flush=True)
-    start = time.perf_counter()
-    ctx = mp.get_context("fork")
-    with ctx.Pool(args.workers) as pool:
-        runs = []
-        done = pool.imap_unordered(_run, all_tasks, chunksize=1)
-        for i, run in enumerate(progress(done, total=len(all_tasks), desc="bench.search", unit="run"), 1):
-            runs.append(run)
-            if i % 50 == 0 and not on_terminal():  # a log: a line now and then, with the ETA
-                elapsed = time.perf_counter() - start
-                print(f"  {i}/{len(all_tasks)} runs, {elapsed:.0f} s, ETA {elapsed / i * (len(all_tasks) - i):.0f} s",
-                      flush=True)
-    default = [r for r in runs if r.suite == "default"]
-    print(f"\ncomplete {app.name} table ({len(qs)} queries):")
-    print("\n".join(summarise(default, size)))
-    for suite in dict.fromkeys(r.suite for r in runs if r.suite != "default"):
-        print(f"\nsynthetic {suite} (13 points, {syn_model.space.size} schemes, {len(syn_queries)} queries):")
-        print("\n".join(summarise([r for r in runs if r.suite == suite], syn_model.space.size)))
-    misses = [r for r in default if r.sampler == "coinfer" and not r.optimal]
-    for r in misses:
-        print(f"coinfer missed: {r.query}")
-    path = plot(default, OUT / "search.png", f"{app.name}: evaluations vs optimality ({len(qs)} queries)")
-    print(f"\nwall {time.perf_counter() - start:.0f} s; plot: {path}")
+def main(argv: list[str] | None = None) -> int:
+    config, as_json = parse_args(argv)
+    note_stream = sys.stderr if as_json else sys.stdout
+    result = run_bench(config, note=lambda line: print(line, file=note_stream, flush=True))
+    print(json.dumps(result.to_json()) if as_json else "\n".join(result.lines()))
     return 0
 
 

@@ -25,11 +25,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from reports.figure import OUT, no_data, save_figure
+
+if TYPE_CHECKING:
+    from apps import App
 
 DEFAULT_APPS = ("vgg16_digits", "resnet18_digits", "resnet34_digits", "resnet50_digits", "mobilenet_digits")
 
@@ -159,14 +163,79 @@ def _parser() -> ArgParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class ZooConfig:
+    """The table's models (`apps`, loaded), the link and the optimum's bound, whether to profile a device's
+    layers here (`fit`), the SQLite file read through a copy (`source`), the PNG, and a progress bar."""
+
+    apps: tuple[App, ...]
+    source: Path
+    bandwidth: float = 1.0
+    accuracy_loss: float = 0.01
+    fit: bool = False
+    out: Path = OUT / "zoo.png"
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class ZooTable:
+    config: ZooConfig
+    rows: list[ZooRow]
+    png: Path
+
+    def to_json(self) -> dict:
+        return {"bandwidth_mbps": self.config.bandwidth, "accuracy_loss": self.config.accuracy_loss,
+                "rows": [r.to_json() for r in self.rows], "png": str(self.png)}
+
+    def lines(self) -> list[str]:
+        config = self.config
+        out = [f"How: the latency model on each app's edge/cloud devices at {config.bandwidth:g} Mbps, from measured "
+               "profiles, else profiles predicted from the device's layer samples (pred); base accuracy stored, else "
+               "the checkpoint measured on the test split; optimum = latency query (coinfer, offline) within "
+               f"{config.accuracy_loss:g} top-1 of the base; predictor error = leave-one-model-out relative error of "
+               "the whole-model latency (database.predictor).",
+               f"{'model':<22}{'points':>7}{'base top-1':>12}{'all-edge':>12}{'all-cloud':>12}  {'optimum':<14}"
+               f"{'latency':>10}{'top-1':>8}{'err edge':>10}{'err cloud':>10}"]
+        for r in self.rows:
+            pred = "(pred " + "+".join(r.predicted_sides) + ")" if r.predicted_sides else ""
+            acc = f"{r.base_accuracy:.2%}" if r.base_accuracy is not None else "-"
+            out.append(f"{r.app:<22}{r.points:>7}{acc:>12}{r.all_edge_s * 1e3:>10.2f}ms{r.all_cloud_s * 1e3:>10.2f}ms  "
+                       f"{r.optimum or '-':<14}{(f'{r.optimum_s * 1e3:.2f}ms' if r.optimum_s else '-'):>10}"
+                       f"{(f'{r.optimum_accuracy:.2%}' if r.optimum_accuracy else '-'):>8}"
+                       f"{(f'{r.edge_error:.1%}' if r.edge_error is not None else '-'):>10}"
+                       f"{(f'{r.cloud_error:.1%}' if r.cloud_error is not None else '-'):>10} {pred}")
+        out.append(f"wrote {self.png}")
+        return out
+
+
+def run_zoo(config: ZooConfig) -> ZooTable:
+    """The table's rows, computed on a copy of the database (the original is never written), and the PNG."""
+    import torch
+
+    from database.storage import Storage
+    from database.store import Store
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "zoo.sqlite"
+        try:
+            with sqlite3.connect(f"file:{config.source}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)
+        except sqlite3.DatabaseError as exc:
+            raise CoInferError(f"cannot read database {config.source}: {exc}") from None
+        store = Store(Storage.parse(str(copy)))
+        rows = zoo_rows(store, list(config.apps), config.bandwidth, config.accuracy_loss, config.fit, config.progress)
+        store.close()
+    return ZooTable(config, rows, _plot(rows, config.bandwidth, config.out))
+
+
+def parse_args(argv: list[str] | None) -> tuple[ZooConfig, bool]:
+    """The command line as (config, --json); every bad value one line, before any work."""
     args = _parser().parse_args(argv)
     if not 0 < args.bandwidth <= 1e6 or not 0 <= args.accuracy_loss < 1:
         raise CoInferError("--bandwidth must be in (0, 1e6] Mbps and --accuracy-loss in [0, 1)")
     from apps import load_app
     from apps.outpath import check_output_path
     from database.storage import Storage
-    from database.store import Store
     if Path(args.out).parent == OUT:
         OUT.mkdir(parents=True, exist_ok=True)
     check_output_path(args.out)
@@ -179,40 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError(f"--storage {storage.display!r}: bench.zoo reads an SQLite file")
     if not source.is_file():
         raise CoInferError(f"database file not found: {source}")
-    import torch
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "zoo.sqlite"
-        try:
-            with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
-                src.backup(dst)
-        except sqlite3.DatabaseError as exc:
-            raise CoInferError(f"cannot read database {source}: {exc}") from None
-        store = Store(Storage.parse(str(copy)))
-        rows = zoo_rows(store, apps, args.bandwidth, args.accuracy_loss, args.fit,
-                        sys.stderr.isatty() and not args.json)
-        store.close()
-    png = _plot(rows, args.bandwidth, Path(args.out))
-    if args.json:
-        print(json.dumps({"bandwidth_mbps": args.bandwidth, "accuracy_loss": args.accuracy_loss,
-                          "rows": [r.to_json() for r in rows], "png": str(png)}))
-        return 0
-    print(f"How: the latency model on each app's edge/cloud devices at {args.bandwidth:g} Mbps, from measured "
-          "profiles, else profiles predicted from the device's layer samples (pred); base accuracy stored, else the "
-          "checkpoint measured on the test split; optimum = latency query (coinfer, offline) within "
-          f"{args.accuracy_loss:g} top-1 of the base; predictor error = leave-one-model-out relative error of the "
-          "whole-model latency (database.predictor).")
-    print(f"{'model':<22}{'points':>7}{'base top-1':>12}{'all-edge':>12}{'all-cloud':>12}  {'optimum':<14}"
-          f"{'latency':>10}{'top-1':>8}{'err edge':>10}{'err cloud':>10}")
-    for r in rows:
-        pred = "(pred " + "+".join(r.predicted_sides) + ")" if r.predicted_sides else ""
-        acc = f"{r.base_accuracy:.2%}" if r.base_accuracy is not None else "-"
-        print(f"{r.app:<22}{r.points:>7}{acc:>12}{r.all_edge_s * 1e3:>10.2f}ms{r.all_cloud_s * 1e3:>10.2f}ms  "
-              f"{r.optimum or '-':<14}{(f'{r.optimum_s * 1e3:.2f}ms' if r.optimum_s else '-'):>10}"
-              f"{(f'{r.optimum_accuracy:.2%}' if r.optimum_accuracy else '-'):>8}"
-              f"{(f'{r.edge_error:.1%}' if r.edge_error is not None else '-'):>10}"
-              f"{(f'{r.cloud_error:.1%}' if r.cloud_error is not None else '-'):>10} {pred}")
-    print(f"wrote {png}")
+    return (ZooConfig(tuple(apps), source, args.bandwidth, args.accuracy_loss, args.fit, Path(args.out),
+                      sys.stderr.isatty() and not args.json), args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, as_json = parse_args(argv)
+    table = run_zoo(config)
+    print(json.dumps(table.to_json()) if as_json else "\n".join(table.lines()))
     return 0
 
 

@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
@@ -146,8 +147,10 @@ def _parser() -> ArgParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def job_of(args: argparse.Namespace) -> tuple[BuildJob, App, Store]:
+    """The parsed command line as a frozen `BuildJob`, with its app loaded and its store open and
+    writable; every check (flags, schemes in the space, the checkpoint, the database) before any
+    fine-tuning."""
     if args.device is not None:
         raise CoInferError("--device names a profiled device: the torch device to fine-tune on is --torch-device "
                            "cpu|cuda|cuda:N")
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError(f"unknown evaluator {args.evaluator!r} (use finetune or synthetic[:SECONDS])")
     app = load_app(args.app)
     from compress.prune import check_in_space
-    from database.distributed import QueueConfig, study_name
+    from database.distributed import QueueConfig
     from database.store import Store
     from database.synthetic_finetuner import parse_delay
     from models.build import app_points
@@ -191,31 +194,63 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1 and not synthetic:
         threads = max(1, (os.cpu_count() or 1) // args.workers)
     job = BuildJob(args.app, storage, queue, tuple(schemes), seed, tuple(widths), args.evaluator, accel, threads)
+    return job, app, store
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What a build here did: new rows, rows stored for the job's protocol and seed, schemes of the job
+    still missing (failed for good), wall time, and each worker's report."""
+
+    app: str
+    protocol: str
+    seed: int
+    study: str
+    new: int
+    stored: int
+    missing: int
+    wall_s: float
+    reports: list[WorkerReport]
+
+    def to_json(self) -> dict:
+        return {"app": self.app, "protocol": self.protocol, "seed": self.seed, "study": self.study, "new": self.new,
+                "stored": self.stored, "missing": self.missing, "wall_s": self.wall_s,
+                "workers": [{k: v for k, v in r.to_json().items() if not isinstance(v, list)} for r in self.reports]}
+
+    def line(self) -> str:
+        return (f"{self.app}: {self.new} new evaluations in {self.wall_s:.1f} s; {self.stored} schemes stored for "
+                f"protocol {self.protocol} seed {self.seed}"
+                + (f"; {self.missing} could not be evaluated (see python -m reports.build_status)"
+                   if self.missing else ""))
+
+
+def evaluate_job(job: BuildJob, app: App, store: Store, workers: int = 1, progress: bool = False) -> BuildSummary:
+    """Store the base accuracy if it is missing (fine-tuned protocols), then build `job` with `workers`
+    workers here; count what the accuracy table gained."""
+    from database.distributed import study_name
     protocol = job.protocol(app)
     finetuner = None  # made once, here, when this process fine-tunes (the base model, or one worker)
-    if not synthetic and store.base(app.name, protocol) is None:
+    if not job.synthetic and store.base(app.name, protocol) is None:
         from database.finetune import SchemeFinetuner
-        finetuner = SchemeFinetuner(app, accel=accel)  # this process's torch threads: as they are
+        finetuner = SchemeFinetuner(app, accel=job.accel)  # this process's torch threads: as they are
         top1, top5 = finetuner.base_accuracy()
         store.put_base(app.name, protocol, top1, top5, len(finetuner.test), f"checkpoint {app.checkpoint.name}")
-    before = set(store.accuracy_table(app.name, protocol, seed))
+    before = set(store.accuracy_table(app.name, protocol, job.seed))
     start = time.perf_counter()
-    progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    reports = build(job, app, store, args.workers, progress, finetuner) if schemes else []
-    after = set(store.accuracy_table(app.name, protocol, seed))
+    reports = build(job, app, store, workers, progress, finetuner) if job.schemes else []
+    after = set(store.accuracy_table(app.name, protocol, job.seed))
     wall = time.perf_counter() - start
-    new, missing = len(after - before), len(set(schemes) - after)
-    if args.json:
-        print(json.dumps({"app": app.name, "protocol": protocol, "seed": seed,
-                          "study": study_name(app.name, protocol, seed), "new": new, "stored": len(after),
-                          "missing": missing, "wall_s": wall,
-                          "workers": [{k: v for k, v in r.to_json().items() if not isinstance(v, list)}
-                                      for r in reports]}, separators=(",", ":")))
-    else:
-        print(f"{app.name}: {new} new evaluations in {wall:.1f} s; {len(after)} schemes stored for protocol "
-              f"{protocol} seed {seed}" + (f"; {missing} could not be evaluated (see python -m reports.build_status)"
-                                           if missing else ""))
-    return 1 if missing else 0
+    return BuildSummary(app.name, protocol, job.seed, study_name(app.name, protocol, job.seed), len(after - before),
+                        len(after), len(set(job.schemes) - after), wall, reports)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    job, app, store = job_of(args)
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    summary = evaluate_job(job, app, store, args.workers, progress)
+    print(json.dumps(summary.to_json(), separators=(",", ":")) if args.json else summary.line())
+    return 1 if summary.missing else 0
 
 
 if __name__ == "__main__":

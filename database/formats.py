@@ -14,10 +14,12 @@ transaction (idempotent: schemes already stored are kept).
 from __future__ import annotations
 
 import csv
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from apps import DEFAULT_APP, load_app
+from apps import DEFAULT_APP, App, load_app
 from apps.outpath import check_output_path
 from cli.args import ArgParser
 from cli.errors import CoInferError
@@ -117,7 +119,26 @@ def _read_text(path: Path) -> str:
         raise CoInferError(f"{path} is not a text file") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class TableJob:
+    """One import or export: `action` (import-optcoinfer, import-csv, export-optcoinfer, export-csv),
+    the file, the app, protocol and seed of the rows, the base error to store (imports) and the database."""
+
+    action: str
+    path: Path
+    app: App
+    protocol: str
+    seed: int = 0
+    base_error: float | None = None
+    storage: str | None = None
+
+    @property
+    def importing(self) -> bool:
+        return self.action.startswith("import")
+
+
+def parse_args(argv: list[str] | None) -> tuple[TableJob, bool]:
+    """The command line as (job, --json); every bad value is one CoInferError line, before any file or database."""
     ap = ArgParser(description="Import/export accuracy tables (Opt-CoInfer text, CSV).")
     ap.add_argument("action", choices=["import-optcoinfer", "import-csv", "export-optcoinfer", "export-csv"])
     ap.add_argument("path", type=Path)
@@ -126,10 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base-error", type=float, default=None, help="base model top-1 error (imports)")
     ap.add_argument("--storage", default=None)
+    ap.add_argument("--json", action="store_true", help="print one JSON object: what was imported or exported")
     args = ap.parse_args(argv)
-    from database.storage import Storage
-    from database.store import AccuracyRow, Store  # after parsing: --help needs neither SQLAlchemy nor torch
-    from models.build import app_points
     app = load_app(args.app)
     if args.protocol is not None and not 0 < len(args.protocol) <= 128:
         raise CoInferError("--protocol must be 1..128 characters")
@@ -139,26 +158,57 @@ def main(argv: list[str] | None = None) -> int:
         protocol = args.protocol or ("optcoinfer-paper" if args.action == "import-optcoinfer" else app.protocol.name)
         if args.base_error is not None and not 0 <= args.base_error < 1:
             raise CoInferError("--base-error must be in [0, 1)")
-        table = read_optcoinfer(args.path) if args.action == "import-optcoinfer" else read_csv(args.path)
-        check_table(table, [p.channels for p in app_points(app)], str(args.path))
-        store = Store(Storage.parse(args.storage))
-        new = store.put_accuracy([AccuracyRow(app.name, protocol, p, c, b, args.seed, t, host="import")
-                                  for (p, c, b), t in table.items()])
-        if args.base_error is not None:
-            store.put_base(app.name, protocol, 1 - args.base_error, source=f"import {args.path.name}")
-        print(f"imported {len(table)} schemes ({new} new) into {app.name} / {protocol}")
     else:
         protocol = args.protocol or app.protocol.name
-        check_output_path(args.path, "export")
-        store = Store(Storage.parse(args.storage), create=False, readonly=True)
-        table = store.accuracy_table(app.name, protocol, args.seed)
-        if not table:
-            raise CoInferError(f"no accuracy entries for {app.name} / {protocol} / seed {args.seed}")
-        try:
-            (write_optcoinfer if args.action == "export-optcoinfer" else write_csv)(table, args.path)
-        except OSError as exc:
-            raise CoInferError(f"cannot write {args.path}: {exc.strerror or exc}") from None
-        print(f"exported {len(table)} schemes of {app.name} / {protocol} to {args.path}")
+    return TableJob(args.action, args.path, app, protocol, args.seed, args.base_error, args.storage), args.json
+
+
+def import_table(job: TableJob) -> dict:
+    """Read and check the whole file, then store its rows (and the base accuracy when given) in one go:
+    the counts of schemes read and of new rows."""
+    from database.storage import Storage
+    from database.store import AccuracyRow, Store  # here: --help needs neither SQLAlchemy nor torch
+    from models.build import app_points
+    app = job.app
+    table = read_optcoinfer(job.path) if job.action == "import-optcoinfer" else read_csv(job.path)
+    check_table(table, [p.channels for p in app_points(app)], str(job.path))
+    store = Store(Storage.parse(job.storage))
+    new = store.put_accuracy([AccuracyRow(app.name, job.protocol, p, c, b, job.seed, t, host="import")
+                              for (p, c, b), t in table.items()])
+    base = None if job.base_error is None else 1 - job.base_error
+    if base is not None:
+        store.put_base(app.name, job.protocol, base, source=f"import {job.path.name}")
+    return {"action": job.action, "app": app.name, "protocol": job.protocol, "seed": job.seed,
+            "path": str(job.path), "schemes": len(table), "new": new, "base_top1": base}
+
+
+def export_table(job: TableJob) -> dict:
+    """Write the stored table of the job's app, protocol and seed to its file: the count of schemes."""
+    from database.storage import Storage
+    from database.store import Store
+    app = job.app
+    check_output_path(job.path, "export")
+    store = Store(Storage.parse(job.storage), create=False, readonly=True)
+    table = store.accuracy_table(app.name, job.protocol, job.seed)
+    if not table:
+        raise CoInferError(f"no accuracy entries for {app.name} / {job.protocol} / seed {job.seed}")
+    try:
+        (write_optcoinfer if job.action == "export-optcoinfer" else write_csv)(table, job.path)
+    except OSError as exc:
+        raise CoInferError(f"cannot write {job.path}: {exc.strerror or exc}") from None
+    return {"action": job.action, "app": app.name, "protocol": job.protocol, "seed": job.seed,
+            "path": str(job.path), "schemes": len(table)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    job, as_json = parse_args(argv)
+    done = import_table(job) if job.importing else export_table(job)
+    if as_json:
+        print(json.dumps(done))
+    elif job.importing:
+        print(f"imported {done['schemes']} schemes ({done['new']} new) into {done['app']} / {done['protocol']}")
+    else:
+        print(f"exported {done['schemes']} schemes of {done['app']} / {done['protocol']} to {done['path']}")
     return 0
 
 

@@ -373,62 +373,142 @@ def fit_device(store: Store, spec: Device, models: list[NamedModel], config: Pre
     return samples, errors
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class FitJob:
+    """`fit`: sample `device`'s layers over the models of `apps` (None: the default set) and, with
+    `reference`, torchvision's; `sweep` configurations per kind, `runs` timed samples each."""
+
+    device: Device
+    apps: tuple[str, ...] | None = None
+    reference: bool = True
+    config: PredictorConfig = PredictorConfig()
+    sweep: int = 60
+    runs: int = 7
+    storage: str | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """`predict`: store `app`'s latency profile on `device` for `sides`, predicted from its stored samples."""
+
+    app: App
+    device: Device
+    sides: tuple[str, ...]
+    config: PredictorConfig = PredictorConfig()
+    replace: bool = False
+    storage: str | None = None
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What `run_fit` stored: the sample count and the leave-one-model-out errors."""
+
+    job: FitJob
+    samples: int
+    errors: list[ModelError]
+
+    @property
+    def median_error(self) -> float | None:
+        return median_error(self.errors)
+
+    def to_json(self) -> dict:
+        spec = self.job.device
+        return {"device": spec.name, "speed": spec.speed, "samples": self.samples,
+                "regressor": self.job.config.regressor, "leave_one_model_out": [e.to_json() for e in self.errors],
+                "median_error": self.median_error, "target": TARGET}
+
+    def lines(self) -> list[str]:
+        spec, med = self.job.device, self.median_error
+        out = [f"{spec.name}: {self.samples} layer samples stored (speed {spec.speed or 1:g} of this CPU, "
+               f"thread CPU time / speed, median of {self.job.runs})", "leave-one-model-out, whole-model latency:"]
+        out += [f"  {e.model:<22} measured {e.measured_s * 1e3:9.2f} ms  predicted {e.predicted_s * 1e3:9.2f} ms"
+                f"  error {e.error:6.1%}  ({e.layers} layers)" for e in self.errors]
+        if med is not None:
+            out.append(f"  median error {med:.1%} (target <= {TARGET:.0%}): {'PASS' if med <= TARGET else 'FAIL'}")
+        return out
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What `run_predict` stored: the rows, the whole-model times among them, the predictor."""
+
+    job: PredictJob
+    rows: int
+    all_edge_s: float | None
+    all_cloud_compute_s: float | None
+    predictor: dict  # LatencyPredictor.describe()
+
+    def to_json(self) -> dict:
+        return {"app": self.job.app.name, "device": self.job.device.name, "sides": list(self.job.sides),
+                "rows": self.rows, "all_edge_s": self.all_edge_s, "all_cloud_compute_s": self.all_cloud_compute_s,
+                "predictor": self.predictor}
+
+    def lines(self) -> list[str]:
+        job = self.job
+        out = [f"{job.app.name} on {job.device.name}: {self.rows} predicted rows stored ({'+'.join(job.sides)}, "
+               "marked predicted)"]
+        if "edge" in job.sides and self.all_edge_s is not None:
+            out.append(f"  whole model, edge side (all-edge): {self.all_edge_s * 1e3:.2f} ms predicted")
+        if self.all_cloud_compute_s is not None:
+            out.append(f"  whole model, cloud side (all-cloud): {self.all_cloud_compute_s * 1e3:.2f} ms predicted")
+        return out
+
+
+def run_fit(job: FitJob) -> Fitted:
+    """Profile the device's layers into the database (its fingerprint too, if it has none yet)."""
+    from database.storage import Storage
+    from database.store import Store
+    spec = job.device
+    store = Store(Storage.parse(job.storage))
+    store.check_writable()
+    apps = list(job.apps) if job.apps is not None else None
+    samples, errors = fit_device(store, spec, default_models(apps, job.reference), job.config, job.sweep, job.runs,
+                                 job.progress)
+    if store.device(spec.name) is None:
+        from devices.fingerprint import fingerprint
+        store.put_device(spec.name, fingerprint(), "layer samples only (database.predictor)", spec)
+    return Fitted(job, len(samples), errors)
+
+
+def run_predict(job: PredictJob) -> Predicted:
+    """Fit the predictor from the device's stored samples and store the app's predicted rows."""
+    from database.storage import Storage
+    from database.store import Store
+    from models.build import app_points
+    store = Store(Storage.parse(job.storage), create=False)  # the device's layer samples are in an existing database
+    predictor = LatencyPredictor.fit(fitted_samples(store, job.device.name), job.config)
+    store.check_writable()
+    rows = store_predicted(store, job.app, job.device.name, job.sides, predictor, job.replace)
+    singles = {(r.side, r.point): r.median_s for r in rows}
+    return Predicted(job, len(rows), singles.get(("edge", len(app_points(job.app)))), singles.get(("cloud", -1)),
+                     predictor.describe())
+
+
+def parse_args(argv: list[str] | None) -> tuple[FitJob | PredictJob, bool]:
+    """The command line as (job, --json); every bad value one line, before any profiling."""
     args = _parser().parse_args(argv)
     if not (1 <= args.sweep <= 10_000 and 1 <= args.runs <= 1000):
         raise CoInferError("--sweep must be in 1..10000 and --runs in 1..1000")
     from apps import load_app
-    from database.storage import Storage
-    from database.store import Store
     app = load_app(args.app) if args.action == "predict" else None
     spec = resolve_device(args.device, args.devices, (app,) if app else ())
     config = PredictorConfig(args.regressor)
     progress = not (args.no_progress or args.json) and sys.stderr.isatty()
     if args.action == "fit":
-        apps = [a.strip() for a in args.apps.split(",")] if args.apps else None
-        for name in apps or []:
+        apps = tuple(a.strip() for a in args.apps.split(",")) if args.apps else None
+        for name in apps or ():
             load_app(name)  # an unknown app is one line before minutes of profiling
-        store = Store(Storage.parse(args.storage))
-        store.check_writable()
-        samples, errors = fit_device(store, spec, default_models(apps, args.reference), config, args.sweep,
-                                     args.runs, progress)
-        if store.device(spec.name) is None:
-            from devices.fingerprint import fingerprint
-            store.put_device(spec.name, fingerprint(), "layer samples only (database.predictor)", spec)
-        med = median_error(errors)
-        if args.json:
-            print(json.dumps({"device": spec.name, "speed": spec.speed, "samples": len(samples),
-                              "regressor": config.regressor, "leave_one_model_out": [e.to_json() for e in errors],
-                              "median_error": med, "target": TARGET}))
-            return 0
-        print(f"{spec.name}: {len(samples)} layer samples stored (speed {spec.speed or 1:g} of this CPU, "
-              f"thread CPU time / speed, median of {args.runs})")
-        print("leave-one-model-out, whole-model latency:")
-        for e in errors:
-            print(f"  {e.model:<22} measured {e.measured_s * 1e3:9.2f} ms  predicted {e.predicted_s * 1e3:9.2f} ms"
-                  f"  error {e.error:6.1%}  ({e.layers} layers)")
-        if med is not None:
-            print(f"  median error {med:.1%} (target <= {TARGET:.0%}): {'PASS' if med <= TARGET else 'FAIL'}")
-        return 0
+        return FitJob(spec, apps, args.reference, config, args.sweep, args.runs, args.storage, progress), args.json
     side = args.side or spec.side
     sides = ("edge", "cloud") if side == "both" else (side,)
-    store = Store(Storage.parse(args.storage), create=False)  # the device's layer samples are in an existing database
-    predictor = LatencyPredictor.fit(fitted_samples(store, spec.name), config)
-    store.check_writable()
-    rows = store_predicted(store, app, spec.name, sides, predictor, args.replace)
-    from models.build import app_points
-    singles = {(r.side, r.point): r.median_s for r in rows}
-    edge_all, cloud_all = singles.get(("edge", len(app_points(app)))), singles.get(("cloud", -1))
-    if args.json:
-        print(json.dumps({"app": app.name, "device": spec.name, "sides": list(sides), "rows": len(rows),
-                          "all_edge_s": edge_all, "all_cloud_compute_s": cloud_all,
-                          "predictor": predictor.describe()}))
-        return 0
-    print(f"{app.name} on {spec.name}: {len(rows)} predicted rows stored ({'+'.join(sides)}, marked predicted)")
-    if "edge" in sides and edge_all is not None:
-        print(f"  whole model, edge side (all-edge): {edge_all * 1e3:.2f} ms predicted")
-    if cloud_all is not None:
-        print(f"  whole model, cloud side (all-cloud): {cloud_all * 1e3:.2f} ms predicted")
+    return PredictJob(app, spec, sides, config, args.replace, args.storage), args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    job, as_json = parse_args(argv)
+    done = run_fit(job) if isinstance(job, FitJob) else run_predict(job)
+    print(json.dumps(done.to_json()) if as_json else "\n".join(done.lines()))
     return 0
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import statistics
 import sys
@@ -264,6 +265,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--warmup", type=int, default=5)
     add_torch_device_argument(ap, "profile on this torch device (a GPU: its fingerprint is stored)")
     ap.add_argument("--storage", default=None)
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object: the device, the note, every stored row, the noise report")
     return ap
 
 
@@ -380,11 +383,32 @@ def profile_device(app: App, config: ProfileConfig, store: Store, replace_old: b
     return Profiled(rows, config.device, noise, note)
 
 
+def profiled_json(app: App, done: Profiled) -> dict:
+    """What --json prints: the device as measured, the note, every stored row and the noise report."""
+    device = done.device
+    return {"app": app.name, "device": device.name, "speed": device.speed, "emulation": device.emulation,
+            "measurements": len(done.rows), "note": done.note, "noise": done.noise.to_json(),
+            "warnings": list(done.noise.warnings),
+            "rows": [{"point": r.point, "channels": r.channels, "side": r.side, "median_s": r.median_s,
+                      "p90_s": r.p90_s, "n": r.n} for r in done.rows]}
+
+
 def main(argv: list[str] | None = None) -> int:
     app, config, args = parse(argv)
     from database.storage import Storage
     from database.store import Store
-    done = profile_device(app, config, Store(Storage.parse(args.storage)), args.replace, args.keep_warm)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # notes: stderr
+        done = profile_device(app, config, Store(Storage.parse(args.storage)), args.replace, args.keep_warm)
+    if args.json:
+        print(json.dumps(profiled_json(app, done)))
+    else:
+        print_profiled(app, done)
+    for warning in done.noise.warnings:
+        print(f"warning: {warning}; profile again on a quieter machine (--replace) before trusting it", file=sys.stderr)
+    return 0
+
+
+def print_profiled(app: App, done: Profiled) -> None:
     device = done.device
     quota = f" (CPU quota {device.speed} CPU)" if device.emulation == "quota" else ""
     print(f"{app.name} on {device.name}: {len(done.rows)} measurements stored"
@@ -396,9 +420,6 @@ def main(argv: list[str] | None = None) -> int:
             label = "whole model, edge side (all-edge)" if r.side == "edge" else "whole model, cloud side (all-cloud)"
             print(f"  {label}: median {r.median_s * 1e3:.2f} ms, p90 {r.p90_s * 1e3:.2f} ms")
     print(f"  {done.noise.describe()}")
-    for warning in done.noise.warnings:
-        print(f"warning: {warning}; profile again on a quieter machine (--replace) before trusting it", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--app", default=DEFAULT_APP, help="export-profile: app name or YAML (default: %(default)s)")
     ap.add_argument("--replace", action="store_true", help="import-profile: overwrite a different stored profile")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object: action, device, app, rows, file")
     args = ap.parse_args(argv)
     from database.storage import Storage
     from database.store import Store
@@ -147,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path(args.path, "profile")
         data = export_profile(Store(storage, create=False), load_app(args.app).name, args.device)
         args.path.write_text(json.dumps(data, indent=1) + "\n")
-        print(f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}")
+        done, line = len(data["rows"]), f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}"
     else:
         data = read_profile(args.path)
-        n = import_profile(Store(storage), data, args.replace)
-        print(f"{n} rows of {data['device']} ({data['app']}) imported from {args.path}")
+        done = import_profile(Store(storage), data, args.replace)
+        line = f"{done} rows of {data['device']} ({data['app']}) imported from {args.path}"
+    print(json.dumps({"action": args.action, "device": data["device"], "app": data["app"], "rows": done,
+                      "path": str(args.path)}) if args.json else line)
     return 0
 
 

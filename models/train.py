@@ -9,6 +9,7 @@ The checkpoint is a plain state_dict (tensors only) so it loads with weights_onl
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(description="Train an app's base model and write its checkpoint.")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--out", default=None, help="checkpoint path (default: the app's)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object: top-1, top-5, test images, time, file")
     args = ap.parse_args(argv)
     import torch
 
@@ -154,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(model.state_dict(), out)
     except OSError as exc:
         raise CoInferError(f"cannot write checkpoint {out}: {exc.strerror or exc}") from None
-    print(f"{app.name}: base top-1 {top1:.4f} top-5 {top5:.4f} on {len(test)} test images, "
-          f"trained in {time.perf_counter() - start:.1f} s -> {out}")
+    wall = time.perf_counter() - start
+    print(json.dumps({"app": app.name, "top1": top1, "top5": top5, "test_images": len(test), "train_s": wall,
+                      "checkpoint": str(out)}) if args.json else
+          f"{app.name}: base top-1 {top1:.4f} top-5 {top5:.4f} on {len(test)} test images, "
+          f"trained in {wall:.1f} s -> {out}")
     return 0
 
 

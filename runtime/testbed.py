@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from apps import DEFAULT_APP, EMULATIONS, REPO_ROOT, Device
@@ -321,7 +322,46 @@ def _drain(stream, sink) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class TestbedCommand:
+    """The CLI's job: remove leftovers (`cleanup`), or bring up a testbed of `config` for `app` and, in it,
+    time the link (`verify`) and/or run `edge_cmd`."""
+
+    __test__ = False  # not a pytest test class
+
+    app: str = DEFAULT_APP
+    config: TestbedConfig = TestbedConfig()
+    edge_cmd: tuple[str, ...] = ()
+    verify: bool = False
+    cleanup: bool = False
+
+
+def run_testbed(command: TestbedCommand, show: Callable[[str, dict], None]) -> int:
+    """Bring the testbed up; `show("testbed", info)` once it is, `show("verify", timing)` after the link
+    is timed; then run the edge command: its exit status (0 without one)."""
+    config = command.config
+    with Testbed(command.app, config) as tb:
+        show("testbed", {"mode": tb.mode, "server": tb.server, "rate_mbps": config.rate_mbps,
+                         "reverse_mbps": config.reverse_mbps, "edge": config.edge.model_dump(), "qdisc": tb.qdisc(),
+                         "notes": tb.notes})
+        if command.verify:
+            show("verify", tb.verify())
+        return tb.run_edge(list(command.edge_cmd)).returncode if command.edge_cmd else 0
+
+
+def describe(what: str, info: dict, config: TestbedConfig) -> str:
+    """The text line(s) of what `run_testbed` shows."""
+    if what == "verify":
+        return (f"verify: {info['bytes']} bytes in {info['seconds']:.3f} s"
+                + (f", expected {info['expected_s']:.3f} s ({info['error'] * 100:+.1f} %)" if info['expected_s']
+                   else ""))
+    edge = f"{config.edge.speed:g} of this CPU ({config.edge.emulation})" if config.edge.slowed else "unthrottled"
+    return (f"testbed: {info['mode']}, cloud at {info['server']}, edge->cloud {config.rate_mbps or 'unshaped'} Mbps, "
+            f"edge CPU {edge}\n  {info['qdisc']}" + "".join(f"\n  note: {n}" for n in info["notes"]))
+
+
+def parse_args(argv: list[str] | None) -> tuple[TestbedCommand, bool]:
+    """The command line (before `--`; the edge command after it) as (command, --json)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     edge_cmd: list[str] = []
     if "--" in argv:
@@ -347,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.cleanup:
-        removed = cleanup_leftovers(everything=True)
-        print(json.dumps(removed) if args.json else ("\n".join(removed) or "nothing to remove"))
-        return 0
+        return TestbedCommand(cleanup=True), args.json
     if not edge_cmd and not args.verify:
         raise CoInferError("nothing to run: give --verify or -- EDGE COMMAND")
     from apps import load_app
@@ -360,23 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     edge = app.edge.with_speed(None) if args.full_speed else with_flags(app.edge, None, args.speed, args.emulation)
     config = TestbedConfig(args.rate, edge, reverse_mbps=args.reverse_rate, link=args.link, keep_warm=args.keep_warm,
                            cloud_args=args.cloud_arg, start_cloud=bool(edge_cmd))
-    with Testbed(args.app, config) as tb:
-        info = {"mode": tb.mode, "server": tb.server, "rate_mbps": config.rate_mbps,
-                "reverse_mbps": config.reverse_mbps, "edge": config.edge.model_dump(), "qdisc": tb.qdisc(),
-                "notes": tb.notes}
-        edge = (f"{config.edge.speed:g} of this CPU ({config.edge.emulation})" if config.edge.slowed
-                else "unthrottled")
-        print(json.dumps(info) if args.json else
-              f"testbed: {tb.mode}, cloud at {tb.server}, edge->cloud {config.rate_mbps or 'unshaped'} Mbps, "
-              f"edge CPU {edge}\n  {info['qdisc']}" + "".join(f"\n  note: {n}" for n in tb.notes), flush=True)
-        if args.verify:
-            v = tb.verify()
-            print(json.dumps(v) if args.json else
-                  f"verify: {v['bytes']} bytes in {v['seconds']:.3f} s"
-                  + (f", expected {v['expected_s']:.3f} s ({v['error'] * 100:+.1f} %)" if v['expected_s'] else ""),
-                  flush=True)
-        rc = tb.run_edge(edge_cmd).returncode if edge_cmd else 0
-    return rc
+    return TestbedCommand(args.app, config, tuple(edge_cmd), args.verify), args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, as_json = parse_args(argv)
+    if command.cleanup:
+        removed = cleanup_leftovers(everything=True)
+        print(json.dumps(removed) if as_json else ("\n".join(removed) or "nothing to remove"))
+        return 0
+
+    def show(what: str, info: dict) -> None:
+        print(json.dumps(info) if as_json else describe(what, info, command.config), flush=True)
+
+    return run_testbed(command, show)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -112,6 +113,30 @@ def test_optcoinfer_text_import_and_round_trip(tmp_path, capsys):
     assert read_optcoinfer(tmp_path / "out.txt") == pytest.approx(table)
     write_csv(table, tmp_path / "out.csv")
     assert read_csv(tmp_path / "out.csv") == pytest.approx(table)
+
+
+def test_formats_json_reports_what_was_imported_and_exported(tmp_path, capsys):
+    """database.formats --json: one object per run whose counts are the rows stored and written."""
+    src = tmp_path / "t.csv"
+    src.write_text("p,c,b,top1\n0,64,8,0.85\n1,5,7,0.8\n12,512,1,0.1\n")
+    db = str(tmp_path / "db.sqlite")
+    args = ["--app", "vgg16_cars", "--protocol", "mine", "--seed", "3", "--storage", db, "--json"]
+    assert formats_main(["import-csv", str(src), "--base-error", "0.25", *args]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done == {"action": "import-csv", "app": "vgg16_cars", "protocol": "mine", "seed": 3, "path": str(src),
+                    "schemes": 3, "new": 3, "base_top1": 0.75}
+    assert len(Store(db).accuracy_table("vgg16_cars", "mine", 3)) == 3 and Store(db).base("vgg16_cars", "mine") == 0.75
+    assert formats_main(["import-csv", str(src), *args]) == 0  # idempotent: nothing new
+    assert json.loads(capsys.readouterr().out)["new"] == 0
+    out = tmp_path / "out.txt"
+    assert formats_main(["export-optcoinfer", str(out), *args]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done == {"action": "export-optcoinfer", "app": "vgg16_cars", "protocol": "mine", "seed": 3,
+                    "path": str(out), "schemes": 3}
+    assert read_optcoinfer(out) == pytest.approx({Scheme(0, 64, 8): 0.85, Scheme(1, 5, 7): 0.8,
+                                                  Scheme(12, 512, 1): 0.1})
+    assert formats_main(["export-csv", str(tmp_path / "out.csv"), *args[:-1]]) == 0  # the text line, as before
+    assert capsys.readouterr().out == f"exported 3 schemes of vgg16_cars / mine to {tmp_path / 'out.csv'}\n"
 
 
 @pytest.mark.parametrize("text,match", [

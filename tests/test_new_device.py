@@ -133,3 +133,38 @@ def test_a_profiled_device_row_stores_speed_and_emulation(tmp_path):
                                   "notes": "n"}
     with sqlite3.connect(tmp_path / "d.sqlite") as conn:  # the row itself says speed, never cpu_quota
         assert "cpu_quota" not in conn.execute("SELECT fingerprint FROM device WHERE name = 'pi'").fetchone()[0]
+
+
+def test_profile_json_is_what_was_stored(tiny_app, tiny_app_path, tmp_path, capsys):
+    """database.profile --json: one object on stdout whose rows are the stored rows, and the device as stored."""
+    db = str(tmp_path / "edge.sqlite")
+    assert profile_main(["--device", "half", "--side", "edge", "--speed", "0.5", "--points", "12", "--app",
+                         tiny_app_path, "--runs", "2", "--warmup", "0", "--passes", "1", "--idle-ms", "0",
+                         "--no-keep-warm", "--storage", db, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    stored = Store(db).latency_rows(tiny_app.name, "half")
+    assert data["app"] == tiny_app.name and data["device"] == "half" and data["measurements"] == len(stored)
+    assert (data["speed"], data["emulation"]) == (0.5, "dilate") and "/ 0.5" in data["note"]
+    assert sorted((r["side"], r["point"], r["channels"], r["median_s"], r["p90_s"], r["n"]) for r in data["rows"]) \
+        == sorted((r.side, r.point, r.channels, r.median_s, r.p90_s, r.n) for r in stored)
+    assert {r["point"] for r in data["rows"]} == {-1, 12, 13}  # as the partial re-profile above
+    assert data["noise"] == Store(db).device("half")["noise"]
+
+
+def test_profile_io_json_counts_the_rows_written_and_imported(tmp_path, capsys):
+    """database.profile_io --json: one object per run; its row count is the file's and the importing store's."""
+    src, dst = Store(str(tmp_path / "a.sqlite")), Store(str(tmp_path / "b.sqlite"))
+    src.put_device("dev", {"cpu_model": "edge cpu"})
+    src.put_latency([LatencyRow("vgg16_cars", "dev", p, 4, "edge", 1e-3 * (p + 1), 2e-3 * (p + 1), 3)
+                     for p in range(3)])
+    file = tmp_path / "dev.json"
+    assert profiles_main(["export-profile", "--device", "dev", "--app", "vgg16_cars", str(file),
+                          "--storage", str(tmp_path / "a.sqlite"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"action": "export-profile", "device": "dev", "app": "vgg16_cars",
+                                                   "rows": 3, "path": str(file)}
+    assert len(read_profile(file)["rows"]) == 3
+    assert profiles_main(["import-profile", str(file), "--storage", str(tmp_path / "b.sqlite"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"action": "import-profile", "device": "dev", "app": "vgg16_cars",
+                                                   "rows": 3, "path": str(file)}
+    assert sorted(dst.latency_rows("vgg16_cars", "dev"), key=str) == sorted(src.latency_rows("vgg16_cars", "dev"),
+                                                                              key=str)

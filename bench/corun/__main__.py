@@ -202,7 +202,7 @@ def report(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> ArgParser:
     ap = ArgParser(prog="python -m bench.corun", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     c = sub.add_parser("client", help="the load generator against running servers")
@@ -244,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     for command in (c, r, p):
         command.add_argument("--json", action="store_true", help="the result as one JSON object on stdout")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     return {"client": client, "run": run, "report": report}[args.command](args)
 
 
