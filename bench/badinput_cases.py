@@ -223,7 +223,12 @@ def runtime_cases() -> list[Case]:
             _c("runtime.linkprobe", "source", *CLOSED.split(":"), "100", label="source: no sink", exit=3)]
     for cli, bads in (("bench.codec", [("--bogus",)]), ("bench.fuzz", [("--bogus",), ("--hang-ms", "nan"),
                                                                         ("--inputs", "x")]),
-                      ("bench.search", [("--bogus",), ("--tolerance", "nan"), ("--seeds", "x")]),
+                      ("bench.search", [("--bogus",), ("--tolerance", "nan"), ("--seeds", "x"),
+                                        ("--storage", "{tmp}/missing.sqlite", "--no-synthetic")]),
+                      ("bench.certificate", [("--bogus",), ("--samplers", "tpe"), ("--samplers", "nope"),
+                                             ("--tolerance", "nan"), ("--tolerance", "-1"),
+                                             ("--table", "{tmp}/missing.csv", "--no-synthetic"),
+                                             ("--storage", "{tmp}/missing.sqlite", "--no-synthetic")]),
                       ("bench.runtime", [("--bogus",), ("--rates", "nan"), ("--link", "x")]),
                       ("bench.adaptivity", [("--bogus",), ("--quotas", "inf"), ("--n", "x")]),
                       ("bench.badinput", [("--bogus",), ("--jobs", "0"), ("--timeout", "nan")])):

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (tol >= 0):
         raise CoInferError(f"--tolerance must be >= 0, got {args.tolerance}")
     app = load_app(args.app)
-    store = Store(Storage.parse(args.storage))
+    store = Store(Storage.parse(args.storage), create=False, readonly=True)  # a reader: creates nothing
     model = LatencyModel.from_store(store, app)
     widths = [pt.channels for pt in model.space.points]
     if args.table:

@@ -202,7 +202,7 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
     from search.latency import LatencyModel
     from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
     app = load_app(config.app)
-    store = Store(Storage.parse(config.storage))
+    store = Store(Storage.parse(config.storage), create=False, readonly=True)  # a reader: creates nothing
     model = LatencyModel.from_store(store, app)
     table = store.accuracy_table(app.name, app.protocol.name, app.protocol.seed)
     base = store.base(app.name, app.protocol.name)
