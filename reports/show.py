@@ -89,7 +89,7 @@ def whole_model(d: dict) -> str:
     return ", ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> ArgParser:
     ap = ArgParser(description="Show what the accuracy and latency databases hold, or plot the "
                                  "scheme space of an app.")
     ap.add_argument("--app", default=None, help=f"one app (default: all; with --plot: {DEFAULT_APP})")
@@ -106,7 +106,36 @@ def main(argv: list[str] | None = None) -> int:
                        help="--plot: mark the most accurate scheme within this ratio of the best single end")
     ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
                     help="--plot: the devices (default: the app's)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def describe(result: list[dict], url: str) -> list[str]:
+    """The text of `summary` for each app: the lines `reports.show` prints."""
+    lines = [f"database: {mask_url(url)}"]
+    for s in result:
+        lines.append(f"\napp {s['app']}: {s['points']} partition points, {s['space']} split schemes")
+        if not s["protocols"]:
+            lines.append("  accuracy: nothing evaluated")
+        for p in s["protocols"]:
+            base = f"{p['base_top1']:.4f}" if p["base_top1"] is not None else "unknown"
+            lines.append(f"  accuracy [{p['protocol']}]: {p['evaluated']}/{p['space']} schemes evaluated "
+                         f"({100 * p['evaluated'] / p['space']:.1f} %), base top-1 {base}")
+        if not s["devices"]:
+            lines.append("  latency: no device profiled")
+        for name, d in s["devices"].items():
+            slowed = {"dilate": "slowed to", "quota": "CPU quota"}.get(d["emulation"])
+            what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['speed']:g}" if slowed else "")
+            pred = f", predicted: {'+'.join(d['predicted'])} (database.predictor)" if d["predicted"] else ""
+            lines.append(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}{pred}); "
+                         f"{whole_model(d)}")
+            lines.append(f"    {measured_on(d['profiles'])}")
+            if len(d["sides"]) == 1:
+                lines.append(f"    {d['role']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     from database.storage import Storage
     from database.store import Store
     store = Store(Storage.parse(args.storage), create=False, readonly=True)
@@ -114,30 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return plot(store, args)
     if args.bandwidth is not None or args.accuracy_loss is not None or args.latency is not None:
         raise CoInferError("--bandwidth, --accuracy-loss and --latency go with --plot")
-    apps = [args.app] if args.app else available_apps()
-    result = [summary(store, a) for a in apps]
-    if args.json:
-        print(json.dumps(result, indent=1))
-        return 0
-    print(f"database: {mask_url(store.url)}")
-    for s in result:
-        print(f"\napp {s['app']}: {s['points']} partition points, {s['space']} split schemes")
-        if not s["protocols"]:
-            print("  accuracy: nothing evaluated")
-        for p in s["protocols"]:
-            base = f"{p['base_top1']:.4f}" if p["base_top1"] is not None else "unknown"
-            print(f"  accuracy [{p['protocol']}]: {p['evaluated']}/{p['space']} schemes evaluated "
-                  f"({100 * p['evaluated'] / p['space']:.1f} %), base top-1 {base}")
-        if not s["devices"]:
-            print("  latency: no device profiled")
-        for name, d in s["devices"].items():
-            slowed = {"dilate": "slowed to", "quota": "CPU quota"}.get(d["emulation"])
-            what = d["formula"] or f"{d['cpu_model']}" + (f", {slowed} {d['speed']:g}" if slowed else "")
-            pred = f", predicted: {'+'.join(d['predicted'])} (database.predictor)" if d["predicted"] else ""
-            print(f"  latency [{name}]: {'+'.join(d['sides'])}, {d['rows']} rows ({what}{pred}); {whole_model(d)}")
-            print(f"    {measured_on(d['profiles'])}")
-            if len(d["sides"]) == 1:
-                print(f"    {d['role']}")
+    result = [summary(store, a) for a in ([args.app] if args.app else available_apps())]
+    print(json.dumps(result, indent=1) if args.json else "\n".join(describe(result, store.url)))
     return 0
 
 
