@@ -30,7 +30,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.progress import progress
 from cli.run import run_cli
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, plain_log_axis, save_figure
 from search.samplers import sampler_spec
 
 KINDS = ("latency", "accuracy")
@@ -62,19 +62,48 @@ class Row:
                 "decision_ms": self.decision_ms}
 
 
-def measure(suite: str, model, table: dict, base: float, queries: list, samplers: list[str], tol: float,
-            knobs: dict, on_query=None) -> list[Row]:
-    """The minimum certificate of every query and each sampler's evaluations on `table`."""
+@dataclass(frozen=True)
+class Suite:
+    """A complete table with its latency model and base top-1, and the queries asked on it."""
+
+    name: str
+    model: object  # search.latency.LatencyModel
+    table: dict
+    base: float
+    queries: tuple
+
+
+@dataclass(frozen=True)
+class CertConfig:
+    """The samplers compared (ours: they stop by themselves), the certificate's tolerance, the samplers' knobs."""
+
+    samplers: tuple[str, ...] = ("coinfer", "exhaustive")
+    tolerance: float = 0.005
+    knobs: tuple[tuple[str, object], ...] = (("restarts", 1),)
+
+    def __post_init__(self) -> None:
+        for s in self.samplers:
+            if not sampler_spec(s).ours:
+                raise CoInferError(f"sampler {s} runs on a budget and never stops by itself; bench.certificate "
+                                   f"compares ours (coinfer, optcoinfer, exhaustive)")
+        if not (self.tolerance >= 0):
+            raise CoInferError(f"--tolerance must be >= 0, got {self.tolerance}")
+
+
+def measure(suite: Suite, config: CertConfig, on_query=None) -> list[Row]:
+    """The minimum certificate of every query of `suite` and each sampler's evaluations on its table."""
     from search.evaluators import TableEvaluator
     from search.mincert import minimum_certificate, verify
     from search.problem import Problem
     from search.runner import SearchConfig, run_search
     rows = []
-    for q in queries:
-        pr = Problem(q, model, base)
+    table, tol, knobs = suite.table, config.tolerance, dict(config.knobs)
+    for q in suite.queries:
+        pr = Problem(q, suite.model, suite.base)
         cert = minimum_certificate(pr, table, tol)
-        row = Row(suite, str(q), q.name, cert.size, cert.could_beat, verify(pr, table, cert, tol), cert.solve_s)
-        for s in samplers:
+        row = Row(suite.name, str(q), q.name, cert.size, cert.could_beat, verify(pr, table, cert, tol),
+                  cert.solve_s)
+        for s in config.samplers:
             spec = sampler_spec(s)
             res = run_search(pr, TableEvaluator(table), SearchConfig(s, tol if spec.uses_tolerance else 0.0, 0,
                                                                     spec.own_knobs(knobs)))
@@ -136,6 +165,7 @@ def plot(rows: list[Row], samplers: list[str], path, title: str):
         ax.axhline(1, color="grey", lw=0.8, ls="--")
         ax.set_xticks(range(len(suites)), suites, rotation=30, ha="right", fontsize=8)
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
         ax.set_title(f"{kind} queries")
     axes[0].set_ylabel("evaluations / minimum certificate (bar: median)")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -146,7 +176,7 @@ def plot(rows: list[Row], samplers: list[str], path, title: str):
     return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> ArgParser:
     ap = ArgParser(description="Samplers' evaluations against the minimum certificate of each query.")
     ap.add_argument("--app", default=DEFAULT_APP)
     ap.add_argument("--storage", default=None)
@@ -161,86 +191,101 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--quick", action="store_true", help="bandwidths 0.5 and 2 only")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    samplers = args.samplers.split(",")
-    for s in samplers:
-        if not sampler_spec(s).ours:
-            raise CoInferError(f"sampler {s} runs on a budget and never stops by itself; bench.certificate "
-                               f"compares ours (coinfer, optcoinfer, exhaustive)")
-    if args.base is not None and not (0 < args.base <= 1):
-        raise CoInferError(f"--base must be a top-1 in (0, 1], got {args.base}")
+    return ap
+
+
+def load_suites(app_ref: str, storage: str | None, table_path: str | None, base: float | None, quick: bool,
+                synthetic: bool) -> list[Suite]:
+    """The app's complete table (or `table_path`'s) under its latency model, then bench.search's synthetic suites."""
     from bench.search import queries
     from database.storage import Storage
     from database.store import Store
-    from search.bounds import DEFAULT_TOLERANCE
     from search.evaluators import TableEvaluator
     from search.latency import LatencyModel
     from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
-    tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    if not (tol >= 0):
-        raise CoInferError(f"--tolerance must be >= 0, got {args.tolerance}")
-    app = load_app(args.app)
-    store = Store(Storage.parse(args.storage), create=False, readonly=True)  # a reader: creates nothing
+    if base is not None and not (0 < base <= 1):
+        raise CoInferError(f"--base must be a top-1 in (0, 1], got {base}")
+    app = load_app(app_ref)
+    store = Store(Storage.parse(storage), create=False, readonly=True)  # a reader: creates nothing
     model = LatencyModel.from_store(store, app)
     widths = [pt.channels for pt in model.space.points]
-    if args.table:
-        table = TableEvaluator.from_file(args.table, widths).table
+    if table_path:
+        table = TableEvaluator.from_file(table_path, widths).table
     else:
         table = store.accuracy_table(app.name, app.protocol.name, app.protocol.seed)
-    base = args.base if args.base is not None else store.base(app.name, app.protocol.name)
+    base = base if base is not None else store.base(app.name, app.protocol.name)
     size = model.space.size
     split = {s for s in table if s.is_split}
     if len(split) < size or base is None:
-        where = args.table or f"the stored table of {app.name}"
+        where = table_path or f"the stored table of {app.name}"
         raise CoInferError(f"{where} is incomplete ({len(split)}/{size} schemes"
                            f"{'' if base is not None else ', no base accuracy'}); bench.certificate needs every scheme")
-    qs = queries()
-    if args.quick:
-        qs = [q for q in qs if q.bandwidth in (0.5, 2)]
-    suites = [("default" if not args.table else "table", model, table, base, qs)]
-    if not args.no_synthetic:
+    qs = [q for q in queries() if not quick or q.bandwidth in (0.5, 2)]
+    suites = [Suite("default" if not table_path else "table", model, table, base, tuple(qs))]
+    if synthetic:
         syn_points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
         syn_model = synthetic_latency(syn_points)
-        syn_qs = [q for q in qs if q.bandwidth in (0.5, 2)]
+        syn_qs = tuple(q for q in qs if q.bandwidth in (0.5, 2))
         for shape in ("saturating", "linear", "cliff"):
             for noise in (0.0, 0.002):
-                suites.append((f"{shape}/noise{noise:g}", syn_model,
-                               synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9, syn_qs))
-    total = sum(len(s[4]) for s in suites)
+                suites.append(Suite(f"{shape}/noise{noise:g}", syn_model,
+                                    synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9, syn_qs))
+    return suites
+
+
+def run_certificate(suites: list[Suite], config: CertConfig, show_progress: bool = True) -> list[Row]:
+    """Every suite measured (`measure`), with one progress tick per query."""
+    bar = progress(total=sum(len(s.queries) for s in suites), desc="bench.certificate", unit="query",
+                   enabled=show_progress)
+    rows: list[Row] = []
+    for suite in suites:
+        rows += measure(suite, config, on_query=lambda: bar.update(1))
+    bar.close()
+    return rows
+
+
+def describe(suites: list[Suite], rows: list[Row], config: CertConfig, wall: float, path) -> list[str]:
+    """The text report after the runs: per suite the ratio table, the unverified minima, the solver's and
+    the first sampler's times."""
+    samplers, lines = list(config.samplers), []
+    for suite in suites:
+        rs = [r for r in rows if r.suite == suite.name]
+        lines += [f"\n{suite.name} ({len(rs)} queries):", *summarise(rs, samplers)]
+    lines += [f"minimum NOT verified by Problem.status: {r.suite} {r.query}" for r in rows if not r.verified]
+    lines.append(f"\nminima verified: {sum(r.verified for r in rows)}/{len(rows)}; HiGHS median "
+                 f"{1e3 * statistics.median(r.solve_s for r in rows):.1f} ms, "
+                 f"max {1e3 * max(r.solve_s for r in rows):.1f} ms; "
+                 f"decision median {statistics.median(r.decision_ms[samplers[0]] for r in rows):.2f}, "
+                 f"max {max(r.decision_ms[samplers[0]] for r in rows):.2f} ms/evaluation "
+                 f"({samplers[0]}); wall {wall:.0f} s; load average now {os.getloadavg()[0]:.2f}; plot: {path}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from search.bounds import DEFAULT_TOLERANCE
+    tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    config = CertConfig(tuple(args.samplers.split(",")), tol, (("restarts", args.restarts),))
+    suites = load_suites(args.app, args.storage, args.table, args.base, args.quick, not args.no_synthetic)
     load = os.getloadavg()
     if not args.json:
-        print(f"bench.certificate: {app.name} ({size} schemes, base top-1 {base:.4f}) and "
-              f"{len(suites) - 1} synthetic suites; {total} queries; tolerance {tol:.4f}; samplers "
-              f"{', '.join(samplers)} (each from nothing stored, table replayed); minimum certificate by "
-              f"HiGHS, each verified with Problem.status; load average {load[0]:.2f} on {os.cpu_count()} CPUs",
-              flush=True)
+        first = suites[0]
+        print(f"bench.certificate: {first.name} ({first.model.space.size} schemes, base top-1 {first.base:.4f}) and "
+              f"{len(suites) - 1} synthetic suites; {sum(len(s.queries) for s in suites)} queries; tolerance "
+              f"{tol:.4f}; samplers {', '.join(config.samplers)} (each from nothing stored, table replayed); minimum "
+              f"certificate by HiGHS, each verified with Problem.status; load average {load[0]:.2f} on "
+              f"{os.cpu_count()} CPUs", flush=True)
     start = time.perf_counter()
-    rows: list[Row] = []
-    bar = progress(total=total, desc="bench.certificate", unit="query", enabled=not args.json)
-    for name, m, t, b, sq in suites:
-        rows += measure(name, m, t, b, sq, samplers, tol, {"restarts": args.restarts}, on_query=lambda: bar.update(1))
-    bar.close()
+    rows = run_certificate(suites, config, show_progress=not args.json)
     wall = time.perf_counter() - start
-    unverified = [r for r in rows if not r.verified]
-    path = plot(rows, samplers, OUT / "certificate.png",
+    path = plot(rows, list(config.samplers), OUT / "certificate.png",
                 f"evaluations over the minimum certificate (tolerance {tol:g})")
     if args.json:
-        print(json.dumps({"tolerance": tol, "samplers": samplers, "rows": [r.to_json() for r in rows],
+        print(json.dumps({"tolerance": tol, "samplers": list(config.samplers), "rows": [r.to_json() for r in rows],
                           "wall_s": wall, "load_average": load[0], "png": str(path)}))
-        return 1 if unverified else 0
-    for name, *_ in suites:
-        rs = [r for r in rows if r.suite == name]
-        print(f"\n{name} ({len(rs)} queries):")
-        print("\n".join(summarise(rs, samplers)))
-    for r in unverified:
-        print(f"minimum NOT verified by Problem.status: {r.suite} {r.query}")
-    print(f"\nminima verified: {len(rows) - len(unverified)}/{len(rows)}; HiGHS median "
-          f"{1e3 * statistics.median(r.solve_s for r in rows):.1f} ms, "
-          f"max {1e3 * max(r.solve_s for r in rows):.1f} ms; "
-          f"decision median {statistics.median(r.decision_ms[samplers[0]] for r in rows):.2f}, "
-          f"max {max(r.decision_ms[samplers[0]] for r in rows):.2f} ms/evaluation "
-          f"({samplers[0]}); wall {wall:.0f} s; load average now {os.getloadavg()[0]:.2f}; plot: {path}")
-    return 1 if unverified else 0
+    else:
+        print("\n".join(describe(suites, rows, config, wall, path)))
+    return 0 if all(r.verified for r in rows) else 1
 
 
 if __name__ == "__main__":
