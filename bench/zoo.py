@@ -234,11 +234,11 @@ def parse_args(argv: list[str] | None) -> tuple[ZooConfig, bool]:
     if not 0 < args.bandwidth <= 1e6 or not 0 <= args.accuracy_loss < 1:
         raise CoInferError("--bandwidth must be in (0, 1e6] Mbps and --accuracy-loss in [0, 1)")
     from apps import load_app
-    from apps.outpath import check_output_path
+    from cli.files import check_output
     from database.storage import Storage
     if Path(args.out).parent == OUT:
         OUT.mkdir(parents=True, exist_ok=True)
-    check_output_path(args.out)
+    check_output(args.out)
     apps = [load_app(a.strip()) for a in args.apps.split(",") if a.strip()]
     if not apps:
         raise CoInferError("--apps names no app")

@@ -14,9 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, Protocol, load_app
-from apps.outpath import check_output_path
 from cli.args import ArgParser
 from cli.errors import CoInferError
+from cli.files import check_output
 from cli.run import run_cli
 from models.accel import Accel
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from data import load_splits
     from models.build import pretrained_model
     app = load_app(args.app)
-    out = check_output_path(args.out or app.checkpoint, "checkpoint")  # before minutes of training
+    out = check_output(args.out or app.checkpoint, "checkpoint")  # before minutes of training
     protocol = base_protocol(app)
     torch.manual_seed(protocol.seed)
     model, pretrained = pretrained_model(app)  # model.weights, when the app names them: fine-tune from them
