@@ -215,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CoInferError(f"--parent {args.parent} is not this process's parent ({os.getppid()})")
     from apps import load_app
     from cli.files import check_output
-    load_app(config.app)
-    check_output(config.progress, "progress")
+    check_output(config.progress, "progress", (load_app(config.app).source,))
     run_loop(config, args.parent)
     return 0
 
