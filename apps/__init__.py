@@ -96,7 +96,7 @@ def available_apps() -> list[str]:
 def app_path(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yml", ".yaml"):
-        if not candidate.is_file():
+        if not candidate.exists():  # a folder or a FIFO is refused by read_yaml, unread
             raise CoInferError(f"app file not found: {candidate}")
         return candidate
     path = APPS_DIR / f"{name_or_path}.yml"

@@ -294,10 +294,12 @@ def parse_args(argv: list[str] | None) -> tuple[AdaptivityConfig, bool, str | No
 def main(argv: list[str] | None = None) -> int:
     config, as_json, replay = parse_args(argv)
     if replay:
+        from cli.files import read_json
+        data = read_json(replay, "--replay file")
         try:
-            print(report(json.loads(Path(replay).read_text())))
-        except (OSError, ValueError, KeyError) as exc:
-            raise CoInferError(f"cannot replay {replay}: {exc}") from None
+            print(report(data))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CoInferError(f"cannot replay {replay}: {type(exc).__name__} {str(exc)[:80]}") from None
         return 0
     data = run_adaptivity(config)
     print(json.dumps(data) if as_json else report(data))

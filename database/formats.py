@@ -64,7 +64,7 @@ def read_csv(path: Path) -> Table:
     try:
         return _csv_rows(path, rows)
     except csv.Error as exc:
-        raise CoInferError(f"{path}:{rows.line_num}: not a CSV row ({exc})") from None
+        raise CoInferError(f"{path}:{rows.reader.line_num}: not a CSV row ({exc})") from None
 
 
 def _csv_rows(path: Path, rows: csv.DictReader) -> Table:
