@@ -94,7 +94,7 @@ def check_output(path: Path | str, what: str = "output", inputs: Iterable[Path |
         raise CoInferError(f"cannot write {what} {out}: folder {real.parent} does not exist")
     for given in inputs:
         if given is not None and str(given) and _same_file(real, Path(given)):
-            raise CoInferError(f"{what} {out} is {given}, an input of this command: it would be overwritten")
+            raise CoInferError(f"{what} {out} would overwrite {given}, an input of this command")
     if not os.access(real.parent, os.W_OK | os.X_OK) or (real.exists() and not os.access(real, os.W_OK)):
         raise CoInferError(f"cannot write {what} {out}: permission denied")
     return real
