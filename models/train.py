@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     from data import load_splits
     from models.build import pretrained_model
     app = load_app(args.app)
-    out = check_output(args.out or app.checkpoint, "checkpoint", (app.source, app.weights))  # before the training
+    from models.pretrained import weights_path
+    inputs = (app.source, weights_path(app) if app.weights else None)  # the weights it starts from
+    out = check_output(args.out or app.checkpoint, "checkpoint", inputs)  # before the training
     protocol = base_protocol(app)
     torch.manual_seed(protocol.seed)
     model, pretrained = pretrained_model(app)  # model.weights, when the app names them: fine-tune from them

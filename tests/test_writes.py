@@ -176,3 +176,21 @@ def test_a_csv_field_over_the_csv_limit_is_one_line(tmp_path) -> None:
         read_csv(path)
     path.write_text("p,c,b,top1\n0,1,1,0.5\n")
     assert read_csv(path) == {Scheme(0, 1, 1): 0.5}
+
+
+def test_every_output_flag_refuses_its_inputs(tmp_path) -> None:
+    """models.train's checkpoint, reports.show's plot, a benchmark's PNG: the same rule, before any work."""
+    from bench.zoo import parse_args as zoo_args
+    from models.train import main as train
+    from reports.show import main as show
+    app, db = tmp_path / "app.yml", tmp_path / "db.sqlite"
+    shutil.copyfile(REPO_ROOT / "apps" / "vgg16_digits.yml", app)
+    shutil.copyfile(SHIPPED, db)
+    before = (_sha(app), _sha(db))
+    with pytest.raises(CoInferError, match=r"^checkpoint .*app\.yml would overwrite .*app\.yml, an input of"):
+        train(["--app", str(app), "--out", str(tmp_path / "." / "app.yml")])
+    with pytest.raises(CoInferError, match=r"^plot .*db\.sqlite-journal would overwrite .*-journal, an input"):
+        show(["--plot", str(db) + "-journal", "--bandwidth", "1", "--storage", str(db)])
+    with pytest.raises(CoInferError, match=r"^plot .*db\.queue\.sqlite would overwrite .*db\.queue\.sqlite, an input"):
+        zoo_args(["--out", str(tmp_path / "db.queue.sqlite"), "--storage", f"sqlite:///{db}"])
+    assert (_sha(app), _sha(db)) == before and sorted(p.name for p in tmp_path.iterdir()) == ["app.yml", "db.sqlite"]
