@@ -1,7 +1,8 @@
 """Apps: one YAML per app (model, dataset, base training, evaluation protocol, devices).
 
 An app is plain data. `load_app("vgg16_digits")` reads `apps/vgg16_digits.yml`; a path to a
-YAML file works too (tests use tiny apps written to a temp folder).
+YAML file works too (tests use tiny apps written to a temp folder). An app file is read as every named input
+is (`cli.files`): a regular file of at most MAX_APP_BYTES (1 MiB), nested at most `cli.files.MAX_YAML_DEPTH` (32) deep.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apps.schema import EMULATIONS, Device, check_arch, validate_app
 from cli.errors import CoInferError
+from cli.files import read_yaml
 
 APPS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APPS_DIR.parent
 DEFAULT_APP = "vgg16_digits"
 __all__ = ["APPS_DIR", "DEFAULT_APP", "DEFAULT_STORAGE", "EMULATIONS", "REPO_ROOT", "App", "Device", "Link",
            "Protocol", "app_path", "available_apps", "load_app"]
+MAX_APP_BYTES = 2**20  # an app YAML is a few hundred bytes; a list of partition points a few KB
 DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'database' / 'coinfer.sqlite'}"
 
 
@@ -76,6 +77,7 @@ class App:
     stem: str = "imagenet"  # "small": 3x3 stride-1 first conv of a zoo model (models/zoo.py)
     points: tuple[str, ...] | None = None  # partition points as graph node names (None: models/graph.py)
     weights: str | None = None  # pretrained: a state-dict file or a torchvision weights name (models/pretrained.py)
+    source: Path | None = field(default=None, compare=False)  # the YAML file it was read from (resolved)
 
     @property
     def edge_device(self) -> str:
@@ -94,7 +96,7 @@ def available_apps() -> list[str]:
 def app_path(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yml", ".yaml"):
-        if not candidate.is_file():
+        if not candidate.exists():  # a folder or a FIFO is refused by read_yaml, unread
             raise CoInferError(f"app file not found: {candidate}")
         return candidate
     path = APPS_DIR / f"{name_or_path}.yml"
@@ -106,14 +108,7 @@ def app_path(name_or_path: str) -> Path:
 def load_app(name_or_path: str = DEFAULT_APP) -> App:
     """Read an app YAML and validate all of it (`apps.schema`); every problem is one CoInferError line."""
     path = app_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise CoInferError(f"malformed YAML in {path}{at}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CoInferError(f"cannot read app {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    data = read_yaml(path, "app", MAX_APP_BYTES)
     spec = validate_app(data, str(path))
     model, proto = spec.model, spec.protocol
     checkpoint = Path(spec.checkpoint)
@@ -143,4 +138,5 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         stem=model.stem,
         points=None if model.points is None else tuple(model.points),
         weights=model.weights,
+        source=path.resolve(),
     )

@@ -40,7 +40,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
-from reports.figure import OUT, no_data, save_figure
+from reports.figure import OUT, check_plot_path, no_data, save_figure
 
 
 @dataclass(frozen=True)
@@ -283,6 +283,8 @@ def parse_args(argv: list[str] | None) -> tuple[AdaptivityConfig, bool, str | No
     args = ap.parse_args(argv)
     if args.replay:
         return AdaptivityConfig(), args.json, args.replay
+    from database.storage import Storage
+    check_plot_path(args.out, Storage.parse(args.storage).files)
     grid = GridConfig(tuple(args.quotas), tuple(args.rates), args.n, args.warmup)
     step = StepConfig(tuple(args.step), args.step_at, args.adapt_n, args.accuracy_loss)
     return (AdaptivityConfig(args.app, grid, step, args.link, args.skip_grid, args.profile, args.storage, args.out),
@@ -292,10 +294,12 @@ def parse_args(argv: list[str] | None) -> tuple[AdaptivityConfig, bool, str | No
 def main(argv: list[str] | None = None) -> int:
     config, as_json, replay = parse_args(argv)
     if replay:
+        from cli.files import read_json
+        data = read_json(replay, "--replay file")
         try:
-            print(report(json.loads(Path(replay).read_text())))
-        except (OSError, ValueError, KeyError) as exc:
-            raise CoInferError(f"cannot replay {replay}: {exc}") from None
+            print(report(data))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CoInferError(f"cannot replay {replay}: {type(exc).__name__} {str(exc)[:80]}") from None
         return 0
     data = run_adaptivity(config)
     print(json.dumps(data) if as_json else report(data))

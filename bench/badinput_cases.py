@@ -357,8 +357,9 @@ SCHEMA_VALUES = {
 SCHEMA_FAST = {(("protocol", "batch_size"), 0), (("protocol", "epochs"), -3), (("model", "num_classes"), 0),
                ((None, "rtt_s"), "abc"), (("protocol", "momentum"), "fast"), (("protocol", "seed"), "abc"),
                (("model", "input_size"), 3_200_000)}
+DEEP_YAML_APP = "name: " + "[" * 50_000 + "]" * 50_000 + "\n"
 RAW_APPS = {"not a mapping": "[1, 2]\n", "empty": "", "unclosed": "name: [x\n", "binary": b"\xff\xfe\x00\x81",
-            "tabs": "name:\tx\n\tmodel: 1\n"}
+            "tabs": "name:\tx\n\tmodel: 1\n", "nested 50,000 deep": DEEP_YAML_APP, "over 1 MiB": "#" * (2**20 + 1)}
 # CLIs that load the app before anything else: the schema cases rotate over them
 APP_CLIS = [("latency_search.py", ("-accuracy_loss", "0.01", "--offline", "--storage", "{db}")),
             ("database.evaluate", ("--schemes", "0,1,1", "--storage", "{db}")),
@@ -388,5 +389,53 @@ def schema_cases() -> list[Case]:
     return out
 
 
+def _same(_data: dict) -> None:
+    """The default app's YAML, unchanged: a case about the file, not its content."""
+
+
+DEEP_YAML = "[" * 50_000 + "]" * 50_000
+
+
+def writes_cases() -> list[Case]:
+    """An output that is an input of the command or a file of its --storage (the database, its -wal/-shm, the
+    queue and the studies' journal beside it, the app YAML, a token file) is refused before anything is
+    written; named inputs over their size limit, nested too deep, or not regular files are one line."""
+    fm, pf = "database.formats", "database.profile_io"
+    out = [_c(fm, "export-csv", "{db}", "--storage", "sqlite:///{db}", label="export over the database", fast=True),
+           _c(fm, "export-optcoinfer", "{tmp}/sub/../coinfer.sqlite", "--storage", "{db}",
+              label="export over the database via .."),
+           _c(fm, "export-csv", "{db}-wal", "--storage", "{db}", label="export over the database's -wal"),
+           _c(fm, "export-csv", "{tmp}/coinfer.studies.journal", "--storage", "{db}", label="export over the journal"),
+           _c(fm, "export-csv", "{tmp}/coinfer.queue.sqlite", "--storage", "{db}", label="export over the queue"),
+           _c(fm, "export-csv", "{app}", "--app", "{app}", "--storage", "{db}", label="export over the app YAML",
+              app=_same),
+           _c(pf, "export-profile", "{db}", "--device", "cpu-edge", "--storage", "{db}",
+              label="export-profile over the database", fast=True),
+           _c(pf, "export-profile", "{db}-shm", "--device", "cpu-edge", "--storage", "{db}",
+              label="export-profile over the database's -shm"),
+           _c("reports.show", "--plot", "{db}", "--bandwidth", "1", "--storage", "{db}",
+              label="plot over the database"),
+           _c("bench.zoo", "--out", "{db}", "--storage", "{db}", label="zoo plot over the database"),
+           _c("bench.runtime", "--out", "{db}", "--storage", "{db}", label="runtime plot over the database"),
+           _c("bench.adaptivity", "--out", "{db}", "--storage", "{db}", label="adaptivity plot over the database"),
+           _c("models.train", "--app", "{app}", "--out", "{app}", label="checkpoint over the app YAML", app=_same),
+           _c("runtime.training", "--app", "{app}", "--progress", "{app}", label="progress over the app YAML",
+              app=_same),
+           _c("runtime.cloud", "--app", "{app}", "--train", "{app}", "--train-progress", "{app}",
+              label="cloud: training progress over the app YAML", app=_same)]
+    out += [_c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: a field over 128 KiB",
+               app="p,c,b,top1\n0,1,1," + "9" * 200_000 + "\n", fast=True),
+            _c(fm, "import-csv", "{tmp}", "--storage", "{db}", label="csv: a folder"),
+            _c("runtime.cloud", "--token-file", "{app}", label="token file over 64 KiB", app="t" * 70_000, fast=True),
+            _c("runtime.cloud", "--token-file", "{tmp}", label="token file is a folder"),
+            _c("database.profile", "--device", "dev1", "--devices", "{app}", "--storage", "{db}",
+               label="devices file nested 50,000 deep", app=DEEP_YAML),
+            _c("database.profile", "--device", "dev1", "--devices", "{app}", "--storage", "{db}",
+               label="devices file over 1 MiB", app="#" * (2**20 + 1)),
+            _c("bench.adaptivity", "--replay", "{tmp}", label="--replay a folder")]
+    return out
+
+
 def all_cases() -> list[Case]:
-    return search_cases() + database_cases() + tool_cases() + runtime_cases() + bench_cases() + schema_cases()
+    return (search_cases() + database_cases() + tool_cases() + runtime_cases() + bench_cases() + schema_cases()
+            + writes_cases())

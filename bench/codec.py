@@ -27,7 +27,7 @@ from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.codec import BACKEND, pack, unpack
 from compress.scheme import BITS
-from reports.figure import OUT, save_figure
+from reports.figure import OUT, check_plot_path, save_figure
 
 SHAPES = [(1, 64, 56, 56), (1, 512, 14, 14)]
 TARGET = 0.25  # codec throughput / copy throughput = copy_s / codec_s, for pack and unpack
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeat < 1:
         raise CoInferError("--repeat must be at least 1")
+    check_plot_path(args.out)
     rows = [measure(shape, bits, args.repeat) for shape in SHAPES for bits in BITS]
     plot(rows, args.out)
     if args.json:

@@ -199,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                                                              "(repeatable; default: the parent process)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     args = ap.parse_args(argv)
-    from apps.outpath import check_output_path
+    from cli.files import check_output
     roots = tuple(args.pid) if args.pid else (os.getppid(),)
     config = ProfilerConfig(args.out, roots, args.interval, args.duration)
-    check_output_path(args.out)
+    check_output(args.out)
     profiler = Profiler(config)
     if not profiler.gpus.available:
         print(f"bench.profiler: no GPU rows ({profiler.gpus.reason})", file=sys.stderr)

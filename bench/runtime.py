@@ -48,7 +48,7 @@ from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
-from reports.figure import OUT, fitted_title, save_figure
+from reports.figure import OUT, check_plot_path, fitted_title, save_figure
 
 if TYPE_CHECKING:
     from apps import App
@@ -325,6 +325,7 @@ def parse_args(argv: list[str] | None) -> tuple[RuntimeBenchConfig, bool]:
     from database.storage import Storage
     from devices.spec import with_flags
     storage = Storage.parse(args.storage)
+    check_plot_path(args.out, storage.files)
     edge = with_flags(app.edge, None, args.speed, args.emulation)
     measure_config = MeasureConfig(tuple(args.rates), args.n, args.warmup, args.rounds, edge, args.link,
                                    args.keep_warm, args.profile == "fresh", storage)

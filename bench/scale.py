@@ -248,6 +248,9 @@ def parse_args(argv: list[str] | None) -> tuple[ScaleConfig, bool]:
     ScaleConfig(counts, args.per_worker, args.delay, None, True)  # the ranges, before the server is reached
     if args.no_sqlite and not args.postgres:
         raise CoInferError("nothing to measure: --no-sqlite without --postgres")
+    if args.out:
+        from reports.figure import check_plot_path
+        check_plot_path(args.out)
     server = check_server(args.postgres) if args.postgres else None
     return (ScaleConfig(counts, args.per_worker, args.delay, server, not args.no_sqlite,
                         Path(args.out) if args.out else None), args.json)

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.repeats <= 100:
         raise CoInferError(f"--repeats must be in 1..100, got {args.repeats}")
+    if args.out:
+        from reports.figure import check_plot_path
+        check_plot_path(args.out)
     if args.postgres:
         from search.study import make_storage
         make_storage(args.postgres)  # a bad URL fails here, not after the other storages' rounds

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
-from reports.figure import OUT, no_data, save_figure
+from reports.figure import OUT, check_plot_path, no_data, save_figure
 
 if TYPE_CHECKING:
     from apps import App
@@ -234,15 +234,12 @@ def parse_args(argv: list[str] | None) -> tuple[ZooConfig, bool]:
     if not 0 < args.bandwidth <= 1e6 or not 0 <= args.accuracy_loss < 1:
         raise CoInferError("--bandwidth must be in (0, 1e6] Mbps and --accuracy-loss in [0, 1)")
     from apps import load_app
-    from apps.outpath import check_output_path
     from database.storage import Storage
-    if Path(args.out).parent == OUT:
-        OUT.mkdir(parents=True, exist_ok=True)
-    check_output_path(args.out)
+    storage = Storage.parse(args.storage)
     apps = [load_app(a.strip()) for a in args.apps.split(",") if a.strip()]
+    check_plot_path(args.out, (*storage.files, *(a.source for a in apps)))
     if not apps:
         raise CoInferError("--apps names no app")
-    storage = Storage.parse(args.storage)
     source = storage.sqlite_path
     if source is None:
         raise CoInferError(f"--storage {storage.display!r}: bench.zoo reads an SQLite file")

@@ -14,19 +14,21 @@ transaction (idempotent: schemes already stored are kept).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from apps import DEFAULT_APP, App, load_app
-from apps.outpath import check_output_path
 from cli.args import ArgParser
 from cli.errors import CoInferError
+from cli.files import check_output, read_text, write_atomic
 from cli.run import run_cli
 from compress.scheme import BITS, Scheme
 
 Table = dict[Scheme, float]
+MAX_TABLE_BYTES = 64 * 2**20  # every scheme of a VGG16 space is about 1.5 MB of CSV
 _LINE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*-\s*(\d+)\s*\*\s*([0-9.eE+-]+)\s*$")
 
 
@@ -51,14 +53,23 @@ def read_optcoinfer(path: Path) -> Table:
 
 
 def write_optcoinfer(table: Table, path: Path) -> None:
-    lines = [f"{p}+{c}-{b}*{1 - t:.6f}" for (p, c, b), t in sorted(table.items())]
-    Path(path).write_text("\n".join(lines) + "\n")
+    """The table as Opt-CoInfer text, one scheme a line in scheme order, written whole or not at all."""
+    write_atomic(path, "".join(f"{p}+{c}-{b}*{1 - t:.6f}\n" for (p, c, b), t in sorted(table.items())), "export")
 
 
 def read_csv(path: Path) -> Table:
+    """{scheme: top1} from a CSV with columns p,c,b,top1 (extra columns ignored); a malformed file (a field
+    over the csv module's limit of 128 KiB, a NUL byte) is one CoInferError line naming the line."""
+    rows = csv.DictReader(_read_text(path).splitlines())
+    try:
+        return _csv_rows(path, rows)
+    except csv.Error as exc:
+        raise CoInferError(f"{path}:{rows.reader.line_num}: not a CSV row ({exc})") from None
+
+
+def _csv_rows(path: Path, rows: csv.DictReader) -> Table:
     table: Table = {}
     lines: dict[Scheme, int] = {}
-    rows = csv.DictReader(_read_text(path).splitlines())
     missing = {"p", "c", "b", "top1"} - set(rows.fieldnames or [])
     if missing:
         raise CoInferError(f"{path}: CSV header lacks {', '.join(sorted(missing))} (need p,c,b,top1)")
@@ -66,7 +77,7 @@ def read_csv(path: Path) -> Table:
         try:
             top1 = float(row["top1"])
         except (TypeError, ValueError):
-            raise CoInferError(f"{path}:{n}: bad CSV row {row}") from None
+            raise CoInferError(f"{path}:{n}: bad CSV row {str(row)[:120]}") from None
         if not 0 <= top1 <= 1:
             raise CoInferError(f"{path}:{n}: top1 {top1} outside [0, 1] (a fraction, not a percentage)")
         _put(table, lines, _scheme(path, n, row["p"], row["c"], row["b"]), top1, path, n)
@@ -77,7 +88,7 @@ def _scheme(path: Path, n: int, p: str | None, c: str | None, b: str | None) -> 
     try:
         return Scheme(int(p), int(c), int(b))
     except (TypeError, ValueError):
-        raise CoInferError(f"{path}:{n}: bad scheme {p},{c},{b}") from None
+        raise CoInferError(f"{path}:{n}: bad scheme {str(p)[:20]},{str(c)[:20]},{str(b)[:20]}") from None
     except CoInferError as exc:
         raise CoInferError(f"{path}:{n}: {exc}") from None
 
@@ -92,11 +103,13 @@ def _put(table: Table, lines: dict[Scheme, int], scheme: Scheme, top1: float, pa
 
 
 def write_csv(table: Table, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["p", "c", "b", "top1"])
-        for (p, c, b), t in sorted(table.items()):
-            w.writerow([p, c, b, f"{t:.6f}"])
+    """The table as CSV (header p,c,b,top1, one scheme a row in scheme order), written whole or not at all."""
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["p", "c", "b", "top1"])
+    for (p, c, b), t in sorted(table.items()):
+        w.writerow([p, c, b, f"{t:.6f}"])
+    write_atomic(path, f.getvalue(), "export")
 
 
 def read_table(path: Path) -> Table:
@@ -111,12 +124,8 @@ def check_table(table: Table, widths: list[int], where: str) -> None:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise CoInferError(f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CoInferError(f"{path} is not a text file") from None
+    """The table file's text, read through `cli.files.read_text` (a regular file of at most MAX_TABLE_BYTES)."""
+    return read_text(path, "table", MAX_TABLE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -187,15 +196,13 @@ def export_table(job: TableJob) -> dict:
     from database.storage import Storage
     from database.store import Store
     app = job.app
-    check_output_path(job.path, "export")
-    store = Store(Storage.parse(job.storage), create=False, readonly=True)
+    storage = Storage.parse(job.storage)
+    check_output(job.path, "export", (*storage.files, app.source))
+    store = Store(storage, create=False, readonly=True)
     table = store.accuracy_table(app.name, job.protocol, job.seed)
     if not table:
         raise CoInferError(f"no accuracy entries for {app.name} / {job.protocol} / seed {job.seed}")
-    try:
-        (write_optcoinfer if job.action == "export-optcoinfer" else write_csv)(table, job.path)
-    except OSError as exc:
-        raise CoInferError(f"cannot write {job.path}: {exc.strerror or exc}") from None
+    (write_optcoinfer if job.action == "export-optcoinfer" else write_csv)(table, job.path)
     return {"action": job.action, "app": app.name, "protocol": job.protocol, "seed": job.seed,
             "path": str(job.path), "schemes": len(table)}
 

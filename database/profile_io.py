@@ -144,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.device:
             raise CoInferError("export-profile needs --device NAME")
         from apps import load_app
-        from apps.outpath import check_output_path
-        check_output_path(args.path, "profile")
-        data = export_profile(Store(storage, create=False), load_app(args.app).name, args.device)
-        args.path.write_text(json.dumps(data, indent=1) + "\n")
+        from cli.files import check_output, write_atomic
+        app = load_app(args.app)
+        check_output(args.path, "profile", (*storage.files, app.source))
+        data = export_profile(Store(storage, create=False), app.name, args.device)
+        write_atomic(args.path, json.dumps(data, indent=1) + "\n", "profile")
         done, line = len(data["rows"]), f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}"
     else:
         data = read_profile(args.path)

@@ -111,6 +111,18 @@ class Storage:
             return str(path.with_suffix(".studies.journal"))
         return "memory" if self.memory else self.url
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file of this storage on this machine, none for a server: the SQLite file and its -wal, -shm and
+        -journal, the build queue beside it (and its -wal, -shm), the searches' journal. A command's output is
+        never one of them (`cli.files.check_output`'s inputs)."""
+        path = self.sqlite_path
+        if path is None:
+            return ()
+        queue = Path(self.queue.removeprefix("sqlite:///"))
+        return (*(Path(f"{db}{end}") for db in (path, queue) for end in ("", "-wal", "-shm", "-journal")),
+                Path(self.study_storage))
+
     def with_database(self, name: str) -> Storage:
         """The same server, another database on it (`bench.scale`'s fresh databases)."""
         import sqlalchemy as sa

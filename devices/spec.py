@@ -21,16 +21,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-
 from apps import REPO_ROOT, App
 from apps.schema import EMULATIONS, SIDES, Device, make_device
 from cli.errors import CoInferError
+from cli.files import read_yaml
 
 __all__ = ["DEFAULT_DEVICES", "EMULATIONS", "SIDES", "Device", "load_devices", "make_device", "parse_device_pair",
            "resolve_device", "with_flags"]
 
 DEFAULT_DEVICES = REPO_ROOT / "devices.yml"
+MAX_DEVICES_BYTES = 2**20  # a device is a few lines; read as every named input is (cli.files.read_yaml)
 
 
 def load_devices(path: Path | str | None = None) -> dict[str, Device]:
@@ -40,10 +40,7 @@ def load_devices(path: Path | str | None = None) -> dict[str, Device]:
         if path is not None:
             raise CoInferError(f"devices file not found: {file}")
         return {}
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError:
-        raise CoInferError(f"malformed YAML in devices file {file}") from None
+    data = read_yaml(file, "devices file", MAX_DEVICES_BYTES) or {}
     entries = data.get("devices") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise CoInferError(f"devices file {file}: expected a mapping 'devices: {{NAME: {{side, speed}}}}'")

@@ -14,9 +14,8 @@ import time
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, Protocol, load_app
-from apps.outpath import check_output_path
 from cli.args import ArgParser
-from cli.errors import CoInferError
+from cli.files import check_output, write_atomic
 from cli.run import run_cli
 from models.accel import Accel
 
@@ -142,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     from data import load_splits
     from models.build import pretrained_model
     app = load_app(args.app)
-    out = check_output_path(args.out or app.checkpoint, "checkpoint")  # before minutes of training
+    from models.pretrained import weights_path
+    inputs = (app.source, weights_path(app) if app.weights else None)  # the weights it starts from
+    out = check_output(args.out or app.checkpoint, "checkpoint", inputs)  # before the training
     protocol = base_protocol(app)
     torch.manual_seed(protocol.seed)
     model, pretrained = pretrained_model(app)  # model.weights, when the app names them: fine-tune from them
@@ -152,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     train_epochs(model, train, protocol, progress=True)
     top1, top5 = test_accuracy(model, test)
-    try:
-        torch.save(model.state_dict(), out)
-    except OSError as exc:
-        raise CoInferError(f"cannot write checkpoint {out}: {exc.strerror or exc}") from None
+    write_atomic(out, lambda f: torch.save(model.state_dict(), f), "checkpoint")
     wall = time.perf_counter() - start
     print(json.dumps({"app": app.name, "top1": top1, "top5": top5, "test_images": len(test), "train_s": wall,
                       "checkpoint": str(out)}) if args.json else

@@ -6,18 +6,31 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from cli.files import check_output, write_atomic
+
 OUT = Path(__file__).resolve().parents[1] / "bench" / "out"  # the benchmarks' PNGs (git-ignored)
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write as PNG (creating the folder) and close a matplotlib figure."""
+    """Lay out, write as PNG (creating the folder; whole or not at all: `cli.files.write_atomic`) and close a
+    matplotlib figure. The caller checked `path` with `cli.files.check_output` before its work."""
     import matplotlib.pyplot as plt
     path = Path(path)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"), "figure")
+    finally:
+        plt.close(fig)
     return path
+
+
+def check_plot_path(path: str | Path, inputs=()) -> Path:
+    """A benchmark's --out, checked before its work (`cli.files.check_output`: never one of `inputs`, the
+    database files behind its --storage); the default folder OUT is made first, other folders must exist."""
+    if Path(path).parent == OUT:
+        OUT.mkdir(parents=True, exist_ok=True)
+    return check_output(path, "plot", inputs)
 
 
 def plain_log_axis(axis, ticks=None) -> None:

@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from database.storage import Storage
     from database.store import Store
-    store = Store(Storage.parse(args.storage), create=False, readonly=True)
+    storage = Storage.parse(args.storage)
+    if args.plot is not None:
+        from reports.figure import check_plot_path
+        check_plot_path(args.plot, (*storage.files, load_app(args.app or DEFAULT_APP).source))
+    store = Store(storage, create=False, readonly=True)
     if args.plot is not None:
         return plot(store, args)
     if args.bandwidth is not None or args.accuracy_loss is not None or args.latency is not None:

@@ -667,8 +667,10 @@ def parse(argv: list[str] | None = None) -> Launch:
     if not (math.isfinite(args.cache_mb) and args.cache_mb > 0):
         raise CoInferError(f"--cache-mb must be a positive number, got {args.cache_mb}")
     if args.train_progress is not None:
-        from apps.outpath import check_output_path
-        check_output_path(args.train_progress)
+        from cli.files import check_output
+        named = [a.strip() for a in f"{args.app},{args.train or ''}".split(",")]
+        yamls = [a for a in named if a.endswith((".yml", ".yaml"))]  # app YAML files (a name is no file)
+        check_output(args.train_progress, "training progress", (args.token_file, args.tls_cert, args.tls_key, *yamls))
     train = (TrainConfig(args.train, args.train_nice, args.train_threads, args.train_progress,
                          sched=args.train_sched) if args.train is not None else None)
     config = ServerConfig(token=resolve_token(args.token, args.token_file), tls_cert=args.tls_cert,

@@ -4,8 +4,9 @@
 
 In order: `--token T` (visible in `ps`; kept for scripts), `--token-file F` (the first line of F,
 surrounding whitespace stripped), then the environment variable `COINFER_TOKEN`. Giving both
-`--token` and `--token-file` is an error; an empty token or an unreadable file is one CoInferError
-line. The token's value is never printed or logged (errors name the file, not its content).
+`--token` and `--token-file` is an error; an empty token or an unreadable file (not a regular file, over
+64 KiB: `cli.files.read_text`) is one CoInferError line. The token's value is never printed or logged
+(errors name the file, not its content).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import os
 
 from cli.errors import CoInferError
+from cli.files import read_text
 
 ENV_TOKEN = "COINFER_TOKEN"
+MAX_TOKEN_FILE_BYTES = 64 * 2**10  # a token is a line; a FIFO, a folder or a larger file is refused unread
 
 
 def resolve_token(token: str | None = None, token_file: str | None = None,
@@ -23,12 +26,8 @@ def resolve_token(token: str | None = None, token_file: str | None = None,
     if token is not None and token_file is not None:
         raise CoInferError("give --token or --token-file, not both")
     if token_file is not None:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.readline().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CoInferError(f"cannot read --token-file {token_file}: {getattr(exc, 'strerror', None) or exc}") \
-                from None
+        lines = read_text(token_file, "--token-file", MAX_TOKEN_FILE_BYTES).splitlines()
+        token = lines[0].strip() if lines else ""
         if not token:
             raise CoInferError(f"--token-file {token_file} is empty")
         return token

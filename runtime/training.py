@@ -214,9 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent is not None and args.parent != os.getppid():
         raise CoInferError(f"--parent {args.parent} is not this process's parent ({os.getppid()})")
     from apps import load_app
-    from apps.outpath import check_output_path
-    load_app(config.app)
-    check_output_path(config.progress, "progress")
+    from cli.files import check_output
+    check_output(config.progress, "progress", (load_app(config.app).source,))
     run_loop(config, args.parent)
     return 0
 

@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from apps import REPO_ROOT, App
+from cli.files import write_atomic
 from compress.model import SchemeModel
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
@@ -66,22 +66,10 @@ def finetune(app: App, scheme: Scheme, finetuner: Finetuner | None = None) -> tu
 
 
 def _save_atomic(state: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
+    """The weights, then their metadata, each written whole or not at all (`cli.files.write_atomic`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for data, target in ((None, path), (meta, path.with_suffix(".json"))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if data is None:
-                    torch.save(state, f)
-                else:
-                    f.write(json.dumps(data, indent=1).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    write_atomic(path, lambda f: torch.save(state, f), "weights")
+    write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1), "weights metadata")
 
 
 @contextlib.contextmanager

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from apps import REPO_ROOT
-from apps.outpath import check_output_path
 from cli.errors import CoInferError, mask_url
+from cli.files import check_output
 from database.store import Store
 
 SHIPPED = REPO_ROOT / "database" / "coinfer.sqlite"
@@ -64,10 +64,10 @@ def test_writer_leaves_rollback_mode_and_read_only_url_is_refused_early(tmp_path
 
 def test_output_path_checked_before_work(tmp_path) -> None:
     with pytest.raises(CoInferError, match="does not exist"):
-        check_output_path("/nonexistent/dir/x.pt")
+        check_output("/nonexistent/dir/x.pt")
     with pytest.raises(CoInferError, match="folder"):
-        check_output_path(tmp_path)
-    assert check_output_path(tmp_path / "x.pt") == tmp_path / "x.pt" and not (tmp_path / "x.pt").exists()
+        check_output(tmp_path)
+    assert check_output(tmp_path / "x.pt") == tmp_path / "x.pt" and not (tmp_path / "x.pt").exists()
 
 
 def test_a_build_worker_that_cannot_start_fails_with_one_line(tmp_path) -> None:
