@@ -342,7 +342,7 @@ SCHEMA_VALUES = {
     ("devices.edge", "speed"): [0, -1, NAN, 100, "half"],
     ("devices.edge", "emulation"): ["fast"],
     ("devices.cloud", "name"): ["../y"],
-    ("dataset", "name"): ["mnist", None],
+    ("dataset", "name"): ["no_such_dataset", None],
     ("dataset", "test_size"): [0, -1, "x"],
     ("dataset", "limit_train"): [0],
     (None, "raw_input_bytes"): [0, -1, 2**40, "x"],

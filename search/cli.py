@@ -97,10 +97,10 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     request = parse_request(kind, args)
     from search.answer import prepare
     ready = prepare(request)
-    from database.provenance import warn_foreign
-    warn_foreign(ready.profiles)  # a profile of another machine is never used silently
     result = execute(ready, args, argv if argv is not None else sys.argv[1:], kind)
-    return print_answer(result, ready, args)
+    from database.provenance import warn_foreign
+    warn_foreign(ready.profiles)  # a profile of another machine is never used silently; said with the answer,
+    return print_answer(result, ready, args)  # so that a failure before it stays one line
 
 
 def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
