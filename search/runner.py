@@ -70,6 +70,14 @@ class SearchConfig:
     def spec(self) -> SamplerSpec:
         return sampler_spec(self.sampler)
 
+    def to_json(self) -> dict:
+        """Plain JSON (`from_json` inverts it): how `--workers` helpers are told how to search."""
+        return dict(vars(self), knobs=dict(self.knobs))
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> SearchConfig:
+        return cls(**obj)
+
     @property
     def budget(self) -> int | None:
         """New evaluations this search may make (None: until the sampler stops)."""

@@ -184,3 +184,40 @@ def test_stale_running_trials():
           trial(6, state=TrialState.COMPLETE, worker=f"{here}:{dead_pid()}", beat=now - 100)]  # finished
     assert stale_ids(ts, 60.0, now) == [0, 2, 4]
     assert stale_ids(ts, 60.0, now, beats=False) == [0]
+
+
+# -- --workers helpers get the parsed request, not a filtered argv ------------------------------
+def test_a_query_request_survives_json():
+    """What the --workers helpers read on stdin is the parent's request, field for field."""
+    from database.storage import Storage
+    from search.answer import QueryRequest
+    from search.query import AccuracyQuery
+    for query in (LatencyQuery(0.01, 1.0), AccuracyQuery(0.6, 2.0)):
+        config = SearchConfig("optcoinfer", 0.01, 3, {"restarts": 3}, max_evaluations=7, study_name="a/b",
+                              study_storage="x.journal", heartbeat_s=2.0, grace_s=30.0)
+        request = QueryRequest(query, "vgg16_digits", config, "table:t.csv", "imported", Storage("sqlite:///x.db"),
+                               "pi", "gpu", 0.02, 0.9, "cuda:1")
+        assert QueryRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+        assert QueryRequest.from_json(json.loads(json.dumps(
+            QueryRequest(query, "a", SearchConfig()).to_json()))) == QueryRequest(query, "a", SearchConfig())
+
+
+def test_workers_over_the_bound_is_one_line_exit_2():
+    limit = 4 * (os.cpu_count() or 1)
+    for n in (limit + 1, 100000, 0):
+        proc = subprocess.run([sys.executable, "latency_search.py", "-accuracy_loss", "0.01", "--workers", str(n)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [f"error: --workers must be between 1 and {limit} "
+                                            f"(4 x this machine's {os.cpu_count() or 1} CPUs), got {n}"]
+    proc = subprocess.run([sys.executable, "latency_search.py", "-accuracy_loss", "0.01", "--work", "2"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # no abbreviations
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_helper_refuses_anything_but_a_request_on_stdin():
+    for argv, stdin in ((["latency", "-accuracy_loss", "0.01"], ""), (["--worker"], "not json"),
+                        (["--worker"], '{"query": {}}')):
+        proc = subprocess.run([sys.executable, "-m", "search.cli", *argv], input=stdin, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
