@@ -114,12 +114,16 @@ class SearchJournalStorage(JournalStorage, BaseHeartbeat):
     def __init__(self, backend, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> None:
         super().__init__(backend)
         self.heartbeat_s, self.grace_s = heartbeat_s, grace_s
+        self._started: set[int] = set()
 
     def _write_log(self, op_code: int, extra_fields: dict) -> None:
         with signals_deferred():  # Ctrl-C / SIGTERM never interrupts a write under the file's lock
             super()._write_log(op_code, extra_fields)
 
     def record_heartbeat(self, trial_id: int) -> None:
+        if trial_id not in self._started:  # Optuna beats as a trial starts: its start time says as much
+            self._started.add(trial_id)
+            return
         try:
             self.set_trial_system_attr(trial_id, BEAT_KEY, time.time())
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it as stale
@@ -139,9 +143,17 @@ class SearchRDBStorage(RDBStorage):
     """Optuna's RDB storage (heartbeats in its own table, `grace_period`) that also fails the
     trials whose worker on this host is dead, without waiting for the grace period."""
 
+    _dead_checked = -float("inf")
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return sorted(set(super()._get_stale_trial_ids(study_id)) | set(stale_ids(running, 0.0, beats=False)))
+        """Optuna's (heartbeat older than the grace) and, at most once a heartbeat interval (a read
+        of the running trials: tens of ms), those whose worker on this host is dead."""
+        stale = set(super()._get_stale_trial_ids(study_id))
+        if time.monotonic() - self._dead_checked >= (self.heartbeat_interval or 0):
+            self._dead_checked = time.monotonic()
+            stale |= set(stale_ids(self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)),
+                                   0.0, beats=False))
+        return sorted(stale)
 
 
 def fail_own(study: optuna.Study) -> None:
