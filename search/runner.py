@@ -22,6 +22,7 @@ import optuna
 
 from cli.errors import CoInferError
 from compress.scheme import Scheme
+from database.distributed import lost_trial
 from search.certificate import Certificate, certify
 from search.evaluators import Evaluator, NotEvaluable
 from search.latency import Breakdown
@@ -230,13 +231,20 @@ def _optimize(study: optuna.Study, objective: Objective, planner, problem: Probl
         elif not ours and problem.status(knowledge(study, problem, stored, tolerance)).done:
             study.stop()
 
+    def optimize(n_trials: int | None = None) -> None:
+        while not (ours and planner.done(study)):
+            try:
+                study.optimize(objective, n_trials=n_trials, callbacks=[stop], catch=(NotEvaluable,))
+                return
+            except Exception as exc:  # another worker failed our trial as stale (search/liveness.py):
+                if not lost_trial(exc):  # it is lost, its evaluation kept in `objective.known`; go on
+                    raise
+
     if ours:
-        if not planner.done(study):
-            study.optimize(objective, callbacks=[stop], catch=(NotEvaluable,))
+        optimize()
         return planner.decision_s
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=5 * budget + 10, callbacks=[stop],  # repeats and single ends cost nothing
-                   catch=(NotEvaluable,))
+    optimize(5 * budget + 10)  # repeats and single ends cost nothing
     return time.perf_counter() - t0 - objective.evaluate_s
 
 

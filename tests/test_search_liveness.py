@@ -221,3 +221,25 @@ def test_a_helper_refuses_anything_but_a_request_on_stdin():
         proc = subprocess.run([sys.executable, "-m", "search.cli", *argv], input=stdin, cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
+
+
+def test_a_trial_failed_as_stale_while_its_worker_lives_is_lost_not_fatal(tmp_path, uninterrupted):
+    """Another worker fails this search's running trial (as stale: say its heartbeats stalled past
+    the grace) during its first split evaluation: the search goes on, keeps that evaluation and
+    gives the uninterrupted answer with the same evaluations."""
+    storage = str(tmp_path / "s.journal")
+
+    class FailedMeanwhile(TableEvaluator):
+        def evaluate(self, scheme):
+            if not self.calls:
+                other = optuna.load_study(study_name="s", storage=make_storage(storage))  # another process's view
+                for t in other.get_trials(states=(TrialState.RUNNING,)):
+                    other._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            return super().evaluate(scheme)
+
+    ev = FailedMeanwhile(table())
+    r = run_search(problem(), ev, SearchConfig("coinfer", study_name="s", study_storage=storage))
+    assert r.scheme == uninterrupted.scheme and r.certified
+    assert r.new_evaluations == uninterrupted.new_evaluations and len(ev.calls) == len(set(ev.calls))
+    ts = optuna.load_study(study_name="s", storage=make_storage(storage)).trials
+    assert [t.state for t in ts].count(TrialState.FAIL) == 1 and not [t for t in ts if t.state == TrialState.RUNNING]
