@@ -6,6 +6,7 @@
 | 1 | a well-formed question that nothing meets (no scheme within the bound) | (return 1) |
 | 2 | bad input: an unknown app, malformed YAML, a scheme outside the space, a corrupt file | `CoInferError` |
 | 3 | a server or database that cannot be reached, or a connection lost on the way | `Unreachable` |
+| 130, 143 | interrupted: Ctrl-C, SIGTERM (`cli.run` raises `KeyboardInterrupt` for both) | (a signal) |
 
 Every stage raises one of these with a one-line message naming the problem; `cli.run.run_cli`
 prints that line to stderr and exits with the status. `mask_url` hides the password of a database

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from cli.errors import CoInferError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds as Ctrl-C does (a search fails its
+    running trial instead of leaving it RUNNING)."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run `main(argv)`; a `CoInferError` becomes `error: <message>` on stderr and its exit status
-    (2 bad input, 3 unreachable), Ctrl-C exit 130; otherwise exit with what `main` returned."""
+    (2 bad input, 3 unreachable), Ctrl-C exit 130, SIGTERM (handled as Ctrl-C) exit 143; otherwise
+    exit with what `main` returned."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = main(argv)
     except CoInferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_status)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     sys.exit(code or 0)

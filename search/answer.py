@@ -14,7 +14,7 @@ evaluator (and protocol), finds the base accuracy and names the study; every ref
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from apps import App, load_app
@@ -45,6 +45,21 @@ class QueryRequest:
     rtt: float | None = None  # seconds (default: the app's)
     base_accuracy: float | None = None  # default: from the database
     torch_device: str = "cpu"  # where new evaluations fine-tune (devices.torch_device; checked to exist)
+
+    def to_json(self) -> dict:
+        """Plain JSON (`from_json` inverts it): the `--workers` helpers read it on stdin."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(out, query={"kind": self.query.name, **asdict(self.query)}, search=self.search.to_json(),
+                    storage=None if self.storage is None else self.storage.url)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> QueryRequest:
+        from database.storage import Storage
+        from search.query import QUERY_TYPES
+        query = dict(obj["query"])
+        return cls(**dict(obj, query=QUERY_TYPES[query.pop("kind")](**query),
+                          search=SearchConfig.from_json(obj["search"]),
+                          storage=None if obj["storage"] is None else Storage(obj["storage"])))
 
 
 @dataclass(frozen=True)

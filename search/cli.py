@@ -14,7 +14,8 @@ named after the app, evaluator, query and devices: re-running a query resumes it
 `run` is four steps: `parse_request` (flags -> a frozen `search.answer.QueryRequest`; the query
 type from `search.query.QUERY_TYPES`, the sampler and its knob flags from the registry in
 search/samplers), `search.answer.prepare` (databases, latency model, evaluator, base accuracy),
-`execute` (progress bar, `--workers` helpers, `run_search`) and `print_answer`.
+`execute` (progress bar, `--workers` helpers, `run_search`) and `print_answer`. The helpers get
+the parsed request as JSON on stdin (`python -m search.cli --worker`), never a re-filtered argv.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from search.latency import LatencyModel
     from search.runner import SearchResult
 
+WORKER_FLAG = "--worker"  # python -m search.cli --worker: a --workers helper (`worker`)
 HELP_TOLERANCE = "0.005"  # search.bounds.DEFAULT_TOLERANCE, spelled out so that --help needs no numpy (tested)
 
 
@@ -76,8 +80,8 @@ def build_parser(kind: str) -> ArgParser:
                          "(default: a journal file beside a SQLite database, else memory)")
     ap.add_argument("--study-name", default=None, help="study name (default: from app, evaluator, query, devices)")
     ap.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="N processes optimise the study together (its storage must be a file or a URL); "
-                         "no scheme is evaluated twice, the answer is the single worker's")
+                    help="N processes optimise the study together (its storage must be a file or a URL; "
+                         "at most 4 x the CPU count); no scheme is evaluated twice, the answer is the single worker's")
     for knob, owners in knobs().values():  # each sampler knob of the registry is a flag
         ap.add_argument(f"--{knob.name}", type=int, default=knob.default, metavar="N",
                         help=f"--sampler {', '.join(owners)}: {knob.help}")
@@ -97,7 +101,7 @@ def run(kind: str, argv: list[str] | None = None) -> int:
     request = parse_request(kind, args)
     from search.answer import prepare
     ready = prepare(request)
-    result = execute(ready, args, argv if argv is not None else sys.argv[1:], kind)
+    result = execute(ready, request, args)
     from database.provenance import warn_foreign
     warn_foreign(ready.profiles)  # a profile of another machine is never used silently; said with the answer,
     return print_answer(result, ready, args)  # so that a failure before it stays one line
@@ -115,8 +119,9 @@ def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
         raise CoInferError("--max-evaluations must be >= 0")
     for knob, _ in knobs().values():
         knob.check(getattr(args, knob.name), f"--{knob.name}")
-    if args.workers < 1:
-        raise CoInferError(f"--workers must be at least 1, got {args.workers}")
+    if not 1 <= args.workers <= max_workers():
+        raise CoInferError(f"--workers must be between 1 and {max_workers()} (4 x this machine's "
+                           f"{os.cpu_count() or 1} CPUs), got {args.workers}")
     torch_device = torch_device_of(args.torch_device, args.gpu)
     from database.storage import Storage
     storage = Storage.parse(args.storage)
@@ -132,7 +137,12 @@ def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
                         args.base_accuracy, torch_device)
 
 
-def execute(ready: Prepared, args: argparse.Namespace, argv: list[str], kind: str) -> SearchResult:
+def max_workers() -> int:
+    """The most `--workers` a search may start: each is a process that may fine-tune with torch."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def execute(ready: Prepared, request: QueryRequest, args: argparse.Namespace) -> SearchResult:
     """`run_search`, with a progress bar on a terminal and the `--workers` helper processes."""
     from search.progress import ProgressEvaluator
     from search.runner import run_search
@@ -140,7 +150,7 @@ def execute(ready: Prepared, args: argparse.Namespace, argv: list[str], kind: st
     progress = args.progress if args.progress is not None else sys.stderr.isatty() and not _as_json(args)
     if progress and not config.offline:
         evaluator = ProgressEvaluator(evaluator, config.budget, desc=f"{config.sampler} search")
-    helpers = start_helpers(kind, argv, args.workers, config.study_storage, config.offline)
+    helpers = start_helpers(replace(request, search=config), args.workers)
     try:
         return run_search(ready.problem, evaluator, config)
     finally:
@@ -177,26 +187,40 @@ def print_answer(result: SearchResult, ready: Prepared, args: argparse.Namespace
     return 0
 
 
-def start_helpers(kind: str, argv: list[str], workers: int, study_storage: str, offline: bool) -> list:
+def start_helpers(request: QueryRequest, workers: int) -> list:
     """`--workers N`: N - 1 more processes run the same search on the same study (their output is
-    discarded; this process prints the answer). The study must be shared: a file or a URL."""
-    if workers <= 1 or offline:
+    discarded; this process prints the answer). Each is `python -m search.cli --worker` and reads
+    the request, its study named, as JSON on stdin (never the command line, which would be parsed
+    again and which others can read: a storage URL may hold a password). The study must be shared:
+    a file or a URL."""
+    config = request.search
+    if workers <= 1 or config.offline:
         return []
-    if study_storage == "memory":
+    if config.study_storage == "memory":
         raise CoInferError("--workers needs a study storage the processes share: --study-storage FILE.journal or URL")
     import subprocess
-    rest, skip = [], False
-    for a in argv:  # the helpers run one worker each, quietly
-        if skip:
-            skip = False
-            continue
-        if a == "--workers":
-            skip = True
-            continue
-        if not a.startswith("--workers=") and a not in ("--progress", "--json", "--json-full"):
-            rest.append(a)
-    cmd = [sys.executable, "-m", "search.cli", kind, *rest, "--study-storage", study_storage, "--no-progress", "--json"]
-    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers - 1)]
+    text = json.dumps(request.to_json())
+    procs = []
+    for _ in range(workers - 1):
+        proc = subprocess.Popen([sys.executable, "-m", "search.cli", WORKER_FLAG], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        proc.stdin.write(text)
+        proc.stdin.close()
+        procs.append(proc)
+    return procs
+
+
+def worker(_argv: list[str] | None = None) -> int:
+    """A `--workers` helper: the search of the `QueryRequest` given as JSON on stdin, quietly."""
+    from search.answer import QueryRequest, prepare
+    from search.runner import run_search
+    try:
+        request = QueryRequest.from_json(json.loads(sys.stdin.read()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CoInferError(f"{WORKER_FLAG}: stdin is not a query request: {exc}") from None
+    ready = prepare(request)
+    run_search(ready.problem, ready.evaluator, ready.config)
+    return 0
 
 
 def compact(out: dict) -> dict:
@@ -253,6 +277,9 @@ def format_result(r: SearchResult, app: str, model: LatencyModel) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the --workers helpers: python -m search.cli latency|accuracy ARGS
+if __name__ == "__main__":  # the --workers helpers: python -m search.cli --worker < request.json
     from cli.run import run_cli
-    run_cli(lambda argv: run(sys.argv[1], sys.argv[2:]))
+    if sys.argv[1:] != [WORKER_FLAG]:
+        print(f"error: usage: python -m search.cli {WORKER_FLAG} < request.json (a --workers helper)", file=sys.stderr)
+        sys.exit(2)
+    run_cli(worker)

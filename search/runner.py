@@ -22,9 +22,11 @@ import optuna
 
 from cli.errors import CoInferError
 from compress.scheme import Scheme
+from database.distributed import lost_trial
 from search.certificate import Certificate, certify
 from search.evaluators import Evaluator, NotEvaluable
 from search.latency import Breakdown
+from search.liveness import GRACE_S, HEARTBEAT_S, fail_own
 from search.problem import Problem
 from search.samplers import SamplerSpec, sampler_spec
 from search.samplers.base import PlannerSampler
@@ -42,7 +44,7 @@ class SearchConfig:
     defaults, e.g. {"restarts": 2} for optcoinfer), the accepted non-monotonicity of measured
     accuracy, whether to evaluate at all (`offline`: never), a budget of new evaluations (default:
     the sampler's, none for ours), and where the study lives (resumed when it exists; default: in
-    memory, named after the query)."""
+    memory, named after the query) with its trials' heartbeat and grace period (search/liveness.py)."""
 
     sampler: str = "coinfer"
     tolerance: float = 0.0
@@ -52,6 +54,8 @@ class SearchConfig:
     max_evaluations: int | None = None
     study_name: str | None = None
     study_storage: str | None = None
+    heartbeat_s: float = HEARTBEAT_S  # a running trial beats this often (search/liveness.py) ...
+    grace_s: float = GRACE_S  # ... and is failed, its scheme freed, when silent this long
 
     def __post_init__(self) -> None:
         values = self.spec.knob_values(self.knobs)  # refuses an unknown sampler or knob
@@ -60,10 +64,20 @@ class SearchConfig:
             raise CoInferError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
         if self.max_evaluations is not None and self.max_evaluations < 0:
             raise CoInferError("max_evaluations must be >= 0")
+        if not 0 < self.heartbeat_s < self.grace_s < float("inf"):
+            raise CoInferError(f"heartbeat {self.heartbeat_s} s and grace {self.grace_s} s: need 0 < heartbeat < grace")
 
     @property
     def spec(self) -> SamplerSpec:
         return sampler_spec(self.sampler)
+
+    def to_json(self) -> dict:
+        """Plain JSON (`from_json` inverts it): how `--workers` helpers are told how to search."""
+        return dict(vars(self), knobs=dict(self.knobs))
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> SearchConfig:
+        return cls(**obj)
 
     @property
     def budget(self) -> int | None:
@@ -155,10 +169,15 @@ def run_search(problem: Problem, evaluator: Evaluator, config: SearchConfig = Se
         raise CoInferError("the accuracy database holds nothing for this app/protocol: --offline cannot answer "
                            "(run without --offline, or fill it with python -m database.evaluate)")
     planner = spec.make(problem, stored, tolerance, config.seed, config.knobs)
-    study = open_study(config.study_name or f"coinfer-{problem.query}", config.study_storage, problem, planner)
+    study = open_study(config.study_name or f"coinfer-{problem.query}", config.study_storage, problem, planner,
+                       config.heartbeat_s, config.grace_s)
     sampler_s = 0.0
     if not offline and budget != 0:
-        sampler_s = _optimize(study, objective, planner, problem, stored, tolerance, budget)
+        try:
+            sampler_s = _optimize(study, objective, planner, problem, stored, tolerance, budget)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: leave no trial of ours RUNNING
+            fail_own(study)
+            raise
     kn = knowledge(study, problem, stored, tolerance)
     st = problem.status(kn)
     answer, bounded = st.incumbent, False
@@ -212,13 +231,20 @@ def _optimize(study: optuna.Study, objective: Objective, planner, problem: Probl
         elif not ours and problem.status(knowledge(study, problem, stored, tolerance)).done:
             study.stop()
 
+    def optimize(n_trials: int | None = None) -> None:
+        while not (ours and planner.done(study)):
+            try:
+                study.optimize(objective, n_trials=n_trials, callbacks=[stop], catch=(NotEvaluable,))
+                return
+            except Exception as exc:  # another worker failed our trial as stale (search/liveness.py):
+                if not lost_trial(exc):  # it is lost, its evaluation kept in `objective.known`; go on
+                    raise
+
     if ours:
-        if not planner.done(study):
-            study.optimize(objective, callbacks=[stop], catch=(NotEvaluable,))
+        optimize()
         return planner.decision_s
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=5 * budget + 10, callbacks=[stop],  # repeats and single ends cost nothing
-                   catch=(NotEvaluable,))
+    optimize(5 * budget + 10)  # repeats and single ends cost nothing
     return time.perf_counter() - t0 - objective.evaluate_s
 
 

@@ -23,6 +23,7 @@ trial on SQLite); `open_study` resumes a study of the same name.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -33,6 +34,7 @@ from cli.errors import CoInferError, mask_url
 from compress.scheme import MAX_BITS, MIN_BITS, Scheme
 from search.bounds import Knowledge
 from search.evaluators import Evaluator, NotEvaluable
+from search.liveness import GRACE_S, HEARTBEAT_S, SearchJournalStorage, SearchRDBStorage, fail_stale
 from search.problem import Problem
 
 SOURCE_EVALUATED, SOURCE_DATABASE, SOURCE_REFERENCE = "evaluated", "database", "reference"
@@ -183,38 +185,46 @@ def add_known(study: optuna.Study, problem: Problem, schemes: list[Scheme], tabl
     return len(add)
 
 
-def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+def make_storage(url: str | None, heartbeat_s: float = HEARTBEAT_S,
+                 grace_s: float = GRACE_S) -> optuna.storages.BaseStorage | None:
     """None or "memory": in memory; a path ending in .journal / .log (or "journal:PATH"): Optuna's
     JournalStorage in that file; anything else: a SQLAlchemy URL for Optuna's RDB storage (a server
     that cannot be reached: `Unreachable`, exit 3). The searches' default is
-    `database.storage.Storage.study_storage`."""
+    `database.storage.Storage.study_storage`. Both persistent storages beat every `heartbeat_s` and
+    fail trials silent for `grace_s` or whose worker on this host is dead (search/liveness.py)."""
     if url is None or url == "memory":
         return None
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         path = Path(url.removeprefix("journal:"))
         if not path.parent.is_dir():
             raise CoInferError(f"study storage {path}: no such folder {path.parent}")
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-        return JournalStorage(JournalFileBackend(str(path)))
+        from optuna.storages.journal import JournalFileBackend
+        return SearchJournalStorage(JournalFileBackend(str(path)), heartbeat_s, grace_s)
     if "://" not in url:
         raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
     from database.rdb import create_tables_once
     from database.storage import Storage, is_unreachable, unreachable
     sqlite = Storage.parse(url).backend == "sqlite"
     try:  # several searches may open a new database at once
-        return create_tables_once(lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None))
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return create_tables_once(lambda: SearchRDBStorage(
+                url, engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
+                heartbeat_interval=heartbeat_s, grace_period=grace_s))  # type: ignore[arg-type]
     except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
         if is_unreachable(exc):
             raise unreachable("study storage", url, exc) from None
         raise CoInferError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}") from None
 
 
-def open_study(name: str, storage: str | None, problem: Problem,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Create the study, or resume it when one of that name exists in the storage."""
+def open_study(name: str, storage: str | None, problem: Problem, sampler: optuna.samplers.BaseSampler | None = None,
+               heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> optuna.Study:
+    """Create the study, or resume it when one of that name exists in the storage; its stale
+    trials (a dead worker's: search/liveness.py) are failed, so their schemes are free again."""
     try:
-        return optuna.create_study(study_name=name, storage=make_storage(storage), sampler=sampler,
-                                   direction=problem.direction, load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat_s, grace_s),
+                                    sampler=sampler, direction=problem.direction, load_if_exists=True)
     except ValueError as exc:  # e.g. an existing study of that name with the other direction
         raise CoInferError(f"study {name!r}: {exc}") from None
+    fail_stale(study)
+    return study

@@ -9,9 +9,11 @@ study when nothing is left to evaluate (for CoInfer: when the certificate holds)
 
 What a sampler knows is the stored accuracy database it was given plus the study's completed
 trials. Several processes may optimise one study: a scheme held by another running trial is
-never proposed. Trials claim in trial-number order: trial n waits (briefly) until every running
-trial numbered below n has written its claim, then excludes those claims. Since numbers are
-unique and claims are written once, no two running trials hold one scheme. When every scheme
+never proposed (a FAILed trial holds nothing: a dead worker's trials are failed, search/liveness.py;
+only a scheme the evaluator could not evaluate stays excluded). Trials claim in trial-number
+order: trial n waits (briefly) until every running trial numbered below n has written its claim,
+then excludes those claims. Since numbers are unique and claims are written once, no two running
+trials hold one scheme. When every scheme
 still worth evaluating is held, the trial waits for one of them to finish; when nothing is left,
 it re-runs the answer (a repeat: no evaluation; Optuna's GridSampler does the same) and the
 study stops. The first trial is the better single end (the unmodified model: no evaluation), so
@@ -27,14 +29,16 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from compress.scheme import Scheme
 from search.bounds import Knowledge
 from search.certificate import Certificate, certify
+from search.liveness import WORKER_KEY, fail_stale, worker_id
 from search.problem import Problem
 from search.status import Status
-from search.study import add_known, measured, params_of, scheme_of
+from search.study import SOURCE_NOT_EVALUABLE, add_known, measured, params_of, scheme_of
 
 SEARCH_CLAIM_KEY = "coinfer:scheme"  # system attr of a search trial: the scheme its sampler chose
 REPEAT = "coinfer:repeat"  # the trial re-runs the answer: nothing was left to evaluate
@@ -124,6 +128,7 @@ class PlannerSampler(BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if SEARCH_CLAIM_KEY in trial.system_attrs:
             return
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, worker_id())  # who holds it (liveness)
         scheme, repeat = self._choose(study, trial)
         if repeat:
             study._storage.set_trial_system_attr(trial._trial_id, REPEAT, True)
@@ -140,12 +145,24 @@ class PlannerSampler(BaseSampler):
     def _choose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[Scheme, bool]:
         deadline = time.monotonic() + self.wait_s
         space = self.problem.space
+        storage = study._storage
+        beat_s = storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
+        next_beat = time.monotonic() + (beat_s or 0.0)
+
+        def wait() -> None:  # this trial beats while it waits; a dead worker's trials are failed meanwhile
+            nonlocal next_beat
+            time.sleep(POLL_S)
+            if beat_s is not None and time.monotonic() >= next_beat:
+                storage.record_heartbeat(trial._trial_id)
+                fail_stale(study)
+                next_beat = time.monotonic() + beat_s
+
         while True:
             trials = study.get_trials(deepcopy=False)
             earlier = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
             unclaimed = [t for t in earlier if SEARCH_CLAIM_KEY not in t.system_attrs]
             if unclaimed and time.monotonic() < deadline:
-                time.sleep(POLL_S)
+                wait()
                 continue
             ref = self.problem.single_end  # first the reference: no evaluation, and best_trial is then right
             if not any(_claim(t) == ref or scheme_of(t, self.problem) == ref for t in trials
@@ -157,8 +174,9 @@ class PlannerSampler(BaseSampler):
                 if s is not None and s.is_split:
                     held[space.index(s)] = True
             failed = np.zeros(space.size, dtype=bool)  # schemes the evaluator could not evaluate
-            for t in trials:
-                s = _claim(t) if t.state == TrialState.FAIL else None
+            for t in trials:  # (a trial failed otherwise, e.g. a dead worker's, holds nothing)
+                s = _claim(t) if t.state == TrialState.FAIL and t.user_attrs.get("source") == SOURCE_NOT_EVALUABLE \
+                    else None
                 if s is not None and s.is_split:
                     failed[space.index(s)] = True
             t0 = time.perf_counter()
@@ -171,7 +189,7 @@ class PlannerSampler(BaseSampler):
             if finished or not held.any() or time.monotonic() >= deadline:
                 answer = st.incumbent if st.incumbent is not None else self.problem.single_end
                 return self.problem.scheme(answer), True
-            time.sleep(POLL_S)  # everything still open is held by other workers: wait for one
+            wait()  # everything still open is held by other workers: wait for one
 
 
 def _claim(trial: FrozenTrial) -> Scheme | None:
