@@ -86,7 +86,7 @@ class SelectOutcome:
     selection: Selection
     predicted: list[str]
     report: VnVReport | None
-    profiles: dict[str, list[dict]]  # per app, where each profile it used was measured (database.provenance)
+    profiles: dict[str, tuple]  # per app, where each profile it used was measured (database.provenance.ProfileUse)
 
     @property
     def passed(self) -> bool:
@@ -95,7 +95,8 @@ class SelectOutcome:
     def to_json(self) -> dict:
         c = self.config
         out = {"edge": c.edge, "cloud": c.cloud, "bandwidth_mbps": c.bandwidth, "selection": self.selection.to_json(),
-               "predicted_profiles": self.predicted, "profiles": self.profiles}
+               "predicted_profiles": self.predicted,
+               "profiles": {name: [u.to_json() for u in uses] for name, uses in self.profiles.items()}}
         if self.report is not None:
             out["vnv"] = self.report.to_json()
         return out
@@ -136,9 +137,8 @@ def run_selection(config: SelectConfig) -> SelectOutcome:
     apps, edge, cloud = list(config.apps), config.edge, config.cloud
     store = Store(Storage.parse(config.storage), readonly=True)
     cands = candidates(store, apps, edge, cloud, config.bandwidth)
-    from database.provenance import model_uses, warn_foreign
-    uses = {a.name: model_uses(store, a, (edge, cloud)) for a in apps}
-    warn_foreign(u for app_uses in uses.values() for u in app_uses)  # never a foreign profile silently
+    from database.provenance import model_uses
+    uses = {a.name: tuple(model_uses(store, a, (edge, cloud))) for a in apps}
     selection = select(cands, config.accuracy_budget)
     predicted = sorted({f"{a.name}@{d}" for a in apps for d, sides in store.predicted(a.name).items()
                         if d in (edge, cloud)})
@@ -154,13 +154,14 @@ def run_selection(config: SelectConfig) -> SelectOutcome:
             report = measure_testbed(*choices, run, refs={a.name: ref for a, ref in zip(apps, config.refs)})
         else:
             report = measure(*choices, run)
-    profiles = {name: [u.to_json() for u in app_uses] for name, app_uses in uses.items()}
-    return SelectOutcome(config, selection, predicted, report, profiles)
+    return SelectOutcome(config, selection, predicted, report, uses)
 
 
 def main(argv: list[str] | None = None) -> int:
     config, as_json = parse_args(argv)
     outcome = run_selection(config)
+    from database.provenance import warn_foreign  # never a foreign profile silently; said with the result, so
+    warn_foreign(u for uses in outcome.profiles.values() for u in uses)  # that a failure before it stays one line
     if as_json:
         print(json.dumps(outcome.to_json()))
     else:

@@ -320,9 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.auto:
         from database.storage import Storage
         advisor = SchemeAdvisor(app, Storage.parse(args.storage), args.evaluate_missing, edge_name, cloud_name)
-        from database.provenance import model_uses, warn_foreign
+        from database.provenance import model_uses
         profiles = model_uses(advisor.store, app, advisor.model.devices)
-        warn_foreign(profiles)  # the choice rests on latencies of another machine: say so
     images, labels = load_images(app, args.n)
     depth = args.depth if args.queue else None
     client = EdgeClient(app, scheme or Scheme.ALL_CLOUD, config, device=device,
@@ -336,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         preds = asyncio.run(run_fixed(client, images, depth))
     summary = summarise(preds, labels)
     said = notes(args.rate_limit, edge, depth)
+    if advisor is not None:  # the choice rested on latencies of another machine: said with the result, so that
+        from database.provenance import warn_foreign  # a failure before it (no server) stays one line
+        warn_foreign(profiles)
     if args.json:
         print(json.dumps({"app": app.name, "scheme": str(client.scheme), **info, "notes": said, **summary}))
     else:
