@@ -202,7 +202,7 @@ def load_suites(app_ref: str, storage: str | None, table_path: str | None, base:
     from database.store import Store
     from search.evaluators import TableEvaluator
     from search.latency import LatencyModel
-    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_suites
     if base is not None and not (0 < base <= 1):
         raise CoInferError(f"--base must be a top-1 in (0, 1], got {base}")
     app = load_app(app_ref)
@@ -223,13 +223,8 @@ def load_suites(app_ref: str, storage: str | None, table_path: str | None, base:
     qs = [q for q in queries() if not quick or q.bandwidth in (0.5, 2)]
     suites = [Suite("default" if not table_path else "table", model, table, base, tuple(qs))]
     if synthetic:
-        syn_points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
-        syn_model = synthetic_latency(syn_points)
         syn_qs = tuple(q for q in qs if q.bandwidth in (0.5, 2))
-        for shape in ("saturating", "linear", "cliff"):
-            for noise in (0.0, 0.002):
-                suites.append(Suite(f"{shape}/noise{noise:g}", syn_model,
-                                    synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9, syn_qs))
+        suites += [Suite(name, m, t, b, syn_qs) for name, m, t, b in synthetic_suites()]
     return suites
 
 

@@ -153,7 +153,7 @@ class SearchBenchConfig:
 
 
 @dataclass(frozen=True)
-class Suite:
+class SuiteRuns:
     """One suite's runs: the complete table ("default") or a synthetic table ("shape/noiseN")."""
     name: str
     space_size: int
@@ -164,7 +164,7 @@ class Suite:
 @dataclass(frozen=True)
 class SearchBenchResult:
     app: str
-    suites: list[Suite]  # the default suite first
+    suites: list[SuiteRuns]  # the default suite first
     wall_s: float
     plot: Path
 
@@ -200,7 +200,7 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
     from database.store import Store
     from search.bounds import DEFAULT_TOLERANCE
     from search.latency import LatencyModel
-    from search.synthetic_problems import synthetic_latency, synthetic_points, synthetic_table
+    from search.synthetic_problems import synthetic_suites
     app = load_app(config.app)
     store = Store(Storage.parse(config.storage), create=False, readonly=True)  # a reader: creates nothing
     model = LatencyModel.from_store(store, app)
@@ -219,12 +219,9 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
     if config.quick:
         qs = [q for q in qs if q.bandwidth in (0.5, 2)]
     _SUITES["default"] = (model, table, base)
-    syn_points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
-    syn_model = synthetic_latency(syn_points)
-    synthetic = [] if not config.synthetic else [(shape, noise) for shape in ("saturating", "linear", "cliff")
-                                                 for noise in (0.0, 0.002)]
-    for shape, noise in synthetic:
-        _SUITES[f"{shape}/noise{noise:g}"] = (syn_model, synthetic_table(syn_points, 0.9, noise, 7, shape), 0.9)
+    synthetic = synthetic_suites() if config.synthetic else []
+    for name, syn_model, syn_table, syn_base in synthetic:
+        _SUITES[name] = (syn_model, syn_table, syn_base)
 
     gp_bws = set(config.gp_bandwidths)
     n_seeds = {"gp": min(seeds, config.gp_seeds), "optcoinfer": min(seeds, config.optcoinfer_seeds)}
@@ -258,8 +255,8 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
                 elapsed = time.perf_counter() - start
                 note(f"  {i}/{len(all_tasks)} runs, {elapsed:.0f} s, ETA {elapsed / i * (len(all_tasks) - i):.0f} s")
     default = [r for r in runs if r.suite == "default"]
-    suites = [Suite("default", size, len(qs), default)]
-    suites += [Suite(name, syn_model.space.size, len(syn_queries), [r for r in runs if r.suite == name])
+    suites = [SuiteRuns("default", size, len(qs), default)]
+    suites += [SuiteRuns(name, _SUITES[name][0].space.size, len(syn_queries), [r for r in runs if r.suite == name])
                for name in dict.fromkeys(r.suite for r in runs if r.suite != "default")]
     path = plot(default, OUT / "search.png", f"{app.name}: evaluations vs optimality ({len(qs)} queries)")
     return SearchBenchResult(app.name, suites, time.perf_counter() - start, path)

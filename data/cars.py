@@ -26,6 +26,7 @@ from torchvision.datasets import StanfordCars
 
 from apps import REPO_ROOT, App
 from cli.errors import CoInferError
+from data.local import missing_files
 
 ENV_ROOT = "COINFER_CARS_ROOT"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,8 +51,7 @@ def cars_root(app: App) -> Path:
 def check_layout(root: Path) -> None:
     """Raise one CoInferError line naming what is missing, before torchvision sees the folder."""
     base = root / "stanford_cars"
-    missing = [name for name in REQUIRED
-               if not ((base / name).is_dir() if name.endswith("/") else (base / name).is_file())]
+    missing = missing_files(base, REQUIRED)
     if missing:
         what = "no stanford_cars/ folder" if not base.is_dir() else f"missing {', '.join(missing)}"
         raise CoInferError(f"Stanford Cars not found in {root} ({what}); expected {LAYOUT}; "

@@ -26,10 +26,14 @@ def dataset_root(app: App, layout: str) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def missing_files(root: Path, files: Sequence[str]) -> list[str]:
+    """Those of `files` (a trailing / for a folder) that `root` lacks."""
+    return [name for name in files if not ((root / name).is_dir() if name.endswith("/") else (root / name).is_file())]
+
+
 def require(root: Path, files: Sequence[str], layout: str, app: App) -> None:
     """One CoInferError line when any of `files` (a trailing / for a folder) is missing under `root`."""
-    missing = [name for name in files
-               if not ((root / name).is_dir() if name.endswith("/") else (root / name).is_file())]
+    missing = missing_files(root, files)
     if missing:
         what = "no such folder" if not root.is_dir() else f"missing {', '.join(missing)}"
         raise CoInferError(f"{app.dataset['name']} not found in {root} ({what}); expected {layout}; "

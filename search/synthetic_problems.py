@@ -54,3 +54,16 @@ def synthetic_table(points: list[PartitionPoint], base: float = 0.9, noise: floa
                 acc = base - drop + (rng.normal(0, noise) if noise else 0.0)
                 table[Scheme(pt.index, c, b)] = float(np.clip(acc, 0.0, 1.0))
     return table
+
+
+SUITE_SHAPES = ("saturating", "linear", "cliff")
+SUITE_NOISES = (0.0, 0.002)
+
+
+def synthetic_suites() -> list[tuple[str, LatencyModel, dict[Scheme, float], float]]:
+    """The benchmarks' synthetic suites (bench.search, bench.certificate): 13 points of 8..64 channels, a
+    table per surface shape and noise (seed 7, base 0.9), as (name "shape/noiseN", model, table, base)."""
+    points = synthetic_points([8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64])
+    model = synthetic_latency(points)
+    return [(f"{shape}/noise{noise:g}", model, synthetic_table(points, 0.9, noise, 7, shape), 0.9)
+            for shape in SUITE_SHAPES for noise in SUITE_NOISES]
