@@ -58,7 +58,7 @@ def search_cases() -> list[Case]:
         for bad in ("nan", "inf", "-1", "1.5" if flag == "-accuracy_loss" else "0", "abc", ""):
             out.append(_c(script, flag, bad, "--offline", "--storage", "{db}", fast=bad == "nan"))
         out.append(_c(script, "--offline", "--storage", "{db}", label="required option missing"))
-        for opt, values in (("-bandwidth", ("0", "-1", "nan", "inf", "x")), ("-gpu", ("99", "-1", "x")),
+        for opt, values in (("-bandwidth", ("0", "-1", "nan", "inf", "x")), ("-gpu", ("-1", "x", "1.5")),
                             ("--sampler", ("magic",)), ("--evaluator", ("oracle", "table:/nonexistent.csv")),
                             ("--latency-profile", ("nope,cpu-cloud", "a", ",")),
                             ("--base-accuracy", ("nan", "0", "2")), ("--rtt", ("-1", "nan")),
@@ -66,7 +66,7 @@ def search_cases() -> list[Case]:
                             ("--study-storage", ("nowhere", f"postgresql://u:{SECRET}@127.0.0.1:1/db")),
                             ("--app", ("nope", "{tmp}/missing.yml"))):
             for v in values:
-                out.append(_c(script, *base, opt, v, fast=(opt, v) in (("--tolerance", "nan"), ("-gpu", "99"))))
+                out.append(_c(script, *base, opt, v, fast=(opt, v) in (("--tolerance", "nan"), ("-gpu", "-1"))))
         for url in STORAGE_URLS:
             out.append(_c(script, *head, "--offline", "--storage", url,
                           fast=url in ("sqlite:///typo.sqlite", STORAGE_URLS[4])))

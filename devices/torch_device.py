@@ -34,14 +34,18 @@ def check_torch_device(name: str, available: bool = False, flag: str = "--torch-
     return name
 
 
-def torch_device_of(torch_device: str, gpu: int | None) -> str:
-    """The searches' torch device: `--torch-device`, or the paper's `-gpu N` (cuda:N); checked to exist."""
+def torch_device_of(torch_device: str, gpu: int | None, available: bool = True) -> str:
+    """The searches' torch device: `--torch-device`, or the paper's `-gpu N` (cuda:N). With `available`,
+    checked to exist here now; without, only its syntax (the searches check a GPU when a fine-tune needs
+    it: an answer from the database needs none)."""
     if gpu is None:
-        return check_torch_device(torch_device, available=True)
+        return check_torch_device(torch_device, available=available)
     if torch_device != "cpu":
         raise CoInferError("-gpu N is --torch-device cuda:N: give one of them")
+    if gpu < 0:
+        raise CoInferError(f"-gpu {gpu}: no such CUDA device on this machine")
     try:
-        return check_torch_device(f"cuda:{gpu}", available=True) if gpu >= 0 else check_torch_device("cuda:-1")
+        return check_torch_device(f"cuda:{gpu}", available=available)
     except CoInferError:
         raise CoInferError(f"-gpu {gpu}: no such CUDA device on this machine") from None
 

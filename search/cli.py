@@ -122,7 +122,7 @@ def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
     if not 1 <= args.workers <= max_workers():
         raise CoInferError(f"--workers must be between 1 and {max_workers()} (4 x this machine's "
                            f"{os.cpu_count() or 1} CPUs), got {args.workers}")
-    torch_device = torch_device_of(args.torch_device, args.gpu)
+    torch_device = torch_device_of(args.torch_device, args.gpu, available=False)  # checked when a fine-tune runs
     from database.storage import Storage
     storage = Storage.parse(args.storage)
     edge, cloud = parse_device_pair(args.latency_profile)

@@ -82,6 +82,8 @@ class DatabaseEvaluator:
             raise NotEvaluable(self._impossible, everything=True)
         if self.finetuner is None:
             from database.finetune import SchemeFinetuner
+            from devices.torch_device import check_torch_device
+            check_torch_device(self.device, available=True)  # a GPU asked for is needed only now: bad input if absent
             try:
                 self.finetuner = SchemeFinetuner(self.app, self.device)
             except CoInferError as exc:  # no dataset, no checkpoint, ...: nothing can be fine-tuned here

@@ -91,3 +91,31 @@ def test_the_searches_take_gpu_as_an_alias_of_torch_device(torch_device, gpu, sa
     with pytest.raises(CoInferError, match=says.replace("(", r"\(")):
         torch_device_of(torch_device, gpu)
     assert torch_device_of("cpu", None) == "cpu"
+
+
+def test_the_searches_need_the_gpu_only_for_a_fine_tune(tiny_app_path, tiny_db, tmp_path):
+    """-gpu 0 on a machine without one: an answer the database gives needs no GPU (exit 0); a search that
+    must fine-tune is refused in one line before it does (exit 2), and stores nothing."""
+    import shutil
+    import sqlite3
+    import subprocess
+    import sys
+
+    from apps import REPO_ROOT
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(tiny_db, db)
+    args = [sys.executable, "latency_search.py", "-accuracy_loss", "0.05", "-bandwidth", "1", "-gpu", "0",
+            "--app", tiny_app_path, "--storage", str(db), "--latency-profile", "tiny-edge,tiny-cloud",
+            "--study-storage", "memory", "--no-progress"]
+    answered = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert answered.returncode == 0, answered.stderr
+    assert "evaluations 0 new" in answered.stdout
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM accuracy")
+    refused = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert (refused.returncode, refused.stderr) == (2, "error: --torch-device cuda:0: no such CUDA device on this "
+                                                       "machine\n")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM accuracy").fetchone() == (0,)
