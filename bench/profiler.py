@@ -56,12 +56,13 @@ class ProfilerConfig:
 
 def process_name(proc) -> str:
     """What a process runs: `python -m X`'s X (with a `client`/`run`/`report` subcommand), else its name."""
+    import psutil
     try:
         cmd = proc.cmdline()
-    except Exception:  # gone, or not ours to read: its executable's name if that can still be read
+    except psutil.Error:  # gone, or not ours to read: its executable's name if that can still be read
         try:
             return proc.name() or "?"
-        except Exception:
+        except psutil.Error:
             return "?"
     if "-m" in cmd and cmd.index("-m") + 1 < len(cmd):
         module = cmd[cmd.index("-m") + 1]
@@ -73,7 +74,7 @@ def process_name(proc) -> str:
         return Path(cmd[0]).name
     try:  # a zombie or a kernel thread: no command line, but a name
         return proc.name() or "?"
-    except Exception:
+    except psutil.Error:
         return "?"
 
 

@@ -24,9 +24,8 @@ def finite_float(text: str) -> float:
 class ArgParser(argparse.ArgumentParser):
     """argparse with the project's conventions (module docstring)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def add_argument(self, *args, **kwargs):  # type: ignore[override]
         if kwargs.get("type") is float:
