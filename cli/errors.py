@@ -16,6 +16,7 @@ URL in such a line.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 
 class CoInferError(Exception):
@@ -40,3 +41,11 @@ def mask_url(url: str) -> str:
         if ":" in cred:
             rest = f"{cred.split(':', 1)[0]}:***@{host}"
     return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", f"{scheme}{sep}{rest}")
+
+
+def chain(exc: BaseException | None, depth: int = 10) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or during (`__cause__`, else `__context__`), at most
+    `depth` of them: where a driver's or Optuna's error sits under the one a caller sees."""
+    while exc is not None and depth > 0:
+        yield exc
+        exc, depth = exc.__cause__ or exc.__context__, depth - 1

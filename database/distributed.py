@@ -48,6 +48,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from cli.errors import chain
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
 from database.rdb import BUILD_CLAIM_KEY, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
@@ -73,14 +74,8 @@ def worker_id() -> str:
 
 def lost_trial(exc: BaseException | None) -> bool:
     """Optuna refused to finish this worker's trial: another worker had failed it as stale."""
-    for _ in range(10):
-        if exc is None:
-            return False
-        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or (
-                isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a ")):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(e, optuna.exceptions.UpdateFinishedTrialError)
+               or (isinstance(e, ValueError) and str(e).startswith("Cannot tell a ")) for e in chain(exc))
 
 
 @dataclass

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from cli.errors import CoInferError, Unreachable, mask_url
+from cli.errors import CoInferError, Unreachable, chain, mask_url
 from database.storage import Storage
 
 # system attr of a build trial, "p,c,b host:pid": its scheme and its worker ("- host:pid": nothing to claim)
@@ -82,14 +82,8 @@ def is_db_error(exc: BaseException | None) -> bool:
     is followed: Optuna's own handling of a failed `tell` can raise another error on top of it
     (its `_run_trial` then reads an unbound local), and the store's one-line errors keep the
     driver's error as their context."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError)):
-            return True
-        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+    return any(isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError))
+               or (isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated) for e in chain(exc))
 
 
 def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps import DEFAULT_STORAGE
-from cli.errors import CoInferError, Unreachable, mask_url
+from cli.errors import CoInferError, Unreachable, chain, mask_url
 
 # a driver's words for a server it could not reach (psycopg: "connection refused", "timeout expired")
 UNREACHABLE_WORDS = ("connection refused", "could not connect", "timeout expired", "timed out", "is the server running",
@@ -154,13 +154,10 @@ def as_storage(storage: Storage | str | None) -> Storage:
 
 def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
     """The exception of `exc`'s chain that says a database server could not be reached, if one does."""
-    for _ in range(10):
-        if exc is None:
-            return None
-        orig = getattr(exc, "orig", None) or exc
-        if isinstance(exc, Unreachable) or any(w in str(orig).lower() for w in UNREACHABLE_WORDS):
+    for e in chain(exc):
+        orig = getattr(e, "orig", None) or e
+        if isinstance(e, Unreachable) or any(w in str(orig).lower() for w in UNREACHABLE_WORDS):
             return orig
-        exc = exc.__cause__ or exc.__context__
     return None
 
 
