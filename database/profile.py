@@ -308,6 +308,7 @@ def parse(argv: list[str] | None = None) -> tuple[App, ProfileConfig, argparse.N
     config = ProfileConfig(device, device.sides(), runs=args.runs, warmup=args.warmup, passes=args.passes,
                            idle_s=args.idle_ms / 1e3, torch_device=check_torch_device(args.torch_device),
                            threads=args.threads, only_points=only)
+    check_torch_device(config.torch_device, available=True)  # the GPU asked for is here: before any store opens
     return app, config, args
 
 
@@ -362,8 +363,6 @@ def profile_device(app: App, config: ProfileConfig, store: Store, replace_old: b
     from database.noise import drift, noise_of, reference_workload
     from devices.fingerprint import fingerprint
     from models.build import app_points
-    if config.torch_device != "cpu" and not torch.cuda.is_available():
-        raise CoInferError(f"--torch-device {config.torch_device} given but no CUDA device is available")
     store.check_writable()  # before minutes of profiling whose rows could not be stored
     check_not_profiled(store, app.name, config.device.name, config.sides, replace_old)
     config, note = apply_quota(config, store)
