@@ -49,3 +49,9 @@ def chain(exc: BaseException | None, depth: int = 10) -> Iterator[BaseException]
     while exc is not None and depth > 0:
         yield exc
         exc, depth = exc.__cause__ or exc.__context__, depth - 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): the reason a
+    one-line error quotes from a library's multi-line one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -25,7 +25,7 @@ from torchvision import transforms
 from torchvision.datasets import StanfordCars
 
 from apps import REPO_ROOT, App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from data.local import missing_files
 
 ENV_ROOT = "COINFER_CARS_ROOT"
@@ -75,7 +75,7 @@ def load_splits(app: App) -> tuple[Dataset, Dataset]:
         train = StanfordCars(str(root), split="train", transform=train_tf, target_transform=int)
         test = StanfordCars(str(root), split="test", transform=test_tf, target_transform=int)
     except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise CoInferError(f"malformed Stanford Cars annotations under {root / 'stanford_cars'}: {reason}") from None
     limit = app.dataset.get("limit_train")
     if limit is not None:

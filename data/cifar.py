@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from apps import App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from data.local import check_classes, dataset_root, limit_train, require
 from data.transforms import image_transforms
 
@@ -57,7 +57,7 @@ def load_splits(app: App) -> tuple[Dataset, Dataset]:
         train = reader(str(root), train=True, transform=train_tf, download=False)
         test = reader(str(root), train=False, transform=test_tf, download=False)
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise CoInferError(f"malformed {app.dataset['name']} batches under {root / reader.base_folder}: "
                            f"{reason}") from None
     return limit_train(app, train), test

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from apps import App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from data.local import check_classes, dataset_root, limit_train
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_transforms
 
@@ -30,7 +30,7 @@ def _folder(path: Path, transform, app: App) -> ImageFolder:
     try:
         return ImageFolder(str(path), transform=transform)
     except (FileNotFoundError, OSError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise CoInferError(f"image_folder {path}: {reason}; expected {LAYOUT} (app {app.name})") from None
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 
 from apps import App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from data.local import check_classes, dataset_root, limit_train, require
 from data.transforms import image_transforms
 
@@ -32,7 +32,7 @@ def load_splits(app: App) -> tuple[Dataset, Dataset]:
         train = MNIST(str(root), train=True, transform=train_tf, download=False)
         test = MNIST(str(root), train=False, transform=test_tf, download=False)
     except (AssertionError, ValueError, RuntimeError, OSError) as exc:  # torchvision asserts the idx header
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0] or "bad idx header"
+        reason = first_line(exc) or "bad idx header"
         raise CoInferError(f"malformed MNIST idx files under {root / 'MNIST' / 'raw'}: {reason}") from None
     if len(train.data) != len(train.targets) or len(test.data) != len(test.targets):
         raise CoInferError(f"malformed MNIST idx files under {root / 'MNIST' / 'raw'}: images and labels differ "

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import SVHN
 
 from apps import App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from data.local import check_classes, dataset_root, limit_train, require
 from data.transforms import image_transforms
 
@@ -37,6 +37,6 @@ def load_splits(app: App) -> tuple[Dataset, Dataset]:
         train = _SVHN(str(root), split="train", transform=train_tf, download=False)
         test = _SVHN(str(root), split="test", transform=test_tf, download=False)
     except (KeyError, ValueError, TypeError, OSError, NotImplementedError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise CoInferError(f"malformed SVHN .mat files under {root}: {reason}") from None
     return limit_train(app, train), test

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps import DEFAULT_STORAGE
-from cli.errors import CoInferError, Unreachable, chain, mask_url
+from cli.errors import CoInferError, Unreachable, chain, first_line, mask_url
 
 # a driver's words for a server it could not reach (psycopg: "connection refused", "timeout expired")
 UNREACHABLE_WORDS = ("connection refused", "could not connect", "timeout expired", "timed out", "is the server running",
@@ -169,5 +169,5 @@ def is_unreachable(exc: BaseException | None) -> bool:
 def unreachable(what: str, url: str, exc: BaseException) -> Unreachable:
     """One line for a database that cannot be reached (the driver's words), the password masked."""
     cause = _unreachable_cause(exc) or exc
-    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    text = first_line(cause)
     return Unreachable(f"{what} {mask_url(url)} unreachable: {mask_url(text)}")

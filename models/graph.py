@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from models.points import PartitionPoint
 
 ABSORBING_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.Hardswish,
@@ -55,7 +55,7 @@ def trace(module: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(module)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise CoInferError(f"cannot trace {type(module).__name__} with torch.fx: {first}") from None
 
 
@@ -167,7 +167,7 @@ class GraphModel(nn.Module):
             with torch.no_grad():
                 ShapeProp(self.net.eval()).propagate(x)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise CoInferError(f"{self.arch} does not run on (1, {self.in_channels}, {self.input_size}, "
                                f"{self.input_size}) inputs: {first}") from None
         finally:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from apps import REPO_ROOT, App
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 from models.zoo import first_conv
 
 TORCHVISION_NAME = re.compile(r"^(?:[A-Za-z0-9]+_Weights\.)?[A-Z][A-Z0-9_]*$")  # ResNet18_Weights.IMAGENET1K_V1
@@ -69,7 +69,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CoInferError(f"cannot read weights {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") \
+        raise CoInferError(f"cannot read weights {path}: {first_line(exc)}") \
             from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CoInferError(f"weights {path} are not a state_dict (a mapping of names to tensors)")
