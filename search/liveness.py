@@ -28,7 +28,6 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +38,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from database.distributed import worker_id
+from database.distributed import fail_stale, worker_id  # the build's: Optuna's fail_stale_trials, quietly
 
 WORKER_KEY = "coinfer:worker"  # system attr of a search trial: "host:pid" of the process running it
 BEAT_KEY = "coinfer:heartbeat"  # system attr (journal storage): unix time of the trial's last heartbeat
@@ -166,10 +165,3 @@ def fail_own(study: optuna.Study) -> None:
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
-
-
-def fail_stale(study: optuna.Study) -> None:
-    """Fail the study's stale trials (Optuna's `fail_stale_trials`; nothing for in-memory studies)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
