@@ -122,8 +122,8 @@ def parse_args(argv: list[str] | None) -> tuple[SelectConfig, bool]:
     edge = args.edge or _one({a.edge_device for a in apps}, "edge device", "--edge")
     cloud = args.cloud or _one({a.cloud_device for a in apps}, "cloud device", "--cloud")
     from database.predictor import resolve_device
-    spec = resolve_device(edge, args.devices, tuple(apps))
-    resolve_device(cloud, args.devices, tuple(apps))
+    spec = resolve_device(edge, args.devices, tuple(apps), args.storage)
+    resolve_device(cloud, args.devices, tuple(apps), args.storage)
     progress = not (args.no_progress or args.json) and sys.stderr.isatty()
     return SelectConfig(tuple(apps), tuple(names), edge, cloud, spec, args.bandwidth, args.images,
                         args.accuracy_budget, args.storage, args.select_only, args.testbed, progress), args.json

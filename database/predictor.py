@@ -217,18 +217,11 @@ def default_models(apps: list[str] | None, reference: bool) -> list[NamedModel]:
     return out
 
 
-def resolve_device(name: str, devices_file: str | None = None, apps: tuple[App, ...] = ()) -> Device:
-    """A device by name (`devices.spec.resolve_device`): the devices file's, else the edge or cloud device of
-    `apps` or of a shipped app; anything else is an unknown device (CoInferError). Layers are timed by
-    dilation only, so a device emulated by a CPU quota is timed at this CPU's speed."""
-    from apps import available_apps, load_app
-    from devices.spec import load_devices
-    from devices.spec import resolve_device as find_device
-    every = [*apps, *map(load_app, available_apps())]
-    device = find_device(name, devices_file, every)
-    if device is None:
-        known = sorted(set(load_devices(devices_file)) | {d for a in every for d in (a.edge_device, a.cloud_device)})
-        raise CoInferError(f"unknown device '{name}' (known: {', '.join(known)}; define one in devices.yml)")
+def resolve_device(name: str, devices_file: str | None = None, apps: tuple[App, ...] = (), storage=None) -> Device:
+    """A device by name from the one registry (`database.registry.find_device`); layers are timed by dilation
+    only, so a device emulated by a CPU quota is timed at this CPU's speed."""
+    from database.registry import find_device
+    device = find_device(name, devices_file, apps, storage)
     return device if device.dilated or not device.slowed else device.with_speed(None)
 
 
@@ -492,7 +485,7 @@ def parse_args(argv: list[str] | None) -> tuple[FitJob | PredictJob, bool]:
         raise CoInferError("--sweep must be in 1..10000 and --runs in 1..1000")
     from apps import load_app
     app = load_app(args.app) if args.action == "predict" else None
-    spec = resolve_device(args.device, args.devices, (app,) if app else ())
+    spec = resolve_device(args.device, args.devices, (app,) if app else (), args.storage)
     config = PredictorConfig(args.regressor)
     progress = not (args.no_progress or args.json) and sys.stderr.isatty()
     if args.action == "fit":

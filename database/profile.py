@@ -285,11 +285,14 @@ def _points(text: str | None, count: int) -> frozenset[int] | None:
 def resolve_profiled_device(args: argparse.Namespace, app: App) -> Device:
     """The device `--device` names (the devices file's, else the app's edge or cloud device with side both,
     else this CPU as it is, side both), with `--side`, `--speed` and `--emulation` applied."""
+    from database.registry import open_registry_store, stored_device
     from devices.spec import resolve_device, with_flags
     base = resolve_device(args.device, args.devices)
     if base is None:
         app_device = resolve_device(args.device, None, (app,))
-        base = app_device.model_copy(update={"side": "both"}) if app_device else Device(name=args.device)
+        store = None if app_device else open_registry_store(args.storage)
+        base = (app_device.model_copy(update={"side": "both"}) if app_device
+                else (store and stored_device(store, args.device)) or Device(name=args.device))
     return with_flags(base, args.side, args.speed, args.emulation)
 
 

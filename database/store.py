@@ -453,6 +453,11 @@ class Store:
     def devices(self) -> list[str]:
         return self._run(lambda conn: [r[0] for r in conn.execute(sa.select(device.c.name).order_by(device.c.name))])
 
+    def device_sides(self, name: str) -> set[str]:
+        """The sides (edge, cloud) the device's latency rows cover, over every app."""
+        q = sa.select(layer_latency.c.side).where(layer_latency.c.device == name).distinct()
+        return self._run(lambda conn: {r[0] for r in conn.execute(q)})
+
     # -- layer samples and predicted profiles (database.layerprof, database.predictor) ----------
     def put_layer_samples(self, samples: Iterable) -> None:
         """Store `database.layerprof.LayerSample`s (a sample of the same device, source and name is replaced)."""

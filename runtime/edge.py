@@ -46,7 +46,7 @@ from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
 from devices.slowdown import SlowCPU
-from devices.spec import Device, make_device, parse_device_pair, resolve_device
+from devices.spec import Device, make_device, parse_device_pair
 from runtime.advisor import Adapter, SchemeAdvisor
 from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.secret import resolve_token
@@ -284,9 +284,8 @@ def edge_device(args: argparse.Namespace, app: App) -> Device | None:
     if args.device is None:
         return None if args.speed is None else make_device({"name": "edge", "side": "edge", "speed": args.speed},
                                                            "--speed")
-    device = resolve_device(args.device, args.devices, (app,))
-    if device is None:
-        raise CoInferError(f"unknown device '{args.device}' (define it in devices.yml, or give --speed)")
+    from database.registry import find_device
+    device = find_device(args.device, args.devices, (app,), args.storage)
     if args.speed is not None:
         device = device.with_speed(args.speed)
     if device.emulation == "quota":
