@@ -143,6 +143,9 @@ def _parser() -> ArgParser:
     ap.add_argument("--max-retry", type=int, default=3, help="retries of a scheme whose worker died (default: 3)")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="a progress bar on stderr (default: when stderr is a terminal)")
+    ap.add_argument("--weights", action="store_true",
+                    help="also fine-tune, here, the selected schemes stored without kept weights (the rows stay; "
+                         "the weights' own top-1 is kept beside them: database/scheme_weights.py)")
     ap.add_argument("--json", action="store_true", help="print one JSON line: counts, time, per-worker reports")
     return ap
 
@@ -211,22 +214,27 @@ class BuildSummary:
     missing: int
     wall_s: float
     reports: list[WorkerReport]
+    weights_made: int = 0
 
     def to_json(self) -> dict:
         return {"app": self.app, "protocol": self.protocol, "seed": self.seed, "study": self.study, "new": self.new,
                 "stored": self.stored, "missing": self.missing, "wall_s": self.wall_s,
+                "weights_made": self.weights_made,
                 "workers": [{k: v for k, v in r.to_json().items() if not isinstance(v, list)} for r in self.reports]}
 
     def line(self) -> str:
         return (f"{self.app}: {self.new} new evaluations in {self.wall_s:.1f} s; {self.stored} schemes stored for "
                 f"protocol {self.protocol} seed {self.seed}"
                 + (f"; {self.missing} could not be evaluated (see python -m reports.build_status)"
-                   if self.missing else ""))
+                   if self.missing else "")
+                + (f"; weights made for {self.weights_made} stored schemes" if self.weights_made else ""))
 
 
-def evaluate_job(job: BuildJob, app: App, store: Store, workers: int = 1, progress: bool = False) -> BuildSummary:
+def evaluate_job(job: BuildJob, app: App, store: Store, workers: int = 1, progress: bool = False,
+                 weights: bool = False) -> BuildSummary:
     """Store the base accuracy if it is missing (fine-tuned protocols), then build `job` with `workers`
-    workers here; count what the accuracy table gained."""
+    workers here; count what the accuracy table gained. With `weights`, then fine-tune here the job's
+    stored split schemes whose weights were not kept (the rows stay as they are)."""
     from database.distributed import study_name
     protocol = job.protocol(app)
     finetuner = None  # made once, here, when this process fine-tunes (the base model, or one worker)
@@ -239,16 +247,34 @@ def evaluate_job(job: BuildJob, app: App, store: Store, workers: int = 1, progre
     start = time.perf_counter()
     reports = build(job, app, store, workers, progress, finetuner) if job.schemes else []
     after = set(store.accuracy_table(app.name, protocol, job.seed))
+    made = make_missing_weights(job, app, after, finetuner, progress) if weights and not job.synthetic else 0
     wall = time.perf_counter() - start
     return BuildSummary(app.name, protocol, job.seed, study_name(app.name, protocol, job.seed), len(after - before),
-                        len(after), len(set(job.schemes) - after), wall, reports)
+                        len(after), len(set(job.schemes) - after), wall, reports, made)
+
+
+def make_missing_weights(job: BuildJob, app: App, stored: set[Scheme], finetuner: Finetuner | None,
+                         progress: bool) -> int:
+    """Fine-tune the job's stored split schemes that have no kept weights (the protocol's seed only: the
+    runtime runs that one); how many were made."""
+    from cli.progress import progress as progress_bar
+    from database.scheme_weights import scheme_path
+    if job.seed != app.protocol.seed:
+        raise CoInferError(f"--weights keeps the weights of the protocol's seed {app.protocol.seed}, not {job.seed}")
+    todo = [s for s in job.schemes if s.is_split and s in stored and not scheme_path(app, s).is_file()]
+    if todo and finetuner is None:
+        from database.finetune import SchemeFinetuner
+        finetuner = SchemeFinetuner(app, accel=job.accel)
+    for scheme in progress_bar(todo, desc=f"weights of {app.name}", unit="scheme", enabled=progress):
+        finetuner.finetune_row(scheme)  # SchemeFinetuner keeps the weights of what it fine-tunes
+    return len(todo)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     job, app, store = job_of(args)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    summary = evaluate_job(job, app, store, args.workers, progress)
+    summary = evaluate_job(job, app, store, args.workers, progress, args.weights)
     print(json.dumps(summary.to_json(), separators=(",", ":")) if args.json else summary.line())
     return 1 if summary.missing else 0
 

@@ -5,15 +5,17 @@
     row = finetuner.finetune_row(Scheme(4, 12, 3))    # ... tested: its accuracy database row
 
 `SchemeFinetuner` is the `database.finetuner.Finetuner` of the build (database/evaluate.py), the
-search's `DatabaseEvaluator` (which turns a row into the float its `evaluate` returns), the weights
-store (runtime/weights.py) and the training co-run (runtime/training.py).
+search's `DatabaseEvaluator` (which turns a row into the float its `evaluate` returns), the runtime's
+weights (runtime/weights.py) and the training co-run (runtime/training.py). A row measured with the
+protocol's seed keeps its weights in the weights store (database/scheme_weights.py), so the runtime loads
+the very model whose accuracy the row holds (`keep_weights=False`: not kept).
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from apps import App
@@ -29,12 +31,14 @@ class SchemeFinetuner:
     """The app's protocol (seed, data, training loop) for one scheme at a time: prune + quantise,
     fine-tune, test. Data and base model load once."""
 
-    def __init__(self, app: App, device: str = "cpu", accel: Accel | None = None) -> None:
+    def __init__(self, app: App, device: str = "cpu", accel: Accel | None = None, keep_weights: bool = True,
+                 weights_root: str | None = None) -> None:
         import torch
 
         from data import load_splits
         from models.build import load_base_model
         self.app = app
+        self.keep_weights, self.weights_root = keep_weights, weights_root
         self.accel = accel or Accel.for_device(device)
         self.device = torch.device(self.accel.device)
         if self.accel.cudnn_benchmark:
@@ -69,5 +73,10 @@ class SchemeFinetuner:
         start = time.perf_counter()
         model = self.finetune(scheme, seed)
         top1, top5 = test_accuracy(model, self.test)
-        return AccuracyRow(self.app.name, proto.name, *scheme, seed, top1, top5, len(self.test),
-                           time.perf_counter() - start, socket.gethostname())
+        row = AccuracyRow(self.app.name, proto.name, *scheme, seed, top1, top5, len(self.test),
+                          time.perf_counter() - start, socket.gethostname())
+        if self.keep_weights and seed == proto.seed and scheme.is_split:
+            from database.scheme_weights import save_weights
+            save_weights(self.app, scheme, {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                         {k: v for k, v in asdict(row).items() if k not in ("app", "protocol")}, self.weights_root)
+        return row

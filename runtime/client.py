@@ -89,6 +89,7 @@ class ClientConfig:
     k: int = 5
     finetuned: bool = False
     weights_root: str | None = None
+    finetune_missing: bool = False  # a split scheme with no stored weights is fine-tuned here (else MissingWeights)
     ssl_ctx: ssl.SSLContext | None = None
     server_hostname: str | None = None
 
@@ -142,7 +143,8 @@ class EdgeClient:
                 check_scheme(self.base, *scheme)
                 if self.config.finetuned:
                     from runtime.weights import scheme_model
-                    model = scheme_model(self.app, scheme, base=self.base, root=self.config.weights_root)
+                    model = scheme_model(self.app, scheme, base=self.base, root=self.config.weights_root,
+                                         train=self.config.finetune_missing)
                 else:
                     model = SchemeModel(self.base, scheme).eval()
             else:

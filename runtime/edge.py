@@ -7,12 +7,14 @@
 `--scheme p,c,b` splits at point p with c channels at b bits; `all-cloud` sends the raw input
 quantised to 8 bits per channel (p = -1 on the wire, the cloud runs the whole base model);
 `all-edge` runs the whole base model here and uses no network. Split schemes run with their
-fine-tuned weights (`runtime.weights`; `--no-finetuned`: pruned base weights, and the cloud must
-match). Each of the first n test images is one request; the report gives the median time of each
-stage (edge compute, quantise + pack, transfer + wait, cloud unpack, cloud compute), the bytes on
-the wire and the accuracy of the predictions that came back. The server's token, when it has one,
-comes from `--token-file`, `--token` or $COINFER_TOKEN (`runtime.secret`) and is never printed. The connection is
-`runtime.client.EdgeClient`, which tests and benchmarks use directly.
+fine-tuned weights, the ones the build kept (`runtime.weights`); a scheme without them is one line
+naming the build command that makes them, unless `--finetune-missing` fine-tunes it here (`--no-finetuned`:
+pruned base weights, and the cloud must match). Each of the first n test images is one request; the
+report gives the median time of each stage (edge compute, quantise + pack, transfer + wait, cloud
+unpack, cloud compute), the bytes on the wire and the accuracy of the predictions that came back. The
+server's token, when it has one, comes from `--token-file`, `--token` or $COINFER_TOKEN
+(`runtime.secret`) and is never printed. The connection is `runtime.client.EdgeClient`, which tests and
+benchmarks use directly.
 
 This process can be a slower edge device (`devices.slowdown`, dilation): `--device NAME` emulates a device
 of the devices file or the app (its speed), `--speed S` (default $COINFER_SPEED, which the testbed sets)
@@ -161,6 +163,8 @@ async def run_auto(client: EdgeClient, images: torch.Tensor, advisor: SchemeAdvi
         adapter = None
         if auto.adapt:
             frontier = advisor.frontier(auto.accuracy_loss)
+            for scheme in frontier.candidates:  # every head now: a missing one is an error before any request
+                client.model_for(scheme)
             info["frontier"] = [[g, s.to_json()] for g, s in zip(frontier.grid, frontier.schemes)]
             adapter = Adapter(advisor.model, frontier)
         else:
@@ -220,6 +224,9 @@ def _parser() -> ArgParser:
                     help="--auto: let the search fine-tune schemes missing from the database (default: answer from it)")
     ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
                     help="heads with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
+    ap.add_argument("--finetune-missing", action="store_true",
+                    help="fine-tune here a scheme whose weights the build did not keep (default: refuse, naming the "
+                         "command that makes them)")
     ap.add_argument("--n", type=int, default=50, help="requests: the first n test images")
     ap.add_argument("--k", type=int, default=5, help="top-k classes returned")
     ap.add_argument("--token", help="the server's token (visible in ps: prefer --token-file or $COINFER_TOKEN)")
@@ -273,7 +280,8 @@ def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientCon
         except (OSError, ssl.SSLError) as exc:
             raise CoInferError(f"cannot load --tls-ca {args.tls_ca}: {exc}") from None
     token = resolve_token(args.token, args.token_file)
-    return ClientConfig(host, port, token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx)
+    return ClientConfig(host, port, token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx,
+                        finetune_missing=args.finetune_missing)
 
 
 def edge_device(args: argparse.Namespace, app: App) -> Device | None:
@@ -326,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     client = EdgeClient(app, scheme or Scheme.ALL_CLOUD, config, device=device,
                         shaper=TokenBucket(args.rate_limit) if args.rate_limit else None,
                         monitor=BandwidthEstimator(initial_mbps=args.bandwidth))
+    if scheme is not None:
+        client.model_for(scheme)  # its weights exist (or --finetune-missing makes them) before any connection
     info: dict = {}
     if advisor is not None:
         preds, info = asyncio.run(run_auto(client, images, advisor, AutoConfig(args.accuracy_loss, args.adapt, depth)))

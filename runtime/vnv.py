@@ -147,7 +147,7 @@ def runner(app: App, scheme: Scheme, config: RunConfig) -> Callable:
         bits, head, tail = 8, (lambda x: x), base
     else:
         from runtime.weights import scheme_model
-        model = scheme_model(app, scheme, base=base)
+        model = scheme_model(app, scheme, base=base, train=True)  # the check runs them: made here when missing
         bits, head, tail = scheme.b, model.head, model.tail
 
     def split(x):

@@ -3,56 +3,51 @@
     scheme_model(app, Scheme(p, c, b)) -> SchemeModel
 
 A scheme's accuracy in the database is that of the pruned model *after* the app's fine-tune
-protocol (database.evaluate); running the pruned base weights instead loses most of it. The
-fine-tuned state_dict of scheme (p, c, b) lives in `checkpoints/schemes/<app>/<p>-<c>-<b>.pt`
-(tensors only, loaded with `torch.load(weights_only=True)`), with a small JSON sidecar holding
-the test accuracy measured right after the fine-tune. When the file is missing the scheme is
-fine-tuned here with the app's protocol (same seed, data and loop as the accuracy database), or by
-the `database.finetuner.Finetuner` the caller passes, and saved atomically (temporary file +
-os.replace) under an exclusive file lock, so an edge process and a cloud process asking for the
-same scheme at once fine-tune it once and load the same file: head and tail always come from one
-state_dict.
+protocol (database.evaluate); running the pruned base weights instead loses most of it. The build
+keeps the weights of every scheme it fine-tunes in the weights store (database/scheme_weights.py:
+`<root>/<app>/<protocol>/<p>-<c>-<b>.pt`, tensors only, loaded with `torch.load(weights_only=True)`,
+with the accuracy row beside it), and this module loads them. A missing file is `MissingWeights`, one
+line naming the build command that makes it: the edge and the cloud never fine-tune unless asked
+(`train=True`: `runtime.edge --finetune-missing`, `runtime.cloud --finetune-on-request`). Asked, the
+scheme is fine-tuned here with the app's protocol (same seed, data and loop as the accuracy database),
+or by the `database.finetuner.Finetuner` the caller passes, and saved atomically under an exclusive
+file lock, so an edge process and a cloud process asking for the same scheme at once fine-tune it once
+and load the same file: head and tail always come from one state_dict.
 
 `COINFER_SCHEMES_DIR` overrides the folder (tests use a temporary one).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from apps import REPO_ROOT, App
-from cli.files import write_atomic
+from apps import App
+from cli.errors import CoInferError
 from compress.model import SchemeModel
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
+from database.scheme_weights import (
+    ENV_DIR,
+    load_state,
+    locked,
+    missing_weights_hint,
+    save_weights,
+    scheme_accuracy,
+    scheme_path,
+    schemes_dir,
+)
 from models.splittable import Splittable
 
+__all__ = ["ENV_DIR", "MissingWeights", "clear_cache", "finetune", "has_weights", "scheme_accuracy", "scheme_model",
+           "scheme_path", "scheme_state", "schemes_dir"]
 log = logging.getLogger("coinfer.weights")
-ENV_DIR = "COINFER_SCHEMES_DIR"
 _cache: dict[tuple[str, str, Scheme], dict[str, torch.Tensor]] = {}
 _cache_lock = threading.Lock()
-
-
-def schemes_dir(root: str | Path | None = None) -> Path:
-    """Where fine-tuned scheme weights live: `root`, $COINFER_SCHEMES_DIR, or checkpoints/schemes."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(ENV_DIR)
-    return Path(env) if env else REPO_ROOT / "checkpoints" / "schemes"
-
-
-def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Path:
-    p, c, b = scheme
-    return schemes_dir(root) / app.name / f"{p}-{c}-{b}.pt"
 
 
 def finetune(app: App, scheme: Scheme, finetuner: Finetuner | None = None) -> tuple[SchemeModel, float]:
@@ -65,37 +60,19 @@ def finetune(app: App, scheme: Scheme, finetuner: Finetuner | None = None) -> tu
     return model, test_accuracy(model, load_splits(app)[1])[0]
 
 
-def _save_atomic(state: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    """The weights, then their metadata, each written whole or not at all (`cli.files.write_atomic`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: torch.save(state, f), "weights")
-    write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1), "weights metadata")
+class MissingWeights(CoInferError):
+    """A scheme with no fine-tuned weights in the store, where fine-tuning was not asked for."""
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def has_weights(app: App, scheme: Scheme, root: str | Path | None = None) -> bool:
+    return scheme_path(app, scheme, root).is_file()
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A scheme's state_dict: tensors only (weights_only=True; anything else is refused)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state_dict of tensors")
-    return state
-
-
-def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None, train: bool = True,
+def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None, train: bool = False,
                  finetuner: Finetuner | None = None, keep: bool = True) -> dict[str, torch.Tensor]:
-    """The fine-tuned state_dict of a split scheme: memory, then disk, then a fine-tune (saved; with
-    `train=False` a missing file is FileNotFoundError). `keep=False`: not kept in this module's
-    process-wide cache (the cloud's TailCache bounds its own memory)."""
+    """The fine-tuned state_dict of a split scheme: memory, then the weights store; a missing file is
+    `MissingWeights` unless `train` (then fine-tuned here and saved). `keep=False`: not kept in this
+    module's process-wide cache (the cloud's TailCache bounds its own memory)."""
     path = scheme_path(app, scheme, root)
     key = (app.name, str(path.parent), scheme)
     with _cache_lock:
@@ -103,15 +80,17 @@ def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None, tr
             return _cache[key]
     if not path.is_file():
         if not train:
-            raise FileNotFoundError(f"no fine-tuned weights for scheme {scheme} of {app.name} at {path}")
-        with _locked(path):
+            raise MissingWeights(f"no fine-tuned weights for scheme {scheme} of {app.name} (protocol "
+                                 f"{app.protocol.name}) in {path.parent}: make them with "
+                                 f"{missing_weights_hint(app, scheme)}, or let this command fine-tune "
+                                 "(runtime.edge --finetune-missing, runtime.cloud --finetune-on-request)")
+        with locked(path):
             if not path.is_file():  # another process may have made it while we waited
                 start = time.perf_counter()
                 log.info("fine-tuning scheme %s of %s (protocol %s)", scheme, app.name, app.protocol.name)
                 model, top1 = finetune(app, scheme, finetuner)
-                meta = {"app": app.name, "scheme": scheme.to_json(), "protocol": app.protocol.name,
-                        "seed": app.protocol.seed, "top1": top1, "seconds": time.perf_counter() - start}
-                _save_atomic(model.state_dict(), meta, path)
+                save_weights(app, scheme, model.state_dict(), {"seed": app.protocol.seed, "top1": top1,
+                                                               "wall_s": time.perf_counter() - start}, root)
     state = load_state(path)
     if keep:
         with _cache_lock:
@@ -119,18 +98,10 @@ def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None, tr
     return state
 
 
-def scheme_accuracy(app: App, scheme: Scheme, root: str | Path | None = None) -> float | None:
-    """The test top-1 recorded when the scheme was fine-tuned here, None when unknown."""
-    try:
-        return float(json.loads(scheme_path(app, scheme, root).with_suffix(".json").read_text())["top1"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def scheme_model(app: App, scheme: Scheme, *, base: Splittable | None = None, root: str | Path | None = None,
-                 train: bool = True, finetuner: Finetuner | None = None, keep: bool = True) -> SchemeModel:
-    """The SchemeModel of a split scheme with its fine-tuned weights (fine-tuned by `finetuner` and saved
-    first when missing, unless `train=False`; `keep` as for scheme_state)."""
+                 train: bool = False, finetuner: Finetuner | None = None, keep: bool = True) -> SchemeModel:
+    """The SchemeModel of a split scheme with its fine-tuned weights (missing: `MissingWeights`, or with `train`
+    fine-tuned by `finetuner` and saved first; `keep` as for scheme_state)."""
     state = scheme_state(app, scheme, root=root, train=train, finetuner=finetuner, keep=keep)
     if base is None:
         from models.build import load_base_model

@@ -13,6 +13,15 @@ import yaml
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _schemes_dir(tmp_path_factory, monkeypatch):
+    """Every fine-tuned scheme a test keeps goes to a folder of the test session, never the repository's
+    checkpoints/schemes (database/scheme_weights.py); a test that wants its own sets COINFER_SCHEMES_DIR."""
+    import os
+    if "COINFER_SCHEMES_DIR" not in os.environ:
+        monkeypatch.setenv("COINFER_SCHEMES_DIR", str(tmp_path_factory.getbasetemp() / "schemes"))
+
+
 def write_tiny_app(folder: Path, name: str = "tiny_digits", **overrides) -> Path:
     app = {
         "name": name,

@@ -23,6 +23,7 @@ from apps import load_app
 from cli.errors import CoInferError
 from compress.model import SchemeModel
 from compress.scheme import Scheme
+from database.scheme_weights import save_weights
 from models.build import load_base_model
 from runtime import edge
 from runtime.client import ClientConfig
@@ -192,8 +193,7 @@ def test_existing_finetuned_weights_are_served(base, tmp_path) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
-    path = runtime.weights.scheme_path(APP, scheme, tmp_path)
-    runtime.weights._save_atomic(model.state_dict(), {"top1": 0.5}, path)
+    save_weights(APP, scheme, model.state_dict(), {"top1": 0.5}, tmp_path)
     tails._tails[scheme].built -= 10  # as if RECHECK_S had passed
     x = torch.rand(1, 12, 8, 8)
     with torch.inference_mode():

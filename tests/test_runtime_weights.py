@@ -4,6 +4,7 @@ the edge head and the cloud tail, and as accurate through the server as the accu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pickle
 import sqlite3
@@ -49,10 +50,10 @@ class RefusingFinetuner:
 def test_finetuned_once_then_loaded(tiny_app, tmp_path) -> None:
     weights.clear_cache()
     finetuner = CountingFinetuner(tiny_app)
-    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=finetuner)
+    model = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=finetuner, train=True)
     assert finetuner.tuned == [Scheme(2, 3, 4)]
     path = scheme_path(tiny_app, Scheme(2, 3, 4), tmp_path)
-    assert path == tmp_path / tiny_app.name / "2-3-4.pt" and path.is_file()
+    assert path == tmp_path / tiny_app.name / tiny_app.protocol.name / "2-3-4.pt" and path.is_file()
     assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
     # the recorded accuracy is that of the saved weights on the app's test split
     assert scheme_accuracy(tiny_app, Scheme(2, 3, 4), tmp_path) == top1_top5(model, load_splits(tiny_app)[1])[0]
@@ -63,8 +64,9 @@ def test_finetuned_once_then_loaded(tiny_app, tmp_path) -> None:
     again = scheme_model(tiny_app, Scheme(2, 3, 4), root=tmp_path, finetuner=RefusingFinetuner())
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    with pytest.raises(FileNotFoundError, match="no fine-tuned weights for scheme 2,3,5 of tiny_digits"):
-        scheme_model(tiny_app, Scheme(2, 3, 5), root=tmp_path, train=False)
+    with pytest.raises(weights.MissingWeights, match="no fine-tuned weights for scheme 2,3,5 of tiny_digits .*"
+                       "python -m database.evaluate --app .*tiny_digits.yml --schemes 2,3,5"):
+        scheme_model(tiny_app, Scheme(2, 3, 5), root=tmp_path)
 
 
 def test_refuses_pickled_objects(tiny_app, tmp_path) -> None:
@@ -113,7 +115,8 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
 
     async def accuracy(finetuned: bool) -> float:
         async with serving(APP, ServerConfig(finetuned=finetuned, weights_root=str(tmp_path)), base) as server:
-            config = ClientConfig(port=server.port, k=1, finetuned=finetuned, weights_root=str(tmp_path))
+            config = ClientConfig(port=server.port, k=1, finetuned=finetuned, weights_root=str(tmp_path),
+                                  finetune_missing=True)
             async with EdgeClient(APP, scheme, config, base=base) as client:
                 preds = [c[0] for i in range(0, len(x), 64) for c in (await client.infer(x[i:i + 64])).classes]
         return sum(p == t for p, t in zip(preds, y)) / len(y)
@@ -123,3 +126,36 @@ def test_split_scheme_through_server_reaches_database_accuracy(tmp_path) -> None
     assert recorded is not None and tuned == pytest.approx(recorded, abs=0.01)
     assert tuned == pytest.approx(database_accuracy(scheme), abs=0.015)  # 0.94 in the shipped database
     assert tuned > asyncio.run(accuracy(False)) + 0.2  # the old behaviour: pruned base weights
+
+
+def test_the_build_keeps_what_it_finetunes(tiny_app, tiny_app_path, tmp_path, monkeypatch, capsys) -> None:
+    """database.evaluate stores each scheme's weights beside its row (same key, same top-1); the runtime then
+    loads them and never fine-tunes; a scheme the build did not make is refused, naming the build command."""
+    from database.evaluate import main as evaluate
+    from database.store import Store
+    from runtime.edge import main as edge
+    monkeypatch.setenv(weights.ENV_DIR, str(tmp_path / "schemes"))
+    weights.clear_cache()
+    db = f"sqlite:///{tmp_path / 'acc.sqlite'}"
+    assert evaluate(["--app", tiny_app_path, "--schemes", "2,3,4", "--storage", db]) == 0
+    row = Store(db).accuracy_table(tiny_app.name, tiny_app.protocol.name, tiny_app.protocol.seed)[Scheme(2, 3, 4)]
+    meta = json.loads(scheme_path(tiny_app, Scheme(2, 3, 4)).with_suffix(".json").read_text())
+    assert (meta["p"], meta["c"], meta["b"], meta["seed"], meta["protocol"]) == (2, 3, 4, tiny_app.protocol.seed,
+                                                                                  tiny_app.protocol.name)
+    assert meta["top1"] == pytest.approx(row) and len(meta["sha256"]) == 64
+    model = scheme_model(tiny_app, Scheme(2, 3, 4), finetuner=RefusingFinetuner())  # loaded, not fine-tuned
+    assert top1_top5(model, load_splits(tiny_app)[1])[0] == pytest.approx(row)
+    capsys.readouterr()
+    with pytest.raises(weights.MissingWeights) as info:  # before any connection: no server is needed to refuse
+        edge(["--app", tiny_app_path, "--scheme", "2,3,5", "--server", "127.0.0.1:9"])
+    hint = str(info.value).split("make them with ", 1)[1].split(", or", 1)[0].split()
+    assert hint[:3] == ["python", "-m", "database.evaluate"] and "\n" not in str(info.value)
+    assert evaluate([*hint[3:], "--storage", db]) == 0  # the hinted command makes them
+    assert scheme_path(tiny_app, Scheme(2, 3, 5)).is_file()
+    # a row stored without its weights (an older build, an imported table): the same command makes them only
+    scheme_path(tiny_app, Scheme(2, 3, 4)).unlink()
+    capsys.readouterr()
+    assert evaluate(["--app", tiny_app_path, "--schemes", "2,3,4", "--weights", "--storage", db]) == 0
+    assert "0 new evaluations" in capsys.readouterr().out and scheme_path(tiny_app, Scheme(2, 3, 4)).is_file()
+    assert Store(db).accuracy_table(tiny_app.name, tiny_app.protocol.name,
+                                    tiny_app.protocol.seed)[Scheme(2, 3, 4)] == row  # the row stays
