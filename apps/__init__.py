@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apps.schema import EMULATIONS, Device, check_arch, validate_app
 from cli.errors import CoInferError
 from cli.files import read_yaml
+
+if TYPE_CHECKING:
+    from apps.schema import Device
 
 APPS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APPS_DIR.parent
@@ -109,6 +111,7 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
     """Read an app YAML and validate all of it (`apps.schema`); every problem is one CoInferError line."""
     path = app_path(name_or_path)
     data = read_yaml(path, "app", MAX_APP_BYTES)
+    from apps.schema import check_arch, validate_app  # pydantic: only to read an app (an artifact edge never does)
     spec = validate_app(data, str(path))
     model, proto = spec.model, spec.protocol
     checkpoint = Path(spec.checkpoint)
@@ -140,3 +143,12 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         weights=model.weights,
         source=path.resolve(),
     )
+
+
+def __getattr__(name: str):
+    """`apps.Device` and `apps.EMULATIONS` (apps.schema's), imported on first use: an edge that runs an exported
+    artifact imports `apps` without pydantic."""
+    if name in ("Device", "EMULATIONS"):
+        from apps import schema
+        return getattr(schema, name)
+    raise AttributeError(f"module 'apps' has no attribute {name!r}")

@@ -19,21 +19,23 @@ import math
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from apps import App
 from cli.errors import CoInferError, Unreachable
 from compress import activation
 from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.scheme import ALL_CLOUD, Scheme
 from devices.slowdown import SlowCPU
-from models.build import load_base_model
-from models.splittable import Splittable
 from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.protocol import MAX_TOPK, Error, ErrorCode, Hello, ProtocolError, Reply, Request, encode, read_frame
+
+if TYPE_CHECKING:  # an edge running an exported artifact (runtime/artifact.py) has neither apps nor models
+    from apps import App
+    from models.splittable import Splittable
 
 # a reply that never came or stopped mid-frame: the link or the server is gone, not a bad frame
 _LINK_FAILURES = (ErrorCode.TIMEOUT, ErrorCode.TRUNCATED)
@@ -118,10 +120,11 @@ class EdgeClient:
 
     def __init__(self, app: App, scheme: Scheme, config: ClientConfig = ClientConfig(), *,
                  base: Splittable | None = None, shaper: TokenBucket | None = None,
-                 monitor: BandwidthEstimator | None = None, device: SlowCPU | None = None) -> None:
+                 monitor: BandwidthEstimator | None = None, device: SlowCPU | None = None,
+                 models: dict[Scheme, nn.Module | None] | None = None) -> None:
         self.app, self.config = app, config
         self._base = base
-        self._models: dict[Scheme, nn.Module | None] = {}
+        self._models: dict[Scheme, nn.Module | None] = dict(models or {})  # given: an exported split's
         self.use(scheme)
         self.shaper, self.monitor, self.device = shaper, monitor, device
         self._reader: asyncio.StreamReader | None = None
@@ -131,6 +134,7 @@ class EdgeClient:
     @property
     def base(self) -> Splittable:
         if self._base is None:
+            from models.build import load_base_model
             self._base = load_base_model(self.app)
         return self._base
 
@@ -232,7 +236,7 @@ class EdgeClient:
 
     def _compute_head(self, x: torch.Tensor) -> torch.Tensor | Prediction:
         with torch.inference_mode():
-            if isinstance(self._model, SchemeModel):
+            if self.scheme.is_split:  # a SchemeModel, or an exported split (runtime/artifact.py)
                 return self._model.head(x)
             if self._model is not None:  # all-edge
                 probs = torch.softmax(self._model(x).float(), dim=1)

@@ -48,14 +48,14 @@ from cli.errors import CoInferError
 from cli.run import run_cli
 from compress.scheme import Scheme
 from devices.slowdown import SlowCPU
-from devices.spec import Device, make_device, parse_device_pair
 from runtime.advisor import Adapter, SchemeAdvisor
 from runtime.monitor import BandwidthEstimator, TokenBucket
 from runtime.secret import resolve_token
 
-if TYPE_CHECKING:  # torch loads on first use, so --help answers at once
+if TYPE_CHECKING:  # torch loads on first use, so --help answers at once; pydantic (devices.spec) too
     import torch
 
+    from devices.spec import Device
     from runtime.client import ClientConfig, EdgeClient, Prediction
 
 
@@ -224,6 +224,12 @@ def _parser() -> ArgParser:
                     help="--auto: let the search fine-tune schemes missing from the database (default: answer from it)")
     ap.add_argument("--finetuned", action=argparse.BooleanOptionalAction, default=True,
                     help="heads with each scheme's fine-tuned weights (runtime.weights; default) or the pruned base")
+    ap.add_argument("--artifact", default=None, metavar="DIR",
+                    help="run an exported split (python -m runtime.export): its programs and samples, importing only "
+                         "torch and numpy; --app, --scheme and the database are not used")
+    ap.add_argument("--inputs", default=None, metavar="X.npy",
+                    help="with --artifact: images (N, C, H, W) float32, transformed as its manifest says")
+    ap.add_argument("--labels", default=None, metavar="Y.npy", help="with --inputs: their N labels")
     ap.add_argument("--finetune-missing", action="store_true",
                     help="fine-tune here a scheme whose weights the build did not keep (default: refuse, naming the "
                          "command that makes them)")
@@ -289,6 +295,7 @@ def edge_device(args: argparse.Namespace, app: App) -> Device | None:
     given; `--speed` alone is an unnamed edge; neither, None (this CPU as it is)."""
     if args.edge_speed is not None:
         raise CoInferError("--edge-speed is now --speed (the edge device's speed, a fraction of this CPU)")
+    from devices.spec import make_device
     if args.device is None:
         return None if args.speed is None else make_device({"name": "edge", "side": "edge", "speed": args.speed},
                                                            "--speed")
@@ -310,8 +317,44 @@ def _slow_cpu(device: Device | None, threads: int) -> SlowCPU | None:
     return SlowCPU(device.speed)
 
 
+def run_artifact(args: argparse.Namespace) -> int:
+    """`--artifact DIR`: the exported split's head here, its samples (or --inputs) one request each."""
+    from pathlib import Path
+
+    from runtime.artifact import load_artifact, load_inputs
+    from runtime.client import EdgeClient
+    if args.auto or args.scheme or args.device is not None or args.speed is not None:
+        raise CoInferError("--artifact runs the exported scheme as it is: drop --scheme, --auto, --device and --speed")
+    if args.n < 1 or args.depth < 1:
+        raise CoInferError("--n and --depth must be at least 1")
+    if (args.inputs is None) != (args.labels is None):
+        raise CoInferError("--inputs and --labels go together")
+    artifact = load_artifact(args.artifact)
+    images, labels = (artifact.samples() if args.inputs is None
+                      else load_inputs(Path(args.inputs), Path(args.labels), artifact.app))
+    if args.n < len(images):
+        images, labels = images[:args.n], labels[:args.n]
+    import torch
+    torch.set_num_threads(args.threads)
+    config = _client_config(args, artifact.scheme)
+    client = EdgeClient(artifact.app, artifact.scheme, config, models={artifact.scheme: (
+        None if artifact.scheme.is_all_cloud else artifact.split)},
+                        shaper=TokenBucket(args.rate_limit) if args.rate_limit else None)
+    preds = asyncio.run(run_fixed(client, images, args.depth if args.queue else None))
+    summary = summarise(preds, labels)
+    said = notes(args.rate_limit, None, args.depth if args.queue else None)
+    if args.json:
+        print(json.dumps({"app": artifact.app.name, "scheme": str(artifact.scheme), "artifact": str(args.artifact),
+                          "notes": said, **summary}))
+    else:
+        print("\n".join([format_report(summary, artifact.scheme), *said]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.artifact is not None:  # the deployable edge: no app YAML, no database, no pydantic
+        return run_artifact(args)
     app = load_app(args.app)
     _check(args)
     scheme = None if args.auto else Scheme.parse(args.scheme)
@@ -322,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from runtime.client import EdgeClient
     torch.set_num_threads(args.threads)
+    from devices.spec import parse_device_pair
     edge_name, cloud_name = parse_device_pair(args.latency_profile)
     advisor = None
     if args.auto:

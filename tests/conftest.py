@@ -13,13 +13,17 @@ import yaml
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _schemes_dir(tmp_path_factory, monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _schemes_dir(tmp_path_factory):
     """Every fine-tuned scheme a test keeps goes to a folder of the test session, never the repository's
-    checkpoints/schemes (database/scheme_weights.py); a test that wants its own sets COINFER_SCHEMES_DIR."""
+    checkpoints/schemes (database/scheme_weights.py); a test that wants its own sets COINFER_SCHEMES_DIR.
+    Session-wide, so that module- and session-scoped fixtures that fine-tune are covered too."""
     import os
-    if "COINFER_SCHEMES_DIR" not in os.environ:
-        monkeypatch.setenv("COINFER_SCHEMES_DIR", str(tmp_path_factory.getbasetemp() / "schemes"))
+    before = os.environ.get("COINFER_SCHEMES_DIR")
+    os.environ["COINFER_SCHEMES_DIR"] = before or str(tmp_path_factory.getbasetemp() / "schemes")
+    yield
+    if before is None:
+        os.environ.pop("COINFER_SCHEMES_DIR", None)
 
 
 def write_tiny_app(folder: Path, name: str = "tiny_digits", **overrides) -> Path:
