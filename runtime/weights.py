@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from apps import REPO_ROOT, App
+from apps import App
 from cli.files import write_atomic
+from cli.paths import data_file
 from compress.model import SchemeModel
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
@@ -47,7 +48,7 @@ def schemes_dir(root: str | Path | None = None) -> Path:
     if root is not None:
         return Path(root)
     env = os.environ.get(ENV_DIR)
-    return Path(env) if env else REPO_ROOT / "checkpoints" / "schemes"
+    return Path(env) if env else data_file("checkpoints/schemes")
 
 
 def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Path:
