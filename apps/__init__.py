@@ -13,17 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 from cli.errors import CoInferError
 from cli.files import read_yaml
+from cli.paths import ROOT, data_file, overlay
 
 if TYPE_CHECKING:
     from apps.schema import Device
 
 APPS_DIR = Path(__file__).resolve().parent
-REPO_ROOT = APPS_DIR.parent
+REPO_ROOT = ROOT  # the checkout, or site-packages in an installed copy (cli.paths: where the writable files go)
 DEFAULT_APP = "vgg16_digits"
-__all__ = ["APPS_DIR", "DEFAULT_APP", "DEFAULT_STORAGE", "EMULATIONS", "REPO_ROOT", "App", "Device", "Link",
-           "Protocol", "app_path", "available_apps", "load_app"]
+__all__ = ["APPS_DIR", "DATABASE_FILE", "DEFAULT_APP", "DEFAULT_STORAGE", "EMULATIONS", "REPO_ROOT", "App", "Device",
+           "Link", "Protocol", "app_path", "available_apps", "load_app"]
 MAX_APP_BYTES = 2**20  # an app YAML is a few hundred bytes; a list of partition points a few KB
-DEFAULT_STORAGE = f"sqlite:///{REPO_ROOT / 'database' / 'coinfer.sqlite'}"
+DATABASE_FILE = "database/coinfer.sqlite"  # shipped, and the default database (a copy in an installed one)
+DEFAULT_STORAGE = f"sqlite:///{data_file(DATABASE_FILE)}"
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,8 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
     spec = validate_app(data, str(path))
     model, proto = spec.model, spec.protocol
     checkpoint = Path(spec.checkpoint)
-    if not checkpoint.is_absolute():
-        checkpoint = REPO_ROOT / checkpoint
+    if not checkpoint.is_absolute():  # the user's own (models.train in an installed copy) before the shipped one
+        checkpoint = overlay(checkpoint)
     return App(
         name=spec.name,
         arch=check_arch(model.arch),

@@ -31,8 +31,10 @@ from types import ModuleType
 
 import numpy as np
 
+from cli.paths import data_file
+
 SOURCE = Path(__file__).with_name("_bitpack.c")
-BUILD_DIR = Path(__file__).with_name("_native")
+BUILD_DIR = data_file("compress/_native")  # compress/_native in a checkout, never in site-packages
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 MODULE = "compress._bitpack"  # the last part must match PyInit__bitpack
 COMPILE_TIMEOUT_S = 120

@@ -1,7 +1,7 @@
 """Stanford Cars (196 classes, 8,144 train / 8,041 test images) from a local folder.
 
 The dataset can no longer be downloaded, so the user places it under `dataset.root` of the
-app (relative paths are taken from the repository root) or points `COINFER_CARS_ROOT` at it
+app (relative paths are taken from the checkout, `cli.paths.DATA_ROOT`) or points `COINFER_CARS_ROOT` at it
 (the variable wins). The folder layout is torchvision's `StanfordCars`:
 
     <root>/stanford_cars/cars_train/*.jpg
@@ -24,8 +24,9 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import StanfordCars
 
-from apps import REPO_ROOT, App
+from apps import App
 from cli.errors import CoInferError, first_line
+from cli.paths import data_file
 from data.local import missing_files
 
 ENV_ROOT = "COINFER_CARS_ROOT"
@@ -45,7 +46,7 @@ def cars_root(app: App) -> Path:
     if not root:
         raise CoInferError(f"app {app.name}: set dataset.root or {ENV_ROOT} to the folder holding {LAYOUT}")
     path = Path(str(root)).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else data_file(path)
 
 
 def check_layout(root: Path) -> None:

@@ -1,6 +1,6 @@
 """A dataset's local folder and the checks made before torchvision reads it (nothing is ever downloaded).
 
-`dataset_root(app)` is the app's `dataset.root` (relative paths from the repository root);
+`dataset_root(app)` is the app's `dataset.root` (relative paths from the checkout, `cli.paths.DATA_ROOT`);
 `require(root, files, layout, app)` names, in one CoInferError line, what is missing and the layout
 expected. `limit_train` keeps the first `dataset.limit_train` training items; `check_classes` refuses
 an app whose `model.num_classes` is not the dataset's number of classes.
@@ -13,17 +13,18 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
-from apps import REPO_ROOT, App
+from apps import App
 from cli.errors import CoInferError
+from cli.paths import data_file
 
 
 def dataset_root(app: App, layout: str) -> Path:
-    """The folder named by `dataset.root` (relative to the repository root); `layout` is what it should hold."""
+    """The folder named by `dataset.root` (relative: to `cli.paths.DATA_ROOT`); `layout` is what it should hold."""
     root = app.dataset.get("root")
     if not root:
         raise CoInferError(f"app {app.name}: set dataset.root to the folder holding {layout}")
     path = Path(str(root)).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else data_file(path)
 
 
 def missing_files(root: Path, files: Sequence[str]) -> list[str]:

@@ -4,7 +4,8 @@
     <root>/<app>/<protocol>/<p>-<c>-<b>.json   its accuracy row (same key: app, protocol, p, c, b, seed;
                                                top1, top5, n_test) and the sha256 of the .pt file
 
-`root` is $COINFER_SCHEMES_DIR, else `checkpoints/schemes` of the repository. The build
+`root` is $COINFER_SCHEMES_DIR, else `checkpoints/schemes` of the data folder (`cli.paths`: the checkout,
+or an installed copy's own). The build
 (`database.evaluate`), the search's evaluator and the runtime's on-request fine-tunes all go through
 `database.finetune.SchemeFinetuner`, which saves here what it fine-tunes with the protocol's seed, so
 the edge and the cloud load the very weights whose accuracy the database holds (runtime/weights.py) and
@@ -23,8 +24,9 @@ import json
 import os
 from pathlib import Path
 
-from apps import REPO_ROOT, App
+from apps import App
 from cli.files import write_atomic
+from cli.paths import data_file
 from compress.scheme import Scheme
 
 ENV_DIR = "COINFER_SCHEMES_DIR"
@@ -37,7 +39,7 @@ def schemes_dir(root: str | Path | None = None) -> Path:
     if root is not None:
         return Path(root)
     env = os.environ.get(ENV_DIR)
-    return Path(env) if env else REPO_ROOT / "checkpoints" / "schemes"
+    return Path(env) if env else data_file("checkpoints/schemes")
 
 
 def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Path:

@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps import DEFAULT_STORAGE
+from apps import DATABASE_FILE, DEFAULT_STORAGE
 from cli.errors import CoInferError, Unreachable, chain, first_line, mask_url
+from cli.paths import seeded
 
 # a driver's words for a server it could not reach (psycopg: "connection refused", "timeout expired")
 UNREACHABLE_WORDS = ("connection refused", "could not connect", "timeout expired", "timed out", "is the server running",
@@ -40,8 +41,10 @@ class Storage:
     @classmethod
     def parse(cls, text: str | None) -> Storage:
         """The `--storage` value: None for the shipped database, a file path (SQLite) or a SQLAlchemy URL.
-        Raises a one-line CoInferError for an empty or malformed value."""
+        Raises a one-line CoInferError for an empty or malformed value. None in an installed copy is a copy of the
+        shipped database in the user's data folder, made on first use (`cli.paths.seeded`)."""
         if text is None:
+            seeded(DATABASE_FILE)
             text = DEFAULT_STORAGE
         if not text.strip():
             raise CoInferError("empty storage URL: give a SQLAlchemy URL or a file path, or leave --storage out")

@@ -5,7 +5,7 @@ as it is) and an emulation saying how that speed is made here (`dilate`: devices
 stretched time; `quota`: devices.cpuquota's cgroup CPU quota). The type is `apps.schema.Device`
 (the app YAML's `devices:` entries are Devices, and apps sit below this package), re-exported here.
 
-    # devices.yml (the repository root's by default; --devices FILE elsewhere)
+    # devices.yml (the checkout's by default, cli.paths.overlay; --devices FILE elsewhere)
     devices:
       pi-like: {side: edge, speed: 0.25}   # this CPU slowed to 1/4 (devices.slowdown's dilation)
       my-server: {side: cloud}             # this machine as it is
@@ -21,15 +21,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from apps import REPO_ROOT, App
+from apps import App
 from apps.schema import EMULATIONS, SIDES, Device, make_device
 from cli.errors import CoInferError
 from cli.files import read_yaml
+from cli.paths import overlay
 
 __all__ = ["DEFAULT_DEVICES", "EMULATIONS", "SIDES", "Device", "load_devices", "make_device", "parse_device_pair",
            "resolve_device", "with_flags"]
 
-DEFAULT_DEVICES = REPO_ROOT / "devices.yml"
+DEFAULT_DEVICES = overlay("devices.yml")  # the user's own in an installed copy's data folder, else the shipped one
 MAX_DEVICES_BYTES = 2**20  # a device is a few lines; read as every named input is (cli.files.read_yaml)
 
 

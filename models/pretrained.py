@@ -6,7 +6,7 @@
                                  / `DEFAULT`: the file torchvision would download, looked up in the local
                                  torch hub cache, torch.hub.get_dir()/checkpoints/<file name of its URL>
                                  ($TORCH_HOME moves it); nothing is downloaded
-    a state-dict file            any other value, a path (relative: from the repository root): tensors only,
+    a state-dict file            any other value, a path (relative: from the checkout, DATA_ROOT): tensors only,
                                  torchvision's key names (a CoInfer base checkpoint's `net.` prefix is taken off)
 
 read with torch.load(weights_only=True). The weights are fitted to the app's model before loading:
@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from apps import REPO_ROOT, App
+from apps import App
 from cli.errors import CoInferError, first_line
+from cli.paths import data_file
 from models.zoo import first_conv
 
 TORCHVISION_NAME = re.compile(r"^(?:[A-Za-z0-9]+_Weights\.)?[A-Z][A-Z0-9_]*$")  # ResNet18_Weights.IMAGENET1K_V1
@@ -45,7 +46,7 @@ def weights_path(app: App) -> Path:
     name = str(app.weights)
     if not TORCHVISION_NAME.match(name):
         path = Path(name).expanduser()
-        path = path if path.is_absolute() else REPO_ROOT / path
+        path = path if path.is_absolute() else data_file(path)
         if not path.is_file():
             raise CoInferError(f"model.weights: no file {path}")
         return path

@@ -1,6 +1,6 @@
 """Training and testing loops (plain PyTorch), and the base-model training CLI.
 
-    python -m models.train --app vgg16_digits    # writes checkpoints/vgg16_digits.pt
+    python -m models.train --app vgg16_digits    # writes checkpoints/vgg16_digits.pt (installed: in DATA_ROOT)
 
 An app with `model.weights` starts from those pretrained weights (models/pretrained.py) and fine-tunes.
 
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from apps import DEFAULT_APP, App, Protocol, load_app
 from cli.args import ArgParser
 from cli.files import check_output, write_atomic
+from cli.paths import own
 from cli.run import run_cli
 from models.accel import Accel
 
@@ -133,7 +134,7 @@ def test_accuracy(model: nn.Module, data: Dataset, batch_size: int = 256) -> tup
 def main(argv: list[str] | None = None) -> int:
     ap = ArgParser(description="Train an app's base model and write its checkpoint.")
     ap.add_argument("--app", default=DEFAULT_APP)
-    ap.add_argument("--out", default=None, help="checkpoint path (default: the app's)")
+    ap.add_argument("--out", default=None, help="checkpoint path (default: the app's; installed, in the data folder)")
     ap.add_argument("--json", action="store_true", help="print one JSON object: top-1, top-5, test images, time, file")
     args = ap.parse_args(argv)
     import torch
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     app = load_app(args.app)
     from models.pretrained import weights_path
     inputs = (app.source, weights_path(app) if app.weights else None)  # the weights it starts from
-    out = check_output(args.out or app.checkpoint, "checkpoint", inputs)  # before the training
+    if args.out is None:  # the app's checkpoint; an installed copy's first one goes to a new folder of its data folder
+        own(app.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    out = check_output(args.out or own(app.checkpoint), "checkpoint", inputs)  # before the training
     protocol = base_protocol(app)
     torch.manual_seed(protocol.seed)
     model, pretrained = pretrained_model(app)  # model.weights, when the app names them: fine-tune from them

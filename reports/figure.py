@@ -7,8 +7,9 @@ import textwrap
 from pathlib import Path
 
 from cli.files import check_output, write_atomic
+from cli.paths import data_file
 
-OUT = Path(__file__).resolve().parents[1] / "bench" / "out"  # the benchmarks' PNGs (git-ignored)
+OUT = data_file("bench/out")  # the benchmarks' PNGs (git-ignored in a checkout; cli.paths)
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -28,7 +28,7 @@ FLOORS: list[set[str]] = [
     {"runtime"},
     {"reports"},
     {"bench"},
-    {"latency_search", "accuracy_search", "select_model"},
+    {"latency_search", "accuracy_search", "select_model", "coinfer_cli"},
 ]
 FLOOR = {pkg: i for i, floor in enumerate(FLOORS) for pkg in floor}
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from cli.args import ArgParser
 from cli.errors import CoInferError
+from cli.paths import data_file
 from cli.run import run_cli
 
-OUT = Path(__file__).resolve().parents[1] / "out" / "corun"
+OUT = data_file("bench/out/corun")
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
