@@ -125,7 +125,7 @@ def adaptive_run(tb, worker, frontier_schemes: list[str], target: str, config: S
     while True:
         msg = worker.read()
         if msg.get("done"):
-            switches = msg["switches"]
+            switches, link = msg["switches"], msg.get("link")
             break
         if "paused" in msg:  # between request step_at - 1 and step_at: the step
             tb.set_rate(step[1])
@@ -146,6 +146,7 @@ def adaptive_run(tb, worker, frontier_schemes: list[str], target: str, config: S
         "phase_mean_s": [phase0, phase1],
         "phase_vs_best": [phase0 / fixed[0][best[0]] - 1, phase1 / fixed[1][best[1]] - 1],
         "switch_ok": settled is not None and settled - step_at + 1 <= 3,
+        "link": link,  # the edge's probes: how many, why, bytes and share of the link's capacity
     }
 
 
@@ -347,6 +348,14 @@ def report(d: dict) -> str:
                                                                      else a["best_fixed"][1]))))
     out.append("  switches: " + ("; ".join(f"before #{i} -> {s} at {m:.3f} Mbps" for i, s, m in a["switches"])
                                  or "none"))
+    link = a.get("link")
+    if link:
+        share = link["share_of_link"]
+        out.append(f"  probes: {link['probes']} ({', '.join(f'{k} {v}' for k, v in link['by_reason'].items())}), "
+                   f"{link['probe_bytes']} bytes = "
+                   + (f"{share:.1%}" if share is not None else "?")
+                   + f" of the link's estimated capacity over the run (budget {link['budget']['max_share']:.0%}, "
+                   f"at least {link['budget']['min_interval_s']:g} s apart); {link['held_back']} held back")
     if d.get("plot"):
         out.append(f"plot: {d['plot']}")
     return "\n".join(out)

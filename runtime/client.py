@@ -270,12 +270,12 @@ class EdgeClient:
         return request, encode(request)
 
     def _finish(self, request: Request, reply: Reply | Hello, frame: bytes, edge_s: float, pack_s: float,
-                wire_s: float) -> Prediction:
+                wire_s: float, probe: bool = False) -> Prediction:
         if not isinstance(reply, Reply) or reply.request_id != request.request_id:
             raise CoInferError(f"reply does not answer request {request.request_id}")
         transfer = wire_s - reply.unpack_s - reply.compute_s
         if self.monitor is not None:
-            self.monitor.observe(len(frame), transfer)
+            self.monitor.observe(len(frame), transfer, probe)
         timings = Timings(edge_s, pack_s, transfer, reply.unpack_s, reply.compute_s, edge_s + pack_s + wire_s,
                           len(frame), len(encode(reply)))
         return Prediction([list(row) for row in reply.classes], [list(row) for row in reply.scores], timings)
@@ -300,19 +300,25 @@ class EdgeClient:
         await self._roundtrip(hello)
         return time.perf_counter() - t0, len(hello)
 
-    async def probe(self, images: int = 16) -> float | None:
+    async def probe(self, images: int | None = None) -> float | None:
         """Measure the uplink: a HELLO round trip (no body, no compute: the size-independent floor), then
-        an all-cloud request of `images` blank inputs (about 1 KiB each at 8 bits); both feed the monitor.
-        Returns its estimate (Mbps)."""
+        an all-cloud request of `images` blank inputs (about C*H*W bytes each at 8 bits; None: as many as the
+        monitor's probe size, `BandwidthEstimator.probe_size`, at least one); both feed the monitor, which
+        counts the probe. Returns its estimate (Mbps)."""
         seconds, size = await self.ping()
         if self.monitor is not None:
-            self.monitor.observe(size, seconds)
+            self.monitor.observe(size, seconds, probe=True)
+        per_image = self.app.in_channels * (self.app.input_size ** 2 + 8)
+        if images is None:
+            images = max(1, self.monitor.probe_size() // per_image) if self.monitor is not None else 16
+        if self.monitor is not None:
+            self.monitor.probed(size + images * per_image)
         x = torch.zeros(images, self.app.in_channels, self.app.input_size, self.app.input_size)
         x[:, :, 0, 0] = 1.0  # a non-constant channel: scale > 0
         request, frame = self._request(x, ALL_CLOUD)
         t0 = time.perf_counter()
         reply = await self._roundtrip(frame)
-        self._finish(request, reply, frame, 0.0, 0.0, time.perf_counter() - t0)
+        self._finish(request, reply, frame, 0.0, 0.0, time.perf_counter() - t0, probe=True)
         return None if self.monitor is None else self.monitor.mbps
 
     async def infer_queue(self, images: torch.Tensor, depth: int = 2) -> list[Prediction]:

@@ -126,6 +126,13 @@ def format_auto(info: dict, accuracy_loss: float) -> list[str]:
         lines.append(f"auto: accuracy loss <= {accuracy_loss:g}; bandwidth estimate {info['estimates'][-1]:.3f} Mbps "
                      f"at the end; schemes used: {', '.join(dict.fromkeys(info['schemes']))}")
     lines += [f"  switched to {s} before request {i} (estimate {m:.3f} Mbps)" for i, s, m in info.get("switches", [])]
+    link = info.get("link")
+    if link:
+        share = link["share_of_link"]
+        lines.append(f"  link probes: {link['probes']} ({', '.join(f'{k} {v}' for k, v in link['by_reason'].items())}"
+                     f"), {link['probe_bytes']} bytes"
+                     + (f", {share:.1%} of the link's estimated capacity" if share is not None else "")
+                     + f" (budget {link['budget']['max_share']:.0%}); {link['held_back']} held back")
     if info.get("profiles"):
         lines.append("  profiles: " + "; ".join(f"{d['device']} ({d['side']}) measured on {d['machine']}"
                                                 + (", not this machine" if d["foreign"] else "")
@@ -180,6 +187,7 @@ async def run_auto(client: EdgeClient, images: torch.Tensor, advisor: SchemeAdvi
             info["estimates"].append(monitor.mbps)
         if adapter is not None:
             info["switches"] = [[i, str(s), m] for i, s, m in adapter.switches]
+        info["link"] = monitor.stats()  # the probes: how many, why, their share of the link
         return preds, info
     finally:
         await client.close()

@@ -118,14 +118,15 @@ async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
             await loop.run_in_executor(None, sys.stdin.readline)
         probed = False
         if client.monitor.needs_probe():
-            await client.probe(cmd.get("probe_images", 16))
+            await client.probe(cmd.get("probe_images"))  # None: sized by the monitor's probe budget
             probed = True
         client.use(adapter.choose(client.monitor.mbps, i))
         pred = await client.infer(images[i % len(images):i % len(images) + 1])
         _emit({"i": i, "scheme": str(client.scheme), "total_s": pred.timings.total_s, "probed": probed,
                "bytes_up": pred.timings.bytes_up, "transfer_s": pred.timings.transfer_s,
                "estimate": client.monitor.mbps, "floor_s": client.monitor.floor_s})
-    _emit({"done": True, "switches": [[i, str(s), m] for i, s, m in adapter.switches]})
+    _emit({"done": True, "switches": [[i, str(s), m] for i, s, m in adapter.switches],
+           "link": client.monitor.stats()})
 
 
 class EdgeWorker:

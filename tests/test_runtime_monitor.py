@@ -6,8 +6,10 @@ import asyncio
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from runtime.monitor import BandwidthEstimator, TokenBucket
+from runtime.monitor import BandwidthEstimator, ProbeBudget, TokenBucket
 
 
 class Clock:
@@ -65,3 +67,44 @@ def test_token_bucket_paces_bytes() -> None:
         return time.monotonic() - t0
 
     assert asyncio.run(send()) == pytest.approx(0.5, rel=0.15)  # 4 x 16 KiB at 1 Mbps = 2**20 bit/s: 0.5 s
+
+
+def test_late_small_replies_make_the_estimate_stale() -> None:
+    """Every request below min_bytes (a 248-byte cut): the link falls from 2.61 to 0.25 Mbps, no rate sample
+    comes, but two replies in a row later than the estimate predicts ask for a probe at once."""
+    clock = Clock()
+    est = BandwidthEstimator(initial_mbps=2.61, min_bytes=1000, probe_after_s=60.0, clock=clock)
+    est.last_sample_at = 0.0
+    clock.t = 30.0  # the run has carried plenty: the budget allows a probe
+    for _ in range(3):
+        est.observe(248, transfer(248, 2.61, 0.001))
+    assert est.stale() is None and not est.needs_probe()
+    est.observe(248, transfer(248, 0.25, 0.001))
+    assert est.stale() is None  # one late reply is noise
+    est.observe(248, transfer(248, 0.25, 0.001))
+    assert est.stale() == "late" and est.needs_probe()
+    size = est.probe_size()
+    assert 2000 <= size <= est.budget.max_bytes
+    est.probed(size)
+    assert est.stats()["by_reason"] == {"late": 1} and est.stale() is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 200_000), st.floats(1e-4, 5.0), st.floats(0.0, 3.0)), max_size=300),
+       st.floats(0.1, 20.0))
+def test_probes_stay_within_their_share_of_the_link(steps, mbps) -> None:
+    """Whatever the replies, probes (beyond the first, which makes the estimate) never take more than
+    max_share of the link's estimated capacity, and never come closer than min_interval_s."""
+    clock = Clock()
+    budget = ProbeBudget(max_share=0.05, min_interval_s=1.0)
+    est = BandwidthEstimator(initial_mbps=mbps, probe_after_s=2.0, clock=clock, budget=budget)
+    times = []
+    for nbytes, seconds, dt in steps:
+        clock.t += dt
+        if est.needs_probe():
+            est.probed(est.probe_size())
+            times.append(clock.t)
+            capacity = (clock.t - est.started_at) * est.mbps * BYTES_PER_MBPS
+            assert est.probe_bytes <= budget.max_share * capacity + 1e-6
+        est.observe(nbytes, seconds)
+    assert all(b - a >= budget.min_interval_s for a, b in zip(times, times[1:]))
