@@ -10,7 +10,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +39,41 @@ def read_text(path: Path | str, what: str, max_bytes: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CoInferError(f"{what} {path} is not UTF-8 text") from None
+
+
+def read_lines(path: Path | str, what: str, max_bytes: int, max_line_bytes: int) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text without its newline) of the regular file `path`, streamed: never more than
+    `max_line_bytes` bytes of one line in memory, and refused once `max_bytes` bytes have been read (a file
+    stated larger is refused before reading). A line over the limit, or not UTF-8, is one line naming it."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CoInferError(f"{what} {path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise CoInferError(f"{what} {path} is {info.st_size} bytes, over the limit of {max_bytes}")
+        f = open(path, "rb")  # noqa: SIM115  # closed below, also when the caller stops early
+    except OSError as exc:
+        raise CoInferError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with f:
+        total, number = 0, 0
+        while True:
+            try:
+                raw = f.readline(max_line_bytes + 1)
+            except OSError as exc:
+                raise CoInferError(f"cannot read {what} {path}: {exc.strerror}") from None
+            if not raw:
+                return
+            number += 1
+            total += len(raw)
+            if total > max_bytes:
+                raise CoInferError(f"{what} {path} is over the limit of {max_bytes} bytes (at line {number})")
+            if len(raw) - raw.endswith(b"\n") > max_line_bytes:
+                raise CoInferError(f"{what} {path} line {number} is longer than {max_line_bytes} bytes")
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise CoInferError(f"{what} {path} line {number} is not UTF-8 text") from None
 
 
 def read_json(path: Path | str, what: str, max_bytes: int = MAX_JSON_BYTES) -> object:

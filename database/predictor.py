@@ -234,7 +234,7 @@ def fitted_samples(store: Store, device: str) -> list[LayerSample]:
 
 
 # -- a predicted profile ---------------------------------------------------------------------------
-def _point_positions(gm, layers: list[Layer], points) -> list[int]:
+def point_positions(gm, layers: list[Layer], points) -> list[int]:
     """For each partition point, how many of `layers` run on the edge (those up to its graph node)."""
     order = {node.name: i for i, node in enumerate(gm.graph.nodes)}
     nodes = list(gm.graph.nodes)
@@ -265,8 +265,10 @@ def _pruned(model, p: int, c: int):
     return prune_at(model, p, c).eval()
 
 
-def predicted_rows(app: App, device: str, sides: tuple[str, ...], predictor: LatencyPredictor) -> list[LatencyRow]:
-    """The app's latency profile on `device` as `database.profile` would measure it, predicted."""
+def predicted_rows(app: App, device: str, sides: tuple[str, ...], predictor: LatencyPredictor,
+                   full_only: bool = False) -> list[LatencyRow]:
+    """The app's latency profile on `device` as `database.profile` would measure it, predicted (`full_only`: at
+    each point's full channels only, as `reports.layers` shows them)."""
     import torch
 
     from database.layerprof import graph_layers, model_layers, runtime_layers, topk_layer, traced
@@ -282,14 +284,14 @@ def predicted_rows(app: App, device: str, sides: tuple[str, ...], predictor: Lat
     def split(m, pt) -> tuple[list[Layer], list[Layer]]:
         gm = traced(m, x)
         layers = graph_layers(gm)
-        k = _point_positions(gm, layers, [pt])[0]
+        k = point_positions(gm, layers, [pt])[0]
         return layers[:k], layers[k:]
 
     base_layers = model_layers(model, x)
     whole = predictor.seconds(base_layers)
     for pt in points:
         full = split(model, pt)
-        for c in channel_grid(pt.channels):
+        for c in [pt.channels] if full_only else channel_grid(pt.channels):
             pruned = _pruned(model, pt.index, c)
             head, tail = full if pruned is None else split(pruned, pt)
             pack, unpack = runtime_layers((1, c, pt.height, pt.width))

@@ -2,6 +2,7 @@
 
     python -m reports.show [--app A] [--json]
     python -m reports.show --app A --plot FILE.png --bandwidth B [--accuracy-loss E | --latency R]
+    python -m reports.show --app A --layers [--latency-profile EDGE,CLOUD] [--json]
 
 A device profiled on one side only (an edge machine, a cloud server, an imported paper profile)
 is listed with the role it can play in `--latency-profile EDGE,CLOUD`. Devices imported with the
@@ -9,7 +10,10 @@ paper's formula (`optcoinfer-paper`) count no compute for all-cloud: the paper's
 transfer only, and that is what is said instead of a 0 ms figure. `--plot` draws the scheme space
 (reports/space_plot.py). Each device says where its profiles were measured (`profiles` in --json:
 per side the machine, when, and whether measured here, imported, or read from the device row of a
-database older than provenance).
+database older than provenance). `--layers` is the per-layer report (reports/layers.py): each
+partition point's operations, output shape and bytes, and the edge and cloud time of cutting there,
+from the stored profile (and where it was measured) or, without one, from the device's latency
+predictor, marked which.
 """
 
 from __future__ import annotations
@@ -104,8 +108,10 @@ def _parser() -> ArgParser:
                        help="--plot: mark the fastest scheme within this top-1 loss (fraction)")
     bound.add_argument("-latency", "--latency", dest="latency", type=float, default=None,
                        help="--plot: mark the most accurate scheme within this ratio of the best single end")
+    ap.add_argument("--layers", action="store_true",
+                    help="per partition point of --app: kind, output shape and bytes, edge and cloud time")
     ap.add_argument("--latency-profile", default=None, metavar="EDGE,CLOUD",
-                    help="--plot: the devices (default: the app's)")
+                    help="--plot, --layers: the devices (default: the app's)")
     return ap
 
 
@@ -142,9 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot is not None:
         from reports.figure import check_plot_path
         check_plot_path(args.plot, (*storage.files, load_app(args.app or DEFAULT_APP).source))
+    if args.layers and (args.plot is not None or not args.app):
+        raise CoInferError("--layers needs --app A (and goes without --plot)")
+    if args.latency_profile is not None and args.plot is None and not args.layers:
+        raise CoInferError("--latency-profile goes with --plot or --layers")
     store = Store(storage, create=False, readonly=True)
     if args.plot is not None:
         return plot(store, args)
+    if args.layers:
+        from reports.layers import layer_report
+        report = layer_report(store, load_app(args.app), *parse_device_pair(args.latency_profile))
+        print(json.dumps(report.to_json(), indent=1) if args.json else "\n".join(report.lines()))
+        return 0
     if args.bandwidth is not None or args.accuracy_loss is not None or args.latency is not None:
         raise CoInferError("--bandwidth, --accuracy-loss and --latency go with --plot")
     result = [summary(store, a) for a in ([args.app] if args.app else available_apps())]

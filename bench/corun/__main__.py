@@ -2,15 +2,19 @@
 
     python -m bench.corun client --server H:P --apps A1,A2 --clients 1,2,4,8 --mode closed|poisson
                                  [--rate R] [--duration S] [--seed N] [--scheme [APP=]SCHEME ...] [--out RUN]
+    python -m bench.corun client --server H:P --apps A --clients 4 --mode trace --trace FILE [--trace-functions K]
+                                 [--trace-start M] [--trace-minutes N] [--minute-seconds S] [--rate R] [--seed N]
     python -m bench.corun run    [--out RUN] [--duration 5] [--clients 1,2,4,8] [--cells base,train,...]
     python -m bench.corun report RUN
 
 `client` is the load generator (`bench.corun.load`): client processes against running servers,
-every request in RUN/requests/. `run` starts everything itself (`bench.corun.run`): profiler,
-servers per cell, in-process baseline, both sweeps. `report` prints the tables and writes the plots
-(`bench.corun.report`). Each takes `--json`: one JSON object on stdout (client: the cells; run: the
-folder; report: each cell's figures and the PNGs). Exit status: 0; 1 when requests failed (the logs
-are kept and named); 2 on bad input; 3 when a server cannot be reached (one line on stderr).
+every request in RUN/requests/; `--mode trace` replays an Azure Functions trace (`bench.corun.trace`)
+and prints the scheduled and achieved rate of each replayed minute. `run` starts everything itself
+(`bench.corun.run`): profiler, servers per cell, in-process baseline, both sweeps. `report` prints the
+tables and writes the plots (`bench.corun.report`). Each takes `--json`: one JSON object on stdout
+(client: the cells, and for a trace its functions and minutes; run: the folder; report: each cell's
+figures and the PNGs). Exit status: 0; 1 when requests failed (the logs are kept and named); 2 on bad
+input; 3 when a server cannot be reached (one line on stderr).
 """
 
 from __future__ import annotations
@@ -95,6 +99,26 @@ def _new_run(out: str | None) -> Path:
     return path
 
 
+TRACE_FLAGS = ("trace_functions", "trace_start", "trace_minutes", "minute_seconds")
+
+
+def _trace(args):
+    """--mode trace: the trace's window read from --trace (None in the other modes, which refuse the flags)."""
+    from bench.corun.trace import TraceWindow, read_trace
+    given = [f"--{f.replace('_', '-')}" for f in ("trace", *TRACE_FLAGS) if getattr(args, f) is not None]
+    if args.mode != "trace":
+        if given:
+            raise CoInferError(f"{given[0]} goes with --mode trace")
+        return None
+    if args.trace is None:
+        raise CoInferError("--mode trace needs --trace FILE (Azure Functions 2019 invocations_per_function format)")
+    if args.duration is not None:
+        raise CoInferError("--mode trace: the duration is --trace-minutes x --minute-seconds, not --duration")
+    window = TraceWindow(*(d if v is None else v for v, d in ((args.trace_functions, 5), (args.trace_start, 1),
+                                                               (args.trace_minutes, 10))), args.seed)
+    return read_trace(args.trace, window)
+
+
 def client(args) -> int:
     from bench.corun.load import MODES, LoadConfig, Target, preflight, run_load
     from runtime.secret import resolve_token
@@ -102,8 +126,11 @@ def client(args) -> int:
         raise CoInferError(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
     if not args.rate > 0:
         raise CoInferError(f"--rate must be a positive number of requests per second per client, got {args.rate:g}")
-    if not args.duration > 0:
-        raise CoInferError(f"--duration must be positive, got {args.duration:g}")
+    trace = _trace(args)
+    replay = trace.replay(args.rate, 60.0 if args.minute_seconds is None else args.minute_seconds) if trace else None
+    duration = replay.duration if replay else 10.0 if args.duration is None else args.duration
+    if not duration > 0:
+        raise CoInferError(f"--duration must be positive, got {duration:g}")
     clients = _ints(args.clients, "--clients")
     if args.images < 1:
         raise CoInferError(f"--images must be at least 1, got {args.images}")
@@ -128,8 +155,11 @@ def client(args) -> int:
     for target in targets:
         preflight(target, token, args.timeout)  # the server is there and hosts the app, before any log
     out.mkdir(parents=True, exist_ok=True)
-    config = LoadConfig(tuple(targets), clients, args.mode, args.rate, args.duration, args.seed, args.tag, token,
-                        args.timeout, str(out))
+    config = LoadConfig(tuple(targets), clients, args.mode, args.rate, duration, args.seed, args.tag, token,
+                        args.timeout, str(out), replay)
+    if trace and not args.json:
+        print(f"trace: {trace.describe()}; {len(replay.rates)} minutes of {replay.minute_seconds:g} s, "
+              f"{args.rate:g} req/s per client on average")
     from cli.progress import progress
     bar = progress(total=len(clients), desc="corun cells", unit="cell")
     failed = total = 0
@@ -142,9 +172,19 @@ def client(args) -> int:
             print(f"{args.mode} {result.clients} client(s) per app: {result.requests} requests, {result.failed} "
                   f"failed -> {out / result.folder}")
     bar.close()
+    minutes = []
+    if trace:
+        from bench.corun.report import minute_stats, minute_table, trace_check
+        minutes = minute_stats(out)
+        if not args.json:
+            print("\n".join([*minute_table(minutes), *trace_check(minutes)]))
     if args.json:
+        extra = {"trace": {"path": trace.path, "functions": [asdict(f) | {"counts": list(f.counts)}
+                                                              for f in trace.functions],
+                           "counts": list(trace.counts), "eligible": trace.eligible},
+                 "minutes": [m.to_json() for m in minutes]} if trace else {}
         print(json.dumps({"run": str(out), "requests": total, "failed": failed,
-                          "cells": [asdict(r) for r in results]}))
+                          "cells": [asdict(r) for r in results], **extra}))
     if failed:
         print(f"error: {failed} of {total} requests failed (the server went away or refused them); "
               f"the logs are kept in {out}", file=sys.stderr)
@@ -211,9 +251,18 @@ def _parser() -> ArgParser:
     c.add_argument("--apps", required=True, help="comma-separated app names or YAML paths")
     c.add_argument("--scheme", action="append", help="SCHEME for every app or APP=SCHEME (default all-cloud)")
     c.add_argument("--clients", default="1,2,4,8", help="client processes per app, one cell per count")
-    c.add_argument("--mode", default="closed", help="closed (next request when the last returns) or poisson")
-    c.add_argument("--rate", type=float, default=10.0, help="poisson: requests per second per client")
-    c.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
+    c.add_argument("--mode", default="closed", help="closed (next request when the last returns), poisson, or "
+                                                     "trace (--trace's per-minute rates)")
+    c.add_argument("--rate", type=float, default=10.0, help="poisson: requests per second per client; trace: their "
+                                                            "mean over the replay")
+    c.add_argument("--duration", type=float, default=None, help="seconds per cell (default 10; trace: the replay's)")
+    c.add_argument("--trace", help="trace: an Azure Functions 2019 invocations_per_function CSV (e.g. "
+                                   "bench/corun/traces/sample.csv)")
+    c.add_argument("--trace-functions", type=int, help="trace: functions picked by --seed (default 5)")
+    c.add_argument("--trace-start", type=int, help="trace: first minute replayed, 1..1440 (default 1)")
+    c.add_argument("--trace-minutes", type=int, help="trace: minutes replayed (default 10)")
+    c.add_argument("--minute-seconds", type=float, help="trace: seconds each trace minute lasts (default 60: real "
+                                                        "time)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--tag", default="base", help="how the server runs, for the report: base, train, batch, "
                                                  "batch+train")

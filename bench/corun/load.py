@@ -14,6 +14,9 @@ so the clients spend no CPU on the head.
   `seed` (and the target's and client's numbers); requests are pipelined on the connection (sent at
   their time whatever is still unanswered) and latency counts from the SCHEDULED send time, so a
   slow server's queueing shows in the latency (no coordinated omission).
+- trace (open loop): as poisson, but the rate changes every trace minute (`replay`, a
+  `bench.corun.trace.Replay`: the Azure Functions trace's per-minute shape, scaled to a mean of `rate`
+  per client, each minute replayed in `minute_seconds`); within a minute a Poisson process.
 
 Every request is a row of the cell's CSV log, written and flushed as it finishes (a killed run keeps
 its rows): `LOG_COLUMNS`. status `ok`, an ERROR code's name (`UNKNOWN_APP`, `BUSY`, ...),
@@ -40,12 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.corun.trace import Replay
 from cli.errors import CoInferError, Unreachable
 from runtime.protocol import Error, ErrorCode, Hello, ProtocolError, Reply, Request, encode, read_frame
 
 LOG_COLUMNS = ("app", "scheme", "target", "client", "clients", "mode", "tag", "request_id", "scheduled", "sent",
                "received", "latency_s", "status")
-MODES = ("closed", "poisson")
+MODES = ("closed", "poisson", "trace")
 OK = "ok"
 
 
@@ -79,8 +83,9 @@ class Target:
 @dataclass(frozen=True)
 class LoadConfig:
     """A sweep: `clients` per target at each step, `mode`, `rate` (requests per second per client, open
-    loop), `duration` seconds per step, `seed`, `tag` (the run's cell: e.g. base, train, batch),
-    `token`, reply `timeout`, and `out` the run folder."""
+    loop; trace: the mean), `duration` seconds per step, `seed`, `tag` (the run's cell: e.g. base, train,
+    batch), `token`, reply `timeout`, `out` the run folder, and `replay` the trace mode's per-minute rates
+    (its duration is the replay's)."""
 
     targets: tuple[Target, ...]
     clients: tuple[int, ...]
@@ -92,10 +97,16 @@ class LoadConfig:
     token: str | None = None
     timeout: float = 10.0
     out: str = "bench/out/corun"
+    replay: Replay | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise CoInferError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if (self.mode == "trace") != (self.replay is not None):
+            raise CoInferError("the trace mode, and only it, replays a trace")
+        if self.replay is not None and not math.isclose(self.duration, self.replay.duration):
+            raise CoInferError(f"a trace replay lasts {self.replay.duration:g} s (minutes x minute seconds), "
+                               f"not {self.duration:g}")
         if not (math.isfinite(self.rate) and self.rate > 0):
             raise CoInferError(f"rate must be a positive number of requests per second, got {self.rate:g}")
         if not (math.isfinite(self.duration) and self.duration > 0):
@@ -126,6 +137,7 @@ class ClientSpec:
     token: str | None
     timeout: float
     log: str
+    replay: Replay | None = None
 
 
 @dataclass
@@ -140,6 +152,8 @@ class CellResult:
     folder: str
     requests: int
     failed: int
+    minute_seconds: float = 0.0  # trace mode: the replay's minute, and its per-client rate each minute
+    minute_rates: list[float] | None = None
 
     def line(self) -> str:
         return json.dumps(asdict(self))
@@ -241,8 +255,11 @@ async def _closed(spec: ClientSpec, conn: _Connection, log: _Log, start: float) 
 
 
 def schedule(spec: ClientSpec, start: float) -> np.ndarray:
-    """The open loop's send times: a Poisson process of `rate` per second over `duration`, from the seed."""
+    """The open loop's send times: a Poisson process of `rate` per second over `duration` (trace: of each
+    minute's rate over that minute, `Replay.times`), from the seed."""
     rng = np.random.default_rng([spec.seed, spec.target_index, spec.client, spec.clients])
+    if spec.replay is not None:
+        return start + spec.replay.times(rng)
     expected = spec.rate * spec.duration
     gaps = rng.exponential(1.0 / spec.rate, int(expected + 10 * math.sqrt(expected) + 20))
     times = np.cumsum(gaps)
@@ -340,7 +357,8 @@ def run_cell(config: LoadConfig, clients: int, progress=None) -> CellResult:
     for ti, target in enumerate(config.targets):
         for ci in range(clients):
             spec = ClientSpec(target, ti, ci, clients, config.mode, config.rate, config.duration, config.seed,
-                              config.tag, config.token, config.timeout, str(folder / f"t{ti}-c{ci}.csv"))
+                              config.tag, config.token, config.timeout, str(folder / f"t{ti}-c{ci}.csv"),
+                              config.replay)
             proc = ctx.Process(target=client_process, args=(spec, ready, go), daemon=True)
             proc.start()
             procs.append(proc)
@@ -371,8 +389,10 @@ def run_cell(config: LoadConfig, clients: int, progress=None) -> CellResult:
             for row in csv.DictReader(f):
                 requests += 1
                 failed += row["status"] != OK
-    result = CellResult(config.tag, config.mode, clients, config.rate if config.mode == "poisson" else 0.0,
-                        config.duration, start, end, str(folder.relative_to(config.out)), requests, failed)
+    replay = config.replay
+    result = CellResult(config.tag, config.mode, clients, config.rate if config.mode != "closed" else 0.0,
+                        config.duration, start, end, str(folder.relative_to(config.out)), requests, failed,
+                        replay.minute_seconds if replay else 0.0, list(replay.rates) if replay else None)
     with open(Path(config.out) / "cells.jsonl", "a") as f:
         f.write(result.line() + "\n")
     if progress is not None:

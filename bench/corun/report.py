@@ -14,15 +14,22 @@ Per target (app@scheme), tag, mode and client count:
 - training rate: training samples per second over the cell's [start, end] (interpolated in the
   progress CSV), for tags with training.
 
+A trace cell (`--mode trace`) is also reported per replay minute and target (`minute_stats`, RUN/minutes.json):
+the rate the trace asks for (the replay's rate that minute x clients), the scheduled rate (the
+requests the seeded schedule placed in the minute, whatever became of them), the rate sent in it, and
+the achieved rate (ok replies received in it), each per second of the replay's minute.
+
 Plots (PNG in RUN): latency CDFs (a panel per tag and mode, a line per target and client count),
 throughput against client count (closed loop; a line per target and tag), and the profiler's CPU
-utilisation over time (per process kind, plus the machine) with GPU utilisation when sampled.
+utilisation over time (per process kind, plus the machine) with GPU utilisation when sampled; for
+trace cells, the per-minute rates (trace.png).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +56,41 @@ class CellStats:
     p95_ms: float | None
     p99_ms: float | None
     train_rate: float | None  # training samples per second during the cell
+
+
+@dataclass(frozen=True)
+class MinuteStats:
+    """One replay minute of one trace cell and target (see the module doc); rates in requests per second."""
+
+    target: str
+    tag: str
+    clients: int
+    minute: int  # from 1
+    minute_seconds: float
+    trace_rate: float
+    scheduled: int
+    sent: int
+    ok: int
+
+    @property
+    def scheduled_rate(self) -> float:
+        return self.scheduled / self.minute_seconds
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.ok / self.minute_seconds
+
+    @property
+    def error(self) -> float | None:
+        """(achieved - scheduled) / scheduled; None for a minute with nothing scheduled."""
+        return (self.ok - self.scheduled) / self.scheduled if self.scheduled else None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "scheduled_rate": self.scheduled_rate, "achieved_rate": self.achieved_rate,
+                "error": self.error}
+
+
+TRACE_TOLERANCE = 0.05  # the issue's target: achieved within 5 % of scheduled, every minute
 
 
 def percentiles(latencies: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -102,6 +144,65 @@ def cell_stats(run: Path) -> list[CellStats]:
             out.append(CellStats(target, cell["tag"], cell["mode"], cell["clients"], cell["rate"], len(rows), len(lat),
                                  failed, len(lat) / cell["duration"], *percentiles(lat), rate))
     return out
+
+
+def _minute(text: str, start: float, span: float, minutes: int) -> int | None:
+    """The replay minute (from 0) a logged time falls in; None for no time or one outside the replay."""
+    if not text:
+        return None
+    m = math.floor((float(text) - start) / span)
+    return m if 0 <= m < minutes else None
+
+
+def minute_stats(run: Path) -> list[MinuteStats]:
+    """Every trace cell's figures per target and replay minute (see the module doc)."""
+    out = []
+    for cell in read_cells(run):
+        if cell["mode"] != "trace":
+            continue
+        rates, span = cell["minute_rates"], cell["minute_seconds"]
+        by_target: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for row in read_rows(run / cell["folder"]):
+            by_target[f"{row['app']}@{row['scheme']}"].append(row)
+
+        for target, rows in by_target.items():
+            scheduled, sent, ok = [0] * len(rates), [0] * len(rates), [0] * len(rates)
+            for r in rows:
+                if (m := _minute(r["scheduled"], cell["start"], span, len(rates))) is not None:
+                    scheduled[m] += 1
+                if (m := _minute(r["sent"], cell["start"], span, len(rates))) is not None:
+                    sent[m] += 1
+                if r["status"] == OK and (m := _minute(r["received"], cell["start"], span, len(rates))) is not None:
+                    ok[m] += 1
+            out += [MinuteStats(target, cell["tag"], cell["clients"], m + 1, span, rates[m] * cell["clients"],
+                                scheduled[m], sent[m], ok[m]) for m in range(len(rates))]
+    return out
+
+
+def minute_table(minutes: list[MinuteStats]) -> list[str]:
+    lines = ["| target | tag | clients | minute | trace req/s | scheduled req/s | sent req/s | achieved req/s | "
+             "achieved / scheduled |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in minutes:
+        err = "-" if m.error is None else f"{m.error:+.1%}"
+        lines.append(f"| {m.target} | {m.tag} | {m.clients} | {m.minute} | {m.trace_rate:.1f} | "
+                     f"{m.scheduled_rate:.1f} | {m.sent / m.minute_seconds:.1f} | {m.achieved_rate:.1f} | {err} |")
+    return lines
+
+
+def trace_check(minutes: list[MinuteStats]) -> list[str]:
+    """Per trace cell and target: how many minutes achieved within `TRACE_TOLERANCE` of the schedule."""
+    lines = []
+    for key in dict.fromkeys((m.target, m.tag, m.clients) for m in minutes):
+        mine = [m for m in minutes if (m.target, m.tag, m.clients) == key and m.error is not None]
+        if not mine:
+            continue
+        good = sum(abs(m.error) <= TRACE_TOLERANCE for m in mine)
+        worst = max(mine, key=lambda m: abs(m.error))
+        lines.append(f"{key[0]} {key[1]} trace {key[2]} clients: achieved within {TRACE_TOLERANCE:.0%} of scheduled "
+                     f"in {good} of {len(mine)} minutes (worst: minute {worst.minute}, {worst.achieved_rate:.1f} vs "
+                     f"{worst.scheduled_rate:.1f} req/s, {worst.error:+.1%}): "
+                     f"{'MET' if good == len(mine) else 'NOT MET'}")
+    return lines
 
 
 def _ms(v: float | None) -> str:
@@ -219,6 +320,26 @@ def plot_throughput(stats: list[CellStats], out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def plot_minutes(minutes: list[MinuteStats], out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reports.figure import save_figure
+    keys = list(dict.fromkeys((m.target, m.tag, m.clients) for m in minutes))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 3 * len(keys)), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        mine = [m for m in minutes if (m.target, m.tag, m.clients) == key]
+        x = [m.minute for m in mine]
+        ax.step(x, [m.trace_rate for m in mine], where="mid", color="grey", ls="--", label="trace (scaled)")
+        ax.plot(x, [m.scheduled_rate for m in mine], marker="o", label="scheduled")
+        ax.plot(x, [m.achieved_rate for m in mine], marker="x", label="achieved (ok replies)")
+        ax.set(title=f"{key[0]} {key[1]}, {key[2]} clients, {mine[0].minute_seconds:g} s a minute",
+               xlabel="trace minute (replayed)", ylabel="req/s", ylim=(0, None))
+        ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
 def plot_profile(profile: Path, out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -272,9 +393,15 @@ def report(run: Path) -> tuple[list[str], list[Path]]:
     if (run / "layout.json").is_file():
         lines += ["", "## One process for all apps vs one process per app (closed loop)", "",
                   *layout_lines(json.loads((run / "layout.json").read_text()))]
-    lines += ["", "## Targets", "", *[f"- {line}" for line in targets_check(stats, inprocess)]]
+    minutes = [] if only_layouts else minute_stats(run)
+    if minutes:
+        lines += ["", "## Trace replay, per minute", "", *minute_table(minutes)]
+    lines += ["", "## Targets", "", *[f"- {line}" for line in targets_check(stats, inprocess) + trace_check(minutes)]]
     figures = [] if only_layouts else [plot_cdfs(run, run / "latency_cdf.png"),
                                        plot_throughput(stats, run / "throughput.png")]
+    if minutes:
+        figures.append(plot_minutes(minutes, run / "trace.png"))
+        (run / "minutes.json").write_text(json.dumps([m.to_json() for m in minutes], indent=1))
     if (run / "profile.csv").is_file():
         figures.append(plot_profile(run / "profile.csv", run / "utilisation.png"))
     lines += ["", "## Figures", "", *[f"- {p}" for p in figures]]
