@@ -4,7 +4,8 @@
 its exit status, never a traceback), its module imported only when the script runs, so `--help` stays as light as
 the module's own. The name is the module's without its package, dashes for underscores (`coinfer-build-status`);
 the benchmarks keep theirs (`coinfer-bench-search`). Helpers that only CoInfer starts (`runtime.training`,
-`runtime.edgeworker`, `runtime.linkprobe`, `search.cli --worker`) have none.
+`runtime.edgeworker`, `runtime.linkprobe`, `search.cli --worker`) and the sample trace's generator
+(`bench.corun.sampletrace`) have none.
 """
 
 from __future__ import annotations

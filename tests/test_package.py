@@ -27,7 +27,8 @@ from apps import REPO_ROOT
 from cli import paths
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-INTERNAL = {"runtime.training", "runtime.linkprobe"}  # helpers CoInfer starts itself: no console script
+INTERNAL = {"runtime.training", "runtime.linkprobe",  # helpers CoInfer starts itself: no console script
+            "bench.corun.sampletrace"}  # writes the shipped sample trace (bench/corun/traces/sample.csv)
 SHIPPED = ("apps/*.yml", "devices.yml", "checkpoints/*.pt", "database/coinfer.sqlite", "database/reference/*",
            "compress/_bitpack.c")  # what the code reads from ROOT at run time
 
