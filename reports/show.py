@@ -9,7 +9,9 @@ paper's formula (`optcoinfer-paper`) count no compute for all-cloud: the paper's
 transfer only, and that is what is said instead of a 0 ms figure. `--plot` draws the scheme space
 (reports/space_plot.py). Each device says where its profiles were measured (`profiles` in --json:
 per side the machine, when, and whether measured here, imported, or read from the device row of a
-database older than provenance).
+database older than provenance). A protocol whose schemes were measured more than once (imported search
+logs: database/replicates.py) says how many, their pooled standard deviation and the `--tolerance` that
+spread suggests (`replicates` in --json: each repeated scheme's count, mean and std).
 """
 
 from __future__ import annotations
@@ -46,10 +48,22 @@ def summary(store, app_name: str) -> dict:
                          "formula": info.get("formula"), "whole_model_s": whole, "notes": notes,
                          "role": role(sorted(sides)), "predicted": sorted(predicted.get(name, set()) & sides),
                          "profiles": {side: provenance_json(prov) for side, prov in profiles.items()}}
-    protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
+    protocols = [dict({"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)},
+                      **replicates_json(store.replicate_stats(app.name, proto), n))
                  for proto, n in store.protocols(app.name)]
     return {"app": app.name, "space": space, "points": len(points), "protocols": protocols,
             "devices": devices}
+
+
+def replicates_json(stats: dict, evaluated: int) -> dict:
+    """What the replicates of one protocol's table say (database/replicates.py): measurements (a scheme without
+    replicates counts once), schemes measured more than once, the pooled standard deviation, the tolerance it
+    suggests, and each repeated scheme's count, mean and standard deviation."""
+    from database.replicates import spread_summary
+    out = spread_summary(stats)
+    out["measurements"] += evaluated - len(stats)
+    out["replicates"] = [dict(scheme=str(s), **r.to_json()) for s, r in stats.items() if r.n > 1]
+    return out
 
 
 def provenance_json(prov: dict) -> dict:
@@ -120,6 +134,11 @@ def describe(result: list[dict], url: str) -> list[str]:
             base = f"{p['base_top1']:.4f}" if p["base_top1"] is not None else "unknown"
             lines.append(f"  accuracy [{p['protocol']}]: {p['evaluated']}/{p['space']} schemes evaluated "
                          f"({100 * p['evaluated'] / p['space']:.1f} %), base top-1 {base}")
+            if p["repeated"]:
+                lines.append(f"    replicates: {p['repeated']} schemes measured 2-{p['max_replicates']} times "
+                             f"({p['measurements']} measurements), the table holds their means; pooled std "
+                             f"{p['replicate_std']:.4f}: replicate spread suggests --tolerance "
+                             f"{p['suggested_tolerance']:.4f}")
         if not s["devices"]:
             lines.append("  latency: no device profiled")
         for name, d in s["devices"].items():
