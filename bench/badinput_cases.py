@@ -165,6 +165,12 @@ def tool_cases() -> list[Case]:
     out += [_c(st, "--storage", url) for url in STORAGE_URLS]
     out += [_c(st, "--storage", "{db}", "--queue", url)
             for url in ("nosuchdialect://x/y", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "sqlite:///{tmp}/corrupt.sqlite")]
+    dash = "reports.dashboard"  # every case fails before the server would start
+    out += [_c(dash, "--bogus"), _c(dash, "--study-storage", "{tmp}/none.journal", label="no journal", fast=True),
+            _c(dash, "--study-storage", "memory"), _c(dash, "--port", "0"), _c(dash, "--port", "x"),
+            _c(dash, "--study-storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"),
+            _c(dash, "--study-storage", "nowhere", label="study storage neither journal nor URL")]
+    out += [_c(dash, "--storage", url) for url in STORAGE_URLS]
     pd = "database.predictor"
     out += [_c(pd, "fit", "--device", "quarter-edge", "--bogus"), _c(pd, "--device", "quarter-edge", label="no action"),
             _c(pd, "fit", label="no --device", fast=True), _c(pd, "explode", "--device", "quarter-edge"),
