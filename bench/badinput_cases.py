@@ -161,7 +161,8 @@ def tool_cases() -> list[Case]:
                    app="name: [x\n" if v == "{app}" else None) for v in values]
     out += [_c(sm, "--bandwidth", "1", "--select-only", "--storage", url) for url in STORAGE_URLS]
     st = "reports.build_status"
-    out += [_c(st, "--bogus"), _c(st, "--storage", "{db}", label="no build queue", fast=True)]
+    out += [_c(st, "--bogus"),
+            _c(st, "--storage", "{db}", "--app", "nope", label="no build queue, unknown app", fast=True)]
     out += [_c(st, "--storage", url) for url in STORAGE_URLS]
     out += [_c(st, "--storage", "{db}", "--queue", url)
             for url in ("nosuchdialect://x/y", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "sqlite:///{tmp}/corrupt.sqlite")]
