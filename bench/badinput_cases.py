@@ -100,16 +100,16 @@ def database_cases() -> list[Case]:
             _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: bad header", app="a,b\n1,2\n"),
             _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: top1 nan", app="p,c,b,top1\n0,1,1,nan\n"),
             _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: percent", app="p,c,b,top1\n0,1,1,95\n"),
-            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: conflicting duplicate",
-               app="p,c,b,top1\n1,5,1,0.9\n1,5,1,0.8\n", fast=True),
+            _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: bad row after replicates",
+               app="p,c,b,top1\n1,5,1,0.9\n1,5,1,0.8\n1,x,1,0.7\n", fast=True),
             _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: outside space",
                app="p,c,b,top1\n0,999,1,0.5\n"),
             _c(fm, "import-csv", "{app}", "--storage", "{db}", label="csv: bad scheme", app="p,c,b,top1\nx,1,1,0.5\n"),
             _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: bad line", app="3+12-4\n"),
             _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: bad number", app="3+2-4*1.2.3\n"),
             _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: error > 1", app="3+2-4*1.5\n"),
-            _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: conflicting duplicate",
-               app="1+5-1*0.1\n1+5-1*0.2\n"),
+            _c(fm, "import-optcoinfer", "{app}", "--storage", "{db}", label="txt: bad line after replicates",
+               app="1+5-1*0.1\n1+5-1*0.2\n1+5-1\n"),
             _c(fm, "import-optcoinfer", "{app}", "--base-error", "nan", "--storage", "{db}", app="1+5-1*0.1\n"),
             _c(fm, "import-optcoinfer", "{app}", "--base-error", "1", "--storage", "{db}", app="1+5-1*0.1\n"),
             _c(fm, "export-csv", "{tmp}/o.csv", "--seed", "-1", "--storage", "{db}"),
@@ -161,10 +161,17 @@ def tool_cases() -> list[Case]:
                    app="name: [x\n" if v == "{app}" else None) for v in values]
     out += [_c(sm, "--bandwidth", "1", "--select-only", "--storage", url) for url in STORAGE_URLS]
     st = "reports.build_status"
-    out += [_c(st, "--bogus"), _c(st, "--storage", "{db}", label="no build queue", fast=True)]
+    out += [_c(st, "--bogus"),
+            _c(st, "--storage", "{db}", "--app", "nope", label="no build queue, unknown app", fast=True)]
     out += [_c(st, "--storage", url) for url in STORAGE_URLS]
     out += [_c(st, "--storage", "{db}", "--queue", url)
             for url in ("nosuchdialect://x/y", f"postgresql://u:{SECRET}@127.0.0.1:1/db", "sqlite:///{tmp}/corrupt.sqlite")]
+    dash = "reports.dashboard"  # every case fails before the server would start
+    out += [_c(dash, "--bogus"), _c(dash, "--study-storage", "{tmp}/none.journal", label="no journal", fast=True),
+            _c(dash, "--study-storage", "memory"), _c(dash, "--port", "0"), _c(dash, "--port", "x"),
+            _c(dash, "--study-storage", f"postgresql://u:{SECRET}@127.0.0.1:1/db"),
+            _c(dash, "--study-storage", "nowhere", label="study storage neither journal nor URL")]
+    out += [_c(dash, "--storage", url) for url in STORAGE_URLS]
     pd = "database.predictor"
     out += [_c(pd, "fit", "--device", "quarter-edge", "--bogus"), _c(pd, "--device", "quarter-edge", label="no action"),
             _c(pd, "fit", label="no --device", fast=True), _c(pd, "explode", "--device", "quarter-edge"),

@@ -7,8 +7,14 @@ CSV: header `p,c,b,top1` (top1 a fraction); extra columns are ignored.
     python -m database.formats import-optcoinfer FILE --app vgg16_cars --base-error 0.151
     python -m database.formats export-csv OUT.csv --app vgg16_digits
 
-Imports parse and check the whole file before writing anything, then write in one
-transaction (idempotent: schemes already stored are kept).
+A scheme listed more than once (Opt-CoInfer's published files are search logs: a scheme the search
+visited twice appears twice, with two measured values) has replicates: every line is stored
+(database/replicates.py), the table's value is their mean, and `reports.show` gives their count, spread
+and the `--tolerance` it suggests. Imports parse and check the whole file before writing anything, then
+write in one transaction. A line is one measurement, identified by its text (scheme and value as
+written) and how many times that text came before it in its file: importing the same file again adds
+nothing, nor do the lines another file copied (the two published files share a 384-line prefix) or a
+log that grew (its new lines are added); any other line is a further replicate.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from apps import DEFAULT_APP, App, load_app
@@ -32,10 +41,44 @@ MAX_TABLE_BYTES = 64 * 2**20  # every scheme of a VGG16 space is about 1.5 MB of
 _LINE = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*-\s*(\d+)\s*\*\s*([0-9.eE+-]+)\s*$")
 
 
-def read_optcoinfer(path: Path) -> Table:
-    """{scheme: top1} from an Opt-CoInfer text file (top1 = 1 - error)."""
-    table: Table = {}
-    lines: dict[Scheme, int] = {}
+@dataclass(frozen=True)
+class Measurement:
+    """One line of a table file: a scheme's top-1 (a fraction) measured once, the line it is on, and its
+    identity as a replicate (database/replicates.py): `text`, the scheme and the value as written
+    (`2,2,8*0.190`), and `occurrence`, how many times that text has appeared in the file up to this line."""
+
+    scheme: Scheme
+    top1: float
+    line: int
+    text: str
+    occurrence: int = 1
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A table file as read: its measurements in file order."""
+
+    path: Path
+    measurements: tuple[Measurement, ...]
+
+    def table(self) -> Table:
+        """{scheme: the mean top1 of its measurements}: a scheme listed several times has replicates."""
+        return mean_table(self.measurements)
+
+
+def mean_table(measurements: Iterable[Measurement]) -> Table:
+    values: dict[Scheme, list[float]] = {}
+    for m in measurements:
+        values.setdefault(m.scheme, []).append(m.top1)
+    return {s: math.fsum(v) / len(v) for s, v in values.items()}
+
+
+def read_optcoinfer_file(path: Path) -> TableFile:
+    """An Opt-CoInfer text file (top1 = 1 - error) as published: a search log, where a scheme the search
+    visited twice is listed twice, with the value each visit measured (Opt-CoInfer's own reader keeps the
+    last; here each is a replicate). Trailing blanks and CRLF line ends are read as they come. A malformed
+    line is one CoInferError naming it."""
+    out = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -48,8 +91,14 @@ def read_optcoinfer(path: Path) -> Table:
             raise CoInferError(f"{path}:{n}: bad top-1 error {m.group(4)!r}") from None
         if not 0 <= error <= 1:
             raise CoInferError(f"{path}:{n}: top-1 error {error} outside [0, 1]")
-        _put(table, lines, _scheme(path, n, m.group(1), m.group(2), m.group(3)), 1 - error, path, n)
-    return table
+        scheme = _scheme(path, n, m.group(1), m.group(2), m.group(3))
+        out.append(Measurement(scheme, 1 - error, n, f"{scheme}*{m.group(4)}"))
+    return TableFile(path, _counted(out))
+
+
+def read_optcoinfer(path: Path) -> Table:
+    """{scheme: top1} from an Opt-CoInfer text file, the mean of a scheme's lines."""
+    return read_optcoinfer_file(path).table()
 
 
 def write_optcoinfer(table: Table, path: Path) -> None:
@@ -57,19 +106,24 @@ def write_optcoinfer(table: Table, path: Path) -> None:
     write_atomic(path, "".join(f"{p}+{c}-{b}*{1 - t:.6f}\n" for (p, c, b), t in sorted(table.items())), "export")
 
 
-def read_csv(path: Path) -> Table:
-    """{scheme: top1} from a CSV with columns p,c,b,top1 (extra columns ignored); a malformed file (a field
-    over the csv module's limit of 128 KiB, a NUL byte) is one CoInferError line naming the line."""
+def read_csv_file(path: Path) -> TableFile:
+    """A CSV with columns p,c,b,top1 (extra columns ignored), a row per measurement (a scheme's rows are its
+    replicates); a malformed file (a field over the csv module's limit of 128 KiB, a NUL byte) is one
+    CoInferError line naming the line."""
     rows = csv.DictReader(_read_text(path).splitlines())
     try:
-        return _csv_rows(path, rows)
+        return TableFile(path, _counted(_csv_rows(path, rows)))
     except csv.Error as exc:
         raise CoInferError(f"{path}:{rows.reader.line_num}: not a CSV row ({exc})") from None
 
 
-def _csv_rows(path: Path, rows: csv.DictReader) -> Table:
-    table: Table = {}
-    lines: dict[Scheme, int] = {}
+def read_csv(path: Path) -> Table:
+    """{scheme: top1} from a CSV (see `read_csv_file`), the mean of a scheme's rows."""
+    return read_csv_file(path).table()
+
+
+def _csv_rows(path: Path, rows: csv.DictReader) -> list[Measurement]:
+    out = []
     missing = {"p", "c", "b", "top1"} - set(rows.fieldnames or [])
     if missing:
         raise CoInferError(f"{path}: CSV header lacks {', '.join(sorted(missing))} (need p,c,b,top1)")
@@ -80,8 +134,19 @@ def _csv_rows(path: Path, rows: csv.DictReader) -> Table:
             raise CoInferError(f"{path}:{n}: bad CSV row {str(row)[:120]}") from None
         if not 0 <= top1 <= 1:
             raise CoInferError(f"{path}:{n}: top1 {top1} outside [0, 1] (a fraction, not a percentage)")
-        _put(table, lines, _scheme(path, n, row["p"], row["c"], row["b"]), top1, path, n)
-    return table
+        scheme = _scheme(path, n, row["p"], row["c"], row["b"])
+        out.append(Measurement(scheme, top1, n, f"{scheme}*{row['top1'].strip()}"))
+    return out
+
+
+def _counted(measurements: list[Measurement]) -> tuple[Measurement, ...]:
+    """The measurements with each one's occurrence of its text in the file."""
+    seen: Counter[str] = Counter()
+    out = []
+    for m in measurements:
+        seen[m.text] += 1
+        out.append(replace(m, occurrence=seen[m.text]))
+    return tuple(out)
 
 
 def _scheme(path: Path, n: int, p: str | None, c: str | None, b: str | None) -> Scheme:
@@ -91,15 +156,6 @@ def _scheme(path: Path, n: int, p: str | None, c: str | None, b: str | None) -> 
         raise CoInferError(f"{path}:{n}: bad scheme {str(p)[:20]},{str(c)[:20]},{str(b)[:20]}") from None
     except CoInferError as exc:
         raise CoInferError(f"{path}:{n}: {exc}") from None
-
-
-def _put(table: Table, lines: dict[Scheme, int], scheme: Scheme, top1: float, path: Path, n: int) -> None:
-    """One value per scheme: a repeat with the same value is dropped, a conflicting one is an error."""
-    if scheme in table and table[scheme] != top1:
-        raise CoInferError(f"{path}: scheme {scheme} has conflicting values on lines {lines[scheme]} "
-                           f"({table[scheme]:.6g}) and {n} ({top1:.6g})")
-    table.setdefault(scheme, top1)
-    lines.setdefault(scheme, n)
 
 
 def write_csv(table: Table, path: Path) -> None:
@@ -113,11 +169,11 @@ def write_csv(table: Table, path: Path) -> None:
 
 
 def read_table(path: Path) -> Table:
-    """CSV when the name ends in .csv, else the Opt-CoInfer text format."""
+    """CSV when the name ends in .csv, else the Opt-CoInfer text format; a scheme's value is its mean."""
     return read_csv(path) if str(path).lower().endswith(".csv") else read_optcoinfer(path)
 
 
-def check_table(table: Table, widths: list[int], where: str) -> None:
+def check_table(table: Iterable[Scheme], widths: list[int], where: str) -> None:
     for p, c, b in table:
         if not (0 <= p < len(widths) and 1 <= c <= widths[p] and b in BITS):
             raise CoInferError(f"{where}: scheme {p},{c},{b} is outside the app's space")
@@ -173,22 +229,24 @@ def parse_args(argv: list[str] | None) -> tuple[TableJob, bool]:
 
 
 def import_table(job: TableJob) -> dict:
-    """Read and check the whole file, then store its rows (and the base accuracy when given) in one go:
-    the counts of schemes read and of new rows."""
+    """Read and check the whole file, then store its lines as replicates and each scheme's mean (and the base
+    accuracy when given) in one go: what was read and what was new."""
     from database.storage import Storage
-    from database.store import AccuracyRow, Store  # here: --help needs neither SQLAlchemy nor torch
+    from database.store import Store  # here: --help needs neither SQLAlchemy nor torch
     from models.build import app_points
     app = job.app
-    table = read_optcoinfer(job.path) if job.action == "import-optcoinfer" else read_csv(job.path)
+    read = read_optcoinfer_file(job.path) if job.action == "import-optcoinfer" else read_csv_file(job.path)
+    table = read.table()
     check_table(table, [p.channels for p in app_points(app)], str(job.path))
     store = Store(Storage.parse(job.storage))
-    new = store.put_accuracy([AccuracyRow(app.name, job.protocol, p, c, b, job.seed, t, host="import")
-                              for (p, c, b), t in table.items()])
+    added, new = store.put_replicates(app.name, job.protocol, job.seed, job.path.name, read.measurements)
     base = None if job.base_error is None else 1 - job.base_error
     if base is not None:
         store.put_base(app.name, job.protocol, base, source=f"import {job.path.name}")
     return {"action": job.action, "app": app.name, "protocol": job.protocol, "seed": job.seed,
-            "path": str(job.path), "schemes": len(table), "new": new, "base_top1": base}
+            "path": str(job.path), "schemes": len(table), "new": new, "base_top1": base,
+            "measurements": len(read.measurements), "new_measurements": added,
+            "repeated": sum(1 for n in Counter(m.scheme for m in read.measurements).values() if n > 1)}
 
 
 def export_table(job: TableJob) -> dict:
@@ -213,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     if as_json:
         print(json.dumps(done))
     elif job.importing:
-        print(f"imported {done['schemes']} schemes ({done['new']} new) into {done['app']} / {done['protocol']}")
+        again = "" if done["new_measurements"] else "; this file was imported before"
+        print(f"imported {done['measurements']} measurements of {done['schemes']} schemes ({done['repeated']} listed "
+              f"more than once) into {done['app']} / {done['protocol']}: {done['new_measurements']} new measurements, "
+              f"{done['new']} new schemes{again}")
     else:
         print(f"exported {done['schemes']} schemes of {done['app']} / {done['protocol']} to {done['path']}")
     return 0

@@ -27,6 +27,13 @@ Tables
   such profile of that device is given its own row from the old one (`_freeze_provenance`), so profiling one
   app never changes what another app's profiles say. The table is created by its first write (`ON_WRITE_TABLES`),
   not by opening: an old database opened for writing but not written (the shipped one) stays byte-identical.
+- accuracy_replicate(app, protocol, p, c, b, seed, top1, key, occurrence, file, line, created): every
+  measurement of a scheme that was imported (database/replicates.py), unique on (app, protocol, seed, key,
+  occurrence): `key` the line's text (scheme and value as written; `stored-row:<id>` for an accuracy row that
+  predates its scheme's replicates), `occurrence` how many times that text had come in its file; `file` and
+  `line` say where it was first read. The scheme's accuracy row holds their mean (`put_replicates`), its count
+  and standard deviation come from them (`replicate_stats`). Created by its first write (`ON_WRITE_TABLES`); a
+  database without it has one measurement a scheme.
 
 Opening: `Store(storage)` (a `database.storage.Storage`, or a `--storage` text it parses) creates a
 missing database and its tables; `create=False` refuses a missing SQLite file (and creates nothing);
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sqlite3
 import weakref
 from collections.abc import Iterable
@@ -160,8 +168,27 @@ profile_provenance = sa.Table(
     sa.UniqueConstraint("app", "device", "side", name="uq_provenance_key"),
 )
 
+accuracy_replicate = sa.Table(
+    "accuracy_replicate", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("protocol", sa.String(128), nullable=False),
+    sa.Column("p", sa.Integer, nullable=False),
+    sa.Column("c", sa.Integer, nullable=False),
+    sa.Column("b", sa.Integer, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("top1", sa.Float, nullable=False),
+    sa.Column("key", sa.String(128), nullable=False),
+    sa.Column("occurrence", sa.Integer, nullable=False),
+    sa.Column("file", sa.String(256)),
+    sa.Column("line", sa.Integer),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("app", "protocol", "seed", "key", "occurrence", name="uq_replicate_key"),
+)
+
 PROVENANCE_SOURCES = ("measured", "imported", "device")  # database.profile, database.profile_io, the device row
-ON_WRITE_TABLES = (profile_provenance,)  # created by the first write to them: opening an old database changes nothing
+# created by the first write to them: opening an old database changes nothing
+ON_WRITE_TABLES = (profile_provenance, accuracy_replicate)
 OPEN_TABLES = [t for t in meta.sorted_tables if t not in ON_WRITE_TABLES]  # created by a writable open
 
 
@@ -361,6 +388,80 @@ class Store:
             q = q.where(accuracy.c.seed == seed)
         q = q.group_by(accuracy.c.p, accuracy.c.c, accuracy.c.b)
         return self._run(lambda conn: {Scheme(p, c, b): float(t) for p, c, b, t in conn.execute(q)})
+
+    def put_replicates(self, app: str, protocol: str, seed: int, file: str, measurements: Iterable) -> tuple[int, int]:
+        """Store the measurements of the file `file` (`database.formats.Measurement`s: scheme, top1, line, text,
+        occurrence) as replicates, then set each touched scheme's accuracy row to the mean of all its
+        replicates: one transaction. A scheme's accuracy row stored before it had replicates (a build's, an
+        older import's) becomes a replicate first (key `stored-row:<id>`), so nothing measured is dropped; a
+        measurement whose (text, occurrence) is stored already is not added again. Returns (new replicates,
+        new schemes)."""
+        from database.replicates import STORED_ROW, replicate_key
+        todo = list(measurements)
+        if not todo:
+            return 0, 0
+        self._create(accuracy_replicate)
+        self._wal()
+        ac, rc = accuracy.c, accuracy_replicate.c
+        touched = {m.scheme for m in todo}
+        now = _now()
+
+        def run(conn) -> tuple[int, int]:
+            self._write_lock(conn)  # before the reads: concurrent imports of one table take turns
+            key = (ac.app == app, ac.protocol == protocol, ac.seed == seed)
+            stored = {Scheme(p, c, b): (i, t) for i, p, c, b, t in conn.execute(
+                sa.select(ac.id, ac.p, ac.c, ac.b, ac.top1).where(*key))}
+            have = {Scheme(p, c, b) for p, c, b in conn.execute(sa.select(rc.p, rc.c, rc.b).where(
+                rc.app == app, rc.protocol == protocol, rc.seed == seed).distinct())}
+            rows = [dict(app=app, protocol=protocol, p=s.p, c=s.c, b=s.b, seed=seed, top1=stored[s][1],
+                         key=f"{STORED_ROW}:{stored[s][0]}", occurrence=1, file="accuracy row", line=None,
+                         created=now) for s in sorted(touched & set(stored) - have)]
+            if rows:
+                conn.execute(self._insert(accuracy_replicate).on_conflict_do_nothing(), rows)
+            new = [dict(app=app, protocol=protocol, p=m.scheme.p, c=m.scheme.c, b=m.scheme.b, seed=seed,
+                        top1=float(m.top1), key=replicate_key(m.text), occurrence=m.occurrence, file=file[:256],
+                        line=m.line, created=now) for m in todo]
+            added = len(conn.execute(self._insert(accuracy_replicate).on_conflict_do_nothing()
+                                     .returning(rc.id), new).all())
+            sums: dict[Scheme, list[float]] = {}
+            for p, c, b, t in conn.execute(sa.select(rc.p, rc.c, rc.b, rc.top1).where(
+                    rc.app == app, rc.protocol == protocol, rc.seed == seed)):
+                if Scheme(p, c, b) in touched:
+                    sums.setdefault(Scheme(p, c, b), []).append(t)
+            fresh = [dict(app=app, protocol=protocol, p=s.p, c=s.c, b=s.b, seed=seed, top1=math.fsum(v) / len(v),
+                          host="import", created=now) for s, v in sorted(sums.items()) if s not in stored]
+            if fresh:
+                conn.execute(self._insert(accuracy).on_conflict_do_nothing(), fresh)
+            for s, v in sums.items():
+                mean = math.fsum(v) / len(v)
+                if s in stored and mean != stored[s][1]:
+                    conn.execute(sa.update(accuracy).where(ac.id == stored[s][0]).values(top1=mean))
+            return added, len(fresh)
+        return self._run(run)
+
+    def _write_lock(self, conn) -> None:
+        """Take the database's write lock now (PostgreSQL: an advisory lock for this transaction; SQLite: a no-op
+        write, which takes the file's one write lock)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY + 1})
+        else:
+            conn.execute(sa.update(device).where(sa.false()).values(name=device.c.name))
+
+    def replicate_stats(self, app: str, protocol: str, seed: int | None = None) -> dict:
+        """{scheme: `database.replicates.ReplicateStats`} over the stored replicates of `app` under `protocol`
+        (and `seed`); a scheme without replicates (one measurement, a database older than replicates) is
+        absent."""
+        from database.replicates import ReplicateStats
+        if not self._has(accuracy_replicate):
+            return {}
+        rc = accuracy_replicate.c
+        q = sa.select(rc.p, rc.c, rc.b, rc.top1).where(rc.app == app, rc.protocol == protocol)
+        if seed is not None:
+            q = q.where(rc.seed == seed)
+        values: dict[Scheme, list[float]] = {}
+        for p, c, b, t in self._run(lambda conn: list(conn.execute(q.order_by(rc.id)))):
+            values.setdefault(Scheme(p, c, b), []).append(float(t))
+        return {s: ReplicateStats.of(v) for s, v in sorted(values.items())}
 
     def accuracy_rows(self, app: str) -> list[dict]:
         q = sa.select(accuracy).where(accuracy.c.app == app).order_by(

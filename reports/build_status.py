@@ -12,6 +12,12 @@ Reads the build studies (database/distributed.py) in the queue storage of `--sto
     remaining   requested schemes neither stored, running nor failed
     throughput  completions per minute over the last 10 minutes of completions (or since the first)
     eta         remaining / throughput
+
+A database with no build queue (no build ran there, e.g. the shipped one, filled before builds were
+studies, or one filled by imports) is not an error: per app (every app, or `--app`) and protocol it
+reports the schemes stored out of the app's space, and what a build would do next, the command that
+starts it (`database.evaluate --schemes all`: only the app's own protocol is built; another is an
+imported table). `--json` then lists those tables, each with `"queue": null`.
 """
 
 from __future__ import annotations
@@ -136,6 +142,71 @@ def build_status(queue: str, storage: Storage | str, app: str | None = None) -> 
     return out
 
 
+@dataclass(frozen=True)
+class TableStatus:
+    """One accuracy table of a database with no build queue: schemes stored out of the app's space, and what a
+    build would do next (`next`: the command, or None when there is nothing a build can add)."""
+
+    app: str
+    protocol: str
+    stored: int
+    space: int
+    own: bool  # the app's own protocol: the one `database.evaluate` fine-tunes
+    next: str | None
+    queue: None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.stored >= self.space
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), complete=self.complete)
+
+
+def has_queue(queue: str) -> bool:
+    """Whether a build queue may exist at `queue`: an SQLite queue is a file; a server is asked by build_status."""
+    path = Storage.parse(queue).sqlite_path
+    return path is None or path.is_file()
+
+
+def table_status(storage: Storage, app: str | None = None) -> list[TableStatus]:
+    """Per app (all, or `app`) and protocol (the app's own, and every other one stored): what is stored of the
+    app's space and the command a build would run next."""
+    from apps import available_apps, load_app
+    from database.store import Store
+    from models.build import app_points
+    store = Store(storage, create=False, readonly=storage.backend == "sqlite")
+    out = []
+    try:
+        for name in [app] if app is not None else available_apps():
+            a = load_app(name)
+            space = sum(p.channels for p in app_points(a)) * 8
+            stored = dict(store.protocols(a.name))
+            for protocol in [a.protocol.name, *sorted(set(stored) - {a.protocol.name})]:
+                n, own = stored.get(protocol, 0), protocol == a.protocol.name
+                where = "" if storage.url == Storage.parse(None).url else f" --storage {storage.display}"
+                step = (f"python -m database.evaluate --app {name} --schemes all{where}"
+                        if own and n < space else None)
+                out.append(TableStatus(a.name, protocol, n, space, own, step))
+    finally:
+        store.close()
+    return out
+
+
+def format_tables(rows: list[TableStatus], queue: str) -> str:
+    lines = [f"no build queue at {Storage.parse(queue).display} (no build has run there); what is stored:"]
+    for r in rows:
+        what = "complete" if r.complete else f"{100 * r.stored / r.space:.1f} %"
+        lines.append(f"{r.app} / {r.protocol}: {r.stored}/{r.space} schemes stored ({what})")
+        if r.next:
+            lines.append(f"  next: {r.next}   (builds the {r.space - r.stored} missing schemes; resumable)")
+        elif r.complete:
+            lines.append("  nothing to build")
+        else:
+            lines.append("  an imported table: a build fills only the app's own protocol")
+    return "\n".join(lines)
+
+
 def format_status(rows: list[BuildStatus]) -> str:
     from search.query import format_seconds
     lines = []
@@ -159,10 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue", default=None, metavar="URL",
                     help="the builds' Optuna storage (default: derived from --storage)")
     ap.add_argument("--app", default=None, help="only this app's builds")
-    ap.add_argument("--json", action="store_true", help="one JSON line: a list of builds")
+    ap.add_argument("--json", action="store_true", help="one JSON line: a list of builds (with no build queue: of "
+                                                          "tables, each with \"queue\": null)")
     args = ap.parse_args(argv)
     storage = Storage.parse(args.storage)
-    rows = build_status(args.queue if args.queue is not None else storage.queue, storage, args.app)
+    queue = args.queue if args.queue is not None else storage.queue
+    if not has_queue(queue):
+        tables = table_status(storage, args.app)
+        print(json.dumps([t.to_json() for t in tables], separators=(",", ":")) if args.json
+              else format_tables(tables, queue))
+        return 0
+    rows = build_status(queue, storage, args.app)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], separators=(",", ":")))
     else:

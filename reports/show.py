@@ -14,6 +14,9 @@ database older than provenance). `--layers` is the per-layer report (reports/lay
 partition point's operations, output shape and bytes, and the edge and cloud time of cutting there,
 from the stored profile (and where it was measured) or, without one, from the device's latency
 predictor, marked which.
+database older than provenance). A protocol whose schemes were measured more than once (imported search
+logs: database/replicates.py) says how many, their pooled standard deviation and the `--tolerance` that
+spread suggests (`replicates` in --json: each repeated scheme's count, mean and std).
 """
 
 from __future__ import annotations
@@ -50,10 +53,22 @@ def summary(store, app_name: str) -> dict:
                          "formula": info.get("formula"), "whole_model_s": whole, "notes": notes,
                          "role": role(sorted(sides)), "predicted": sorted(predicted.get(name, set()) & sides),
                          "profiles": {side: provenance_json(prov) for side, prov in profiles.items()}}
-    protocols = [{"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)}
+    protocols = [dict({"protocol": proto, "evaluated": n, "space": space, "base_top1": store.base(app.name, proto)},
+                      **replicates_json(store.replicate_stats(app.name, proto), n))
                  for proto, n in store.protocols(app.name)]
     return {"app": app.name, "space": space, "points": len(points), "protocols": protocols,
             "devices": devices}
+
+
+def replicates_json(stats: dict, evaluated: int) -> dict:
+    """What the replicates of one protocol's table say (database/replicates.py): measurements (a scheme without
+    replicates counts once), schemes measured more than once, the pooled standard deviation, the tolerance it
+    suggests, and each repeated scheme's count, mean and standard deviation."""
+    from database.replicates import spread_summary
+    out = spread_summary(stats)
+    out["measurements"] += evaluated - len(stats)
+    out["replicates"] = [dict(scheme=str(s), **r.to_json()) for s, r in stats.items() if r.n > 1]
+    return out
 
 
 def provenance_json(prov: dict) -> dict:
@@ -126,6 +141,11 @@ def describe(result: list[dict], url: str) -> list[str]:
             base = f"{p['base_top1']:.4f}" if p["base_top1"] is not None else "unknown"
             lines.append(f"  accuracy [{p['protocol']}]: {p['evaluated']}/{p['space']} schemes evaluated "
                          f"({100 * p['evaluated'] / p['space']:.1f} %), base top-1 {base}")
+            if p["repeated"]:
+                lines.append(f"    replicates: {p['repeated']} schemes measured 2-{p['max_replicates']} times "
+                             f"({p['measurements']} measurements), the table holds their means; pooled std "
+                             f"{p['replicate_std']:.4f}: replicate spread suggests --tolerance "
+                             f"{p['suggested_tolerance']:.4f}")
         if not s["devices"]:
             lines.append("  latency: no device profiled")
         for name, d in s["devices"].items():

@@ -36,7 +36,7 @@ class QueryRequest:
 
     query: Query
     app: str  # an app name or YAML path
-    search: SearchConfig  # its study_name None: named after app, evaluator, query, base and devices
+    search: SearchConfig  # its study_name None: named after app, evaluator, query, base, devices and sampler
     evaluator: str = "finetune"  # or table:PATH (search/evaluators.py)
     protocol: str | None = None  # the stored accuracy table to answer from (default: the app's)
     storage: Storage | None = None  # the databases (default: the shipped file)
@@ -74,6 +74,14 @@ class Prepared:
     profiles: tuple[ProfileUse, ...] = ()  # where the model's profiles were measured; foreign ones say so
 
 
+def study_name(app: str, evaluator: str, query: object, base: float, devices: tuple[str, str], sampler: str) -> str:
+    """A query's study: app, evaluator, query, base accuracy, devices and sampler. The sampler is part of the
+    name, so a query asked with another sampler starts its own study rather than resuming (and reusing the
+    trials of) one that another sampler made; a study named before the sampler was part of the name is
+    left as it is in its storage and not resumed."""
+    return f"{app}/{evaluator}/{query}/base{base:.6g}/{devices[0]}->{devices[1]}/{sampler}"
+
+
 def prepare(request: QueryRequest) -> Prepared:
     from database.store import Store
     from models.build import app_points
@@ -105,8 +113,8 @@ def prepare(request: QueryRequest) -> Prepared:
         raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
     config = request.search
     if config.study_name is None:
-        config = replace(config, study_name=f"{app.name}/{evaluator.name}/{request.query}/base{base:.6g}/"
-                                            f"{model.devices[0]}->{model.devices[1]}")
+        config = replace(config, study_name=study_name(app.name, evaluator.name, request.query, base, model.devices,
+                                                       config.sampler))
     from database.provenance import model_uses
     return Prepared(app, model, Problem(request.query, model, base), evaluator, config,
                     tuple(model_uses(store, app, model.devices)))

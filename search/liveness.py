@@ -39,6 +39,7 @@ from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from database.distributed import fail_stale, worker_id  # the build's: Optuna's fail_stale_trials, quietly
+from search.best import FeasibleBest
 
 WORKER_KEY = "coinfer:worker"  # system attr of a search trial: "host:pid" of the process running it
 BEAT_KEY = "coinfer:heartbeat"  # system attr (journal storage): unix time of the trial's last heartbeat
@@ -106,9 +107,10 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class SearchJournalStorage(JournalStorage, BaseHeartbeat):
+class SearchJournalStorage(FeasibleBest, JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with heartbeats (system attribute `BEAT_KEY`) and stale trials
-    (module doc), so Optuna's `fail_stale_trials` and heartbeat thread work on it."""
+    (module doc), so Optuna's `fail_stale_trials` and heartbeat thread work on it; its best trial is
+    the best feasible one (search/best.py)."""
 
     def __init__(self, backend, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> None:
         super().__init__(backend)
@@ -138,9 +140,10 @@ class SearchJournalStorage(JournalStorage, BaseHeartbeat):
         return None
 
 
-class SearchRDBStorage(RDBStorage):
+class SearchRDBStorage(FeasibleBest, RDBStorage):
     """Optuna's RDB storage (heartbeats in its own table, `grace_period`) that also fails the
-    trials whose worker on this host is dead, without waiting for the grace period."""
+    trials whose worker on this host is dead, without waiting for the grace period; its best trial is
+    the best feasible one (search/best.py)."""
 
     _dead_checked = -float("inf")
 

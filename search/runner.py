@@ -169,8 +169,8 @@ def run_search(problem: Problem, evaluator: Evaluator, config: SearchConfig = Se
         raise CoInferError("the accuracy database holds nothing for this app/protocol: --offline cannot answer "
                            "(run without --offline, or fill it with python -m database.evaluate)")
     planner = spec.make(problem, stored, tolerance, config.seed, config.knobs)
-    study = open_study(config.study_name or f"coinfer-{problem.query}", config.study_storage, problem, planner,
-                       config.heartbeat_s, config.grace_s)
+    study = open_study(config.study_name or f"coinfer-{problem.query}/{config.sampler}", config.study_storage, problem,
+                       planner, config.heartbeat_s, config.grace_s)
     sampler_s = 0.0
     if not offline and budget != 0:
         try:

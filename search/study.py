@@ -6,9 +6,12 @@ Optuna's own samplers get p in 0..P-1 (`single_ends=False`): the single ends' la
 sampler that can propose them keeps re-proposing the feasible one. Every trial records
 
     value        latency (latency query) or accuracy (accuracy query)
-    constraint   Optuna's `constraints` system attribute (feasible when <= 0): threshold - A(s),
-                 or L(s) - budget; `study.best_trial`, the visualisations and optuna-dashboard
-                 read it
+    constraint   Optuna's `constraints` system attribute, a list of one value (feasible when <= 0):
+                 threshold - A(s), or L(s) - budget. It is the form Optuna's samplers write from a
+                 `constraints_func` and the one form every reader takes: `study.best_trial`, TPE,
+                 GP, the visualisations and optuna-dashboard (which shows `Trial.set_constraint`'s
+                 named `constraints:accuracy` as no constraint at all); the user attr `constraint`
+                 names it (accuracy or latency)
     user attrs   scheme, accuracy (None when over the latency budget: never evaluated),
                  latency_s, source: "evaluated" (new), "database" (stored before the search),
                  "reference" (a single end: the unmodified model), "over-budget", "repeat";
@@ -17,7 +20,9 @@ sampler that can propose them keeps re-proposing the feasible one. Every trial r
 
 so the study alone tells the story of a search. Storages: in memory, a journal file (Optuna's
 JournalStorage: a few ms a trial), or any SQLAlchemy URL (Optuna's RDB storage: tens of ms a
-trial on SQLite); `open_study` resumes a study of the same name.
+trial on SQLite); `open_study` resumes a study of the same name. The storages' best trial honours
+the constraints (search/best.py), so a dashboard served on them (`python -m reports.dashboard`) shows
+the answer as its best trial.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import optuna
 from optuna.distributions import IntDistribution
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY  # "constraints": Optuna's own key
 from optuna.trial import FrozenTrial, TrialState
 
 from cli.errors import CoInferError, mask_url
@@ -82,7 +88,8 @@ def _attrs(problem: Problem, scheme: Scheme, accuracy: float | None, source: str
     latency = problem.latency_of(scheme)
     q = problem.query
     constraint = q.constraint(problem, latency, accuracy if accuracy is not None else problem.base)
-    attrs = {"scheme": str(scheme), "accuracy": accuracy, "latency_s": latency, "source": source}
+    attrs = {"scheme": str(scheme), "accuracy": accuracy, "latency_s": latency, "source": source,
+             "constraint": q.constraint_name}
     return attrs, float(constraint), q.objective(latency, accuracy)
 
 
@@ -91,7 +98,13 @@ def frozen_trial(problem: Problem, scheme: Scheme, accuracy: float | None, sourc
     params, dists = params_of(scheme, problem)
     attrs, constraint, value = _attrs(problem, scheme, accuracy, source)
     return optuna.trial.create_trial(params=params, distributions=dists, value=value, user_attrs=attrs,
-                                     system_attrs={f"constraints:{problem.query.constraint_name}": constraint})
+                                     system_attrs={_CONSTRAINTS_KEY: [constraint]})
+
+
+def record_constraint(trial: optuna.Trial, value: float) -> None:
+    """Store a running trial's constraint as Optuna's samplers do after a trial with a `constraints_func`
+    (`optuna.samplers._base._process_constraints_after_trial`): the `constraints` system attribute, a list."""
+    trial.storage.set_trial_system_attr(trial._trial_id, _CONSTRAINTS_KEY, [float(value)])
 
 
 class Objective:
@@ -148,7 +161,7 @@ class Objective:
         attrs, constraint, value = _attrs(self.problem, scheme, accuracy, source)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint(self.problem.query.constraint_name, constraint)
+        record_constraint(trial, constraint)
         return value
 
 

@@ -124,7 +124,8 @@ def test_formats_json_reports_what_was_imported_and_exported(tmp_path, capsys):
     assert formats_main(["import-csv", str(src), "--base-error", "0.25", *args]) == 0
     done = json.loads(capsys.readouterr().out)
     assert done == {"action": "import-csv", "app": "vgg16_cars", "protocol": "mine", "seed": 3, "path": str(src),
-                    "schemes": 3, "new": 3, "base_top1": 0.75}
+                    "schemes": 3, "new": 3, "base_top1": 0.75, "measurements": 3, "new_measurements": 3,
+                    "repeated": 0}
     assert len(Store(db).accuracy_table("vgg16_cars", "mine", 3)) == 3 and Store(db).base("vgg16_cars", "mine") == 0.75
     assert formats_main(["import-csv", str(src), *args]) == 0  # idempotent: nothing new
     assert json.loads(capsys.readouterr().out)["new"] == 0
@@ -237,12 +238,9 @@ def test_paper_profile_ships_inside_the_repository():
     ("t.txt", "0+1-1*0.5\n1+2-3*0.25\n0+1-1*0.4\n"),
     ("t.csv", "p,c,b,top1\n0,1,1,0.5\n1,2,3,0.75\n0,1,1,0.6\n"),
 ])
-def test_a_conflicting_duplicate_row_is_an_error_naming_both_lines(tmp_path, name, text):
+def test_a_repeated_scheme_reads_as_the_mean_of_its_lines(tmp_path, name, text):
+    """A scheme listed twice with two values (a search log) is two measurements: the table holds their mean."""
     from database.formats import read_table
     path = tmp_path / name
     path.write_text(text)
-    first, second = (1, 3) if name.endswith(".txt") else (2, 4)  # a CSV's line 1 is its header
-    with pytest.raises(CoInferError, match=f"scheme 0,1,1 has conflicting values on lines {first} .* and {second}"):
-        read_table(path)
-    path.write_text(text.replace("0.4", "0.5").replace("0.6", "0.5"))  # a repeat of the same value is fine
-    assert read_table(path) == {Scheme(0, 1, 1): 0.5, Scheme(1, 2, 3): 0.75}
+    assert read_table(path) == {Scheme(0, 1, 1): pytest.approx(0.55), Scheme(1, 2, 3): 0.75}

@@ -59,3 +59,19 @@ def test_concurrent_evaluators_store_each_scheme_once(pg_url, tiny_app_path):
                           "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["protocols"][0]["evaluated"] == 4
+
+
+def test_replicates_on_postgresql(pg_url, tmp_path):
+    """database.formats on a server: the replicate table is created by the first import, a stored row becomes a
+    replicate, the same file again adds nothing, and the row holds the mean."""
+    from database.formats import main as formats_main
+    store = Store(pg_url)
+    store.put_accuracy([AccuracyRow("vgg16_cars", "optcoinfer-paper", 2, 2, 8, 0, 0.80)])
+    src = tmp_path / "log.txt"
+    src.write_text("2+2-8*0.190\n2+2-8*0.187\n0+1-7*0.182\n")
+    args = ["import-optcoinfer", str(src), "--app", "vgg16_cars", "--storage", pg_url]
+    assert formats_main(args) == 0 and formats_main(args) == 0
+    assert store.accuracy_table("vgg16_cars", "optcoinfer-paper") == {
+        Scheme(2, 2, 8): pytest.approx((0.80 + 0.81 + 0.813) / 3), Scheme(0, 1, 7): pytest.approx(0.818)}
+    stats = store.replicate_stats("vgg16_cars", "optcoinfer-paper")
+    assert stats[Scheme(2, 2, 8)].n == 3 and stats[Scheme(0, 1, 7)].n == 1

@@ -31,10 +31,10 @@ def test_cli_study_in_sqlite_reloads_with_constraints_and_a_feasible_answer(tiny
     out = json.loads(capsys.readouterr().out)
     study = optuna.load_study(study_name="q1", storage=url)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert trials and all(set(t.constraints) == {"accuracy"} for t in trials)
+    assert trials and all(set(t.constraints) == {"0"} and t.user_attrs["constraint"] == "accuracy" for t in trials)
     assert {t.user_attrs["source"] for t in trials} <= {"database", "reference", "evaluated"}
     best = study.best_trial  # Optuna's own choice among the feasible trials
-    assert best.constraints["accuracy"] <= 0 and Scheme.parse(best.user_attrs["scheme"]).to_json() == out["scheme"]
+    assert best.constraints["0"] <= 0 and Scheme.parse(best.user_attrs["scheme"]).to_json() == out["scheme"]
     assert best.value == pytest.approx(out["latency_s"]["total"])
     # re-running resumes the study: nothing new, no trial added
     assert run("latency", args) == 0
