@@ -7,8 +7,10 @@ CSV: header `p,c,b,top1` (top1 a fraction); extra columns are ignored.
     python -m database.formats import-optcoinfer FILE --app vgg16_cars --base-error 0.151
     python -m database.formats export-csv OUT.csv --app vgg16_digits
 
-Imports parse and check the whole file before writing anything, then write in one
-transaction (idempotent: schemes already stored are kept).
+Imports parse and check the whole file before opening the database (every row a pydantic
+`database.documents.TableRow`: bounded integers, bits in range, top-1 a finite fraction; every scheme
+in the app's space; no scheme twice with different values; at least one scheme), then write the rows and
+the base accuracy in one transaction (idempotent: schemes already stored are kept).
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from apps import DEFAULT_APP, App, load_app
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.files import check_output, read_text, write_atomic
 from cli.run import run_cli
 from compress.scheme import BITS, Scheme
+from database.documents import TableRow, one_line
 
 Table = dict[Scheme, float]
 MAX_TABLE_BYTES = 64 * 2**20  # every scheme of a VGG16 space is about 1.5 MB of CSV
@@ -48,8 +53,8 @@ def read_optcoinfer(path: Path) -> Table:
             raise CoInferError(f"{path}:{n}: bad top-1 error {m.group(4)!r}") from None
         if not 0 <= error <= 1:
             raise CoInferError(f"{path}:{n}: top-1 error {error} outside [0, 1]")
-        _put(table, lines, _scheme(path, n, m.group(1), m.group(2), m.group(3)), 1 - error, path, n)
-    return table
+        _put(table, lines, _row(path, n, m.group(1), m.group(2), m.group(3), 1 - error), path, n)
+    return _whole(table, path)
 
 
 def write_optcoinfer(table: Table, path: Path) -> None:
@@ -80,21 +85,28 @@ def _csv_rows(path: Path, rows: csv.DictReader) -> Table:
             raise CoInferError(f"{path}:{n}: bad CSV row {str(row)[:120]}") from None
         if not 0 <= top1 <= 1:
             raise CoInferError(f"{path}:{n}: top1 {top1} outside [0, 1] (a fraction, not a percentage)")
-        _put(table, lines, _scheme(path, n, row["p"], row["c"], row["b"]), top1, path, n)
+        _put(table, lines, _row(path, n, row["p"], row["c"], row["b"], top1), path, n)
+    return _whole(table, path)
+
+
+def _row(path: Path, n: int, p: str | None, c: str | None, b: str | None, top1: float) -> TableRow:
+    """One line as a validated `TableRow` (bounded integers, bits in range, top-1 a finite fraction)."""
+    try:
+        return TableRow.model_validate({"p": p, "c": c, "b": b, "top1": top1}, strict=False)
+    except ValidationError as exc:
+        raise one_line(f"{path}:{n}: bad scheme {str(p)[:20]},{str(c)[:20]},{str(b)[:20]}", exc) from None
+
+
+def _whole(table: Table, path: Path) -> Table:
+    """The table read, refused when it holds no scheme (an empty import is a mistake, not a no-op)."""
+    if not table:
+        raise CoInferError(f"{path}: no schemes in the table")
     return table
 
 
-def _scheme(path: Path, n: int, p: str | None, c: str | None, b: str | None) -> Scheme:
-    try:
-        return Scheme(int(p), int(c), int(b))
-    except (TypeError, ValueError):
-        raise CoInferError(f"{path}:{n}: bad scheme {str(p)[:20]},{str(c)[:20]},{str(b)[:20]}") from None
-    except CoInferError as exc:
-        raise CoInferError(f"{path}:{n}: {exc}") from None
-
-
-def _put(table: Table, lines: dict[Scheme, int], scheme: Scheme, top1: float, path: Path, n: int) -> None:
+def _put(table: Table, lines: dict[Scheme, int], row: TableRow, path: Path, n: int) -> None:
     """One value per scheme: a repeat with the same value is dropped, a conflicting one is an error."""
+    scheme, top1 = Scheme(row.p, row.c, row.b), row.top1
     if scheme in table and table[scheme] != top1:
         raise CoInferError(f"{path}: scheme {scheme} has conflicting values on lines {lines[scheme]} "
                            f"({table[scheme]:.6g}) and {n} ({top1:.6g})")
@@ -182,11 +194,12 @@ def import_table(job: TableJob) -> dict:
     table = read_optcoinfer(job.path) if job.action == "import-optcoinfer" else read_csv(job.path)
     check_table(table, [p.channels for p in app_points(app)], str(job.path))
     store = Store(Storage.parse(job.storage))
-    new = store.put_accuracy([AccuracyRow(app.name, job.protocol, p, c, b, job.seed, t, host="import")
-                              for (p, c, b), t in table.items()])
     base = None if job.base_error is None else 1 - job.base_error
-    if base is not None:
-        store.put_base(app.name, job.protocol, base, source=f"import {job.path.name}")
+    with store.transaction():  # the rows and the base accuracy: all or nothing
+        new = store.put_accuracy([AccuracyRow(app.name, job.protocol, p, c, b, job.seed, t, host="import")
+                                  for (p, c, b), t in table.items()])
+        if base is not None:
+            store.put_base(app.name, job.protocol, base, source=f"import {job.path.name}")
     return {"action": job.action, "app": app.name, "protocol": job.protocol, "seed": job.seed,
             "path": str(job.path), "schemes": len(table), "new": new, "base_top1": base}
 

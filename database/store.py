@@ -370,7 +370,6 @@ class Store:
         the start (BEGIN IMMEDIATE), so what the block reads stays true until it commits. Not nested."""
         if self._conn is not None:
             raise RuntimeError("Store.transaction() does not nest")
-        self._wal()  # before: SQLite cannot change its journal mode inside a transaction
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "sqlite":
@@ -384,8 +383,10 @@ class Store:
             raise _db_error(self.url, exc) from None
 
     def _wal(self) -> None:
-        """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once)."""
-        if not self._wrote and self.engine.dialect.name == "sqlite":
+        """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once). Not
+        inside `transaction()` (SQLite cannot change its journal mode there): it writes in the file's mode, and
+        a rolled-back one leaves the file byte-identical."""
+        if not self._wrote and self.engine.dialect.name == "sqlite" and self._conn is None:
             self._run(lambda conn: conn.exec_driver_sql("PRAGMA journal_mode = WAL"))
         self._wrote.append(True)
 
