@@ -24,6 +24,7 @@ Thread-safe: `get` runs in worker threads.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.scheme import Scheme
 from models.splittable import Splittable
+from runtime.memory import trim
 from runtime.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("coinfer.cloud")
@@ -185,6 +187,9 @@ class TailCache:
         finally:
             with self._lock:
                 self._queued -= 1
+            # the fine-tune's data, optimiser and activations are freed: give their pages back to the OS
+            gc.collect()
+            trim()
 
     def _build(self, scheme: Scheme, train: bool = False) -> _Entry:
         if not self.policy.finetuned:
