@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import ipaddress
 import json
@@ -378,17 +379,21 @@ class CloudServer:
             return False
         return True
 
-    async def _housekeeping(self, every_s: float = 1.0, after: int = 256) -> None:
-        """Once an attack has passed (`after` connections ended since the last trim and the pending pool back
-        under a quarter), give the heap's free pages back to the OS (`runtime.memory.trim`), so RSS returns
-        to its level before the attack."""
+    async def _housekeeping(self, every_s: float = 1.0, after: int = 256, quiet: int = 32) -> None:
+        """Once an attack has passed (`after` connections since the last trim, then a second with fewer than
+        `quiet` new ones and the pending pool under a quarter), collect the cycles its dropped connections left
+        (cancelled tasks and their exceptions) and give the heap's free pages back to the OS
+        (`runtime.memory.trim`), so RSS returns near its level before the attack."""
         from runtime.memory import trim
-        ended_at_trim = 0
+        at_trim = last = 0
         while True:
             await asyncio.sleep(every_s)
-            ended = self.stats["connections"] - len(self.admission)
-            if ended - ended_at_trim >= after and len(self.admission.pending) <= self.config.max_pending // 4:
-                ended_at_trim = ended
+            now = self.stats["connections"]
+            calm = now - last < quiet and len(self.admission.pending) <= self.config.max_pending // 4
+            last = now
+            if now - at_trim >= after and calm:
+                at_trim = now
+                gc.collect()
                 await asyncio.to_thread(trim)
                 self.stats["malloc_trims"] += 1
 
