@@ -14,8 +14,8 @@ import pytest
 from conftest import write_tiny_app
 
 from apps import REPO_ROOT, load_app
-from database.profile import main as profile_main
 from database.documents import parse_profile
+from database.profile import main as profile_main
 from database.profile_io import export_profile, import_profile
 from database.provenance import model_uses
 from database.store import LatencyRow, Store, profile_provenance
