@@ -15,10 +15,14 @@ The rules, and why these and not others:
 - **A short pre-auth deadline** (the server's `handshake_timeout`, 2 s by default, counted from the
   accept) bounds how long a pending connection lives, instead of the 300 s idle timeout.
 - **The pending pool is bounded** (`max_pending`) and, when full, a pending connection is dropped
-  to admit the new one: the oldest one of the address holding the most pending connections. A
-  flood from many addresses then shortens the life of *its own* pending connections instead of
-  locking new clients out, and a real client (one pending connection, authenticated within a
-  round trip) is only ever dropped once more than `max_pending` addresses hold one each.
+  to admit the new one: the oldest one of the address holding the most pending connections,
+  when the newcomer's address holds none, or at least two fewer than that one (else the newcomer is
+  refused). A flood from many addresses then shortens the life of *its own* pending connections
+  instead of locking new clients out (an address with nothing pending always gets in), a real
+  client (one pending connection, authenticated within a round trip) is only ever dropped once more
+  than `max_pending` addresses hold one each, and once the attackers' addresses hold near-equal
+  shares their newcomers are refused at once instead of pushing each other out in a loop (with TLS
+  each admitted connection starts a handshake: that churn is what costs).
 - **A per-peer cap on pending connections, when the pool is full** (`max_pending_per_peer`, by IP
   address): a newcomer from an address that already holds that many pending connections is refused
   at once instead of dropping another's, so one host cannot churn the pool. While the pool has
@@ -101,10 +105,12 @@ class Admission:
         `max_pending_per_peer` pending already."""
         evicted = None
         if len(self.pending) >= self.limits.max_pending:
-            mine = self._pending_by_host.get(host)
-            if mine is not None and len(mine) >= self.limits.max_pending_per_peer:
-                return None, f"{len(mine)} unauthenticated connections from {host} and the pending pool full", None
+            held = len(self._pending_by_host.get(host) or ())
+            if held >= self.limits.max_pending_per_peer:
+                return None, f"{held} unauthenticated connections from {host} and the pending pool full", None
             heaviest = max(self._pending_by_host.values(), key=lambda q: (len(q), -next(iter(q)).since))
+            if held and held + 1 >= len(heaviest):  # it would hold as many as the one it pushes out: no gain
+                return None, f"the pending pool full and {host} holding {held} (no address holds 2 more)", None
             evicted = next(iter(heaviest))
             self._drop(evicted)
         slot = Slot(host, label, task)

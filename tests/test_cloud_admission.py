@@ -53,8 +53,15 @@ def test_pending_cap_per_peer_and_oldest_dropped_when_full() -> None:
     assert refused is None and "2 unauthenticated connections from a and the pending pool full" in why
     c1, _, evicted = adm.admit("c", "c:1")  # the pool is full: the oldest of the heaviest address makes room
     assert evicted is a1 and list(adm.pending) == [a2, b1, c1]
-    a3, _, _ = adm.admit("a", "a:3")  # peer a has one pending left: admitted again (dropping a2)
-    assert a3 is not None and a2 not in adm.pending
+    refused, why, _ = adm.admit("a", "a:3")  # a, b and c hold one each: a may not push another out
+    assert refused is None and "holding 1 (no address holds 2 more)" in why
+    a3, _, evicted = adm.admit("d", "d:1")  # an address holding none may: the oldest of the equals goes
+    assert a3 is not None and evicted is a2 and a2 not in adm.pending
+    share = Admission(AdmissionLimits(max_clients=4, max_pending=4, max_pending_per_peer=8))
+    for host in "xxxy":
+        share.admit(host, f"{host}:1")
+    assert share.admit("y", "y:2")[0] is not None  # y holds 1, x 3: y may take one of x's
+    assert share.admit("y", "y:3")[0] is None  # y 2, x 2: no more pushing
     nat = Admission(AdmissionLimits(max_clients=64, max_pending=128, max_pending_per_peer=8))
     assert all(nat.admit("nat", f"nat:{i}")[0] for i in range(64))  # room in the pool: no per-address cap
     fair = Admission(AdmissionLimits(max_clients=4, max_pending=3, max_pending_per_peer=2))
