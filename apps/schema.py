@@ -154,7 +154,7 @@ def make_device(fields: Any, where: str) -> Device:
         return Device.model_validate(fields)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        raise CoInferError(f"{where}: {_describe(errors[0])}".replace("\n", " ")) from None
+        raise CoInferError(f"{where}: {describe_error(errors[0])}".replace("\n", " ")) from None
 
 
 class DevicesSpec(_Spec):
@@ -200,7 +200,7 @@ class AppSpec(BaseModel):
     link: LinkSpec = LinkSpec()
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     """One pydantic error as `key.path: problem, got VALUE`."""
     loc = ".".join(str(part) for part in err["loc"])
     kind = err["type"]
@@ -230,7 +230,7 @@ def validate_app(data: Any, where: str) -> AppSpec:
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise CoInferError(f"{where}: {_describe(errors[0])}{more}".replace("\n", " ")) from None
+        raise CoInferError(f"{where}: {describe_error(errors[0])}{more}".replace("\n", " ")) from None
 
 
 def check_arch(arch: str) -> str:

@@ -15,6 +15,8 @@ write in one transaction. A line is one measurement, identified by its text (sch
 written) and how many times that text came before it in its file: importing the same file again adds
 nothing, nor do the lines another file copied (the two published files share a 384-line prefix) or a
 log that grew (its new lines are added); any other line is a further replicate.
+Every line is first a pydantic `database.documents.TableRow` (bounded integers, bits in range, top-1
+a finite fraction); every scheme must be in the app's space and a table must hold at least one.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from apps import DEFAULT_APP, App, load_app
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.files import check_output, read_text, write_atomic
 from cli.run import run_cli
 from compress.scheme import BITS, Scheme
+from database.documents import TableRow, one_line
 
 Table = dict[Scheme, float]
 MAX_TABLE_BYTES = 64 * 2**20  # every scheme of a VGG16 space is about 1.5 MB of CSV
@@ -91,9 +96,10 @@ def read_optcoinfer_file(path: Path) -> TableFile:
             raise CoInferError(f"{path}:{n}: bad top-1 error {m.group(4)!r}") from None
         if not 0 <= error <= 1:
             raise CoInferError(f"{path}:{n}: top-1 error {error} outside [0, 1]")
-        scheme = _scheme(path, n, m.group(1), m.group(2), m.group(3))
-        out.append(Measurement(scheme, 1 - error, n, f"{scheme}*{m.group(4)}"))
-    return TableFile(path, _counted(out))
+        row = _row(path, n, m.group(1), m.group(2), m.group(3), 1 - error)
+        scheme = Scheme(row.p, row.c, row.b)
+        out.append(Measurement(scheme, row.top1, n, f"{scheme}*{m.group(4)}"))
+    return TableFile(path, _counted(_whole(out, path)))
 
 
 def read_optcoinfer(path: Path) -> Table:
@@ -134,9 +140,10 @@ def _csv_rows(path: Path, rows: csv.DictReader) -> list[Measurement]:
             raise CoInferError(f"{path}:{n}: bad CSV row {str(row)[:120]}") from None
         if not 0 <= top1 <= 1:
             raise CoInferError(f"{path}:{n}: top1 {top1} outside [0, 1] (a fraction, not a percentage)")
-        scheme = _scheme(path, n, row["p"], row["c"], row["b"])
-        out.append(Measurement(scheme, top1, n, f"{scheme}*{row['top1'].strip()}"))
-    return out
+        valid = _row(path, n, row["p"], row["c"], row["b"], top1)
+        scheme = Scheme(valid.p, valid.c, valid.b)
+        out.append(Measurement(scheme, valid.top1, n, f"{scheme}*{row['top1'].strip()}"))
+    return _whole(out, path)
 
 
 def _counted(measurements: list[Measurement]) -> tuple[Measurement, ...]:
@@ -149,13 +156,19 @@ def _counted(measurements: list[Measurement]) -> tuple[Measurement, ...]:
     return tuple(out)
 
 
-def _scheme(path: Path, n: int, p: str | None, c: str | None, b: str | None) -> Scheme:
+def _row(path: Path, n: int, p: str | None, c: str | None, b: str | None, top1: float) -> TableRow:
+    """One line as a validated `TableRow` (bounded integers, bits in range, top-1 a finite fraction)."""
     try:
-        return Scheme(int(p), int(c), int(b))
-    except (TypeError, ValueError):
-        raise CoInferError(f"{path}:{n}: bad scheme {str(p)[:20]},{str(c)[:20]},{str(b)[:20]}") from None
-    except CoInferError as exc:
-        raise CoInferError(f"{path}:{n}: {exc}") from None
+        return TableRow.model_validate({"p": p, "c": c, "b": b, "top1": top1}, strict=False)
+    except ValidationError as exc:
+        raise one_line(f"{path}:{n}: bad scheme {str(p)[:20]},{str(c)[:20]},{str(b)[:20]}", exc) from None
+
+
+def _whole(measurements: list[Measurement], path: Path) -> list[Measurement]:
+    """The lines read, refused when there are none (an empty import is a mistake, not a no-op)."""
+    if not measurements:
+        raise CoInferError(f"{path}: no schemes in the table")
+    return measurements
 
 
 def write_csv(table: Table, path: Path) -> None:
@@ -239,10 +252,11 @@ def import_table(job: TableJob) -> dict:
     table = read.table()
     check_table(table, [p.channels for p in app_points(app)], str(job.path))
     store = Store(Storage.parse(job.storage))
-    added, new = store.put_replicates(app.name, job.protocol, job.seed, job.path.name, read.measurements)
     base = None if job.base_error is None else 1 - job.base_error
-    if base is not None:
-        store.put_base(app.name, job.protocol, base, source=f"import {job.path.name}")
+    with store.transaction():  # the replicates, the means and the base accuracy: all or nothing
+        added, new = store.put_replicates(app.name, job.protocol, job.seed, job.path.name, read.measurements)
+        if base is not None:
+            store.put_base(app.name, job.protocol, base, source=f"import {job.path.name}")
     return {"action": job.action, "app": app.name, "protocol": job.protocol, "seed": job.seed,
             "path": str(job.path), "schemes": len(table), "new": new, "base_top1": base,
             "measurements": len(read.measurements), "new_measurements": added,

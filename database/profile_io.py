@@ -13,23 +13,26 @@ has is refused with one line naming `--replace` (then that side's old rows are r
 the file's rows equal the stored ones (importing twice is a no-op). A device profiled on two
 machines (edge here, cloud there) keeps the first fingerprint and records the other under
 `other_fingerprints`.
+
+An import reads and checks the whole file before it opens the database (`database.documents.ProfileDocument`:
+bounded integers, finite non-negative seconds, rows of one stage that agree, the points, channels and
+shapes of the app's model, the app known here; `--app YAML` for an app outside apps/), then writes it in
+one transaction (`Store.transaction`): a refused file, or a refused merge, leaves the database as it was.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import math
 from pathlib import Path
 
 from apps import DEFAULT_APP
-from apps.schema import check_name
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.files import read_json
 from cli.run import run_cli
+from database.documents import PROFILE_FORMAT as FORMAT
+from database.documents import ProfileDocument, parse_profile
 
-FORMAT = "coinfer-latency-profile/1"
 ROW_KEYS = ("side", "point", "channels", "median_s", "p90_s", "n")
 
 
@@ -47,82 +50,54 @@ def export_profile(store, app: str, device: str) -> dict:
             "rows": [{k: getattr(r, k) for k in ROW_KEYS} for r in rows]}
 
 
-def _provenance(data: dict, side: str) -> tuple[dict, dt.datetime | None]:
-    """(fingerprint, measured_at) of one side of a profile file: its `provenance` entry, else (a file written before
-    provenance) the file's fingerprint, measured at an unknown time."""
-    entry = (data.get("provenance") or {}).get(side)
-    if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), dict):
-        return dict(data["fingerprint"]), None
-    try:
-        when = dt.datetime.fromisoformat(entry["measured_at"]) if entry.get("measured_at") else None
-    except (TypeError, ValueError):
-        when = None
-    return dict(entry["fingerprint"]), when
+def read_profile(path: Path, app: str | None = None) -> ProfileDocument:
+    """The profile file at `path`, validated whole (`database.documents.ProfileDocument`) and checked against its
+    app's model: the app the file names (`app`: that app's name or YAML, which must be the file's app). Every
+    problem is one CoInferError line; nothing is written."""
+    from apps import load_app
+    from models.build import app_points
+    doc = parse_profile(read_json(path, "profile"), str(path))
+    loaded = load_app(app or doc.app)
+    if loaded.name != doc.app:
+        raise CoInferError(f"profile {path} is of app {doc.app}, not {loaded.name} (--app)")
+    shapes = [(p.index, p.name, p.channels, p.height, p.width) for p in app_points(loaded)]
+    doc.check_app(shapes, loaded.in_channels, loaded.num_classes, f"profile {path}")
+    return doc
 
 
-def _good_row(row) -> bool:
-    """A row with every key: side edge or cloud, integer point (-1: all-cloud), channels and n, a finite positive
-    median and p90 (or null)."""
-    def integer(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def seconds(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-    return (isinstance(row, dict) and not set(ROW_KEYS) - set(row) and row["side"] in ("edge", "cloud")
-            and integer(row["point"]) and row["point"] >= -1 and integer(row["channels"]) and row["channels"] >= 0
-            and integer(row["n"]) and row["n"] >= 1 and seconds(row["median_s"])
-            and (row["p90_s"] is None or seconds(row["p90_s"])))
-
-
-def read_profile(path: Path) -> dict:
-    data = read_json(path, "profile")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CoInferError(f"{path} is not a latency profile ({FORMAT}); write one with export-profile")
-    for key in ("app", "device", "fingerprint", "rows"):
-        if key not in data:
-            raise CoInferError(f"profile {path} lacks '{key}'")
-    check_name(data["app"], f"profile {path}: app")
-    check_name(data["device"], f"profile {path}: device")
-    if not isinstance(data["fingerprint"], dict) or not isinstance(data["rows"], list):
-        raise CoInferError(f"profile {path}: fingerprint must be a mapping and rows a list")
-    for i, row in enumerate(data["rows"]):
-        if not _good_row(row):
-            raise CoInferError(f"profile {path}: row {i} must hold {', '.join(ROW_KEYS)} with side edge or cloud, "
-                               "integer point, channels and n, and positive finite seconds")
-    return data
-
-
-def import_profile(store, data: dict, replace: bool = False) -> int:
-    """Merge a profile (see the module doc); returns the number of rows written."""
+def import_profile(store, doc: ProfileDocument, replace: bool = False) -> int:
+    """Merge a validated profile (see the module doc) in one transaction: all of it or nothing. Returns the
+    number of rows written."""
     from database.store import LatencyRow
-    app, device = data["app"], data["device"]
-    new = [LatencyRow(app, device, int(r["point"]), int(r["channels"]), r["side"], float(r["median_s"]),
-                      None if r["p90_s"] is None else float(r["p90_s"]), r["n"]) for r in data["rows"]]
-    stored = store.latency_rows(app, device)
-    sides = sorted({r.side for r in new})
-    clash = [s for s in sides if {r for r in stored if r.side == s} not in (set(), {r for r in new if r.side == s})]
-    if clash and not replace:
-        raise CoInferError(f"device {device} already has a different {'+'.join(clash)} profile of {app}: "
-                           "pass --replace to overwrite it, or import under another device name")
-    if clash:
-        store.delete_latency(app, device, tuple(clash))
-    existing = store.device(device)
-    fingerprint = dict(data["fingerprint"])
-    if existing is not None:
-        notes = existing.pop("notes", "")
-        others = existing.pop("other_fingerprints", [])
-        if existing != fingerprint and fingerprint not in others:
-            others.append(fingerprint)
-        fingerprint = dict(existing, **({"other_fingerprints": others} if others else {}))
-    else:
-        notes = data.get("notes", "")
-    store.put_device(device, fingerprint, notes)
-    if data.get("shapes"):
-        store.put_shapes(app, [tuple(s) for s in data["shapes"]])
-    store.put_latency(new)
-    for side in sides:
-        fp, when = _provenance(data, side)
-        store.put_provenance(app, device, (side,), fp, "imported", when)
+    app, device = doc.app, doc.device
+    new = [LatencyRow(app, device, r.point, r.channels, r.side, r.median_s, r.p90_s, r.n) for r in doc.distinct_rows]
+    sides = doc.sides
+    with store.transaction():
+        stored = store.latency_rows(app, device)
+        clash = [s for s in sides if {r for r in stored if r.side == s} not in (set(), {r for r in new if r.side == s})]
+        if clash and not replace:
+            raise CoInferError(f"device {device} already has a different {'+'.join(clash)} profile of {app}: "
+                               "pass --replace to overwrite it, or import under another device name")
+        if clash:
+            store.delete_latency(app, device, tuple(clash))
+        existing = store.device(device)
+        fingerprint = dict(doc.fingerprint)
+        if existing is not None:
+            notes = existing.pop("notes", "")
+            others = existing.pop("other_fingerprints", [])
+            if existing != fingerprint and fingerprint not in others:
+                others.append(fingerprint)
+            fingerprint = dict(existing, **({"other_fingerprints": others} if others else {}))
+        else:
+            notes = doc.notes
+        store.put_device(device, fingerprint, notes)
+        if doc.shapes:
+            store.put_shapes(app, [tuple(s) for s in doc.shapes])
+        store.put_latency(new)
+        for side in sides:
+            entry = doc.provenance.get(side)  # a file written before provenance: its fingerprint, time unknown
+            fp, when = (dict(entry.fingerprint), entry.when) if entry is not None else (dict(doc.fingerprint), None)
+            store.put_provenance(app, device, (side,), fp, "imported", when)
     return len(new)
 
 
@@ -132,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=["export-profile", "import-profile"])
     ap.add_argument("path", type=Path, help="the profile file (written by export-profile, read by import-profile)")
     ap.add_argument("--device", default=None, help="export-profile: the device to export")
-    ap.add_argument("--app", default=DEFAULT_APP, help="export-profile: app name or YAML (default: %(default)s)")
+    ap.add_argument("--app", default=None, help=f"export-profile: app name or YAML (default: {DEFAULT_APP}); "
+                                                "import-profile: the YAML of the file's app (default: its name)")
     ap.add_argument("--replace", action="store_true", help="import-profile: overwrite a different stored profile")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: database/coinfer.sqlite)")
     ap.add_argument("--json", action="store_true", help="print one JSON object: action, device, app, rows, file")
@@ -145,15 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             raise CoInferError("export-profile needs --device NAME")
         from apps import load_app
         from cli.files import check_output, write_atomic
-        app = load_app(args.app)
+        app = load_app(args.app or DEFAULT_APP)
         check_output(args.path, "profile", (*storage.files, app.source))
         data = export_profile(Store(storage, create=False), app.name, args.device)
         write_atomic(args.path, json.dumps(data, indent=1) + "\n", "profile")
         done, line = len(data["rows"]), f"{len(data['rows'])} rows of {args.device} ({args.app}) -> {args.path}"
     else:
-        data = read_profile(args.path)
-        done = import_profile(Store(storage), data, args.replace)
-        line = f"{done} rows of {data['device']} ({data['app']}) imported from {args.path}"
+        doc = read_profile(args.path, args.app)  # the whole file checked before the database is opened
+        done = import_profile(Store(storage), doc, args.replace)
+        data = {"device": doc.device, "app": doc.app}
+        line = f"{done} rows of {doc.device} ({doc.app}) imported from {args.path}"
     print(json.dumps({"action": args.action, "device": data["device"], "app": data["app"], "rows": done,
                       "path": str(args.path)}) if args.json else line)
     return 0

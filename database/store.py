@@ -35,8 +35,16 @@ Tables
   and standard deviation come from them (`replicate_stats`). Created by its first write (`ON_WRITE_TABLES`); a
   database without it has one measurement a scheme.
 
+- coinfer_schema(version, created): the marker CoInfer writes when it creates a database (schema version 1).
+
 Opening: `Store(storage)` (a `database.storage.Storage`, or a `--storage` text it parses) creates a
-missing database and its tables; `create=False` refuses a missing SQLite file (and creates nothing);
+missing database and its tables, with the marker. An existing database is checked first, by reading only
+(`database.ownership`): one with another program's tables or views, only Optuna's tables, one of our
+tables without its columns, or a newer schema version is refused in one line (exit 2) before anything
+is written, so a foreign file stays byte-identical; a database from before the marker is CoInfer's when
+its tables are ours (and Optuna's). `store.transaction()` makes a block of reads and writes one
+transaction (the importers write a whole file so: all or nothing). `create=False` refuses a missing
+SQLite file (and creates nothing);
 `readonly=True` opens an existing SQLite file read-only (`mode=ro`), so a look that only reads never
 writes, never leaves -wal/-shm files beside it and works on a read-only file. A writer runs in WAL
 mode and, when it closes as the last connection, puts the file back in rollback mode, so readers
@@ -46,12 +54,13 @@ cannot be reached is `cli.errors.Unreachable` (exit 3).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import sqlite3
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +71,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, Oper
 from apps import Device
 from cli.errors import CoInferError, mask_url
 from compress.scheme import Scheme
+from database.ownership import not_ours
 from database.storage import Storage, as_storage, is_unreachable, unreachable
 
 meta = sa.MetaData()
@@ -186,10 +196,18 @@ accuracy_replicate = sa.Table(
     sa.UniqueConstraint("app", "protocol", "seed", "key", "occurrence", name="uq_replicate_key"),
 )
 
+schema_version = sa.Table(
+    "coinfer_schema", meta,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created", sa.DateTime),
+)
+
+SCHEMA_VERSION = 1  # the marker row CoInfer writes when it creates a database (database.ownership reads it)
 PROVENANCE_SOURCES = ("measured", "imported", "device")  # database.profile, database.profile_io, the device row
 # created by the first write to them: opening an old database changes nothing
 ON_WRITE_TABLES = (profile_provenance, accuracy_replicate)
-OPEN_TABLES = [t for t in meta.sorted_tables if t not in ON_WRITE_TABLES]  # created by a writable open
+# created by a writable open (the marker only with a new database: an old one opens unchanged)
+OPEN_TABLES = [t for t in meta.sorted_tables if t not in ON_WRITE_TABLES and t is not schema_version]
 
 
 @dataclass(frozen=True)
@@ -287,6 +305,7 @@ class Store:
         self.storage = as_storage(storage)  # a --storage text (None: the shipped database) parsed once
         self.url = self.storage.url
         self.readonly = readonly
+        self._conn: sa.Connection | None = None  # the connection of an open `transaction()`
         self._wrote: list[bool] = []  # non-empty once this store wrote a row (and put an SQLite file in WAL mode)
         engine_url = self.url
         sqlite_file = self.storage.sqlite_path
@@ -309,19 +328,45 @@ class Store:
             self._closer = weakref.finalize(self, _rollback_mode, self.engine, path, self._wrote)
         else:
             self._closer = weakref.finalize(self, self.engine.dispose)
-        if readonly:
-            return
         try:
+            if readonly:
+                with self.engine.connect() as conn:
+                    self._check_ours(conn)
+                return
             if self.engine.dialect.name == "postgresql":
                 # several evaluators may open a new database at once: CREATE TABLE of two of them would
                 # collide in PostgreSQL's catalogue, so they take turns under a transaction-scoped lock
                 with self.engine.begin() as conn:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                    meta.create_all(conn, tables=OPEN_TABLES)
+                    self._create_tables(conn)
             else:
-                meta.create_all(self.engine, tables=OPEN_TABLES)
+                with self.engine.connect() as conn:  # reads only: a foreign file stays byte-identical
+                    new = not self._check_ours(conn)
+                if new:  # under SQLite's write lock, checked again: two processes may create one file at once
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        self._create_tables(conn)
+                else:
+                    meta.create_all(self.engine, tables=OPEN_TABLES)  # an older database's missing tables
         except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
+
+    def _check_ours(self, conn: sa.Connection) -> bool:
+        """Whether the database has tables; CoInferError (one line, nothing written) when they are not CoInfer's
+        (`database.ownership`)."""
+        why = not_ours(conn, dict(meta.tables), schema_version, SCHEMA_VERSION)
+        if why:
+            raise CoInferError(f"database {self.storage.display} is not a CoInfer database: {why}; nothing was "
+                               "written (name a new file or a CoInfer database with --storage)")
+        return bool(sa.inspect(conn).get_table_names())
+
+    def _create_tables(self, conn: sa.Connection) -> None:
+        """In the caller's transaction: check the database is CoInfer's, create the missing tables, and give a
+        new database its schema marker."""
+        new = not self._check_ours(conn)
+        meta.create_all(conn, tables=OPEN_TABLES + [schema_version] if new else OPEN_TABLES)
+        if new:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, created=_now()))
 
     def close(self) -> None:
         """Close the connections (a writer leaves its SQLite file in rollback mode, see the module doc)."""
@@ -335,16 +380,40 @@ class Store:
 
     # -- plumbing ------------------------------------------------------------------------
     def _run(self, fn):
-        """Run fn(conn) in one transaction; database failures become one-line CoInferErrors."""
+        """Run fn(conn) in one transaction (inside `transaction()`, in that one); database failures become
+        one-line CoInferErrors."""
+        if self._conn is not None:
+            return fn(self._conn)
         try:
             with self.engine.begin() as conn:
                 return fn(conn)
         except (OperationalError, DatabaseError) as exc:
             raise _db_error(self.url, exc) from None
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Every read and write of this store inside the block is one database transaction: all or nothing (an
+        exception rolls back every write, tables created in it included). SQLite: taken with its write lock at
+        the start (BEGIN IMMEDIATE), so what the block reads stays true until it commits. Not nested."""
+        if self._conn is not None:
+            raise RuntimeError("Store.transaction() does not nest")
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                self._conn = conn
+                try:
+                    yield
+                finally:
+                    self._conn = None
+        except (OperationalError, DatabaseError) as exc:
+            raise _db_error(self.url, exc) from None
+
     def _wal(self) -> None:
-        """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once)."""
-        if not self._wrote and self.engine.dialect.name == "sqlite":
+        """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once). Not
+        inside `transaction()` (SQLite cannot change its journal mode there): it writes in the file's mode, and
+        a rolled-back one leaves the file byte-identical."""
+        if not self._wrote and self.engine.dialect.name == "sqlite" and self._conn is None:
             self._run(lambda conn: conn.exec_driver_sql("PRAGMA journal_mode = WAL"))
         self._wrote.append(True)
 

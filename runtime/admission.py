@@ -2,7 +2,7 @@
 are kept apart from established ones, so idle or unauthenticated peers cannot starve real clients.
 
     admission = Admission(AdmissionLimits(max_clients=64, max_pending=128, max_pending_per_peer=8))
-    slot, refusal, evicted = admission.admit(host, label, task)   # at accept
+    slot, refusal, evicted = admission.admit(host, label, task)   # at accept, before any TLS handshake
     refusal = admission.establish(slot)                            # after a valid HELLO (or first frame)
     admission.release(slot)                                        # when the connection ends
 
@@ -14,13 +14,24 @@ The rules, and why these and not others:
   idle or unauthenticated sockets can make the server answer BUSY to an authenticated client.
 - **A short pre-auth deadline** (the server's `handshake_timeout`, 2 s by default, counted from the
   accept) bounds how long a pending connection lives, instead of the 300 s idle timeout.
-- **A per-peer cap on pending connections** (`max_pending_per_peer`, by IP address): one host
-  cannot fill the pending pool; the newcomer beyond the cap is refused at once.
 - **The pending pool is bounded** (`max_pending`) and, when full, a pending connection is dropped
-  to admit the new one: the oldest one of the address holding the most pending connections. A
-  flood from many addresses then shortens the life of *its own* pending connections instead of
-  locking new clients out, and a real client (one pending connection, authenticated within a
-  round trip) is only ever dropped once more than `max_pending` addresses hold one each.
+  to admit the new one: the oldest one of the address holding the most pending connections,
+  when the newcomer's address holds none, or at least two fewer than that one (else the newcomer is
+  refused). A flood from many addresses then shortens the life of *its own* pending connections
+  instead of locking new clients out (an address with nothing pending always gets in), a real
+  client (one pending connection, authenticated within a round trip) is only ever dropped once more
+  than `max_pending` addresses hold one each, and once the attackers' addresses hold near-equal
+  shares their newcomers are refused at once instead of pushing each other out in a loop (with TLS
+  each admitted connection starts a handshake: that churn is what costs).
+- **A per-peer cap on pending connections, when the pool is full** (`max_pending_per_peer`, by IP
+  address): a newcomer from an address that already holds that many pending connections is refused
+  at once instead of dropping another's, so one host cannot churn the pool. While the pool has
+  room, an address may hold any number: many edge devices behind one NAT address connecting at once
+  (64 with the defaults) are all admitted and all authenticate. The cap is on *pending* connections
+  only, never on authenticated ones with a token.
+- **TLS is inside admission** (`runtime.cloud`): a connection is admitted at the accept, before its
+  TLS handshake, which runs under the same deadline; a stalled handshake is a pending connection
+  like any other (in the pool, under the caps, dropped at the deadline).
 - **Without a token**, "established" only means "spoke the protocol", so established connections
   are also capped per peer (`max_clients_per_peer`). With a token they are trusted and not capped
   per peer (many edge devices may share one NAT address).
@@ -90,13 +101,16 @@ class Admission:
 
     def admit(self, host: str, label: str, task: asyncio.Task | None = None) -> tuple[Slot | None, str, Slot | None]:
         """(slot, "", evicted) for a new pending connection, `evicted` the pending one dropped to make
-        room (the caller cancels it), or (None, why, None) when this peer has too many pending."""
-        mine = self._pending_by_host.get(host)
-        if mine is not None and len(mine) >= self.limits.max_pending_per_peer:
-            return None, f"{len(mine)} unauthenticated connections from {host}", None
+        room (the caller cancels it), or (None, why, None) when the pool is full and this peer holds
+        `max_pending_per_peer` pending already."""
         evicted = None
         if len(self.pending) >= self.limits.max_pending:
+            held = len(self._pending_by_host.get(host) or ())
+            if held >= self.limits.max_pending_per_peer:
+                return None, f"{held} unauthenticated connections from {host} and the pending pool full", None
             heaviest = max(self._pending_by_host.values(), key=lambda q: (len(q), -next(iter(q)).since))
+            if held and held + 1 >= len(heaviest):  # it would hold as many as the one it pushes out: no gain
+                return None, f"the pending pool full and {host} holding {held} (no address holds 2 more)", None
             evicted = next(iter(heaviest))
             self._drop(evicted)
         slot = Slot(host, label, task)

@@ -30,14 +30,15 @@ fine-tune loop beside serving, in a child process in the SCHED_IDLE class (`--tr
 default; `normal` at `--train-nice`) with `--train-threads` torch threads, so it takes only the CPU
 inference leaves (`runtime.training`).
 
-Connection rules (`runtime.admission` says why these): a new connection is *pending* until it has
-authenticated (with a token: a HELLO carrying it, compared in constant time; without: any valid
-first frame), which must happen within `--handshake-timeout` seconds (2) of the accept. Pending
-connections have their own pool (`--max-pending`; when full, the oldest of the address holding the
-most is dropped for a newcomer;
-`--max-pending-per-peer` per IP address) and never take one of the `--max-clients` slots, which
-are reserved for authenticated clients. Without a token an address may hold at most
-`--max-clients-per-peer` established connections. A frame must arrive within `--read-timeout`
+Connection rules (`runtime.admission` says why these): a new connection is *pending* from the accept
+until it has authenticated (with a token: a HELLO carrying it, compared in constant time; without: any
+valid first frame), which must happen within `--handshake-timeout` seconds (2) of the accept, the TLS
+handshake included (with `--tls-cert`, the connection is admitted first and the handshake run under that
+deadline: a stalled handshake is a pending connection like any other). Pending connections have their
+own pool (`--max-pending`; when full, the oldest of the address holding the most is dropped for a
+newcomer, and a newcomer from an address already holding `--max-pending-per-peer` is refused) and never
+take one of the `--max-clients` slots, which are reserved for authenticated clients. Without a token an
+address may hold at most `--max-clients-per-peer` established connections. A frame must arrive within `--read-timeout`
 seconds of its first byte (a client dripping bytes is dropped) and an established connection idle
 for `--idle-timeout` seconds is closed. A malformed frame gets an ERROR reply and the connection is
 closed; a well-formed request for an unknown app or scheme, or with the wrong shape, gets an ERROR
@@ -55,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import ipaddress
 import json
@@ -268,6 +270,7 @@ class CloudServer:
         self.admission = Admission(config.admission)
         self._log_quiet: dict[ErrorCode, tuple[float, int]] = {}  # code -> (quiet until, lines left out)
         self._server: asyncio.Server | None = None
+        self._housekeeper: asyncio.Future | None = None
         self._closing = False
 
     @property
@@ -295,13 +298,17 @@ class CloudServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on host:port (CoInferError for a non-loopback host without a token, see `check_bind`)."""
         check_bind(host, self.config)
-        # a deep accept queue: under a connection flood a client's SYN is not dropped (a 1 s retransmit)
-        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx, backlog=1024,
-                                                  ssl_handshake_timeout=self.read_timeout if self.ssl_ctx else None)
+        # a deep accept queue: under a connection flood a client's SYN is not dropped (a 1 s retransmit).
+        # No ssl= here: asyncio would run the TLS handshake before `_handle`, outside admission; `_handle`
+        # admits the connection first and runs the handshake under its deadline (`_start_tls`).
+        self._server = await asyncio.start_server(self._handle, host, port, backlog=1024)
+        self._housekeeper = asyncio.ensure_future(self._housekeeping())
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting; idle connections close now, requests in flight get `grace` seconds to finish."""
         self._closing = True
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
         if self._server is not None:
             self._server.close()
         slots = self.admission.slots()
@@ -336,10 +343,14 @@ class CloudServer:
         if slot is None:
             self.stats["refused_peer"] += 1
             log.debug("refused %s: %s", label, why)
-            await self._send(writer, Error(0, ErrorCode.BUSY, "too many connections from this address", self.app.name))
+            if self.ssl_ctx is None:  # with TLS, no frame: telling the refusal would cost a handshake
+                await self._send(writer, Error(0, ErrorCode.BUSY, "too many connections from this address",
+                                               self.app.name))
             writer.close()  # no wait: a flood's refusals must stay cheap
             return
         try:
+            if self.ssl_ctx is not None and not await self._start_tls(slot, writer):
+                return
             await self._serve_connection(slot, reader, writer)
         except (OSError, asyncio.CancelledError) as exc:  # abrupt disconnect, eviction, or shutdown while idle
             log.debug("connection %s ended: %s", label, type(exc).__name__)
@@ -349,6 +360,42 @@ class CloudServer:
                 await self._close(writer)
             else:  # never authenticated (dropped, timed out, refused): close without waiting for the peer
                 writer.close()
+
+    async def _start_tls(self, slot: Slot, writer: asyncio.StreamWriter) -> bool:
+        """The TLS handshake of an admitted (pending) connection, complete within `handshake_timeout` of the
+        accept, as the first frame must be after it; False (counted, the connection to be closed) when it
+        stalls, fails or the peer goes."""
+        remaining = slot.since + self.config.handshake_timeout - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await writer.start_tls(self.ssl_ctx, ssl_handshake_timeout=max(remaining, 0.0) + 1.0)
+        except TimeoutError:
+            self.stats["handshake_timeout"] += 1
+            self.stats["tls_timeout"] += 1
+            return False
+        except (ssl.SSLError, OSError, EOFError) as exc:  # not TLS, a bad certificate, a reset
+            self.stats["tls_failed"] += 1
+            log.debug("TLS handshake with %s failed: %s", slot.label, exc)
+            return False
+        return True
+
+    async def _housekeeping(self, every_s: float = 1.0, after: int = 256, quiet: int = 32) -> None:
+        """Once an attack has passed (`after` connections since the last trim, then a second with fewer than
+        `quiet` new ones and the pending pool under a quarter), collect the cycles its dropped connections left
+        (cancelled tasks and their exceptions) and give the heap's free pages back to the OS
+        (`runtime.memory.trim`), so RSS returns near its level before the attack."""
+        from runtime.memory import trim
+        at_trim = last = 0
+        while True:
+            await asyncio.sleep(every_s)
+            now = self.stats["connections"]
+            calm = now - last < quiet and len(self.admission.pending) <= self.config.max_pending // 4
+            last = now
+            if now - at_trim >= after and calm:
+                at_trim = now
+                gc.collect()
+                await asyncio.to_thread(trim)
+                self.stats["malloc_trims"] += 1
 
     async def _first_frame(self, reader: asyncio.StreamReader, slot: Slot) -> Message | None:
         """The first frame, complete within `handshake_timeout` of the accept; with a token only a HELLO

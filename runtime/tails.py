@@ -13,8 +13,10 @@ What a split scheme's tail carries (`TailPolicy`):
   file appears (checked at most every `RECHECK_S`). With `strict`, a missing file is instead an
   ERROR UNKNOWN_SCHEME to the client.
 - `finetune_on_request=True` (only with a token, checked by the server's config): a missing file is
-  fine-tuned here, one at a time; at most `finetune_queue` fine-tunes wait or run, a request beyond
-  that gets ERROR BUSY at once (the connection stays open).
+  fine-tuned, one at a time, in a child process (`runtime.weights.finetune_apart`: its data, optimiser
+  and the modules it loads go with it, so the server's memory stays what it was), then loaded; at most
+  `finetune_queue` fine-tunes wait or run, a request beyond that gets ERROR BUSY at once (the
+  connection stays open).
 
 The cache keeps at most `size` tails and at most `max_bytes` bytes of their tensors (least recently
 used dropped first; a single tail larger than the budget is served but not kept). The state_dicts
@@ -40,6 +42,7 @@ from compress.model import SchemeModel
 from compress.prune import check_scheme
 from compress.scheme import Scheme
 from models.splittable import Splittable
+from runtime.memory import trim
 from runtime.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("coinfer.cloud")
@@ -185,19 +188,22 @@ class TailCache:
         finally:
             with self._lock:
                 self._queued -= 1
+            trim()  # the weights file was read and copied into the tail: give the freed pages back to the OS
 
     def _build(self, scheme: Scheme, train: bool = False) -> _Entry:
         if not self.policy.finetuned:
             model = SchemeModel(self.base, scheme).eval()
             self.stats["tails_base"] += 1
             return _Entry(model, model_bytes(model), False, time.monotonic())
+        import runtime.weights
         from runtime.weights import scheme_model, scheme_path
         assert self.app is not None
         if train or self._have_weights(scheme):
             if train and not self._have_weights(scheme):
                 self.stats["finetunes"] += 1
-                log.info("fine-tuning scheme %s on request", scheme)
-            model = scheme_model(self.app, scheme, base=self.base, root=self.policy.weights_root, train=train,
+                log.info("fine-tuning scheme %s on request, in a child process", scheme)
+                runtime.weights.finetune_apart(self.app, scheme, self.policy.weights_root, torch.get_num_threads())
+            model = scheme_model(self.app, scheme, base=self.base, root=self.policy.weights_root, train=False,
                                  keep=False)
             self.stats["tails_finetuned"] += 1
             return _Entry(model, model_bytes(model), False, time.monotonic())

@@ -111,6 +111,29 @@ def scheme_model(app: App, scheme: Scheme, *, base: Splittable | None = None, ro
     return model.eval()
 
 
+def _finetune_child(app_source: str, scheme: tuple[int, int, int], root: str | None, threads: int) -> None:
+    """The body of `finetune_apart`'s process: fine-tune and save the scheme's weights, nothing kept."""
+    from apps import load_app
+    torch.set_num_threads(threads)
+    scheme_state(load_app(app_source), Scheme(*scheme), root=root, train=True, keep=False)
+
+
+def finetune_apart(app: App, scheme: Scheme, root: str | Path | None = None, threads: int = 1) -> None:
+    """Fine-tune a scheme and save its weights file (as `scheme_state` does) in a child process, with `threads`
+    torch threads: the data, the optimiser, the activations and the modules a fine-tune loads (torch's
+    compiler stack among them, imported by the optimiser) go with the process, so the caller's memory stays
+    what it was (the cloud's fine-tunes on request). RuntimeError when the child fails."""
+    import multiprocessing
+    child = multiprocessing.get_context("spawn").Process(
+        target=_finetune_child, args=(str(app.source), tuple(scheme), None if root is None else str(root), threads),
+        name=f"coinfer-finetune-{scheme}", daemon=True)
+    child.start()
+    child.join()
+    if child.exitcode != 0 or not scheme_path(app, scheme, root).is_file():
+        raise RuntimeError(f"the fine-tune of scheme {scheme} of {app.name} failed in its process "
+                           f"(exit status {child.exitcode})")
+
+
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()

@@ -209,12 +209,13 @@ def test_finetune_on_request_is_bounded(base, tmp_path, monkeypatch) -> None:
     gate = threading.Event()
     calls = []
 
-    def slow_finetune(app, scheme, finetuner=None):
+    def slow_finetune(app, scheme, root=None, threads=1):  # in place of the child process: saves the file
         calls.append(scheme)
         gate.wait(10)
-        return SchemeModel(base, scheme), 0.5
+        runtime.weights._save_atomic(SchemeModel(base, scheme).state_dict(), {"top1": 0.5},
+                                     runtime.weights.scheme_path(app, scheme, root))
 
-    monkeypatch.setattr(runtime.weights, "finetune", slow_finetune)
+    monkeypatch.setattr(runtime.weights, "finetune_apart", slow_finetune)
     config = ServerConfig(token="t", finetuned=True, finetune_on_request=True, finetune_queue=1,
                           weights_root=str(tmp_path), cache_bytes=1)
     tails = TailCache(base, config.tail_policy, app=APP)
@@ -250,3 +251,18 @@ def test_the_cli_parses_into_a_launch_and_its_server_config() -> None:
         Launch(("vgg16_digits",), port=70000)
     with pytest.raises(CoInferError, match="without a token"):
         parse(["--host", "0.0.0.0"])
+
+
+def test_finetune_apart_fine_tunes_in_a_child_and_saves_the_weights(tiny_app, tmp_path) -> None:
+    """The cloud's fine-tune on request runs in a child process; the parent finds the weights file it saved (and
+    its sidecar), and the scheme then loads from disk without training."""
+    import runtime.weights
+    scheme = Scheme(12, 2, 4)
+    runtime.weights.finetune_apart(tiny_app, scheme, tmp_path)
+    path = runtime.weights.scheme_path(tiny_app, scheme, tmp_path)
+    assert path.is_file() and 0 <= runtime.weights.scheme_accuracy(tiny_app, scheme, tmp_path) <= 1
+    model = runtime.weights.scheme_model(tiny_app, scheme, root=tmp_path, train=False, keep=False)
+    assert torch.equal(model.state_dict()[next(iter(model.state_dict()))],
+                       runtime.weights.load_state(path)[next(iter(model.state_dict()))])
+    with pytest.raises(RuntimeError, match="failed in its process"):
+        runtime.weights.finetune_apart(tiny_app, Scheme(99, 1, 1), tmp_path)  # no such point: the child fails

@@ -47,14 +47,23 @@ def test_pending_cap_per_peer_and_oldest_dropped_when_full() -> None:
     adm = Admission(AdmissionLimits(max_clients=4, max_pending=3, max_pending_per_peer=2))
     a1, _, _ = adm.admit("a", "a:1")
     a2, _, _ = adm.admit("a", "a:2")
-    refused, why, _ = adm.admit("a", "a:3")
-    assert refused is None and "2 unauthenticated connections from a" in why
     b1, _, evicted = adm.admit("b", "b:1")
     assert evicted is None
-    c1, _, evicted = adm.admit("c", "c:1")  # the pool is full: the oldest pending makes room
+    refused, why, _ = adm.admit("a", "a:3")  # the pool is full and a holds its cap: refused
+    assert refused is None and "2 unauthenticated connections from a and the pending pool full" in why
+    c1, _, evicted = adm.admit("c", "c:1")  # the pool is full: the oldest of the heaviest address makes room
     assert evicted is a1 and list(adm.pending) == [a2, b1, c1]
-    a3, _, _ = adm.admit("a", "a:3")  # peer a has one pending left: admitted again (dropping a2)
-    assert a3 is not None and a2 not in adm.pending
+    refused, why, _ = adm.admit("a", "a:3")  # a, b and c hold one each: a may not push another out
+    assert refused is None and "holding 1 (no address holds 2 more)" in why
+    a3, _, evicted = adm.admit("d", "d:1")  # an address holding none may: the oldest of the equals goes
+    assert a3 is not None and evicted is a2 and a2 not in adm.pending
+    share = Admission(AdmissionLimits(max_clients=4, max_pending=4, max_pending_per_peer=8))
+    for host in "xxxy":
+        share.admit(host, f"{host}:1")
+    assert share.admit("y", "y:2")[0] is not None  # y holds 1, x 3: y may take one of x's
+    assert share.admit("y", "y:3")[0] is None  # y 2, x 2: no more pushing
+    nat = Admission(AdmissionLimits(max_clients=64, max_pending=128, max_pending_per_peer=8))
+    assert all(nat.admit("nat", f"nat:{i}")[0] for i in range(64))  # room in the pool: no per-address cap
     fair = Admission(AdmissionLimits(max_clients=4, max_pending=3, max_pending_per_peer=2))
     lone, _, _ = fair.admit("legit", "legit:1")  # the oldest, but alone at its address
     x1, _, _ = fair.admit("x", "x:1")
@@ -123,10 +132,11 @@ def test_pre_auth_deadline(base, token) -> None:
 
 @needs_checkpoint
 def test_per_peer_cap(base, image) -> None:
-    """One address holds at most max_pending_per_peer unauthenticated connections; the next is refused
-    at once (ERROR BUSY) while another address is served."""
+    """With the pending pool full, an address holding max_pending_per_peer unauthenticated connections gets
+    its next one refused at once (ERROR BUSY), while another address is served (dropping the oldest)."""
     async def main() -> None:
-        async with serving(APP, ServerConfig(token="t0k", max_pending_per_peer=3, handshake_timeout=5), base) as server:
+        config = ServerConfig(token="t0k", max_pending=3, max_pending_per_peer=3, handshake_timeout=5)
+        async with serving(APP, config, base) as server:
             idle = [await connect_from(server.port, "127.0.0.2") for _ in range(3)]
             await asyncio.sleep(0.1)
             reader, writer = await connect_from(server.port, "127.0.0.2")
@@ -136,7 +146,8 @@ def test_per_peer_cap(base, image) -> None:
             config = ClientConfig(port=server.port, token="t0k", k=1)
             async with EdgeClient(APP, SCHEME, config, base=base) as client:  # from 127.0.0.1
                 assert len((await client.infer(image)).classes) == 1
-            assert server.stats["refused_peer"] == 1 and len(server.admission.pending) == 3
+            assert server.stats["refused_peer"] == 1 and server.stats["evicted_pending"] == 1
+            assert len(server.admission.pending) == 2
             for _, w in idle:
                 w.close()
 
@@ -172,16 +183,20 @@ def test_reserved_slots_for_authenticated_clients(base, image) -> None:
 @needs_checkpoint
 def test_idle_without_token_cannot_hold_slots(base, image) -> None:
     """Issue 10's first case: without a token, 40 idle connections from one address no longer hold the
-    slots for the idle timeout: 32 are refused at once, the rest dropped after the pre-auth deadline,
-    and the edge client is served all along."""
+    slots for the idle timeout: with a pending pool of 16, 16 are admitted, the 24 beyond it are refused at
+    once (their address holds more than its cap of 8 in a full pool), the edge client's connection drops the
+    oldest of them, the other 15 are dropped after the pre-auth deadline, and the client is served all along."""
     async def main() -> None:
-        async with serving(APP, ServerConfig(max_clients=4, handshake_timeout=0.5, idle_timeout=300), base) as server:
-            idle = await asyncio.gather(*(connect_from(server.port, "127.0.0.9") for _ in range(40)))
+        config = ServerConfig(max_clients=4, max_pending=16, handshake_timeout=0.5, idle_timeout=300)
+        async with serving(APP, config, base) as server:
+            idle = [await connect_from(server.port, "127.0.0.9") for _ in range(40)]
+            await asyncio.sleep(0.1)
             async with EdgeClient(APP, SCHEME, ClientConfig(port=server.port, k=1), base=base) as client:
                 for _ in range(3):
                     assert len((await client.infer(image)).classes) == 1
             await asyncio.sleep(1.0)
-            assert server.stats["refused_peer"] == 32 and server.stats["handshake_timeout"] == 8
+            assert server.stats["refused_peer"] == 24 and server.stats["evicted_pending"] == 1
+            assert server.stats["handshake_timeout"] == 15
             assert len(server.admission) == 0
             for _, w in idle:
                 w.close()

@@ -37,7 +37,7 @@ def test_new_device_at_quarter_speed_end_to_end(tiny_app, tiny_app_path, tiny_db
     file = tmp_path / "quarter.json"
     assert profiles_main(["export-profile", "--device", "quarter", "--app", tiny_app_path, str(file),
                           "--storage", edge_db]) == 0
-    assert profiles_main(["import-profile", str(file), "--storage", server_db]) == 0
+    assert profiles_main(["import-profile", str(file), "--app", tiny_app_path, "--storage", server_db]) == 0
     capsys.readouterr()
     from search.cli import run
     assert run("latency", ["-accuracy_loss", "0.02", "-bandwidth", "0.5", "--app", tiny_app_path, "--storage",
@@ -51,7 +51,7 @@ def test_new_device_at_quarter_speed_end_to_end(tiny_app, tiny_app_path, tiny_db
 
 
 def _rows(device, side, scale):
-    return [LatencyRow("app", device, p, 4, side, scale * (p + 1), scale * (p + 1.5), 3) for p in range(3)]
+    return [LatencyRow("vgg16_cars", device, p, 4, side, scale * (p + 1), scale * (p + 1.5), 3) for p in range(3)]
 
 
 def test_profile_export_import_round_trip_and_merge(tmp_path):
@@ -61,19 +61,22 @@ def test_profile_export_import_round_trip_and_merge(tmp_path):
     server.put_device("dev", {"cpu_model": "server cpu"})
     server.put_latency(_rows("dev", "cloud", 1e-4))
     path = tmp_path / "dev.json"
-    path.write_text(json.dumps(export_profile(edge_machine, "app", "dev")))
+    exported = export_profile(edge_machine, "vgg16_cars", "dev")
+    path.write_text(json.dumps(exported))
     data = read_profile(path)
     assert import_profile(server, data) == 3
-    assert sorted(server.latency_rows("app", "dev"), key=str) == sorted(
+    assert sorted(server.latency_rows("vgg16_cars", "dev"), key=str) == sorted(
         _rows("dev", "edge", 1e-3) + _rows("dev", "cloud", 1e-4), key=str)  # merged: both sides
     info = server.device("dev")
     assert info["cpu_model"] == "server cpu" and info["other_fingerprints"] == [{"cpu_model": "edge cpu"}]
     assert import_profile(server, data) == 3 and server.device("dev") == info  # the same file again: no change
-    data["rows"][0]["median_s"] *= 2
+    exported["rows"][0]["median_s"] *= 2
+    path.write_text(json.dumps(exported))
+    data = read_profile(path)
     with pytest.raises(CoInferError, match="different edge profile .*--replace"):
         import_profile(server, data)
     import_profile(server, data, replace=True)
-    stored = {(r.side, r.point): r.median_s for r in server.latency_rows("app", "dev")}
+    stored = {(r.side, r.point): r.median_s for r in server.latency_rows("vgg16_cars", "dev")}
     assert stored[("edge", 0)] == pytest.approx(2e-3) and stored[("cloud", 0)] == pytest.approx(1e-4)
     fresh = Store(str(tmp_path / "c.sqlite"))
     import_profile(fresh, data)
@@ -162,7 +165,7 @@ def test_profile_io_json_counts_the_rows_written_and_imported(tmp_path, capsys):
                           "--storage", str(tmp_path / "a.sqlite"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"action": "export-profile", "device": "dev", "app": "vgg16_cars",
                                                    "rows": 3, "path": str(file)}
-    assert len(read_profile(file)["rows"]) == 3
+    assert len(read_profile(file).rows) == 3
     assert profiles_main(["import-profile", str(file), "--storage", str(tmp_path / "b.sqlite"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"action": "import-profile", "device": "dev", "app": "vgg16_cars",
                                                    "rows": 3, "path": str(file)}

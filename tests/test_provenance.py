@@ -14,6 +14,7 @@ import pytest
 from conftest import write_tiny_app
 
 from apps import REPO_ROOT, load_app
+from database.documents import parse_profile
 from database.profile import main as profile_main
 from database.profile_io import export_profile, import_profile
 from database.provenance import model_uses
@@ -106,7 +107,7 @@ def test_local_and_imported_profiles(tmp_path) -> None:
     data = export_profile(store, "vgg16_digits", "cpu-edge")
     assert data["provenance"]["edge"]["measured_at"] == "2026-11-23T19:15:48"
     server = Store(str(tmp_path / "server.sqlite"))
-    import_profile(server, json.loads(json.dumps(data)))
+    import_profile(server, parse_profile(json.loads(json.dumps(data)), "cpu-edge.json"))
     imported = server.provenance("vgg16_digits", "cpu-edge")["edge"]
     assert (imported["source"], imported["measured_at"]) == ("imported", "2026-11-23T19:15:48")
     assert imported["fingerprint"]["cpu_model"] == "AMD EPYC"
