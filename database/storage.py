@@ -19,7 +19,8 @@ down: connection refused, a timeout) from bad input, so every CLI exits 3 on it 
 Every wait has a deadline, stated here once (README, "Exit status"); its expiry is one line, exit 3:
 
     CONNECT_TIMEOUT_S  connecting to a database server (--storage, --queue, --study-storage): libpq connect_timeout
-    KEEPALIVE_S        a server gone silent mid-query: TCP keepalives (half of it idle, then 3 probes)
+    KEEPALIVE_S        a server host lost mid-query (a crash, a cut link): TCP keepalives (half of it idle,
+                       then 3 probes) and TCP_USER_TIMEOUT (unacknowledged data)
     LOCK_TIMEOUT_S     a lock another process holds: SQLite's busy timeout, PostgreSQL's lock_timeout (row and
                        advisory locks), the study journal's lock file (search/journal.py)
 
@@ -38,7 +39,7 @@ from cli.errors import CoInferError, Unreachable, chain, first_line, mask_url
 
 CONNECT_TIMEOUT_S = 10  # connecting to a database server, each address tried
 LOCK_TIMEOUT_S = 30  # waiting for a lock another process holds (SQLite busy, PostgreSQL lock_timeout, the journal's)
-KEEPALIVE_S = 60  # a server silent this long (30 s idle, then 3 probes 10 s apart) is a lost connection
+KEEPALIVE_S = 60  # a server host silent this long (30 s idle, then 3 probes 10 s apart) is a lost connection
 
 # a driver's words for a server it could not reach (psycopg: "connection refused", "timeout expired")
 UNREACHABLE_WORDS = ("connection refused", "could not connect", "timeout expired", "timed out", "is the server running",
@@ -151,10 +152,14 @@ class Storage:
             return {"timeout": LOCK_TIMEOUT_S}
         if self.backend != "postgresql":
             return {}
+        import sqlalchemy as sa
+        query = sa.engine.make_url(self.url).query  # the URL's own settings win (these arguments would replace them)
         settings = {"lock_timeout": f"{LOCK_TIMEOUT_S * 1000}", **options}
-        return {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": KEEPALIVE_S // 2,
-                "keepalives_interval": KEEPALIVE_S // 6, "keepalives_count": 3,
-                "options": " ".join(f"-c {k}={v}" for k, v in settings.items())}
+        given = query.get("options")
+        args = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": KEEPALIVE_S // 2,
+                "keepalives_interval": KEEPALIVE_S // 6, "keepalives_count": 3, "tcp_user_timeout": KEEPALIVE_S * 1000,
+                "options": " ".join([*(f"-c {k}={v}" for k, v in settings.items()), *([given] if given else [])])}
+        return {k: v for k, v in args.items() if k == "options" or k not in query}
 
     def check_reachable(self) -> None:
         """Connect once: `Unreachable` (exit 3) when the server cannot be reached, a one-line

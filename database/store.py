@@ -51,6 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
+import database.storage
 from apps import Device
 from cli.errors import CoInferError, disk_full, disk_full_error, mask_url
 from compress.scheme import Scheme
@@ -275,7 +276,7 @@ class Store:
             connect_args = self.storage.connect_args()  # every wait under its deadline (database/storage.py)
             if busy_timeout_s is not None and "timeout" in connect_args:
                 connect_args["timeout"] = busy_timeout_s
-            self._busy_s = connect_args.get("timeout", LOCK_TIMEOUT_S)
+            self._busy_s = connect_args.get("timeout", database.storage.LOCK_TIMEOUT_S)  # what a lock error says
             self.engine = sa.create_engine(engine_url, connect_args=connect_args)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise CoInferError(f"bad storage URL {self.storage.display!r}: {mask_url(str(exc))}") from None

@@ -87,6 +87,8 @@ def test_connect_args_carry_the_deadlines():
     assert pg["connect_timeout"] == 10 and pg["keepalives"] == 1
     assert pg["options"] == "-c lock_timeout=30000 -c synchronous_commit=off"
     assert Storage.parse("/tmp/x.sqlite").connect_args() == {"timeout": 30}
+    own = Storage.parse("postgresql+psycopg://u@h/x?connect_timeout=3&options=-c%20work_mem%3D64MB").connect_args()
+    assert "connect_timeout" not in own and own["options"] == "-c lock_timeout=30000 -c work_mem=64MB"  # the URL's win
 
 
 @pytest.mark.slow
@@ -187,5 +189,30 @@ def test_the_deadlines_are_stated_in_the_readme():
     from database.storage import KEEPALIVE_S, LOCK_TIMEOUT_S
     readme = (Path(REPO_ROOT) / "README.md").read_text()
     assert f"a database server (`--storage`, `--queue`, `--study-storage`) {CONNECT_TIMEOUT_S} s" in readme
-    assert f"a server gone silent mid-query {KEEPALIVE_S} s" in readme
+    assert f"a server host lost mid-query (a crash, a cut link) {KEEPALIVE_S} s" in readme
     assert f"the study journal's `.lock` file) {LOCK_TIMEOUT_S} s" in readme
+
+
+@pytest.mark.postgres
+def test_a_postgresql_lock_held_past_its_deadline_is_exit_3(monkeypatch):
+    import os
+
+    import sqlalchemy as sa
+
+    import database.storage
+    from database.store import SCHEMA_LOCK_KEY, Store
+    url = os.environ.get("COINFER_TEST_POSTGRES")
+    if not url:
+        pytest.skip("set COINFER_TEST_POSTGRES to a PostgreSQL URL")
+    monkeypatch.setattr(database.storage, "LOCK_TIMEOUT_S", 1)
+    holder = sa.create_engine(url)
+    try:
+        with holder.begin() as conn:  # another process creating the tables, stuck
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            start = time.monotonic()
+            with pytest.raises(Unreachable, match=r"another process held a lock for over 1 s \(canceling statement "
+                                                  r"due to lock timeout\)"):
+                Store(url)
+            assert 1 <= time.monotonic() - start < 10
+    finally:
+        holder.dispose()
