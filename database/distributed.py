@@ -51,7 +51,16 @@ from optuna.trial import FrozenTrial, TrialState
 from cli.errors import Unreachable, chain
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
-from database.rdb import BUILD_CLAIM_KEY, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
+from database.rdb import (
+    BUILD_CLAIM_KEY,
+    RETRY_OF,
+    Attempt,
+    BuildStorage,
+    QueueConfig,
+    is_db_error,
+    raise_disk_full,
+    with_retry,
+)
 from database.storage import is_unreachable, unreachable
 from database.store import Store
 
@@ -337,6 +346,7 @@ def run_worker(job: BuildJob, app: App, store: Store, finetuner: Finetuner, prog
                 if lost_trial(exc):  # failed by another worker while this one was stalled (> grace): retried there
                     report.lost_trials += 1
                     continue
+                raise_disk_full(exc, config)
                 if not is_db_error(exc):
                     raise
                 report.db_retries += 1

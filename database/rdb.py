@@ -88,6 +88,13 @@ def is_db_error(exc: BaseException | None) -> bool:
                or (isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated) for e in chain(exc))
 
 
+def raise_disk_full(exc: BaseException, config: QueueConfig) -> None:
+    """A full disk met by Optuna's calls on the build queue, raised as its one line (the store's errors name
+    their own database)."""
+    if disk_full(exc) and not isinstance(exc, CoInferError):
+        raise disk_full_error(exc, f"build queue {mask_url(config.url)}") from None
+
+
 def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:
     """fn(), retried with backoff (0.5 s doubling to 8 s) for up to `retry_db_s` while the
     database is unreachable; then `Unreachable` (exit 3), one line, the password masked."""
@@ -96,6 +103,7 @@ def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:
         try:
             return fn()
         except Exception as exc:
+            raise_disk_full(exc, config)
             if not is_db_error(exc):
                 raise
             if time.monotonic() > deadline:

@@ -188,10 +188,12 @@ def as_storage(storage: Storage | str | None) -> Storage:
 LOCK_WORDS = ("database is locked", "due to lock timeout")  # SQLite busy, PostgreSQL lock_timeout
 
 
-def _lock_cause(exc: BaseException | None) -> BaseException | None:
+def _cause(exc: BaseException | None, words: tuple[str, ...], kind: type | None = None) -> BaseException | None:
+    """The first (driver's) exception along `exc`'s chain that is a `kind` or whose message holds one of `words`
+    (lower case), if any."""
     for e in chain(exc):
         orig = getattr(e, "orig", None) or e
-        if any(w in str(orig).lower() for w in LOCK_WORDS):
+        if (kind is not None and isinstance(e, kind)) or any(w in str(orig).lower() for w in words):
             return orig
     return None
 
@@ -199,23 +201,19 @@ def _lock_cause(exc: BaseException | None) -> BaseException | None:
 def lock_expired(exc: BaseException | None) -> bool:
     """Whether `exc` (or an exception in its chain) is a wait for another process's lock that ran past
     `LOCK_TIMEOUT_S`: SQLite "database is locked", PostgreSQL "canceling statement due to lock timeout"."""
-    return _lock_cause(exc) is not None
+    return _cause(exc, LOCK_WORDS) is not None
 
 
 def lock_error(what: str, url: str, exc: BaseException, waited_s: float = LOCK_TIMEOUT_S) -> Unreachable:
     """One line for a lock another process held past the wait's deadline (exit 3), the password masked."""
-    cause = _lock_cause(exc) or exc
+    cause = _cause(exc, LOCK_WORDS) or exc
     return Unreachable(f"{what} {mask_url(url)}: another process held a lock for over {waited_s:g} s "
                        f"({mask_url(first_line(cause))})")
 
 
 def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
     """The exception of `exc`'s chain that says a database server could not be reached, if one does."""
-    for e in chain(exc):
-        orig = getattr(e, "orig", None) or e
-        if isinstance(e, Unreachable) or any(w in str(orig).lower() for w in UNREACHABLE_WORDS):
-            return orig
-    return None
+    return _cause(exc, UNREACHABLE_WORDS, Unreachable)
 
 
 def is_unreachable(exc: BaseException | None) -> bool:
