@@ -207,6 +207,14 @@ def tool_cases() -> list[Case]:
                         ("device name", PROFILE.format(row).replace('"cpu-edge"', '"../x"'))):
         out.append(_c(pf, "import-profile", "{app}", "--storage", "{db}", label=f"import {label}", app=text,
                       fast=label == "row: point"))
+    sj = "search.journal"  # a study journal checked (exit 2 when a record does not read or replay)
+    out += [_c(sj, "{tmp}/x.journal", "--bogus"), _c(sj, label="no journal"), _c(sj, "{tmp}/none.journal", fast=True),
+            _c(sj, "{tmp}", label="a folder"), _c(sj, "{tmp}/none.journal", "--repair", label="repair a missing file")]
+    for label, text in (("garbage", "{not json\n"), ("unknown operation", '{"op_code":99,"worker_id":"x"}\n'),
+                        ("binary", b"\xff\xfe\x00\n"),
+                        ("a field missing", '{"op_code":8,"worker_id":"x","trial_id":0}\n'),
+                        ("cut short", '{"op_code":0,"worker_id":"x","study_name":"s","dire')):
+        out.append(_c(sj, "{app}", label=f"journal: {label}", app=text, fast=label == "unknown operation"))
     return out
 
 

@@ -65,7 +65,7 @@ def fresh_postgres(server: Storage) -> tuple[Storage, callable]:
     """A new database on the server: (its storage, a function that drops it)."""
     import sqlalchemy as sa
     name = f"coinfer_scale_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", connect_args=server.connect_args())
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
 

@@ -4,17 +4,19 @@
 |---|---|---|
 | 0 | an answer | (return 0) |
 | 1 | a well-formed question that nothing meets (no scheme within the bound) | (return 1) |
-| 2 | bad input: an unknown app, malformed YAML, a scheme outside the space, a corrupt file | `CoInferError` |
-| 3 | a server or database that cannot be reached, or a connection lost on the way | `Unreachable` |
+| 2 | bad input: an unknown app, bad YAML, a scheme outside the space, a corrupt file; a full disk | `CoInferError` |
+| 3 | a server or database that cannot be reached, a connection lost, a wait past its deadline | `Unreachable` |
 | 130, 143 | interrupted: Ctrl-C, SIGTERM (`cli.run` raises `KeyboardInterrupt` for both) | (a signal) |
 
 Every stage raises one of these with a one-line message naming the problem; `cli.run.run_cli`
 prints that line to stderr and exits with the status. `mask_url` hides the password of a database
-URL in such a line.
+URL in such a line. A full disk anywhere (`disk_full`: ENOSPC or EDQUOT along the exception chain, or a
+database's "disk is full") is one line and exit 2 too (`cli.run` says so for any that reaches it).
 """
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterator
 
@@ -26,7 +28,8 @@ class CoInferError(Exception):
 
 
 class Unreachable(CoInferError):
-    """A server, database or peer that cannot be reached, or a connection lost: exit status 3.
+    """A server, database or peer that cannot be reached, a connection lost, or a wait for one (a connection,
+    a lock another process holds) past its deadline: exit status 3.
 
     A subclass of `CoInferError`, so code that reports bad input reports this too, one line."""
 
@@ -55,3 +58,26 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): the reason a
     one-line error quotes from a library's multi-line one."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# a database's words for a full disk (SQLite: "database or disk is full"; PostgreSQL: "could not extend file ...:
+# No space left on device", SQLSTATE 53100)
+DISK_FULL_WORDS = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from or during, says the disk is full (ENOSPC, EDQUOT, or a
+    database's words for it): not bad input, and nothing a retry mends."""
+    for e in chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(w in str(getattr(e, "orig", None) or e).lower() for w in DISK_FULL_WORDS):
+            return True
+    return False
+
+
+def disk_full_error(exc: BaseException, what: str = "") -> CoInferError:
+    """The one line for a full disk: what was being written (an OSError's file when `what` is empty)."""
+    where = what or next((f"{e.filename}" for e in chain(exc) if isinstance(e, OSError) and e.filename), "")
+    return CoInferError(f"no space left on the device{f' writing {where}' if where else ''}: free some space "
+                        "and run the command again")

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from cli.errors import CoInferError
+from cli.errors import CoInferError, disk_full, disk_full_error
 
 
 class Terminated(KeyboardInterrupt):
@@ -21,8 +21,8 @@ def _terminate(signum: int, frame) -> None:
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run `main(argv)`; a `CoInferError` becomes `error: <message>` on stderr and its exit status
-    (2 bad input, 3 unreachable), Ctrl-C exit 130, SIGTERM (handled as Ctrl-C) exit 143; otherwise
-    exit with what `main` returned."""
+    (2 bad input, 3 unreachable), Ctrl-C exit 130, SIGTERM (handled as Ctrl-C) exit 143; a full disk wherever
+    it struck (`cli.errors.disk_full`) one line, exit 2; otherwise exit with what `main` returned."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -30,6 +30,11 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except CoInferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_status)
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        print(f"error: {disk_full_error(exc)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
         sys.exit(143 if isinstance(exc, Terminated) else 130)

@@ -48,10 +48,20 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from cli.errors import chain
+from cli.errors import Unreachable, chain
 from compress.scheme import Scheme
 from database.finetuner import Finetuner
-from database.rdb import BUILD_CLAIM_KEY, RETRY_OF, Attempt, BuildStorage, QueueConfig, is_db_error, with_retry
+from database.rdb import (
+    BUILD_CLAIM_KEY,
+    RETRY_OF,
+    Attempt,
+    BuildStorage,
+    QueueConfig,
+    is_db_error,
+    raise_disk_full,
+    with_retry,
+)
+from database.storage import is_unreachable, unreachable
 from database.store import Store
 
 if TYPE_CHECKING:
@@ -270,9 +280,25 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def open_build(config: QueueConfig, name: str) -> optuna.Study:
-    storage = with_retry(lambda: BuildStorage(config), config)
+    """The build study, created or joined. A queue this worker never reached is `Unreachable` after
+    `storage.CONNECT_TIMEOUT_S` (its first connection is not retried: nothing was lost); one lost later
+    is retried for `retry_db_s` (`with_retry`)."""
+    storage = with_retry(lambda: _first_contact(config), config)
     return with_retry(lambda: optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                                   load_if_exists=True), config)
+
+
+def _first_contact(config: QueueConfig) -> BuildStorage:
+    """BuildStorage(config); a server that cannot be reached is `Unreachable` at once, raised outside the
+    driver's error so that `with_retry` (which follows the chain) does not take it for a lost connection."""
+    failure: Unreachable | None = None
+    try:
+        return BuildStorage(config)
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        failure = unreachable("build queue", config.url, exc)
+    raise failure
 
 
 def record_schemes(study: optuna.Study, schemes: list[Scheme]) -> None:
@@ -320,6 +346,7 @@ def run_worker(job: BuildJob, app: App, store: Store, finetuner: Finetuner, prog
                 if lost_trial(exc):  # failed by another worker while this one was stalled (> grace): retried there
                     report.lost_trials += 1
                     continue
+                raise_disk_full(exc, config)
                 if not is_db_error(exc):
                     raise
                 report.db_retries += 1

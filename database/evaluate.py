@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
 from cli.args import ArgParser
-from cli.errors import CoInferError
+from cli.errors import CoInferError, disk_full, disk_full_error
 from cli.run import run_cli
 from compress.scheme import Scheme, all_schemes
 from database.buildjob import BuildJob, make_finetuner
@@ -89,6 +89,10 @@ def _pool_worker(job: BuildJob) -> WorkerReport:
         return build_worker(job)
     except CoInferError as exc:  # a pool re-raises it in the parent: keep it one line (and its exit status)
         raise type(exc)(f"build worker: {exc}") from None
+    except Exception as exc:  # a full disk: the pool would lose the chain that says so
+        if not disk_full(exc):
+            raise
+        raise disk_full_error(exc) from None
 
 
 def build(job: BuildJob, app: App, store: Store, workers: int = 1, progress: bool = True,

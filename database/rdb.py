@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from cli.errors import CoInferError, Unreachable, chain, mask_url
+from cli.errors import CoInferError, Unreachable, chain, disk_full, disk_full_error, mask_url
 from database.storage import Storage
 
 # system attr of a build trial, "p,c,b host:pid": its scheme and its worker ("- host:pid": nothing to claim)
@@ -81,9 +81,18 @@ def is_db_error(exc: BaseException | None) -> bool:
     """A lost or refused database connection (worth retrying), as opposed to bad input. The chain
     is followed: Optuna's own handling of a failed `tell` can raise another error on top of it
     (its `_run_trial` then reads an unbound local), and the store's one-line errors keep the
-    driver's error as their context."""
+    driver's error as their context. A full disk is not one: no retry mends it (`cli.errors.disk_full`)."""
+    if disk_full(exc):
+        return False
     return any(isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError))
                or (isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated) for e in chain(exc))
+
+
+def raise_disk_full(exc: BaseException, config: QueueConfig) -> None:
+    """A full disk met by Optuna's calls on the build queue, raised as its one line (the store's errors name
+    their own database)."""
+    if disk_full(exc) and not isinstance(exc, CoInferError):
+        raise disk_full_error(exc, f"build queue {mask_url(config.url)}") from None
 
 
 def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:
@@ -94,6 +103,7 @@ def with_retry(fn: Callable[[], Any], config: QueueConfig) -> Any:
         try:
             return fn()
         except Exception as exc:
+            raise_disk_full(exc, config)
             if not is_db_error(exc):
                 raise
             if time.monotonic() > deadline:
@@ -134,15 +144,11 @@ class BuildStorage(RDBStorage):
 
     def __init__(self, config: QueueConfig) -> None:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        try:
-            backend = Storage(config.url).backend
+        try:  # every wait under its deadline (database/storage.py); commits that do not wait for the disk
+            kwargs["connect_args"] = Storage(config.url).connect_args(synchronous_commit="off")
+            sqlite = Storage(config.url).backend == "sqlite"
         except sa.exc.ArgumentError:  # Optuna refuses it below, in one line
-            backend = ""
-        sqlite = backend == "sqlite"
-        if sqlite:
-            kwargs["connect_args"] = {"timeout": 60}
-        elif backend == "postgresql":
-            kwargs["connect_args"] = {"options": "-c synchronous_commit=off"}
+            sqlite = False
         self.config = config
         self.heartbeat_times: list[float] = []
         self._unbeaten: dict[int, float] = {}
@@ -160,6 +166,8 @@ class BuildStorage(RDBStorage):
                 self.engine.dispose()
                 sa.event.listen(self.engine, "connect", _sqlite_queue_pragmas)
         except Exception as exc:  # driver / connection errors: one line, the password masked
+            if disk_full(exc):
+                raise disk_full_error(exc, f"build queue {mask_url(config.url)}") from None
             if is_db_error(exc):
                 raise
             raise CoInferError(f"cannot open build queue {mask_url(config.url)}: "

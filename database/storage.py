@@ -15,6 +15,18 @@
 Beside the file, not in it: the shipped accuracy file stays free of Optuna's tables. No other
 module parses a storage URL. `is_unreachable` tells a database that cannot be reached (a server
 down: connection refused, a timeout) from bad input, so every CLI exits 3 on it (`cli.errors.Unreachable`).
+
+Every wait has a deadline, stated here once (README, "Exit status"); its expiry is one line, exit 3:
+
+    CONNECT_TIMEOUT_S  connecting to a database server (--storage, --queue, --study-storage): libpq connect_timeout
+    KEEPALIVE_S        a server host lost mid-query (a crash, a cut link): TCP keepalives (half of it idle,
+                       then 3 probes) and TCP_USER_TIMEOUT (unacknowledged data)
+    LOCK_TIMEOUT_S     a lock another process holds: SQLite's busy timeout, PostgreSQL's lock_timeout (row and
+                       advisory locks), the study journal's lock file (search/journal.py)
+
+`connect_args` gives every engine of a storage these settings (`Store`, the build queue, the study
+storage, `reports.build_status`). A build worker that loses a database it had reached retries it
+for `QueueConfig.retry_db_s` (database/rdb.py); one it never reached is reported at once.
 """
 
 from __future__ import annotations
@@ -25,6 +37,10 @@ from pathlib import Path
 from apps import DATABASE_FILE, DEFAULT_STORAGE
 from cli.errors import CoInferError, Unreachable, chain, first_line, mask_url
 from cli.paths import seeded
+
+CONNECT_TIMEOUT_S = 10  # connecting to a database server, each address tried
+LOCK_TIMEOUT_S = 30  # waiting for a lock another process holds (SQLite busy, PostgreSQL lock_timeout, the journal's)
+KEEPALIVE_S = 60  # a server host silent this long (30 s idle, then 3 probes 10 s apart) is a lost connection
 
 # a driver's words for a server it could not reach (psycopg: "connection refused", "timeout expired")
 UNREACHABLE_WORDS = ("connection refused", "could not connect", "timeout expired", "timed out", "is the server running",
@@ -131,12 +147,29 @@ class Storage:
         import sqlalchemy as sa
         return Storage(sa.engine.make_url(self.url).set(database=name).render_as_string(hide_password=False))
 
+    def connect_args(self, **options: str) -> dict:
+        """The DBAPI connect arguments that put this storage's waits under their deadlines (module doc):
+        SQLite's busy timeout; PostgreSQL's connect timeout, keepalives and lock timeout, with `options`
+        (server settings such as synchronous_commit="off") added; nothing for other databases."""
+        if self.backend == "sqlite":
+            return {"timeout": LOCK_TIMEOUT_S}
+        if self.backend != "postgresql":
+            return {}
+        import sqlalchemy as sa
+        query = sa.engine.make_url(self.url).query  # the URL's own settings win (these arguments would replace them)
+        settings = {"lock_timeout": f"{LOCK_TIMEOUT_S * 1000}", **options}
+        given = query.get("options")
+        args = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": KEEPALIVE_S // 2,
+                "keepalives_interval": KEEPALIVE_S // 6, "keepalives_count": 3, "tcp_user_timeout": KEEPALIVE_S * 1000,
+                "options": " ".join([*(f"-c {k}={v}" for k, v in settings.items()), *([given] if given else [])])}
+        return {k: v for k, v in args.items() if k == "options" or k not in query}
+
     def check_reachable(self) -> None:
         """Connect once: `Unreachable` (exit 3) when the server cannot be reached, a one-line
         CoInferError for any other failure (a missing driver, refused credentials)."""
         import sqlalchemy as sa
         try:
-            engine = sa.create_engine(self.url)
+            engine = sa.create_engine(self.url, connect_args=self.connect_args())
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
             raise CoInferError(f"bad storage URL {self.display!r}: {mask_url(str(exc))}") from None
         try:
@@ -155,13 +188,35 @@ def as_storage(storage: Storage | str | None) -> Storage:
     return storage if isinstance(storage, Storage) else Storage.parse(storage)
 
 
-def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
-    """The exception of `exc`'s chain that says a database server could not be reached, if one does."""
+LOCK_WORDS = ("database is locked", "due to lock timeout")  # SQLite busy, PostgreSQL lock_timeout
+
+
+def _cause(exc: BaseException | None, words: tuple[str, ...], kind: type | None = None) -> BaseException | None:
+    """The first (driver's) exception along `exc`'s chain that is a `kind` or whose message holds one of `words`
+    (lower case), if any."""
     for e in chain(exc):
         orig = getattr(e, "orig", None) or e
-        if isinstance(e, Unreachable) or any(w in str(orig).lower() for w in UNREACHABLE_WORDS):
+        if (kind is not None and isinstance(e, kind)) or any(w in str(orig).lower() for w in words):
             return orig
     return None
+
+
+def lock_expired(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception in its chain) is a wait for another process's lock that ran past
+    `LOCK_TIMEOUT_S`: SQLite "database is locked", PostgreSQL "canceling statement due to lock timeout"."""
+    return _cause(exc, LOCK_WORDS) is not None
+
+
+def lock_error(what: str, url: str, exc: BaseException, waited_s: float = LOCK_TIMEOUT_S) -> Unreachable:
+    """One line for a lock another process held past the wait's deadline (exit 3), the password masked."""
+    cause = _cause(exc, LOCK_WORDS) or exc
+    return Unreachable(f"{what} {mask_url(url)}: another process held a lock for over {waited_s:g} s "
+                       f"({mask_url(first_line(cause))})")
+
+
+def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
+    """The exception of `exc`'s chain that says a database server could not be reached, if one does."""
+    return _cause(exc, UNREACHABLE_WORDS, Unreachable)
 
 
 def is_unreachable(exc: BaseException | None) -> bool:

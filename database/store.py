@@ -68,11 +68,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
+import database.storage
 from apps import Device
-from cli.errors import CoInferError, mask_url
+from cli.errors import CoInferError, disk_full, disk_full_error, mask_url
 from compress.scheme import Scheme
 from database.ownership import not_ours
-from database.storage import Storage, as_storage, is_unreachable, unreachable
+from database.storage import LOCK_TIMEOUT_S, Storage, as_storage, is_unreachable, lock_error, lock_expired, unreachable
 
 meta = sa.MetaData()
 
@@ -254,15 +255,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _db_error(url: str, exc: Exception) -> CoInferError:
+def _db_error(url: str, exc: Exception, waited_s: float = LOCK_TIMEOUT_S) -> CoInferError:
     """One line for a database failure, the URL's password masked; `Unreachable` (exit 3) for a server
-    that cannot be reached."""
+    that cannot be reached or a lock another process held past its deadline; a full disk, exit 2."""
+    if disk_full(exc):
+        return disk_full_error(exc, f"database {mask_url(url)}")
     if is_unreachable(exc):
         return unreachable("database", url, exc)
+    if lock_expired(exc):
+        return lock_error("database", url, exc, waited_s)
     text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(getattr(exc, "orig", exc)) else type(exc).__name__
     url = mask_url(url)
-    if "locked" in text:
-        return CoInferError(f"database {url} is locked by another process: {text}")
     if "not a database" in text or "malformed" in text:
         return CoInferError(f"database {url} is corrupt: {text}")
     if "readonly" in text or "read-only" in text or "permission denied" in text.lower():
@@ -300,7 +303,7 @@ def _device_row(info: dict) -> dict:
 class Store:
     """The accuracy + latency databases behind one SQLAlchemy engine."""
 
-    def __init__(self, storage: Storage | str | None = None, create: bool = True, busy_timeout_s: float = 10.0,
+    def __init__(self, storage: Storage | str | None = None, create: bool = True, busy_timeout_s: float | None = None,
                  readonly: bool = False) -> None:
         self.storage = as_storage(storage)  # a --storage text (None: the shipped database) parsed once
         self.url = self.storage.url
@@ -316,8 +319,11 @@ class Store:
             if readonly:
                 engine_url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
         try:
-            self.engine = sa.create_engine(engine_url, connect_args={"timeout": busy_timeout_s}
-                                           if self.storage.backend == "sqlite" else {})
+            connect_args = self.storage.connect_args()  # every wait under its deadline (database/storage.py)
+            if busy_timeout_s is not None and "timeout" in connect_args:
+                connect_args["timeout"] = busy_timeout_s
+            self._busy_s = connect_args.get("timeout", database.storage.LOCK_TIMEOUT_S)  # what a lock error says
+            self.engine = sa.create_engine(engine_url, connect_args=connect_args)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise CoInferError(f"bad storage URL {self.storage.display!r}: {mask_url(str(exc))}") from None
         if self.engine.dialect.name == "sqlite" and not readonly:
@@ -349,7 +355,7 @@ class Store:
                 else:
                     meta.create_all(self.engine, tables=OPEN_TABLES)  # an older database's missing tables
         except (OperationalError, DatabaseError, sqlite3.DatabaseError) as exc:
-            raise _db_error(self.url, exc) from None
+            raise _db_error(self.url, exc, self._busy_s) from None
 
     def _check_ours(self, conn: sa.Connection) -> bool:
         """Whether the database has tables; CoInferError (one line, nothing written) when they are not CoInfer's
@@ -388,7 +394,7 @@ class Store:
             with self.engine.begin() as conn:
                 return fn(conn)
         except (OperationalError, DatabaseError) as exc:
-            raise _db_error(self.url, exc) from None
+            raise _db_error(self.url, exc, self._busy_s) from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -407,7 +413,7 @@ class Store:
                 finally:
                     self._conn = None
         except (OperationalError, DatabaseError) as exc:
-            raise _db_error(self.url, exc) from None
+            raise _db_error(self.url, exc, self._busy_s) from None
 
     def _wal(self) -> None:
         """Before this store's first row write: WAL mode for an SQLite file (readers and a writer at once). Not

@@ -84,7 +84,8 @@ def build_status(queue: str, storage: Storage | str, app: str | None = None) -> 
     if queue_file is not None and not queue_file.is_file():
         raise CoInferError(f"no build queue at {queue_file} (no build has run there)")
     try:
-        rdb = optuna.storages.RDBStorage(queue_storage.url, skip_table_creation=True)
+        rdb = optuna.storages.RDBStorage(queue_storage.url, skip_table_creation=True,
+                                         engine_kwargs={"connect_args": queue_storage.connect_args()})
         studies = rdb.get_all_studies()
     except Exception as exc:
         if is_unreachable(exc):

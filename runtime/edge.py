@@ -246,7 +246,8 @@ def _parser() -> ArgParser:
     ap.add_argument("--token", help="the server's token (visible in ps: prefer --token-file or $COINFER_TOKEN)")
     ap.add_argument("--token-file", help="read the server's token from the first line of this file")
     ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
-    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                    help="seconds for connecting and for each reply; past it: one line, exit 3 (default: 30)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
     ap.add_argument("--device", default=None, metavar="NAME",
                     help="emulate this edge device (devices.yml or the app's) at its speed (default: this CPU)")

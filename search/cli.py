@@ -132,7 +132,8 @@ def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     study_storage = args.study_storage or storage.study_storage
     config = SearchConfig(args.sampler, tolerance, args.seed, spec.own_knobs(vars(args)), args.offline,
-                          args.max_evaluations, study_name=args.study_name, study_storage=study_storage)
+                          args.max_evaluations, study_name=args.study_name, study_storage=study_storage,
+                          shared=args.workers > 1 and not args.offline)
     return QueryRequest(query, args.app, config, args.evaluator, args.protocol, storage, edge, cloud, args.rtt,
                         args.base_accuracy, torch_device)
 
@@ -156,9 +157,9 @@ def execute(ready: Prepared, request: QueryRequest, args: argparse.Namespace) ->
     finally:
         if isinstance(evaluator, ProgressEvaluator):
             evaluator.close()
-        for proc in helpers:
-            if proc.wait() not in (0, 1):  # 1: no scheme meets the bound, as here
-                raise CoInferError(f"a --workers helper process failed (exit {proc.returncode})")
+        failed = [proc.returncode for proc in helpers if proc.wait() not in (0, 1)]  # 1: no scheme meets the bound
+        if failed and sys.exc_info()[1] is None:  # else this process's own error says why, in one line
+            raise CoInferError(f"a --workers helper process failed (exit {failed[0]})")
 
 
 def _as_json(args: argparse.Namespace) -> bool:

@@ -17,8 +17,8 @@ see to it:
   evaluator could not evaluate stays excluded).
 
 Ctrl-C and SIGTERM (cli/run.py raises `KeyboardInterrupt` for both) fail the interrupted process's
-own running trials (`fail_own`) before it exits; they wait while the journal storage writes
-(`signals_deferred`), so they never leave its file lock behind.
+own running trials (`fail_own`) before it exits; they wait while the journal's lock is held
+(`signals_deferred`, search/journal.py), so they never leave it behind.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from cli.errors import CoInferError
 from database.distributed import fail_stale, worker_id  # the build's: Optuna's fail_stale_trials, quietly
 from search.best import FeasibleBest
 
@@ -95,8 +96,8 @@ def stale_ids(trials: Iterable[FrozenTrial], grace_s: float, now: float | None =
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends (in the main thread, where Python handles them):
-    raised inside the journal's file lock, their `KeyboardInterrupt` would leave the lock behind,
-    and every other worker waiting on it for its 30 s grace."""
+    raised while the journal's lock is held, their `KeyboardInterrupt` would leave it behind, and every
+    other worker waiting on it until its deadline (search/journal.py)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -117,10 +118,6 @@ class SearchJournalStorage(FeasibleBest, JournalStorage, BaseHeartbeat):
         self.heartbeat_s, self.grace_s = heartbeat_s, grace_s
         self._started: set[int] = set()
 
-    def _write_log(self, op_code: int, extra_fields: dict) -> None:
-        with signals_deferred():  # Ctrl-C / SIGTERM never interrupts a write under the file's lock
-            super()._write_log(op_code, extra_fields)
-
     def record_heartbeat(self, trial_id: int) -> None:
         if trial_id not in self._started:  # Optuna beats as a trial starts: its start time says as much
             self._started.add(trial_id)
@@ -129,6 +126,8 @@ class SearchJournalStorage(FeasibleBest, JournalStorage, BaseHeartbeat):
             self.set_trial_system_attr(trial_id, BEAT_KEY, time.time())
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it as stale
             pass
+        except (CoInferError, OSError):  # a lock past its deadline, a full disk: the search's own writes say so;
+            pass  # a beat missed here (Optuna's heartbeat thread) costs at most the trial, after the grace
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return stale_ids(self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)), self.grace_s)

@@ -44,7 +44,9 @@ class SearchConfig:
     defaults, e.g. {"restarts": 2} for optcoinfer), the accepted non-monotonicity of measured
     accuracy, whether to evaluate at all (`offline`: never), a budget of new evaluations (default:
     the sampler's, none for ours), and where the study lives (resumed when it exists; default: in
-    memory, named after the query) with its trials' heartbeat and grace period (search/liveness.py)."""
+    memory, named after the query) with its trials' heartbeat and grace period (search/liveness.py);
+    `shared`: other processes optimise the study too (`--workers`), so a journal that cannot be used is
+    an error instead of a study kept in memory (search/study.py `open_study`)."""
 
     sampler: str = "coinfer"
     tolerance: float = 0.0
@@ -56,6 +58,7 @@ class SearchConfig:
     study_storage: str | None = None
     heartbeat_s: float = HEARTBEAT_S  # a running trial beats this often (search/liveness.py) ...
     grace_s: float = GRACE_S  # ... and is failed, its scheme freed, when silent this long
+    shared: bool = False  # other processes optimise the study too (--workers)
 
     def __post_init__(self) -> None:
         values = self.spec.knob_values(self.knobs)  # refuses an unknown sampler or knob
@@ -169,8 +172,9 @@ def run_search(problem: Problem, evaluator: Evaluator, config: SearchConfig = Se
         raise CoInferError("the accuracy database holds nothing for this app/protocol: --offline cannot answer "
                            "(run without --offline, or fill it with python -m database.evaluate)")
     planner = spec.make(problem, stored, tolerance, config.seed, config.knobs)
+    notes: list[str] = []
     study = open_study(config.study_name or f"coinfer-{problem.query}/{config.sampler}", config.study_storage, problem,
-                       planner, config.heartbeat_s, config.grace_s)
+                       planner, config.heartbeat_s, config.grace_s, config.shared, notes)
     sampler_s = 0.0
     if not offline and budget != 0:
         try:
@@ -187,7 +191,6 @@ def run_search(problem: Problem, evaluator: Evaluator, config: SearchConfig = Se
             idx = np.flatnonzero(proven)
             answer, bounded = int(idx[np.argmin(key[idx])]), True
     cert = certify(problem, kn, st, answer, bounded)
-    notes: list[str] = []
     feasible = answer is not None
     if answer is None:  # nothing meets the latency budget: report the closest (fastest) scheme
         fastest = int(np.argmin(problem.latency))

@@ -27,6 +27,7 @@ the answer as its best trial.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,10 +37,11 @@ from optuna.distributions import IntDistribution
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY  # "constraints": Optuna's own key
 from optuna.trial import FrozenTrial, TrialState
 
-from cli.errors import CoInferError, mask_url
+from cli.errors import CoInferError, disk_full, disk_full_error, mask_url
 from compress.scheme import MAX_BITS, MIN_BITS, Scheme
 from search.bounds import Knowledge
 from search.evaluators import Evaluator, NotEvaluable
+from search.journal import JournalDamaged, JournalFile, JournalUnwritable
 from search.liveness import GRACE_S, HEARTBEAT_S, SearchJournalStorage, SearchRDBStorage, fail_stale
 from search.problem import Problem
 
@@ -204,39 +206,65 @@ def make_storage(url: str | None, heartbeat_s: float = HEARTBEAT_S,
     JournalStorage in that file; anything else: a SQLAlchemy URL for Optuna's RDB storage (a server
     that cannot be reached: `Unreachable`, exit 3). The searches' default is
     `database.storage.Storage.study_storage`. Both persistent storages beat every `heartbeat_s` and
-    fail trials silent for `grace_s` or whose worker on this host is dead (search/liveness.py)."""
+    fail trials silent for `grace_s` or whose worker on this host is dead (search/liveness.py). A journal
+    that cannot be written is `JournalUnwritable`, one with a damaged record `JournalDamaged`
+    (search/journal.py); one on a full disk is one line too."""
     if url is None or url == "memory":
         return None
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         path = Path(url.removeprefix("journal:"))
         if not path.parent.is_dir():
             raise CoInferError(f"study storage {path}: no such folder {path.parent}")
-        from optuna.storages.journal import JournalFileBackend
-        return SearchJournalStorage(JournalFileBackend(str(path)), heartbeat_s, grace_s)
+        try:
+            journal = JournalFile(path)  # search/journal.py: its lock's deadline, its records checked
+            journal.check_writable()
+        except OSError as exc:  # a full disk (JournalUnwritable: a read-only folder, for `open_study`)
+            if disk_full(exc):
+                raise disk_full_error(exc, f"study journal {path}") from None
+            raise CoInferError(f"study journal {path}: {exc.strerror or exc}") from None
+        return SearchJournalStorage(journal, heartbeat_s, grace_s)  # reads every record: JournalDamaged
     if "://" not in url:
         raise CoInferError(f"study storage {url!r}: expected memory, a .journal file or a SQLAlchemy URL")
     from database.rdb import create_tables_once
-    from database.storage import Storage, is_unreachable, unreachable
-    sqlite = Storage.parse(url).backend == "sqlite"
+    from database.storage import Storage, is_unreachable, lock_error, lock_expired, unreachable
+    connect_args = Storage.parse(url).connect_args()  # every wait under its deadline (database/storage.py)
     try:  # several searches may open a new database at once
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return create_tables_once(lambda: SearchRDBStorage(
-                url, engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
+                url, engine_kwargs={"connect_args": connect_args},
                 heartbeat_interval=heartbeat_s, grace_period=grace_s))  # type: ignore[arg-type]
     except Exception as exc:  # SQLAlchemy / driver errors: one line, the password masked
+        if disk_full(exc):
+            raise disk_full_error(exc, f"study storage {mask_url(url)}") from None
         if is_unreachable(exc):
             raise unreachable("study storage", url, exc) from None
+        if lock_expired(exc):
+            raise lock_error("study storage", url, exc) from None
         raise CoInferError(f"cannot open study storage {mask_url(url)}: {type(exc).__name__}") from None
 
 
 def open_study(name: str, storage: str | None, problem: Problem, sampler: optuna.samplers.BaseSampler | None = None,
-               heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> optuna.Study:
+               heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S, shared: bool = False,
+               notes: list[str] | None = None) -> optuna.Study:
     """Create the study, or resume it when one of that name exists in the storage; its stale
-    trials (a dead worker's: search/liveness.py) are failed, so their schemes are free again."""
+    trials (a dead worker's: search/liveness.py) are failed, so their schemes are free again.
+    A journal that cannot be written (a read-only folder) or holds a damaged record is no reason to
+    withhold an answer: unless the study must be `shared` with other processes (`--workers`), the
+    search keeps it in memory, with a warning line on stderr (also appended to `notes`)."""
     try:
-        study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat_s, grace_s),
-                                    sampler=sampler, direction=problem.direction, load_if_exists=True)
+        backend = make_storage(storage, heartbeat_s, grace_s)
+    except (JournalDamaged, JournalUnwritable) as exc:
+        if shared:
+            raise
+        line = f"{exc}; this search keeps its study in memory"
+        print(f"warning: {line}", file=sys.stderr)
+        if notes is not None:
+            notes.append(line)
+        backend = None
+    try:
+        study = optuna.create_study(study_name=name, storage=backend, sampler=sampler, direction=problem.direction,
+                                    load_if_exists=True)
     except ValueError as exc:  # e.g. an existing study of that name with the other direction
         raise CoInferError(f"study {name!r}: {exc}") from None
     fail_stale(study)

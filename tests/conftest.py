@@ -136,3 +136,32 @@ async def serving(app, config=None, base=None):
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(size, name)`: a fresh tmpfs of `size` (e.g. "16k": a disk that fills) mounted under tmp_path, unmounted
+    after the test; `tmpfs.readonly(folder)` remounts one read-only. Root only: the test is skipped otherwise."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def mount(size: str, name: str = "fs") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    def readonly(folder: Path) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+
+    mount.readonly = readonly  # type: ignore[attr-defined]
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

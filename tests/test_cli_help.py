@@ -14,7 +14,7 @@ CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "databas
         "runtime.cloud", "runtime.testbed", "bench.search", "bench.runtime", "bench.adaptivity", "bench.codec",
         "bench.fuzz", "bench.studystorage", "bench.flood", "bench.badinput", "select_model.py", "bench.zoo",
         "bench.corun", "bench.profiler", "runtime.training", "reports.build_status", "bench.scale",
-        "bench.certificate", "bench.corun.sampletrace", "reports.dashboard"]
+        "bench.certificate", "bench.corun.sampletrace", "reports.dashboard", "search.journal"]
 HEAVY = ("torch", "optuna", "sklearn", "sqlalchemy", "matplotlib")
 
 WRAPPER = """

@@ -101,7 +101,7 @@ def in_flight(storage: str, proc: subprocess.Popen, evaluated: int) -> list[Sche
 def resume(storage: str) -> dict:
     """The search again, as a process that must finish within two minutes (no hang)."""
     proc = start(storage, 0.0)
-    out, err = proc.communicate(timeout=120)  # a kill -9 inside a journal write: Optuna's 30 s lock grace
+    out, err = proc.communicate(timeout=120)  # no hang: a kill -9 inside a journal write leaves a dead holder's lock
     assert proc.returncode == 0, err[-2000:]
     return json.loads(out)
 
