@@ -80,14 +80,18 @@ def _write(path: Path, value: int) -> None:
         raise CoInferError(f"cannot set {path.name} of {path.parent.name} to {value} bytes: {exc.strerror}") from None
 
 
-def set_group_limit(group: str, nbytes: int) -> Path:
-    """Create (or update) the group with RAM (and RAM + swap, when accounted) limited to `nbytes`.
-
-    RAM <= RAM + swap must hold after each write: when raising, memsw goes first."""
+def set_group_limit(group: str, nbytes: int | None) -> Path:
+    """Create (or update) the group with RAM (and RAM + swap, when accounted) limited to `nbytes` (None:
+    unlimited). RAM <= RAM + swap must hold after each write: when raising, memsw goes first."""
     path = group_path(group)
     path.mkdir(exist_ok=True)
     ram, memsw = path / "memory.limit_in_bytes", path / "memory.memsw.limit_in_bytes"
-    if not memsw.exists():
+    if nbytes is None:
+        nbytes = -1  # the kernel's "unlimited"
+        if memsw.exists():
+            _write(memsw, nbytes)
+        _write(ram, nbytes)
+    elif not memsw.exists():
         _write(ram, nbytes)
     elif nbytes >= int(memsw.read_text()):
         _write(memsw, nbytes)

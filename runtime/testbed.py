@@ -319,7 +319,7 @@ class Testbed:
         if throttle and self.uses_cgroup:
             from devices.cpuquota import group_path
             procs.append(group_path(self.group) / "cgroup.procs")
-        if self.mem_limit is not None:  # the memory limit holds from the start, start-up included
+        if self.config.mem_limit is not None:  # the memory limit holds from the start, start-up included
             from devices.memlimit import procs_file
             procs.append(procs_file(self.group))
         if procs:
@@ -348,19 +348,20 @@ class Testbed:
             set_group_quota(self.group, speed)
 
     # ----------------------------------------------------------------------------- edge memory
-    def set_memory_limit(self, nbytes: int) -> None:
-        """Limit the edge's memory group to `nbytes` now; the hog (with `mem_stress`) is started again at its
-        share of the new limit."""
+    def set_memory_limit(self, nbytes: int | None) -> None:
+        """Limit the edge's memory group to `nbytes` now (None: no limit and no hog, the group still
+        measured); the hog (with `mem_stress`) is started again at its share of the new limit."""
         from devices.memhog import MemHog
         from devices.memlimit import set_group_limit
-        check_memory(nbytes, self.config.mem_stress)
+        if nbytes is not None:
+            check_memory(nbytes, self.config.mem_stress)
         if self.config.mem_limit is None:
-            raise CoInferError("this testbed has no memory limit (mem_limit) to change")
+            raise CoInferError("this testbed has no memory group (mem_limit) to change")
         if self.hog is not None:
             self.hog.stop()
         set_group_limit(self.group, nbytes)
         self.mem_limit = nbytes
-        if self.config.mem_stress:
+        if self.config.mem_stress and nbytes is not None:
             starts = self.hog.starts if self.hog is not None else 0
             self.hog = MemHog(int(self.config.mem_stress * nbytes), self.group, self.edge_cpu)
             self.hog.starts = starts
@@ -370,9 +371,9 @@ class Testbed:
         """Start measuring the edge's memory: the group's peak and the peak RSS of process `pid` start again
         from now, a hog the OOM killer took is started again; what `memory_report` subtracts."""
         from devices.memlimit import reset_peak, reset_peak_rss, stats
-        if self.mem_limit is None:
+        if self.config.mem_limit is None:
             return None
-        if self.hog is not None and not self.hog.alive():
+        if self.hog is not None and self.mem_limit is not None and not self.hog.alive():
             self.hog.start()
         if pid is not None:
             reset_peak_rss(pid)
@@ -384,12 +385,12 @@ class Testbed:
         RSS, the group's peak (edge + hog), failcnt, OOM kills, major faults and file refaults (bytes; None
         without a memory limit)."""
         from devices.memlimit import peak_rss, rss, stats
-        if self.mem_limit is None or mark is None:
+        if self.config.mem_limit is None or mark is None:
             return None
         now = stats(self.group).since(mark)
-        hog = self.hog
-        return {"limit": now.limit, "hog_share": self.config.mem_stress,
-                "hog_bytes": int(self.config.mem_stress * self.mem_limit),
+        hog = self.hog if self.mem_limit is not None else None
+        return {"limit": self.mem_limit, "hog_share": self.config.mem_stress if hog is not None else 0.0,
+                "hog_bytes": int(self.config.mem_stress * self.mem_limit) if hog is not None else 0,
                 "hog_rss": rss(hog.pid) if hog is not None and hog.alive() else 0,
                 "hog_starts": hog.starts if hog is not None else 0,
                 "hog_alive": hog is not None and hog.alive(),
@@ -481,6 +482,9 @@ def describe(what: str, info: dict, config: TestbedConfig) -> str:
 def memory_line(m: dict) -> str:
     """One line of `Testbed.memory_report`'s numbers (MiB)."""
     mib = 2**20
+    if m["limit"] is None:
+        return (f"no limit, no hog, edge peak RSS {m['edge_peak_rss'] / mib:.0f} MiB, group peak "
+                f"{m['group_peak'] / mib:.0f} MiB, major faults {m['majfaults']}")
     edge = "?" if m.get("edge_peak_rss") is None else f"{m['edge_peak_rss'] / mib:.0f}"
     oom = "?" if m["oom_kills"] is None else m["oom_kills"]
     return (f"limit {m['limit'] / mib:.0f} MiB, hog {m['hog_share']:g} = {m['hog_bytes'] / mib:.0f} MiB "
