@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,9 @@ class MemHog:
 
     def start(self) -> dict:
         """Start it (again, when one is running it is stopped first); its ready line once every page is
-        written. A hog killed before that (the group too small for it) is a CoInferError."""
+        written. A hog the OOM killer took before that (the group too small for it and the edge) gives
+        {"ready": False, "status": -9} and is not alive (a measurement, not an error); any other early
+        exit is a CoInferError."""
         from apps import REPO_ROOT
         self.stop()
         argv = [sys.executable, "-m", "devices.memhog", str(self.nbytes)]
@@ -86,8 +89,11 @@ class MemHog:
         if not line:
             status = self.proc.wait()
             self.proc = None
+            if status == -signal.SIGKILL:
+                self.ready = {"ready": False, "status": status}
+                return self.ready
             raise CoInferError(f"the memory hog of {self.nbytes} bytes exited with status {status} before it held "
-                               "its memory (killed for memory: the limit is too small for it and the edge)")
+                               "its memory")
         self.ready = json.loads(line)
         return self.ready
 

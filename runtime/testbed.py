@@ -369,16 +369,19 @@ class Testbed:
 
     def memory_mark(self, pid: int | None = None):
         """Start measuring the edge's memory: the group's peak and the peak RSS of process `pid` start again
-        from now, a hog the OOM killer took is started again; what `memory_report` subtracts."""
+        from now, then a hog the OOM killer took is started again (so a hog that cannot fit beside the edge
+        shows in the report as an OOM kill and the group's peak at the limit); what `memory_report`
+        subtracts."""
         from devices.memlimit import reset_peak, reset_peak_rss, stats
         if self.config.mem_limit is None:
             return None
-        if self.hog is not None and self.mem_limit is not None and not self.hog.alive():
-            self.hog.start()
         if pid is not None:
             reset_peak_rss(pid)
         reset_peak(self.group)
-        return stats(self.group)
+        mark = stats(self.group)
+        if self.hog is not None and self.mem_limit is not None and not self.hog.alive():
+            self.hog.start()
+        return mark
 
     def memory_report(self, mark, pid: int | None = None) -> dict | None:
         """Since `mark`: the limit, the hog's share / size / RSS now / starts / alive, the edge process's peak

@@ -87,3 +87,23 @@ def test_hog_holds_its_share_and_the_edge_still_runs() -> None:
         tb.set_memory_limit(768 * MiB)  # a new limit: the hog again at its share of it
         assert abs(rss(tb.hog.pid) - 384 * MiB) < 0.04 * 384 * MiB and tb.hog.starts == 2
     assert not group.exists() and not hog.alive()
+
+
+@needs_memcg
+@pytest.mark.root
+def test_a_hog_too_big_for_its_group_is_killed_and_counted() -> None:
+    """A 64 MiB group and a 100 MiB hog: the OOM killer takes the hog (oom_score_adj 1000) before it holds
+    its memory; that is a measurement (not alive, one OOM kill), not an error."""
+    from devices.memhog import MemHog
+    from devices.memlimit import remove_group, set_group_limit
+    group = f"coinfer-tb-{os.getpid()}-hogtest"
+    set_group_limit(group, 64 * MiB)
+    try:
+        before = stats(group)
+        hog = MemHog(100 * MiB, group)
+        assert hog.start() == {"ready": False, "status": -9} and not hog.alive()
+        after = stats(group).since(before)
+        assert after.oom_kills == 1 and after.peak == 64 * MiB
+    finally:
+        remove_group(group)
+    assert not group_path(group).exists()
