@@ -227,15 +227,20 @@ def runtime_cases() -> list[Case]:
                            ("--idle-timeout", "nan"), ("--max-clients", "0"), ("--tls-key", "k.pem"),
                            ("--app", "nope")]),
         ("runtime.testbed", [("--bogus",), ("--rate", "fast", "--verify"), ("--link", "x", "--verify"),
-                             ("--speed", "nan", "--verify")]),
+                             ("--speed", "nan", "--verify"), ("--mem-limit", "0", "--verify"),
+                             ("--mem-limit", "512M", "--mem-stress", "1.5", "--verify"),
+                             ("--mem-stress", "0.5", "--verify")]),
         ("runtime.linkprobe", [("--bogus",), ("nosuchcommand",)]),
+        ("devices.memhog", [("--bogus",), ("0",), ("x",), ("1000", "--cpu", "x")]),
     ):
         out += [_c(cli, *b, fast=b in (("--workers", "0"), ("--bogus",)) and cli == "runtime.cloud") for b in bads]
     out += [_c("runtime.edge", "--scheme", "4,12,3", "--server", CLOSED, "--n", "1", "--no-finetuned",
                label="cloud unreachable", exit=3, fast=True),
             _c("runtime.edge", "--auto", "--bandwidth", "1", "--server", CLOSED, "--n", "1", "--storage", "{db}",
                label="--auto: cloud unreachable", exit=3),
-            _c("runtime.linkprobe", "source", *CLOSED.split(":"), "100", label="source: no sink", exit=3)]
+            _c("runtime.linkprobe", "source", *CLOSED.split(":"), "100", label="source: no sink", exit=3),
+            _c("bench.adaptivity", "--server", CLOSED, "--retries", "1", "--profile", "stored", "--quotas", "0.5",
+               "--n", "1", label="--server: cloud unreachable, retried", exit=3)]
     for cli, bads in (("bench.codec", [("--bogus",)]), ("bench.fuzz", [("--bogus",), ("--hang-ms", "nan"),
                                                                         ("--inputs", "x")]),
                       ("bench.search", [("--bogus",), ("--tolerance", "nan"), ("--seeds", "x"),
@@ -245,7 +250,10 @@ def runtime_cases() -> list[Case]:
                                              ("--table", "{tmp}/missing.csv", "--no-synthetic"),
                                              ("--storage", "{tmp}/missing.sqlite", "--no-synthetic")]),
                       ("bench.runtime", [("--bogus",), ("--rates", "nan"), ("--link", "x")]),
-                      ("bench.adaptivity", [("--bogus",), ("--quotas", "inf"), ("--n", "x")]),
+                      ("bench.adaptivity", [("--bogus",), ("--quotas", "inf"), ("--n", "x"), ("--mem-limit", "0"),
+                                            ("--mem-limit", "1G", "--mem-stress", "1.5"), ("--mem-limit", "lots"),
+                                            ("--retries", "-1"), ("--server", "x"), ("--token-file", "{tmp}"),
+                                            ("--server", "127.0.0.1:1", "--rates", "1")]),
                       ("bench.badinput", [("--bogus",), ("--jobs", "0"), ("--timeout", "nan")])):
         out += [_c(cli, *b, fast=cli == "bench.fuzz" and b == ("--hang-ms", "nan")) for b in bads]
     return out

@@ -54,16 +54,19 @@ def pinned(cpu: int | None, threads: int = 1):
 
 
 def reprofile(store: Store, app: App, edge_speed: float | None, tb, points: set[int] | None = None,
-              runs: int = 30, idle_s=0.005) -> None:
+              runs: int = 30, idle_s=0.005, cloud: bool = True) -> None:
     """Profile the edge device (slowed to `edge_speed` by `dilate`) and the cloud device again into
     `store`, each on the CPU the testbed `tb` gives it: the rows of `points` (all when None) and the
-    whole-model rows. `idle_s`: as `database.profile.ProfileConfig`'s."""
+    whole-model rows. `idle_s`: as `database.profile.ProfileConfig`'s. `cloud` False: the edge only (a
+    cloud elsewhere keeps its stored rows)."""
     from database.profile import ProfileConfig, profile_app
     only = frozenset(points) if points is not None else None
     with pinned(tb.edge_cpu):
         store.put_latency(profile_app(app, ProfileConfig(app.edge.with_speed(edge_speed or None), ("edge",),
                                                          runs=runs, warmup=2, idle_s=idle_s,
                                                          only_points=only, progress=False)))
+    if not cloud:
+        return
     with pinned(tb.cloud_cpu):
         store.put_latency(profile_app(app, ProfileConfig(app.cloud, ("cloud",), runs=runs, warmup=2,
                                                          idle_s=idle_s, only_points=only, progress=False)))

@@ -39,7 +39,7 @@ import math
 import os
 import ssl
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from apps import DEFAULT_APP, App, load_app
@@ -206,6 +206,45 @@ def notes(rate_limit: float | None, edge: Device | None, depth: int | None) -> l
 
 
 # ------------------------------------------------------------------------------------------ CLI
+def add_connection_args(ap: ArgParser) -> None:
+    """How a client reaches the cloud server: its token (`--token`, `--token-file`, $COINFER_TOKEN;
+    `runtime.secret`), TLS (`--tls-ca`, `tls_context`) and `--timeout`; runtime.edge's and the benchmarks'."""
+    ap.add_argument("--token", help="the server's token (visible in ps: prefer --token-file or $COINFER_TOKEN)")
+    ap.add_argument("--token-file", help="read the server's token from the first line of this file")
+    ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
+    ap.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                    help="seconds for connecting and for each reply; past it: one line, exit 3 (default: 30)")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How a client reaches the cloud, as `add_connection_args`' flags say: the token (None: none; never
+    printed, not even by repr), the CA file of TLS (None: plain TCP) and the timeout (seconds)."""
+
+    token: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    timeout: float = 30.0
+
+
+def connection_of(args: argparse.Namespace) -> Connection:
+    """The flags of `add_connection_args` checked: the token resolved, the CA file loaded once, the timeout
+    positive and finite."""
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise CoInferError(f"--timeout must be a positive finite number of seconds, got {args.timeout}")
+    tls_context(args.tls_ca)
+    return Connection(resolve_token(args.token, args.token_file), args.tls_ca, args.timeout)
+
+
+def tls_context(cafile: str | None) -> ssl.SSLContext | None:
+    """The client's TLS context trusting `cafile` (None: plain TCP); an unreadable file is one line."""
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CoInferError(f"cannot load --tls-ca {cafile}: {exc}") from None
+
+
 def _parser() -> ArgParser:
     ap = ArgParser(prog="python -m runtime.edge", description=__doc__.splitlines()[0])
     ap.add_argument("--app", default=DEFAULT_APP)
@@ -243,11 +282,7 @@ def _parser() -> ArgParser:
                          "command that makes them)")
     ap.add_argument("--n", type=int, default=50, help="requests: the first n test images")
     ap.add_argument("--k", type=int, default=5, help="top-k classes returned")
-    ap.add_argument("--token", help="the server's token (visible in ps: prefer --token-file or $COINFER_TOKEN)")
-    ap.add_argument("--token-file", help="read the server's token from the first line of this file")
-    ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
-    ap.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                    help="seconds for connecting and for each reply; past it: one line, exit 3 (default: 30)")
+    add_connection_args(ap)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
     ap.add_argument("--device", default=None, metavar="NAME",
                     help="emulate this edge device (devices.yml or the app's) at its speed (default: this CPU)")
@@ -288,14 +323,8 @@ def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientCon
         raise CoInferError("--server HOST:PORT is required unless --scheme all-edge")
     else:
         host, port = parse_server(args.server)
-    ssl_ctx = None
-    if args.tls_ca:
-        try:
-            ssl_ctx = ssl.create_default_context(cafile=args.tls_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise CoInferError(f"cannot load --tls-ca {args.tls_ca}: {exc}") from None
-    token = resolve_token(args.token, args.token_file)
-    return ClientConfig(host, port, token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx,
+    conn = connection_of(args)
+    return ClientConfig(host, port, conn.token, conn.timeout, args.k, args.finetuned, ssl_ctx=tls_context(conn.tls_ca),
                         finetune_missing=args.finetune_missing)
 
 

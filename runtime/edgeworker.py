@@ -17,6 +17,9 @@ Commands (one JSON object a line):
     {"op": "infer", "scheme": "4,12,3", "index": 7}
         -> {"index": 7, "label": y, "classes": [top-1 class], "timings": Timings as a dict}: test image 7 of the
         app's test split (index 0.. as `data.load_splits` orders it) as one request (runtime.vnv_testbed)
+    {"op": "probe", "repeats": 5, "images": 16}
+        -> {"mbps": ..., "floor_s": ...}: the uplink measured by `EdgeClient.probe` `repeats` times (a cloud
+        the benchmark does not shape)
     {"op": "speed", "speed": 0.125}   (dilate: emulate a device at this fraction of this CPU) -> {"speed": ...}
     {"op": "quit"}
 """
@@ -40,13 +43,14 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool) -> None:
+async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool, options: dict) -> None:
     from apps import load_app
     from data import load_splits
     from devices.slowdown import SlowCPU
     from runtime.client import ClientConfig, EdgeClient
-    from runtime.edge import parse_server
+    from runtime.edge import parse_server, tls_context
     from runtime.monitor import BandwidthEstimator, TokenBucket
+    from runtime.secret import resolve_token
     from runtime.testbed import SPEED_ENV
 
     app = load_app(app_name)
@@ -54,7 +58,9 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
     images = torch.stack([test[i][0] for i in range(64)])
     host, port = parse_server(server)
     rate = os.environ.get("COINFER_RATE_LIMIT")
-    client = EdgeClient(app, Scheme.ALL_CLOUD, ClientConfig(host, port, k=1, finetuned=finetuned),
+    config = ClientConfig(host, port, resolve_token(), options.get("timeout", 30.0), k=1, finetuned=finetuned,
+                          ssl_ctx=tls_context(options.get("tls_ca")))
+    client = EdgeClient(app, Scheme.ALL_CLOUD, config,
                         shaper=TokenBucket(float(rate)) if rate else None, monitor=BandwidthEstimator())
     for s in schemes:  # build every model now (fine-tuned weights are loaded here, unthrottled)
         client.model_for(Scheme.parse(s))
@@ -95,6 +101,11 @@ async def _serve(app_name: str, server: str, schemes: list[str], finetuned: bool
             pred = await client.infer(x.unsqueeze(0))
             _emit({"index": cmd["index"], "label": int(y), "classes": pred.classes[0],
                    "timings": asdict(pred.timings)})
+        elif cmd["op"] == "probe":
+            client.monitor = BandwidthEstimator()
+            for _ in range(cmd.get("repeats", 5)):
+                await client.probe(cmd.get("images", 16))
+            _emit({"mbps": client.monitor.mbps, "floor_s": client.monitor.floor_s})
         elif cmd["op"] == "adapt":
             await _adapt(client, images, cmd)
     await client.close()
@@ -132,10 +143,17 @@ async def _adapt(client, images: torch.Tensor, cmd: dict) -> None:
 class EdgeWorker:
     """Parent side: start the worker in a testbed's edge namespace and talk to it."""
 
-    def __init__(self, tb, schemes: list[str], app: str = "vgg16_digits", finetuned: bool = True) -> None:
+    def __init__(self, tb, schemes: list[str], app: str = "vgg16_digits", finetuned: bool = True,
+                 connection=None) -> None:
+        """`connection`: a `runtime.edge.Connection` (token, TLS CA, timeout); None: no token, plain TCP, 30 s.
+        The token goes to the worker in its environment, never on its command line."""
+        options = {} if connection is None else {"tls_ca": connection.tls_ca, "timeout": connection.timeout}
         argv = [sys.executable, "-m", "runtime.edgeworker", app, tb.server, json.dumps(schemes),
-                "1" if finetuned else "0"]
-        self.proc = subprocess.Popen(tb.edge_command(argv, throttle=False), env=tb.edge_env(), cwd=tb_root(),
+                "1" if finetuned else "0", json.dumps(options)]
+        env = tb.edge_env()
+        if connection is not None and connection.token is not None:
+            env["COINFER_TOKEN"] = connection.token
+        self.proc = subprocess.Popen(tb.edge_command(argv, throttle=False), env=env, cwd=tb_root(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = self.read()  # loaded, connected, warmed up: {"ready": true, "test_images": n}
         self.throttled = tb.throttle(self.proc.pid)  # `ip netns exec` execs: the pid is the worker's
@@ -176,6 +194,11 @@ class EdgeWorker:
                 return out
             out[msg["scheme"]] = msg["rows"]
 
+    def probe(self, repeats: int = 5, images: int = 16) -> dict:
+        """The uplink as `EdgeClient.probe` measures it, `repeats` times: {"mbps", "floor_s"}."""
+        self.send({"op": "probe", "repeats": repeats, "images": images})
+        return self.read()
+
     def infer(self, scheme: str, index: int) -> dict:
         """Test image `index` as one request of `scheme`: its label, top-1 class and `Timings` (a dict)."""
         self.send({"op": "infer", "scheme": scheme, "index": index})
@@ -208,8 +231,9 @@ def main(argv: list[str]) -> int:
     from cli.errors import CoInferError
     torch.set_num_threads(1)
     app_name, server, schemes, finetuned = argv[:4]
+    options = json.loads(argv[4]) if len(argv) > 4 else {}
     try:
-        asyncio.run(_serve(app_name, server, json.loads(schemes), finetuned == "1"))
+        asyncio.run(_serve(app_name, server, json.loads(schemes), finetuned == "1", options))
     except CoInferError as exc:
         _emit({"error": str(exc), "exit_status": exc.exit_status})
         return exc.exit_status

@@ -16,6 +16,12 @@ this CPU by its `emulation` (and, unless `keep_warm` is off, every CPU is kept o
   edge stage (head + quantise/pack) to its CPU time / speed (`devices.slowdown`, which also says why this is the
   default);
 - `quota`: the edge runs inside the cgroup `coinfer-tb-<pid>` with a CFS CPU quota of `speed` CPUs.
+With `mem_limit` (`--mem-limit 512M`) edge processes are born in the memory cgroup `coinfer-tb-<pid>`
+limited to that many bytes (`devices.memlimit`), and with `mem_stress` (`--mem-stress 0.5`) a memory hog
+(`devices.memhog`) beside them in the same group holds that share of the limit and keeps writing it;
+`memory_mark` / `memory_report` say what the edge and the group used (peaks, failcnt, OOM kills).
+With `server` (HOST:PORT) the cloud is elsewhere: no namespaces, no cloud started here and no shaping of
+any kind (the link is what it is); the edge's CPU and memory are emulated as above.
 In the edge command `{server}` becomes HOST:PORT of the cloud (also exported as COINFER_SERVER).
 
 Without root (or without ip / tc / cgroup v1) the cloud server listens on 127.0.0.1 and edge
@@ -46,6 +52,7 @@ from apps.units import bytes_per_second
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
+from devices.memlimit import parse_size
 from devices.slowdown import KeepWarm
 from runtime import netns
 from runtime.netns import LINKS, PREFIX, Netns, parse_rate
@@ -80,9 +87,18 @@ class TestbedConfig:
     start_cloud: bool = True
     force_loopback: bool = False
     log_path: str | None = None
+    mem_limit: int | None = None
+    mem_stress: float = 0.0
+    server: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cloud_args", tuple(self.cloud_args))
+        check_memory(self.mem_limit, self.mem_stress)
+        if self.server is not None:
+            from runtime.edge import parse_server
+            parse_server(self.server)
+            if self.rate_mbps is not None or self.reverse_mbps is not None or self.start_cloud:
+                raise CoInferError("a testbed with a remote cloud (server) shapes no link and starts no cloud")
         for rate in (self.rate_mbps, self.reverse_mbps):
             if rate is not None:
                 bytes_per_second(rate)
@@ -90,6 +106,16 @@ class TestbedConfig:
             raise CoInferError(f"unknown link {self.link!r} (known: {', '.join(LINKS)})")
         if not isinstance(self.edge, Device):
             raise CoInferError(f"a testbed's edge is a Device (apps.schema), got {self.edge!r}")
+
+
+def check_memory(limit: int | None, stress: float) -> None:
+    """A memory limit is a positive number of bytes; the hog's share of it is in [0, 1) and needs a limit."""
+    if limit is not None and not (isinstance(limit, int) and limit > 0):
+        raise CoInferError(f"--mem-limit must be a positive size (e.g. 512M), got {limit!r}")
+    if not (isinstance(stress, (int, float)) and 0 <= stress < 1):
+        raise CoInferError(f"--mem-stress is a share of the memory limit in [0, 1), got {stress!r}")
+    if stress and limit is None:
+        raise CoInferError("--mem-stress is a share of --mem-limit: give --mem-limit too")
 
 
 class Testbed:
@@ -112,12 +138,16 @@ class Testbed:
         self.cloud_cpu = cpus[-1] if self.edge_cpu is not None else None
         self.pid = os.getpid()
         self.group = f"{PREFIX}{self.pid}"
-        reason = "forced" if config.force_loopback else netns.netns_support()
-        self.mode = "loopback" if reason else "netns"
+        reason = ("remote" if config.server else "forced" if config.force_loopback
+                  else netns.netns_support())
+        self.mode = "remote" if config.server else "loopback" if reason else "netns"
         self.net = None if reason else Netns(f"{PREFIX}{self.pid}-{id(self) % 10000}", self.pid,
                                              cpus[-1] if cpus else 0)
         self.notes: list[str] = []
-        if reason:
+        if config.server:
+            self.notes.append(f"cloud at {config.server}, elsewhere: no namespaces, no cloud started here and no "
+                              "link shaping by this testbed (the link is what it is)")
+        elif reason:
             self.notes.append(f"no network namespaces ({reason}): cloud on 127.0.0.1, uplink shaped by the edge "
                               "client's own token bucket (COINFER_RATE_LIMIT)")
         from devices.cpuquota import quota_support
@@ -126,6 +156,16 @@ class Testbed:
             self.notes.append(f"edge CPU quota {config.edge.speed} not applied ({self.cpu_reason}): "
                               "edge unthrottled")
         self.host, self.port = ("127.0.0.1", 0) if self.net is None else (self.net.cloud_ip, CLOUD_PORT)
+        if config.server:
+            from runtime.edge import parse_server
+            self.host, self.port = parse_server(config.server)
+        self.mem_limit = config.mem_limit
+        if self.mem_limit is not None:
+            from devices.memlimit import memory_support
+            why = memory_support()
+            if why:
+                raise CoInferError(f"--mem-limit needs root and the cgroup v1 memory controller ({why})")
+        self.hog = None  # devices.memhog.MemHog while mem_stress > 0
         self.cloud: subprocess.Popen | None = None
         self._up = False
         self._lock = threading.Lock()
@@ -156,6 +196,8 @@ class Testbed:
             if self.uses_cgroup:
                 from devices.cpuquota import set_group_quota
                 set_group_quota(self.group, self.edge.speed)
+            if self.mem_limit is not None:
+                self.set_memory_limit(self.mem_limit)
             if self.warm is not None:
                 self.warm.start()
                 if self.warm.reason:
@@ -205,6 +247,11 @@ class Testbed:
         if self.uses_cgroup:
             from devices.cpuquota import remove_group
             remove_group(self.group)
+        if self.hog is not None:
+            self.hog.stop()
+        if self.config.mem_limit is not None:
+            from devices.memlimit import remove_group as remove_memory_group
+            remove_memory_group(self.group)
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
         for sig, old in self._old_handlers.items():
@@ -268,10 +315,16 @@ class Testbed:
             argv = ["taskset", "-c", str(self.edge_cpu), *argv]
         if self.net is not None:
             argv = self.net.in_edge(argv)
+        procs = []
         if throttle and self.uses_cgroup:
             from devices.cpuquota import group_path
-            procs = group_path(self.group) / "cgroup.procs"
-            argv = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *argv]
+            procs.append(group_path(self.group) / "cgroup.procs")
+        if self.config.mem_limit is not None:  # the memory limit holds from the start, start-up included
+            from devices.memlimit import procs_file
+            procs.append(procs_file(self.group))
+        if procs:
+            joins = " && ".join(f"echo $$ > {p}" for p in procs)
+            argv = ["sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
         return argv
 
     def throttle(self, pid: int) -> bool:
@@ -294,6 +347,60 @@ class Testbed:
             from devices.cpuquota import set_group_quota
             set_group_quota(self.group, speed)
 
+    # ----------------------------------------------------------------------------- edge memory
+    def set_memory_limit(self, nbytes: int | None) -> None:
+        """Limit the edge's memory group to `nbytes` now (None: no limit and no hog, the group still
+        measured); the hog (with `mem_stress`) is started again at its share of the new limit."""
+        from devices.memhog import MemHog
+        from devices.memlimit import set_group_limit
+        if nbytes is not None:
+            check_memory(nbytes, self.config.mem_stress)
+        if self.config.mem_limit is None:
+            raise CoInferError("this testbed has no memory group (mem_limit) to change")
+        if self.hog is not None:
+            self.hog.stop()
+        set_group_limit(self.group, nbytes)
+        self.mem_limit = nbytes
+        if self.config.mem_stress and nbytes is not None:
+            starts = self.hog.starts if self.hog is not None else 0
+            self.hog = MemHog(int(self.config.mem_stress * nbytes), self.group, self.edge_cpu)
+            self.hog.starts = starts
+            self.hog.start()
+
+    def memory_mark(self, pid: int | None = None):
+        """Start measuring the edge's memory: the group's peak and the peak RSS of process `pid` start again
+        from now, then a hog the OOM killer took is started again (so a hog that cannot fit beside the edge
+        shows in the report as an OOM kill and the group's peak at the limit); what `memory_report`
+        subtracts."""
+        from devices.memlimit import reset_peak, reset_peak_rss, stats
+        if self.config.mem_limit is None:
+            return None
+        if pid is not None:
+            reset_peak_rss(pid)
+        reset_peak(self.group)
+        mark = stats(self.group)
+        if self.hog is not None and self.mem_limit is not None and not self.hog.alive():
+            self.hog.start()
+        return mark
+
+    def memory_report(self, mark, pid: int | None = None) -> dict | None:
+        """Since `mark`: the limit, the hog's share / size / RSS now / starts / alive, the edge process's peak
+        RSS, the group's peak (edge + hog), failcnt, OOM kills, major faults and file refaults (bytes; None
+        without a memory limit)."""
+        from devices.memlimit import peak_rss, rss, stats
+        if self.config.mem_limit is None or mark is None:
+            return None
+        now = stats(self.group).since(mark)
+        hog = self.hog if self.mem_limit is not None else None
+        return {"limit": self.mem_limit, "hog_share": self.config.mem_stress if hog is not None else 0.0,
+                "hog_bytes": int(self.config.mem_stress * self.mem_limit) if hog is not None else 0,
+                "hog_rss": rss(hog.pid) if hog is not None and hog.alive() else 0,
+                "hog_starts": hog.starts if hog is not None else 0,
+                "hog_alive": hog is not None and hog.alive(),
+                "edge_peak_rss": peak_rss(pid) if pid is not None else None,
+                "group_peak": now.peak, "failcnt": now.failcnt, "oom_kills": now.oom_kills,
+                "majfaults": now.majfaults, "refaults": now.refaults}
+
     def run_edge(self, argv: list[str], timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
         """Run an edge command (`edge_command`) to completion; `kwargs` go to `subprocess.run`."""
         return subprocess.run(self.edge_command(argv), cwd=REPO_ROOT, env=self.edge_env(), timeout=timeout,
@@ -305,12 +412,14 @@ def cleanup_leftovers(everything: bool = False) -> list[str]:
     removed = netns.cleanup_leftovers(everything)
     if os.geteuid() != 0:
         return removed
-    from devices.cpuquota import CPU_ROOT, remove_group
-    if CPU_ROOT.is_dir():
-        for path in CPU_ROOT.glob(PREFIX + "*"):
-            if path.is_dir() and netns.stale(path.name, PREFIX, everything):
-                remove_group(path.name)
-                removed.append(f"cgroup {path.name}")
+    from devices import cpuquota, memlimit
+    for root, remove, kind in ((cpuquota.CPU_ROOT, cpuquota.remove_group, "cgroup"),
+                               (memlimit.own_root(), memlimit.remove_group, "memory cgroup")):
+        if root.is_dir():
+            for path in root.glob(PREFIX + "*"):
+                if path.is_dir() and netns.stale(path.name, PREFIX, everything):
+                    remove(path.name)
+                    removed.append(f"{kind} {path.name}")
     return removed
 
 
@@ -346,18 +455,45 @@ def run_testbed(command: TestbedCommand, show: Callable[[str, dict], None]) -> i
                          "notes": tb.notes})
         if command.verify:
             show("verify", tb.verify())
-        return tb.run_edge(list(command.edge_cmd)).returncode if command.edge_cmd else 0
+        if not command.edge_cmd:
+            return 0
+        mark = tb.memory_mark()
+        status = tb.run_edge(list(command.edge_cmd)).returncode
+        memory = tb.memory_report(mark)
+        if memory is not None:  # the edge command has exited: its peak is the largest waited-for child's
+            import resource
+            memory["edge_peak_rss"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+            show("memory", memory)
+        return status
 
 
 def describe(what: str, info: dict, config: TestbedConfig) -> str:
     """The text line(s) of what `run_testbed` shows."""
+    if what == "memory":
+        return "memory: " + memory_line(info)
     if what == "verify":
         return (f"verify: {info['bytes']} bytes in {info['seconds']:.3f} s"
                 + (f", expected {info['expected_s']:.3f} s ({info['error'] * 100:+.1f} %)" if info['expected_s']
                    else ""))
     edge = f"{config.edge.speed:g} of this CPU ({config.edge.emulation})" if config.edge.slowed else "unthrottled"
+    memory = "" if config.mem_limit is None else (f", edge memory limit {config.mem_limit / 2**20:g} MiB"
+                                                   f" with a hog of {config.mem_stress:g} of it")
     return (f"testbed: {info['mode']}, cloud at {info['server']}, edge->cloud {config.rate_mbps or 'unshaped'} Mbps, "
-            f"edge CPU {edge}\n  {info['qdisc']}" + "".join(f"\n  note: {n}" for n in info["notes"]))
+            f"edge CPU {edge}{memory}\n  {info['qdisc']}" + "".join(f"\n  note: {n}" for n in info["notes"]))
+
+
+def memory_line(m: dict) -> str:
+    """One line of `Testbed.memory_report`'s numbers (MiB)."""
+    mib = 2**20
+    if m["limit"] is None:
+        return (f"no limit, no hog, edge peak RSS {m['edge_peak_rss'] / mib:.0f} MiB, group peak "
+                f"{m['group_peak'] / mib:.0f} MiB, major faults {m['majfaults']}")
+    edge = "?" if m.get("edge_peak_rss") is None else f"{m['edge_peak_rss'] / mib:.0f}"
+    oom = "?" if m["oom_kills"] is None else m["oom_kills"]
+    return (f"limit {m['limit'] / mib:.0f} MiB, hog {m['hog_share']:g} = {m['hog_bytes'] / mib:.0f} MiB "
+            f"(RSS {m['hog_rss'] / mib:.0f} MiB, {'alive' if m['hog_alive'] else 'dead'}, started "
+            f"{m['hog_starts']}x), edge peak RSS {edge} MiB, group peak {m['group_peak'] / mib:.0f} MiB, "
+            f"failcnt {m['failcnt']}, OOM kills {oom}, major faults {m['majfaults']}, refaults {m['refaults']}")
 
 
 def parse_args(argv: list[str] | None) -> tuple[TestbedCommand, bool]:
@@ -382,6 +518,11 @@ def parse_args(argv: list[str] | None) -> tuple[TestbedCommand, bool]:
     ap.add_argument("--link", choices=LINKS, default="tbf", help="tbf alone, or tbf kept busy by a filler (paced)")
     ap.add_argument("--keep-warm", action=argparse.BooleanOptionalAction, default=True,
                     help="keep every CPU busy at SCHED_IDLE priority while the testbed is up (devices.slowdown)")
+    ap.add_argument("--mem-limit", type=parse_size, default=None, metavar="SIZE",
+                    help="limit the edge's memory (cgroup v1, RAM and RAM + swap) to SIZE: 512M, 1G, bytes")
+    ap.add_argument("--mem-stress", type=float, default=0.0, metavar="SHARE",
+                    help="a memory hog beside the edge, in its memory group, holding and writing this share of "
+                         "--mem-limit, in [0, 1) (devices.memhog)")
     ap.add_argument("--verify", action="store_true", help="time 1 MiB edge -> cloud against the rate")
     ap.add_argument("--cleanup", action="store_true", help="remove every testbed namespace, link and cgroup")
     ap.add_argument("--json", action="store_true")
@@ -397,7 +538,8 @@ def parse_args(argv: list[str] | None) -> tuple[TestbedCommand, bool]:
         raise CoInferError("--full-speed is the edge at this CPU's speed: drop --speed / --emulation")
     edge = app.edge.with_speed(None) if args.full_speed else with_flags(app.edge, None, args.speed, args.emulation)
     config = TestbedConfig(args.rate, edge, reverse_mbps=args.reverse_rate, link=args.link, keep_warm=args.keep_warm,
-                           cloud_args=args.cloud_arg, start_cloud=bool(edge_cmd))
+                           cloud_args=args.cloud_arg, start_cloud=bool(edge_cmd), mem_limit=args.mem_limit,
+                           mem_stress=args.mem_stress)
     return TestbedCommand(args.app, config, tuple(edge_cmd), args.verify), args.json
 
 
