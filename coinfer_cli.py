@@ -5,7 +5,7 @@ its exit status, never a traceback), its module imported only when the script ru
 the module's own. The name is the module's without its package, dashes for underscores (`coinfer-build-status`);
 the benchmarks keep theirs (`coinfer-bench-search`). Helpers that only CoInfer starts (`runtime.training`,
 `runtime.edgeworker`, `runtime.linkprobe`, `search.cli --worker`) and the sample trace's generator
-(`bench.corun.sampletrace`) have none.
+(`bench.corun.sampletrace`) and the memory hog the testbed starts (`devices.memhog`) have none.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ paper = _script("database.paper")
 predictor = _script("database.predictor")
 show = _script("reports.show")
 build_status = _script("reports.build_status")
+dashboard = _script("reports.dashboard")
+journal = _script("search.journal")
 cloud = _script("runtime.cloud")
 edge = _script("runtime.edge")
 export = _script("runtime.export")

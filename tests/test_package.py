@@ -28,7 +28,7 @@ from cli import paths
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 INTERNAL = {"runtime.training", "runtime.linkprobe",  # helpers CoInfer starts itself: no console script
-            "bench.corun.sampletrace"}  # writes the shipped sample trace (bench/corun/traces/sample.csv)
+            "bench.corun.sampletrace", "devices.memhog"}  # the sample trace's generator, the testbed's memory hog
 SHIPPED = ("apps/*.yml", "devices.yml", "checkpoints/*.pt", "database/coinfer.sqlite", "database/reference/*",
            "compress/_bitpack.c")  # what the code reads from ROOT at run time
 
