@@ -7,6 +7,7 @@ is (`cli.files`): a regular file of at most MAX_APP_BYTES (1 MiB), nested at mos
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ class App:
     points: tuple[str, ...] | None = None  # partition points as graph node names (None: models/graph.py)
     weights: str | None = None  # pretrained: a state-dict file or a torchvision weights name (models/pretrained.py)
     source: Path | None = field(default=None, compare=False)  # the YAML file it was read from (resolved)
+    given: str = field(default="", compare=False)  # how the user named it (`--app`): a name or a path, as typed
 
     @property
     def edge_device(self) -> str:
@@ -91,6 +93,12 @@ class App:
     @property
     def cloud_device(self) -> str:
         return self.cloud.name
+
+    @property
+    def ref(self) -> str:
+        """The app as a hinted command's `--app` takes it: as the user gave it (a path stays a path; the name
+        when it was not loaded by `load_app`), quoted for a shell. Every hint an error prints names the app so."""
+        return shlex.quote(self.given or self.name)
 
 
 def available_apps() -> list[str]:
@@ -144,6 +152,7 @@ def load_app(name_or_path: str = DEFAULT_APP) -> App:
         points=None if model.points is None else tuple(model.points),
         weights=model.weights,
         source=path.resolve(),
+        given=name_or_path,
     )
 
 

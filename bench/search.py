@@ -196,7 +196,7 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
     """Run every sampler on every query of the complete table of `config.app` and of the synthetic
     tables, in a pool of `config.workers` processes; `note` gets the header and, off a terminal, a
     line every 50 runs. Raises CoInferError when the table is incomplete or a sampler is unknown."""
-    from database.storage import Storage
+    from database.storage import Storage, app_flags
     from database.store import Store
     from search.bounds import DEFAULT_TOLERANCE
     from search.latency import LatencyModel
@@ -209,7 +209,7 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
     size = model.space.size
     if len(table) < size or base is None:
         raise CoInferError(f"the accuracy table of {app.name} is incomplete ({len(table)}/{size} schemes); "
-                           f"complete it with python -m database.evaluate --app {app.name} --schemes all")
+                           f"complete it: python -m database.evaluate {app_flags(app, store.storage)} --schemes all")
     tol = DEFAULT_TOLERANCE if config.tolerance is None else config.tolerance
     for name in [*config.samplers, *config.synthetic_samplers]:
         sampler_spec(name)  # an unknown name: one line, before any work

@@ -31,7 +31,7 @@ from cli.errors import CoInferError, disk_full, disk_full_error
 from cli.run import run_cli
 from compress.scheme import Scheme, all_schemes
 from database.buildjob import BuildJob, make_finetuner
-from database.storage import Storage
+from database.storage import Storage, app_flags
 from devices.torch_device import add_torch_device_argument, check_torch_device
 from models.accel import AMP_CHOICES, COMPILE_CHOICES, Accel
 
@@ -207,7 +207,8 @@ def job_of(args: argparse.Namespace) -> tuple[BuildJob, App, Store]:
 @dataclass(frozen=True)
 class BuildSummary:
     """What a build here did: new rows, rows stored for the job's protocol and seed, schemes of the job
-    still missing (failed for good), wall time, and each worker's report."""
+    still missing (failed for good), wall time, each worker's report, and the base model's top-1 when this
+    build measured and stored it (None: it was stored already, or the evaluator is synthetic)."""
 
     app: str
     protocol: str
@@ -218,18 +219,21 @@ class BuildSummary:
     missing: int
     wall_s: float
     reports: list[WorkerReport]
+    base_stored: float | None = None
+    flags: str = ""  # `--app REF [--storage URL]` as the user named them, for the command the line hints at
     weights_made: int = 0
 
     def to_json(self) -> dict:
         return {"app": self.app, "protocol": self.protocol, "seed": self.seed, "study": self.study, "new": self.new,
-                "stored": self.stored, "missing": self.missing, "wall_s": self.wall_s,
+                "stored": self.stored, "missing": self.missing, "wall_s": self.wall_s, "base_stored": self.base_stored,
                 "weights_made": self.weights_made,
                 "workers": [{k: v for k, v in r.to_json().items() if not isinstance(v, list)} for r in self.reports]}
 
     def line(self) -> str:
-        return (f"{self.app}: {self.new} new evaluations in {self.wall_s:.1f} s; {self.stored} schemes stored for "
-                f"protocol {self.protocol} seed {self.seed}"
-                + (f"; {self.missing} could not be evaluated (see python -m reports.build_status)"
+        base = "" if self.base_stored is None else f"base model top-1 {100 * self.base_stored:.2f} % stored; "
+        return (f"{self.app}: {base}{self.new} new evaluations in {self.wall_s:.1f} s; {self.stored} schemes "
+                f"stored for protocol {self.protocol} seed {self.seed}"
+                + (f"; {self.missing} could not be evaluated (see python -m reports.build_status {self.flags})"
                    if self.missing else "")
                 + (f"; weights made for {self.weights_made} stored schemes" if self.weights_made else ""))
 
@@ -242,11 +246,13 @@ def evaluate_job(job: BuildJob, app: App, store: Store, workers: int = 1, progre
     from database.distributed import study_name
     protocol = job.protocol(app)
     finetuner = None  # made once, here, when this process fine-tunes (the base model, or one worker)
+    base_stored = None
     if not job.synthetic and store.base(app.name, protocol) is None:
         from database.finetune import SchemeFinetuner
         finetuner = SchemeFinetuner(app, accel=job.accel)  # this process's torch threads: as they are
         top1, top5 = finetuner.base_accuracy()
         store.put_base(app.name, protocol, top1, top5, len(finetuner.test), f"checkpoint {app.checkpoint.name}")
+        base_stored = top1
     before = set(store.accuracy_table(app.name, protocol, job.seed))
     start = time.perf_counter()
     reports = build(job, app, store, workers, progress, finetuner) if job.schemes else []
@@ -254,7 +260,8 @@ def evaluate_job(job: BuildJob, app: App, store: Store, workers: int = 1, progre
     made = make_missing_weights(job, app, after, finetuner, progress) if weights and not job.synthetic else 0
     wall = time.perf_counter() - start
     return BuildSummary(app.name, protocol, job.seed, study_name(app.name, protocol, job.seed), len(after - before),
-                        len(after), len(set(job.schemes) - after), wall, reports, made)
+                        len(after), len(set(job.schemes) - after), wall, reports, base_stored,
+                        app_flags(app, job.storage), made)
 
 
 def make_missing_weights(job: BuildJob, app: App, stored: set[Scheme], finetuner: Finetuner | None,

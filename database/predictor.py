@@ -229,7 +229,7 @@ def fitted_samples(store: Store, device: str) -> list[LayerSample]:
     samples = store.layer_samples(device)
     if not samples:
         raise CoInferError(f"device '{device}' has no fitted latency predictor: run "
-                           f"python -m database.predictor fit --device {device}")
+                           f"python -m database.predictor fit --device {device}{store.storage.flag}")
     return samples
 
 

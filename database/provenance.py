@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from apps import App
+from database.storage import app_flags
 from devices import fingerprint as machine
 
 
@@ -34,6 +35,7 @@ class ProfileUse:
     measured_at: str | None
     local: bool  # emulated on this CPU, so compared with this machine
     here: dict | None = None  # this machine's fingerprint when the profile is foreign
+    flags: str = ""  # `--app REF [--storage URL]` as the user named them (database.storage.app_flags): its commands'
 
     @property
     def foreign(self) -> bool:
@@ -58,7 +60,7 @@ class ProfileUse:
 
     def commands(self) -> tuple[str, str]:
         """The two ways out: re-profile the device here (--replace), or store this machine's beside it."""
-        profile = f"python -m database.profile --app {self.app} --device"
+        profile = f"python -m database.profile {self.flags or '--app ' + self.app} --device"
         speed, emulation = self.fingerprint.get("speed"), self.fingerprint.get("emulation")
         flags = f" --side {self.side}" + (f" --speed {speed:g}" if speed is not None else "") + (
             " --emulation quota" if emulation == "quota" else "")
@@ -93,7 +95,7 @@ def profile_uses(store, app: App, used: Iterable[tuple[str, str]], here: dict | 
         local = is_local(app, device, fp, prov["source"])
         foreign = local and not machine.same_machine(fp, here)
         out.append(ProfileUse(app.name, device, side, fp, prov["source"], prov["measured_at"], local,
-                              here if foreign else None))
+                              here if foreign else None, app_flags(app, store.storage)))
     return out
 
 

@@ -88,10 +88,8 @@ def scheme_accuracy(app: App, scheme: Scheme, root: str | Path | None = None) ->
 
 def missing_weights_hint(app: App, scheme: Scheme) -> str:
     """What makes a scheme's weights: the build of that scheme (it keeps what it fine-tunes), with the app as
-    the user names it (a shipped app by name, any other by its YAML path)."""
-    from apps import APPS_DIR
-    ref = app.name if app.source is None or app.source.parent == APPS_DIR.resolve() else str(app.source)
-    return f"python -m database.evaluate --app {ref} --schemes {scheme.p},{scheme.c},{scheme.b} --weights"
+    the user named it (`App.ref`)."""
+    return f"python -m database.evaluate --app {app.ref} --schemes {scheme.p},{scheme.c},{scheme.b} --weights"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@
     storage.queue                              # the build studies' Optuna RDB storage (database/distributed.py)
     storage.study_storage                      # the searches' default study storage (search/study.py)
     storage.display                            # the URL with its password masked, for messages
+    app_flags(app, storage)                    # `--app REF --storage URL`: how a hinted command names both
 
 | --storage | `queue` (build studies) | `study_storage` (searches) |
 |---|---|---|
@@ -31,10 +32,11 @@ for `QueueConfig.retry_db_s` (database/rdb.py); one it never reached is reported
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps import DATABASE_FILE, DEFAULT_STORAGE
+from apps import DATABASE_FILE, DEFAULT_STORAGE, App
 from cli.errors import CoInferError, Unreachable, chain, first_line, mask_url
 from cli.paths import seeded
 
@@ -77,6 +79,11 @@ class Storage:
     def display(self) -> str:
         """The URL for messages: its password masked."""
         return mask_url(self.url)
+
+    @property
+    def flag(self) -> str:
+        """` --storage URL` (its password masked) for a command an error hints at; "" for the shipped database."""
+        return "" if self.url == DEFAULT_STORAGE else f" --storage {shlex.quote(self.display)}"
 
     @property
     def backend(self) -> str:
@@ -229,3 +236,9 @@ def unreachable(what: str, url: str, exc: BaseException) -> Unreachable:
     cause = _unreachable_cause(exc) or exc
     text = first_line(cause)
     return Unreachable(f"{what} {mask_url(url)} unreachable: {mask_url(text)}")
+
+
+def app_flags(app: App, storage: Storage | str | None = None) -> str:
+    """`--app REF[ --storage URL]`: the app as the user named it (`App.ref`: a path stays a path) and the
+    databases it was read from, for a command an error hints at, so the hint works as printed."""
+    return f"--app {app.ref}" + as_storage(storage).flag

@@ -58,7 +58,7 @@ def load_base_model(app: App, checkpoint: Path | None = None) -> Splittable:
     """The app's base model with its trained weights, in eval mode."""
     path = Path(checkpoint or app.checkpoint)
     if not path.is_file():
-        raise CoInferError(f"checkpoint not found: {path} (train it: python -m models.train --app {app.name})")
+        raise CoInferError(f"checkpoint not found: {path} (train it: python -m models.train --app {app.ref})")
     model = build_model(app)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

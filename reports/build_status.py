@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from apps import load_app
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
@@ -230,18 +232,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="SQLAlchemy URL of the accuracy database (default: database/coinfer.sqlite)")
     ap.add_argument("--queue", default=None, metavar="URL",
                     help="the builds' Optuna storage (default: derived from --storage)")
-    ap.add_argument("--app", default=None, help="only this app's builds")
+    ap.add_argument("--app", default=None, help="only this app's builds (its name, or its YAML path)")
     ap.add_argument("--json", action="store_true", help="one JSON line: a list of builds (with no build queue: of "
                                                           "tables, each with \"queue\": null)")
     args = ap.parse_args(argv)
     storage = Storage.parse(args.storage)
+    app = load_app(args.app).name if args.app and Path(args.app).suffix in (".yml", ".yaml") else args.app
     queue = args.queue if args.queue is not None else storage.queue
     if not has_queue(queue):
-        tables = table_status(storage, args.app)
+        tables = table_status(storage, app)
         print(json.dumps([t.to_json() for t in tables], separators=(",", ":")) if args.json
               else format_tables(tables, queue))
         return 0
-    rows = build_status(queue, storage, args.app)
+    rows = build_status(queue, storage, app)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], separators=(",", ":")))
     else:

@@ -116,6 +116,7 @@ class SchemeAdvisor:
 
     def __init__(self, app: App, storage: Storage | str | None = None, evaluate_missing: bool = False,
                  edge: str | None = None, cloud: str | None = None) -> None:
+        from database.storage import app_flags
         from database.store import Store
         from search.evaluators import DatabaseEvaluator
         from search.latency import LatencyModel
@@ -124,8 +125,8 @@ class SchemeAdvisor:
         self.evaluator = DatabaseEvaluator(app, self.store)
         base = self.evaluator.base_accuracy()
         if base is None:
-            raise CoInferError(f"the accuracy database has no base accuracy for {app.name}: "
-                               "fill it with python -m database.evaluate")
+            raise CoInferError(f"the accuracy database has no base accuracy for {app.name}: evaluate the base model "
+                               f"(python -m database.evaluate {app_flags(app, self.store.storage)} --schemes none)")
         self.base_accuracy: float = base
         self.offline = not evaluate_missing
 

@@ -83,6 +83,7 @@ def study_name(app: str, evaluator: str, query: object, base: float, devices: tu
 
 
 def prepare(request: QueryRequest) -> Prepared:
+    from database.storage import app_flags
     from database.store import Store
     from models.build import app_points
     from search.evaluators import make_evaluator
@@ -97,18 +98,20 @@ def prepare(request: QueryRequest) -> Prepared:
         raise CoInferError(f"unknown protocol {request.protocol!r} for {app.name} (stored: {known})")
     evaluator = make_evaluator(request.evaluator, app, store, widths, device=request.torch_device,
                                protocol=request.protocol)
-    if offline and not evaluator.known():
-        others = [f"{p} ({n} schemes)" for p, n in protocols.items() if p != getattr(evaluator, "protocol", None)]
-        raise CoInferError(f"the accuracy database holds nothing for {app.name} under protocol "
-                           f"{getattr(evaluator, 'protocol', request.evaluator)}: --offline cannot answer"
-                           + (f"; stored: {', '.join(others)} (pass --protocol NAME)" if others else
-                              f" (fill it with python -m database.evaluate --app {app.name})"))
+    flags = app_flags(app, store.storage)  # the app and databases as the user named them: a hint works as printed
     base = request.base_accuracy if request.base_accuracy is not None else evaluator.base_accuracy()
     if base is None:
         base = store.base(app.name)
     if base is None:
         raise CoInferError(f"base accuracy of {app.name} unknown: pass --base-accuracy or evaluate the base model "
-                           f"(python -m database.evaluate --app {app.name} --schemes none)")
+                           f"(python -m database.evaluate {flags} --schemes none)")
+    if offline and not evaluator.known():
+        others = [f"{p} ({n} schemes)" for p, n in protocols.items() if p != getattr(evaluator, "protocol", None)]
+        raise CoInferError(f"the accuracy database holds nothing for {app.name} under protocol "
+                           f"{getattr(evaluator, 'protocol', request.evaluator)}: --offline cannot answer"
+                           + (f"; stored: {', '.join(others)} (pass --protocol NAME)" if others else
+                              f" (run the search without --offline, which evaluates what it needs, or fill the "
+                              f"database: python -m database.evaluate {flags} --schemes all)"))
     if not 0 < base <= 1:  # also refuses nan
         raise CoInferError(f"base accuracy must be a fraction in (0, 1], got {base}")
     config = request.search

@@ -43,6 +43,16 @@ from search.space import Space
 PAPER_FORMULA = "optcoinfer-paper"
 
 
+class ProfileGap(CoInferError):
+    """A device's stored profile of an app lacks rows the latency model needs: the whole side (`from_store`), a
+    whole model or a point's rows. `device` and `side` say which; the message ends with the command that
+    measures it."""
+
+    def __init__(self, message: str, device: str, side: str) -> None:
+        super().__init__(message)
+        self.device, self.side = device, side
+
+
 @dataclass(frozen=True)
 class Breakdown:
     edge: float
@@ -107,31 +117,39 @@ class LatencyModel:
             if r.point == point and r.side == side:
                 return r.median_s
         what = "whole model on the edge (all-edge)" if side == "edge" else "whole model in the cloud (all-cloud)"
-        raise CoInferError(f"latency profile of device '{name}' lacks the {what}; profile it with "
-                           f"python -m database.profile --device {name}")
+        raise ProfileGap(f"latency profile of device '{name}' lacks the {what}", name, side)
 
     @staticmethod
     def _interp(rows: list[LatencyRow], pt: PartitionPoint, c: np.ndarray, side: str, name: str) -> np.ndarray:
         measured = sorted((r.channels, r.median_s) for r in rows if r.point == pt.index and r.side == side)
         if not measured:
-            raise CoInferError(f"latency profile of device '{name}' has no {side} rows at point {pt.index}")
+            raise ProfileGap(f"latency profile of device '{name}' has no {side} rows at point {pt.index}", name, side)
         xs, ys = zip(*measured)
         return np.interp(c, xs, ys)  # constant beyond the measured range
 
     @classmethod
     def from_store(cls, store: Store, app: App, edge: str | None = None, cloud: str | None = None,
                    rtt_s: float | None = None) -> LatencyModel:
+        from database.storage import app_flags
         edge, cloud = edge or app.edge_device, cloud or app.cloud_device
+
+        def profile_it(name: str, side: str) -> str:  # the command that measures it (app, storage as given)
+            flags = app_flags(app, store.storage)
+            return f"profile it: python -m database.profile {flags} --device {name} --side {side}"
+
         profiled = store.profiled_devices(app.name)
         for name, side in ((edge, "edge"), (cloud, "cloud")):
             if side not in profiled.get(name, set()):
                 known = ", ".join(f"{d} ({'+'.join(sorted(s))})" for d, s in sorted(profiled.items())) or "none"
-                raise CoInferError(f"no {side} latency profile of device '{name}' for app {app.name} "
-                                   f"(profiled: {known})")
+                raise ProfileGap(f"no {side} latency profile of device '{name}' for app {app.name} "
+                                 f"(profiled: {known}); {profile_it(name, side)}", name, side)
         edge_info, cloud_info = store.device(edge) or {}, store.device(cloud) or {}
         paper = edge_info.get("formula") == PAPER_FORMULA or cloud_info.get("formula") == PAPER_FORMULA
-        return cls(app_points(app), store.latency_rows(app.name, edge), store.latency_rows(app.name, cloud),
-                   app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud), app.link)
+        try:
+            return cls(app_points(app), store.latency_rows(app.name, edge), store.latency_rows(app.name, cloud),
+                       app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud), app.link)
+        except ProfileGap as gap:  # a partial profile: it lacks a whole model or a point's rows
+            raise ProfileGap(f"{gap}; {profile_it(gap.device, gap.side)} --replace", gap.device, gap.side) from None
 
     # -- queries -------------------------------------------------------------------------
     def totals(self, mbps: float) -> np.ndarray:

@@ -24,7 +24,7 @@ from cli.errors import CoInferError
 from compress.scheme import Scheme
 from database.distributed import lost_trial
 from search.certificate import Certificate, certify
-from search.evaluators import Evaluator, NotEvaluable
+from search.evaluators import DatabaseEvaluator, Evaluator, NotEvaluable
 from search.latency import Breakdown
 from search.liveness import GRACE_S, HEARTBEAT_S, fail_own
 from search.problem import Problem
@@ -169,8 +169,11 @@ def run_search(problem: Problem, evaluator: Evaluator, config: SearchConfig = Se
     objective = Objective(problem, evaluator, single_ends=spec.ours)
     stored = dict(objective.known)
     if offline and not problem.knowledge(stored).evaluated.any():
-        raise CoInferError("the accuracy database holds nothing for this app/protocol: --offline cannot answer "
-                           "(run without --offline, or fill it with python -m database.evaluate)")
+        from database.storage import app_flags
+        fill = (f", or fill it: python -m database.evaluate {app_flags(evaluator.app, evaluator.store.storage)} "
+                f"--schemes all" if isinstance(evaluator, DatabaseEvaluator) else "")
+        raise CoInferError(f"the accuracy database holds nothing for this app/protocol: --offline cannot answer "
+                           f"(run without --offline{fill})")
     planner = spec.make(problem, stored, tolerance, config.seed, config.knobs)
     notes: list[str] = []
     study = open_study(config.study_name or f"coinfer-{problem.query}/{config.sampler}", config.study_storage, problem,

@@ -99,18 +99,19 @@ def base_accuracy(store, app) -> tuple[float | None, str]:
 
 def candidates(store, apps: list, edge: str, cloud: str, bandwidth: float) -> list[Candidate]:
     """Every app's single ends and stored split schemes on (edge, cloud) at `bandwidth` Mbps."""
-    from search.latency import LatencyModel
+    from database.storage import app_flags
+    from search.latency import LatencyModel, ProfileGap
     out = []
     for app in apps:
         base = base_accuracy(store, app)[0]
         if base is None:
             raise CoInferError(f"no base accuracy of app {app.name} (protocol {app.protocol.name}) and no checkpoint: "
-                               f"python -m models.train --app {app.name}")
+                               f"python -m models.train --app {app.ref}")
         try:
             model = LatencyModel.from_store(store, app, edge, cloud)
-        except CoInferError as exc:
-            raise CoInferError(f"{exc}; or predict one: python -m database.predictor predict --app {app.name} "
-                               f"--device DEVICE") from None
+        except ProfileGap as gap:
+            raise CoInferError(f"{gap}; or predict one: python -m database.predictor predict "
+                               f"{app_flags(app, store.storage)} --device {gap.device} --side {gap.side}") from None
         out.append(Candidate(app.name, Scheme.ALL_EDGE, base, model.all_edge(bandwidth)))
         out.append(Candidate(app.name, Scheme.ALL_CLOUD, base, model.all_cloud(bandwidth)))
         for scheme, top1 in sorted(store.accuracy_table(app.name, app.protocol.name).items()):

@@ -299,7 +299,8 @@ def test_cli_end_to_end(capsys) -> None:
     """python -m runtime.cloud in a subprocess, the edge CLI against it, then SIGTERM: clean exit with stats."""
     proc, port = start_cloud_server()
     try:
-        assert edge.main(["--server", f"127.0.0.1:{port}", "--scheme", "4,12,3", "--n", "5", "--json"]) == 0
+        assert edge.main(["--server", f"127.0.0.1:{port}", "--scheme", "4,12,3", "--n", "5", "--json",
+                          "--finetune-missing"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["requests"] == 5 and 0 <= report["accuracy"] <= 1
         assert report["bytes_up"] == HEADER_SIZE + 12 * 8 + (12 * 8 * 8 * 3 + 7) // 8

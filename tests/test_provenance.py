@@ -138,16 +138,18 @@ def _search(tiny_app_path, tiny_db, capsys, *extra) -> tuple[str, str]:
 def test_a_search_on_foreign_profiles_warns_and_says_so(tiny_app_path, test_cpu_db, capsys, monkeypatch) -> None:
     monkeypatch.setattr("devices.fingerprint.this_machine", lambda: dict(OTHER))
     out, err = _search(tiny_app_path, test_cpu_db, capsys, "--json")
+    # the commands name the app as the search was given it (a YAML path) and its --storage: they work as printed
+    flags = f"--app {tiny_app_path} --storage sqlite:///{Path(test_cpu_db).resolve()}"
     assert err.splitlines() == [
         "warning: the edge latency profile of tiny-edge for tiny_digits was measured on test, ? CPUs, not on this "
         "machine (Other CPU 9000, 96 CPUs): its latencies describe the other machine; measure it here with "
-        "`python -m database.profile --app tiny_digits --device tiny-edge --replace`, or beside it with "
-        "`python -m database.profile --app tiny_digits --device tiny-edge-here --side edge` "
+        f"`python -m database.profile {flags} --device tiny-edge --replace`, or beside it with "
+        f"`python -m database.profile {flags} --device tiny-edge-here --side edge` "
         "(then name tiny-edge-here in --latency-profile EDGE,CLOUD)",
         "warning: the cloud latency profile of tiny-cloud for tiny_digits was measured on test, ? CPUs, not on this "
         "machine (Other CPU 9000, 96 CPUs): its latencies describe the other machine; measure it here with "
-        "`python -m database.profile --app tiny_digits --device tiny-cloud --replace`, or beside it with "
-        "`python -m database.profile --app tiny_digits --device tiny-cloud-here --side cloud` "
+        f"`python -m database.profile {flags} --device tiny-cloud --replace`, or beside it with "
+        f"`python -m database.profile {flags} --device tiny-cloud-here --side cloud` "
         "(then name tiny-cloud-here in --latency-profile EDGE,CLOUD)"]
     profiles = json.loads(out)["profiles"]
     assert [(p["device"], p["side"], p["foreign"], p["local"]) for p in profiles] == [
