@@ -153,6 +153,8 @@ def test_a_build_resumes_and_status_reports_it(tmp_path, capsys):
     assert status_main(["--storage", storage, "--app", APP.name, "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["requested"] == 32 and row["done"] == 32 and row["remaining"] == 0 and row["per_minute"] > 0
+    assert status_main(["--storage", storage, "--app", str(APP.source), "--json"]) == 0  # the app as a YAML path
+    assert [r["requested"] for r in json.loads(capsys.readouterr().out)] == [32]
 
 
 def test_workers_on_one_host_share_the_default_sqlite_file(tmp_path):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "own-model.md"
@@ -66,14 +67,16 @@ def save_weights(app_yaml: Path, out: Path) -> None:
     torch.save(build_model(replace(load_app(str(app_yaml)), weights=None)).state_dict(), out)
 
 
-def _repo_state() -> dict[str, tuple[int, int]]:
-    """Size and mtime of every file git does not ignore, and of the shipped database (to see nothing is written)."""
+def _repo_state(app: str) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file git does not ignore, of the shipped database and the files beside it, and of
+    the app's default fine-tuned weights folder: to see that nothing is written into the repository."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.split()
     out = {}
-    for name in [*listed, "database/coinfer.sqlite"]:
+    for name in [*listed, "database/coinfer.sqlite", "database/coinfer.studies.journal",
+                 "database/coinfer.queue.sqlite", f"checkpoints/schemes/{app}", f"checkpoints/{app}.pt"]:
         path = ROOT / name
-        if path.is_file():
+        if path.exists():
             st = path.stat()
             out[name] = (st.st_size, st.st_mtime_ns)
     return out
@@ -84,13 +87,14 @@ def test_the_guide_runs_as_written(tmp_path) -> None:
     assert FOLDER in text and f"--port {PORT}" in text and f"127.0.0.1:{PORT}" in text
     blocks = guide_blocks(text)
     kinds = [kind for kind, _, _ in blocks]
+    name = yaml.safe_load(blocks[0][2])["name"]
     assert kinds[0] == "yaml" and kinds.count("server") == 1 and kinds[-2:] == ["server", "client"], kinds
     folder = tmp_path / "tinyr18"
     folder.mkdir()
     local = str(folder)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT)}
-    before = _repo_state()
+    before = _repo_state(name)
     outputs: list[tuple[str, str]] = []  # (commands, stdout with the seconds they took)
     for kind, arg, body in blocks[:-2]:
         body = body.replace(FOLDER, local)
@@ -108,7 +112,7 @@ def test_the_guide_runs_as_written(tmp_path) -> None:
     said = {cmd.split(" --app")[0].removeprefix("python "): out for cmd, out in outputs}
     assert "base top-1" in said["-m models.train"] and (folder / "tinyr18.pt").is_file()
     assert "certified   yes" in said["latency_search.py"], said["latency_search.py"]
-    assert "tinyr18_digits: 9 partition points" in said["-m reports.show"]
+    assert f"app {name}: 9 partition points" in said["-m reports.show"]
 
     from runtime.ready import wait_ready
     server = blocks[-2][2].replace(FOLDER, local).replace(f"--port {PORT}", "--port 0")
@@ -129,4 +133,4 @@ def test_the_guide_runs_as_written(tmp_path) -> None:
     if os.environ.get("COINFER_GUIDE_OUT"):  # the outputs the guide quotes
         Path(os.environ["COINFER_GUIDE_OUT"]).write_text(
             "\n\n".join(f"$ {cmd}\n{out}" for cmd, out in [*outputs, (client, edge.stdout)]).replace(local, FOLDER))
-    assert _repo_state() == before  # everything went to the temporary folder
+    assert _repo_state(name) == before  # everything went to the temporary folder
