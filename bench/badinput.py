@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,24 @@ class Outcome:
     stderr: str = ""
 
 
+@dataclass
+class Ran:
+    """What one run of a case's command gave: exit code (None: it did not exit), stdout, stderr, seconds."""
+    code: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    problems: list[str] = field(default_factory=list)  # found while running it (a hang)
+
+
+@dataclass
+class Prepared:
+    """A case's folder, ready to run: its path, what it held before (`_state`) and the mounts to undo."""
+    tmp: Path
+    before: dict[str, str]
+    mounts: list[Path] = field(default_factory=list)
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
@@ -66,14 +85,41 @@ def _listing(root: Path) -> set[str]:
     return out
 
 
-def _command(case: Case, tmp: Path) -> list[str]:
-    fill = {"{db}": str(tmp / "coinfer.sqlite"), "{tmp}": str(tmp), "{app}": str(tmp / "app.yml"),
-            "{repo}": str(REPO_ROOT)}
-    argv = []
-    for arg in case.argv:
-        for key, value in fill.items():
-            arg = arg.replace(key, value)
-        argv.append(arg)
+HASHED_BYTES = 8 * 2**20  # files up to this size are compared by their bytes, larger ones (sparse) by size and time
+
+
+def _state(root: Path) -> dict[str, str]:
+    """Every entry under root (relative path -> what it is): a file's bytes (sha256; a larger one's size and
+    modification time), a symlink's target, a FIFO's or folder's kind; without following symlinks."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                what = "link:" + os.readlink(path)
+            elif not stat.S_ISREG(info.st_mode):
+                what = f"mode:{stat.S_IFMT(info.st_mode)}"
+            elif info.st_size <= HASHED_BYTES:
+                what = _digest(Path(path))
+            else:
+                what = f"size:{info.st_size}:{info.st_mtime_ns}"
+            out[os.path.relpath(path, root)] = what
+        out.update({os.path.relpath(os.path.join(folder, d), root) + "/": "dir" for d in dirs})
+    return out
+
+
+def fill(text: str, tmp: Path) -> str:
+    """A case's argument with its placeholders ({db}, {tmp}, {app}, {repo}) replaced for the folder tmp."""
+    for key, value in {"{db}": str(tmp / "coinfer.sqlite"), "{tmp}": str(tmp), "{app}": str(tmp / "app.yml"),
+                       "{repo}": str(REPO_ROOT)}.items():
+        text = text.replace(key, value)
+    return text
+
+
+def command(case: Case, tmp: Path) -> list[str]:
+    """The command line of a case run in the folder tmp."""
+    argv = [fill(arg, tmp) for arg in case.argv]
     if case.cli.endswith(".py"):
         return [sys.executable, str(REPO_ROOT / case.cli), *argv]
     return [sys.executable, "-m", case.cli, *argv]
@@ -94,39 +140,111 @@ def _write_app(case: Case, tmp: Path) -> None:
     (tmp / "app.yml").write_text(yaml.safe_dump(data))
 
 
-def run_case(case: Case, root: Path, index: int, timeout_s: float, repo_lock: threading.Lock) -> Outcome:
-    """Run one case in a fresh folder under root and check it (see the module doc)."""
+def _mount(where: Path, options: str) -> None:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True,
+                   capture_output=True, timeout=30)
+
+
+def _write_files(case: Case, prep: Prepared) -> None:
+    """Make the case's FileSpecs in its folder (see FileSpec)."""
+    for spec in case.files:
+        path = prep.tmp / spec.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if spec.kind == "bytes":
+            path.write_bytes(spec.data)
+        elif spec.kind == "sparse":
+            with open(path, "wb") as f:
+                f.truncate(spec.size)
+        elif spec.kind == "fifo":
+            os.mkfifo(path)
+        elif spec.kind == "dir":
+            path.mkdir()
+        elif spec.kind in ("symlink", "loop"):
+            os.symlink(path.name if spec.kind == "loop" else fill(spec.target, prep.tmp), path)
+        elif spec.kind in ("full", "readonly"):
+            _mount(path, f"size={max(spec.size, 4096)}" + (",ro" if spec.kind == "readonly" else ""))
+            prep.mounts.append(path)
+            if spec.kind == "full":
+                with open(path / "filler", "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * 4096)
+                            f.flush()
+                    except OSError:
+                        pass
+        else:
+            raise ValueError(f"unknown file kind {spec.kind!r}")
+
+
+def prepare(case: Case, root: Path, index: int) -> Prepared:
+    """A fresh folder under root for the case: a copy of the shipped database, a corrupt one, its files."""
     tmp = root / f"case{index:04d}"
     tmp.mkdir()
     shutil.copyfile(SHIPPED_DB, tmp / "coinfer.sqlite")
     (tmp / "corrupt.sqlite").write_bytes(b"this is not an sqlite database " * 64)
-    _write_app(case, tmp)
-    before, db_before = _listing(tmp), _digest(tmp / "coinfer.sqlite")
+    prep = Prepared(tmp, {})
+    try:
+        _write_app(case, tmp)
+        _write_files(case, prep)
+    except BaseException:
+        cleanup(prep)
+        raise
+    prep.before = _state(tmp)
+    return prep
+
+
+def cleanup(prep: Prepared) -> None:
+    """Undo the case's mounts and remove its folder."""
+    for where in prep.mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+    shutil.rmtree(prep.tmp, ignore_errors=True)
+
+
+def case_env() -> dict[str, str]:
+    """The environment a case runs in: this one, without the variables that point CLIs elsewhere."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    for key in ("COINFER_SERVER", "COINFER_RATE_LIMIT", "COINFER_SPEED", "COINFER_TEST_POSTGRES"):
+    for key in ("COINFER_SERVER", "COINFER_RATE_LIMIT", "COINFER_SPEED", "COINFER_TEST_POSTGRES", "COINFER_TOKEN"):
         env.pop(key, None)
-    problems = []
+    return env
+
+
+def run_subprocess(case: Case, tmp: Path, timeout_s: float) -> Ran:
+    """Run the case's command in its own interpreter, in its folder."""
     start = time.perf_counter()
     try:
-        out = subprocess.run(_command(case, tmp), cwd=tmp, env=env, capture_output=True, text=True,
-                             timeout=timeout_s, stdin=subprocess.DEVNULL)
-        code, stdout, stderr = out.returncode, out.stdout, out.stderr
+        out = subprocess.run(command(case, tmp), cwd=tmp, env=case_env(), capture_output=True, text=True,
+                             errors="replace", timeout=timeout_s, stdin=subprocess.DEVNULL)
+        return Ran(out.returncode, out.stdout, out.stderr, time.perf_counter() - start)
     except subprocess.TimeoutExpired as exc:
-        code, stdout, stderr = None, str(exc.stdout or ""), str(exc.stderr or "")
-        problems.append(f"hang: no exit within {timeout_s:g} s")
-    seconds = time.perf_counter() - start
-    if code is not None and code != case.exit:
-        problems.append(f"exit code {code}, expected {case.exit}")
-    lines = stderr.splitlines()
+        text = [x.decode(errors="replace") if isinstance(x, bytes) else str(x or "") for x in (exc.stdout, exc.stderr)]
+        return Ran(None, text[0], text[1], time.perf_counter() - start, [f"hang: no exit within {timeout_s:g} s"])
+
+
+def expected(case: Case) -> tuple[int, ...]:
+    return case.exit if isinstance(case.exit, tuple) else (case.exit,)
+
+
+def check(case: Case, prep: Prepared, ran: Ran, repo_lock: threading.Lock) -> list[str]:
+    """The contract (module doc): what the run broke of it; nothing when it passed."""
+    problems = list(ran.problems)
+    if ran.code is not None and ran.code not in expected(case):
+        problems.append(f"exit code {ran.code}, expected {' or '.join(map(str, expected(case)))}")
+    lines = ran.stderr.splitlines()
     if len(lines) != 1:
         problems.append(f"{len(lines)} lines on stderr")
-    if "Traceback" in stderr or "Traceback" in stdout:
+    if "Traceback" in ran.stderr or "Traceback" in ran.stdout:
         problems.append("traceback")
-    if SECRET in stderr or SECRET in stdout:
+    if SECRET in ran.stderr or SECRET in ran.stdout:
         problems.append("password shown")
-    if _digest(tmp / "coinfer.sqlite") != db_before:
+    after = _state(prep.tmp)
+    changed = sorted(k for k in prep.before if after.get(k) != prep.before[k])
+    if "coinfer.sqlite" in changed:
         problems.append("database bytes changed")
-    new = sorted(_listing(tmp) - before)
+    others = [k for k in changed if k != "coinfer.sqlite"]
+    if others:
+        problems.append(f"inputs changed or removed: {', '.join(others[:3])}")
+    new = sorted(set(after) - set(prep.before))
     if new:
         problems.append(f"new files: {', '.join(new[:3])}")
     with repo_lock:
@@ -136,19 +254,34 @@ def run_case(case: Case, root: Path, index: int, timeout_s: float, repo_lock: th
         if extra:
             problems.append(f"new files in the repository: {', '.join(extra[:3])}")
             REPO_FILES.update(extra)  # reported once, by the case that finished first
-    shutil.rmtree(tmp, ignore_errors=True)
-    return Outcome(case, not problems, problems, seconds, stderr.strip()[:300])
+    return problems
+
+
+def run_case(case: Case, root: Path, index: int, timeout_s: float, repo_lock: threading.Lock) -> Outcome:
+    """Run one case in a fresh folder under root, in its own interpreter, and check it (see the module doc)."""
+    prep = prepare(case, root, index)
+    try:
+        ran = run_subprocess(case, prep.tmp, timeout_s)
+        problems = check(case, prep, ran, repo_lock)
+    finally:
+        cleanup(prep)
+    return Outcome(case, not problems, problems, ran.seconds, ran.stderr.strip()[:300])
 
 
 SHIPPED_DIGEST = ""
 REPO_FILES: set[str] = set()
 
 
+def start_checks() -> None:
+    """Note the shipped database's bytes and the repository's files, which every case's check compares with."""
+    global SHIPPED_DIGEST, REPO_FILES
+    SHIPPED_DIGEST, REPO_FILES = _digest(SHIPPED_DB), _listing(REPO_ROOT)
+
+
 def run_cases(cases: Iterable[Case], jobs: int = 2, timeout_s: float = 120.0) -> list[Outcome]:
     """Run the cases, `jobs` at a time, each in its own folder and subprocess; the outcomes in case order."""
-    global SHIPPED_DIGEST, REPO_FILES
     cases = list(cases)
-    SHIPPED_DIGEST, REPO_FILES = _digest(SHIPPED_DB), _listing(REPO_ROOT)
+    start_checks()
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="coinfer-badinput-") as folder:
         root = Path(folder)
