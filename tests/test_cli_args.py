@@ -1,0 +1,39 @@
+"""cli.args.ArgParser: one-line errors, no abbreviations, finite floats, and `--opt=--` read as the value `--`."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.args import ArgParser
+
+
+def parser() -> ArgParser:
+    ap = ArgParser(prog="t")
+    ap.add_argument("--n", type=int, default=1)
+    ap.add_argument("--delay", type=float, default=1.0)
+    ap.add_argument("--name", default="x")
+    ap.add_argument("--mode", choices=["a", "b"], default="a")
+    return ap
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--n=--"], "error: argument --n: invalid int value: '--' (see --help)"),
+    (["--delay=--"], "error: argument --delay: invalid float value: '--' (see --help)"),
+    (["--mode=--"], "error: argument --mode: invalid choice: '--' (choose from 'a', 'b') (see --help)"),
+    (["--delay", "nan"], "error: argument --delay: not a finite number: 'nan' (see --help)"),
+    (["--na", "y"], "error: unrecognized arguments: --na y (see --help)"),
+])
+def test_bad_values_are_one_line_exit_2(argv, says, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == says + "\n"
+
+
+def test_a_double_dash_value_is_the_text_and_the_separator_still_works() -> None:
+    assert parser().parse_args(["--name=--"]).name == "--"
+    ap = ArgParser(prog="t")
+    ap.add_argument("--name", default="x")
+    ap.add_argument("rest", nargs="*")
+    args = ap.parse_args(["--name", "y", "--", "--z"])
+    assert (args.name, args.rest) == ("y", ["--z"])
