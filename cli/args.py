@@ -10,6 +10,8 @@ import math
 import sys
 from typing import NoReturn
 
+from cli.errors import mask_secrets
+
 
 def finite_float(text: str) -> float:
     """argparse type: a float that is neither nan nor infinite."""
@@ -41,5 +43,5 @@ class ArgParser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        print(f"error: {mask_secrets(' '.join(message.split()))} (see --help)", file=sys.stderr)
         sys.exit(2)

@@ -37,3 +37,23 @@ def test_a_double_dash_value_is_the_text_and_the_separator_still_works() -> None
     ap.add_argument("rest", nargs="*")
     args = ap.parse_args(["--name", "y", "--", "--z"])
     assert (args.name, args.rest) == ("y", ["--z"])
+
+
+def test_no_password_of_a_url_is_printed_whatever_flag_it_was_given_to(capsys) -> None:
+    from cli.errors import CoInferError, mask_secrets
+    from cli.run import run_cli
+    url = "postgresql+psycopg://u:s3cret@127.0.0.1:1/db?password=s3cret"
+    assert mask_secrets(f"got {url!r}, and 'mysql://a:b@h/x'") == \
+        "got 'postgresql+psycopg://u:***@127.0.0.1:1/db?password=***', and 'mysql://a:***@h/x'"
+    assert mask_secrets("a:b@c and http://host/x") == "a:b@c and http://host/x"
+
+    def main(argv):
+        raise CoInferError(f"--device must be a name, got {url!r}")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ("error: --device must be a name, got "
+                                       "'postgresql+psycopg://u:***@127.0.0.1:1/db?password=***'\n")
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--mode", url])
+    assert "s3cret" not in capsys.readouterr().err
