@@ -45,3 +45,14 @@ def test_size_limit_is_checked_before_reading(tmp_path) -> None:
     with pytest.raises(CoInferError, match=r"big\.json is 1001 bytes, over the limit of 1000$"):
         read_text(path, "table", max_bytes=1000)
     assert read_text(path, "table", max_bytes=1001) == " " * 1001
+
+
+@pytest.mark.parametrize("name, text", [("p.json", '{"a": ' + "9" * 5000 + "}"), ("p.yml", "a: " + "9" * 5000 + "\n")])
+def test_a_number_over_pythons_digit_limit_is_one_line(tmp_path, name: str, text: str) -> None:
+    from cli.files import read_yaml
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(CoInferError) as exc:
+        read_json(path, "profile") if name.endswith(".json") else read_yaml(path, "profile", 2**20)
+    assert str(exc.value) == f"profile {path}: exceeds the limit (4300 digits) for integer string conversion"
+
