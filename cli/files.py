@@ -82,7 +82,7 @@ def read_yaml(path: Path | str, what: str, max_bytes: int, max_depth: int = MAX_
 
 def check_output(path: Path | str, what: str = "output", inputs: Iterable[Path | str | None] = ()) -> Path:
     """The output path resolved (symlinks and `..` followed: the file a write would replace), once its folder
-    exists and is writable, it is not a folder, and it is none of `inputs` (the command's
+    exists and is writable, it is not a folder (nor a FIFO or a device), and it is none of `inputs` (the command's
     input files and the database files behind its `--storage`: `database.storage.Storage.files`); else one
     CoInferError line.
     Creates nothing. Call it before the work that produces the file: a bad path fails in a second."""
@@ -95,6 +95,8 @@ def check_output(path: Path | str, what: str = "output", inputs: Iterable[Path |
         raise CoInferError(f"cannot write {what} {out}: {getattr(exc, 'strerror', None) or 'symlink loop'}") from None
     if real.is_dir():
         raise CoInferError(f"{what} path {str(path)!r} is a folder, not a file")
+    if real.exists() and not real.is_file():  # a FIFO, a device: the atomic rename would replace the node
+        raise CoInferError(f"{what} {out} exists and is not a regular file")
     if not real.parent.is_dir():
         raise CoInferError(f"cannot write {what} {out}: folder {real.parent} does not exist")
     for given in inputs:
