@@ -543,9 +543,11 @@ def bad_storage(draw: Callable) -> tuple[list[FileSpec], str, str]:
     return [], draw(_st().sampled_from(URLS[:3])), "a bad URL"
 
 
-def bad_output(draw: Callable, export: bool) -> tuple[list[FileSpec], str, str]:
-    hows = ["folder", "missing folder", "database", "link to database", "readonly", "fifo"] + (["full"] if export
-                                                                                               else [])
+def bad_output(draw: Callable, export: bool, stored: bool) -> tuple[list[FileSpec], str, str]:
+    """A bad output: the database (and a link to it) only for a command with --storage, whose input it is; a full
+    disk only for an export, which writes without working first."""
+    hows = ["folder", "missing folder", "readonly", "fifo"] + (["database", "link to database"] if stored else []) \
+        + (["full"] if export else [])
     how = draw(_st().sampled_from(hows))
     if how == "folder":
         return [], "{tmp}", how
@@ -605,9 +607,15 @@ def _filled(draw: Callable, command: Command, option: Option) -> list[str]:
     return _args(option, values if option.takes != 1 else values[0])
 
 
+def _typed(command: Command) -> list[Option]:
+    """The options whose type refuses some junk value (a Path takes any text: never a parse poison)."""
+    return [o for o in command.options + command.positionals
+            if o.type is not None and o.takes and any(not _parses(o, j) for j in JUNK)]
+
+
 def _poisons(command: Command) -> list[str]:
     kinds = ["unknown option", "abbreviation", "stray positional"]
-    if any(o.type is not None and o.takes for o in command.options + command.positionals):
+    if _typed(command):
         kinds.append("type")
     if any(o.choices for o in command.options):
         kinds.append("choice")
@@ -667,7 +675,7 @@ def draw_case(draw: Callable, command: Command, scratch: Path) -> Case:
         if r == "storage":
             files, value, what = bad_storage(draw)
         elif r in ("output", "export"):
-            files, value, what = bad_output(draw, r == "export")
+            files, value, what = bad_output(draw, r == "export", "storage" in by_dest)
         elif r == "folder":
             files, value, what = [FileSpec("runfolder", "dir")], "{tmp}/runfolder", "an empty folder"
         else:
@@ -681,10 +689,8 @@ def draw_case(draw: Callable, command: Command, scratch: Path) -> Case:
         else:
             positional_values.append(value)
     elif kind == "type":
-        typed = [o for o in command.options + command.positionals if o.type is not None and o.takes]
-        o = draw(st.sampled_from(typed))
-        bad = [j for j in JUNK if not _parses(o, j)]
-        value = draw(st.sampled_from(bad or ["x"]))
+        o = draw(st.sampled_from(_typed(command)))
+        value = draw(st.sampled_from([j for j in JUNK if not _parses(o, j)]))
         label = f"{'/'.join(o.flags) or o.dest} = {value!r} (not its type)"
         if o.flags:
             argv += [f"{_args(o, 'x')[0]}={value}"] if o.takes == 1 else _args(o, [value] * (2 if o.takes == 2 else 1))

@@ -125,8 +125,9 @@ class Worker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.kill()
-            self.proc.join(10)
+            if self.proc.pid is not None and self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(10)
             self.conn.close()
         self.proc = self.conn = None
 
