@@ -57,3 +57,14 @@ def test_no_password_of_a_url_is_printed_whatever_flag_it_was_given_to(capsys) -
     with pytest.raises(SystemExit):
         parser().parse_args(["--mode", url])
     assert "s3cret" not in capsys.readouterr().err
+
+
+def test_an_error_quoting_a_value_with_a_line_break_is_still_one_line(capsys) -> None:
+    from cli.errors import CoInferError
+    from cli.run import run_cli
+
+    def main(argv):
+        raise CoInferError("unknown device 'line\nbreak\r'")
+    with pytest.raises(SystemExit):
+        run_cli(main, [])
+    assert capsys.readouterr().err == "error: unknown device 'line\\nbreak\\r'\n"
