@@ -16,17 +16,32 @@ CHECKED_BEFORE_CONNECTING = {"bench.zoo"}  # refuses any server URL (it reads an
 
 
 @dataclass(frozen=True)
+class FileSpec:
+    """A file a case puts in its folder before it runs (bench.badinput writes it): `name` relative to the
+    folder, and its kind: "bytes" (`data`), "sparse" (`size` bytes of holes), "fifo", "dir", "symlink" (to
+    `target`, a name in the folder or a path; "loop" points at itself), "full" (a `size`-byte tmpfs mounted
+    there and filled) or "readonly" (a tmpfs mounted read-only); the two mounts need root."""
+    name: str
+    kind: str = "bytes"
+    data: bytes = b""
+    size: int = 0
+    target: str = ""
+
+
+@dataclass(frozen=True)
 class Case:
     """One bad input: a CLI (module or script) and its argv, with {db} (the case's database copy), {tmp} (its
     folder), {app} (its app YAML) and {repo} placeholders; `app` mutates the default app's YAML (a function
-    of the parsed mapping) or is the file's raw text; `fast` puts it in the test suite's subset; `exit` is
-    the expected status (cli.errors: 2 bad input, 3 a server that cannot be reached)."""
+    of the parsed mapping) or is the file's raw text; `files` are more files for its folder; `fast` puts it
+    in the test suite's subset; `exit` is the expected status (cli.errors: 2 bad input, 3 a server that
+    cannot be reached), or the statuses any of which passes."""
     cli: str
     argv: tuple[str, ...]
     label: str
     app: Callable[[dict], None] | str | bytes | None = None
     fast: bool = False
-    exit: int = 2
+    exit: int | tuple[int, ...] = 2
+    files: tuple[FileSpec, ...] = ()
 
 
 def _c(cli: str, *argv: str, label: str = "", app=None, fast: bool = False, exit: int | None = None) -> Case:

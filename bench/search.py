@@ -16,6 +16,7 @@ loaded machine. Writes bench/out/search.png (evaluations vs optimality per sampl
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics
@@ -262,6 +263,17 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
     return SearchBenchResult(app.name, suites, time.perf_counter() - start, path)
 
 
+def parse_bandwidths(text: str) -> tuple[float, ...]:
+    """--gp-bandwidths: positive finite Mbps separated by commas; else one CoInferError line."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise CoInferError(f"--gp-bandwidths must be positive numbers (Mbps) separated by commas, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> tuple[SearchBenchConfig, bool]:
     """The command line as (config, --json)."""
     ap = ArgParser(description="Benchmark the samplers against the exhaustive optimum.")
@@ -285,7 +297,7 @@ def parse_args(argv: list[str] | None) -> tuple[SearchBenchConfig, bool]:
     args = ap.parse_args(argv)
     config = SearchBenchConfig(
         app=args.app, storage=args.storage, samplers=tuple(args.samplers.split(",")), seeds=args.seeds,
-        gp_seeds=args.gp_seeds, gp_bandwidths=tuple(float(x) for x in args.gp_bandwidths.split(",")),
+        gp_seeds=args.gp_seeds, gp_bandwidths=parse_bandwidths(args.gp_bandwidths),
         optcoinfer_seeds=args.optcoinfer_seeds, synthetic_samplers=tuple(args.synthetic_samplers.split(",")),
         budget=args.budget, n_restarts=args.n_restarts, tolerance=args.tolerance, workers=args.workers,
         synthetic=not args.no_synthetic, quick=args.quick)

@@ -10,8 +10,9 @@
 
 Every stage raises one of these with a one-line message naming the problem; `cli.run.run_cli`
 prints that line to stderr and exits with the status. `mask_url` hides the password of a database
-URL in such a line. A full disk anywhere (`disk_full`: ENOSPC or EDQUOT along the exception chain, or a
-database's "disk is full") is one line and exit 2 too (`cli.run` says so for any that reaches it).
+URL in such a line; `mask_secrets`, applied to every line `run_cli` and the parser print, hides any other.
+A full disk anywhere (`disk_full`: ENOSPC or EDQUOT along the exception chain, or a database's "disk is
+full") is one line and exit 2 too (`cli.run` says so for any that reaches it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def mask_url(url: str) -> str:
         if ":" in cred:
             rest = f"{cred.split(':', 1)[0]}:***@{host}"
     return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", f"{scheme}{sep}{rest}")
+
+
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@'\"]*:)[^\s@'\"]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """Any text with the password of every URL in it hidden (`mask_url`'s forms, wherever they appear): what a
+    one-line error quotes of a value the user gave to another flag (a --device, a --sampler) stays safe."""
+    return re.sub(r"(?i)(password=)[^&\s'\"]*", r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def chain(exc: BaseException | None, depth: int = 10) -> Iterator[BaseException]:

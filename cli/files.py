@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from cli.errors import CoInferError
+from cli.errors import CoInferError, first_line
 
 MAX_YAML_DEPTH = 32  # an app nests 3 deep, devices.yml 2
 MAX_JSON_BYTES = 64 * 2**20  # a latency profile of every point of a large model is well under 1 MB
@@ -85,6 +85,8 @@ def read_json(path: Path | str, what: str, max_bytes: int = MAX_JSON_BYTES) -> o
         raise CoInferError(f"{what} {path} is not valid JSON (line {exc.lineno})") from None
     except RecursionError:
         raise CoInferError(f"{what} {path} nests too deeply") from None
+    except ValueError as exc:  # an integer of more digits than int() converts (sys.get_int_max_str_digits)
+        raise CoInferError(f"{what} {path}: {first_line(exc).split(':')[0].lower()}") from None
 
 
 def read_yaml(path: Path | str, what: str, max_bytes: int, max_depth: int = MAX_YAML_DEPTH) -> object:
@@ -109,12 +111,15 @@ def read_yaml(path: Path | str, what: str, max_bytes: int, max_depth: int = MAX_
         raise CoInferError(f"malformed YAML in {path}{at}") from None
     except RecursionError:
         raise CoInferError(f"{what} {path} nests too deeply") from None
+    except ValueError as exc:  # an integer of more digits than int() converts (sys.get_int_max_str_digits)
+        raise CoInferError(f"{what} {path}: {first_line(exc).split(':')[0].lower()}") from None
 
 
 def check_output(path: Path | str, what: str = "output", inputs: Iterable[Path | str | None] = ()) -> Path:
     """The output path resolved (symlinks and `..` followed: the file a write would replace), once its folder
-    exists and is writable, it is not a folder, and it is none of `inputs` (the command's input files and the
-    database files behind its `--storage`: `database.storage.Storage.files`); else one CoInferError line.
+    exists and is writable, it is not a folder (nor a FIFO or a device), and it is none of `inputs` (the command's
+    input files and the database files behind its `--storage`: `database.storage.Storage.files`); else one
+    CoInferError line.
     Creates nothing. Call it before the work that produces the file: a bad path fails in a second."""
     if not str(path):
         raise CoInferError(f"{what} path '' is empty")
@@ -125,6 +130,8 @@ def check_output(path: Path | str, what: str = "output", inputs: Iterable[Path |
         raise CoInferError(f"cannot write {what} {out}: {getattr(exc, 'strerror', None) or 'symlink loop'}") from None
     if real.is_dir():
         raise CoInferError(f"{what} path {str(path)!r} is a folder, not a file")
+    if real.exists() and not real.is_file():  # a FIFO, a device: the atomic rename would replace the node
+        raise CoInferError(f"{what} {out} exists and is not a regular file")
     if not real.parent.is_dir():
         raise CoInferError(f"cannot write {what} {out}: folder {real.parent} does not exist")
     for given in inputs:

@@ -67,7 +67,10 @@ class Storage:
         if not text.strip():
             raise CoInferError("empty storage URL: give a SQLAlchemy URL or a file path, or leave --storage out")
         if "://" not in text:  # a plain path means an SQLite file
-            text = f"sqlite:///{Path(text).resolve()}"
+            try:
+                text = f"sqlite:///{Path(text).resolve()}"
+            except (OSError, RuntimeError) as exc:  # a symlink loop
+                raise CoInferError(f"storage {text}: {getattr(exc, 'strerror', None) or 'symlink loop'}") from None
         import sqlalchemy as sa
         try:
             sa.engine.make_url(text)

@@ -4,12 +4,9 @@ and no new files."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from apps import REPO_ROOT
 from bench.badinput import run_cases
 from bench.badinput_cases import all_cases
+from bench.badinput_gen import repository_clis
 
 
 def test_fast_bad_inputs_are_handled() -> None:
@@ -21,23 +18,9 @@ def test_fast_bad_inputs_are_handled() -> None:
     assert not failed, "\n".join(failed)
 
 
-def repository_clis() -> set[str]:
-    """Every CLI of the repository: the scripts and modules (a package's __main__ is the package) that run their
-    main through run_cli."""
-    out = set()
-    for folder, dirs, files in os.walk(REPO_ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "__")) and d != "tests"]
-        for name in files:
-            path = Path(folder, name)
-            if name.endswith(".py") and "run_cli(main)" in path.read_text():
-                parts = path.relative_to(REPO_ROOT).with_suffix("").parts
-                out.add(name if len(parts) == 1 else ".".join(parts).removesuffix(".__main__"))
-    return out
-
-
 def test_full_benchmark_has_at_least_200_cases_over_every_cli() -> None:
     cases = all_cases()
     assert len(cases) >= 200 and sum(c.app is not None and c.cli != "database.formats" for c in cases) >= 100
-    clis = repository_clis()
+    clis = set(repository_clis())
     assert len(clis) >= 25 and {"select_model.py", "bench.corun", "reports.build_status"} <= clis
     assert not clis - {c.cli for c in cases}, "CLIs without bad-input cases"

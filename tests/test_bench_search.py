@@ -39,3 +39,12 @@ def test_json_has_the_text_tables_facts(argv, capsys, tmp_path) -> None:
     assert float(cells[3]) == pytest.approx(row["certified_pct"], abs=0.05)
     assert int(cells[5]) == row["max_evaluations"]
     assert text[-1].startswith("wall ") and text[-1].endswith(f"plot: {tmp_path / 'search.png'}")
+
+
+@pytest.mark.parametrize("text", ["-", "point:x", "1,,2", "0", "nan", "1,-2"])
+def test_bad_gp_bandwidths_are_one_line(text) -> None:
+    from cli.errors import CoInferError
+    with pytest.raises(CoInferError) as exc:
+        bench_search.parse_args([f"--gp-bandwidths={text}"])
+    assert str(exc.value) == f"--gp-bandwidths must be positive numbers (Mbps) separated by commas, got {text!r}"
+    assert bench_search.parse_bandwidths("0.5,2") == (0.5, 2.0)

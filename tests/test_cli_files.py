@@ -45,3 +45,23 @@ def test_size_limit_is_checked_before_reading(tmp_path) -> None:
     with pytest.raises(CoInferError, match=r"big\.json is 1001 bytes, over the limit of 1000$"):
         read_text(path, "table", max_bytes=1000)
     assert read_text(path, "table", max_bytes=1001) == " " * 1001
+
+
+@pytest.mark.parametrize("name, text", [("p.json", '{"a": ' + "9" * 5000 + "}"), ("p.yml", "a: " + "9" * 5000 + "\n")])
+def test_a_number_over_pythons_digit_limit_is_one_line(tmp_path, name: str, text: str) -> None:
+    from cli.files import read_yaml
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(CoInferError) as exc:
+        read_json(path, "profile") if name.endswith(".json") else read_yaml(path, "profile", 2**20)
+    assert str(exc.value) == f"profile {path}: exceeds the limit (4300 digits) for integer string conversion"
+
+
+def test_an_output_that_is_a_fifo_is_refused_and_left_alone(tmp_path) -> None:
+    from cli.files import check_output
+    fifo = tmp_path / "out.csv"
+    os.mkfifo(fifo)  # a rename over it would replace the node (over /dev/null, the device)
+    with pytest.raises(CoInferError, match=r"out\.csv exists and is not a regular file$"):
+        check_output(fifo, "export")
+    assert fifo.is_fifo()
+    assert check_output(tmp_path / "new.csv", "export") == (tmp_path / "new.csv").resolve()

@@ -52,6 +52,14 @@ def test_memory_and_bad_values() -> None:
         Storage.parse("post gres://u:s3cret@h/d")
 
 
+def test_a_symlink_loop_is_one_line(tmp_path) -> None:
+    loop = tmp_path / "loop.sqlite"
+    loop.symlink_to(loop.name)
+    with pytest.raises(CoInferError) as exc:
+        Storage.parse(str(loop))
+    assert str(exc.value) == f"storage {loop}: symlink loop"
+
+
 def test_an_unreachable_server_is_exit_3_with_the_password_masked() -> None:
     for opened in (lambda: Store(DOWN), lambda: Store(DOWN, readonly=True).accuracy_table("a"),
                    lambda: Storage.parse(DOWN).check_reachable()):
