@@ -62,7 +62,7 @@ def _sources() -> list[Path]:
 def _clis() -> set[str]:
     """Every module (a package's __main__ as the package) and root script that runs a `main` under run_cli."""
     return {".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__main__")
-            for p in _sources() if "run_cli(main)" in p.read_text()}
+            for p in _sources() if "\n    run_cli(main)" in p.read_text()}  # under `if __name__ == "__main__":`
 
 
 def test_every_cli_has_a_console_script() -> None:
