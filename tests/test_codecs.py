@@ -1,0 +1,109 @@
+"""The codecs of the cut (codec/): every registered codec round-trips every b exactly as bitpack
+does, sizes and bounds hold, malformed payloads are refused before allocation, the registry refuses
+clashes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import codec
+from cli.errors import CoInferError
+from codec import BITPACK, ZSTD, registry
+from codec.base import Codec, raw_body_len
+from compress.quant import dequantize, quantize
+from compress.scheme import BITS
+from models.points import PartitionPoint
+
+SHAPE = (2, 6, 9, 11)
+
+
+def activation(seed: int = 0, shape=SHAPE) -> torch.Tensor:
+    """ReLU'd Gaussian: half zeros, as activations after a ReLU are."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(shape, generator=g))
+
+
+@pytest.mark.parametrize("name", codec.names())
+@pytest.mark.parametrize("bits", list(BITS))
+def test_round_trip_equals_quantise_dequantise(name: str, bits: int) -> None:
+    c = codec.get(name)
+    a = activation(bits)
+    body = c.encode(a, bits)
+    expected = dequantize(*quantize(a, bits))  # the codec adds no loss to quantisation's
+    assert torch.equal(c.decode(body, SHAPE, bits), expected)
+    c.check_body_len(len(body), SHAPE, bits)
+    assert len(body) <= c.body_bound(SHAPE, bits) <= raw_body_len(SHAPE)
+
+
+def test_bitpack_size_is_the_formula() -> None:
+    pt = PartitionPoint(0, "x", 16, 9, 11)
+    for bits in BITS:
+        body = BITPACK.encode(activation(bits, (1, 5, 9, 11)), bits)
+        size = BITPACK.size(pt, 5, bits)
+        assert size.mean == size.p95 == len(body) == 5 * 8 + -(-5 * 99 * bits // 8)
+
+
+def test_zstd_shrinks_sparse_codes_and_never_exceeds_bitpack() -> None:
+    sparse = torch.zeros(1, 8, 16, 16)
+    sparse[0, :, 3, 4] = 1.0
+    for bits in BITS:
+        assert len(ZSTD.encode(sparse, bits)) < len(BITPACK.encode(sparse, bits))
+    noise = torch.rand(1, 8, 16, 16, generator=torch.Generator().manual_seed(1))  # incompressible: stored
+    for bits in BITS:
+        assert len(ZSTD.encode(noise, bits)) == len(BITPACK.encode(noise, bits))
+
+
+def test_zstd_refuses_malformed_payloads() -> None:
+    import zstandard
+    n, bits = 8 * 16 * 16, 6
+    codes, lo, scale = quantize(torch.zeros(1, 8, 16, 16), bits)
+    body = ZSTD.encode((codes, lo, scale), bits)
+    params = body[: 8 * 8]
+    with pytest.raises(ValueError, match="bytes, shape"):  # longer than bitpack's size
+        ZSTD.decode_parts(params + bytes(n), (1, 8, 16, 16), bits)
+    lying = zstandard.ZstdCompressor().compress(bytes(10 * n))  # declares 10x the codes: refused unread
+    with pytest.raises(ValueError, match="declares"):
+        ZSTD.decode_parts(params + lying, (1, 8, 16, 16), bits)
+    too_big = zstandard.ZstdCompressor().compress(bytes([1 << bits]) * n)  # codes of b+1 bits
+    with pytest.raises(ValueError, match="does not fit"):
+        ZSTD.decode_parts(params + too_big, (1, 8, 16, 16), bits)
+    with pytest.raises(ValueError, match="bad zstd frame"):
+        ZSTD.decode_parts(params + b"\x00" * 20, (1, 8, 16, 16), bits)
+    frame = zstandard.ZstdCompressor().compress(bytes(n))
+    with pytest.raises(ValueError, match="bad zstd frame"):  # trailing bytes
+        ZSTD.decode_parts(params + frame + b"\x00", (1, 8, 16, 16), bits)
+
+
+def test_data_dependent_size_needs_a_profile() -> None:
+    with pytest.raises(CoInferError, match="depends on the activations"):
+        ZSTD.size(PartitionPoint(0, "x", 16, 9, 11), 4, 3)
+
+
+def test_registry_refuses_clashes_and_names_the_known() -> None:
+    class Clash(Codec):
+        name, wire_id, exact = "bitpack2", 0, True
+
+        def encode_codes(self, codes, bits):  # pragma: no cover - never called
+            raise AssertionError
+
+        decode_codes = payload_bound = encode_codes
+
+    with pytest.raises(ValueError, match="clashes with <codec bitpack"):
+        registry.register(Clash())
+    Clash.wire_id = 256
+    with pytest.raises(ValueError, match="outside 0..255"):
+        registry.register(Clash())
+    with pytest.raises(CoInferError, match="unknown codec 'nope' \\(known: bitpack, zstd"):
+        codec.get("nope")
+    assert codec.by_wire_id(0) is BITPACK and codec.by_wire_id(1) is ZSTD and codec.by_wire_id(200) is None
+
+
+def test_codecs_agree_with_the_reference_unpacking() -> None:
+    """bitpack's payload is compress.codec's numpy reference format, byte for byte."""
+    from compress.codec import pack_numpy
+    codes, lo, scale = quantize(activation(3), 3)
+    body = BITPACK.encode((codes, lo, scale), 3)
+    assert body[8 * 2 * 6:] == pack_numpy(codes.numpy(), 3)
+    assert np.array_equal(BITPACK.decode_parts(body, SHAPE, 3)[0], codes.numpy())
