@@ -20,9 +20,9 @@ A codec is a subclass with three class attributes and three methods:
     encode_codes(codes, bits) -> bytes            codes: uint8, any shape, each < 2^bits
     decode_codes(payload, bits, n) -> uint8[n]    ValueError on anything malformed, before allocating
     payload_bound(n, bits)                        the payload's exact size (exact codec) or an upper
-                                                  bound; ints or numpy arrays. Never above the
-                                                  bit-packed size ceil(n b / 8): a codec that cannot
-                                                  shrink a frame sends it bit-packed.
+                                                  bound; ints or numpy arrays. Never above n (one
+                                                  byte per code, `raw_body_len`): the wire bounds
+                                                  every body by that before reading it.
 
 and inherits the rest: the knob grid `knobs` (the bits b = 1..8, `compress.scheme.BITS`), `encode`
 (a float activation or its (codes, lo, scale) -> body), `decode` (body -> the float activation the
@@ -92,7 +92,7 @@ class Codec(ABC):
 
     @abstractmethod
     def payload_bound(self, n, bits):
-        """The payload's size for n codes at `bits` (exact codec) or its upper bound, <= ceil(n bits / 8)."""
+        """The payload's size for n codes at `bits` (exact codec) or its upper bound, <= n."""
 
     # -- what it inherits ----------------------------------------------------------------
     def body_bound(self, shape: Shape, bits: int) -> int:

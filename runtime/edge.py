@@ -243,6 +243,8 @@ def _parser() -> ArgParser:
                          "command that makes them)")
     ap.add_argument("--n", type=int, default=50, help="requests: the first n test images")
     ap.add_argument("--k", type=int, default=5, help="top-k classes returned")
+    ap.add_argument("--codec", default="bitpack", help="how the activation is written on the wire: bitpack (exact "
+                    "size) or zstd (entropy coded, fewer bytes, same accuracy); default %(default)s")
     ap.add_argument("--token", help="the server's token (visible in ps: prefer --token-file or $COINFER_TOKEN)")
     ap.add_argument("--token-file", help="read the server's token from the first line of this file")
     ap.add_argument("--tls-ca", help="use TLS and trust this CA / self-signed certificate")
@@ -295,7 +297,7 @@ def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientCon
             raise CoInferError(f"cannot load --tls-ca {args.tls_ca}: {exc}") from None
     token = resolve_token(args.token, args.token_file)
     return ClientConfig(host, port, token, args.timeout, args.k, args.finetuned, ssl_ctx=ssl_ctx,
-                        finetune_missing=args.finetune_missing)
+                        finetune_missing=args.finetune_missing, codec=args.codec)
 
 
 def edge_device(args: argparse.Namespace, app: App) -> Device | None:
