@@ -107,3 +107,36 @@ def test_codecs_agree_with_the_reference_unpacking() -> None:
     body = BITPACK.encode((codes, lo, scale), 3)
     assert body[8 * 2 * 6:] == pack_numpy(codes.numpy(), 3)
     assert np.array_equal(BITPACK.decode_parts(body, SHAPE, 3)[0], codes.numpy())
+
+
+def test_bench_reports_every_codec_at_every_b() -> None:
+    from bench.codec import measure_real
+    rng = np.random.default_rng(0)
+    frames = {b: [np.minimum(rng.geometric(0.5, (1, 4, 8, 8)) - 1, (1 << b) - 1).astype(np.uint8)
+                  for _ in range(3)] for b in BITS}
+    rows = measure_real("synthetic", frames, repeat=1)
+    assert {(r["codec"], r["bits"]) for r in rows} == {(n, b) for n in codec.names() for b in BITS}
+    for r in rows:
+        assert r["bitpack_bytes"] == 3 * (4 * 8 + -(-4 * 64 * r["bits"] // 8))
+        if r["codec"] == "bitpack":
+            assert r["bytes"] == r["bitpack_bytes"]
+        assert r["bytes"] <= r["bitpack_bytes"] or r["codec"] not in ("bitpack", "zstd")
+    zstd8 = next(r for r in rows if r["codec"] == "zstd" and r["bits"] == 8)
+    assert zstd8["bytes"] < zstd8["bitpack_bytes"]  # geometric codes: mostly 0 and 1 in a byte each
+
+
+@pytest.mark.slow
+def test_profiled_sizes_on_the_app() -> None:
+    from apps import load_app
+    from database.codecprof import channel_grid, profile_sizes
+    app = load_app("vgg16_digits")
+    if not app.checkpoint.is_file():
+        pytest.skip("vgg16_digits checkpoint not trained")
+    rows = profile_sizes(app, ZSTD, images=4)
+    widths = [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
+    assert len(rows) == sum(len(channel_grid(w)) for w in widths) * len(BITS)
+    sides = [32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2, 1]
+    for r in rows:
+        assert r.bitpacked == 8 * r.channels + -(-r.channels * sides[r.point] ** 2 * r.bits // 8)
+        assert 8 * r.channels < r.mean <= r.bitpacked and r.p95 <= r.bitpacked and r.images == 4
+    assert sum(r.mean for r in rows) < sum(r.bitpacked for r in rows)
