@@ -18,11 +18,16 @@ interpolated in c by `codec.sizes`).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from codec import BITPACK, Codec
+from apps import DEFAULT_APP, load_app
+from cli.args import ArgParser
+from cli.errors import CoInferError
+from cli.run import run_cli
+from codec import BITPACK, Codec, get, names
 from codec.sizes import SizeRow
 from compress.scheme import BITS
 
@@ -81,3 +86,40 @@ def profile_sizes(app: App, codec: Codec, images: int = 200) -> list[SizeRow]:
                 rows.append(SizeRow(p, c, bits, float(sizes.mean()), float(np.percentile(sizes, 95)),
                                     BITPACK.body_bound((1, c, a.shape[2], a.shape[3]), bits), len(sizes)))
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgParser(prog="python -m database.codecprof", description=__doc__.splitlines()[0])
+    ap.add_argument("--app", default=DEFAULT_APP)
+    ap.add_argument("--codec", default="zstd", help="a data-dependent codec (default %(default)s)")
+    ap.add_argument("--images", type=int, default=200, help="test images encoded (default %(default)s)")
+    ap.add_argument("--storage", default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.images < 1:
+        raise CoInferError("--images must be at least 1")
+    codec = get(args.codec)
+    if codec.exact:
+        raise CoInferError(f"codec {codec.name} has an exact size (no profile needed); data-dependent codecs: "
+                           + ", ".join(n for n in names() if not get(n).exact))
+    app = load_app(args.app)
+    from database.storage import Storage
+    from database.store import Store
+    rows = profile_sizes(app, codec, args.images)
+    Store(Storage.parse(args.storage)).put_codec_sizes(app.name, codec.name, rows)
+    mean = sum(r.mean for r in rows) / sum(r.bitpacked for r in rows)
+    if args.json:
+        print(json.dumps({"app": app.name, "codec": codec.name, "images": rows[0].images,
+                          "rows": [r.__dict__ for r in rows]}))
+    else:
+        print(f"{app.name}, {codec.name}: {len(rows)} sizes (p, c, b) over {rows[0].images} test images stored; "
+              f"mean body {mean:.1%} of bitpack's")
+        for bits in BITS:
+            sel = [r for r in rows if r.bits == bits]
+            print(f"  b={bits}: mean {sum(r.mean for r in sel) / sum(r.bitpacked for r in sel):.1%}, "
+                  f"p95 {sum(r.p95 for r in sel) / sum(r.bitpacked for r in sel):.1%} of bitpack's bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -13,7 +13,7 @@ from cli.errors import CoInferError
 from codec import BITPACK, ZSTD, registry
 from codec.base import Codec, raw_body_len
 from compress.quant import dequantize, quantize
-from compress.scheme import BITS
+from compress.scheme import BITS, Scheme
 from models.points import PartitionPoint
 
 SHAPE = (2, 6, 9, 11)
@@ -140,3 +140,38 @@ def test_profiled_sizes_on_the_app() -> None:
         assert r.bitpacked == 8 * r.channels + -(-r.channels * sides[r.point] ** 2 * r.bits // 8)
         assert 8 * r.channels < r.mean <= r.bitpacked and r.p95 <= r.bitpacked and r.images == 4
     assert sum(r.mean for r in rows) < sum(r.bitpacked for r in rows)
+
+
+def test_latency_model_sends_the_codecs_bytes(tmp_path) -> None:
+    """bitpack: the formula; zstd: the profiled ratio to bitpack, interpolated in c, times bitpack's size."""
+    from codec.sizes import SizeRow, SizeTable
+    from database.store import LatencyRow, Store
+    from search.latency import LatencyModel
+    from search.synthetic_problems import synthetic_points
+    points = synthetic_points([4, 8], [8, 4])
+    edge = [LatencyRow("syn", "e", pt.index, c, "edge", 1e-3) for pt in points for c in (1, pt.channels)]
+    edge.append(LatencyRow("syn", "e", 2, 0, "edge", 5e-3))
+    cloud = [LatencyRow("syn", "c", pt.index, c, "cloud", 1e-4) for pt in points for c in (1, pt.channels)]
+    cloud.append(LatencyRow("syn", "c", -1, 0, "cloud", 5e-4))
+    rows = [SizeRow(p, c, b, 0.5 * bp + 0.25 * bp * (c == pt.channels), 0.8 * bp, bp, 10)
+            for p, pt in enumerate(points) for c in (1, pt.channels) for b in BITS
+            for bp in [8 * c + -(-c * pt.height * pt.width * b // 8)]]
+    store = Store(str(tmp_path / "db.sqlite"))
+    assert store.codec_sizes("syn", "zstd") == []  # the table is made by its first write
+    store.put_codec_sizes("syn", "zstd", rows)
+    table = SizeTable("zstd", store.codec_sizes("syn", "zstd"))
+    assert set(table.rows) == set(rows)
+    base = LatencyModel(points, edge, cloud, 3072, devices=("e", "c"))
+    zstd = LatencyModel(points, edge, cloud, 3072, devices=("e", "c"), codec=ZSTD, sizes=table)
+    for scheme in (Scheme(0, 1, 3), Scheme(0, 4, 3), Scheme(1, 8, 8), Scheme(1, 4, 2)):
+        i = base.space.index(scheme)
+        pt = points[scheme.p]
+        bitpacked = 8 * scheme.c + -(-scheme.c * pt.height * pt.width * scheme.b // 8)
+        assert base.bytes[i] == bitpacked
+        share = 0.5 + 0.25 * (scheme.c - 1) / (pt.channels - 1)  # linear in c between 1 and C_p
+        assert zstd.bytes[i] == pytest.approx(share * bitpacked)
+        assert zstd.bytes_p95[i] == pytest.approx(0.8 * bitpacked)
+        assert zstd.edge_s[i] == base.edge_s[i] and zstd.cloud_s[i] == base.cloud_s[i]
+    assert (zstd.totals(1.0) < base.totals(1.0)).all()
+    with pytest.raises(CoInferError, match="depends on the activations"):
+        LatencyModel(points, edge, cloud, 3072, codec=ZSTD)
