@@ -2,11 +2,13 @@
 
     python -m bench.fuzz [--inputs 100000] [--seed 0] [--json]
 
-Inputs (seeded, reproducible): valid frames of every message type (requests at b = 1..8, a reply,
-an error, a hello) mutated 1-4 times (bit flips, byte sets, a 32-bit header field set to an edge
-value or a random one, truncation, insertion, deletion; half of them with the CRC fixed up so the
-body decoders are reached), plus pure random bytes with and without a valid magic. Each input goes
-to `runtime.protocol.decode` (the buffer decoder, then `decode_activation` for a request) and to
+Inputs (seeded, reproducible): valid frames of every message type (requests at b = 1..8 in every
+registered codec, a request of an unknown codec id, a reply, an error, a hello) mutated 1-4 times
+(bit flips, byte sets, a 32-bit header field set to an edge value or a random one, the flags byte
+(the codec id) set to a known, unknown or random id, truncation, insertion, deletion; half of them
+with the CRC fixed up so the body decoders are reached), plus pure random bytes with and without
+a valid magic. Each input goes to `runtime.protocol.decode` (the buffer decoder, then
+`decode_activation` for a request, by its codec) and to
 `read_frame` over an asyncio StreamReader fed the bytes then EOF (the server's decoder).
 Outcomes: a message, or a `ProtocolError` with its code; anything else is a crash. A call longer
 than `--hang-ms` counts as a hang. Every 50th input runs under tracemalloc, and its peak
@@ -27,6 +29,7 @@ import zlib
 
 import numpy as np
 
+import codec
 from cli.args import ArgParser
 from cli.errors import CoInferError
 from cli.run import run_cli
@@ -50,6 +53,8 @@ from runtime.protocol import (
 
 LIMITS = Limits(max_body=1 << 20, max_elements=1 << 20)
 EDGE_VALUES = [0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]
+UNKNOWN_CODEC_ID = 0xC7  # no codec has it: the frame is valid, its request refused with UNKNOWN_CODEC
+FLAGS_OFFSET = 6  # the flags byte: a REQUEST's codec id
 
 
 def corpus() -> list[bytes]:
@@ -63,6 +68,12 @@ def corpus() -> list[bytes]:
         codes, lo, scale = quantize(a, b)
         frames.append(encode(Request(b, "vgg16_digits", 2, shape[1], b, 3, shape, encode_activation(codes, lo, scale,
                                                                                                      b))))
+        sparse = torch.relu(a - 1.0)  # mostly zeros: the data-dependent codecs compress it
+        for c in codec.registry.codecs():
+            if c.wire_id:
+                body = encode_activation(*quantize(sparse, b), b, c)
+                frames.append(encode(Request(b, "vgg16_digits", 2, shape[1], b, 3, shape, body, c.wire_id)))
+    frames.append(encode(Request(9, "vgg16_digits", 2, 2, 4, 3, (1, 2, 3, 3), bytes(16 + 9), UNKNOWN_CODEC_ID)))
     frames.append(encode(Reply(7, "vgg16_digits", 2, 3, 4, ((1, 2, 3),), ((0.5, 0.3, 0.2),), 0.001, 0.002)))
     frames.append(encode(Error(5, ErrorCode.BAD_CRC, "crc", "vgg16_digits")))
     frames.append(encode(Hello("vgg16_digits", b"token", 2)))
@@ -72,7 +83,7 @@ def corpus() -> list[bytes]:
 def mutate(frame: bytes, rng: random.Random) -> bytes:
     data = bytearray(frame)
     for _ in range(rng.randint(1, 4)):
-        op = rng.choice(("flip", "set", "header", "truncate", "insert", "delete"))
+        op = rng.choice(("flip", "set", "header", "codec", "truncate", "insert", "delete"))
         pos = rng.randrange(4, max(5, len(data)))
         if op == "flip" and pos < len(data):
             data[pos] ^= 1 << rng.randrange(8)
@@ -82,6 +93,8 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
             at = rng.randrange(4, HEADER_SIZE - 3)
             value = rng.choice(EDGE_VALUES) if rng.random() < 0.5 else rng.getrandbits(32)
             data[at:at + 4] = struct.pack("<I", value)
+        elif op == "codec" and len(data) > FLAGS_OFFSET:
+            data[FLAGS_OFFSET] = rng.choice([0, 1, 2, UNKNOWN_CODEC_ID, 0xFF, rng.randrange(256)])
         elif op == "truncate":
             del data[pos:]
         elif op == "insert":
@@ -109,7 +122,7 @@ def inputs(n: int, seed: int):
 def buffer_decode(data: bytes) -> str:
     msg = decode(data, LIMITS)
     if isinstance(msg, Request):
-        decode_activation(msg.body, msg.shape, msg.bits)
+        decode_activation(msg.body, msg.shape, msg.bits, msg.codec_id)
     return type(msg).__name__
 
 

@@ -36,6 +36,9 @@ Tables
   database without it has one measurement a scheme.
 
 - coinfer_schema(version, created): the marker CoInfer writes when it creates a database (schema version 1).
+- codec_size(app, codec, point, channels, bits, mean_bytes, p95_bytes, bitpack_bytes, images, created): a
+  data-dependent codec's bytes of one image's body per (p, c, b) on the app's test images (`database.codecprof`);
+  created by its first write, like profile_provenance.
 
 Opening: `Store(storage)` (a `database.storage.Storage`, or a `--storage` text it parses) creates a
 missing database and its tables, with the marker. An existing database is checked first, by reading only
@@ -204,9 +207,28 @@ schema_version = sa.Table(
 )
 
 SCHEMA_VERSION = 1  # the marker row CoInfer writes when it creates a database (database.ownership reads it)
+
+# bytes of one image's body under a data-dependent codec per (p, c, b), profiled on the app's test images
+# (`database.codecprof`, `codec.sizes.SizeRow`); read by the latency model for `--codec`
+codec_size = sa.Table(
+    "codec_size", meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("app", sa.String(64), nullable=False),
+    sa.Column("codec", sa.String(32), nullable=False),
+    sa.Column("point", sa.Integer, nullable=False),
+    sa.Column("channels", sa.Integer, nullable=False),
+    sa.Column("bits", sa.Integer, nullable=False),
+    sa.Column("mean_bytes", sa.Float, nullable=False),
+    sa.Column("p95_bytes", sa.Float, nullable=False),
+    sa.Column("bitpack_bytes", sa.Integer, nullable=False),
+    sa.Column("images", sa.Integer, nullable=False),
+    sa.Column("created", sa.DateTime),
+    sa.UniqueConstraint("app", "codec", "point", "channels", "bits", name="uq_codec_size_key"),
+)
+
 PROVENANCE_SOURCES = ("measured", "imported", "device")  # database.profile, database.profile_io, the device row
 # created by the first write to them: opening an old database changes nothing
-ON_WRITE_TABLES = (profile_provenance, accuracy_replicate)
+ON_WRITE_TABLES = (profile_provenance, accuracy_replicate, codec_size)
 # created by a writable open (the marker only with a new database: an old one opens unchanged)
 OPEN_TABLES = [t for t in meta.sorted_tables if t not in ON_WRITE_TABLES and t is not schema_version]
 
@@ -745,6 +767,25 @@ class Store:
                                                measured_at=when) for a, side, when in missing],
                      ["app", "device", "side"])
 
+
+    # -- codec sizes: a data-dependent codec's bytes per (p, c, b) ----------------------------
+    def put_codec_sizes(self, app: str, codec: str, rows: Iterable) -> None:
+        """Store (replace) `codec`'s measured sizes of `app` (`codec.sizes.SizeRow`s)."""
+        rows = [dict(app=app, codec=codec, point=r.point, channels=r.channels, bits=r.bits, mean_bytes=r.mean,
+                     p95_bytes=r.p95, bitpack_bytes=r.bitpacked, images=r.images, created=_now()) for r in rows]
+        self._create(codec_size)
+        self._upsert(codec_size, rows, ["app", "codec", "point", "channels", "bits"])
+
+    def codec_sizes(self, app: str, codec: str) -> list:
+        """`codec`'s measured sizes of `app` as `codec.sizes.SizeRow`s ([] when none: never profiled, or a
+        database from before the table)."""
+        from codec.sizes import SizeRow
+        if not self._has(codec_size):
+            return []
+        cs = codec_size.c
+        q = sa.select(cs.point, cs.channels, cs.bits, cs.mean_bytes, cs.p95_bytes, cs.bitpack_bytes, cs.images).where(
+            cs.app == app, cs.codec == codec).order_by(cs.point, cs.bits, cs.channels)
+        return self._run(lambda conn: [SizeRow(*r) for r in conn.execute(q)])
 
 def _iso(when) -> str | None:
     """A stored time as ISO text (SQLite may hand back text)."""

@@ -10,9 +10,10 @@ in a thread (`asyncio.to_thread`: torch releases the GIL while it computes).
 Dynamic batching (`BatchPolicy`, off by default: `max_images` 1): a consumer takes the oldest
 request, then for at most `max_wait_s` more seconds takes further requests of the SAME scheme (one
 tail) until the batch holds `max_images` images; requests of another scheme wait for the next
-batch, in order. The batch is decoded request by request (a malformed body fails only its own
-request), concatenated, run through the tail once, and split into one Reply per request:
-`unpack_s` is the request's own decode, `compute_s` the batch's forward (shared).
+batch, in order. The batch is decoded request by request, each by its own codec
+(`runtime.protocol.decode_request`; a malformed body or an unknown codec fails only its own
+request), concatenated, run through the tail once, and split into one Reply per request: `unpack_s` is
+the request's own decode, `compute_s` the batch's forward (shared).
 
 `compute` is also what the in-process baseline of `bench.corun` times, so server and baseline run
 the same code.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cli.errors import CoInferError
-from runtime.protocol import ProtocolError, Reply, Request, decode_activation
+from runtime.protocol import ProtocolError, Reply, Request, decode_request
 
 if TYPE_CHECKING:
     import torch
@@ -63,13 +64,12 @@ def compute(app: str, requests: list[Request], tail: Tail) -> list[Reply | Proto
     ProtocolError, the others still run."""
     import torch  # loaded by the server's constructor already: a dictionary look-up
 
-    from compress import activation
     answers: list[Reply | ProtocolError | None] = [None] * len(requests)
     inputs, unpack = [], []
     for i, req in enumerate(requests):
         t0 = time.perf_counter()
         try:
-            x = activation.from_bytes(req.body, req.shape, req.bits, decoder=decode_activation)
+            x = decode_request(req)  # the request's codec decodes, then dequantise
         except ProtocolError as exc:
             answers[i] = exc
             continue

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+import codec as codecs
 from cli.errors import CoInferError, Unreachable
 from compress import activation
 from compress.model import SchemeModel
@@ -79,9 +80,9 @@ class ClientConfig:
     `host`, `port`: the cloud server. `token`: sent in the HELLO after connecting (None: an empty one).
     `ssl_ctx`: use TLS with this context, checking the certificate against `server_hostname` (None:
     `host`). `timeout`: seconds for connecting and for each reply. `k`: classes per prediction
-    (1..MAX_TOPK). `finetuned`: each split scheme's head runs with its fine-tuned weights
-    (`runtime.weights` under `weights_root`, the same file the cloud's tail comes from), otherwise
-    with the pruned base weights; the cloud must do the same.
+    (1..MAX_TOPK). `codec`: the codec of every request body (`codec.names()`). `finetuned`: each split
+    scheme's head runs with its fine-tuned weights (`runtime.weights` under `weights_root`, the same
+    file the cloud's tail comes from), otherwise with the pruned base weights; the cloud must do the same.
     """
 
     host: str = "127.0.0.1"
@@ -94,8 +95,10 @@ class ClientConfig:
     finetune_missing: bool = False  # a split scheme with no stored weights is fine-tuned here (else MissingWeights)
     ssl_ctx: ssl.SSLContext | None = None
     server_hostname: str | None = None
+    codec: str = "bitpack"  # how the activation is written (`codec`; the cloud decodes any registered one)
 
     def __post_init__(self) -> None:
+        codecs.get(self.codec)  # CoInferError naming the known codecs
         if not 1 <= self.k <= MAX_TOPK:
             raise CoInferError(f"top-k {self.k} outside 1..{MAX_TOPK}")
         if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
@@ -123,6 +126,7 @@ class EdgeClient:
                  monitor: BandwidthEstimator | None = None, device: SlowCPU | None = None,
                  models: dict[Scheme, nn.Module | None] | None = None) -> None:
         self.app, self.config = app, config
+        self._codec = codecs.get(config.codec)
         self._base = base
         self._models: dict[Scheme, nn.Module | None] = dict(models or {})  # given: an exported split's
         self.use(scheme)
@@ -250,7 +254,8 @@ class EdgeClient:
         c0 = time.thread_time()
         out = self._compute_head(x)
         c1 = time.thread_time()
-        body = None if isinstance(out, Prediction) else activation.to_bytes(out, self.scheme.wire(out.shape[1])[2])
+        body = None if isinstance(out, Prediction) else activation.to_bytes(out, self.scheme.wire(out.shape[1])[2],
+                                                                            self._codec)
         return out, body, c1 - c0, time.thread_time() - c1
 
     def _edge(self, x: torch.Tensor) -> tuple[torch.Tensor | Prediction, bytes | None, float, float]:
@@ -265,8 +270,8 @@ class EdgeClient:
     def _request(self, a: torch.Tensor, scheme: Scheme, body: bytes | None = None) -> tuple[Request, bytes]:
         """The REQUEST and its frame (header + CRC; at full speed, not part of the emulated device's work)."""
         p, c, bits = scheme.wire(a.shape[1])
-        request = Request(self._take_id(), self.app.name, p, c, bits, self.config.k,
-                          tuple(a.shape), activation.to_bytes(a, bits) if body is None else body)
+        request = Request(self._take_id(), self.app.name, p, c, bits, self.config.k, tuple(a.shape),
+                          activation.to_bytes(a, bits, self._codec) if body is None else body, self._codec.wire_id)
         return request, encode(request)
 
     def _finish(self, request: Request, reply: Reply | Hello, frame: bytes, edge_s: float, pack_s: float,

@@ -104,7 +104,8 @@ if TYPE_CHECKING:  # torch and the models load when a server is built (the CLI's
 log = logging.getLogger("coinfer.cloud")
 # Errors about a well-formed frame's content: reply and keep the connection. Every other error closes it.
 # BUSY here is a full fine-tune queue (a refused connection never gets this far).
-RECOVERABLE = frozenset({ErrorCode.UNKNOWN_APP, ErrorCode.UNKNOWN_SCHEME, ErrorCode.BAD_SHAPE, ErrorCode.BUSY})
+RECOVERABLE = frozenset({ErrorCode.UNKNOWN_APP, ErrorCode.UNKNOWN_SCHEME, ErrorCode.UNKNOWN_CODEC, ErrorCode.BAD_SHAPE,
+                         ErrorCode.BUSY})
 
 
 def limits_for(model: Splittable, max_batch: int) -> Limits:
@@ -515,6 +516,7 @@ class CloudServer:
                 raise ProtocolError(ErrorCode.UNKNOWN_APP, f"this server hosts {', '.join(map(repr, self.hosted))}, "
                                     f"not {req.app!r}")
             hosted.tails.check(req.scheme, req.shape)
+            req.codec  # noqa: B018  # ERROR UNKNOWN_CODEC (recoverable) before any tail is loaded
             # the tail first, outside the queue: a load (or a fine-tune on request) does not hold up others
             tail = hosted.tails.cached(req.scheme) or await asyncio.to_thread(hosted.tails.get, req.scheme)
             t1 = time.perf_counter()

@@ -282,6 +282,8 @@ def _parser() -> ArgParser:
                          "command that makes them)")
     ap.add_argument("--n", type=int, default=50, help="requests: the first n test images")
     ap.add_argument("--k", type=int, default=5, help="top-k classes returned")
+    ap.add_argument("--codec", default="bitpack", help="how the activation is written on the wire: bitpack (exact "
+                    "size) or zstd (entropy coded, fewer bytes, same accuracy); default %(default)s")
     add_connection_args(ap)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the head")
     ap.add_argument("--device", default=None, metavar="NAME",
@@ -325,7 +327,7 @@ def _client_config(args: argparse.Namespace, scheme: Scheme | None) -> ClientCon
         host, port = parse_server(args.server)
     conn = connection_of(args)
     return ClientConfig(host, port, conn.token, conn.timeout, args.k, args.finetuned, ssl_ctx=tls_context(conn.tls_ca),
-                        finetune_missing=args.finetune_missing)
+                        finetune_missing=args.finetune_missing, codec=args.codec)
 
 
 def edge_device(args: argparse.Namespace, app: App) -> Device | None:

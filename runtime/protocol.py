@@ -6,7 +6,7 @@ Every frame is a 48-byte header (`struct` format `<4sBBBBI16sbBH4HII`) followed 
     0      4    magic       b"COIN"
     4      1    version     1
     5      1    type        1 REQUEST, 2 REPLY, 3 ERROR, 4 HELLO
-    6      1    flags       reserved, must be 0
+    6      1    flags       REQUEST: the codec's wire id (`codec.registry`; 0 = bitpack); else 0
     7      1    bits        b, 1..8 (REQUEST; echoed in REPLY; else 0)
     8      4    request_id  u32, chosen by the client, echoed in the REPLY / ERROR
     12     16   app         app name, ASCII, NUL-padded (e.g. b"vgg16_digits\\0\\0\\0\\0")
@@ -20,8 +20,10 @@ Every frame is a 48-byte header (`struct` format `<4sBBBBI16sbBH4HII`) followed 
 Bodies (all little-endian):
 
 - REQUEST: lo float32[N*C], scale float32[N*C] (per sample and channel, `compress.quant`), then the
-  N*C*H*W codes packed at b bits by `compress.codec` (exactly ceil(N*C*H*W*b/8) bytes).
-  `compress.activation` builds and reads this body (`encode_activation` / `decode_activation` here).
+  N*C*H*W codes as the frame's codec writes them (`codec`): bitpack packs them at b bits, exactly
+  ceil(N*C*H*W*b/8) bytes (every frame from before codecs is bitpack: flags 0); a data-dependent
+  codec (zstd) sends at most that. The codec builds and reads this body (`encode_activation` /
+  `decode_activation` / `decode_request` here).
 - REPLY: unpack_s float64, compute_s float64 (cloud seconds: decode + dequantise, tail forward),
   class ids u16[N*k], scores float32[N*k] (softmax probabilities, best first per sample).
 - ERROR: code u16 (`ErrorCode`), message UTF-8 (at most `Limits.max_message` bytes).
@@ -29,8 +31,12 @@ Bodies (all little-endian):
   connection when the server has a token. Server -> client: an empty HELLO acknowledges it.
 
 A reader validates magic, version, type, flags and every field of the header against `Limits`, and
-requires `body_len` to be exactly what those fields imply, BEFORE it allocates or reads the body;
-then it checks the CRC. Anything malformed raises `ProtocolError(code, message)`.
+requires `body_len` to be what those fields imply, BEFORE it allocates or reads the body: the
+codec's exact length (bitpack), at most its bound (a data-dependent codec), or, for a codec id this
+side does not know, at most the body with one byte per code (`codec.base.raw_body_len`; the frame is
+read whole, so the connection stays in step, and `Request.codec` answers ERROR UNKNOWN_CODEC, after
+which the connection stays open). Then it checks the CRC. Anything malformed raises
+`ProtocolError(code, message)`.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from enum import IntEnum
 
 import numpy as np
 
+import codec as codecs
 from cli.errors import CoInferError
-from compress import activation
+from codec import Codec
+from codec.base import raw_body_len
 from compress.scheme import ALL_CLOUD_P, BITS, MAX_BITS, MIN_BITS, Scheme
 
 MAGIC = b"COIN"
@@ -83,6 +91,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_APP = 20
     UNKNOWN_SCHEME = 21
     BAD_SHAPE = 22
+    UNKNOWN_CODEC = 23
     # access
     AUTH_REQUIRED = 30
     AUTH_FAILED = 31
@@ -125,6 +134,7 @@ class Request:
     k: int
     shape: Shape
     body: bytes  # see encode_activation
+    codec_id: int = 0  # the flags byte: the codec's wire id (0 = bitpack)
 
     @property
     def scheme(self) -> Scheme:
@@ -133,6 +143,15 @@ class Request:
             return Scheme.from_wire(self.p, self.c, self.bits)
         except CoInferError as exc:
             raise ProtocolError(ErrorCode.UNKNOWN_SCHEME, str(exc)) from None
+
+    @property
+    def codec(self) -> Codec:
+        """The codec of its body (UNKNOWN_CODEC when this side knows no codec of that id)."""
+        found = codecs.by_wire_id(self.codec_id)
+        if found is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_CODEC, f"unknown codec id {self.codec_id} (this side knows "
+                                + ", ".join(f"{c.wire_id} {c.name}" for c in codecs.registry.codecs()) + ")")
+        return found
 
 
 @dataclass(frozen=True)
@@ -169,6 +188,7 @@ Message = Request | Reply | Error | Hello
 @dataclass(frozen=True)
 class Header:
     type: MsgType
+    codec_id: int  # the flags byte
     bits: int
     request_id: int
     app: str
@@ -181,19 +201,40 @@ class Header:
 
 
 # ---------------------------------------------------------------------------------------- body
-encode_activation = activation.encode  # the body's layout is compress.activation's
-activation_body_len = activation.body_len
+def encode_activation(codes, lo, scale, bits: int, codec: Codec = codecs.BITPACK) -> bytes:
+    """codes (N, C, H, W) uint8 < 2^bits, lo / scale (N, C) -> a REQUEST body in `codec`."""
+    return codec.encode((codes, lo, scale), bits)
 
 
-def decode_activation(body: bytes | memoryview, shape: Shape, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _codec_of(codec_id: int) -> Codec:
+    found = codecs.by_wire_id(codec_id)
+    if found is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_CODEC, f"unknown codec id {codec_id}")
+    return found
+
+
+def decode_activation(body: bytes | memoryview, shape: Shape, bits: int,
+                      codec_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """REQUEST body -> codes (N, C, H, W) uint8, lo (N, C) float32, scale (N, C) float32."""
-    if len(body) != activation_body_len(shape, bits):
-        raise ProtocolError(ErrorCode.BAD_LENGTH, f"activation body has {len(body)} bytes, "
-                            f"shape {shape} at {bits} bits needs {activation_body_len(shape, bits)}")
+    codec = _codec_of(codec_id)
     try:
-        return activation.decode(body, shape, bits)
+        codec.check_body_len(len(body), shape, bits)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"activation {exc}") from None
+    try:
+        return codec.decode_parts(body, shape, bits)
     except ValueError as exc:
         raise ProtocolError(ErrorCode.BAD_FIELD, str(exc)) from None
+
+
+def decode_request(req: Request):
+    """The cloud's decode + dequantise of a REQUEST: the float activation (N, C, H, W) its tail takes;
+    ProtocolError (UNKNOWN_CODEC, BAD_LENGTH, BAD_FIELD) when its body cannot be read."""
+    import torch
+
+    from compress.quant import dequantize
+    codes, lo, scale = decode_activation(req.body, req.shape, req.bits, req.codec_id)
+    return dequantize(torch.from_numpy(codes), torch.from_numpy(lo), torch.from_numpy(scale))
 
 
 # -------------------------------------------------------------------------------------- header
@@ -229,7 +270,17 @@ def _expected_body_len(h: Header, limits: Limits) -> int:
             raise ProtocolError(ErrorCode.BAD_FIELD, f"batch {n} > {limits.max_batch}")
         if n * c_ * hh * w > limits.max_elements:
             raise ProtocolError(ErrorCode.BAD_FIELD, f"shape {h.shape} has more than {limits.max_elements} elements")
-        return activation_body_len(h.shape, h.bits)
+        codec = codecs.by_wire_id(h.codec_id)
+        if codec is None:  # read whole (bounded) and refused by `Request.codec`: the connection stays in step
+            if not 0 < h.body_len <= raw_body_len(h.shape):
+                raise ProtocolError(ErrorCode.BAD_LENGTH, f"body_len {h.body_len} of codec id {h.codec_id} outside "
+                                    f"1..{raw_body_len(h.shape)}")
+            return h.body_len
+        try:
+            codec.check_body_len(h.body_len, h.shape, h.bits)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_LENGTH, f"REQUEST {exc}") from None
+        return h.body_len
     if h.type is MsgType.REPLY:
         if not 1 <= h.k <= MAX_TOPK or not 1 <= n <= limits.max_batch:
             raise ProtocolError(ErrorCode.BAD_FIELD, f"reply with k={h.k}, N={n} outside 1..{MAX_TOPK}, "
@@ -255,11 +306,11 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
         raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version}, this side speaks {VERSION}")
     if mtype not in _TYPES:
         raise ProtocolError(ErrorCode.BAD_TYPE, f"unknown message type {mtype}")
-    if flags:
+    if flags and mtype != MsgType.REQUEST:
         raise ProtocolError(ErrorCode.BAD_FLAGS, f"unknown flags {flags:#04x}")
     if body_len > limits.max_body:
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"body of {body_len} bytes > {limits.max_body}")
-    header = Header(MsgType(mtype), bits, rid, _app_name(app), p, k, c, (n, ch, hh, w), body_len, crc)
+    header = Header(MsgType(mtype), flags, bits, rid, _app_name(app), p, k, c, (n, ch, hh, w), body_len, crc)
     expected = _expected_body_len(header, limits)
     if body_len != expected:
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"{header.type.name} body_len {body_len}, fields imply {expected}")
@@ -273,7 +324,7 @@ def decode_body(h: Header, body: bytes) -> Message:
     if zlib.crc32(body) != h.crc:
         raise ProtocolError(ErrorCode.BAD_CRC, "CRC32 mismatch")
     if h.type is MsgType.REQUEST:
-        return Request(h.request_id, h.app, h.p, h.c, h.bits, h.k, h.shape, body)
+        return Request(h.request_id, h.app, h.p, h.c, h.bits, h.k, h.shape, body, h.codec_id)
     if h.type is MsgType.REPLY:
         n, k = h.shape[0], h.k
         unpack_s, compute_s = _REPLY_FIXED.unpack_from(body)
@@ -340,8 +391,8 @@ async def read_frame(reader: asyncio.StreamReader, limits: Limits = DEFAULT_LIMI
 
 # ------------------------------------------------------------------------------------- encoding
 def _frame(mtype: MsgType, request_id: int, app: str, body: bytes, *, bits: int = 0, p: int = 0, k: int = 0,
-           c: int = 0, shape: Shape = (0, 0, 0, 0)) -> bytes:
-    header = HEADER.pack(MAGIC, VERSION, mtype, 0, bits, request_id, _app_field(app), p, k, c, *shape,
+           c: int = 0, shape: Shape = (0, 0, 0, 0), flags: int = 0) -> bytes:
+    header = HEADER.pack(MAGIC, VERSION, mtype, flags, bits, request_id, _app_field(app), p, k, c, *shape,
                          len(body), zlib.crc32(body))
     parse_header(header)  # the encoder never emits a frame the decoder would reject
     return header + body
@@ -351,7 +402,7 @@ def encode(msg: Message) -> bytes:
     """One frame for a message."""
     if isinstance(msg, Request):
         return _frame(MsgType.REQUEST, msg.request_id, msg.app, msg.body, bits=msg.bits, p=msg.p, k=msg.k,
-                      c=msg.c, shape=msg.shape)
+                      c=msg.c, shape=msg.shape, flags=msg.codec_id)
     if isinstance(msg, Reply):
         n, k = len(msg.classes), len(msg.classes[0]) if msg.classes else 0
         ids = np.asarray(msg.classes, dtype="<u2").reshape(n, k)

@@ -45,6 +45,7 @@ class QueryRequest:
     rtt: float | None = None  # seconds (default: the app's)
     base_accuracy: float | None = None  # default: from the database
     torch_device: str = "cpu"  # where new evaluations fine-tune (devices.torch_device; checked to exist)
+    codec: str = "bitpack"  # whose bytes cross the cut in the latency model (`codec`; accuracy is the same under each)
 
     def to_json(self) -> dict:
         """Plain JSON (`from_json` inverts it): the `--workers` helpers read it on stdin."""
@@ -91,7 +92,7 @@ def prepare(request: QueryRequest) -> Prepared:
     widths = [p.channels for p in app_points(app)]  # the model builds (and traces) before the database opens
     offline = request.search.offline
     store = Store(request.storage, create=False, readonly=offline)
-    model = LatencyModel.from_store(store, app, request.edge, request.cloud, request.rtt)
+    model = LatencyModel.from_store(store, app, request.edge, request.cloud, request.rtt, request.codec)
     protocols = dict(store.protocols(app.name))
     if request.protocol is not None and request.protocol not in protocols | {app.protocol.name: 0}:
         known = ", ".join(f"{p} ({n} schemes)" for p, n in protocols.items()) or "none"
@@ -117,7 +118,8 @@ def prepare(request: QueryRequest) -> Prepared:
     config = request.search
     if config.study_name is None:
         config = replace(config, study_name=study_name(app.name, evaluator.name, request.query, base, model.devices,
-                                                       config.sampler))
+                                                       config.sampler)
+                         + ("" if request.codec == "bitpack" else f"/{request.codec}"))
     from database.provenance import model_uses
     return Prepared(app, model, Problem(request.query, model, base), evaluator, config,
                     tuple(model_uses(store, app, model.devices)))

@@ -69,6 +69,8 @@ def build_parser(kind: str) -> ArgParser:
     ap.add_argument("--base-accuracy", type=float, default=None,
                     help="base model top-1 (default: from the database)")
     ap.add_argument("--rtt", type=float, default=None, help="round-trip time in seconds (default: the app's)")
+    ap.add_argument("--codec", default="bitpack", help="the codec whose bytes cross the cut: bitpack (exact size) or "
+                    "zstd (its sizes measured by python -m database.codecprof); default %(default)s")
     ap.add_argument("--tolerance", type=float, default=None,
                     help=f"accepted non-monotonicity of measured accuracy (default: {HELP_TOLERANCE})")
     ap.add_argument("--max-evaluations", type=int, default=None, help="stop after this many new evaluations")
@@ -135,7 +137,7 @@ def parse_request(kind: str, args: argparse.Namespace) -> QueryRequest:
                           args.max_evaluations, study_name=args.study_name, study_storage=study_storage,
                           shared=args.workers > 1 and not args.offline)
     return QueryRequest(query, args.app, config, args.evaluator, args.protocol, storage, edge, cloud, args.rtt,
-                        args.base_accuracy, torch_device)
+                        args.base_accuracy, torch_device, args.codec)
 
 
 def max_workers() -> int:

@@ -6,7 +6,12 @@
     wire(n)       = n + m + h * ceil((n + m) / mss)       (the app's `link`: m, h, mss)
 
 The payload ceil(H_p W_p c b / 8) + 8 c and wire(n) are `compress.activation.payload_bytes` and
-`wire_bytes`, the sizes the runtime's frames have.
+`wire_bytes`, the sizes the runtime's frames have. That payload is bitpack's (`codec`, the default);
+under another codec the payload is the codec's `size` (`--codec`): exact for an exact codec, for a
+data-dependent one (zstd) the mean body of one image measured on the app's test images per (p, c, b)
+(`database.codecprof`, stored in the database beside the latency profile; `bytes_p95` keeps the 95th
+percentile). Every codec is lossless over the quantised symbols, so the accuracy of (p, c, b) is the
+same under each: one accuracy row serves them all.
 
 Bandwidth follows the paper: B in Mbps, bytes/s = Mbps * 2^20 / 8. T_edge(p, c) and
 T_cloud(p, c) are medians measured at a few kept-channel counts c per point (pruning's compute
@@ -18,7 +23,8 @@ app without a `link` section: n itself). RTT is the measured round trip of an em
 (`--rtt`; the app's `rtt_s` by default).
 
 What it ignores: the reply (a few dozen bytes), TCP slow start and queueing, the dependence of
-pack/unpack time on the bit width b (profiled at 8 bits), run-to-run variance (medians only),
+pack/unpack time on the bit width b (profiled at 8 bits) and on the codec (profiled with bitpack; a
+zstd frame takes longer to encode and decode: `python -m bench.codec`), run-to-run variance (medians only),
 and contention between concurrent requests. Devices imported with `formula: optcoinfer-paper`
 use the paper's own model: no per-channel header, no link overhead, exact fractional bytes, no
 edge or cloud compute for all-cloud.
@@ -33,7 +39,10 @@ import numpy as np
 from apps import App, Link
 from apps.units import bytes_per_second
 from cli.errors import CoInferError
-from compress.activation import frame_on_wire, payload_bytes, wire_bytes
+from codec import BITPACK, Codec
+from codec import get as get_codec
+from codec.sizes import SizeTable
+from compress.activation import frame_on_wire, wire_bytes
 from compress.scheme import Scheme
 from database.store import LatencyRow, Store
 from models.build import app_points
@@ -74,7 +83,8 @@ class LatencyModel:
 
     def __init__(self, points: list[PartitionPoint], edge_rows: list[LatencyRow], cloud_rows: list[LatencyRow],
                  raw_input_bytes: int, rtt_s: float = 0.0, paper_formula: bool = False,
-                 devices: tuple[str, str] = ("edge", "cloud"), link: Link | None = None) -> None:
+                 devices: tuple[str, str] = ("edge", "cloud"), link: Link | None = None,
+                 codec: Codec = BITPACK, sizes: SizeTable | None = None) -> None:
         self.points = points
         self.space = Space(points)
         self.raw_input_bytes = raw_input_bytes
@@ -94,11 +104,20 @@ class LatencyModel:
             sl = s.grid_slice(pt.index)
             self.edge_s[sl] = self._interp(edge_rows, pt, s.c[sl], "edge", devices[0])
             self.cloud_s[sl] = self._interp(cloud_rows, pt, s.c[sl], "cloud", devices[1])
-        hw = np.array([points[p].elements_per_channel for p in s.p], dtype=np.float64)
+        self.codec = codec
         if paper_formula:
+            if not codec.exact or codec is not BITPACK:
+                raise CoInferError(f"the paper's latency formula sends bit-packed codes; --codec {codec.name} needs "
+                                   "a profile measured here")
+            hw = np.array([points[p].elements_per_channel for p in s.p], dtype=np.float64)
             self.bytes = hw * s.c * s.b / 8
+            self.bytes_p95 = self.bytes
         else:
-            self.bytes = payload_bytes(hw, s.c, s.b)
+            self.bytes, self.bytes_p95 = np.empty(s.size), np.empty(s.size)
+            for pt in points:  # the codec's size: bitpack's formula, or a data-dependent codec's profile
+                sl = s.grid_slice(pt.index)
+                size = codec.size(pt, s.c[sl], s.b[sl], sizes)
+                self.bytes[sl], self.bytes_p95[sl] = size.mean, size.p95
         self.wire = self.wire_bytes(self.bytes)
 
     def wire_bytes(self, payload: np.ndarray | float) -> np.ndarray | float:
@@ -129,7 +148,9 @@ class LatencyModel:
 
     @classmethod
     def from_store(cls, store: Store, app: App, edge: str | None = None, cloud: str | None = None,
-                   rtt_s: float | None = None) -> LatencyModel:
+                   rtt_s: float | None = None, codec: str = "bitpack") -> LatencyModel:
+        """The model of `app` from its stored profiles; `codec` names the codec whose bytes cross (a
+        data-dependent one reads its sizes, `Store.codec_sizes`)."""
         from database.storage import app_flags
         edge, cloud = edge or app.edge_device, cloud or app.cloud_device
 
@@ -145,9 +166,17 @@ class LatencyModel:
                                  f"(profiled: {known}); {profile_it(name, side)}", name, side)
         edge_info, cloud_info = store.device(edge) or {}, store.device(cloud) or {}
         paper = edge_info.get("formula") == PAPER_FORMULA or cloud_info.get("formula") == PAPER_FORMULA
+        chosen = get_codec(codec)
+        sizes = None
+        if not chosen.exact:
+            sizes = SizeTable(chosen.name, store.codec_sizes(app.name, chosen.name))
+            if not sizes:
+                raise CoInferError(f"no {chosen.name} sizes for app {app.name}; measure them with python -m "
+                                   f"database.codecprof --app {app.ref} --codec {chosen.name}")
         try:
             return cls(app_points(app), store.latency_rows(app.name, edge), store.latency_rows(app.name, cloud),
-                       app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud), app.link)
+                       app.raw_input_bytes, app.rtt_s if rtt_s is None else rtt_s, paper, (edge, cloud), app.link,
+                       chosen, sizes)
         except ProfileGap as gap:  # a partial profile: it lacks a whole model or a point's rows
             raise ProfileGap(f"{gap}; {profile_it(gap.device, gap.side)} --replace", gap.device, gap.side) from None
 

@@ -10,7 +10,8 @@ import sys
 from apps import REPO_ROOT
 
 CLIS = ["latency_search.py", "accuracy_search.py", "database.evaluate", "database.profile", "database.profile_io",
-        "database.formats", "reports.show", "database.paper", "database.predictor", "models.train", "runtime.edge",
+        "database.codecprof", "database.formats", "reports.show", "database.paper", "database.predictor",
+        "models.train", "runtime.edge",
         "runtime.cloud", "runtime.testbed", "bench.search", "bench.runtime", "bench.adaptivity", "bench.codec",
         "bench.fuzz", "bench.studystorage", "bench.flood", "bench.badinput", "select_model.py", "bench.zoo",
         "bench.corun", "bench.profiler", "runtime.training", "reports.build_status", "bench.scale",

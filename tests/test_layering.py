@@ -21,7 +21,7 @@ FLOORS: list[set[str]] = [
     {"cli"},
     {"apps"},
     {"data", "models"},
-    {"compress"},
+    {"compress", "codec"},
     {"devices"},
     {"database"},
     {"search"},

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bench.fuzz import EDGE_VALUES, corpus
 from bench.fuzz import LIMITS as FUZZ_LIMITS
+from codec import BITPACK, ZSTD
 from compress.quant import quantize
 from runtime.protocol import (
     DEFAULT_LIMITS,
@@ -28,6 +29,7 @@ from runtime.protocol import (
     Request,
     decode,
     decode_activation,
+    decode_request,
     encode,
     encode_activation,
     read_frame,
@@ -109,6 +111,69 @@ def test_stream_reads_consecutive_frames_and_clean_eof() -> None:
     assert got[0] == request(2) and isinstance(got[1], Reply) and got[2] == Hello("a", b"t") and got[3] is None
 
 
+# ------------------------------------------------------------------------------------ codecs
+def zstd_request(bits: int, shape=(2, 3, 5, 7)) -> Request:
+    x = torch.relu(torch.randn(shape, generator=torch.Generator().manual_seed(bits)))
+    return Request(18, "vgg16_digits", 4, shape[1], bits, 5, shape, encode_activation(*quantize(x, bits), bits, ZSTD),
+                   ZSTD.wire_id)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("how", DECODERS)
+def test_zstd_request_round_trip(bits: int, how: str) -> None:
+    req = zstd_request(bits)
+    frame = encode(req)
+    assert frame[6] == 1  # the flags byte carries the codec id
+    got = DECODERS[how](frame)
+    assert got == req and got.codec is ZSTD
+    x = torch.relu(torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(bits)))
+    codes = decode_activation(got.body, got.shape, bits, got.codec_id)[0]
+    np.testing.assert_array_equal(codes, quantize(x, bits)[0].numpy())
+    assert torch.equal(decode_request(got), decode_request(request_from(got, BITPACK, x)))
+
+
+def request_from(req: Request, codec, x: torch.Tensor) -> Request:
+    return Request(req.request_id, req.app, req.p, req.c, req.bits, req.k, req.shape,
+                   encode_activation(*quantize(x, req.bits), req.bits, codec), codec.wire_id)
+
+
+def test_old_frames_are_bitpack() -> None:
+    """A frame with flags 0 (every frame from before codecs) is bitpack, body length exact."""
+    req = decode(REQ)
+    assert req.codec_id == 0 and req.codec is BITPACK
+
+
+@pytest.mark.parametrize("how", DECODERS)
+def test_zstd_body_bounded_by_bitpack_size(how: str) -> None:
+    frame = encode(zstd_request(3))
+    bitpacked = 2 * 6 * 4 + (2 * 3 * 5 * 7 * 3 + 7) // 8
+    for body_len in (bitpacked + 1, 2 * 6 * 4, 0):  # above the bound; no payload
+        with pytest.raises(ProtocolError) as info:
+            DECODERS[how](with_header(frame, body_len=body_len))
+        assert info.value.code == ErrorCode.BAD_LENGTH, info.value.message
+
+
+@pytest.mark.parametrize("how", DECODERS)
+def test_unknown_codec_is_read_whole_then_refused(how: str) -> None:
+    """An unknown codec id passes the header (body at most one byte per code), so the frame is read
+    whole; its Request then names UNKNOWN_CODEC, which the server answers and survives."""
+    got = DECODERS[how](with_header(REQ, flags=200))
+    assert got.codec_id == 200
+    with pytest.raises(ProtocolError, match="unknown codec id 200") as info:
+        got.codec  # noqa: B018
+    assert info.value.code == ErrorCode.UNKNOWN_CODEC
+    with pytest.raises(ProtocolError) as info:
+        decode_activation(got.body, got.shape, got.bits, got.codec_id)
+    assert info.value.code == ErrorCode.UNKNOWN_CODEC
+
+
+@pytest.mark.parametrize("how", DECODERS)
+def test_flags_on_other_frames_are_refused(how: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        DECODERS[how](with_header(encode(reply()), flags=1))
+    assert info.value.code == ErrorCode.BAD_FLAGS
+
+
 # ------------------------------------------------------------------------------- violations
 REQ = encode(request(3))
 BAD_HEADERS = [
@@ -117,7 +182,7 @@ BAD_HEADERS = [
     ("version2", dict(version=2), ErrorCode.BAD_VERSION),
     ("type0", dict(type=0), ErrorCode.BAD_TYPE),
     ("type9", dict(type=9), ErrorCode.BAD_TYPE),
-    ("flags", dict(flags=1), ErrorCode.BAD_FLAGS),
+    ("codec-len", dict(flags=200, body_len=2 * 6 * 4 + 2 * 3 * 5 * 7 + 1), ErrorCode.BAD_LENGTH),  # > raw size
     ("bits0", dict(bits=0), ErrorCode.BAD_FIELD),
     ("bits9", dict(bits=9), ErrorCode.BAD_FIELD),
     ("k0", dict(k=0), ErrorCode.BAD_FIELD),
