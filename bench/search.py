@@ -237,8 +237,8 @@ def run_bench(config: SearchBenchConfig, note: Callable[[str], None] = print) ->
 
     all_tasks = tasks("default", qs, config.samplers, seeds)
     syn_queries = [q for q in qs if q.bandwidth in (0.5, 2)]
-    for shape, noise in synthetic:
-        all_tasks += tasks(f"{shape}/noise{noise:g}", syn_queries, config.synthetic_samplers, 1 if config.quick else 2)
+    for name, *_ in synthetic:
+        all_tasks += tasks(name, syn_queries, config.synthetic_samplers, 1 if config.quick else 2)
     note(f"bench.search: {app.name}, space {size} schemes, base top-1 {base:.4f}, latency devices "
          f"{model.devices[0]} -> {model.devices[1]}; {len(qs)} queries; coinfer tolerance {tol:.4f}; "
          f"tpe/random over {seeds} seeds, optcoinfer over {n_seeds['optcoinfer']} (GP restarts {config.n_restarts}), "
