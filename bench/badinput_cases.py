@@ -247,6 +247,12 @@ def runtime_cases() -> list[Case]:
                              ("--mem-stress", "0.5", "--verify")]),
         ("runtime.linkprobe", [("--bogus",), ("nosuchcommand",)]),
         ("devices.memhog", [("--bogus",), ("0",), ("x",), ("1000", "--cpu", "x")]),
+        ("runtime.export", [("--bogus",), ("--scheme", "4,12,3"), ("--scheme", "4,999,3", "--out", "{tmp}/a"),
+                            ("--scheme", "4,12,3", "--out", "{tmp}", "--finetune-missing"),
+                            ("--scheme", "all-edge", "--out", "{tmp}/a", "--samples", "-1"),
+                            ("--app", "nope", "--scheme", "1,1,1", "--out", "{tmp}/a")]),
+        ("database.codecprof", [("--bogus",), ("--codec", "nope"), ("--images", "0"), ("--app", "nope")]),
+        ("bench.corun.sampletrace", [("--bogus",), ("--seed", "x")]),
     ):
         out += [_c(cli, *b, fast=b in (("--workers", "0"), ("--bogus",)) and cli == "runtime.cloud") for b in bads]
     out += [_c("runtime.edge", "--scheme", "4,12,3", "--server", CLOSED, "--n", "1", "--no-finetuned",

@@ -212,8 +212,7 @@ def test_finetune_on_request_is_bounded(base, tmp_path, monkeypatch) -> None:
     def slow_finetune(app, scheme, root=None, threads=1):  # in place of the child process: saves the file
         calls.append(scheme)
         gate.wait(10)
-        runtime.weights._save_atomic(SchemeModel(base, scheme).state_dict(), {"top1": 0.5},
-                                     runtime.weights.scheme_path(app, scheme, root))
+        save_weights(app, scheme, SchemeModel(base, scheme).state_dict(), {"top1": 0.5}, root)
 
     monkeypatch.setattr(runtime.weights, "finetune_apart", slow_finetune)
     config = ServerConfig(token="t", finetuned=True, finetune_on_request=True, finetune_queue=1,
