@@ -527,14 +527,9 @@ def adaptive_report(a: dict) -> list[str]:
                                                                  (best[0], best[1]))))
     out.append("  switches: " + ("; ".join(f"before #{i} -> {s} at {m:.3f} Mbps" for i, s, m in a["switches"])
                                  or "none"))
-    link = a.get("link")
-    if link:
-        share = link["share_of_link"]
-        out.append(f"  probes: {link['probes']} ({', '.join(f'{k} {v}' for k, v in link['by_reason'].items())}), "
-                   f"{link['probe_bytes']} bytes = "
-                   + (f"{share:.1%}" if share is not None else "?")
-                   + f" of the link's estimated capacity over the run (budget {link['budget']['max_share']:.0%}, "
-                   f"at least {link['budget']['min_interval_s']:g} s apart); {link['held_back']} held back")
+    if a.get("link"):
+        from runtime.monitor import describe_probes
+        out.append("  " + describe_probes(a["link"]))
     return out
 
 

@@ -49,7 +49,7 @@ from cli.run import run_cli
 from compress.scheme import Scheme
 from devices.slowdown import SlowCPU
 from runtime.advisor import Adapter, SchemeAdvisor
-from runtime.monitor import BandwidthEstimator, TokenBucket
+from runtime.monitor import BandwidthEstimator, TokenBucket, describe_probes
 from runtime.secret import resolve_token
 
 if TYPE_CHECKING:  # torch loads on first use, so --help answers at once; pydantic (devices.spec) too
@@ -126,13 +126,8 @@ def format_auto(info: dict, accuracy_loss: float) -> list[str]:
         lines.append(f"auto: accuracy loss <= {accuracy_loss:g}; bandwidth estimate {info['estimates'][-1]:.3f} Mbps "
                      f"at the end; schemes used: {', '.join(dict.fromkeys(info['schemes']))}")
     lines += [f"  switched to {s} before request {i} (estimate {m:.3f} Mbps)" for i, s, m in info.get("switches", [])]
-    link = info.get("link")
-    if link:
-        share = link["share_of_link"]
-        lines.append(f"  link probes: {link['probes']} ({', '.join(f'{k} {v}' for k, v in link['by_reason'].items())}"
-                     f"), {link['probe_bytes']} bytes"
-                     + (f", {share:.1%} of the link's estimated capacity" if share is not None else "")
-                     + f" (budget {link['budget']['max_share']:.0%}); {link['held_back']} held back")
+    if info.get("link"):
+        lines.append("  link " + describe_probes(info["link"]))
     if info.get("profiles"):
         lines.append("  profiles: " + "; ".join(f"{d['device']} ({d['side']}) measured on {d['machine']}"
                                                 + (", not this machine" if d["foreign"] else "")

@@ -148,6 +148,16 @@ class BandwidthEstimator:
                            "probe_s": self.budget.probe_s}}
 
 
+def describe_probes(stats: dict) -> str:
+    """`BandwidthEstimator.stats()` in one phrase: how many probes, why, their bytes and share of the link."""
+    share = stats["share_of_link"]
+    budget = stats["budget"]
+    return (f"probes: {stats['probes']} ({', '.join(f'{k} {v}' for k, v in stats['by_reason'].items())}), "
+            f"{stats['probe_bytes']} bytes = " + (f"{share:.1%}" if share is not None else "?")
+            + f" of the link's estimated capacity over the run (budget {budget['max_share']:.0%}, at least "
+            f"{budget['min_interval_s']:g} s apart); {stats['held_back']} held back")
+
+
 class TokenBucket:
     """Application-level shaping for loopback (no tc): `await bucket.send(nbytes)` waits until the
     bytes would have left a link of `mbps` (bucket of `burst` bytes, which starts empty)."""
