@@ -35,7 +35,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except Exception as exc:
         if not disk_full(exc):
             raise
-        print(f"error: {mask_secrets(disk_full_error(exc))}", file=sys.stderr)
+        print(f"error: {mask_secrets(str(disk_full_error(exc)))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
