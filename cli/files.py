@@ -20,19 +20,28 @@ MAX_YAML_DEPTH = 32  # an app nests 3 deep, devices.yml 2
 MAX_JSON_BYTES = 64 * 2**20  # a latency profile of every point of a large model is well under 1 MB
 
 
-def read_text(path: Path | str, what: str, max_bytes: int) -> str:
-    """The text of the regular file `path` (`what` names it in errors), at most `max_bytes` bytes."""
-    path = Path(path)
+def _open_regular(path: Path, what: str, max_bytes: int) -> BinaryIO:
+    """`path` opened for binary reading once it is known to be a regular file (no FIFO that would block, no
+    device) of at most `max_bytes` bytes as stated; every problem is one CoInferError line."""
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             raise CoInferError(f"{what} {path} is not a regular file")
         if info.st_size > max_bytes:
             raise CoInferError(f"{what} {path} is {info.st_size} bytes, over the limit of {max_bytes}")
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
+        return open(path, "rb")  # noqa: SIM115  # the caller closes it
     except OSError as exc:
         raise CoInferError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def read_text(path: Path | str, what: str, max_bytes: int) -> str:
+    """The text of the regular file `path` (`what` names it in errors), at most `max_bytes` bytes."""
+    path = Path(path)
+    with _open_regular(path, what, max_bytes) as f:
+        try:
+            raw = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise CoInferError(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(raw) > max_bytes:
         raise CoInferError(f"{what} {path} is over the limit of {max_bytes} bytes")
     try:
@@ -46,16 +55,7 @@ def read_lines(path: Path | str, what: str, max_bytes: int, max_line_bytes: int)
     `max_line_bytes` bytes of one line in memory, and refused once `max_bytes` bytes have been read (a file
     stated larger is refused before reading). A line over the limit, or not UTF-8, is one line naming it."""
     path = Path(path)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise CoInferError(f"{what} {path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise CoInferError(f"{what} {path} is {info.st_size} bytes, over the limit of {max_bytes}")
-        f = open(path, "rb")  # noqa: SIM115  # closed below, also when the caller stops early
-    except OSError as exc:
-        raise CoInferError(f"cannot read {what} {path}: {exc.strerror}") from None
-    with f:
+    with _open_regular(path, what, max_bytes) as f:  # closed also when the caller stops early
         total, number = 0, 0
         while True:
             try:
