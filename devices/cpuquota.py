@@ -27,10 +27,15 @@ def quota_support() -> str | None:
     return None
 
 
-def group_path(group: str) -> Path:
+def child_group(root: Path, group: str) -> Path:
+    """The cgroup folder `group` under `root` (a plain name: no '/', not hidden); devices.memlimit's too."""
     if not group or "/" in group or group.startswith("."):
         raise ValueError(f"bad cgroup name {group!r}")
-    return CPU_ROOT / group
+    return root / group
+
+
+def group_path(group: str) -> Path:
+    return child_group(CPU_ROOT, group)
 
 
 def quota_period_us(cpus: float) -> int:
@@ -61,20 +66,25 @@ def apply_cpu_quota(cpus: float, group: str) -> None:
     move_pid(group, os.getpid())
 
 
-def remove_group(group: str) -> None:
-    """Move any process left in the group back to the root cgroup and delete the group."""
-    path = group_path(group)
+def remove_group_dir(path: Path) -> None:
+    """Move any process left in the cgroup folder `path` to its parent group and delete the folder (gone
+    already: nothing to do); devices.memlimit's too."""
     if not path.exists():
         return
     for pid in (path / "cgroup.procs").read_text().split():
         try:
-            (CPU_ROOT / "cgroup.procs").write_text(pid)
+            (path.parent / "cgroup.procs").write_text(pid)
         except OSError:
             pass
     try:
         path.rmdir()
     except OSError:
         pass
+
+
+def remove_group(group: str) -> None:
+    """Move any process left in the group back to the root cgroup and delete the group."""
+    remove_group_dir(group_path(group))
 
 
 def current_quota() -> float | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.errors import CoInferError
+from devices.cpuquota import child_group, remove_group_dir
 
 MEM_ROOT = Path("/sys/fs/cgroup/memory")
 UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
@@ -63,9 +64,7 @@ def memory_support() -> str | None:
 
 
 def group_path(group: str) -> Path:
-    if not group or "/" in group or group.startswith("."):
-        raise ValueError(f"bad cgroup name {group!r}")
-    return own_root() / group
+    return child_group(own_root(), group)
 
 
 def procs_file(group: str) -> Path:
@@ -183,15 +182,4 @@ def _status_kib(pid: int, key: str) -> int:
 
 def remove_group(group: str) -> None:
     """Move any process left in the group to its parent group and delete the group."""
-    path = group_path(group)
-    if not path.exists():
-        return
-    for pid in (path / "cgroup.procs").read_text().split():
-        try:
-            (path.parent / "cgroup.procs").write_text(pid)
-        except OSError:
-            pass
-    try:
-        path.rmdir()
-    except OSError:
-        pass
+    remove_group_dir(group_path(group))
