@@ -75,12 +75,14 @@ class Prepared:
     profiles: tuple[ProfileUse, ...] = ()  # where the model's profiles were measured; foreign ones say so
 
 
-def study_name(app: str, evaluator: str, query: object, base: float, devices: tuple[str, str], sampler: str) -> str:
-    """A query's study: app, evaluator, query, base accuracy, devices and sampler. The sampler is part of the
-    name, so a query asked with another sampler starts its own study rather than resuming (and reusing the
-    trials of) one that another sampler made; a study named before the sampler was part of the name is
-    left as it is in its storage and not resumed."""
-    return f"{app}/{evaluator}/{query}/base{base:.6g}/{devices[0]}->{devices[1]}/{sampler}"
+def study_name(app: str, evaluator: str, query: object, base: float, devices: tuple[str, str], sampler: str,
+               codec: str = "bitpack") -> str:
+    """A query's study: app, evaluator, query, base accuracy, devices, sampler and codec (bitpack, the default,
+    unnamed). The sampler is part of the name, so a query asked with another sampler starts its own study
+    rather than resuming (and reusing the trials of) one that another sampler made; a study named before the
+    sampler was part of the name is left as it is in its storage and not resumed."""
+    return (f"{app}/{evaluator}/{query}/base{base:.6g}/{devices[0]}->{devices[1]}/{sampler}"
+            + ("" if codec == "bitpack" else f"/{codec}"))
 
 
 def prepare(request: QueryRequest) -> Prepared:
@@ -118,8 +120,7 @@ def prepare(request: QueryRequest) -> Prepared:
     config = request.search
     if config.study_name is None:
         config = replace(config, study_name=study_name(app.name, evaluator.name, request.query, base, model.devices,
-                                                       config.sampler)
-                         + ("" if request.codec == "bitpack" else f"/{request.codec}"))
+                                                       config.sampler, request.codec))
     from database.provenance import model_uses
     return Prepared(app, model, Problem(request.query, model, base), evaluator, config,
                     tuple(model_uses(store, app, model.devices)))
