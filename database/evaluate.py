@@ -269,10 +269,10 @@ def make_missing_weights(job: BuildJob, app: App, stored: set[Scheme], finetuner
     """Fine-tune the job's stored split schemes that have no kept weights (the protocol's seed only: the
     runtime runs that one); how many were made."""
     from cli.progress import progress as progress_bar
-    from database.scheme_weights import scheme_path
+    from database.scheme_weights import has_weights
     if job.seed != app.protocol.seed:
         raise CoInferError(f"--weights keeps the weights of the protocol's seed {app.protocol.seed}, not {job.seed}")
-    todo = [s for s in job.schemes if s.is_split and s in stored and not scheme_path(app, s).is_file()]
+    todo = [s for s in job.schemes if s.is_split and s in stored and not has_weights(app, s)]
     if todo and finetuner is None:
         from database.finetune import SchemeFinetuner
         finetuner = SchemeFinetuner(app, accel=job.accel)

@@ -30,7 +30,7 @@ from cli.paths import data_file
 from compress.scheme import Scheme
 
 ENV_DIR = "COINFER_SCHEMES_DIR"
-__all__ = ["ENV_DIR", "load_state", "locked", "missing_weights_hint", "save_weights", "scheme_accuracy",
+__all__ = ["ENV_DIR", "has_weights", "load_state", "locked", "missing_weights_hint", "save_weights", "scheme_accuracy",
            "scheme_meta", "scheme_path", "schemes_dir"]
 
 
@@ -46,6 +46,11 @@ def scheme_path(app: App, scheme: Scheme, root: str | Path | None = None) -> Pat
     """The .pt file of a scheme's weights under the app's protocol."""
     p, c, b = scheme
     return schemes_dir(root) / app.name / app.protocol.name / f"{p}-{c}-{b}.pt"
+
+
+def has_weights(app: App, scheme: Scheme, root: str | Path | None = None) -> bool:
+    """Whether the store holds the scheme's weights."""
+    return scheme_path(app, scheme, root).is_file()
 
 
 def save_weights(app: App, scheme: Scheme, state: dict, row: dict, root: str | Path | None = None) -> Path:

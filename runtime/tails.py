@@ -156,9 +156,9 @@ class TailCache:
 
     # ---------------------------------------------------------------------------------- building
     def _have_weights(self, scheme: Scheme) -> bool:
-        from runtime.weights import scheme_path
+        from runtime.weights import has_weights
         assert self.app is not None
-        return scheme_path(self.app, scheme, self.policy.weights_root).is_file()
+        return has_weights(self.app, scheme, self.policy.weights_root)
 
     def _build_once(self, key: Scheme) -> _Entry:
         if self.policy.finetuned and not self._have_weights(key) and self.policy.finetune_on_request:

@@ -33,6 +33,7 @@ from compress.scheme import Scheme
 from database.finetuner import Finetuner
 from database.scheme_weights import (
     ENV_DIR,
+    has_weights,
     load_state,
     locked,
     missing_weights_hint,
@@ -62,10 +63,6 @@ def finetune(app: App, scheme: Scheme, finetuner: Finetuner | None = None) -> tu
 
 class MissingWeights(CoInferError):
     """A scheme with no fine-tuned weights in the store, where fine-tuning was not asked for."""
-
-
-def has_weights(app: App, scheme: Scheme, root: str | Path | None = None) -> bool:
-    return scheme_path(app, scheme, root).is_file()
 
 
 def scheme_state(app: App, scheme: Scheme, *, root: str | Path | None = None, train: bool = False,
@@ -129,7 +126,7 @@ def finetune_apart(app: App, scheme: Scheme, root: str | Path | None = None, thr
         name=f"coinfer-finetune-{scheme}", daemon=True)
     child.start()
     child.join()
-    if child.exitcode != 0 or not scheme_path(app, scheme, root).is_file():
+    if child.exitcode != 0 or not has_weights(app, scheme, root):
         raise RuntimeError(f"the fine-tune of scheme {scheme} of {app.name} failed in its process "
                            f"(exit status {child.exitcode})")
 
