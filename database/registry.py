@@ -12,7 +12,7 @@ A name none of them knows is refused with `unknown_device`'s one line, the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from apps import App
@@ -78,8 +78,11 @@ def open_registry_store(storage):
     return Store(parsed, readonly=True)
 
 
-def _every(apps: Iterable[App]) -> tuple[App, ...]:
+def _every(apps: Iterable[App]) -> Iterator[App]:
+    """`apps`, then every shipped app not among them, each loaded only when the caller gets to it (a name the
+    devices file or the given apps know loads no shipped app)."""
     from apps import available_apps, load_app
     given = tuple(apps)
+    yield from given
     names = {a.name for a in given}
-    return given + tuple(load_app(n) for n in available_apps() if n not in names)
+    yield from (load_app(n) for n in available_apps() if n not in names)
